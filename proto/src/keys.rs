@@ -1,0 +1,191 @@
+//! The only place an etcd key string is formed (DESIGN.md §3). Everything else asks [`Keys`].
+use crate::{Color, ProtoError};
+
+/// Key builder for one app under one prefix, e.g. `/bluegreen` + `shop`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// `<prefix>/<app>/`, always with the trailing slash so prefix reads never match `shop2`.
+    base: String,
+}
+
+/// What a key under an app's prefix is, parsed back from its string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppKey {
+    Lock,
+    Active,
+    Release(Color),
+    Deploy,
+    History(i64),
+    Host(String),
+    Health { host: String, color: Color },
+    Lb(String),
+}
+
+/// Width of the zero-padded revision in history keys, so keys sort like revisions.
+const HISTORY_WIDTH: usize = 20;
+
+impl Keys {
+    /// Validates the prefix (`/x`, no trailing slash) and the app name (one path segment).
+    pub fn new(prefix: &str, app: &str) -> Result<Self, ProtoError> {
+        if !prefix.starts_with('/') || prefix.ends_with('/') && prefix.len() > 1 {
+            return Err(ProtoError::InvalidKeyLayout(format!(
+                "prefix {prefix:?} must start with '/' and not end with '/'"
+            )));
+        }
+        validate_segment("app", app)?;
+        let prefix = prefix.trim_end_matches('/');
+        Ok(Keys { base: format!("{prefix}/{app}/") })
+    }
+
+    /// Everything of this app: the range sidecars and `status` read.
+    pub fn app_prefix(&self) -> &str {
+        &self.base
+    }
+
+    pub fn lock(&self) -> String {
+        format!("{}lock", self.base)
+    }
+
+    pub fn active(&self) -> String {
+        format!("{}active", self.base)
+    }
+
+    pub fn release(&self, color: Color) -> String {
+        format!("{}releases/{color}", self.base)
+    }
+
+    pub fn releases_prefix(&self) -> String {
+        format!("{}releases/", self.base)
+    }
+
+    pub fn deploy(&self) -> String {
+        format!("{}deploy", self.base)
+    }
+
+    pub fn history(&self, revision: i64) -> String {
+        format!("{}history/{revision:0width$}", self.base, width = HISTORY_WIDTH)
+    }
+
+    pub fn history_prefix(&self) -> String {
+        format!("{}history/", self.base)
+    }
+
+    pub fn host(&self, host: &str) -> String {
+        format!("{}hosts/{host}", self.base)
+    }
+
+    pub fn hosts_prefix(&self) -> String {
+        format!("{}hosts/", self.base)
+    }
+
+    pub fn health(&self, host: &str, color: Color) -> String {
+        format!("{}health/{host}/{color}", self.base)
+    }
+
+    pub fn health_prefix(&self) -> String {
+        format!("{}health/", self.base)
+    }
+
+    pub fn lb(&self, name: &str) -> String {
+        format!("{}lbs/{name}", self.base)
+    }
+
+    pub fn lbs_prefix(&self) -> String {
+        format!("{}lbs/", self.base)
+    }
+
+    /// Classifies a key of this app; `None` for keys outside the app or of an unknown shape
+    /// (forward compatibility: newer writers may add keys).
+    pub fn parse(&self, key: &str) -> Option<AppKey> {
+        let rest = key.strip_prefix(&self.base)?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            ["lock"] => Some(AppKey::Lock),
+            ["active"] => Some(AppKey::Active),
+            ["deploy"] => Some(AppKey::Deploy),
+            ["releases", color] => color.parse().ok().map(AppKey::Release),
+            ["history", rev] => rev.parse().ok().map(AppKey::History),
+            ["hosts", host] if !host.is_empty() => Some(AppKey::Host(host.to_string())),
+            ["health", host, color] if !host.is_empty() => {
+                color.parse().ok().map(|color| AppKey::Health { host: host.to_string(), color })
+            }
+            ["lbs", name] if !name.is_empty() => Some(AppKey::Lb(name.to_string())),
+            _ => None,
+        }
+    }
+}
+
+/// A name that becomes one key segment (app, host, LB name): non-empty, no '/', no whitespace.
+pub fn validate_segment(what: &str, value: &str) -> Result<(), ProtoError> {
+    if value.is_empty() || value.contains('/') || value.chars().any(char::is_whitespace) {
+        return Err(ProtoError::InvalidKeyLayout(format!(
+            "{what} {value:?} must be non-empty and contain no '/' or whitespace"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Keys {
+        Keys::new("/bluegreen", "shop").unwrap()
+    }
+
+    #[test]
+    fn builds_every_key_of_the_contract() {
+        let k = keys();
+        assert_eq!(k.app_prefix(), "/bluegreen/shop/");
+        assert_eq!(k.lock(), "/bluegreen/shop/lock");
+        assert_eq!(k.active(), "/bluegreen/shop/active");
+        assert_eq!(k.release(Color::Green), "/bluegreen/shop/releases/green");
+        assert_eq!(k.deploy(), "/bluegreen/shop/deploy");
+        assert_eq!(k.history(42), "/bluegreen/shop/history/00000000000000000042");
+        assert_eq!(k.host("host-a"), "/bluegreen/shop/hosts/host-a");
+        assert_eq!(k.health("host-a", Color::Blue), "/bluegreen/shop/health/host-a/blue");
+        assert_eq!(k.lb("lb-1"), "/bluegreen/shop/lbs/lb-1");
+    }
+
+    #[test]
+    fn history_keys_sort_like_revisions() {
+        let k = keys();
+        assert!(k.history(9) < k.history(10));
+        assert!(k.history(99) < k.history(1000));
+    }
+
+    #[test]
+    fn parse_inverts_build() {
+        let k = keys();
+        assert_eq!(k.parse(&k.lock()), Some(AppKey::Lock));
+        assert_eq!(k.parse(&k.active()), Some(AppKey::Active));
+        assert_eq!(k.parse(&k.release(Color::Blue)), Some(AppKey::Release(Color::Blue)));
+        assert_eq!(k.parse(&k.history(7)), Some(AppKey::History(7)));
+        assert_eq!(k.parse(&k.host("h1")), Some(AppKey::Host("h1".into())));
+        assert_eq!(
+            k.parse(&k.health("h1", Color::Green)),
+            Some(AppKey::Health { host: "h1".into(), color: Color::Green })
+        );
+        assert_eq!(k.parse(&k.lb("lb")), Some(AppKey::Lb("lb".into())));
+    }
+
+    #[test]
+    fn parse_rejects_foreign_and_malformed_keys() {
+        let k = keys();
+        assert_eq!(k.parse("/bluegreen/shop2/active"), None);
+        assert_eq!(k.parse("/bluegreen/shop/releases/red"), None);
+        assert_eq!(k.parse("/bluegreen/shop/health/h1/purple"), None);
+        assert_eq!(k.parse("/bluegreen/shop/hosts/"), None);
+        assert_eq!(k.parse("/bluegreen/shop/history/abc"), None);
+        assert_eq!(k.parse("/bluegreen/shop/something-new"), None);
+    }
+
+    #[test]
+    fn rejects_bad_layout() {
+        assert!(Keys::new("bluegreen", "shop").is_err());
+        assert!(Keys::new("/bluegreen/", "shop").is_err());
+        assert!(Keys::new("/bluegreen", "a/b").is_err());
+        assert!(Keys::new("/bluegreen", "").is_err());
+        assert!(validate_segment("host", "host a").is_err());
+    }
+}

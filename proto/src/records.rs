@@ -1,0 +1,390 @@
+//! The JSON values stored under the keys of DESIGN.md §3. Unknown fields are ignored (forward
+//! compatible); invalid values are rejected by [`decode`] with an error naming the key.
+use crate::{Color, ProtoError};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A record that can check its own invariants beyond what serde's types already enforce.
+pub trait Validate {
+    /// Returns the first problem found, phrased as "field: what is wrong".
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Parses and validates the value stored at `key`. The error names the key and the field.
+pub fn decode<T: DeserializeOwned + Validate>(key: &str, value: &[u8]) -> Result<T, ProtoError> {
+    let record: T = serde_json::from_slice(value).map_err(|e| ProtoError::invalid(key, e.to_string()))?;
+    record.validate().map_err(|reason| ProtoError::invalid(key, reason))?;
+    Ok(record)
+}
+
+/// Serializes a record for etcd. Records are plain data, so this cannot fail.
+pub fn encode<T: Serialize>(record: &T) -> String {
+    serde_json::to_string(record).expect("records serialize infallibly")
+}
+
+/// `<p>/<app>/lock`: who holds the deployment lock. Its create revision is the fencing token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LockRecord {
+    pub deploy_id: String,
+    pub holder: String,
+    pub version: String,
+    pub acquired_at: String,
+}
+impl Validate for LockRecord {}
+
+/// `<p>/<app>/active`: the color that takes traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveRecord {
+    pub color: Color,
+    pub version: String,
+    pub deploy_id: String,
+    pub token: i64,
+    pub switched_at: String,
+}
+impl Validate for ActiveRecord {}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub url: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// argv; the first element is relative to the unpacked artifact (or absolute).
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(with = "humantime_serde", default = "default_stop_timeout")]
+    pub stop_timeout: Duration,
+}
+
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthSpec {
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    #[serde(with = "humantime_serde", default = "default_interval")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde", default = "default_timeout")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde", default = "default_startup_timeout")]
+    pub startup_timeout: Duration,
+}
+
+fn default_health_path() -> String {
+    "/health".into()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_startup_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            path: default_health_path(),
+            interval: default_interval(),
+            timeout: default_timeout(),
+            startup_timeout: default_startup_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+/// `<p>/<app>/releases/<color>`: what the agents should run on that color.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    pub version: String,
+    pub artifact: Artifact,
+    pub run: RunSpec,
+    #[serde(default)]
+    pub health: HealthSpec,
+    pub desired: Desired,
+    #[serde(default)]
+    pub deploy_id: String,
+    #[serde(default)]
+    pub token: i64,
+}
+
+impl Validate for ReleaseRecord {
+    fn validate(&self) -> Result<(), String> {
+        if self.version.trim().is_empty() {
+            return Err("version: must not be empty".into());
+        }
+        validate_artifact_url(&self.artifact.url).map_err(|e| format!("artifact.url: {e}"))?;
+        validate_sha256(&self.artifact.sha256).map_err(|e| format!("artifact.sha256: {e}"))?;
+        if self.run.command.first().is_none_or(|c| c.is_empty()) {
+            return Err("run.command: must name a program".into());
+        }
+        if !self.health.path.starts_with('/') {
+            return Err(format!("health.path: {:?} must start with '/'", self.health.path));
+        }
+        for (field, d) in [
+            ("health.interval", self.health.interval),
+            ("health.timeout", self.health.timeout),
+            ("health.startup_timeout", self.health.startup_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{field}: must be greater than zero"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Accepts the schemes the agent can fetch: file://, http://, https://.
+pub fn validate_artifact_url(url: &str) -> Result<(), String> {
+    let ok = ["file:///", "http://", "https://"].iter().any(|s| url.starts_with(s) && url.len() > s.len());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{url:?} is not a file:///, http:// or https:// URL"))
+    }
+}
+
+/// A sha256 is exactly 64 hex digits (either case is accepted, compared case-insensitively).
+pub fn validate_sha256(hex: &str) -> Result<(), String> {
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(format!("{hex:?} is not 64 hex digits"))
+    }
+}
+
+/// `<p>/<app>/deploy`: the phase of the current or last deploy, for reconciliation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployRecord {
+    pub deploy_id: String,
+    pub phase: String,
+    pub from: Option<Color>,
+    pub to: Color,
+    pub version: String,
+    pub token: i64,
+    pub started_at: String,
+    pub updated_at: String,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+impl Validate for DeployRecord {}
+
+/// `<p>/<app>/history/<revision>`: one immutable record per deploy, switch, rollback, migration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    pub kind: String,
+    pub deploy_id: String,
+    pub outcome: String,
+    pub at: String,
+    #[serde(default)]
+    pub from: Option<Color>,
+    #[serde(default)]
+    pub to: Option<Color>,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub details: serde_json::Value,
+}
+impl Validate for HistoryRecord {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ports {
+    pub blue: u16,
+    pub green: u16,
+}
+
+impl Ports {
+    pub fn of(&self, color: Color) -> u16 {
+        match color {
+            Color::Blue => self.blue,
+            Color::Green => self.green,
+        }
+    }
+}
+
+/// `<p>/<app>/hosts/<host>`: an agent's registration, under the agent's lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub host: String,
+    pub address: String,
+    pub ports: Ports,
+    pub grpc: String,
+    pub agent_version: String,
+    pub started_at: String,
+}
+
+impl Validate for HostRecord {
+    fn validate(&self) -> Result<(), String> {
+        if self.address.is_empty() {
+            return Err("address: must not be empty".into());
+        }
+        if self.ports.blue == self.ports.green {
+            return Err(format!("ports: blue and green are both {}", self.ports.blue));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    Starting,
+    Healthy,
+    Unhealthy,
+    Failed,
+    Stopped,
+}
+
+impl HealthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Starting => "starting",
+            HealthState::Healthy => "healthy",
+            HealthState::Unhealthy => "unhealthy",
+            HealthState::Failed => "failed",
+            HealthState::Stopped => "stopped",
+        }
+    }
+}
+
+/// `<p>/<app>/health/<host>/<color>`: what one color on one host is doing, under the agent's lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthRecord {
+    pub version: String,
+    pub state: HealthState,
+    /// The app's own /health JSON as last seen (null if none yet).
+    #[serde(default)]
+    pub health: serde_json::Value,
+    pub since: String,
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+impl Validate for HealthRecord {}
+
+/// `<p>/<app>/lbs/<name>`: a sidecar's acknowledgement of what nginx serves, under its lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LbRecord {
+    pub applied_revision: i64,
+    pub color: Option<Color>,
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+    pub config_sha256: String,
+    pub reloaded_at: String,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+impl Validate for LbRecord {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    fn release_json() -> serde_json::Value {
+        json!({
+            "version": "v2",
+            "artifact": {"url": "file:///tmp/app.tar.gz", "sha256": SHA},
+            "run": {"command": ["./demo-app"], "env": {"A": "1"}, "stop_timeout": "5s"},
+            "health": {"path": "/health", "interval": "1s", "timeout": "500ms", "startup_timeout": "30s"},
+            "desired": "running",
+            "deploy_id": "d1",
+            "token": 7,
+            "added_by_a_newer_writer": true
+        })
+    }
+
+    fn decode_release(v: &serde_json::Value) -> Result<ReleaseRecord, ProtoError> {
+        decode("/p/shop/releases/green", v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn release_parses_durations_and_ignores_unknown_fields() {
+        let r = decode_release(&release_json()).unwrap();
+        assert_eq!(r.run.stop_timeout, Duration::from_secs(5));
+        assert_eq!(r.health.timeout, Duration::from_millis(500));
+        assert_eq!(r.desired, Desired::Running);
+        let round: ReleaseRecord = serde_json::from_str(&encode(&r)).unwrap();
+        assert_eq!(round, r);
+    }
+
+    #[test]
+    fn release_errors_name_key_and_field() {
+        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+            ("version", json!(""), "version"),
+            ("desired", json!("paused"), "unknown variant"),
+        ];
+        for (field, value, expect) in cases {
+            let mut v = release_json();
+            v[field] = value;
+            let err = decode_release(&v).unwrap_err().to_string();
+            assert!(err.contains("/p/shop/releases/green") && err.contains(expect), "{err}");
+        }
+        let mut v = release_json();
+        v["artifact"]["sha256"] = json!("abc");
+        let err = decode_release(&v).unwrap_err().to_string();
+        assert!(err.contains("artifact.sha256"), "{err}");
+        let mut v = release_json();
+        v["artifact"]["url"] = json!("ftp://x/y");
+        assert!(decode_release(&v).unwrap_err().to_string().contains("artifact.url"));
+        let mut v = release_json();
+        v["run"]["command"] = json!([]);
+        assert!(decode_release(&v).unwrap_err().to_string().contains("run.command"));
+        let mut v = release_json();
+        v["health"]["interval"] = json!("soon");
+        assert!(decode_release(&v).unwrap_err().to_string().contains("/p/shop/releases/green"));
+        let mut v = release_json();
+        v.as_object_mut().unwrap().remove("artifact");
+        assert!(decode_release(&v).unwrap_err().to_string().contains("missing field `artifact`"));
+    }
+
+    #[test]
+    fn garbage_values_are_errors_not_panics() {
+        for garbage in [&b""[..], b"null", b"{", b"\xff\xfe", b"[1,2]", b"\"blue\""] {
+            assert!(decode::<ReleaseRecord>("k", garbage).is_err());
+            assert!(decode::<ActiveRecord>("k", garbage).is_err());
+            assert!(decode::<HealthRecord>("k", garbage).is_err());
+        }
+    }
+
+    #[test]
+    fn active_rejects_unknown_color() {
+        let v = json!({"color": "red", "version": "v1", "deploy_id": "d", "token": 1, "switched_at": "x"});
+        let err = decode::<ActiveRecord>("/p/shop/active", v.to_string().as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("/p/shop/active") && err.contains("\"red\""), "{err}");
+    }
+
+    #[test]
+    fn host_record_rejects_same_ports() {
+        let v = json!({"host": "a", "address": "127.0.0.1", "ports": {"blue": 1, "green": 1},
+                       "grpc": "x", "agent_version": "0", "started_at": "t"});
+        assert!(decode::<HostRecord>("k", v.to_string().as_bytes()).unwrap_err().to_string().contains("ports"));
+    }
+
+    #[test]
+    fn health_state_serializes_lowercase() {
+        assert_eq!(serde_json::to_string(&HealthState::Unhealthy).unwrap(), "\"unhealthy\"");
+    }
+}

@@ -1,0 +1,165 @@
+//! A prefix watch that survives etcd restarts: it resumes from the last seen revision + 1 after a
+//! reconnect, and when that revision was compacted away it re-reads the prefix and hands the caller
+//! a fresh snapshot instead of silently missing events (the kube-rs watcher's "relist" rule).
+use crate::ProtoError;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchStream};
+use std::time::Duration;
+
+/// One key's change; `value == None` means the key was deleted (or its lease expired).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+    pub mod_revision: i64,
+}
+
+/// The whole prefix as of `revision`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub revision: i64,
+    pub entries: Vec<(String, Vec<u8>)>,
+}
+
+/// What [`PrefixWatch::next`] yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent {
+    /// Changes that happened at `revision` (one etcd transaction or several batched together).
+    Changes { revision: i64, changes: Vec<Change> },
+    /// The watch fell behind a compaction: forget everything and start from this snapshot.
+    Resync(Snapshot),
+}
+
+pub struct PrefixWatch {
+    client: Client,
+    prefix: String,
+    /// The first revision not yet delivered.
+    next_revision: i64,
+    stream: Option<WatchStream>,
+}
+
+/// Reads every key under `prefix` in one consistent read.
+pub async fn read_prefix(client: &Client, prefix: &str) -> Result<Snapshot, ProtoError> {
+    let mut client = client.clone();
+    let resp = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(|e| ProtoError::etcd(format!("read {prefix}"), e))?;
+    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let entries = resp
+        .kvs()
+        .iter()
+        .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec()))
+        .collect();
+    Ok(Snapshot { revision, entries })
+}
+
+impl PrefixWatch {
+    /// Reads the prefix and returns the snapshot plus a watch that continues right after it.
+    pub async fn start(client: &Client, prefix: &str) -> Result<(Snapshot, PrefixWatch), ProtoError> {
+        let snapshot = read_prefix(client, prefix).await?;
+        let watch = PrefixWatch::from_revision(client, prefix, snapshot.revision + 1);
+        Ok((snapshot, watch))
+    }
+
+    /// A watch that delivers every change from `revision` on (inclusive).
+    pub fn from_revision(client: &Client, prefix: &str, revision: i64) -> PrefixWatch {
+        PrefixWatch { client: client.clone(), prefix: prefix.to_string(), next_revision: revision, stream: None }
+    }
+
+    pub fn next_revision(&self) -> i64 {
+        self.next_revision
+    }
+
+    /// Waits for the next batch of changes. Reconnects with capped exponential backoff for as long
+    /// as etcd is unreachable (the caller keeps acting on what it knows: fail static). Returns an
+    /// error only when etcd cancels the watch for a reason other than compaction.
+    pub async fn next(&mut self) -> Result<WatchEvent, ProtoError> {
+        let mut backoff = reconnect_backoff();
+        loop {
+            if self.stream.is_none() {
+                match self.open().await {
+                    Ok(stream) => self.stream = Some(stream),
+                    Err(e) => {
+                        let delay = backoff.next().unwrap_or(Duration::from_secs(2));
+                        tracing::warn!(prefix = %self.prefix, error = %e, ?delay, "etcd watch unavailable, retrying");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                }
+            }
+            let stream = self.stream.as_mut().expect("opened above");
+            let message = match stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) | Err(_) => {
+                    tracing::warn!(prefix = %self.prefix, revision = self.next_revision, "etcd watch broken, resuming");
+                    self.stream = None;
+                    continue;
+                }
+            };
+            if message.compact_revision() > 0 {
+                tracing::warn!(prefix = %self.prefix, compacted = message.compact_revision(), "watch revision compacted, re-reading");
+                self.stream = None;
+                let snapshot = match read_prefix(&self.client, &self.prefix).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(prefix = %self.prefix, error = %e, "re-read after compaction failed, retrying");
+                        tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(2))).await;
+                        // Force another compaction answer (or success) on the next open.
+                        continue;
+                    }
+                };
+                self.next_revision = snapshot.revision + 1;
+                return Ok(WatchEvent::Resync(snapshot));
+            }
+            if message.canceled() {
+                self.stream = None;
+                return Err(ProtoError::WatchCanceled {
+                    prefix: self.prefix.clone(),
+                    reason: message.cancel_reason().to_string(),
+                });
+            }
+            if message.events().is_empty() {
+                continue; // created / progress notifications
+            }
+            let changes: Vec<Change> = message
+                .events()
+                .iter()
+                .filter_map(|ev| {
+                    let kv = ev.kv()?;
+                    Some(Change {
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        value: match ev.event_type() {
+                            EventType::Put => Some(kv.value().to_vec()),
+                            EventType::Delete => None,
+                        },
+                        mod_revision: kv.mod_revision(),
+                    })
+                })
+                .collect();
+            let revision = changes.iter().map(|c| c.mod_revision).max().unwrap_or(self.next_revision);
+            self.next_revision = revision + 1;
+            return Ok(WatchEvent::Changes { revision, changes });
+        }
+    }
+
+    async fn open(&mut self) -> Result<WatchStream, ProtoError> {
+        let options = WatchOptions::new().with_prefix().with_start_revision(self.next_revision);
+        let mut client = self.client.clone();
+        let open = client.watch(self.prefix.as_str(), Some(options));
+        match tokio::time::timeout(Duration::from_secs(5), open).await {
+            Ok(r) => r.map_err(|e| ProtoError::etcd(format!("watch {}", self.prefix), e)),
+            Err(_) => Err(ProtoError::WatchCanceled { prefix: self.prefix.clone(), reason: "open timed out".into() }),
+        }
+    }
+}
+
+/// 100 ms doubling to 2 s, forever: reconnecting to etcd must never give up.
+fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
