@@ -1,0 +1,60 @@
+//! The demo app's settings, read once from the environment the agent injects (DESIGN.md §5).
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub color: String,
+    pub host: String,
+    pub port: u16,
+    pub version: String,
+    pub database_url: String,
+    pub feature_new_api: bool,
+    pub health_path: String,
+    pub log_level: String,
+    /// Test knobs, so tests can ship deliberately bad versions.
+    pub fail_health: bool,
+    pub fail_smoke: bool,
+    pub start_delay: Duration,
+    pub crash_after: Option<Duration>,
+    /// Create the `items` table at start when missing (off when migrations own the schema).
+    pub auto_schema: bool,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let flag = |name: &str| var(name).is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes" | "on"));
+        let millis = |name: &str| -> Result<Option<Duration>, String> {
+            var(name)
+                .map(|v| v.parse::<u64>().map(Duration::from_millis).map_err(|_| format!("{name}={v:?} is not a whole number of milliseconds")))
+                .transpose()
+        };
+        let port = match var("APPLICATION_PORT") {
+            Some(p) => p.parse().map_err(|_| format!("APPLICATION_PORT={p:?} is not a port number"))?,
+            None => 8080,
+        };
+        let color = var("ENVIRONMENT_COLOR").unwrap_or_else(|| "blue".into());
+        if color != "blue" && color != "green" {
+            return Err(format!("ENVIRONMENT_COLOR={color:?} must be blue or green"));
+        }
+        let health_path = var("HEALTH_CHECK_PATH").unwrap_or_else(|| "/health".into());
+        if !health_path.starts_with('/') {
+            return Err(format!("HEALTH_CHECK_PATH={health_path:?} must start with '/'"));
+        }
+        Ok(Config {
+            color,
+            host: var("APPLICATION_HOST").unwrap_or_else(|| "0.0.0.0".into()),
+            port,
+            version: var("APP_VERSION").unwrap_or_else(|| "dev".into()),
+            database_url: var("DATABASE_URL").unwrap_or_else(|| "sqlite://demo-app.db?mode=rwc".into()),
+            feature_new_api: flag("FEATURE_FLAG_NEW_API"),
+            health_path,
+            log_level: var("LOG_LEVEL").unwrap_or_else(|| "info".into()),
+            fail_health: flag("DEMO_FAIL_HEALTH"),
+            fail_smoke: flag("DEMO_FAIL_SMOKE"),
+            start_delay: millis("DEMO_START_DELAY_MS")?.unwrap_or_default(),
+            crash_after: millis("DEMO_CRASH_AFTER_MS")?,
+            auto_schema: var("DEMO_AUTO_SCHEMA").is_none_or(|v| v != "0"),
+        })
+    }
+}
