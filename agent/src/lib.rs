@@ -1,0 +1,120 @@
+//! The per-host agent: runs the blue and green copies of an app side by side, converges them to
+//! `releases/<color>` in etcd, and reports host and health under its own lease (DESIGN.md §4).
+//! It is control plane only: stopping it never stops the apps, and a restarted agent adopts them.
+#![forbid(unsafe_code)]
+
+pub mod artifact;
+pub mod config;
+pub mod desired;
+pub mod error;
+pub mod grpc;
+pub mod health;
+pub mod logs;
+pub mod process;
+pub mod reporter;
+pub mod status;
+pub mod supervisor;
+
+use config::Config;
+use error::AgentError;
+use proto::agent_api::agent_server::AgentServer;
+use proto::records::HostRecord;
+use proto::{Color, Keys};
+use status::DesiredRelease;
+use std::sync::Arc;
+use std::time::Duration;
+use supervisor::{HostContext, Supervisor};
+use tokio::sync::watch;
+
+/// Runs the agent until `shutdown` becomes true. Apps keep running afterwards.
+pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    let keys = Keys::new(&config.prefix, &config.app)?;
+    for dir in [config.state_dir.clone(), config.state_dir.join("logs"), config.state_dir.join("artifacts")] {
+        std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
+    }
+    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
+        .await
+        .map_err(|e| AgentError::Setting(format!("grpc_listen: cannot listen on {}: {e}", config.grpc_listen)))?;
+    let client = proto::connect(&config.etcd).await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(2)
+        .build()
+        .map_err(|e| AgentError::Setting(format!("http client: {e}")))?;
+    let ctx = Arc::new(HostContext {
+        host: config.host.clone(),
+        address: config.address.clone(),
+        ports: config.ports,
+        state_dir: config.state_dir.clone(),
+        http,
+        max_restarts: config.max_restarts,
+        app_log_level: config.app_log_level.clone(),
+    });
+
+    let (active_tx, active_rx) = watch::channel(None);
+    let mut desired_txs = Vec::new();
+    let mut status_rxs = Vec::new();
+    let mut tasks = Vec::new();
+    for color in Color::ALL {
+        let (desired_tx, desired_rx) = watch::channel(DesiredRelease::Unknown);
+        let (status_tx, status_rx) = watch::channel(None);
+        let supervisor = Supervisor::new(color, ctx.clone(), desired_rx, active_rx.clone(), status_tx);
+        tasks.push(tokio::spawn(supervisor.run(shutdown.clone())));
+        desired_txs.push(desired_tx);
+        status_rxs.push(status_rx);
+    }
+    let green = desired_txs.pop().expect("two colors");
+    let blue = desired_txs.pop().expect("two colors");
+    let feed = desired::DesiredFeed { client: client.clone(), keys: keys.clone(), blue, green, active: active_tx };
+    let feed_task = tokio::spawn(feed.run());
+
+    let host = HostRecord {
+        host: config.host.clone(),
+        address: config.address.clone(),
+        ports: config.ports,
+        grpc: config.grpc_listen.to_string(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at: proto::time::now_rfc3339(),
+    };
+    let reporter = reporter::Reporter { client, keys, host, lease_ttl: config.lease_ttl, statuses: status_rxs.clone() };
+    tasks.push(tokio::spawn(reporter.run(shutdown.clone())));
+    tasks.push(tokio::spawn(cap_logs(config.clone(), shutdown.clone())));
+
+    let service = grpc::AgentService {
+        host: config.host.clone(),
+        address: config.address.clone(),
+        ports: config.ports,
+        state_dir: config.state_dir.clone(),
+        statuses: status_rxs,
+    };
+    let mut grpc_shutdown = shutdown.clone();
+    let grpc = tonic::transport::Server::builder()
+        .add_service(AgentServer::new(service))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), async move {
+            status::shutdown_requested(&mut grpc_shutdown).await;
+        });
+    tracing::info!(host = %config.host, grpc = %config.grpc_listen, "agent running");
+    if let Err(e) = grpc.await {
+        tracing::error!(error = %e, "gRPC server failed");
+    }
+    feed_task.abort();
+    for task in tasks {
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+/// Keeps each color's log file under `log_max_bytes`.
+async fn cap_logs(config: Config, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        for color in Color::ALL {
+            let path = logs::log_path(&config.state_dir, color);
+            if let Err(e) = logs::cap(&path, config.log_max_bytes) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot rotate log");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = crate::status::shutdown_requested(&mut shutdown) => return,
+        }
+    }
+}

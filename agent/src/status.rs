@@ -1,0 +1,68 @@
+//! The values that flow between the agent's tasks: what etcd wants a color to run
+//! ([`DesiredRelease`]) and what the color is actually doing ([`ColorStatus`]).
+use proto::records::{HealthRecord, HealthState, ReleaseRecord};
+use proto::Color;
+use serde_json::Value;
+
+/// What `releases/<color>` says, as far as this agent knows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DesiredRelease {
+    /// Not read from etcd yet: keep whatever runs (an agent restarted while etcd is down).
+    Unknown,
+    /// No release key: nothing should run on this color.
+    Absent,
+    /// The key holds something that does not parse or validate; the text names key and field.
+    Invalid(String),
+    Release(ReleaseRecord),
+}
+
+/// One color's observable state, published on every change and written to `health/<host>/<color>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColorStatus {
+    pub color: Color,
+    pub version: String,
+    pub state: HealthState,
+    pub health: Value,
+    pub since: String,
+    pub restarts: u32,
+    pub error: Option<String>,
+    pub pid: Option<u32>,
+}
+
+impl ColorStatus {
+    pub fn new(color: Color, version: &str, state: HealthState) -> ColorStatus {
+        ColorStatus {
+            color,
+            version: version.to_string(),
+            state,
+            health: Value::Null,
+            since: proto::time::now_rfc3339(),
+            restarts: 0,
+            error: None,
+            pid: None,
+        }
+    }
+
+    /// Whether `other` is a change worth writing to etcd. The app's body (uptime, timestamp) changes
+    /// on every probe and is carried along, but never causes a write by itself.
+    pub fn differs_from(&self, other: &ColorStatus) -> bool {
+        (self.state, &self.version, self.restarts, &self.error, self.pid)
+            != (other.state, &other.version, other.restarts, &other.error, other.pid)
+    }
+
+    pub fn record(&self) -> HealthRecord {
+        HealthRecord {
+            version: self.version.clone(),
+            state: self.state,
+            health: self.health.clone(),
+            since: self.since.clone(),
+            restarts: self.restarts,
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone), holding no lock across awaits.
+pub async fn shutdown_requested(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await.map(|_| ());
+}
