@@ -15,6 +15,10 @@ pub fn unpacked_dir(state_dir: &Path, sha256: &str) -> PathBuf {
 /// Downloads, verifies and unpacks `artifact`; returns the directory to run the command in.
 /// Nothing is left behind on failure, and nothing that already runs is touched.
 pub async fn fetch(http: &reqwest::Client, state_dir: &Path, artifact: &Artifact) -> Result<PathBuf, AgentError> {
+    // One fetch at a time per agent: both colors often ask for the same artifact at once, and the
+    // second then finds it unpacked instead of downloading it again.
+    static FETCHING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one_at_a_time = FETCHING.lock().await;
     let dir = unpacked_dir(state_dir, &artifact.sha256);
     if dir.is_dir() {
         return Ok(dir);
@@ -58,7 +62,10 @@ pub fn verify_sha256(url: &str, expected: &str, bytes: &[u8]) -> Result<(), Agen
 fn unpack_atomically(url: &str, bytes: &[u8], state_dir: &Path, target: &Path) -> Result<(), AgentError> {
     let parent = target.parent().expect("artifact dir has a parent");
     std::fs::create_dir_all(parent).map_err(|e| AgentError::io(parent, e))?;
-    let tmp = state_dir.join("artifacts").join(format!(".unpack-{}", std::process::id()));
+    // Both colors may fetch the same artifact at once: each unpack gets its own scratch dir.
+    static UNPACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = UNPACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = state_dir.join("artifacts").join(format!(".unpack-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| AgentError::io(&tmp, e))?;
     let result = unpack(url, bytes, &tmp).and_then(|()| {
@@ -177,5 +184,25 @@ mod tests {
         let err = verify_sha256("file:///a", &"0".repeat(64), b"abc").unwrap_err().to_string();
         assert!(err.contains(&"0".repeat(64)) && err.contains("ba7816bf"), "{err}");
         verify_sha256("file:///a", "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD", b"abc").unwrap();
+    }
+}
+#[cfg(test)]
+mod mode_tests {
+    #[test]
+    fn keeps_exec_mode() {
+        let mut header = tar::Header::new_gnu();
+        header.as_gnu_mut().unwrap().name[..3].copy_from_slice(b"app");
+        header.set_size(2);
+        header.set_mode(0o755);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        builder.append(&header, &b"hi"[..]).unwrap();
+        let bytes = builder.into_inner().unwrap().finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        super::unpack("file:///a.tgz", &bytes, dir.path()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("app")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
     }
 }

@@ -1,0 +1,35 @@
+//! Test harnesses that drive bluegreen's real binaries as processes against a real etcd (and, in
+//! later suites, real nginx). Each harness cleans up after itself, including the apps the agents
+//! started in their own process groups.
+#![forbid(unsafe_code)]
+
+pub mod artifacts;
+pub mod etcd;
+pub mod procs;
+pub mod wait;
+
+pub use artifacts::Artifacts;
+pub use etcd::Etcd;
+pub use procs::AgentProc;
+pub use wait::wait_for;
+
+use std::path::PathBuf;
+
+/// Where cargo put the workspace's binaries (`target/debug` or `target/release`), found from the
+/// running test executable (`target/<profile>/deps/<test>`), so `CARGO_TARGET_DIR` is respected.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>").to_path_buf()
+}
+
+/// The path of a workspace binary; panics with the command to run when it was not built.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.is_file(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+/// A TCP port that is free on `address` right now.
+pub fn free_port(address: &str) -> u16 {
+    std::net::TcpListener::bind((address, 0)).expect("bind for a free port").local_addr().unwrap().port()
+}

@@ -1,0 +1,173 @@
+//! Agents as real processes, one per simulated host on its own loopback address (127.0.0.11, …).
+use crate::{binary, free_port, Etcd};
+use proto::records::{decode, HealthRecord, HealthState, Ports, ReleaseRecord};
+use proto::{Color, Keys};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const APP: &str = "shop";
+pub const PREFIX: &str = "/bluegreen";
+
+pub fn keys() -> Keys {
+    Keys::new(PREFIX, APP).unwrap()
+}
+
+pub struct AgentProc {
+    child: Option<Child>,
+    pub host: String,
+    pub address: String,
+    pub ports: Ports,
+    pub grpc: String,
+    pub state_dir: PathBuf,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl AgentProc {
+    /// Starts the agent of host number `n` (address 127.0.0.{10+n}) with lease TTL `ttl_secs`.
+    pub fn start(etcd: &Etcd, n: u8, ttl_secs: u64, extra: &str) -> AgentProc {
+        let dir = tempfile::tempdir().expect("agent dir");
+        let address = format!("127.0.0.{}", 10 + n);
+        let ports = Ports { blue: free_port(&address), green: free_port(&address) };
+        let grpc = format!("{address}:{}", free_port(&address));
+        let state_dir = dir.path().join("state");
+        let config_path = dir.path().join("agent.toml");
+        let host = format!("host-{n}");
+        let config = format!(
+            "etcd = [\"{}\"]\nprefix = \"{PREFIX}\"\napp = \"{APP}\"\nhost = \"{host}\"\naddress = \"{address}\"\n\
+             state_dir = \"{}\"\ngrpc_listen = \"{grpc}\"\nlease_ttl = \"{ttl_secs}s\"\n{extra}\n[ports]\nblue = {}\ngreen = {}\n",
+            etcd.endpoint,
+            state_dir.display(),
+            ports.blue,
+            ports.green
+        );
+        std::fs::write(&config_path, config).expect("write agent config");
+        let log_path = dir.path().join("agent.log");
+        let mut agent = AgentProc { child: None, host, address, ports, grpc, state_dir, config_path, log_path, _dir: dir };
+        agent.spawn();
+        agent
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("agent log");
+        let child = Command::new(binary("agent"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("BLUEGREEN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start agent");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would: the apps must keep running.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn url(&self, color: Color, path: &str) -> String {
+        format!("http://{}:{}{path}", self.address, self.ports.of(color))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The pid of the app running `color`, from the agent's pid file.
+    pub fn app_pid(&self, color: Color) -> Option<u32> {
+        let text = std::fs::read(self.state_dir.join(format!("{color}.pid.json"))).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        v["pid"].as_u64().map(|p| p as u32)
+    }
+
+    /// Kills the apps this agent started (they live in their own process groups).
+    fn kill_apps(&self) {
+        for color in Color::ALL {
+            if let Some(pid) = self.app_pid(color) {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+        self.kill_apps();
+    }
+}
+
+pub async fn put_release(client: &etcd_client::Client, color: Color, release: &ReleaseRecord) {
+    put_raw(client, &keys().release(color), &proto::records::encode(release)).await;
+}
+
+pub async fn put_raw(client: &etcd_client::Client, key: &str, value: &str) {
+    client.clone().put(key, value, None).await.expect("etcd put");
+}
+
+pub async fn get_raw(client: &etcd_client::Client, key: &str) -> Option<Vec<u8>> {
+    let resp = client.clone().get(key, None).await.ok()?;
+    resp.kvs().first().map(|kv| kv.value().to_vec())
+}
+
+pub async fn health(client: &etcd_client::Client, host: &str, color: Color) -> Option<HealthRecord> {
+    let key = keys().health(host, color);
+    let bytes = get_raw(client, &key).await?;
+    Some(decode(&key, &bytes).expect("agent writes valid health records"))
+}
+
+/// Waits until `health/<host>/<color>` satisfies `accept`; on timeout the panic shows the last record.
+pub async fn wait_health(
+    client: &etcd_client::Client,
+    host: &str,
+    color: Color,
+    what: &str,
+    accept: impl Fn(&HealthRecord) -> bool,
+) -> HealthRecord {
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    loop {
+        if let Some(record) = health(client, host, color).await {
+            if accept(&record) {
+                return record;
+            }
+            last = Some(record);
+        }
+        assert!(tokio::time::Instant::now() < end, "timed out waiting for {host}/{color} {what}; last record: {last:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn wait_healthy(client: &etcd_client::Client, host: &str, color: Color, version: &str) -> HealthRecord {
+    let record = wait_health(client, host, color, &format!("healthy at {version}"), |h| {
+        h.version == version && matches!(h.state, HealthState::Healthy | HealthState::Failed)
+    })
+    .await;
+    assert_eq!(record.state, HealthState::Healthy, "{host}/{color} failed instead: {record:?}");
+    record
+}
+
+/// GET `url` and parse the JSON body (None on any failure).
+pub async fn get_json(url: &str) -> Option<serde_json::Value> {
+    let resp = reqwest::Client::new().get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.json().await.ok()
+}
