@@ -108,6 +108,14 @@ impl AgentProc {
 
 impl Drop for AgentProc {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("--- last lines of {}'s agent log ---", self.host);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         self.kill9();
         self.kill_apps();
     }
