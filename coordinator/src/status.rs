@@ -1,0 +1,93 @@
+//! `coordinator status`: one consistent read of the app's prefix, shown as a table or JSON.
+use proto::records::{decode, ActiveRecord, HealthRecord, HostRecord, LbRecord, LockRecord, ReleaseRecord};
+use proto::watch::read_prefix;
+use proto::{AppKey, Color, Keys};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Everything `status` shows; invalid values are listed as problems naming their key.
+#[derive(Debug, Default, Serialize)]
+pub struct AppStatus {
+    pub revision: i64,
+    pub active: Option<ActiveRecord>,
+    pub releases: BTreeMap<Color, ReleaseRecord>,
+    pub hosts: BTreeMap<String, HostRecord>,
+    pub health: BTreeMap<String, BTreeMap<Color, HealthRecord>>,
+    pub lbs: BTreeMap<String, LbRecord>,
+    pub lock: Option<LockRecord>,
+    pub problems: Vec<String>,
+}
+
+pub async fn read(client: &etcd_client::Client, keys: &Keys) -> Result<AppStatus, proto::ProtoError> {
+    let snapshot = read_prefix(client, keys.app_prefix()).await?;
+    let mut status = AppStatus { revision: snapshot.revision, ..Default::default() };
+    for (key, value) in &snapshot.entries {
+        let result = match keys.parse(key) {
+            Some(AppKey::Active) => decode(key, value).map(|a| status.active = Some(a)),
+            Some(AppKey::Release(c)) => decode(key, value).map(|r| {
+                status.releases.insert(c, r);
+            }),
+            Some(AppKey::Host(h)) => decode(key, value).map(|r| {
+                status.hosts.insert(h, r);
+            }),
+            Some(AppKey::Health { host, color }) => decode(key, value).map(|r| {
+                status.health.entry(host).or_default().insert(color, r);
+            }),
+            Some(AppKey::Lb(name)) => decode(key, value).map(|r| {
+                status.lbs.insert(name, r);
+            }),
+            Some(AppKey::Lock) => decode(key, value).map(|r| status.lock = Some(r)),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            status.problems.push(e.to_string());
+        }
+    }
+    Ok(status)
+}
+
+/// The text form: active color, releases, then one line per host and color.
+pub fn render_text(app: &str, s: &AppStatus) -> String {
+    let mut out = String::new();
+    let active = s.active.as_ref().map_or("none (no traffic decision yet)".to_string(), |a| format!("{} ({})", a.color, a.version));
+    out.push_str(&format!("app {app} at revision {}\nactive: {active}\n", s.revision));
+    for color in Color::ALL {
+        match s.releases.get(&color) {
+            Some(r) => out.push_str(&format!("release {color}: {} ({:?})\n", r.version, r.desired).to_lowercase()),
+            None => out.push_str(&format!("release {color}: none\n")),
+        }
+    }
+    out.push_str(&format!("{:<16} {:<22} {:<6} {:<10} {:<10} {:<8} error\n", "HOST", "ADDRESS", "COLOR", "VERSION", "STATE", "RESTARTS"));
+    let mut names: Vec<&String> = s.hosts.keys().chain(s.health.keys()).collect();
+    names.sort();
+    names.dedup();
+    for host in names {
+        let address = s.hosts.get(host).map_or("(not registered)".to_string(), |h| h.address.clone());
+        for color in Color::ALL {
+            let port = s.hosts.get(host).map(|h| h.ports.of(color)).unwrap_or(0);
+            match s.health.get(host).and_then(|m| m.get(&color)) {
+                Some(h) => out.push_str(&format!(
+                    "{host:<16} {:<22} {color:<6} {:<10} {:<10} {:<8} {}\n",
+                    format!("{address}:{port}"),
+                    h.version,
+                    h.state.as_str(),
+                    h.restarts,
+                    h.error.as_deref().unwrap_or("")
+                )),
+                None => out.push_str(&format!("{host:<16} {:<22} {color:<6} {:<10} {:<10}\n", format!("{address}:{port}"), "-", "unknown")),
+            }
+        }
+    }
+    for (name, lb) in &s.lbs {
+        let color = lb.color.map_or("none".to_string(), |c| c.to_string());
+        out.push_str(&format!("lb {name}: serving {color} at revision {}\n", lb.applied_revision));
+    }
+    match &s.lock {
+        Some(l) => out.push_str(&format!("lock: held by {} (deploy {}, version {}, since {})\n", l.holder, l.deploy_id, l.version, l.acquired_at)),
+        None => out.push_str("lock: free\n"),
+    }
+    for p in &s.problems {
+        out.push_str(&format!("problem: {p}\n"));
+    }
+    out
+}
