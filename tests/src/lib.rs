@@ -16,10 +16,19 @@ pub use wait::wait_for;
 use std::path::PathBuf;
 
 /// Where cargo put the workspace's binaries (`target/debug` or `target/release`), found from the
-/// running test executable (`target/<profile>/deps/<test>`), so `CARGO_TARGET_DIR` is respected.
+/// running executable (`target/<profile>/deps/<test>` or `target/<profile>/<bench>`), so
+/// `CARGO_TARGET_DIR` and the profile in use are respected.
 pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>").to_path_buf()
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable has a directory");
+    if dir.ends_with("deps") { dir.parent().expect("target/<profile>").to_path_buf() } else { dir.to_path_buf() }
+}
+
+/// Resident set size of a process in KiB, from /proc/<pid>/status.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The path of a workspace binary; panics with the command to run when it was not built.
