@@ -384,12 +384,8 @@ impl Supervisor {
         c.process.as_ref()?;
         let last = self.status.borrow().as_ref().map(|s| s.state);
         let period = if c.ever_healthy && last != Some(HealthState::Starting) { c.release.health.interval } else { STARTING_PROBE };
-        Some(self.last_probe_base() + period)
-    }
-
-    fn last_probe_base(&self) -> Instant {
-        // Probing is driven by the select loop: "now" after each handled event is the base.
-        Instant::now()
+        // The loop recomputes this after every event, so a probe follows the last event by `period`.
+        Some(Instant::now() + period)
     }
 
     fn is_active(&self) -> bool {
