@@ -7,6 +7,7 @@ pub mod color;
 pub mod error;
 pub mod fence;
 pub mod keys;
+pub mod leased;
 pub mod records;
 pub mod session;
 pub mod time;

@@ -1,0 +1,112 @@
+//! Turns the sidecar's view of etcd into what nginx serves. A switch is only an atomic file swap
+//! plus SIGHUP: both colors' variants are rendered and validated ahead of time (whenever the hosts
+//! change), so `nginx -t` never sits between a switch and traffic moving. A reload nginx refused
+//! (it keeps its old config silently) is caught by polling the status location, and the last good
+//! file is put back.
+use crate::error::SidecarError;
+use crate::nginx::Nginx;
+use crate::render::{self, View};
+use crate::state::LbState;
+use proto::records::LbRecord;
+use proto::Color;
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// How long nginx gets to start serving a new config before the reload counts as refused.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Applier {
+    pub nginx: Nginx,
+    template: String,
+    app: String,
+    listen: String,
+    preview_listen: String,
+    /// sha256 of rendered texts (with the revision token) that passed `nginx -t`.
+    validated: HashSet<String>,
+    /// What nginx serves, before the revision was swapped in: to skip reloads that change nothing.
+    served: Option<String>,
+}
+
+fn sha256(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+impl Applier {
+    pub fn new(nginx: Nginx, template: Option<String>, app: &str, listen: String, preview_listen: String) -> Applier {
+        let template = template.unwrap_or_else(|| render::BUILTIN_TEMPLATE.to_string());
+        Applier { nginx, template, app: app.to_string(), listen, preview_listen, validated: HashSet::new(), served: None }
+    }
+
+    fn view(&self, state: &LbState, color: Color, version: &str) -> View {
+        View {
+            app: self.app.clone(),
+            listen: self.listen.clone(),
+            preview_listen: self.preview_listen.clone(),
+            color,
+            version: version.to_string(),
+            live: state.upstream(color),
+            preview: state.upstream(color.other()),
+        }
+    }
+
+    async fn ensure_validated(&mut self, rendered: &str, color: Color) -> Result<(), SidecarError> {
+        let hash = sha256(rendered);
+        if self.validated.contains(&hash) {
+            return Ok(());
+        }
+        // Validate with a real revision number in place: the token itself is not a valid argument
+        // everywhere a template may put it.
+        self.nginx
+            .validate(&render::with_revision(rendered, 0))
+            .await
+            .map_err(|output| SidecarError::Invalid { color: color.to_string(), output })?;
+        self.validated.insert(hash);
+        Ok(())
+    }
+
+    /// Renders and validates the variant for `color` without touching nginx (pre-validation).
+    pub async fn prepare(&mut self, state: &LbState, color: Color, version: &str) -> Result<(), SidecarError> {
+        let rendered = render::render(&self.template, &self.view(state, color, version)).map_err(SidecarError::Render)?;
+        self.ensure_validated(&rendered, color).await
+    }
+
+    /// Makes nginx serve the active color as of `revision`. With `force` false, a render identical
+    /// to what is served is a no-op (health churn that changed nothing). Returns the ack to write.
+    pub async fn apply(&mut self, state: &LbState, revision: i64, force: bool) -> Result<Option<LbRecord>, SidecarError> {
+        let Some(active) = &state.active else { return Ok(None) };
+        let (color, version) = (active.color, active.version.clone());
+        let view = self.view(state, color, &version);
+        let rendered = render::render(&self.template, &view).map_err(SidecarError::Render)?;
+        if !force && self.served.as_deref() == Some(rendered.as_str()) {
+            return Ok(None);
+        }
+        self.ensure_validated(&rendered, color).await?;
+        let text = render::with_revision(&rendered, revision);
+        let previous = self.nginx.current();
+        self.nginx.install(&text)?;
+        let reloaded = self.nginx.reload();
+        let expected = format!("{revision} {color}");
+        if reloaded.is_err() || !self.nginx.wait_serving(&expected, VERIFY_TIMEOUT).await {
+            let why = match reloaded {
+                Err(e) => e.to_string(),
+                Ok(()) => format!("nginx did not start serving revision {revision} within {VERIFY_TIMEOUT:?}"),
+            };
+            if let Some(previous) = previous {
+                self.nginx.install(&previous)?;
+                let _ = self.nginx.reload();
+            }
+            self.served = None;
+            return Err(SidecarError::Reload(format!("{why}; restored the last good config")));
+        }
+        self.served = Some(rendered);
+        Ok(Some(LbRecord {
+            applied_revision: revision,
+            color: Some(color),
+            upstreams: view.live,
+            config_sha256: sha256(&text),
+            reloaded_at: proto::time::now_rfc3339(),
+            error: None,
+        }))
+    }
+}

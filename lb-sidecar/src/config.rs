@@ -1,0 +1,176 @@
+//! The sidecar's settings: a TOML file, overridden by flags and `BLUEGREEN_SIDECAR_*` environment
+//! variables, validated once into [`Config`]. Nothing else in the sidecar reads the environment.
+use crate::error::SidecarError;
+use clap::Parser;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser, Default)]
+#[command(name = "lb-sidecar", version, about = "Points this load balancer's nginx at the active color in etcd")]
+pub struct Cli {
+    /// TOML config file (see deploy/examples/sidecar.toml).
+    #[arg(long, env = "BLUEGREEN_SIDECAR_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "BLUEGREEN_SIDECAR_ETCD", value_delimiter = ',')]
+    pub etcd: Option<Vec<String>>,
+    #[arg(long, env = "BLUEGREEN_SIDECAR_PREFIX")]
+    pub prefix: Option<String>,
+    #[arg(long, env = "BLUEGREEN_SIDECAR_APP")]
+    pub app: Option<String>,
+    /// This load balancer's name in etcd (`lbs/<name>`).
+    #[arg(long, env = "BLUEGREEN_SIDECAR_NAME")]
+    pub name: Option<String>,
+    /// Public traffic, e.g. 0.0.0.0:80.
+    #[arg(long, env = "BLUEGREEN_SIDECAR_LISTEN")]
+    pub listen: Option<String>,
+    /// The idle color, for checks before a switch.
+    #[arg(long, env = "BLUEGREEN_SIDECAR_PREVIEW_LISTEN")]
+    pub preview_listen: Option<String>,
+    /// The sidecar's own /metrics and /healthz.
+    #[arg(long, env = "BLUEGREEN_SIDECAR_STATUS_LISTEN")]
+    pub status_listen: Option<String>,
+    #[arg(long, env = "BLUEGREEN_SIDECAR_LEASE_TTL")]
+    pub lease_ttl: Option<String>,
+    /// How long health churn is collected before one reload (a switch never waits).
+    #[arg(long, env = "BLUEGREEN_SIDECAR_DEBOUNCE")]
+    pub debounce: Option<String>,
+    #[arg(long, env = "BLUEGREEN_SIDECAR_NGINX_BINARY")]
+    pub nginx_binary: Option<PathBuf>,
+    #[arg(long, env = "BLUEGREEN_SIDECAR_NGINX_MAIN_CONFIG")]
+    pub nginx_main_config: Option<PathBuf>,
+    #[arg(long, env = "BLUEGREEN_SIDECAR_NGINX_INCLUDE_FILE")]
+    pub nginx_include_file: Option<PathBuf>,
+    #[arg(long, env = "BLUEGREEN_SIDECAR_NGINX_PID_FILE")]
+    pub nginx_pid_file: Option<PathBuf>,
+    /// A template replacing the built-in one (placeholders: see the README).
+    #[arg(long, env = "BLUEGREEN_SIDECAR_TEMPLATE")]
+    pub template: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileNginx {
+    binary: Option<PathBuf>,
+    main_config: Option<PathBuf>,
+    include_file: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    etcd: Option<Vec<String>>,
+    prefix: Option<String>,
+    app: Option<String>,
+    name: Option<String>,
+    listen: Option<String>,
+    preview_listen: Option<String>,
+    status_listen: Option<String>,
+    lease_ttl: Option<String>,
+    debounce: Option<String>,
+    template: Option<PathBuf>,
+    nginx: Option<FileNginx>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NginxConfig {
+    pub binary: PathBuf,
+    pub main_config: PathBuf,
+    pub include_file: PathBuf,
+    pub pid_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub etcd: Vec<String>,
+    pub prefix: String,
+    pub app: String,
+    pub name: String,
+    pub listen: SocketAddr,
+    pub preview_listen: SocketAddr,
+    pub status_listen: SocketAddr,
+    pub lease_ttl: Duration,
+    pub debounce: Duration,
+    pub template: Option<String>,
+    pub nginx: NginxConfig,
+}
+
+fn addr(field: &str, value: String) -> Result<SocketAddr, SidecarError> {
+    value.parse().map_err(|_| SidecarError::Setting(format!("{field}: {value:?} is not an address:port")))
+}
+
+fn duration(field: &str, value: String) -> Result<Duration, SidecarError> {
+    humantime::parse_duration(&value).map_err(|e| SidecarError::Setting(format!("{field}: {value:?}: {e}")))
+}
+
+impl Config {
+    pub fn load(cli: Cli) -> Result<Config, SidecarError> {
+        let file = match &cli.config {
+            Some(path) => {
+                let shown = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|e| SidecarError::Config { path: shown.clone(), reason: e.to_string() })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| SidecarError::Config { path: shown, reason: e.to_string() })?
+            }
+            None => FileConfig::default(),
+        };
+        let nginx = file.nginx.unwrap_or_default();
+        let template = match cli.template.or(file.template) {
+            Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| SidecarError::Config { path: path.display().to_string(), reason: e.to_string() })?),
+            None => None,
+        };
+        let app = cli.app.or(file.app).ok_or_else(|| SidecarError::Setting("app: required".into()))?;
+        let name = match cli.name.or(file.name) {
+            Some(n) => n,
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default(),
+        };
+        let config = Config {
+            etcd: cli.etcd.or(file.etcd).unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()]),
+            prefix: cli.prefix.or(file.prefix).unwrap_or_else(|| "/bluegreen".into()),
+            name,
+            listen: addr("listen", cli.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0:80".into()))?,
+            preview_listen: addr("preview_listen", cli.preview_listen.or(file.preview_listen).unwrap_or_else(|| "127.0.0.1:8088".into()))?,
+            status_listen: addr("status_listen", cli.status_listen.or(file.status_listen).unwrap_or_else(|| "127.0.0.1:9901".into()))?,
+            lease_ttl: duration("lease_ttl", cli.lease_ttl.or(file.lease_ttl).unwrap_or_else(|| "10s".into()))?,
+            debounce: duration("debounce", cli.debounce.or(file.debounce).unwrap_or_else(|| "250ms".into()))?,
+            template,
+            nginx: NginxConfig {
+                binary: cli.nginx_binary.or(nginx.binary).unwrap_or_else(|| "nginx".into()),
+                main_config: cli.nginx_main_config.or(nginx.main_config).unwrap_or_else(|| "/etc/nginx/nginx.conf".into()),
+                include_file: cli.nginx_include_file.or(nginx.include_file).unwrap_or_else(|| format!("/etc/nginx/conf.d/bluegreen-{app}.conf").into()),
+                pid_file: cli.nginx_pid_file.or(nginx.pid_file).unwrap_or_else(|| "/run/nginx.pid".into()),
+            },
+            app,
+        };
+        proto::Keys::new(&config.prefix, &config.app)?;
+        proto::keys::validate_segment("name", &config.name)?;
+        if config.lease_ttl < Duration::from_secs(2) {
+            return Err(SidecarError::Setting(format!("lease_ttl: {:?} is shorter than 2s", config.lease_ttl)));
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_nginx_key_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sidecar.toml");
+        std::fs::write(&path, "app = \"shop\"\n[nginx]\nbinnary = \"nginx\"\n").unwrap();
+        let err = Config::load(Cli { config: Some(path.clone()), ..Default::default() }).unwrap_err().to_string();
+        assert!(err.contains("sidecar.toml") && err.contains("binnary"), "{err}");
+    }
+
+    #[test]
+    fn defaults_and_bad_address() {
+        let c = Config::load(Cli { app: Some("shop".into()), name: Some("lb-1".into()), ..Default::default() }).unwrap();
+        assert_eq!(c.nginx.include_file, PathBuf::from("/etc/nginx/conf.d/bluegreen-shop.conf"));
+        assert_eq!(c.debounce, Duration::from_millis(250));
+        let err = Config::load(Cli { app: Some("shop".into()), listen: Some("port 80".into()), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("listen"));
+    }
+}

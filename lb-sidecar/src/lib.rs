@@ -1,0 +1,205 @@
+//! The lb-sidecar: one per load balancer. Follows the app's prefix in etcd and keeps nginx serving
+//! the active color's healthy hosts (DESIGN.md §4 "LB sidecar"). Fail static: while etcd is
+//! unreachable nginx keeps its last good config and the sidecar keeps retrying.
+#![forbid(unsafe_code)]
+
+pub mod applier;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod nginx;
+pub mod render;
+pub mod state;
+
+use applier::Applier;
+use config::Config;
+use error::SidecarError;
+use metrics::Metrics;
+use proto::records::{encode, LbRecord};
+use proto::watch::{PrefixWatch, WatchEvent};
+use proto::Keys;
+use state::{Effect, LbState};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Runs until `shutdown` becomes true. nginx keeps serving whatever it was last given.
+pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), SidecarError> {
+    let keys = Keys::new(&config.prefix, &config.app)?;
+    let metrics = Arc::new(Metrics::default());
+    let listener = tokio::net::TcpListener::bind(config.status_listen)
+        .await
+        .map_err(|e| SidecarError::Setting(format!("status_listen: cannot listen on {}: {e}", config.status_listen)))?;
+    let mut server_shutdown = shutdown.clone();
+    let server = axum::serve(listener, metrics::router(metrics.clone())).with_graceful_shutdown(async move {
+        let _ = server_shutdown.wait_for(|s| *s).await.map(|_| ());
+    });
+    tokio::spawn(async move { server.await });
+
+    let client = proto::connect(&config.etcd).await?;
+    let nginx = nginx::Nginx::new(config.nginx.clone(), config.listen);
+    let applier = Applier::new(nginx, config.template.clone(), &config.app, config.listen.to_string(), config.preview_listen.to_string());
+    let (ack_tx, ack_rx) = watch::channel(Vec::new());
+    let holder = tokio::spawn(proto::leased::hold_keys(client.clone(), config.lease_ttl, ack_rx, shutdown.clone()));
+    let follower = Follower { keys, client, applier, metrics, config, ack_tx, state: LbState::default(), ack: None, revision: 0 };
+    follower.run(shutdown).await;
+    let _ = holder.await;
+    Ok(())
+}
+
+struct Follower {
+    keys: Keys,
+    client: etcd_client::Client,
+    applier: Applier,
+    metrics: Arc<Metrics>,
+    config: Config,
+    ack_tx: watch::Sender<Vec<(String, String)>>,
+    state: LbState,
+    /// The last ack written, kept so that an error can be added to it without losing the rest.
+    ack: Option<LbRecord>,
+    /// The newest etcd revision processed.
+    revision: i64,
+}
+
+impl Follower {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut watch = loop {
+            tokio::select! {
+                started = PrefixWatch::start(&self.client, self.keys.app_prefix()) => match started {
+                    Ok((snapshot, watch)) => {
+                        self.resync(snapshot).await;
+                        break watch;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "etcd unreachable; nginx keeps its last config, retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        };
+        let mut debounce_until: Option<Instant> = None;
+        loop {
+            let debounce = tokio::time::sleep_until(debounce_until.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)));
+            tokio::select! {
+                event = watch.next() => match event {
+                    Ok(WatchEvent::Changes { revision, changes }) => {
+                        self.metrics.saw_event();
+                        let seen = Instant::now();
+                        self.revision = revision;
+                        let mut effect = Effect::None;
+                        for change in changes {
+                            match self.state.apply(&self.keys, &change.key, change.value.as_deref()) {
+                                Ok(e) => effect = effect.max(e),
+                                Err(problem) => self.report_error(problem),
+                            }
+                        }
+                        match effect {
+                            Effect::Switch => {
+                                debounce_until = None;
+                                if self.apply(true).await {
+                                    self.metrics.observe_switch(seen.elapsed());
+                                }
+                            }
+                            Effect::Topology => {
+                                debounce_until.get_or_insert(Instant::now() + self.config.debounce);
+                            }
+                            Effect::None => {}
+                        }
+                    }
+                    Ok(WatchEvent::Resync(snapshot)) => {
+                        debounce_until = None;
+                        self.resync(snapshot).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watch canceled; re-reading");
+                        if let Ok((snapshot, w)) = PrefixWatch::start(&self.client, self.keys.app_prefix()).await {
+                            watch = w;
+                            self.resync(snapshot).await;
+                        }
+                    }
+                },
+                _ = debounce, if debounce_until.is_some() => {
+                    debounce_until = None;
+                    if self.apply(false).await {
+                        self.prevalidate_other().await;
+                    }
+                }
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Rebuilds the state from a full read (start, compaction) and applies it.
+    async fn resync(&mut self, snapshot: proto::watch::Snapshot) {
+        let mut state = LbState::default();
+        for (key, value) in &snapshot.entries {
+            if let Err(problem) = state.apply(&self.keys, key, Some(value)) {
+                self.report_error(problem);
+            }
+        }
+        // A garbage `active` at start leaves no decision: keep what nginx serves.
+        if state.active.is_none() {
+            state.active = self.state.active.clone();
+        }
+        self.state = state;
+        self.revision = snapshot.revision;
+        self.metrics.saw_event();
+        if self.state.active.is_some() {
+            self.apply(true).await;
+            self.prevalidate_other().await;
+        }
+    }
+
+    /// Applies the current state; true when nginx now serves it.
+    async fn apply(&mut self, force: bool) -> bool {
+        match self.applier.apply(&self.state, self.revision, force).await {
+            Ok(Some(ack)) => {
+                tracing::info!(revision = ack.applied_revision, color = ?ack.color, upstreams = ?ack.upstreams, "nginx serving");
+                self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+                self.metrics.applied_revision.store(ack.applied_revision, Ordering::Relaxed);
+                *self.metrics.color.lock().unwrap() = ack.color.map(|c| c.to_string());
+                *self.metrics.error.lock().unwrap() = None;
+                self.publish(ack);
+                true
+            }
+            Ok(None) => true,
+            Err(e) => {
+                self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+                self.report_error(e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Validates the idle color's variant now, so that the next switch is only a swap and a SIGHUP.
+    async fn prevalidate_other(&mut self) {
+        let Some(active) = self.state.active.clone() else { return };
+        if let Err(e) = self.applier.prepare(&self.state, active.color.other(), &active.version).await {
+            tracing::warn!(error = %e, "pre-validation of the idle color failed; a switch will validate again");
+        }
+    }
+
+    /// Puts the error into the ack (keeping what is served) so the coordinator and operators see it.
+    fn report_error(&mut self, error: String) {
+        tracing::error!(%error, "not applied; nginx keeps its last good config");
+        *self.metrics.error.lock().unwrap() = Some(error.clone());
+        let mut ack = self.ack.clone().unwrap_or(LbRecord {
+            applied_revision: 0,
+            color: None,
+            upstreams: Vec::new(),
+            config_sha256: String::new(),
+            reloaded_at: String::new(),
+            error: None,
+        });
+        ack.error = Some(error);
+        self.publish(ack);
+    }
+
+    fn publish(&mut self, ack: LbRecord) {
+        let _ = self.ack_tx.send(vec![(self.keys.lb(&self.config.name), encode(&ack))]);
+        self.ack = Some(LbRecord { error: None, ..ack });
+    }
+}

@@ -1,0 +1,108 @@
+//! The nginx side effects: validate a candidate include with `nginx -t`, swap the include file
+//! atomically, SIGHUP the master, and poll the status location until the new revision answers.
+use crate::config::NginxConfig;
+use crate::error::SidecarError;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub struct Nginx {
+    config: NginxConfig,
+    status_url: String,
+    http: reqwest::Client,
+}
+
+impl Nginx {
+    /// `listen` is the public listener; its status location is asked over loopback.
+    pub fn new(config: NginxConfig, listen: SocketAddr) -> Nginx {
+        let host = if listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { listen.ip().to_string() };
+        let status_url = format!("http://{host}:{}{}", listen.port(), crate::render::STATUS_PATH);
+        // A fresh connection per poll: a kept-alive one could still be served by an old worker.
+        let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("http client");
+        Nginx { config, status_url, http }
+    }
+
+    fn sibling(&self, suffix: &str) -> PathBuf {
+        let mut name = self.config.include_file.file_name().unwrap_or_default().to_os_string();
+        name.push(suffix);
+        self.config.include_file.with_file_name(name)
+    }
+
+    /// Runs `nginx -t` against the main config with `text` in place of the include file. When the
+    /// main config does not name the include file literally (a glob, say), the candidate is checked
+    /// inside a minimal main config instead, which still catches every error of the file itself.
+    pub async fn validate(&self, text: &str) -> Result<(), String> {
+        let candidate = self.sibling(".candidate");
+        let test_main = self.sibling(".test-main.conf");
+        std::fs::write(&candidate, text).map_err(|e| format!("{}: {e}", candidate.display()))?;
+        let include = self.config.include_file.display().to_string();
+        let main = std::fs::read_to_string(&self.config.main_config).unwrap_or_default();
+        let main = if !main.is_empty() && main.contains(&include) {
+            main.replace(&include, &candidate.display().to_string())
+        } else {
+            format!("events {{}}\nhttp {{\n    include {};\n}}\n", candidate.display())
+        };
+        std::fs::write(&test_main, main).map_err(|e| format!("{}: {e}", test_main.display()))?;
+        let output = tokio::process::Command::new(&self.config.binary)
+            .arg("-t")
+            .arg("-q")
+            .arg("-e")
+            .arg("stderr")
+            .arg("-c")
+            .arg(&test_main)
+            .output()
+            .await
+            .map_err(|e| format!("cannot run {}: {e}", self.config.binary.display()))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            Err(stderr.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join("; ").replace(&candidate.display().to_string(), &include))
+        }
+    }
+
+    /// What nginx was last given (the file on disk), if anything.
+    pub fn current(&self) -> Option<String> {
+        std::fs::read_to_string(&self.config.include_file).ok()
+    }
+
+    /// Replaces the include file atomically (write beside it, rename over it).
+    pub fn install(&self, text: &str) -> Result<(), SidecarError> {
+        let tmp = self.sibling(".tmp");
+        std::fs::write(&tmp, text).map_err(|e| SidecarError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &self.config.include_file).map_err(|e| SidecarError::io(&self.config.include_file, e))
+    }
+
+    /// SIGHUP to the master: nginx re-reads its config, starts new workers and lets the old ones
+    /// finish their in-flight requests.
+    pub fn reload(&self) -> Result<(), SidecarError> {
+        let pid_file = &self.config.pid_file;
+        let text = std::fs::read_to_string(pid_file).map_err(|e| SidecarError::Reload(format!("pid file {}: {e}", pid_file.display())))?;
+        let pid: i32 = text.trim().parse().map_err(|_| SidecarError::Reload(format!("pid file {} holds {:?}", pid_file.display(), text.trim())))?;
+        kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| SidecarError::Reload(format!("SIGHUP to nginx master {pid}: {e}")))
+    }
+
+    /// Polls the status location until it answers `expected`; false after `timeout`.
+    pub async fn wait_serving(&self, expected: &str, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.status().await.as_deref() == Some(expected) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        false
+    }
+
+    /// What the status location answers now ("<revision> <color>"), if anything.
+    pub async fn status(&self) -> Option<String> {
+        let resp = self.http.get(&self.status_url).timeout(Duration::from_secs(1)).send().await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.text().await.ok().map(|t| t.trim().to_string())
+    }
+}
