@@ -5,6 +5,9 @@
 
 pub mod artifacts;
 pub mod etcd;
+pub mod lb;
+pub mod load;
+pub mod nginx;
 pub mod procs;
 pub mod wait;
 

@@ -1,0 +1,39 @@
+//! Helpers for load-balancer tests: switching `active` and waiting for acks and traffic.
+use crate::procs::{get_json, get_raw, keys};
+use crate::wait_for;
+use proto::records::{decode, encode, ActiveRecord, LbRecord};
+use proto::Color;
+use std::time::Duration;
+
+/// Writes `active` and returns the revision of the write.
+pub async fn set_active(client: &etcd_client::Client, color: Color, version: &str) -> i64 {
+    let record = ActiveRecord {
+        color,
+        version: version.to_string(),
+        deploy_id: format!("test-switch-{color}"),
+        token: 0,
+        switched_at: proto::time::now_rfc3339(),
+    };
+    let resp = client.clone().put(keys().active(), encode(&record), None).await.expect("put active");
+    resp.header().expect("header").revision()
+}
+
+pub async fn ack(client: &etcd_client::Client, name: &str) -> Option<LbRecord> {
+    let key = keys().lb(name);
+    let bytes = get_raw(client, &key).await?;
+    Some(decode(&key, &bytes).expect("sidecars write valid acks"))
+}
+
+/// Waits until `lbs/<name>` satisfies `accept`.
+pub async fn wait_ack(client: &etcd_client::Client, name: &str, what: &str, accept: impl Fn(&LbRecord) -> bool) -> LbRecord {
+    let accept = &accept;
+    wait_for(&format!("{name} ack {what}"), Duration::from_secs(30), || async move { ack(client, name).await.filter(|a| accept(a)) }).await
+}
+
+/// Waits until `url` answers JSON with `environment == color`.
+pub async fn wait_color(url: &str, color: Color) {
+    wait_for(&format!("{url} to serve {color}"), Duration::from_secs(30), || async move {
+        get_json(url).await.filter(|b| b["environment"] == color.as_str()).map(|_| ())
+    })
+    .await;
+}

@@ -1,0 +1,70 @@
+//! A request loop through a load balancer, counting what a client would see. Keep-alive mode
+//! applies the single retry RFC 9112 §9.3.1 allows for an idempotent request whose reused
+//! connection was closed under it, and counts those raw resets separately.
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub failed: Vec<String>,
+    /// Keep-alive requests that failed at the connection level and succeeded on the retry.
+    pub resets_retried: u64,
+    /// Responses per `environment` seen, to show traffic moved.
+    pub colors: BTreeMap<String, u64>,
+}
+
+/// GETs `url` in a loop until `stop` is set.
+pub fn spawn(url: String, keep_alive: bool, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<LoadReport> {
+    tokio::spawn(async move {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
+        if !keep_alive {
+            builder = builder.pool_max_idle_per_host(0);
+        }
+        let http = builder.build().unwrap();
+        let mut report = LoadReport::default();
+        while !stop.load(Ordering::Relaxed) {
+            let mut outcome = once(&http, &url).await;
+            if keep_alive && matches!(outcome, Err(ref e) if e.starts_with("connection:")) {
+                report.resets_retried += 1;
+                outcome = once(&http, &url).await;
+            }
+            match outcome {
+                Ok(color) => {
+                    report.ok += 1;
+                    *report.colors.entry(color).or_default() += 1;
+                }
+                Err(e) => report.failed.push(e),
+            }
+        }
+        report
+    })
+}
+
+async fn once(http: &reqwest::Client, url: &str) -> Result<String, String> {
+    let resp = http.get(url).send().await.map_err(|e| format!("connection: {e:?}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.map_err(|e| format!("body: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("HTTP {status}: {body}"));
+    }
+    Ok(body["environment"].as_str().unwrap_or("?").to_string())
+}
+
+/// Sends `count` requests over fresh connections, one after another.
+pub async fn requests(url: &str, count: u64) -> LoadReport {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).pool_max_idle_per_host(0).build().unwrap();
+    let mut report = LoadReport::default();
+    for _ in 0..count {
+        match once(&http, url).await {
+            Ok(color) => {
+                report.ok += 1;
+                *report.colors.entry(color).or_default() += 1;
+            }
+            Err(e) => report.failed.push(e),
+        }
+    }
+    report
+}

@@ -1,0 +1,179 @@
+//! Real nginx and lb-sidecar processes for tests: each LB gets its own nginx (own prefix, pid
+//! file, ports) and its own sidecar owning that nginx's include file.
+use crate::{binary, free_port, Etcd};
+use crate::procs::{APP, PREFIX};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+pub struct Nginx {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub listen: u16,
+    pub preview: u16,
+    pub main_config: PathBuf,
+    pub include_file: PathBuf,
+    pub pid_file: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx in the foreground (`daemon off`, so the child is the master) with an empty
+    /// include file: nothing listens on the public port until a sidecar renders it.
+    pub fn start() -> Nginx {
+        let tmp = tempfile::tempdir().expect("nginx dir");
+        let dir = tmp.path().to_path_buf();
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        let include_file = dir.join("bluegreen.conf");
+        std::fs::write(&include_file, "# no traffic decision yet\n").unwrap();
+        let pid_file = dir.join("nginx.pid");
+        let main_config = dir.join("nginx.conf");
+        let main = format!(
+            "daemon off;\nworker_processes 1;\npid {pid};\nerror_log {dir}/error.log warn;\n\
+             worker_shutdown_timeout 10s;\nevents {{ worker_connections 4096; }}\n\
+             http {{\n    access_log off;\n    client_body_temp_path {dir}/tmp/body;\n    proxy_temp_path {dir}/tmp/proxy;\n\
+             \n    include {include};\n}}\n",
+            pid = pid_file.display(),
+            dir = dir.display(),
+            include = include_file.display()
+        );
+        std::fs::write(&main_config, main).unwrap();
+        let mut nginx = Nginx {
+            child: None,
+            listen: free_port("127.0.0.1"),
+            preview: free_port("127.0.0.1"),
+            dir,
+            main_config,
+            include_file,
+            pid_file,
+            _tmp: tmp,
+        };
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(&nginx.dir)
+            .arg("-c")
+            .arg(&nginx.main_config)
+            .arg("-e")
+            .arg(nginx.dir.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx (is nginx-light installed? run deploy/install-deps.sh)");
+        nginx.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !nginx.pid_file.exists() {
+            assert!(std::time::Instant::now() < deadline, "nginx did not write its pid file");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        nginx
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.listen)
+    }
+
+    pub fn preview_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.preview)
+    }
+
+    pub fn master_pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM: fast shutdown of master and workers (SIGKILL would orphan the workers).
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+}
+
+pub struct SidecarProc {
+    child: Option<Child>,
+    pub name: String,
+    pub status_port: u16,
+    config_path: PathBuf,
+    log_path: PathBuf,
+}
+
+impl SidecarProc {
+    /// Starts `lb-sidecar` for `nginx`; `extra` is appended to the top level of its config.
+    pub fn start(etcd: &Etcd, name: &str, nginx: &Nginx, extra: &str) -> SidecarProc {
+        let status_port = free_port("127.0.0.1");
+        let config_path = nginx.dir.join(format!("{name}.toml"));
+        let config = format!(
+            "etcd = [\"{}\"]\nprefix = \"{PREFIX}\"\napp = \"{APP}\"\nname = \"{name}\"\nlisten = \"127.0.0.1:{}\"\n\
+             preview_listen = \"127.0.0.1:{}\"\nstatus_listen = \"127.0.0.1:{status_port}\"\nlease_ttl = \"5s\"\n{extra}\n\
+             [nginx]\nbinary = \"nginx\"\nmain_config = \"{}\"\ninclude_file = \"{}\"\npid_file = \"{}\"\n",
+            etcd.endpoint,
+            nginx.listen,
+            nginx.preview,
+            nginx.main_config.display(),
+            nginx.include_file.display(),
+            nginx.pid_file.display()
+        );
+        std::fs::write(&config_path, config).unwrap();
+        let mut sidecar = SidecarProc { child: None, name: name.to_string(), status_port, config_path, log_path: nginx.dir.join(format!("{name}.log")) };
+        sidecar.spawn();
+        sidecar
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
+        let child = Command::new(binary("lb-sidecar"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start lb-sidecar");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for SidecarProc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            eprintln!("--- last lines of sidecar {} ---", self.name);
+            for line in log.lines().rev().take(20).collect::<Vec<_>>().iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        self.kill9();
+    }
+}
+
+/// The built-in template plus an unquoted `X-Version {{version}}` header: valid for ordinary
+/// versions, invalid nginx syntax for a version with a space. Tests use it to render bad config.
+pub fn lb_template_with_version_header() -> String {
+    lb_sidecar_template().replace("add_header X-Bluegreen-Color {{color}} always;", "add_header X-Bluegreen-Color {{color}} always;\n        add_header X-Version {{version}};")
+}
+
+fn lb_sidecar_template() -> String {
+    lb_sidecar::render::BUILTIN_TEMPLATE.to_string()
+}
