@@ -1,0 +1,154 @@
+//! Switch propagation benchmark (not a test): from the write of `active` until every LB serves the
+//! new color, p50/p99 over many switches with 1 and with 8 LBs, beside the floor measured in the
+//! same run (write the include file + `nginx -s reload` + first response of the new color).
+//!   cargo build --release --workspace --bins && target/release/bench-switch 50
+use bluegreen_tests::artifacts::release;
+use bluegreen_tests::lb::{set_active, wait_ack};
+use bluegreen_tests::nginx::{Nginx, SidecarProc};
+use bluegreen_tests::procs::{put_release, wait_healthy};
+use bluegreen_tests::{rss_kib, AgentProc, Artifacts, Etcd};
+use lb_sidecar::render::{render, with_revision, View, BUILTIN_TEMPLATE};
+use proto::Color;
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[tokio::main]
+async fn main() {
+    let switches: usize = std::env::args().nth(1).map(|a| a.parse().expect("number of switches")).unwrap_or(50);
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let artifacts = Artifacts::default();
+    let app = artifacts.demo_app();
+    let hosts = [AgentProc::start(&etcd, 1, 10, ""), AgentProc::start(&etcd, 2, 10, "")];
+    put_release(&client, Color::Blue, &release("v1", &app, &[])).await;
+    put_release(&client, Color::Green, &release("v2", &app, &[])).await;
+    for h in &hosts {
+        wait_healthy(&client, &h.host, Color::Blue, "v1").await;
+        wait_healthy(&client, &h.host, Color::Green, "v2").await;
+    }
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+
+    let mut revision = set_active(&client, Color::Blue, "v1").await;
+    for lb_count in [1usize, 8] {
+        let floor = measure_floor(&hosts, &http, lb_count, switches).await;
+        report(&format!("floor, {lb_count} nginx (write file + nginx -s reload + first response, all at once)"), &floor, None);
+        let lbs: Vec<Nginx> = (0..lb_count).map(|_| Nginx::start()).collect();
+        let sidecars: Vec<SidecarProc> = lbs.iter().enumerate().map(|(i, n)| SidecarProc::start(&etcd, &format!("bench-{lb_count}-{i}"), n, "")).collect();
+        for s in &sidecars {
+            wait_ack(&client, &s.name, "initial", |a| a.applied_revision >= revision).await;
+        }
+        let mut samples = Vec::new();
+        for n in 0..switches {
+            let (color, version) = if n % 2 == 0 { (Color::Green, "v2") } else { (Color::Blue, "v1") };
+            let start = Instant::now();
+            revision = set_active(&client, color, version).await;
+            let urls: Vec<String> = lbs.iter().map(|l| l.url("/api/v1/status")).collect();
+            futures::future::join_all(urls.iter().map(|u| serves(&http, u, color))).await;
+            samples.push(start.elapsed());
+            for s in &sidecars {
+                wait_ack(&client, &s.name, "switch", |a| a.applied_revision == revision).await;
+            }
+        }
+        report(&format!("sidecar, {lb_count} LB(s)"), &samples, Some(&floor));
+        let rss: Vec<u64> = sidecars.iter().filter_map(|s| rss_kib(s.pid())).collect();
+        println!("  lb-sidecar RSS: max {:.1} MB over {} sidecars", rss.iter().max().copied().unwrap_or(0) as f64 / 1024.0, rss.len());
+    }
+}
+
+/// The bare nginx floor on `count` nginx of its own: both variants rendered once, then per switch,
+/// for every nginx at once: write the file, `nginx -s reload`, poll until the new color answers.
+async fn measure_floor(hosts: &[AgentProc], http: &reqwest::Client, count: usize, switches: usize) -> Vec<Duration> {
+    let fleet: Vec<Nginx> = (0..count).map(|_| Nginx::start()).collect();
+    let mut samples = vec![Duration::ZERO; switches];
+    let runs = fleet.iter().map(|nginx| floor_of_one(nginx, hosts, http, switches));
+    for one in futures::future::join_all(runs).await {
+        for (slowest, sample) in samples.iter_mut().zip(one) {
+            *slowest = (*slowest).max(sample);
+        }
+    }
+    samples
+}
+
+/// One nginx's floor samples. All nginx of a run switch in lockstep: each sample starts together.
+async fn floor_of_one(nginx: &Nginx, hosts: &[AgentProc], http: &reqwest::Client, switches: usize) -> Vec<Duration> {
+    let variant = |color: Color| {
+        let view = View {
+            app: "shop".into(),
+            listen: format!("127.0.0.1:{}", nginx.listen),
+            preview_listen: format!("127.0.0.1:{}", nginx.preview),
+            color,
+            version: "floor".into(),
+            live: hosts.iter().map(|h| format!("{}:{}", h.address, h.ports.of(color))).collect(),
+            preview: hosts.iter().map(|h| format!("{}:{}", h.address, h.ports.of(color.other()))).collect(),
+        };
+        with_revision(&render(BUILTIN_TEMPLATE, &view).unwrap(), 1)
+    };
+    let texts = [variant(Color::Blue), variant(Color::Green)];
+    let url = nginx.url("/api/v1/status");
+    std::fs::write(&nginx.include_file, &texts[0]).unwrap();
+    reload(nginx).await;
+    serves(http, &url, Color::Blue).await;
+    let mut samples = Vec::new();
+    for n in 0..switches {
+        let color = if n % 2 == 0 { Color::Green } else { Color::Blue };
+        let start = Instant::now();
+        std::fs::write(&nginx.include_file, &texts[if color == Color::Blue { 0 } else { 1 }]).unwrap();
+        reload(nginx).await;
+        serves(http, &url, color).await;
+        samples.push(start.elapsed());
+    }
+    samples
+}
+
+async fn reload(nginx: &Nginx) {
+    let status = tokio::process::Command::new("nginx")
+        .arg("-p")
+        .arg(&nginx.dir)
+        .arg("-c")
+        .arg(&nginx.main_config)
+        .arg("-e")
+        .arg(nginx.dir.join("error.log"))
+        .args(["-s", "reload"])
+        .status()
+        .await
+        .expect("nginx -s reload");
+    assert!(status.success());
+}
+
+/// Polls `url` over fresh connections until it answers with `color`.
+async fn serves(http: &reqwest::Client, url: &str, color: Color) {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(resp) = http.get(url).timeout(Duration::from_secs(2)).send().await {
+            if let Ok(body) = resp.json::<serde_json::Value>().await {
+                if body["environment"] == color.as_str() {
+                    return;
+                }
+            }
+        }
+        assert!(Instant::now() < end, "{url} never served {color}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(what: &str, samples: &[Duration], floor: Option<&[Duration]>) {
+    let mut s = samples.to_vec();
+    s.sort();
+    let (p50, p99) = (percentile(&s, 0.5), percentile(&s, 0.99));
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut line = format!("{what}: p50 {:.1} ms, p99 {:.1} ms over {} switches", ms(p50), ms(p99), s.len());
+    if let Some(floor) = floor {
+        let mut f = floor.to_vec();
+        f.sort();
+        line.push_str(&format!(
+            " = {:.2}x / {:.2}x the floor (target 1.25x / 1.5x)",
+            ms(p50) / ms(percentile(&f, 0.5)),
+            ms(p99) / ms(percentile(&f, 0.99))
+        ));
+    }
+    println!("{line}");
+}
