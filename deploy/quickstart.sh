@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # bluegreen quickstart: everything on this machine, nothing to configure.
 # Starts an embedded single-node etcd, three agents as hosts 127.0.0.11-13, deploys the demo app
-# as blue v1 and green v2 on every host, waits until every host reports both healthy, and shows
-# `coordinator status`. Ctrl-C stops everything (agents, apps, etcd). `--once` exits after showing.
+# as blue v1 and green v2 on every host, waits until every host reports both healthy, starts two
+# load balancers (nginx + lb-sidecar each, on 127.0.0.1:8000 and :8001), sends traffic to blue,
+# switches it to green, and shows `coordinator status`. Ctrl-C stops everything. `--once` exits
+# after showing.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,6 +29,10 @@ cleanup() {
             pid=$(sed -E 's/.*"pid":([0-9]+).*/\1/' "$pidfile")
             kill -TERM -- "-$pid" 2>/dev/null || true
         done
+    done
+    for lb in 1 2; do
+        [[ -f $WORK/lb-$lb/sidecar.pid ]] && kill "$(cat "$WORK/lb-$lb/sidecar.pid")" 2>/dev/null || true
+        [[ -f $WORK/lb-$lb/nginx.pid ]] && kill "$(cat "$WORK/lb-$lb/nginx.pid")" 2>/dev/null || true
     done
     [[ -f $WORK/etcd.pid ]] && kill "$(cat "$WORK/etcd.pid")" 2>/dev/null || true
 }
@@ -85,6 +91,46 @@ for n in "${HOSTS[@]}"; do
     done
 done
 [[ $healthy -eq $((${#HOSTS[@]} * 2)) ]] || { echo "quickstart: not every host became healthy; see $WORK/*.log" >&2; exit 1; }
+
+# Two load balancers, each an nginx of its own with an lb-sidecar owning its include file.
+for lb in 1 2; do
+    dir=$WORK/lb-$lb
+    mkdir -p "$dir/tmp"
+    echo "# no traffic decision yet" >"$dir/bluegreen-shop.conf"
+    sed -e "s|@DIR@|$dir|g" "$ROOT/deploy/examples/nginx.conf" >"$dir/nginx.conf"
+    nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
+    "$BIN/lb-sidecar" --etcd "$ETCD" --app shop --name "lb-$lb" \
+        --listen "127.0.0.1:800$((lb - 1))" --preview-listen "127.0.0.1:808$((lb + 7))" --status-listen "127.0.0.1:990$lb" \
+        --nginx-main-config "$dir/nginx.conf" --nginx-include-file "$dir/bluegreen-shop.conf" --nginx-pid-file "$dir/nginx.pid" \
+        >"$dir/sidecar.log" 2>&1 &
+    echo $! >"$dir/sidecar.pid"
+done
+active() { # color version
+    etcdctl --endpoints "$ETCD" put /bluegreen/shop/active \
+        "{\"color\":\"$1\",\"version\":\"$2\",\"deploy_id\":\"quickstart\",\"token\":0,\"switched_at\":\"$(date -u +%FT%TZ)\"}" -w json |
+        sed -E 's/.*"revision":([0-9]+).*/\1/'
+}
+wait_acks() { # revision
+    for _ in $(seq 300); do
+        acked=$(etcdctl --endpoints "$ETCD" get --prefix /bluegreen/shop/lbs/ --print-value-only |
+            grep -c "\"applied_revision\":$1," || true)
+        [[ $acked -eq 2 ]] && return 0
+        sleep 0.01
+    done
+    echo "quickstart: the load balancers did not acknowledge revision $1; see $WORK/lb-*/sidecar.log" >&2
+    exit 1
+}
+rev=$(active blue v1)
+wait_acks "$rev"
+echo "quickstart: traffic on blue: $(curl -s http://127.0.0.1:8000/api/v1/status)"
+start=$(date +%s%N)
+rev=$(active green v2)
+wait_acks "$rev"
+echo "quickstart: switched to green; both load balancers acknowledged revision $rev within $((($(date +%s%N) - start) / 1000000)) ms"
+echo "quickstart: lb-1 -> $(curl -s http://127.0.0.1:8000/api/v1/status)"
+echo "quickstart: lb-2 -> $(curl -s http://127.0.0.1:8001/api/v1/status)"
+echo
+"$BIN/coordinator" --etcd "$ETCD" --app shop status
 if ((ONCE)); then exit 0; fi
 echo
 echo "quickstart: running. Watch the audit trail: etcdctl --endpoints $ETCD watch --prefix /bluegreen/"

@@ -81,16 +81,29 @@ impl Applier {
         if !force && self.served.as_deref() == Some(rendered.as_str()) {
             return Ok(None);
         }
+        let started = tokio::time::Instant::now();
         self.ensure_validated(&rendered, color).await?;
+        let validated_ms = started.elapsed().as_secs_f64() * 1000.0;
         let text = render::with_revision(&rendered, revision);
         let previous = self.nginx.current();
         self.nginx.install(&text)?;
         let reloaded = self.nginx.reload();
         let expected = format!("{revision} {color}");
-        if reloaded.is_err() || !self.nginx.wait_serving(&expected, VERIFY_TIMEOUT).await {
+        let verified = match &reloaded {
+            Ok(old_workers) => {
+                let signalled_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let serving = self.nginx.wait_serving(&expected, VERIFY_TIMEOUT).await;
+                let serving_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let drained = serving && self.nginx.wait_old_workers(old_workers, VERIFY_TIMEOUT).await;
+                tracing::info!(revision, validated_ms, signalled_ms, serving_ms, done_ms = started.elapsed().as_secs_f64() * 1000.0, "reload timings");
+                drained
+            }
+            Err(_) => false,
+        };
+        if !verified {
             let why = match reloaded {
                 Err(e) => e.to_string(),
-                Ok(()) => format!("nginx did not start serving revision {revision} within {VERIFY_TIMEOUT:?}"),
+                Ok(_) => format!("nginx did not start serving revision {revision} within {VERIFY_TIMEOUT:?}"),
             };
             if let Some(previous) = previous {
                 self.nginx.install(&previous)?;

@@ -76,13 +76,36 @@ impl Nginx {
         std::fs::rename(&tmp, &self.config.include_file).map_err(|e| SidecarError::io(&self.config.include_file, e))
     }
 
-    /// SIGHUP to the master: nginx re-reads its config, starts new workers and lets the old ones
-    /// finish their in-flight requests.
-    pub fn reload(&self) -> Result<(), SidecarError> {
+    /// The master's pid, from the pid file.
+    pub fn master_pid(&self) -> Result<i32, SidecarError> {
         let pid_file = &self.config.pid_file;
         let text = std::fs::read_to_string(pid_file).map_err(|e| SidecarError::Reload(format!("pid file {}: {e}", pid_file.display())))?;
-        let pid: i32 = text.trim().parse().map_err(|_| SidecarError::Reload(format!("pid file {} holds {:?}", pid_file.display(), text.trim())))?;
-        kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| SidecarError::Reload(format!("SIGHUP to nginx master {pid}: {e}")))
+        text.trim().parse().map_err(|_| SidecarError::Reload(format!("pid file {} holds {:?}", pid_file.display(), text.trim())))
+    }
+
+    /// SIGHUP to the master: nginx re-reads its config, starts new workers and lets the old ones
+    /// finish their in-flight requests. Returns the workers that ran before, which must stop
+    /// accepting before the switch is complete (see [`Nginx::wait_old_workers`]).
+    pub fn reload(&self) -> Result<Vec<i32>, SidecarError> {
+        let pid = self.master_pid()?;
+        let old = workers_of(pid);
+        kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| SidecarError::Reload(format!("SIGHUP to nginx master {pid}: {e}")))?;
+        Ok(old)
+    }
+
+    /// Waits until every worker of the old generation has left its accept loop (its title says
+    /// "shutting down", set right before it closes its listening sockets) or exited. Until then an
+    /// old worker may still accept a new connection and serve it with the old config, so a new
+    /// revision answering on one connection does not yet mean every connection gets it.
+    pub async fn wait_old_workers(&self, old: &[i32], timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if old.iter().all(|&pid| !accepting_worker(pid)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        false
     }
 
     /// Polls the status location until it answers `expected`; false after `timeout`.
@@ -104,5 +127,27 @@ impl Nginx {
             return None;
         }
         resp.text().await.ok().map(|t| t.trim().to_string())
+    }
+}
+
+/// Pids whose parent is `master` (nginx's workers and cache helpers).
+pub fn workers_of(master: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| parent_of(*pid) == Some(master))
+        .collect()
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A worker still in its accept loop: alive and not titled "... is shutting down".
+pub fn accepting_worker(pid: i32) -> bool {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmdline) => !cmdline.is_empty() && !String::from_utf8_lossy(&cmdline).contains("shutting down"),
+        Err(_) => false,
     }
 }

@@ -28,7 +28,7 @@ impl Nginx {
         let pid_file = dir.join("nginx.pid");
         let main_config = dir.join("nginx.conf");
         let main = format!(
-            "daemon off;\nworker_processes 1;\npid {pid};\nerror_log {dir}/error.log warn;\n\
+            "daemon off;\nworker_processes 2;\npid {pid};\nerror_log {dir}/error.log warn;\n\
              worker_shutdown_timeout 10s;\nevents {{ worker_connections 4096; }}\n\
              http {{\n    access_log off;\n    client_body_temp_path {dir}/tmp/body;\n    proxy_temp_path {dir}/tmp/proxy;\n\
              \n    include {include};\n}}\n",

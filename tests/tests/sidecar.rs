@@ -50,8 +50,9 @@ async fn every_lb_follows_active_and_acks_the_revision() {
         let a = wait_ack(&client, &format!("lb-{i}"), "of the switch", |a| a.applied_revision == revision).await;
         assert_eq!(a.color, Some(Color::Green));
         assert!(a.error.is_none(), "{a:?}");
-        // Acked means served: the very next request goes to green.
-        assert_eq!(get_json(&lb.url("/api/v1/status")).await.unwrap()["environment"], "green");
+        // Acked means served: every new connection from now on goes to green, on every worker.
+        let after = load::requests(&lb.url("/api/v1/status"), 50).await;
+        assert_eq!(after.colors.keys().collect::<Vec<_>>(), vec!["green"], "{after:?}");
     }
 }
 

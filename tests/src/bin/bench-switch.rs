@@ -31,25 +31,29 @@ async fn main() {
     let mut revision = set_active(&client, Color::Blue, "v1").await;
     for lb_count in [1usize, 8] {
         let floor = measure_floor(&hosts, &http, lb_count, switches).await;
-        report(&format!("floor, {lb_count} nginx (write file + nginx -s reload + first response, all at once)"), &floor, None);
+        report(&format!("floor, {lb_count} nginx: write file + nginx -s reload -> first response of the new color"), &floor.first, None);
+        report(&format!("floor, {lb_count} nginx: write file + nginx -s reload -> old workers stopped accepting"), &floor.complete, None);
         let lbs: Vec<Nginx> = (0..lb_count).map(|_| Nginx::start()).collect();
         let sidecars: Vec<SidecarProc> = lbs.iter().enumerate().map(|(i, n)| SidecarProc::start(&etcd, &format!("bench-{lb_count}-{i}"), n, "")).collect();
         for s in &sidecars {
             wait_ack(&client, &s.name, "initial", |a| a.applied_revision >= revision).await;
         }
-        let mut samples = Vec::new();
+        let mut samples = Samples { first: Vec::new(), complete: Vec::new() };
         for n in 0..switches {
             let (color, version) = if n % 2 == 0 { (Color::Green, "v2") } else { (Color::Blue, "v1") };
             let start = Instant::now();
             revision = set_active(&client, color, version).await;
             let urls: Vec<String> = lbs.iter().map(|l| l.url("/api/v1/status")).collect();
             futures::future::join_all(urls.iter().map(|u| serves(&http, u, color))).await;
-            samples.push(start.elapsed());
+            samples.first.push(start.elapsed());
+            // The ack is written only after the old workers stopped accepting: the switch is complete.
             for s in &sidecars {
-                wait_ack(&client, &s.name, "switch", |a| a.applied_revision == revision).await;
+                acked(&client, &s.name, revision).await;
             }
+            samples.complete.push(start.elapsed());
         }
-        report(&format!("sidecar, {lb_count} LB(s)"), &samples, Some(&floor));
+        report(&format!("sidecar, {lb_count} LB(s): write of active -> first response of the new color at every LB"), &samples.first, Some(&floor.first));
+        report(&format!("sidecar, {lb_count} LB(s): write of active -> every LB acked (old workers stopped accepting)"), &samples.complete, Some(&floor.complete));
         let rss: Vec<u64> = sidecars.iter().filter_map(|s| rss_kib(s.pid())).collect();
         println!("  lb-sidecar RSS: max {:.1} MB over {} sidecars", rss.iter().max().copied().unwrap_or(0) as f64 / 1024.0, rss.len());
     }
@@ -57,20 +61,34 @@ async fn main() {
 
 /// The bare nginx floor on `count` nginx of its own: both variants rendered once, then per switch,
 /// for every nginx at once: write the file, `nginx -s reload`, poll until the new color answers.
-async fn measure_floor(hosts: &[AgentProc], http: &reqwest::Client, count: usize, switches: usize) -> Vec<Duration> {
+async fn measure_floor(hosts: &[AgentProc], http: &reqwest::Client, count: usize, switches: usize) -> Samples {
     let fleet: Vec<Nginx> = (0..count).map(|_| Nginx::start()).collect();
-    let mut samples = vec![Duration::ZERO; switches];
+    let mut samples = Samples { first: vec![Duration::ZERO; switches], complete: vec![Duration::ZERO; switches] };
     let runs = fleet.iter().map(|nginx| floor_of_one(nginx, hosts, http, switches));
     for one in futures::future::join_all(runs).await {
-        for (slowest, sample) in samples.iter_mut().zip(one) {
-            *slowest = (*slowest).max(sample);
+        for (i, (first, complete)) in one.into_iter().enumerate() {
+            samples.first[i] = samples.first[i].max(first);
+            samples.complete[i] = samples.complete[i].max(complete);
         }
     }
     samples
 }
 
+/// Per switch: when the first response of the new color came, and when every worker of the old
+/// generation had stopped accepting (nginx keeps old workers accepting ~100 ms after a reload).
+struct Samples {
+    first: Vec<Duration>,
+    complete: Vec<Duration>,
+}
+
+async fn old_workers_gone(old: &[i32]) {
+    while old.iter().any(|&pid| lb_sidecar::nginx::accepting_worker(pid)) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// One nginx's floor samples. All nginx of a run switch in lockstep: each sample starts together.
-async fn floor_of_one(nginx: &Nginx, hosts: &[AgentProc], http: &reqwest::Client, switches: usize) -> Vec<Duration> {
+async fn floor_of_one(nginx: &Nginx, hosts: &[AgentProc], http: &reqwest::Client, switches: usize) -> Vec<(Duration, Duration)> {
     let variant = |color: Color| {
         let view = View {
             app: "shop".into(),
@@ -91,11 +109,14 @@ async fn floor_of_one(nginx: &Nginx, hosts: &[AgentProc], http: &reqwest::Client
     let mut samples = Vec::new();
     for n in 0..switches {
         let color = if n % 2 == 0 { Color::Green } else { Color::Blue };
+        let old = lb_sidecar::nginx::workers_of(nginx.master_pid() as i32);
         let start = Instant::now();
         std::fs::write(&nginx.include_file, &texts[if color == Color::Blue { 0 } else { 1 }]).unwrap();
         reload(nginx).await;
         serves(http, &url, color).await;
-        samples.push(start.elapsed());
+        let first = start.elapsed();
+        old_workers_gone(&old).await;
+        samples.push((first, start.elapsed()));
     }
     samples
 }
@@ -109,10 +130,21 @@ async fn reload(nginx: &Nginx) {
         .arg("-e")
         .arg(nginx.dir.join("error.log"))
         .args(["-s", "reload"])
+        .stderr(std::process::Stdio::null())
         .status()
         .await
         .expect("nginx -s reload");
     assert!(status.success());
+}
+
+/// Polls the ack every millisecond until it names `revision`.
+async fn acked(client: &etcd_client::Client, name: &str, revision: i64) {
+    loop {
+        if bluegreen_tests::lb::ack(client, name).await.is_some_and(|a| a.applied_revision == revision) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Polls `url` over fresh connections until it answers with `color`.
