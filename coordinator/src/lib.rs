@@ -1,29 +1,214 @@
-//! The coordinator: the operator's and CI's view of and handle on a bluegreen app. This first cut
-//! reads status; deploy, switch and rollback build on the same etcd contract (issue 4).
+//! The coordinator: CI's and operators' handle on a bluegreen app. It never pushes work to hosts:
+//! it writes desired state into etcd with fenced transactions and watches the fleet converge.
 #![forbid(unsafe_code)]
 
-pub mod error;
-pub mod status;
+pub use error::CoordinatorError;
 
-use error::CoordinatorError;
+pub mod deploy;
+pub mod error;
+pub mod fleet;
+pub mod history;
+pub mod lock;
+pub mod progress;
+pub mod spec;
+pub mod status;
+pub mod switch;
+
+use lock::DeployLock;
+use progress::Progress;
+use proto::records::{validate_artifact_url, validate_sha256, Artifact, LockRecord};
+use proto::{Color, Keys};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
 
 /// Settings every command shares (flags or `BLUEGREEN_*` env).
 #[derive(Debug, Clone)]
 pub struct Global {
     pub etcd: Vec<String>,
     pub prefix: String,
-    pub app: String,
+    pub app: Option<String>,
     pub json: bool,
+}
+
+impl Global {
+    fn keys(&self) -> Result<Keys, CoordinatorError> {
+        let app = self.app.as_deref().ok_or_else(|| CoordinatorError::Usage("--app (or BLUEGREEN_APP) is required".into()))?;
+        Ok(Keys::new(&self.prefix, app)?)
+    }
+
+    async fn connect(&self) -> Result<etcd_client::Client, CoordinatorError> {
+        let client = proto::connect(&self.etcd).await?;
+        // Fail here, before anything is written, when etcd does not answer.
+        let mut probe_client = client.clone();
+        let probe = probe_client.get("\0", None);
+        match tokio::time::timeout(Duration::from_secs(5), probe).await {
+            Ok(Ok(_)) => Ok(client),
+            Ok(Err(e)) => Err(CoordinatorError::Usage(format!("etcd {} unreachable: {e}", self.etcd.join(",")))),
+            Err(_) => Err(CoordinatorError::Usage(format!("etcd {} unreachable: timed out", self.etcd.join(",")))),
+        }
+    }
+}
+
+fn holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}:{}", host.trim(), std::process::id())
+}
+
+async fn acquire(client: &etcd_client::Client, keys: &Keys, deploy_id: &str, version: &str, wait: Duration, progress: &Progress) -> Result<DeployLock, CoordinatorError> {
+    let record = LockRecord { deploy_id: deploy_id.into(), holder: holder(), version: version.into(), acquired_at: proto::time::now_rfc3339() };
+    DeployLock::acquire(client, keys, &record, wait, progress).await
+}
+
+pub struct DeployRequest {
+    pub spec: std::path::PathBuf,
+    pub version: String,
+    pub artifact: String,
+    pub sha256: Option<String>,
+    pub lock_wait: Duration,
+    pub health_timeout: Option<Duration>,
+    pub verify_for: Option<Duration>,
+    pub keep_failed: bool,
+}
+
+/// `coordinator deploy`. Input is checked completely before etcd is touched (exit 2).
+pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, CoordinatorError> {
+    let spec = spec::AppSpec::load(&req.spec)?;
+    if let Some(app) = &global.app {
+        if app != &spec.app {
+            return Err(CoordinatorError::Usage(format!("--app {app} does not match app {:?} in {}", spec.app, req.spec.display())));
+        }
+    }
+    if req.version.trim().is_empty() {
+        return Err(CoordinatorError::Usage("--version: must not be empty".into()));
+    }
+    validate_artifact_url(&req.artifact).map_err(|e| CoordinatorError::Usage(format!("--artifact: {e}")))?;
+    let sha256 = match &req.sha256 {
+        Some(hex) => {
+            validate_sha256(hex).map_err(|e| CoordinatorError::Usage(format!("--sha256: {e}")))?;
+            hex.to_ascii_lowercase()
+        }
+        None => sha256_of(&req.artifact).await?,
+    };
+    let keys = Keys::new(&global.prefix, &spec.app)?;
+    let client = global.connect().await?;
+    let progress = Progress::new(global.json);
+    let deploy_id = uuid::Uuid::new_v4().to_string();
+    let lock = acquire(&client, &keys, &deploy_id, &req.version, req.lock_wait, &progress).await?;
+    let args = deploy::DeployArgs {
+        version: req.version.clone(),
+        artifact: Artifact { url: req.artifact.clone(), sha256 },
+        health_timeout: req.health_timeout,
+        verify_for: req.verify_for,
+        keep_failed: req.keep_failed,
+    };
+    let pipeline = deploy::Deploy { client: &client, keys: &keys, spec: &spec, lock: &lock, progress: &progress, deploy_id };
+    let result = tokio::select! {
+        r = pipeline.run(&args) => r,
+        lost = lock.session.lost() => Err(CoordinatorError::Failed(format!("deploy lock lost mid-deploy ({lost}); stopped, the fence rejects anything further"))),
+    };
+    lock.release().await;
+    result
+}
+
+/// The artifact's sha256 when `--sha256` was not given: the coordinator fetches it once itself.
+async fn sha256_of(url: &str) -> Result<String, CoordinatorError> {
+    let bytes = if let Some(path) = url.strip_prefix("file://") {
+        tokio::fs::read(path).await.map_err(|e| CoordinatorError::Usage(format!("--artifact {url}: {e}")))?
+    } else {
+        let resp = reqwest::get(url).await.map_err(|e| CoordinatorError::Usage(format!("--artifact {url}: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(CoordinatorError::Usage(format!("--artifact {url}: HTTP {}", resp.status())));
+        }
+        resp.bytes().await.map_err(|e| CoordinatorError::Usage(format!("--artifact {url}: {e}")))?.to_vec()
+    };
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+/// `rollback` (target None: the other color) and `switch <color>`.
+pub async fn switch(global: &Global, target: Option<Color>, lock_wait: Duration) -> Result<String, CoordinatorError> {
+    let keys = global.keys()?;
+    let client = global.connect().await?;
+    let progress = Progress::new(global.json);
+    let kind = if target.is_some() { "switch" } else { "rollback" };
+    let lock = acquire(&client, &keys, &format!("{kind}-{}", uuid::Uuid::new_v4()), kind, lock_wait, &progress).await?;
+    let result = switch::switch_command(&client, &keys, &lock, target, kind, &progress).await;
+    lock.release().await;
+    result
 }
 
 /// `coordinator status`.
 pub async fn status(global: &Global) -> Result<String, CoordinatorError> {
-    let keys = proto::Keys::new(&global.prefix, &global.app)?;
-    let client = proto::connect(&global.etcd).await?;
+    let keys = global.keys()?;
+    let client = global.connect().await?;
     let status = status::read(&client, &keys).await?;
     Ok(if global.json {
-        serde_json::to_string_pretty(&status).expect("status serializes")
+        serde_json::to_string_pretty(&status).expect("status serializes") + "\n"
     } else {
-        status::render_text(&global.app, &status)
+        status::render_text(keys.app_prefix(), &status)
     })
+}
+
+/// `coordinator history --limit N`.
+pub async fn history(global: &Global, limit: usize) -> Result<String, CoordinatorError> {
+    let keys = global.keys()?;
+    let client = global.connect().await?;
+    let records = history::list(&client, &keys, limit).await?;
+    let mut out = String::new();
+    for (key, r) in records {
+        if global.json {
+            out.push_str(&serde_json::json!({"key": key, "record": r}).to_string());
+        } else {
+            let arrow = match (r.from, r.to) {
+                (Some(f), Some(t)) => format!("{f} -> {t}"),
+                (None, Some(t)) => format!("-> {t}"),
+                _ => String::new(),
+            };
+            let reason = r.reason.map(|x| format!(": {}", x.lines().next().unwrap_or(""))).unwrap_or_default();
+            out.push_str(&format!("{} {:<10} {:<12} {} {} {arrow}{reason}", r.at, r.kind, r.outcome, r.deploy_id, r.version.unwrap_or_default()));
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// `coordinator lock status`.
+pub async fn lock_status(global: &Global) -> Result<String, CoordinatorError> {
+    let keys = global.keys()?;
+    let client = global.connect().await?;
+    Ok(match lock::status(&client, &keys).await? {
+        None => "lock: free\n".into(),
+        Some((l, lease, token)) => format!(
+            "lock: held by {} for deploy {} (version {}) since {}; token {token}, lease {lease:x}\n",
+            l.holder, l.deploy_id, l.version, l.acquired_at
+        ),
+    })
+}
+
+/// `coordinator lock break --yes`: for a stuck holder. The holder's fence makes it harmless.
+pub async fn lock_break(global: &Global, confirmed: bool) -> Result<String, CoordinatorError> {
+    if !confirmed {
+        return Err(CoordinatorError::Usage("lock break revokes the holder's lease; repeat with --yes to confirm".into()));
+    }
+    let keys = global.keys()?;
+    let client = global.connect().await?;
+    let Some(broken) = lock::break_lock(&client, &keys).await? else { return Ok("lock: already free\n".into()) };
+    let mut record = history::record("lock-break", &broken.deploy_id, "broken");
+    record.reason = Some(format!("lock held by {} since {} broken by {}", broken.holder, broken.acquired_at, holder()));
+    history::append(&client, &keys, None, &record).await?;
+    Ok(format!("lock: broken (was held by {} for deploy {})\n", broken.holder, broken.deploy_id))
+}
+
+/// `coordinator logs --host H --color C --tail N`.
+pub async fn logs(global: &Global, host: &str, color: Color, tail: u32) -> Result<String, CoordinatorError> {
+    let keys = global.keys()?;
+    let client = global.connect().await?;
+    let state = status::read(&client, &keys).await?;
+    let record = state.hosts.get(host).ok_or_else(|| CoordinatorError::Usage(format!("--host {host}: not registered under {}", keys.hosts_prefix())))?;
+    let lines = fleet::logs(record, color, tail).await.map_err(CoordinatorError::Failed)?;
+    Ok(lines.into_iter().map(|l| l + "\n").collect())
+}
+
+/// Parses a humantime duration flag, naming the flag on error.
+pub fn parse_duration(flag: &str, value: &str) -> Result<Duration, CoordinatorError> {
+    humantime::parse_duration(value).map_err(|e| CoordinatorError::Usage(format!("{flag} {value:?}: {e}")))
 }

@@ -1,7 +1,9 @@
 //! `coordinator`: parses the command line and calls the library; exit codes per DESIGN.md §5.
 #![forbid(unsafe_code)]
 use clap::{Parser, Subcommand, ValueEnum};
-use coordinator::Global;
+use coordinator::{CoordinatorError, Global};
+use proto::Color;
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(name = "coordinator", version, about = "Deploy, switch, roll back and inspect a bluegreen app")]
@@ -27,24 +29,126 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Active color, both colors' releases, every host's health, every LB's ack, lock holder.
+    /// Stage a version on the idle color of every host, check it, switch traffic to it.
+    Deploy {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long)]
+        version: String,
+        /// file://, http:// or https:// URL of a tar.gz or a single executable.
+        #[arg(long)]
+        artifact: String,
+        /// Computed from the artifact when omitted.
+        #[arg(long)]
+        sha256: Option<String>,
+        #[arg(long, default_value = "0s")]
+        lock_wait: String,
+        #[arg(long)]
+        health_timeout: Option<String>,
+        #[arg(long)]
+        verify_for: Option<String>,
+        /// Leave a failed color running for debugging instead of stopping it.
+        #[arg(long)]
+        keep_failed: bool,
+    },
+    /// Switch back to the previous color (must be healthy); waits for every LB's ack.
+    Rollback {
+        #[arg(long, default_value = "30s")]
+        lock_wait: String,
+    },
+    /// Manual switch to a color, with the same safety checks as rollback.
+    Switch {
+        color: String,
+        #[arg(long, default_value = "30s")]
+        lock_wait: String,
+    },
+    /// Active color, releases, every host's health, every LB's ack, lock holder, last deploy.
     Status,
+    /// The audit trail, newest last.
+    History {
+        #[arg(long, default_value = "20")]
+        limit: usize,
+    },
+    /// The deploy lock.
+    Lock {
+        #[command(subcommand)]
+        action: LockAction,
+    },
+    /// The last log lines of one color on one host (through its agent).
+    Logs {
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        color: String,
+        #[arg(long, default_value = "50")]
+        tail: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum LockAction {
+    Status,
+    /// Revoke a stuck holder's lease (its fence makes any late write of it fail).
+    Break {
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn color(value: &str) -> Result<Color, CoordinatorError> {
+    value.parse().map_err(|e: proto::ProtoError| CoordinatorError::Usage(e.to_string()))
+}
+
+async fn dispatch(global: &Global, command: Command) -> Result<String, CoordinatorError> {
+    use coordinator::parse_duration as dur;
+    match command {
+        Command::Deploy { spec, version, artifact, sha256, lock_wait, health_timeout, verify_for, keep_failed } => {
+            let req = coordinator::DeployRequest {
+                spec,
+                version,
+                artifact,
+                sha256,
+                lock_wait: dur("--lock-wait", &lock_wait)?,
+                health_timeout: health_timeout.map(|d| dur("--health-timeout", &d)).transpose()?,
+                verify_for: verify_for.map(|d| dur("--verify-for", &d)).transpose()?,
+                keep_failed,
+            };
+            coordinator::deploy(global, req).await
+        }
+        Command::Rollback { lock_wait } => coordinator::switch(global, None, dur("--lock-wait", &lock_wait)?).await,
+        Command::Switch { color: c, lock_wait } => coordinator::switch(global, Some(color(&c)?), dur("--lock-wait", &lock_wait)?).await,
+        Command::Status => coordinator::status(global).await,
+        Command::History { limit } => coordinator::history(global, limit).await,
+        Command::Lock { action: LockAction::Status } => coordinator::lock_status(global).await,
+        Command::Lock { action: LockAction::Break { yes } } => coordinator::lock_break(global, yes).await,
+        Command::Logs { host, color: c, tail } => coordinator::logs(global, &host, color(&c)?, tail).await,
+    }
 }
 
 #[tokio::main]
 async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BLUEGREEN_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     let cli = Cli::parse();
-    let Some(app) = cli.app else {
-        eprintln!("coordinator: --app (or BLUEGREEN_APP) is required");
-        std::process::exit(2);
-    };
-    let global = Global { etcd: cli.etcd, prefix: cli.prefix, app, json: matches!(cli.output, Output::Json) };
-    let result = match cli.command {
-        Command::Status => coordinator::status(&global).await,
-    };
-    match result {
-        Ok(text) => print!("{text}"),
+    let global = Global { etcd: cli.etcd, prefix: cli.prefix, app: cli.app, json: matches!(cli.output, Output::Json) };
+    match dispatch(&global, cli.command).await {
+        Ok(text) => {
+            if global.json && !text.trim_start().starts_with(['{', '[']) && !text.is_empty() {
+                println!("{}", serde_json::json!({"step": "result", "state": "ok", "detail": text.trim()}));
+            } else {
+                print!("{text}");
+                if !text.ends_with('\n') && !text.is_empty() {
+                    println!();
+                }
+            }
+        }
         Err(e) => {
+            if global.json {
+                println!("{}", serde_json::json!({"step": "result", "state": "error", "exit": e.exit_code(), "detail": e.to_string()}));
+            }
             eprintln!("coordinator: {e}");
             std::process::exit(e.exit_code());
         }

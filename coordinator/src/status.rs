@@ -1,5 +1,5 @@
 //! `coordinator status`: one consistent read of the app's prefix, shown as a table or JSON.
-use proto::records::{decode, ActiveRecord, HealthRecord, HostRecord, LbRecord, LockRecord, ReleaseRecord};
+use proto::records::{decode, ActiveRecord, DeployRecord, HealthRecord, HostRecord, LbRecord, LockRecord, ReleaseRecord};
 use proto::watch::read_prefix;
 use proto::{AppKey, Color, Keys};
 use serde::Serialize;
@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 pub struct AppStatus {
     pub revision: i64,
     pub active: Option<ActiveRecord>,
+    /// mod revision of `active` (0 when missing): what a switch must compare against.
+    pub active_mod_revision: i64,
+    pub deploy: Option<DeployRecord>,
     pub releases: BTreeMap<Color, ReleaseRecord>,
     pub hosts: BTreeMap<String, HostRecord>,
     pub health: BTreeMap<String, BTreeMap<Color, HealthRecord>>,
@@ -24,6 +27,7 @@ pub async fn read(client: &etcd_client::Client, keys: &Keys) -> Result<AppStatus
     for (key, value) in &snapshot.entries {
         let result = match keys.parse(key) {
             Some(AppKey::Active) => decode(key, value).map(|a| status.active = Some(a)),
+            Some(AppKey::Deploy) => decode(key, value).map(|d| status.deploy = Some(d)),
             Some(AppKey::Release(c)) => decode(key, value).map(|r| {
                 status.releases.insert(c, r);
             }),
@@ -43,7 +47,14 @@ pub async fn read(client: &etcd_client::Client, keys: &Keys) -> Result<AppStatus
             status.problems.push(e.to_string());
         }
     }
+    status.active_mod_revision = active_mod_revision(client, keys).await?;
     Ok(status)
+}
+
+async fn active_mod_revision(client: &etcd_client::Client, keys: &Keys) -> Result<i64, proto::ProtoError> {
+    let key = keys.active();
+    let resp = client.clone().get(key.as_str(), None).await.map_err(|e| proto::ProtoError::etcd(format!("read {key}"), e))?;
+    Ok(resp.kvs().first().map_or(0, |kv| kv.mod_revision()))
 }
 
 /// The text form: active color, releases, then one line per host and color.
@@ -81,6 +92,10 @@ pub fn render_text(app: &str, s: &AppStatus) -> String {
     for (name, lb) in &s.lbs {
         let color = lb.color.map_or("none".to_string(), |c| c.to_string());
         out.push_str(&format!("lb {name}: serving {color} at revision {}\n", lb.applied_revision));
+    }
+    if let Some(d) = &s.deploy {
+        let error = d.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+        out.push_str(&format!("last deploy: {} {} -> {} ({}){error}\n", d.deploy_id, d.version, d.to, d.phase));
     }
     match &s.lock {
         Some(l) => out.push_str(&format!("lock: held by {} (deploy {}, version {}, since {})\n", l.holder, l.deploy_id, l.version, l.acquired_at)),

@@ -120,6 +120,7 @@ impl Applier {
             config_sha256: sha256(&text),
             reloaded_at: proto::time::now_rfc3339(),
             error: None,
+            url: Some(self.nginx.public_url()),
         }))
     }
 }

@@ -193,6 +193,7 @@ impl Follower {
             config_sha256: String::new(),
             reloaded_at: String::new(),
             error: None,
+            url: None,
         });
         ack.error = Some(error);
         self.publish(ack);

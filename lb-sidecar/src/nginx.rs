@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 pub struct Nginx {
     config: NginxConfig,
+    public_url: String,
     status_url: String,
     http: reqwest::Client,
 }
@@ -19,10 +20,16 @@ impl Nginx {
     /// `listen` is the public listener; its status location is asked over loopback.
     pub fn new(config: NginxConfig, listen: SocketAddr) -> Nginx {
         let host = if listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { listen.ip().to_string() };
-        let status_url = format!("http://{host}:{}{}", listen.port(), crate::render::STATUS_PATH);
+        let public_url = format!("http://{host}:{}", listen.port());
+        let status_url = format!("{public_url}{}", crate::render::STATUS_PATH);
         // A fresh connection per poll: a kept-alive one could still be served by an old worker.
         let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("http client");
-        Nginx { config, status_url, http }
+        Nginx { config, public_url, status_url, http }
+    }
+
+    /// The public listener as a URL reachable from this host (an unspecified address becomes loopback).
+    pub fn public_url(&self) -> String {
+        self.public_url.clone()
     }
 
     fn sibling(&self, suffix: &str) -> PathBuf {

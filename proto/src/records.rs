@@ -293,6 +293,9 @@ pub struct LbRecord {
     pub reloaded_at: String,
     #[serde(default)]
     pub error: Option<String>,
+    /// Where clients reach this LB (`http://host:port`), so a deploy can verify through it.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 impl Validate for LbRecord {}
 

@@ -1,0 +1,26 @@
+//! Progress output: one human line per step and host in text mode, one JSON object per line with
+//! `--output json` (step, host, state, elapsed_ms) for CI.
+use tokio::time::Instant;
+
+pub struct Progress {
+    json: bool,
+    start: Instant,
+}
+
+impl Progress {
+    pub fn new(json: bool) -> Progress {
+        Progress { json, start: Instant::now() }
+    }
+
+    pub fn event(&self, step: &str, host: Option<&str>, state: &str, detail: &str) {
+        let elapsed_ms = self.start.elapsed().as_millis() as u64;
+        if self.json {
+            let line = serde_json::json!({"step": step, "host": host, "state": state, "detail": detail, "elapsed_ms": elapsed_ms});
+            println!("{line}");
+        } else {
+            let host = host.map(|h| format!(" {h}:")).unwrap_or_default();
+            let detail = if detail.is_empty() { String::new() } else { format!(" ({detail})") };
+            println!("[{:>6.2}s] {step}:{host} {state}{detail}", elapsed_ms as f64 / 1000.0);
+        }
+    }
+}
