@@ -12,7 +12,7 @@ use std::time::Duration;
 pub struct AppSpec {
     pub app: String,
     pub run: RunSection,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_health")]
     pub health: HealthSpec,
     #[serde(default)]
     pub smoke: Vec<SmokeCheck>,
@@ -21,6 +21,31 @@ pub struct AppSpec {
     /// Read by the migrations issue; accepted here so one spec file serves both.
     #[serde(default)]
     pub migrations: Option<toml::Value>,
+}
+
+/// `[health]` as the spec's author writes it: unlike the etcd record (forward compatible), a
+/// misspelt key here is a mistake to report, not a field to ignore.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthSection {
+    path: Option<String>,
+    #[serde(with = "humantime_serde", default)]
+    interval: Option<Duration>,
+    #[serde(with = "humantime_serde", default)]
+    timeout: Option<Duration>,
+    #[serde(with = "humantime_serde", default)]
+    startup_timeout: Option<Duration>,
+}
+
+fn strict_health<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HealthSpec, D::Error> {
+    let section = HealthSection::deserialize(d)?;
+    let default = HealthSpec::default();
+    Ok(HealthSpec {
+        path: section.path.unwrap_or(default.path),
+        interval: section.interval.unwrap_or(default.interval),
+        timeout: section.timeout.unwrap_or(default.timeout),
+        startup_timeout: section.startup_timeout.unwrap_or(default.startup_timeout),
+    })
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -150,6 +150,22 @@ impl Follower {
         if self.state.active.is_some() {
             self.apply(true).await;
             self.prevalidate_other().await;
+        } else if self.ack.is_none() {
+            // Register before any traffic decision, so the first switch waits for this LB too.
+            let ack = self.empty_ack();
+            self.publish(ack);
+        }
+    }
+
+    fn empty_ack(&self) -> LbRecord {
+        LbRecord {
+            applied_revision: 0,
+            color: None,
+            upstreams: Vec::new(),
+            config_sha256: String::new(),
+            reloaded_at: String::new(),
+            error: None,
+            url: Some(self.applier.nginx.public_url()),
         }
     }
 
@@ -186,15 +202,7 @@ impl Follower {
     fn report_error(&mut self, error: String) {
         tracing::error!(%error, "not applied; nginx keeps its last good config");
         *self.metrics.error.lock().unwrap() = Some(error.clone());
-        let mut ack = self.ack.clone().unwrap_or(LbRecord {
-            applied_revision: 0,
-            color: None,
-            upstreams: Vec::new(),
-            config_sha256: String::new(),
-            reloaded_at: String::new(),
-            error: None,
-            url: None,
-        });
+        let mut ack = self.ack.clone().unwrap_or_else(|| self.empty_ack());
         ack.error = Some(error);
         self.publish(ack);
     }

@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 pub mod etcd;
+pub mod fleet;
 pub mod lb;
 pub mod load;
 pub mod nginx;

@@ -24,7 +24,13 @@ impl Nginx {
         let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         let include_file = dir.join("bluegreen.conf");
-        std::fs::write(&include_file, "# no traffic decision yet\n").unwrap();
+        let (listen, preview) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
+        // Bind both ports from the start (answering 503 until a sidecar renders the real config),
+        // as an operator would: a port picked now and bound only later could be taken meanwhile.
+        let placeholder = format!(
+            "server {{ listen 127.0.0.1:{listen}; return 503; }}\nserver {{ listen 127.0.0.1:{preview}; return 503; }}\n"
+        );
+        std::fs::write(&include_file, placeholder).unwrap();
         let pid_file = dir.join("nginx.pid");
         let main_config = dir.join("nginx.conf");
         let main = format!(
@@ -39,8 +45,8 @@ impl Nginx {
         std::fs::write(&main_config, main).unwrap();
         let mut nginx = Nginx {
             child: None,
-            listen: free_port("127.0.0.1"),
-            preview: free_port("127.0.0.1"),
+            listen,
+            preview,
             dir,
             main_config,
             include_file,
@@ -83,6 +89,13 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();
+            eprintln!("--- last lines of nginx on port {} ---", self.listen);
+            for line in log.lines().rev().take(15).collect::<Vec<_>>().iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         if let Some(mut child) = self.child.take() {
             // SIGTERM: fast shutdown of master and workers (SIGKILL would orphan the workers).
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);

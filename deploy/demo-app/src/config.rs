@@ -37,23 +37,27 @@ impl Config {
         if color != "blue" && color != "green" {
             return Err(format!("ENVIRONMENT_COLOR={color:?} must be blue or green"));
         }
+        // DEMO_FAIL_HOSTS limits the failure knobs to these APPLICATION_HOST values, so a test can
+        // ship a version that is bad on one host of three.
+        let host = var("APPLICATION_HOST").unwrap_or_else(|| "0.0.0.0".into());
+        let failing_here = var("DEMO_FAIL_HOSTS").is_none_or(|hosts| hosts.split(',').any(|h| h.trim() == host));
         let health_path = var("HEALTH_CHECK_PATH").unwrap_or_else(|| "/health".into());
         if !health_path.starts_with('/') {
             return Err(format!("HEALTH_CHECK_PATH={health_path:?} must start with '/'"));
         }
         Ok(Config {
             color,
-            host: var("APPLICATION_HOST").unwrap_or_else(|| "0.0.0.0".into()),
+            host,
             port,
             version: var("APP_VERSION").unwrap_or_else(|| "dev".into()),
             database_url: var("DATABASE_URL").unwrap_or_else(|| "sqlite://demo-app.db?mode=rwc".into()),
             feature_new_api: flag("FEATURE_FLAG_NEW_API"),
             health_path,
             log_level: var("LOG_LEVEL").unwrap_or_else(|| "info".into()),
-            fail_health: flag("DEMO_FAIL_HEALTH"),
-            fail_smoke: flag("DEMO_FAIL_SMOKE"),
-            start_delay: millis("DEMO_START_DELAY_MS")?.unwrap_or_default(),
-            crash_after: millis("DEMO_CRASH_AFTER_MS")?,
+            fail_health: failing_here && flag("DEMO_FAIL_HEALTH"),
+            fail_smoke: failing_here && flag("DEMO_FAIL_SMOKE"),
+            start_delay: if failing_here { millis("DEMO_START_DELAY_MS")?.unwrap_or_default() } else { Duration::ZERO },
+            crash_after: if failing_here { millis("DEMO_CRASH_AFTER_MS")? } else { None },
             auto_schema: var("DEMO_AUTO_SCHEMA").is_none_or(|v| v != "0"),
         })
     }

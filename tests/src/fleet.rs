@@ -1,0 +1,86 @@
+//! A whole fleet for coordinator tests: etcd, agents on 127.0.0.11…, LBs (nginx + lb-sidecar), the
+//! demo app artifact, and the real `coordinator` binary run as a process.
+use crate::artifacts::Artifacts;
+use crate::nginx::{Nginx, SidecarProc};
+use crate::procs::{AgentProc, APP};
+use crate::{binary, Etcd};
+use proto::records::Artifact;
+use std::path::PathBuf;
+use std::process::Output;
+
+pub struct Fleet {
+    pub etcd: Etcd,
+    pub client: etcd_client::Client,
+    pub artifacts: Artifacts,
+    pub app: Artifact,
+    pub hosts: Vec<AgentProc>,
+    pub lbs: Vec<Nginx>,
+    pub sidecars: Vec<SidecarProc>,
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    pub async fn start(hosts: u8, lbs: usize) -> Fleet {
+        let etcd = Etcd::start().await;
+        let client = etcd.client().await;
+        let artifacts = Artifacts::default();
+        let app = artifacts.demo_app();
+        let hosts = (1..=hosts).map(|n| AgentProc::start(&etcd, n, 5, "")).collect();
+        let lbs: Vec<Nginx> = (0..lbs).map(|_| Nginx::start()).collect();
+        let sidecars: Vec<SidecarProc> = lbs.iter().enumerate().map(|(i, n)| SidecarProc::start(&etcd, &format!("lb-{i}"), n, "")).collect();
+        // Every LB registers before any traffic decision, so the first deploy waits for all of them.
+        for s in &sidecars {
+            crate::lb::wait_ack(&client, &s.name, "registration", |_| true).await;
+        }
+        Fleet { etcd, client, artifacts, app, hosts, lbs, sidecars, dir: tempfile::tempdir().unwrap() }
+    }
+
+    /// Writes an app spec whose run env adds `env` (the DEMO_* knobs), and returns its path.
+    pub fn spec(&self, name: &str, env: &[(&str, &str)]) -> PathBuf {
+        let db = self.dir.path().join("shop.db");
+        let mut env_line = format!("DATABASE_URL = \"sqlite://{}?mode=rwc\"", db.display());
+        for (k, v) in env {
+            env_line.push_str(&format!(", {k} = \"{v}\""));
+        }
+        let text = format!(
+            "app = \"{APP}\"\n[run]\ncommand = [\"./demo-app\"]\nenv = {{ {env_line} }}\nstop_timeout = \"5s\"\n\
+             [health]\npath = \"/health\"\ninterval = \"500ms\"\ntimeout = \"1s\"\nstartup_timeout = \"20s\"\n\
+             [[smoke]]\npath = \"/api/v1/status\"\nstatus = 200\njson = {{ environment = \"{{color}}\", version = \"{{version}}\" }}\nretries = 2\n"
+        );
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `coordinator` with this fleet's etcd and app, ready to take arguments.
+    pub fn coordinator(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(binary("coordinator"));
+        cmd.env("BLUEGREEN_ETCD", &self.etcd.endpoint).env("BLUEGREEN_APP", APP).kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs `coordinator deploy` of `version` with `spec` and extra flags; returns its output.
+    pub async fn deploy(&self, spec: &PathBuf, version: &str, extra: &[&str]) -> Output {
+        self.deploy_command(spec, version, extra).output().await.expect("run coordinator")
+    }
+
+    pub fn deploy_command(&self, spec: &PathBuf, version: &str, extra: &[&str]) -> tokio::process::Command {
+        let mut cmd = self.coordinator();
+        cmd.arg("deploy").arg("--spec").arg(spec).args(["--version", version, "--artifact", &self.app.url, "--sha256", &self.app.sha256]);
+        cmd.args(extra);
+        cmd
+    }
+
+    pub async fn run(&self, args: &[&str]) -> Output {
+        self.coordinator().args(args).output().await.expect("run coordinator")
+    }
+
+    pub fn lb_urls(&self) -> Vec<String> {
+        self.lbs.iter().map(|l| l.url("/api/v1/status")).collect()
+    }
+}
+
+/// stdout and stderr of a finished coordinator, for assertions and failure messages.
+pub fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}

@@ -1,0 +1,234 @@
+//! `coordinator` as a process against a whole fleet: real etcd, agents, nginx and lb-sidecars.
+use bluegreen_tests::fleet::{text, Fleet};
+use bluegreen_tests::lb::ack;
+use bluegreen_tests::load::{self, LoadReport};
+use bluegreen_tests::procs::{get_raw, keys};
+use bluegreen_tests::wait_for;
+use proto::records::{decode, ActiveRecord, Desired, ReleaseRecord};
+use proto::Color;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn active(fleet: &Fleet) -> Option<ActiveRecord> {
+    let key = keys().active();
+    get_raw(&fleet.client, &key).await.map(|b| decode(&key, &b).unwrap())
+}
+
+async fn release(fleet: &Fleet, color: Color) -> Option<ReleaseRecord> {
+    let key = keys().release(color);
+    get_raw(&fleet.client, &key).await.map(|b| decode(&key, &b).unwrap())
+}
+
+/// Fresh-connection load loops through every LB until the returned flag is set.
+fn load_through_lbs(fleet: &Fleet) -> (Arc<AtomicBool>, Vec<tokio::task::JoinHandle<LoadReport>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let loops = fleet.lb_urls().into_iter().map(|u| load::spawn(u, false, stop.clone())).collect();
+    (stop, loops)
+}
+
+async fn finish(stop: Arc<AtomicBool>, loops: Vec<tokio::task::JoinHandle<LoadReport>>) -> LoadReport {
+    stop.store(true, Ordering::Relaxed);
+    let mut total = LoadReport::default();
+    for l in loops {
+        let r = l.await.unwrap();
+        total.ok += r.ok;
+        total.failed.extend(r.failed);
+        for (c, n) in r.colors {
+            *total.colors.entry(c).or_default() += n;
+        }
+    }
+    total
+}
+
+/// A fleet of 3 hosts and 2 LBs with v1 deployed (blue, the first deploy's color).
+async fn fleet_with_v1() -> Fleet {
+    let fleet = Fleet::start(3, 2).await;
+    let out = fleet.deploy(&fleet.spec("good", &[]), "v1", &[]).await;
+    assert!(out.status.success(), "first deploy failed: {}", text(&out));
+    assert_eq!(active(&fleet).await.unwrap().color, Color::Blue);
+    fleet
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_v2_under_load_drops_nothing_and_records_history() {
+    let fleet = fleet_with_v1().await;
+    let (stop, loops) = load_through_lbs(&fleet);
+    let out = fleet.deploy(&fleet.spec("good", &[]), "v2", &["--output", "json"]).await;
+    let report = finish(stop, loops).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("one JSON event per line")).collect();
+    assert!(events.iter().any(|e| e["step"] == "stage" && e["host"] == "host-2" && e["state"] == "healthy"), "{events:?}");
+    assert!(events.iter().all(|e| e["elapsed_ms"].is_u64() || e["step"] == "result"));
+    println!("through the LBs during the deploy: {} ok, {} failed, colors {:?}", report.ok, report.failed.len(), report.colors);
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert!(report.colors.contains_key("green"), "traffic never reached green: {:?}", report.colors);
+    let a = active(&fleet).await.unwrap();
+    assert_eq!((a.color, a.version.as_str()), (Color::Green, "v2"));
+    for lb in &fleet.lbs {
+        assert_eq!(bluegreen_tests::procs::get_json(&lb.url("/")).await.unwrap()["version"], "v2");
+    }
+    let history = text(&fleet.run(&["history"]).await);
+    assert_eq!(history.lines().filter(|l| l.contains("deploy") && l.contains("done")).count(), 2, "{history}");
+    // The same version again is a no-op that says so.
+    let again = fleet.deploy(&fleet.spec("good", &[]), "v2", &[]).await;
+    assert!(again.status.success() && text(&again).contains("nothing to do"), "{}", text(&again));
+    let status = text(&fleet.run(&["status"]).await);
+    assert!(status.contains("active: green (v2)") && status.contains("lb lb-1: serving green"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_exits_2_and_writes_nothing() {
+    let fleet = Fleet::start(1, 0).await;
+    let good = fleet.spec("good", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let spec_text = std::fs::read_to_string(&good).unwrap();
+    let unknown = write("unknown.toml", spec_text.replace("[health]", "[health]\nintervall = \"1s\""));
+    let duration = write("duration.toml", spec_text.replace("interval = \"500ms\"", "interval = \"soon\""));
+    let no_path = write("nopath.toml", spec_text.replace("path = \"/api/v1/status\"\n", ""));
+    let missing = dir.path().join("missing.toml");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--spec".into(), missing.display().to_string()], "missing.toml"),
+        (vec!["--spec".into(), unknown.display().to_string()], "intervall"),
+        (vec!["--spec".into(), duration.display().to_string()], "interval"),
+        (vec!["--spec".into(), no_path.display().to_string()], "path"),
+    ];
+    for (args, expect) in cases {
+        let out = fleet.coordinator().arg("deploy").args(&args).args(["--version", "v1", "--artifact", &fleet.app.url, "--sha256", &fleet.app.sha256]).output().await.unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(expect), "{expect}: {}", text(&out));
+    }
+    let bad_sha = fleet.deploy(&good, "v1", &["--sha256", "xyz"]).await;
+    assert_eq!(bad_sha.status.code(), Some(2));
+    assert!(text(&bad_sha).contains("--sha256"), "{}", text(&bad_sha));
+    let bad_url = fleet.coordinator().arg("deploy").arg("--spec").arg(&good).args(["--version", "v1", "--artifact", "ftp://x/app.tgz"]).output().await.unwrap();
+    assert_eq!(bad_url.status.code(), Some(2));
+    assert!(text(&bad_url).contains("ftp://x/app.tgz"), "{}", text(&bad_url));
+    let unreachable = fleet.coordinator().env("BLUEGREEN_ETCD", "http://127.0.0.1:1").arg("deploy").arg("--spec").arg(&good)
+        .args(["--version", "v1", "--artifact", &fleet.app.url, "--sha256", &fleet.app.sha256]).output().await.unwrap();
+    assert_eq!(unreachable.status.code(), Some(2), "{}", text(&unreachable));
+    assert!(text(&unreachable).contains("127.0.0.1:1"), "{}", text(&unreachable));
+    // Nothing was written: no lock, release, active, deploy or history key exists.
+    let k = keys();
+    for key in [k.lock(), k.active(), k.release(Color::Blue), k.deploy()] {
+        assert!(get_raw(&fleet.client, &key).await.is_none(), "{key} was written");
+    }
+    let history = fleet.client.clone().get(k.history_prefix(), Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
+    assert_eq!(history.kvs().len(), 0);
+}
+
+/// A version bad on one host of three, for each kind of check: exit 1, traffic never left blue.
+async fn one_bad_host(knob: &str, step: &str) {
+    let fleet = fleet_with_v1().await;
+    let (stop, loops) = load_through_lbs(&fleet);
+    let spec = fleet.spec("bad", &[(knob, "1"), ("DEMO_FAIL_HOSTS", "127.0.0.12")]);
+    let out = fleet.deploy(&spec, "v2", &["--health-timeout", "8s"]).await;
+    let report = finish(stop, loops).await;
+    let output = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{output}");
+    assert!(output.contains(&format!("{step} failed")) && output.contains("host-2"), "{output}");
+    assert!(output.contains("| "), "the failing host's log lines are attached: {output}");
+    assert_eq!(report.colors.keys().collect::<Vec<_>>(), vec!["blue"], "traffic left blue: {report:?}");
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(active(&fleet).await.unwrap().color, Color::Blue);
+    assert_eq!(release(&fleet, Color::Green).await.unwrap().desired, Desired::Stopped);
+    let history = text(&fleet.run(&["history"]).await);
+    assert!(history.lines().last().unwrap().contains("failed"), "{history}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_health_on_one_host_keeps_traffic_on_the_old_color() {
+    one_bad_host("DEMO_FAIL_HEALTH", "health").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_smoke_on_one_host_keeps_traffic_on_the_old_color() {
+    one_bad_host("DEMO_FAIL_SMOKE", "smoke").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_deploys_take_turns_or_give_up() {
+    let fleet = fleet_with_v1().await;
+    // Staging v2 takes a few seconds (slow start), long enough for the others to meet the lock.
+    let slow = fleet.spec("slow", &[("DEMO_START_DELAY_MS", "3000")]);
+    let mut first = fleet.deploy_command(&slow, "v2", &[]).spawn().unwrap();
+    let lock_key = keys().lock();
+    wait_for("the first deploy to hold the lock", Duration::from_secs(20), || async { get_raw(&fleet.client, &lock_key).await.map(|_| ()) }).await;
+    let impatient = fleet.deploy(&fleet.spec("good", &[]), "v3", &["--lock-wait", "0s"]).await;
+    assert_eq!(impatient.status.code(), Some(3), "{}", text(&impatient));
+    assert!(text(&impatient).contains("held by"), "{}", text(&impatient));
+    let patient = fleet.deploy_command(&fleet.spec("good", &[]), "v3", &["--lock-wait", "2m"]).output();
+    let (first, patient) = tokio::join!(first.wait(), patient);
+    assert!(first.unwrap().success());
+    let patient = patient.unwrap();
+    assert!(patient.status.success(), "{}", text(&patient));
+    assert!(text(&patient).contains("waiting"), "the second deploy waited for the lock: {}", text(&patient));
+    let a = active(&fleet).await.unwrap();
+    assert_eq!((a.color, a.version.as_str()), (Color::Blue, "v3"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paused_coordinator_is_fenced_out() {
+    let fleet = fleet_with_v1().await;
+    let slow = fleet.spec("slow", &[("DEMO_START_DELAY_MS", "4000")]);
+    let paused = fleet.deploy_command(&slow, "v2", &[]).spawn().unwrap();
+    let pid = nix::unistd::Pid::from_raw(paused.id().unwrap() as i32);
+    let deploy_key = keys().deploy();
+    wait_for("the first deploy to start staging", Duration::from_secs(20), || async {
+        get_raw(&fleet.client, &deploy_key).await.filter(|v| String::from_utf8_lossy(v).contains("staging")).map(|_| ())
+    })
+    .await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let lock_key = keys().lock();
+    wait_for("the paused coordinator's lease to expire", Duration::from_secs(40), || async {
+        get_raw(&fleet.client, &lock_key).await.is_none().then_some(())
+    })
+    .await;
+    let second = fleet.deploy(&fleet.spec("good", &[]), "v3", &[]).await;
+    assert!(second.status.success(), "{}", text(&second));
+    let after_second = active(&fleet).await.unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let first = paused.wait_with_output().await.unwrap();
+    assert!(!first.status.success(), "the fenced-out coordinator must fail: {}", text(&first));
+    assert_eq!(active(&fleet).await.unwrap(), after_second, "the paused coordinator changed traffic");
+    assert_eq!(after_second.version, "v3");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_for_switches_back_when_the_new_version_turns_unhealthy() {
+    let fleet = fleet_with_v1().await;
+    let crashing = fleet.spec("crash", &[("DEMO_CRASH_AFTER_MS", "4000")]);
+    let out = fleet.deploy(&crashing, "v2", &["--verify-for", "20s"]).await;
+    let output = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{output}");
+    assert!(output.contains("switched back to blue"), "{output}");
+    let a = active(&fleet).await.unwrap();
+    assert_eq!(a.color, Color::Blue);
+    for lb in &fleet.lbs {
+        assert_eq!(bluegreen_tests::procs::get_json(&lb.url("/")).await.unwrap()["environment"], "blue");
+    }
+    assert!(text(&fleet.run(&["history"]).await).contains("rolled_back"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_right_after_a_deploy_moves_every_lb_back() {
+    let fleet = fleet_with_v1().await;
+    let out = fleet.deploy(&fleet.spec("good", &[]), "v2", &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let rollback = fleet.run(&["rollback"]).await;
+    assert!(rollback.status.success(), "{}", text(&rollback));
+    let a = active(&fleet).await.unwrap();
+    assert_eq!((a.color, a.version.as_str()), (Color::Blue, "v1"));
+    for (i, lb) in fleet.lbs.iter().enumerate() {
+        assert_eq!(ack(&fleet.client, &format!("lb-{i}")).await.unwrap().color, Some(Color::Blue));
+        let after = load::requests(&lb.url("/api/v1/status"), 20).await;
+        assert_eq!(after.colors.keys().collect::<Vec<_>>(), vec!["blue"]);
+    }
+    let logs = fleet.run(&["logs", "--host", "host-1", "--color", "green", "--tail", "5"]).await;
+    assert!(logs.status.success() && text(&logs).contains("demo-app listening"), "{}", text(&logs));
+}
