@@ -232,3 +232,66 @@ async fn rollback_right_after_a_deploy_moves_every_lb_back() {
     let logs = fleet.run(&["logs", "--host", "host-1", "--color", "green", "--tail", "5"]).await;
     assert!(logs.status.success() && text(&logs).contains("demo-app listening"), "{}", text(&logs));
 }
+
+/// Every value `active` ever had, from etcd's own history (the test never compacts).
+async fn active_history(fleet: &Fleet) -> Vec<ActiveRecord> {
+    let key = keys().active();
+    let mut stream = fleet.client.clone().watch(key.as_str(), Some(etcd_client::WatchOptions::new().with_start_revision(1))).await.unwrap();
+    let now = fleet.client.clone().get("\0", None).await.unwrap().header().unwrap().revision();
+    let mut values = Vec::new();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+        for event in message.events() {
+            if let Some(kv) = event.kv() {
+                if !kv.value().is_empty() {
+                    values.push(decode(&key, kv.value()).unwrap());
+                }
+            }
+        }
+        let seen = message.header().map(|h| h.revision()).unwrap_or(0);
+        if message.events().is_empty() && !values.is_empty() || seen >= now && !message.events().is_empty() {
+            break;
+        }
+    }
+    values
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_coordinator_is_reconciled_and_never_switches_twice() {
+    let fleet = fleet_with_v1().await;
+    let deploy_key = keys().deploy();
+    let lock_key = keys().lock();
+    let slow = fleet.spec("slow", &[("DEMO_START_DELAY_MS", "3000")]);
+
+    // Killed while staging: nothing switched; the next deploy says so and completes.
+    let mut staging = fleet.deploy_command(&slow, "v2", &[]).spawn().unwrap();
+    wait_for("staging", Duration::from_secs(20), || async {
+        get_raw(&fleet.client, &deploy_key).await.filter(|v| String::from_utf8_lossy(v).contains("\"staging\"")).map(|_| ())
+    })
+    .await;
+    staging.kill().await.unwrap();
+    let killed = tokio::time::Instant::now();
+    wait_for("the lock to free", Duration::from_secs(30), || async { get_raw(&fleet.client, &lock_key).await.is_none().then_some(()) }).await;
+    println!("lock of a kill -9'd coordinator freed after {:?} (lease TTL 15 s)", killed.elapsed());
+    let next = fleet.deploy(&fleet.spec("good", &[]), "v3", &[]).await;
+    assert!(next.status.success(), "{}", text(&next));
+    assert!(text(&next).contains("reconcile: not switched"), "{}", text(&next));
+
+    // Killed right after its switch, before the acks: the next deploy finds it switched.
+    let mut switching = fleet.deploy_command(&slow, "v4", &[]).spawn().unwrap();
+    let v4 = wait_for("the v4 switch", Duration::from_secs(40), || async { active(&fleet).await.filter(|a| a.version == "v4") }).await;
+    switching.kill().await.unwrap();
+    wait_for("the lock to free", Duration::from_secs(30), || async { get_raw(&fleet.client, &lock_key).await.is_none().then_some(()) }).await;
+    let last = fleet.deploy(&fleet.spec("good", &[]), "v5", &[]).await;
+    assert!(last.status.success(), "{}", text(&last));
+    assert!(text(&last).contains("reconcile: switched"), "{}", text(&last));
+    assert_eq!(active(&fleet).await.unwrap().version, "v5");
+
+    let history = active_history(&fleet).await;
+    let mut per_deploy = std::collections::BTreeMap::new();
+    for a in &history {
+        *per_deploy.entry(a.deploy_id.clone()).or_insert(0) += 1;
+    }
+    assert!(per_deploy.values().all(|n| *n == 1), "a deploy id switched twice: {per_deploy:?}");
+    assert!(per_deploy.contains_key(&v4.deploy_id));
+}
