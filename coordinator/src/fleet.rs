@@ -52,7 +52,7 @@ pub async fn wait_healthy(
         if Instant::now() >= deadline {
             return Err(pending.into_iter().map(|(h, s)| (h, format!("not healthy at {version} in time: {s}"))).collect());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -91,36 +91,44 @@ pub async fn wait_acks(client: &etcd_client::Client, keys: &Keys, lbs: &[String]
     }
 }
 
-/// Runs every smoke check against `color` on every host. Err lists host and reason per failure.
+/// Runs every smoke check against `color` on every host, hosts in parallel (a fleet of 50 must
+/// not take 50 times one host). Err lists host and reason per failure.
 pub async fn smoke(hosts: &[HostRecord], checks: &[SmokeCheck], color: Color, version: &str, progress: &Progress) -> Result<(), Vec<(String, String)>> {
     let http = reqwest::Client::new();
+    let per_host = hosts.iter().map(|host| smoke_host(&http, host, checks, color, version));
     let mut failures = Vec::new();
-    for host in hosts {
-        for check in checks {
-            let url = format!("http://{}:{}{}", host.address, host.ports.of(color), check.path);
-            let mut last = String::new();
-            let mut passed = false;
-            for attempt in 0..=check.retries {
-                if attempt > 0 {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (host, result) in hosts.iter().zip(futures::future::join_all(per_host).await) {
+        for (path, outcome) in result {
+            match outcome {
+                Ok(()) => progress.event("smoke", Some(&host.host), "passed", &path),
+                Err(e) => {
+                    progress.event("smoke", Some(&host.host), "failed", &e);
+                    failures.push((host.host.clone(), e));
                 }
-                match smoke_once(&http, &url, check, color, version).await {
-                    Ok(()) => {
-                        passed = true;
-                        break;
-                    }
-                    Err(e) => last = e,
-                }
-            }
-            if passed {
-                progress.event("smoke", Some(&host.host), "passed", &check.path);
-            } else {
-                progress.event("smoke", Some(&host.host), "failed", &last);
-                failures.push((host.host.clone(), format!("smoke {url}: {last}")));
             }
         }
     }
     if failures.is_empty() { Ok(()) } else { Err(failures) }
+}
+
+/// Every check on one host, each with its retries: (path, outcome) per check.
+async fn smoke_host(http: &reqwest::Client, host: &HostRecord, checks: &[SmokeCheck], color: Color, version: &str) -> Vec<(String, Result<(), String>)> {
+    let mut results = Vec::new();
+    for check in checks {
+        let url = format!("http://{}:{}{}", host.address, host.ports.of(color), check.path);
+        let mut outcome = Err(String::new());
+        for attempt in 0..=check.retries {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            outcome = smoke_once(http, &url, check, color, version).await.map_err(|e| format!("smoke {url}: {e}"));
+            if outcome.is_ok() {
+                break;
+            }
+        }
+        results.push((check.path.clone(), outcome));
+    }
+    results
 }
 
 async fn smoke_once(http: &reqwest::Client, url: &str, check: &SmokeCheck, color: Color, version: &str) -> Result<(), String> {

@@ -1,0 +1,69 @@
+//! Coordinator benchmarks (not tests): `rollback` wall time, deploy wall time for 1/10/50 hosts,
+//! and failed requests through the LBs during one full deploy under load.
+//!   cargo build --release --workspace --bins && target/release/bench-deploy
+use bluegreen_tests::fleet::{text, Fleet};
+use bluegreen_tests::load;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn timed_deploy(fleet: &Fleet, version: &str) -> Duration {
+    let start = Instant::now();
+    let out = fleet.deploy(&fleet.spec("good", &[]), version, &[]).await;
+    assert!(out.status.success(), "deploy {version}: {}", text(&out));
+    start.elapsed()
+}
+
+#[tokio::main]
+async fn main() {
+    // Rollback: process start -> every LB acked (the command returns only then).
+    let fleet = Fleet::start(3, 2).await;
+    timed_deploy(&fleet, "v1").await;
+    timed_deploy(&fleet, "v2").await;
+    let mut rollbacks = Vec::new();
+    for _ in 0..20 {
+        let start = Instant::now();
+        let out = fleet.run(&["rollback"]).await;
+        assert!(out.status.success(), "{}", text(&out));
+        rollbacks.push(start.elapsed());
+    }
+    rollbacks.sort();
+    println!(
+        "coordinator rollback (3 hosts, 2 LBs), process start -> every LB acked: p50 {:.0} ms, max {:.0} ms over {}",
+        ms(rollbacks[rollbacks.len() / 2]),
+        ms(rollbacks[rollbacks.len() - 1]),
+        rollbacks.len()
+    );
+
+    // Zero downtime under load: four fresh-connection loops through the two LBs during one deploy.
+    let stop = Arc::new(AtomicBool::new(false));
+    let loops: Vec<_> = fleet.lb_urls().into_iter().flat_map(|u| [u.clone(), u]).map(|u| load::spawn(u, false, stop.clone())).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await; // let the loops reach steady rate before the deploy starts
+    let took = timed_deploy(&fleet, "v3").await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for l in loops {
+        let r = l.await.unwrap();
+        ok += r.ok;
+        failed += r.failed.len();
+    }
+    let total_secs = took.as_secs_f64() + 0.5;
+    println!("one full deploy under load: {ok} ok, {failed} failed, {:.0} req/s through the LBs, deploy took {:.0} ms", ok as f64 / total_secs, ms(took));
+    drop(fleet);
+
+    // Fleet size: the second deploy (idle color already running the previous version).
+    let mut base = None;
+    for hosts in [1u8, 10, 50] {
+        let fleet = Fleet::start(hosts, 1).await;
+        timed_deploy(&fleet, "v1").await;
+        let took = timed_deploy(&fleet, "v2").await;
+        let ratio = base.map(|b: Duration| took.as_secs_f64() / b.as_secs_f64()).unwrap_or(1.0);
+        base.get_or_insert(took);
+        println!("deploy to {hosts} host(s): {:.0} ms ({ratio:.2}x the 1-host deploy)", ms(took));
+    }
+}
