@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # bluegreen quickstart: everything on this machine, nothing to configure.
-# Starts an embedded single-node etcd, three agents as hosts 127.0.0.11-13, deploys the demo app
-# as blue v1 and green v2 on every host, waits until every host reports both healthy, starts two
-# load balancers (nginx + lb-sidecar each, on 127.0.0.1:8000 and :8001), sends traffic to blue,
-# switches it to green, and shows `coordinator status`. Ctrl-C stops everything. `--once` exits
-# after showing.
+# Starts an embedded single-node etcd, three agents as hosts 127.0.0.11-13 and two load balancers
+# (nginx + lb-sidecar each, on 127.0.0.1:8000 and :8001), deploys v1 of the demo app with
+# `coordinator deploy`, then deploys v2 while a load loop runs through both load balancers, and
+# shows `coordinator status`, the history and the load loop's failure count (zero).
+# Ctrl-C stops everything. `--once` exits after showing.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -63,40 +63,29 @@ for n in "${HOSTS[@]}"; do
 done
 echo "quickstart: agents for host-11, host-12, host-13 started (logs in $WORK)"
 
-release() { # color version
-    cat <<JSON
-{"version":"$2","artifact":{"url":"file://$WORK/demo-app.tar.gz","sha256":"$SHA"},
- "run":{"command":["./demo-app"],"env":{"DATABASE_URL":"sqlite://$WORK/shop.db?mode=rwc"},"stop_timeout":"10s"},
- "health":{"path":"/health","interval":"2s","timeout":"1s","startup_timeout":"30s"},
- "desired":"running","deploy_id":"quickstart","token":0}
-JSON
-}
-etcdctl --endpoints "$ETCD" put /bluegreen/shop/releases/blue "$(release blue v1)" >/dev/null
-etcdctl --endpoints "$ETCD" put /bluegreen/shop/releases/green "$(release green v2)" >/dev/null
-echo "quickstart: wrote releases/blue (v1) and releases/green (v2); waiting for every host"
 
-start=$(date +%s%N)
-for _ in $(seq 600); do
-    healthy=$(etcdctl --endpoints "$ETCD" get --prefix /bluegreen/shop/health/ --print-value-only | grep -c '"state":"healthy"' || true)
-    [[ $healthy -eq $((${#HOSTS[@]} * 2)) ]] && break
-    sleep 0.1
-done
-echo "quickstart: $healthy of $((${#HOSTS[@]} * 2)) host colors healthy after $((($(date +%s%N) - start) / 1000000)) ms"
-echo
-"$BIN/coordinator" --etcd "$ETCD" --app shop status
-echo
-for n in "${HOSTS[@]}"; do
-    for port in 8080 8081; do
-        printf '127.0.0.%s:%s -> %s\n' "$n" "$port" "$(curl -s "http://127.0.0.$n:$port/api/v1/status")"
-    done
-done
-[[ $healthy -eq $((${#HOSTS[@]} * 2)) ]] || { echo "quickstart: not every host became healthy; see $WORK/*.log" >&2; exit 1; }
+cat >"$WORK/bluegreen.toml" <<TOML
+app = "shop"
+[run]
+command = ["./demo-app"]
+env = { DATABASE_URL = "sqlite://$WORK/shop.db?mode=rwc" }
+stop_timeout = "10s"
+[health]
+path = "/health"
+interval = "2s"
+timeout = "1s"
+startup_timeout = "30s"
+[[smoke]]
+path = "/api/v1/status"
+status = 200
+json = { environment = "{color}", version = "{version}" }
+TOML
 
 # Two load balancers, each an nginx of its own with an lb-sidecar owning its include file.
 for lb in 1 2; do
     dir=$WORK/lb-$lb
     mkdir -p "$dir/tmp"
-    echo "# no traffic decision yet" >"$dir/bluegreen-shop.conf"
+    printf 'server { listen 127.0.0.1:800%s; return 503; }\n' $((lb - 1)) >"$dir/bluegreen-shop.conf"
     sed -e "s|@DIR@|$dir|g" "$ROOT/deploy/examples/nginx.conf" >"$dir/nginx.conf"
     nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
     "$BIN/lb-sidecar" --etcd "$ETCD" --app shop --name "lb-$lb" \
@@ -105,32 +94,43 @@ for lb in 1 2; do
         >"$dir/sidecar.log" 2>&1 &
     echo $! >"$dir/sidecar.pid"
 done
-active() { # color version
-    etcdctl --endpoints "$ETCD" put /bluegreen/shop/active \
-        "{\"color\":\"$1\",\"version\":\"$2\",\"deploy_id\":\"quickstart\",\"token\":0,\"switched_at\":\"$(date -u +%FT%TZ)\"}" -w json |
-        sed -E 's/.*"revision":([0-9]+).*/\1/'
-}
-wait_acks() { # revision
-    for _ in $(seq 300); do
-        acked=$(etcdctl --endpoints "$ETCD" get --prefix /bluegreen/shop/lbs/ --print-value-only |
-            grep -c "\"applied_revision\":$1," || true)
-        [[ $acked -eq 2 ]] && return 0
-        sleep 0.01
+for _ in $(seq 100); do
+    [[ $(etcdctl --endpoints "$ETCD" get --prefix /bluegreen/shop/lbs/ --keys-only | grep -c lbs/) -eq 2 ]] && break
+    sleep 0.1
+done
+export BLUEGREEN_ETCD=$ETCD BLUEGREEN_APP=shop
+coordinator() { "$BIN/coordinator" "$@"; }
+
+echo "quickstart: coordinator deploy v1 (the first deploy goes to blue)"
+coordinator deploy --spec "$WORK/bluegreen.toml" --version v1 --artifact "file://$WORK/demo-app.tar.gz" --sha256 "$SHA"
+
+# A load loop through both load balancers while v2 is deployed: every failed request is counted.
+load() {
+    local ok=0 failed=0
+    while [[ ! -f $WORK/stop-load ]]; do
+        for port in 8000 8001; do
+            if curl -sf -o /dev/null "http://127.0.0.1:$port/api/v1/status"; then ok=$((ok + 1)); else failed=$((failed + 1)); fi
+        done
     done
-    echo "quickstart: the load balancers did not acknowledge revision $1; see $WORK/lb-*/sidecar.log" >&2
-    exit 1
+    echo "$ok $failed" >"$WORK/load-result"
 }
-rev=$(active blue v1)
-wait_acks "$rev"
-echo "quickstart: traffic on blue: $(curl -s http://127.0.0.1:8000/api/v1/status)"
-start=$(date +%s%N)
-rev=$(active green v2)
-wait_acks "$rev"
-echo "quickstart: switched to green; both load balancers acknowledged revision $rev within $((($(date +%s%N) - start) / 1000000)) ms"
+load &
+LOAD_PID=$!
+echo "quickstart: coordinator deploy v2 while a load loop runs through both load balancers"
+coordinator deploy --spec "$WORK/bluegreen.toml" --version v2 --artifact "file://$WORK/demo-app.tar.gz" --sha256 "$SHA"
+touch "$WORK/stop-load"
+wait $LOAD_PID
+read -r ok failed <"$WORK/load-result"
+echo
+coordinator status
+echo
+coordinator history
+echo
+echo "quickstart: load loop during the v2 deploy: $ok requests succeeded, $failed failed"
 echo "quickstart: lb-1 -> $(curl -s http://127.0.0.1:8000/api/v1/status)"
 echo "quickstart: lb-2 -> $(curl -s http://127.0.0.1:8001/api/v1/status)"
-echo
-"$BIN/coordinator" --etcd "$ETCD" --app shop status
+echo "quickstart: try 'BLUEGREEN_ETCD=$ETCD $BIN/coordinator --app shop rollback'"
+[[ $failed -eq 0 ]] || { echo "quickstart: requests failed during the deploy" >&2; exit 1; }
 if ((ONCE)); then exit 0; fi
 echo
 echo "quickstart: running. Watch the audit trail: etcdctl --endpoints $ETCD watch --prefix /bluegreen/"

@@ -144,7 +144,7 @@ pub async fn status(global: &Global) -> Result<String, CoordinatorError> {
     Ok(if global.json {
         serde_json::to_string_pretty(&status).expect("status serializes") + "\n"
     } else {
-        status::render_text(keys.app_prefix(), &status)
+        status::render_text(global.app.as_deref().unwrap_or_default(), &status)
     })
 }
 
