@@ -184,11 +184,14 @@ async fn paused_coordinator_is_fenced_out() {
     })
     .await;
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let lock_key = keys().lock();
-    wait_for("the paused coordinator's lease to expire", Duration::from_secs(40), || async {
-        get_raw(&fleet.client, &lock_key).await.is_none().then_some(())
-    })
-    .await;
+    let status = fleet.run(&["lock", "status"]).await;
+    assert!(text(&status).contains("held by") && text(&status).contains("version v2"), "{}", text(&status));
+    // An operator breaks the stuck lock (confirmation required) instead of waiting for the TTL.
+    let unconfirmed = fleet.run(&["lock", "break"]).await;
+    assert_eq!(unconfirmed.status.code(), Some(2), "{}", text(&unconfirmed));
+    let broken = fleet.run(&["lock", "break", "--yes"]).await;
+    assert!(broken.status.success() && text(&broken).contains("broken"), "{}", text(&broken));
+    assert_eq!(text(&fleet.run(&["lock", "status"]).await).trim(), "lock: free");
     let second = fleet.deploy(&fleet.spec("good", &[]), "v3", &[]).await;
     assert!(second.status.success(), "{}", text(&second));
     let after_second = active(&fleet).await.unwrap();
@@ -197,6 +200,7 @@ async fn paused_coordinator_is_fenced_out() {
     assert!(!first.status.success(), "the fenced-out coordinator must fail: {}", text(&first));
     assert_eq!(active(&fleet).await.unwrap(), after_second, "the paused coordinator changed traffic");
     assert_eq!(after_second.version, "v3");
+    assert!(text(&fleet.run(&["history"]).await).contains("lock-break"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -229,6 +233,13 @@ async fn rollback_right_after_a_deploy_moves_every_lb_back() {
         let after = load::requests(&lb.url("/api/v1/status"), 20).await;
         assert_eq!(after.colors.keys().collect::<Vec<_>>(), vec!["blue"]);
     }
+    // A manual switch has the same checks and acks.
+    let switch = fleet.run(&["switch", "green"]).await;
+    assert!(switch.status.success(), "{}", text(&switch));
+    assert_eq!(active(&fleet).await.unwrap().color, Color::Green);
+    let json: serde_json::Value = serde_json::from_slice(&fleet.run(&["--output", "json", "status"]).await.stdout).unwrap();
+    assert_eq!(json["active"]["color"], "green");
+    assert_eq!(json["lbs"]["lb-0"]["color"], "green");
     let logs = fleet.run(&["logs", "--host", "host-1", "--color", "green", "--tail", "5"]).await;
     assert!(logs.status.success() && text(&logs).contains("demo-app listening"), "{}", text(&logs));
 }
