@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod color;
+pub mod daemon;
 pub mod error;
 pub mod fence;
 pub mod keys;

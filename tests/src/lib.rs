@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod artifacts;
+pub mod daemon;
 pub mod etcd;
 pub mod fleet;
 pub mod lb;

@@ -1,5 +1,6 @@
 //! Real nginx and lb-sidecar processes for tests: each LB gets its own nginx (own prefix, pid
 //! file, ports) and its own sidecar owning that nginx's include file.
+use crate::daemon::Daemon;
 use crate::{binary, free_port, Etcd};
 use crate::procs::{APP, PREFIX};
 use std::path::PathBuf;
@@ -105,11 +106,9 @@ impl Drop for Nginx {
 }
 
 pub struct SidecarProc {
-    child: Option<Child>,
+    daemon: Daemon,
     pub name: String,
     pub status_port: u16,
-    config_path: PathBuf,
-    log_path: PathBuf,
 }
 
 impl SidecarProc {
@@ -129,55 +128,21 @@ impl SidecarProc {
             nginx.pid_file.display()
         );
         std::fs::write(&config_path, config).unwrap();
-        let mut sidecar = SidecarProc { child: None, name: name.to_string(), status_port, config_path, log_path: nginx.dir.join(format!("{name}.log")) };
-        sidecar.spawn();
-        sidecar
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
-        let child = Command::new(binary("lb-sidecar"))
-            .arg("--config")
-            .arg(&self.config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start lb-sidecar");
-        self.child = Some(child);
+        let args = vec!["--config".into(), config_path.into_os_string()];
+        let daemon = Daemon::start(&format!("sidecar {name}"), binary("lb-sidecar"), args, nginx.dir.join(format!("{name}.log")));
+        SidecarProc { daemon, name: name.to_string(), status_port }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or(0)
+        self.daemon.pid()
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.daemon.kill9();
     }
 
     pub fn restart(&mut self) {
-        self.kill9();
-        self.spawn();
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-}
-
-impl Drop for SidecarProc {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.log();
-            eprintln!("--- last lines of sidecar {} ---", self.name);
-            for line in log.lines().rev().take(20).collect::<Vec<_>>().iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-        self.kill9();
+        self.daemon.restart();
     }
 }
 

@@ -1,9 +1,9 @@
 //! Agents as real processes, one per simulated host on its own loopback address (127.0.0.11, …).
+use crate::daemon::Daemon;
 use crate::{binary, free_port, Etcd};
 use proto::records::{decode, HealthRecord, HealthState, Ports, ReleaseRecord};
 use proto::{Color, Keys};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub const APP: &str = "shop";
@@ -14,14 +14,12 @@ pub fn keys() -> Keys {
 }
 
 pub struct AgentProc {
-    child: Option<Child>,
+    daemon: Daemon,
     pub host: String,
     pub address: String,
     pub ports: Ports,
     pub grpc: String,
     pub state_dir: PathBuf,
-    config_path: PathBuf,
-    log_path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -44,41 +42,22 @@ impl AgentProc {
             ports.green
         );
         std::fs::write(&config_path, config).expect("write agent config");
-        let log_path = dir.path().join("agent.log");
-        let mut agent = AgentProc { child: None, host, address, ports, grpc, state_dir, config_path, log_path, _dir: dir };
-        agent.spawn();
-        agent
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("agent log");
-        let child = Command::new(binary("agent"))
-            .arg("--config")
-            .arg(&self.config_path)
-            .env("BLUEGREEN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start agent");
-        self.child = Some(child);
+        let args = vec!["--config".into(), config_path.into_os_string()];
+        let daemon = Daemon::start(&format!("{host}'s agent"), binary("agent"), args, dir.path().join("agent.log"));
+        AgentProc { daemon, host, address, ports, grpc, state_dir, _dir: dir }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or(0)
+        self.daemon.pid()
     }
 
     /// SIGKILL, as a crash or an OOM kill would: the apps must keep running.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.daemon.kill9();
     }
 
     pub fn restart(&mut self) {
-        self.kill9();
-        self.spawn();
+        self.daemon.restart();
     }
 
     pub fn url(&self, color: Color, path: &str) -> String {
@@ -86,7 +65,7 @@ impl AgentProc {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        self.daemon.log()
     }
 
     /// The pid of the app running `color`, from the agent's pid file.
@@ -108,14 +87,6 @@ impl AgentProc {
 
 impl Drop for AgentProc {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            eprintln!("--- last lines of {}'s agent log ---", self.host);
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        }
         self.kill9();
         self.kill_apps();
     }

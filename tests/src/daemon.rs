@@ -1,0 +1,67 @@
+//! A bluegreen binary run as a test process: started with its output in a log file, killed with
+//! SIGKILL (as a crash would), restartable, and its log's tail printed when a test fails.
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+pub struct Daemon {
+    child: Option<Child>,
+    label: String,
+    program: PathBuf,
+    args: Vec<OsString>,
+    pub log_path: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(label: &str, program: PathBuf, args: Vec<OsString>, log_path: PathBuf) -> Daemon {
+        let mut daemon = Daemon { child: None, label: label.to_string(), program, args, log_path };
+        daemon.spawn();
+        daemon
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("daemon log");
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .env("BLUEGREEN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.program.display()));
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            eprintln!("--- last lines of {} ---", self.label);
+            for line in log.lines().rev().take(30).collect::<Vec<_>>().iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        self.kill9();
+    }
+}
