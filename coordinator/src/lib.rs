@@ -9,6 +9,7 @@ pub mod error;
 pub mod fleet;
 pub mod history;
 pub mod lock;
+pub mod migrate;
 pub mod progress;
 pub mod spec;
 pub mod status;
