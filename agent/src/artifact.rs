@@ -9,12 +9,18 @@ use std::path::{Component, Path, PathBuf};
 
 /// Where a verified artifact ends up unpacked.
 pub fn unpacked_dir(state_dir: &Path, sha256: &str) -> PathBuf {
-    state_dir.join("artifacts").join(sha256.to_ascii_lowercase())
+    state_dir
+        .join("artifacts")
+        .join(sha256.to_ascii_lowercase())
 }
 
 /// Downloads, verifies and unpacks `artifact`; returns the directory to run the command in.
 /// Nothing is left behind on failure, and nothing that already runs is touched.
-pub async fn fetch(http: &reqwest::Client, state_dir: &Path, artifact: &Artifact) -> Result<PathBuf, AgentError> {
+pub async fn fetch(
+    http: &reqwest::Client,
+    state_dir: &Path,
+    artifact: &Artifact,
+) -> Result<PathBuf, AgentError> {
     // One fetch at a time per agent: both colors often ask for the same artifact at once, and the
     // second then finds it unpacked instead of downloading it again.
     static FETCHING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -30,46 +36,78 @@ pub async fn fetch(http: &reqwest::Client, state_dir: &Path, artifact: &Artifact
     let target = dir.clone();
     tokio::task::spawn_blocking(move || unpack_atomically(&url, &bytes, &state_dir, &target))
         .await
-        .map_err(|e| AgentError::Unpack { url: artifact.url.clone(), reason: e.to_string() })??;
+        .map_err(|e| AgentError::Unpack {
+            url: artifact.url.clone(),
+            reason: e.to_string(),
+        })??;
     Ok(dir)
 }
 
 async fn download(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, AgentError> {
-    let fail = |reason: String| AgentError::Download { url: url.to_string(), reason };
+    let fail = |reason: String| AgentError::Download {
+        url: url.to_string(),
+        reason,
+    };
     if let Some(path) = url.strip_prefix("file://") {
         return tokio::fs::read(path).await.map_err(|e| fail(e.to_string()));
     }
     if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(fail("only file://, http:// and https:// URLs are supported".into()));
+        return Err(fail(
+            "only file://, http:// and https:// URLs are supported".into(),
+        ));
     }
-    let resp = http.get(url).send().await.map_err(|e| fail(e.to_string()))?;
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
     if !resp.status().is_success() {
         return Err(fail(format!("HTTP {}", resp.status())));
     }
-    resp.bytes().await.map(|b| b.to_vec()).map_err(|e| fail(e.to_string()))
+    resp.bytes()
+        .await
+        .map(|b| b.to_vec())
+        .map_err(|e| fail(e.to_string()))
 }
 
 pub fn verify_sha256(url: &str, expected: &str, bytes: &[u8]) -> Result<(), AgentError> {
     let actual = hex::encode(Sha256::digest(bytes));
     if !actual.eq_ignore_ascii_case(expected) {
-        return Err(AgentError::ChecksumMismatch { url: url.into(), expected: expected.into(), actual });
+        return Err(AgentError::ChecksumMismatch {
+            url: url.into(),
+            expected: expected.into(),
+            actual,
+        });
     }
     Ok(())
 }
 
 /// Unpacks into a temporary sibling and renames it into place, so a half-unpacked artifact is
 /// never mistaken for a verified one.
-fn unpack_atomically(url: &str, bytes: &[u8], state_dir: &Path, target: &Path) -> Result<(), AgentError> {
+fn unpack_atomically(
+    url: &str,
+    bytes: &[u8],
+    state_dir: &Path,
+    target: &Path,
+) -> Result<(), AgentError> {
     let parent = target.parent().expect("artifact dir has a parent");
     std::fs::create_dir_all(parent).map_err(|e| AgentError::io(parent, e))?;
     // Both colors may fetch the same artifact at once: each unpack gets its own scratch dir.
     static UNPACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = UNPACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = state_dir.join("artifacts").join(format!(".unpack-{}-{n}", std::process::id()));
+    let tmp = state_dir
+        .join("artifacts")
+        .join(format!(".unpack-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| AgentError::io(&tmp, e))?;
     let result = unpack(url, bytes, &tmp).and_then(|()| {
-        std::fs::rename(&tmp, target).or_else(|e| if target.is_dir() { Ok(()) } else { Err(AgentError::io(target, e)) })
+        std::fs::rename(&tmp, target).or_else(|e| {
+            if target.is_dir() {
+                Ok(())
+            } else {
+                Err(AgentError::io(target, e))
+            }
+        })
     });
     let _ = std::fs::remove_dir_all(&tmp);
     result
@@ -80,9 +118,14 @@ pub fn unpack(url: &str, bytes: &[u8], dest: &Path) -> Result<(), AgentError> {
     if bytes.starts_with(&[0x1f, 0x8b]) {
         unpack_tar_gz(url, bytes, dest)
     } else {
-        let name = url.rsplit('/').next().filter(|n| !n.is_empty() && *n != "." && *n != "..").ok_or_else(|| {
-            AgentError::Unpack { url: url.into(), reason: "a single-executable artifact needs a file name in its URL".into() }
-        })?;
+        let name = url
+            .rsplit('/')
+            .next()
+            .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+            .ok_or_else(|| AgentError::Unpack {
+                url: url.into(),
+                reason: "a single-executable artifact needs a file name in its URL".into(),
+            })?;
         let path = dest.join(name);
         std::fs::write(&path, bytes).map_err(|e| AgentError::io(&path, e))?;
         set_executable(&path)
@@ -90,7 +133,10 @@ pub fn unpack(url: &str, bytes: &[u8], dest: &Path) -> Result<(), AgentError> {
 }
 
 fn unpack_tar_gz(url: &str, bytes: &[u8], dest: &Path) -> Result<(), AgentError> {
-    let fail = |reason: String| AgentError::Unpack { url: url.into(), reason };
+    let fail = |reason: String| AgentError::Unpack {
+        url: url.into(),
+        reason,
+    };
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
     archive.set_preserve_permissions(true);
     for entry in archive.entries().map_err(|e| fail(e.to_string()))? {
@@ -98,9 +144,17 @@ fn unpack_tar_gz(url: &str, bytes: &[u8], dest: &Path) -> Result<(), AgentError>
         let path = entry.path().map_err(|e| fail(e.to_string()))?.into_owned();
         check_relative(&path).map_err(|why| fail(format!("entry {}: {why}", path.display())))?;
         if let Some(link) = entry.link_name().map_err(|e| fail(e.to_string()))? {
-            check_relative(&link).map_err(|why| fail(format!("link {} -> {}: {why}", path.display(), link.display())))?;
+            check_relative(&link).map_err(|why| {
+                fail(format!(
+                    "link {} -> {}: {why}",
+                    path.display(),
+                    link.display()
+                ))
+            })?;
         }
-        entry.unpack_in(dest).map_err(|e| fail(format!("entry {}: {e}", path.display())))?;
+        entry
+            .unpack_in(dest)
+            .map_err(|e| fail(format!("entry {}: {e}", path.display())))?;
     }
     Ok(())
 }
@@ -119,7 +173,8 @@ fn check_relative(path: &Path) -> Result<(), &'static str> {
 
 fn set_executable(path: &Path) -> Result<(), AgentError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(|e| AgentError::io(path, e))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| AgentError::io(path, e))
 }
 
 /// sha256 of a file, hex (used by tools and tests that build artifacts).
@@ -149,7 +204,10 @@ mod tests {
         header.set_mode(0o644);
         header.set_entry_type(tar::EntryType::Regular);
         header.set_cksum();
-        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
         builder.append(&header, body).unwrap();
         builder.into_inner().unwrap().finish().unwrap()
     }
@@ -158,15 +216,26 @@ mod tests {
     fn rejects_parent_and_absolute_paths() {
         for bad in ["../evil", "a/../../evil", "/etc/evil"] {
             let dir = tempfile::tempdir().unwrap();
-            let err = unpack("file:///x.tar.gz", &tar_gz_with(bad, b"x"), dir.path()).unwrap_err().to_string();
-            assert!(err.contains("file:///x.tar.gz") && (err.contains("'..'") || err.contains("absolute")), "{bad}: {err}");
+            let err = unpack("file:///x.tar.gz", &tar_gz_with(bad, b"x"), dir.path())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("file:///x.tar.gz")
+                    && (err.contains("'..'") || err.contains("absolute")),
+                "{bad}: {err}"
+            );
         }
     }
 
     #[test]
     fn unpacks_a_normal_tarball() {
         let dir = tempfile::tempdir().unwrap();
-        unpack("file:///x.tar.gz", &tar_gz_with("bin/app", b"hello"), dir.path()).unwrap();
+        unpack(
+            "file:///x.tar.gz",
+            &tar_gz_with("bin/app", b"hello"),
+            dir.path(),
+        )
+        .unwrap();
         assert_eq!(std::fs::read(dir.path().join("bin/app")).unwrap(), b"hello");
     }
 
@@ -175,15 +244,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         unpack("http://h/dl/demo-app", b"\x7fELF...", dir.path()).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("demo-app")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("demo-app"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o111, 0o111);
     }
 
     #[test]
     fn checksum_mismatch_names_both_sums() {
-        let err = verify_sha256("file:///a", &"0".repeat(64), b"abc").unwrap_err().to_string();
-        assert!(err.contains(&"0".repeat(64)) && err.contains("ba7816bf"), "{err}");
-        verify_sha256("file:///a", "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD", b"abc").unwrap();
+        let err = verify_sha256("file:///a", &"0".repeat(64), b"abc")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&"0".repeat(64)) && err.contains("ba7816bf"),
+            "{err}"
+        );
+        verify_sha256(
+            "file:///a",
+            "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD",
+            b"abc",
+        )
+        .unwrap();
     }
 }
 #[cfg(test)]
@@ -196,13 +278,19 @@ mod mode_tests {
         header.set_mode(0o755);
         header.set_entry_type(tar::EntryType::Regular);
         header.set_cksum();
-        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
         builder.append(&header, &b"hi"[..]).unwrap();
         let bytes = builder.into_inner().unwrap().finish().unwrap();
         let dir = tempfile::tempdir().unwrap();
         super::unpack("file:///a.tgz", &bytes, dir.path()).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("app")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("app"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o755);
     }
 }

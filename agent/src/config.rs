@@ -10,7 +10,11 @@ use std::time::Duration;
 
 /// Command line of `agent`. Every setting of the file is also a flag and an env variable.
 #[derive(Debug, Parser, Default)]
-#[command(name = "agent", version, about = "Runs the blue and green copies of an app on this host and reports their health into etcd")]
+#[command(
+    name = "agent",
+    version,
+    about = "Runs the blue and green copies of an app on this host and reports their health into etcd"
+)]
 pub struct Cli {
     /// TOML config file (see deploy/examples/agent.toml).
     #[arg(long, env = "BLUEGREEN_AGENT_CONFIG")]
@@ -97,10 +101,14 @@ impl Config {
         let file = match &cli.config {
             Some(path) => {
                 let shown = path.display().to_string();
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| AgentError::Config { path: shown.clone(), reason: e.to_string() })?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| AgentError::Config { path: shown, reason: e.to_string() })?
+                let text = std::fs::read_to_string(path).map_err(|e| AgentError::Config {
+                    path: shown.clone(),
+                    reason: e.to_string(),
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| AgentError::Config {
+                    path: shown,
+                    reason: e.to_string(),
+                })?
             }
             None => FileConfig::default(),
         };
@@ -109,21 +117,45 @@ impl Config {
             Some(h) => h,
             None => std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
-                .map_err(|e| AgentError::Setting(format!("host: not set and the hostname is unreadable: {e}")))?,
+                .map_err(|e| {
+                    AgentError::Setting(format!(
+                        "host: not set and the hostname is unreadable: {e}"
+                    ))
+                })?,
         };
-        let address = cli.address.or(file.address).unwrap_or_else(|| "127.0.0.1".into());
-        let grpc = cli.grpc_listen.or(file.grpc_listen).unwrap_or_else(|| format!("{address}:7070"));
-        let lease_ttl = cli.lease_ttl.or(file.lease_ttl).unwrap_or_else(|| "10s".into());
+        let address = cli
+            .address
+            .or(file.address)
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let grpc = cli
+            .grpc_listen
+            .or(file.grpc_listen)
+            .unwrap_or_else(|| format!("{address}:7070"));
+        let lease_ttl = cli
+            .lease_ttl
+            .or(file.lease_ttl)
+            .unwrap_or_else(|| "10s".into());
         let config = Config {
-            etcd: cli.etcd.or(file.etcd).unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()]),
-            prefix: cli.prefix.or(file.prefix).unwrap_or_else(|| "/bluegreen".into()),
-            app: cli.app.or(file.app).ok_or_else(|| AgentError::Setting("app: required (which app this agent runs)".into()))?,
+            etcd: cli
+                .etcd
+                .or(file.etcd)
+                .unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()]),
+            prefix: cli
+                .prefix
+                .or(file.prefix)
+                .unwrap_or_else(|| "/bluegreen".into()),
+            app: cli.app.or(file.app).ok_or_else(|| {
+                AgentError::Setting("app: required (which app this agent runs)".into())
+            })?,
             host,
             address,
-            state_dir: cli.state_dir.or(file.state_dir).unwrap_or_else(|| "/var/lib/bluegreen/agent".into()),
-            grpc_listen: grpc
-                .parse()
-                .map_err(|_| AgentError::Setting(format!("grpc_listen: {grpc:?} is not an address:port")))?,
+            state_dir: cli
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| "/var/lib/bluegreen/agent".into()),
+            grpc_listen: grpc.parse().map_err(|_| {
+                AgentError::Setting(format!("grpc_listen: {grpc:?} is not an address:port"))
+            })?,
             lease_ttl: humantime::parse_duration(&lease_ttl)
                 .map_err(|e| AgentError::Setting(format!("lease_ttl: {lease_ttl:?}: {e}")))?,
             ports: Ports {
@@ -131,8 +163,14 @@ impl Config {
                 green: cli.green_port.or(file_ports.green).unwrap_or(8081),
             },
             max_restarts: cli.max_restarts.or(file.max_restarts).unwrap_or(3),
-            log_max_bytes: cli.log_max_bytes.or(file.log_max_bytes).unwrap_or(4 * 1024 * 1024),
-            app_log_level: cli.app_log_level.or(file.app_log_level).unwrap_or_else(|| "info".into()),
+            log_max_bytes: cli
+                .log_max_bytes
+                .or(file.log_max_bytes)
+                .unwrap_or(4 * 1024 * 1024),
+            app_log_level: cli
+                .app_log_level
+                .or(file.app_log_level)
+                .unwrap_or_else(|| "info".into()),
         };
         config.validate()?;
         Ok(config)
@@ -142,13 +180,21 @@ impl Config {
         proto::Keys::new(&self.prefix, &self.app)?;
         proto::keys::validate_segment("host", &self.host)?;
         if self.etcd.is_empty() {
-            return Err(AgentError::Setting("etcd: at least one endpoint is required".into()));
+            return Err(AgentError::Setting(
+                "etcd: at least one endpoint is required".into(),
+            ));
         }
         if self.ports.blue == self.ports.green {
-            return Err(AgentError::Setting(format!("ports: blue and green are both {}", self.ports.blue)));
+            return Err(AgentError::Setting(format!(
+                "ports: blue and green are both {}",
+                self.ports.blue
+            )));
         }
         if self.lease_ttl < Duration::from_secs(2) {
-            return Err(AgentError::Setting(format!("lease_ttl: {:?} is shorter than 2s", self.lease_ttl)));
+            return Err(AgentError::Setting(format!(
+                "lease_ttl: {:?} is shorter than 2s",
+                self.lease_ttl
+            )));
         }
         Ok(())
     }
@@ -168,7 +214,11 @@ mod tests {
     #[test]
     fn flags_override_file() {
         let f = file("app = \"shop\"\nhost = \"host-a\"\naddress = \"127.0.0.11\"\n[ports]\nblue = 9000\ngreen = 9001\n");
-        let cli = Cli { config: Some(f.path().into()), green_port: Some(9100), ..Default::default() };
+        let cli = Cli {
+            config: Some(f.path().into()),
+            green_port: Some(9100),
+            ..Default::default()
+        };
         let c = Config::load(cli).unwrap();
         assert_eq!((c.ports.blue, c.ports.green), (9000, 9100));
         assert_eq!(c.grpc_listen.to_string(), "127.0.0.11:7070");
@@ -178,17 +228,42 @@ mod tests {
     #[test]
     fn unknown_field_names_file_and_field() {
         let f = file("app = \"shop\"\nlease_tll = \"5s\"\n");
-        let err = Config::load(Cli { config: Some(f.path().into()), ..Default::default() }).unwrap_err().to_string();
-        assert!(err.contains(&f.path().display().to_string()) && err.contains("lease_tll"), "{err}");
+        let err = Config::load(Cli {
+            config: Some(f.path().into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(&f.path().display().to_string()) && err.contains("lease_tll"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_values_name_the_field() {
-        let cli = Cli { app: Some("shop".into()), host: Some("h".into()), lease_ttl: Some("soon".into()), ..Default::default() };
-        assert!(Config::load(cli).unwrap_err().to_string().contains("lease_ttl"));
-        let cli = Cli { app: Some("shop".into()), host: Some("h".into()), blue_port: Some(1), green_port: Some(1), ..Default::default() };
+        let cli = Cli {
+            app: Some("shop".into()),
+            host: Some("h".into()),
+            lease_ttl: Some("soon".into()),
+            ..Default::default()
+        };
+        assert!(Config::load(cli)
+            .unwrap_err()
+            .to_string()
+            .contains("lease_ttl"));
+        let cli = Cli {
+            app: Some("shop".into()),
+            host: Some("h".into()),
+            blue_port: Some(1),
+            green_port: Some(1),
+            ..Default::default()
+        };
         assert!(Config::load(cli).unwrap_err().to_string().contains("ports"));
-        let cli = Cli { host: Some("h".into()), ..Default::default() };
+        let cli = Cli {
+            host: Some("h".into()),
+            ..Default::default()
+        };
         assert!(Config::load(cli).unwrap_err().to_string().contains("app"));
     }
 }

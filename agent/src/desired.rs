@@ -104,7 +104,8 @@ impl DesiredFeed {
                         None
                     }
                 });
-                self.active.send_if_modified(|old| replace_if_changed(old, active));
+                self.active
+                    .send_if_modified(|old| replace_if_changed(old, active));
             }
             _ => {}
         }

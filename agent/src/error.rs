@@ -11,7 +11,11 @@ pub enum AgentError {
     #[error("download {url}: {reason}")]
     Download { url: String, reason: String },
     #[error("sha256 mismatch for {url}: expected {expected}, got {actual}")]
-    ChecksumMismatch { url: String, expected: String, actual: String },
+    ChecksumMismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
     #[error("unpack {url}: {reason}")]
     Unpack { url: String, reason: String },
     #[error("start {command}: {reason}")]
@@ -30,6 +34,9 @@ pub enum AgentError {
 
 impl AgentError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        AgentError::Io { path: path.into(), source }
+        AgentError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -3,7 +3,9 @@
 use crate::logs;
 use crate::status::ColorStatus;
 use proto::agent_api::agent_server::Agent;
-use proto::agent_api::{ColorStatus as ApiColorStatus, LogLine, LogsRequest, StatusReply, StatusRequest};
+use proto::agent_api::{
+    ColorStatus as ApiColorStatus, LogLine, LogsRequest, StatusReply, StatusRequest,
+};
 use proto::Color;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -53,15 +55,22 @@ impl Agent for AgentService {
 
     type LogsStream = Pin<Box<dyn futures::Stream<Item = Result<LogLine, Status>> + Send>>;
 
-    async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+    async fn logs(
+        &self,
+        request: Request<LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
         let req = request.into_inner();
-        let color: Color = req.color.parse().map_err(|e: proto::ProtoError| Status::invalid_argument(e.to_string()))?;
+        let color: Color = req
+            .color
+            .parse()
+            .map_err(|e: proto::ProtoError| Status::invalid_argument(e.to_string()))?;
         let tail = match req.tail as usize {
             0 => DEFAULT_TAIL,
             n => n.min(MAX_TAIL),
         };
         let path = logs::log_path(&self.state_dir, color);
-        let lines = logs::tail(&path, tail).map_err(|e| Status::internal(format!("{}: {e}", path.display())))?;
+        let lines = logs::tail(&path, tail)
+            .map_err(|e| Status::internal(format!("{}: {e}", path.display())))?;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
             for line in lines {
@@ -86,7 +95,9 @@ async fn follow(path: PathBuf, tx: mpsc::Sender<Result<LogLine, Status>>) {
         if tx.is_closed() {
             return;
         }
-        let Ok(mut file) = std::fs::File::open(&path) else { continue };
+        let Ok(mut file) = std::fs::File::open(&path) else {
+            continue;
+        };
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         if len < offset {
             offset = 0; // rotated
@@ -102,7 +113,13 @@ async fn follow(path: PathBuf, tx: mpsc::Sender<Result<LogLine, Status>>) {
         partial.push_str(&String::from_utf8_lossy(&buf));
         while let Some(end) = partial.find('\n') {
             let line: String = partial.drain(..=end).collect();
-            if tx.send(Ok(LogLine { line: line.trim_end().to_string() })).await.is_err() {
+            if tx
+                .send(Ok(LogLine {
+                    line: line.trim_end().to_string(),
+                }))
+                .await
+                .is_err()
+            {
                 return;
             }
         }

@@ -23,7 +23,11 @@ pub fn evaluate(status: u16, body: &[u8], color: Color, version: &str) -> Probe 
         None => Some("/health did not answer a JSON object".to_string()),
         Some(json) => check_fields(json, color, version),
     };
-    Probe { healthy: reason.is_none(), reason, body: parsed.unwrap_or(Value::Null) }
+    Probe {
+        healthy: reason.is_none(),
+        reason,
+        body: parsed.unwrap_or(Value::Null),
+    }
 }
 
 fn check_fields(json: &Value, color: Color, version: &str) -> Option<String> {
@@ -32,10 +36,16 @@ fn check_fields(json: &Value, color: Color, version: &str) -> Option<String> {
         return Some(format!("status is {}", show(json.get("status"))));
     }
     if field("environment") != Some(color.as_str()) {
-        return Some(format!("environment is {}, expected {color:?}", show(json.get("environment"))));
+        return Some(format!(
+            "environment is {}, expected {color:?}",
+            show(json.get("environment"))
+        ));
     }
     if field("version") != Some(version) {
-        return Some(format!("version is {}, expected {version:?}", show(json.get("version"))));
+        return Some(format!(
+            "version is {}, expected {version:?}",
+            show(json.get("version"))
+        ));
     }
     if json.get("database_connected") == Some(&Value::Bool(false)) {
         return Some("database_connected is false".to_string());
@@ -48,7 +58,13 @@ fn show(v: Option<&Value>) -> String {
 }
 
 /// Probes `url` once with `timeout`.
-pub async fn probe(http: &reqwest::Client, url: &str, timeout: Duration, color: Color, version: &str) -> Probe {
+pub async fn probe(
+    http: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+    color: Color,
+    version: &str,
+) -> Probe {
     let answer = async {
         let resp = http.get(url).timeout(timeout).send().await?;
         let status = resp.status().as_u16();
@@ -59,7 +75,14 @@ pub async fn probe(http: &reqwest::Client, url: &str, timeout: Duration, color: 
         Ok((status, body)) => evaluate(status, &body, color, version),
         Err(e) => Probe {
             healthy: false,
-            reason: Some(format!("GET {url}: {}", if e.is_timeout() { "timed out".to_string() } else { root_cause(&e) })),
+            reason: Some(format!(
+                "GET {url}: {}",
+                if e.is_timeout() {
+                    "timed out".to_string()
+                } else {
+                    root_cause(&e)
+                }
+            )),
             body: Value::Null,
         },
     }
@@ -98,16 +121,40 @@ mod tests {
     fn each_violation_is_named() {
         let cases = [
             (503, good(), "HTTP 503"),
-            (200, json!({"status": "unhealthy", "environment": "green", "version": "v2"}), "status"),
-            (200, json!({"status": "healthy", "environment": "blue", "version": "v2"}), "environment"),
-            (200, json!({"status": "healthy", "environment": "green", "version": "v1"}), "version"),
-            (200, json!({"status": "healthy", "environment": "green", "version": "v2", "database_connected": false}), "database_connected"),
-            (200, json!({"environment": "green", "version": "v2"}), "status is missing"),
+            (
+                200,
+                json!({"status": "unhealthy", "environment": "green", "version": "v2"}),
+                "status",
+            ),
+            (
+                200,
+                json!({"status": "healthy", "environment": "blue", "version": "v2"}),
+                "environment",
+            ),
+            (
+                200,
+                json!({"status": "healthy", "environment": "green", "version": "v1"}),
+                "version",
+            ),
+            (
+                200,
+                json!({"status": "healthy", "environment": "green", "version": "v2", "database_connected": false}),
+                "database_connected",
+            ),
+            (
+                200,
+                json!({"environment": "green", "version": "v2"}),
+                "status is missing",
+            ),
         ];
         for (status, v, expect) in cases {
             let p = evaluate(status, &body(v), Color::Green, "v2");
             assert!(!p.healthy);
-            assert!(p.reason.as_deref().unwrap().contains(expect), "{:?} vs {expect}", p.reason);
+            assert!(
+                p.reason.as_deref().unwrap().contains(expect),
+                "{:?} vs {expect}",
+                p.reason
+            );
         }
     }
 

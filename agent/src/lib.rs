@@ -29,12 +29,21 @@ use tokio::sync::watch;
 /// Runs the agent until `shutdown` becomes true. Apps keep running afterwards.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
     let keys = Keys::new(&config.prefix, &config.app)?;
-    for dir in [config.state_dir.clone(), config.state_dir.join("logs"), config.state_dir.join("artifacts")] {
+    for dir in [
+        config.state_dir.clone(),
+        config.state_dir.join("logs"),
+        config.state_dir.join("artifacts"),
+    ] {
         std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
     }
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
-        .map_err(|e| AgentError::Setting(format!("grpc_listen: cannot listen on {}: {e}", config.grpc_listen)))?;
+        .map_err(|e| {
+            AgentError::Setting(format!(
+                "grpc_listen: cannot listen on {}: {e}",
+                config.grpc_listen
+            ))
+        })?;
     let client = proto::connect(&config.etcd).await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(2)
@@ -57,14 +66,21 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     for color in Color::ALL {
         let (desired_tx, desired_rx) = watch::channel(DesiredRelease::Unknown);
         let (status_tx, status_rx) = watch::channel(None);
-        let supervisor = Supervisor::new(color, ctx.clone(), desired_rx, active_rx.clone(), status_tx);
+        let supervisor =
+            Supervisor::new(color, ctx.clone(), desired_rx, active_rx.clone(), status_tx);
         tasks.push(tokio::spawn(supervisor.run(shutdown.clone())));
         desired_txs.push(desired_tx);
         status_rxs.push(status_rx);
     }
     let green = desired_txs.pop().expect("two colors");
     let blue = desired_txs.pop().expect("two colors");
-    let feed = desired::DesiredFeed { client: client.clone(), keys: keys.clone(), blue, green, active: active_tx };
+    let feed = desired::DesiredFeed {
+        client: client.clone(),
+        keys: keys.clone(),
+        blue,
+        green,
+        active: active_tx,
+    };
     let feed_task = tokio::spawn(feed.run());
 
     let host = HostRecord {
@@ -75,7 +91,13 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         started_at: proto::time::now_rfc3339(),
     };
-    let reporter = reporter::Reporter { client, keys, host, lease_ttl: config.lease_ttl, statuses: status_rxs.clone() };
+    let reporter = reporter::Reporter {
+        client,
+        keys,
+        host,
+        lease_ttl: config.lease_ttl,
+        statuses: status_rxs.clone(),
+    };
     tasks.push(tokio::spawn(reporter.run(shutdown.clone())));
     tasks.push(tokio::spawn(cap_logs(config.clone(), shutdown.clone())));
 
@@ -89,9 +111,12 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let mut grpc_shutdown = shutdown.clone();
     let grpc = tonic::transport::Server::builder()
         .add_service(AgentServer::new(service))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), async move {
-            status::shutdown_requested(&mut grpc_shutdown).await;
-        });
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            async move {
+                status::shutdown_requested(&mut grpc_shutdown).await;
+            },
+        );
     tracing::info!(host = %config.host, grpc = %config.grpc_listen, "agent running");
     if let Err(e) = grpc.await {
         tracing::error!(error = %e, "gRPC server failed");

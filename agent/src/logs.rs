@@ -19,7 +19,10 @@ pub fn cap(path: &Path, max_bytes: u64) -> std::io::Result<bool> {
     }
     let old = path.with_extension("log.1");
     std::fs::copy(path, &old)?;
-    std::fs::OpenOptions::new().write(true).open(path)?.set_len(0)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_len(0)?;
     Ok(true)
 }
 
@@ -63,7 +66,11 @@ mod tests {
     fn tail_and_cap() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blue.log");
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
         for i in 0..100 {
             writeln!(f, "line {i}").unwrap();
         }

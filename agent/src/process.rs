@@ -44,7 +44,8 @@ impl PidFile {
 
     pub fn write(&self, path: &Path) -> Result<(), AgentError> {
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self).expect("pid file serializes")).map_err(|e| AgentError::io(&tmp, e))?;
+        std::fs::write(&tmp, serde_json::to_vec(self).expect("pid file serializes"))
+            .map_err(|e| AgentError::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| AgentError::io(path, e))
     }
 }
@@ -66,7 +67,9 @@ impl AppProcess {
             .append(true)
             .open(&launch.log_path)
             .map_err(|e| AgentError::io(&launch.log_path, e))?;
-        let log_err = log.try_clone().map_err(|e| AgentError::io(&launch.log_path, e))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| AgentError::io(&launch.log_path, e))?;
         let child = tokio::process::Command::new(&program)
             .args(&launch.command[1..])
             .current_dir(&launch.dir)
@@ -79,15 +82,31 @@ impl AppProcess {
             .process_group(0)
             .kill_on_drop(false)
             .spawn()
-            .map_err(|e| AgentError::Spawn { command: shown.clone(), reason: format!("{}: {e}", program.display()) })?;
-        let pid = child.id().ok_or_else(|| AgentError::Spawn { command: shown, reason: "exited before it had a pid".into() })?;
+            .map_err(|e| AgentError::Spawn {
+                command: shown.clone(),
+                reason: format!("{}: {e}", program.display()),
+            })?;
+        let pid = child.id().ok_or_else(|| AgentError::Spawn {
+            command: shown,
+            reason: "exited before it had a pid".into(),
+        })?;
         let start_ticks = proc_start_ticks(pid).unwrap_or(0);
-        Ok(AppProcess { pid, start_ticks, child: Some(child), exit: None })
+        Ok(AppProcess {
+            pid,
+            start_ticks,
+            child: Some(child),
+            exit: None,
+        })
     }
 
     /// Adopts a process a previous agent started, if it still runs and is the same process.
     pub fn adopt(pid: u32, start_ticks: u64) -> Option<AppProcess> {
-        (proc_start_ticks(pid)? == start_ticks).then_some(AppProcess { pid, start_ticks, child: None, exit: None })
+        (proc_start_ticks(pid)? == start_ticks).then_some(AppProcess {
+            pid,
+            start_ticks,
+            child: None,
+            exit: None,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -130,7 +149,11 @@ impl AppProcess {
         if let Ok(exit) = tokio::time::timeout_at(deadline, self.exited()).await {
             return exit;
         }
-        tracing::warn!(pid = self.pid, ?timeout, "app ignored SIGTERM, sending SIGKILL");
+        tracing::warn!(
+            pid = self.pid,
+            ?timeout,
+            "app ignored SIGTERM, sending SIGKILL"
+        );
         let _ = killpg(group, Signal::SIGKILL);
         let exit = self.exited().await;
         Exit(format!("{} (killed after {timeout:?})", exit.0))
@@ -190,7 +213,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let launch = Launch {
             dir: dir.path().into(),
-            command: vec!["/bin/sh".into(), "-c".into(), "echo started $X; trap 'echo bye; exit 0' TERM; while :; do sleep 0.05; done".into()],
+            command: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo started $X; trap 'echo bye; exit 0' TERM; while :; do sleep 0.05; done"
+                    .into(),
+            ],
             env: BTreeMap::from([("X".into(), "42".into())]),
             log_path: dir.path().join("app.log"),
         };
@@ -198,19 +226,29 @@ mod tests {
         let adopted = AppProcess::adopt(p.pid(), p.start_ticks());
         assert!(adopted.is_some());
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !std::fs::read_to_string(&launch.log_path).unwrap().contains("started 42") {
+        while !std::fs::read_to_string(&launch.log_path)
+            .unwrap()
+            .contains("started 42")
+        {
             assert!(Instant::now() < deadline, "no log line");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let exit = p.stop(Duration::from_secs(5)).await;
         assert_eq!(exit.0, "exited with status 0");
-        assert!(std::fs::read_to_string(&launch.log_path).unwrap().contains("bye"));
+        assert!(std::fs::read_to_string(&launch.log_path)
+            .unwrap()
+            .contains("bye"));
     }
 
     #[tokio::test]
     async fn missing_program_is_a_spawn_error() {
         let dir = tempfile::tempdir().unwrap();
-        let launch = Launch { dir: dir.path().into(), command: vec!["./nope".into()], env: BTreeMap::new(), log_path: dir.path().join("l") };
+        let launch = Launch {
+            dir: dir.path().into(),
+            command: vec!["./nope".into()],
+            env: BTreeMap::new(),
+            log_path: dir.path().join("l"),
+        };
         let err = AppProcess::spawn(&launch).err().unwrap().to_string();
         assert!(err.contains("./nope"), "{err}");
     }

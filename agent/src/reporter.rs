@@ -18,7 +18,12 @@ pub struct Reporter {
 impl Reporter {
     pub async fn run(mut self, shutdown: watch::Receiver<bool>) {
         let (tx, rx) = watch::channel(self.puts());
-        let holder = tokio::spawn(proto::leased::hold_keys(self.client.clone(), self.lease_ttl, rx, shutdown.clone()));
+        let holder = tokio::spawn(proto::leased::hold_keys(
+            self.client.clone(),
+            self.lease_ttl,
+            rx,
+            shutdown.clone(),
+        ));
         let mut shutdown = shutdown;
         loop {
             tokio::select! {
@@ -34,7 +39,10 @@ impl Reporter {
         let mut puts = vec![(self.keys.host(&self.host.host), encode(&self.host))];
         for rx in &mut self.statuses {
             if let Some(status) = rx.borrow_and_update().as_ref() {
-                puts.push((self.keys.health(&self.host.host, status.color), encode(&status.record())));
+                puts.push((
+                    self.keys.health(&self.host.host, status.color),
+                    encode(&status.record()),
+                ));
             }
         }
         puts

@@ -46,8 +46,19 @@ impl ColorStatus {
     /// Whether `other` is a change worth writing to etcd. The app's body (uptime, timestamp) changes
     /// on every probe and is carried along, but never causes a write by itself.
     pub fn differs_from(&self, other: &ColorStatus) -> bool {
-        (self.state, &self.version, self.restarts, &self.error, self.pid)
-            != (other.state, &other.version, other.restarts, &other.error, other.pid)
+        (
+            self.state,
+            &self.version,
+            self.restarts,
+            &self.error,
+            self.pid,
+        ) != (
+            other.state,
+            &other.version,
+            other.restarts,
+            &other.error,
+            other.pid,
+        )
     }
 
     pub fn record(&self) -> HealthRecord {

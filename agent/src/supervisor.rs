@@ -72,7 +72,16 @@ impl Supervisor {
         active: watch::Receiver<Option<Color>>,
         status: watch::Sender<Option<ColorStatus>>,
     ) -> Supervisor {
-        Supervisor { color, ctx, desired, active, status, current: None, pinned: None, refused: false }
+        Supervisor {
+            color,
+            ctx,
+            desired,
+            active,
+            status,
+            current: None,
+            pinned: None,
+            refused: false,
+        }
     }
 
     fn port(&self) -> u16 {
@@ -110,11 +119,14 @@ impl Supervisor {
 
     /// Picks up a process a previous agent started, if its pid file still matches /proc.
     fn adopt(&mut self) {
-        let Some(pid_file) = PidFile::read(&self.pid_path()) else { return };
+        let Some(pid_file) = PidFile::read(&self.pid_path()) else {
+            return;
+        };
         match AppProcess::adopt(pid_file.pid, pid_file.start_ticks) {
             Some(process) => {
                 tracing::info!(color = %self.color, pid = pid_file.pid, version = %pid_file.release.version, "adopted running app");
-                let mut status = ColorStatus::new(self.color, &pid_file.release.version, HealthState::Starting);
+                let mut status =
+                    ColorStatus::new(self.color, &pid_file.release.version, HealthState::Starting);
                 status.pid = Some(process.pid());
                 status.restarts = pid_file.restarts;
                 self.current = Some(Current {
@@ -146,11 +158,17 @@ impl Supervisor {
         match desired {
             DesiredRelease::Unknown => {}
             DesiredRelease::Invalid(error) => {
-                let version = self.current.as_ref().map(|c| c.release.version.clone()).unwrap_or_default();
+                let version = self
+                    .current
+                    .as_ref()
+                    .map(|c| c.release.version.clone())
+                    .unwrap_or_default();
                 self.pin(&version, HealthState::Failed, error);
             }
             DesiredRelease::Absent => self.stop_current("no release").await,
-            DesiredRelease::Release(r) if r.desired == Desired::Stopped => self.stop_current(&r.version).await,
+            DesiredRelease::Release(r) if r.desired == Desired::Stopped => {
+                self.stop_current(&r.version).await
+            }
             DesiredRelease::Release(r) => self.converge(r).await,
         }
         if self.pinned.is_none() {
@@ -167,7 +185,11 @@ impl Supervisor {
             }
         }
         if self.is_active() && self.current.as_ref().is_some_and(|c| c.process.is_some()) {
-            let running = self.current.as_ref().map(|c| c.release.version.clone()).unwrap_or_default();
+            let running = self
+                .current
+                .as_ref()
+                .map(|c| c.release.version.clone())
+                .unwrap_or_default();
             let error = format!(
                 "refusing to replace {} {running} with {}: {} is the active color",
                 self.color, release.version, self.color
@@ -184,11 +206,16 @@ impl Supervisor {
     /// process untouched; a new process that dies at once is replaced by the old release again.
     async fn install(&mut self, release: ReleaseRecord) {
         tracing::info!(color = %self.color, version = %release.version, url = %release.artifact.url, "installing release");
-        self.publish(ColorStatus::new(self.color, &release.version, HealthState::Starting));
-        let dir = match artifact::fetch(&self.ctx.http, &self.ctx.state_dir, &release.artifact).await {
-            Ok(dir) => dir,
-            Err(e) => return self.fail_release(&release.version, e.to_string()),
-        };
+        self.publish(ColorStatus::new(
+            self.color,
+            &release.version,
+            HealthState::Starting,
+        ));
+        let dir =
+            match artifact::fetch(&self.ctx.http, &self.ctx.state_dir, &release.artifact).await {
+                Ok(dir) => dir,
+                Err(e) => return self.fail_release(&release.version, e.to_string()),
+            };
         if self.desired.has_changed().unwrap_or(false) {
             return; // superseded while downloading; the loop applies the newer one
         }
@@ -205,13 +232,27 @@ impl Supervisor {
 
     fn launch(&mut self, release: ReleaseRecord, dir: PathBuf) -> Result<(), AgentError> {
         if port_in_use(&self.ctx.address, self.port()) {
-            return Err(AgentError::PortInUse { address: self.ctx.address.clone(), port: self.port() });
+            return Err(AgentError::PortInUse {
+                address: self.ctx.address.clone(),
+                port: self.port(),
+            });
         }
         let log_path = logs::log_path(&self.ctx.state_dir, self.color);
-        let launch = Launch { dir: dir.clone(), command: release.run.command.clone(), env: self.app_env(&release), log_path };
+        let launch = Launch {
+            dir: dir.clone(),
+            command: release.run.command.clone(),
+            env: self.app_env(&release),
+            log_path,
+        };
         let process = AppProcess::spawn(&launch)?;
         tracing::info!(color = %self.color, version = %release.version, pid = process.pid(), "started app");
-        let pid_file = PidFile { pid: process.pid(), start_ticks: process.start_ticks(), release: release.clone(), dir: dir.clone(), restarts: 0 };
+        let pid_file = PidFile {
+            pid: process.pid(),
+            start_ticks: process.start_ticks(),
+            release: release.clone(),
+            dir: dir.clone(),
+            restarts: 0,
+        };
         if let Err(e) = pid_file.write(&self.pid_path()) {
             tracing::warn!(color = %self.color, error = %e, "cannot write pid file; a restarted agent will not adopt this app");
         }
@@ -255,7 +296,9 @@ impl Supervisor {
     }
 
     async fn restore(&mut self, previous: Option<(ReleaseRecord, PathBuf)>) {
-        let Some((release, dir)) = previous else { return };
+        let Some((release, dir)) = previous else {
+            return;
+        };
         let version = release.version.clone();
         match self.launch(release, dir) {
             Ok(()) => {
@@ -263,20 +306,33 @@ impl Supervisor {
                     c.first_launch = false;
                 }
                 if let Some(mut pinned) = self.pinned.take() {
-                    pinned.error.get_or_insert_default().push_str(&format!("; restored {version}"));
-                    pinned.pid = self.current.as_ref().and_then(|c| c.process.as_ref()).map(AppProcess::pid);
+                    pinned
+                        .error
+                        .get_or_insert_default()
+                        .push_str(&format!("; restored {version}"));
+                    pinned.pid = self
+                        .current
+                        .as_ref()
+                        .and_then(|c| c.process.as_ref())
+                        .map(AppProcess::pid);
                     self.pinned = Some(pinned.clone());
                     self.publish(pinned);
                 }
                 tracing::info!(color = %self.color, %version, "restored previous release");
             }
-            Err(e) => tracing::error!(color = %self.color, %version, error = %e, "cannot restore previous release"),
+            Err(e) => {
+                tracing::error!(color = %self.color, %version, error = %e, "cannot restore previous release")
+            }
         }
     }
 
     async fn stop_current(&mut self, version: &str) {
         if self.is_active() && self.current.as_ref().is_some_and(|c| c.process.is_some()) {
-            let running = self.current.as_ref().map(|c| c.release.version.clone()).unwrap_or_default();
+            let running = self
+                .current
+                .as_ref()
+                .map(|c| c.release.version.clone())
+                .unwrap_or_default();
             let error = format!("refusing to stop {}: it is the active color", self.color);
             self.pin(&running, self.status_state(), error);
             self.refused = true;
@@ -288,11 +344,19 @@ impl Supervisor {
     }
 
     async fn on_exit(&mut self, exit: Exit) {
-        let Some(current) = &mut self.current else { return };
+        let Some(current) = &mut self.current else {
+            return;
+        };
         current.process = None;
         let version = current.release.version.clone();
-        let log_tail = logs::tail(&logs::log_path(&self.ctx.state_dir, self.color), 1).unwrap_or_default().join("");
-        let what = if log_tail.is_empty() { exit.0.clone() } else { format!("{}; last log line: {log_tail}", exit.0) };
+        let log_tail = logs::tail(&logs::log_path(&self.ctx.state_dir, self.color), 1)
+            .unwrap_or_default()
+            .join("");
+        let what = if log_tail.is_empty() {
+            exit.0.clone()
+        } else {
+            format!("{}; last log line: {log_tail}", exit.0)
+        };
         tracing::warn!(color = %self.color, %version, exit = %exit.0, "app exited");
         if current.first_launch && !current.ever_healthy {
             let _ = std::fs::remove_file(self.pid_path());
@@ -303,7 +367,10 @@ impl Supervisor {
         }
         current.crashes_in_row += 1;
         if current.crashes_in_row > self.ctx.max_restarts {
-            let error = format!("crashed {} times in a row ({what}); not restarting", current.crashes_in_row);
+            let error = format!(
+                "crashed {} times in a row ({what}); not restarting",
+                current.crashes_in_row
+            );
             let _ = std::fs::remove_file(self.pid_path());
             self.fail_release(&version, error);
             return;
@@ -316,8 +383,15 @@ impl Supervisor {
     }
 
     async fn restart(&mut self) {
-        let Some(current) = self.current.take() else { return };
-        let (release, dir, restarts, crashes) = (current.release, current.dir, current.restarts + 1, current.crashes_in_row);
+        let Some(current) = self.current.take() else {
+            return;
+        };
+        let (release, dir, restarts, crashes) = (
+            current.release,
+            current.dir,
+            current.restarts + 1,
+            current.crashes_in_row,
+        );
         let version = release.version.clone();
         match self.launch(release, dir) {
             Ok(()) => {
@@ -326,7 +400,13 @@ impl Supervisor {
                 c.restarts = restarts;
                 c.crashes_in_row = crashes;
                 if let Some(p) = &c.process {
-                    let pid_file = PidFile { pid: p.pid(), start_ticks: p.start_ticks(), release: c.release.clone(), dir: c.dir.clone(), restarts };
+                    let pid_file = PidFile {
+                        pid: p.pid(),
+                        start_ticks: p.start_ticks(),
+                        release: c.release.clone(),
+                        dir: c.dir.clone(),
+                        restarts,
+                    };
                     let _ = pid_file.write(&self.pid_path());
                 }
                 self.publish_current();
@@ -339,7 +419,12 @@ impl Supervisor {
         let color = self.color;
         let (url, timeout, version) = {
             let Some(c) = &self.current else { return };
-            let url = format!("http://{}:{}{}", self.ctx.address, self.port(), c.release.health.path);
+            let url = format!(
+                "http://{}:{}{}",
+                self.ctx.address,
+                self.port(),
+                c.release.health.path
+            );
             (url, c.release.health.timeout, c.release.version.clone())
         };
         let probe = health::probe(&self.ctx.http, &url, timeout, color, &version).await;
@@ -383,7 +468,11 @@ impl Supervisor {
         let c = self.current.as_ref()?;
         c.process.as_ref()?;
         let last = self.status.borrow().as_ref().map(|s| s.state);
-        let period = if c.ever_healthy && last != Some(HealthState::Starting) { c.release.health.interval } else { STARTING_PROBE };
+        let period = if c.ever_healthy && last != Some(HealthState::Starting) {
+            c.release.health.interval
+        } else {
+            STARTING_PROBE
+        };
         // The loop recomputes this after every event, so a probe follows the last event by `period`.
         Some(Instant::now() + period)
     }
@@ -393,12 +482,17 @@ impl Supervisor {
     }
 
     fn status_state(&self) -> HealthState {
-        self.status.borrow().as_ref().map_or(HealthState::Stopped, |s| s.state)
+        self.status
+            .borrow()
+            .as_ref()
+            .map_or(HealthState::Stopped, |s| s.state)
     }
 
     /// The status of the current process with `state`, keeping `since` when the state is unchanged.
     fn current_status(&self, state: HealthState) -> ColorStatus {
-        let Some(c) = &self.current else { return ColorStatus::new(self.color, "", HealthState::Stopped) };
+        let Some(c) = &self.current else {
+            return ColorStatus::new(self.color, "", HealthState::Stopped);
+        };
         let mut status = ColorStatus::new(self.color, &c.release.version, state);
         status.restarts = c.restarts;
         status.pid = c.process.as_ref().map(AppProcess::pid);
@@ -426,7 +520,11 @@ impl Supervisor {
     fn pin(&mut self, version: &str, state: HealthState, error: String) {
         let mut status = ColorStatus::new(self.color, version, state);
         status.error = Some(error);
-        status.pid = self.current.as_ref().and_then(|c| c.process.as_ref()).map(AppProcess::pid);
+        status.pid = self
+            .current
+            .as_ref()
+            .and_then(|c| c.process.as_ref())
+            .map(AppProcess::pid);
         status.restarts = self.current.as_ref().map_or(0, |c| c.restarts);
         self.pinned = Some(status.clone());
         self.publish(status);
@@ -452,7 +550,9 @@ impl Supervisor {
 
 /// Two processes are the same when what runs is the same; health settings may change in place.
 fn same_process(a: &ReleaseRecord, b: &ReleaseRecord) -> bool {
-    a.version == b.version && a.artifact.sha256.eq_ignore_ascii_case(&b.artifact.sha256) && a.run == b.run
+    a.version == b.version
+        && a.artifact.sha256.eq_ignore_ascii_case(&b.artifact.sha256)
+        && a.run == b.run
 }
 
 async fn wait_exit(current: &mut Option<Current>) -> Exit {

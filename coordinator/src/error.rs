@@ -27,7 +27,9 @@ impl CoordinatorError {
             CoordinatorError::Failed(_) => 1,
             CoordinatorError::Unsafe(_) => 4,
             // A lost fence means another coordinator owns the app now: ours changed nothing more.
-            CoordinatorError::Proto(proto::ProtoError::FenceLost { .. } | proto::ProtoError::LeaseLost { .. }) => 1,
+            CoordinatorError::Proto(
+                proto::ProtoError::FenceLost { .. } | proto::ProtoError::LeaseLost { .. },
+            ) => 1,
             // etcd unreachable before anything was written.
             CoordinatorError::Proto(_) => 2,
         }

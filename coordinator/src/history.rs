@@ -7,44 +7,85 @@ use proto::records::{decode, encode, HistoryRecord};
 use proto::{Keys, ProtoError};
 
 /// Appends `record` under the next free history key. With a fence, the write is guarded by it.
-pub async fn append(client: &etcd_client::Client, keys: &Keys, fence: Option<&Fence>, record: &HistoryRecord) -> Result<i64, CoordinatorError> {
+pub async fn append(
+    client: &etcd_client::Client,
+    keys: &Keys,
+    fence: Option<&Fence>,
+    record: &HistoryRecord,
+) -> Result<i64, CoordinatorError> {
     let mut client = client.clone();
     for _ in 0..5 {
         // The key is the revision the append will most likely get; the create-revision guard makes a
         // collision retry rather than overwrite (history is immutable).
-        let current = client.get("\0", None).await.map_err(|e| ProtoError::etcd("read revision", e))?;
+        let current = client
+            .get("\0", None)
+            .await
+            .map_err(|e| ProtoError::etcd("read revision", e))?;
         let revision = current.header().map(|h| h.revision()).unwrap_or(0) + 1;
         let key = keys.history(revision);
         let mut compares = vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)];
         if let Some(fence) = fence {
             compares.push(fence.compare());
         }
-        let txn = Txn::new().when(compares).and_then(vec![TxnOp::put(key.as_str(), encode(record), None)]);
-        let resp = client.txn(txn).await.map_err(|e| ProtoError::etcd(format!("append {key}"), e))?;
+        let txn = Txn::new().when(compares).and_then(vec![TxnOp::put(
+            key.as_str(),
+            encode(record),
+            None,
+        )]);
+        let resp = client
+            .txn(txn)
+            .await
+            .map_err(|e| ProtoError::etcd(format!("append {key}"), e))?;
         if resp.succeeded() {
             return Ok(revision);
         }
         if let Some(fence) = fence {
-            let lock = client.get(fence.lock_key.as_str(), None).await.map_err(|e| ProtoError::etcd("read lock", e))?;
+            let lock = client
+                .get(fence.lock_key.as_str(), None)
+                .await
+                .map_err(|e| ProtoError::etcd("read lock", e))?;
             if lock.kvs().first().map(|kv| kv.create_revision()) != Some(fence.token) {
-                return Err(ProtoError::FenceLost { key, lock_key: fence.lock_key.clone(), token: fence.token }.into());
+                return Err(ProtoError::FenceLost {
+                    key,
+                    lock_key: fence.lock_key.clone(),
+                    token: fence.token,
+                }
+                .into());
             }
         }
     }
-    Err(CoordinatorError::Failed("could not append a history record after 5 attempts".into()))
+    Err(CoordinatorError::Failed(
+        "could not append a history record after 5 attempts".into(),
+    ))
 }
 
 /// The newest `limit` records, oldest first.
-pub async fn list(client: &etcd_client::Client, keys: &Keys, limit: usize) -> Result<Vec<(String, HistoryRecord)>, CoordinatorError> {
+pub async fn list(
+    client: &etcd_client::Client,
+    keys: &Keys,
+    limit: usize,
+) -> Result<Vec<(String, HistoryRecord)>, CoordinatorError> {
     let prefix = keys.history_prefix();
-    let options = GetOptions::new().with_prefix().with_sort(etcd_client::SortTarget::Key, etcd_client::SortOrder::Descend).with_limit(limit as i64);
-    let resp = client.clone().get(prefix.as_str(), Some(options)).await.map_err(|e| ProtoError::etcd(format!("read {prefix}"), e))?;
+    let options = GetOptions::new()
+        .with_prefix()
+        .with_sort(
+            etcd_client::SortTarget::Key,
+            etcd_client::SortOrder::Descend,
+        )
+        .with_limit(limit as i64);
+    let resp = client
+        .clone()
+        .get(prefix.as_str(), Some(options))
+        .await
+        .map_err(|e| ProtoError::etcd(format!("read {prefix}"), e))?;
     let mut out: Vec<(String, HistoryRecord)> = resp
         .kvs()
         .iter()
         .filter_map(|kv| {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
-            decode::<HistoryRecord>(&key, kv.value()).ok().map(|r| (key, r))
+            decode::<HistoryRecord>(&key, kv.value())
+                .ok()
+                .map(|r| (key, r))
         })
         .collect();
     out.reverse();

@@ -33,7 +33,9 @@ pub struct Global {
 
 impl Global {
     fn keys(&self) -> Result<Keys, CoordinatorError> {
-        let app = self.app.as_deref().ok_or_else(|| CoordinatorError::Usage("--app (or BLUEGREEN_APP) is required".into()))?;
+        let app = self.app.as_deref().ok_or_else(|| {
+            CoordinatorError::Usage("--app (or BLUEGREEN_APP) is required".into())
+        })?;
         Ok(Keys::new(&self.prefix, app)?)
     }
 
@@ -44,8 +46,14 @@ impl Global {
         let probe = probe_client.get("\0", None);
         match tokio::time::timeout(Duration::from_secs(5), probe).await {
             Ok(Ok(_)) => Ok(client),
-            Ok(Err(e)) => Err(CoordinatorError::Usage(format!("etcd {} unreachable: {e}", self.etcd.join(",")))),
-            Err(_) => Err(CoordinatorError::Usage(format!("etcd {} unreachable: timed out", self.etcd.join(",")))),
+            Ok(Err(e)) => Err(CoordinatorError::Usage(format!(
+                "etcd {} unreachable: {e}",
+                self.etcd.join(",")
+            ))),
+            Err(_) => Err(CoordinatorError::Usage(format!(
+                "etcd {} unreachable: timed out",
+                self.etcd.join(",")
+            ))),
         }
     }
 }
@@ -55,8 +63,20 @@ fn holder() -> String {
     format!("{}:{}", host.trim(), std::process::id())
 }
 
-async fn acquire(client: &etcd_client::Client, keys: &Keys, deploy_id: &str, version: &str, wait: Duration, progress: &Progress) -> Result<DeployLock, CoordinatorError> {
-    let record = LockRecord { deploy_id: deploy_id.into(), holder: holder(), version: version.into(), acquired_at: proto::time::now_rfc3339() };
+async fn acquire(
+    client: &etcd_client::Client,
+    keys: &Keys,
+    deploy_id: &str,
+    version: &str,
+    wait: Duration,
+    progress: &Progress,
+) -> Result<DeployLock, CoordinatorError> {
+    let record = LockRecord {
+        deploy_id: deploy_id.into(),
+        holder: holder(),
+        version: version.into(),
+        acquired_at: proto::time::now_rfc3339(),
+    };
     DeployLock::acquire(client, keys, &record, wait, progress).await
 }
 
@@ -76,13 +96,20 @@ pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
     let spec = spec::AppSpec::load(&req.spec)?;
     if let Some(app) = &global.app {
         if app != &spec.app {
-            return Err(CoordinatorError::Usage(format!("--app {app} does not match app {:?} in {}", spec.app, req.spec.display())));
+            return Err(CoordinatorError::Usage(format!(
+                "--app {app} does not match app {:?} in {}",
+                spec.app,
+                req.spec.display()
+            )));
         }
     }
     if req.version.trim().is_empty() {
-        return Err(CoordinatorError::Usage("--version: must not be empty".into()));
+        return Err(CoordinatorError::Usage(
+            "--version: must not be empty".into(),
+        ));
     }
-    validate_artifact_url(&req.artifact).map_err(|e| CoordinatorError::Usage(format!("--artifact: {e}")))?;
+    validate_artifact_url(&req.artifact)
+        .map_err(|e| CoordinatorError::Usage(format!("--artifact: {e}")))?;
     let sha256 = match &req.sha256 {
         Some(hex) => {
             validate_sha256(hex).map_err(|e| CoordinatorError::Usage(format!("--sha256: {e}")))?;
@@ -94,15 +121,33 @@ pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
     let client = global.connect().await?;
     let progress = Progress::new(global.json);
     let deploy_id = uuid::Uuid::new_v4().to_string();
-    let lock = acquire(&client, &keys, &deploy_id, &req.version, req.lock_wait, &progress).await?;
+    let lock = acquire(
+        &client,
+        &keys,
+        &deploy_id,
+        &req.version,
+        req.lock_wait,
+        &progress,
+    )
+    .await?;
     let args = deploy::DeployArgs {
         version: req.version.clone(),
-        artifact: Artifact { url: req.artifact.clone(), sha256 },
+        artifact: Artifact {
+            url: req.artifact.clone(),
+            sha256,
+        },
         health_timeout: req.health_timeout,
         verify_for: req.verify_for,
         keep_failed: req.keep_failed,
     };
-    let pipeline = deploy::Deploy { client: &client, keys: &keys, spec: &spec, lock: &lock, progress: &progress, deploy_id };
+    let pipeline = deploy::Deploy {
+        client: &client,
+        keys: &keys,
+        spec: &spec,
+        lock: &lock,
+        progress: &progress,
+        deploy_id,
+    };
     let result = tokio::select! {
         r = pipeline.run(&args) => r,
         lost = lock.session.lost() => Err(CoordinatorError::Failed(format!("deploy lock lost mid-deploy ({lost}); stopped, the fence rejects anything further"))),
@@ -114,24 +159,50 @@ pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
 /// The artifact's sha256 when `--sha256` was not given: the coordinator fetches it once itself.
 async fn sha256_of(url: &str) -> Result<String, CoordinatorError> {
     let bytes = if let Some(path) = url.strip_prefix("file://") {
-        tokio::fs::read(path).await.map_err(|e| CoordinatorError::Usage(format!("--artifact {url}: {e}")))?
+        tokio::fs::read(path)
+            .await
+            .map_err(|e| CoordinatorError::Usage(format!("--artifact {url}: {e}")))?
     } else {
-        let resp = reqwest::get(url).await.map_err(|e| CoordinatorError::Usage(format!("--artifact {url}: {e}")))?;
+        let resp = reqwest::get(url)
+            .await
+            .map_err(|e| CoordinatorError::Usage(format!("--artifact {url}: {e}")))?;
         if !resp.status().is_success() {
-            return Err(CoordinatorError::Usage(format!("--artifact {url}: HTTP {}", resp.status())));
+            return Err(CoordinatorError::Usage(format!(
+                "--artifact {url}: HTTP {}",
+                resp.status()
+            )));
         }
-        resp.bytes().await.map_err(|e| CoordinatorError::Usage(format!("--artifact {url}: {e}")))?.to_vec()
+        resp.bytes()
+            .await
+            .map_err(|e| CoordinatorError::Usage(format!("--artifact {url}: {e}")))?
+            .to_vec()
     };
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
 /// `rollback` (target None: the other color) and `switch <color>`.
-pub async fn switch(global: &Global, target: Option<Color>, lock_wait: Duration) -> Result<String, CoordinatorError> {
+pub async fn switch(
+    global: &Global,
+    target: Option<Color>,
+    lock_wait: Duration,
+) -> Result<String, CoordinatorError> {
     let keys = global.keys()?;
     let client = global.connect().await?;
     let progress = Progress::new(global.json);
-    let kind = if target.is_some() { "switch" } else { "rollback" };
-    let lock = acquire(&client, &keys, &format!("{kind}-{}", uuid::Uuid::new_v4()), kind, lock_wait, &progress).await?;
+    let kind = if target.is_some() {
+        "switch"
+    } else {
+        "rollback"
+    };
+    let lock = acquire(
+        &client,
+        &keys,
+        &format!("{kind}-{}", uuid::Uuid::new_v4()),
+        kind,
+        lock_wait,
+        &progress,
+    )
+    .await?;
     let result = switch::switch_command(&client, &keys, &lock, target, kind, &progress).await;
     lock.release().await;
     result
@@ -164,8 +235,18 @@ pub async fn history(global: &Global, limit: usize) -> Result<String, Coordinato
                 (None, Some(t)) => format!("-> {t}"),
                 _ => String::new(),
             };
-            let reason = r.reason.map(|x| format!(": {}", x.lines().next().unwrap_or(""))).unwrap_or_default();
-            out.push_str(&format!("{} {:<10} {:<12} {} {} {arrow}{reason}", r.at, r.kind, r.outcome, r.deploy_id, r.version.unwrap_or_default()));
+            let reason = r
+                .reason
+                .map(|x| format!(": {}", x.lines().next().unwrap_or("")))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "{} {:<10} {:<12} {} {} {arrow}{reason}",
+                r.at,
+                r.kind,
+                r.outcome,
+                r.deploy_id,
+                r.version.unwrap_or_default()
+            ));
         }
         out.push('\n');
     }
@@ -188,28 +269,53 @@ pub async fn lock_status(global: &Global) -> Result<String, CoordinatorError> {
 /// `coordinator lock break --yes`: for a stuck holder. The holder's fence makes it harmless.
 pub async fn lock_break(global: &Global, confirmed: bool) -> Result<String, CoordinatorError> {
     if !confirmed {
-        return Err(CoordinatorError::Usage("lock break revokes the holder's lease; repeat with --yes to confirm".into()));
+        return Err(CoordinatorError::Usage(
+            "lock break revokes the holder's lease; repeat with --yes to confirm".into(),
+        ));
     }
     let keys = global.keys()?;
     let client = global.connect().await?;
-    let Some(broken) = lock::break_lock(&client, &keys).await? else { return Ok("lock: already free\n".into()) };
+    let Some(broken) = lock::break_lock(&client, &keys).await? else {
+        return Ok("lock: already free\n".into());
+    };
     let mut record = history::record("lock-break", &broken.deploy_id, "broken");
-    record.reason = Some(format!("lock held by {} since {} broken by {}", broken.holder, broken.acquired_at, holder()));
+    record.reason = Some(format!(
+        "lock held by {} since {} broken by {}",
+        broken.holder,
+        broken.acquired_at,
+        holder()
+    ));
     history::append(&client, &keys, None, &record).await?;
-    Ok(format!("lock: broken (was held by {} for deploy {})\n", broken.holder, broken.deploy_id))
+    Ok(format!(
+        "lock: broken (was held by {} for deploy {})\n",
+        broken.holder, broken.deploy_id
+    ))
 }
 
 /// `coordinator logs --host H --color C --tail N`.
-pub async fn logs(global: &Global, host: &str, color: Color, tail: u32) -> Result<String, CoordinatorError> {
+pub async fn logs(
+    global: &Global,
+    host: &str,
+    color: Color,
+    tail: u32,
+) -> Result<String, CoordinatorError> {
     let keys = global.keys()?;
     let client = global.connect().await?;
     let state = status::read(&client, &keys).await?;
-    let record = state.hosts.get(host).ok_or_else(|| CoordinatorError::Usage(format!("--host {host}: not registered under {}", keys.hosts_prefix())))?;
-    let lines = fleet::logs(record, color, tail).await.map_err(CoordinatorError::Failed)?;
+    let record = state.hosts.get(host).ok_or_else(|| {
+        CoordinatorError::Usage(format!(
+            "--host {host}: not registered under {}",
+            keys.hosts_prefix()
+        ))
+    })?;
+    let lines = fleet::logs(record, color, tail)
+        .await
+        .map_err(CoordinatorError::Failed)?;
     Ok(lines.into_iter().map(|l| l + "\n").collect())
 }
 
 /// Parses a humantime duration flag, naming the flag on error.
 pub fn parse_duration(flag: &str, value: &str) -> Result<Duration, CoordinatorError> {
-    humantime::parse_duration(value).map_err(|e| CoordinatorError::Usage(format!("{flag} {value:?}: {e}")))
+    humantime::parse_duration(value)
+        .map_err(|e| CoordinatorError::Usage(format!("{flag} {value:?}: {e}")))
 }

@@ -35,24 +35,47 @@ impl DeployLock {
         let mut client = client.clone();
         loop {
             let txn = Txn::new()
-                .when(vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-                .and_then(vec![TxnOp::put(key.as_str(), encode(record), Some(PutOptions::new().with_lease(session.lease_id())))])
+                .when(vec![Compare::create_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then(vec![TxnOp::put(
+                    key.as_str(),
+                    encode(record),
+                    Some(PutOptions::new().with_lease(session.lease_id())),
+                )])
                 .or_else(vec![TxnOp::get(key.as_str(), None)]);
-            let resp = client.txn(txn).await.map_err(|e| ProtoError::etcd(format!("acquire {key}"), e))?;
+            let resp = client
+                .txn(txn)
+                .await
+                .map_err(|e| ProtoError::etcd(format!("acquire {key}"), e))?;
             let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
             if resp.succeeded() {
                 progress.event("lock", None, "acquired", &format!("token {revision}"));
-                let fence = Fence { lock_key: key, token: revision };
-                return Ok(DeployLock { session, fence, client });
+                let fence = Fence {
+                    lock_key: key,
+                    token: revision,
+                };
+                return Ok(DeployLock {
+                    session,
+                    fence,
+                    client,
+                });
             }
             let holder = match resp.op_responses().into_iter().next() {
-                Some(etcd_client::TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| holder_text(&key, kv.value())),
+                Some(etcd_client::TxnOpResponse::Get(get)) => {
+                    get.kvs().first().map(|kv| holder_text(&key, kv.value()))
+                }
                 _ => None,
             };
             let holder = holder.unwrap_or_else(|| "unknown".into());
             if Instant::now() >= deadline {
                 session.revoke().await;
-                return Err(CoordinatorError::LockTimeout(format!("{key} is held by {holder}; waited {}", humantime::format_duration(wait))));
+                return Err(CoordinatorError::LockTimeout(format!(
+                    "{key} is held by {holder}; waited {}",
+                    humantime::format_duration(wait)
+                )));
             }
             progress.event("lock", None, "waiting", &format!("held by {holder}"));
             wait_for_delete(&client, &key, revision + 1, deadline).await?;
@@ -61,7 +84,9 @@ impl DeployLock {
 
     /// Releases the lock if it is still ours (guarded by the token) and revokes the lease.
     pub async fn release(mut self) {
-        let txn = Txn::new().when(vec![self.fence.compare()]).and_then(vec![TxnOp::delete(self.fence.lock_key.as_str(), None)]);
+        let txn = Txn::new()
+            .when(vec![self.fence.compare()])
+            .and_then(vec![TxnOp::delete(self.fence.lock_key.as_str(), None)]);
         let _ = tokio::time::timeout(Duration::from_secs(3), self.client.txn(txn)).await;
         self.session.revoke().await;
     }
@@ -69,41 +94,73 @@ impl DeployLock {
 
 fn holder_text(key: &str, value: &[u8]) -> String {
     match decode::<LockRecord>(key, value) {
-        Ok(l) => format!("{} (deploy {}, version {}, since {})", l.holder, l.deploy_id, l.version, l.acquired_at),
+        Ok(l) => format!(
+            "{} (deploy {}, version {}, since {})",
+            l.holder, l.deploy_id, l.version, l.acquired_at
+        ),
         Err(e) => e.to_string(),
     }
 }
 
 /// Waits until the lock key is deleted (released, or its holder's lease expired), or the deadline.
-async fn wait_for_delete(client: &etcd_client::Client, key: &str, from: i64, deadline: Instant) -> Result<(), CoordinatorError> {
+async fn wait_for_delete(
+    client: &etcd_client::Client,
+    key: &str,
+    from: i64,
+    deadline: Instant,
+) -> Result<(), CoordinatorError> {
     let mut client = client.clone();
     let options = WatchOptions::new().with_start_revision(from);
-    let mut stream = client.watch(key, Some(options)).await.map_err(|e| ProtoError::etcd(format!("watch {key}"), e))?;
+    let mut stream = client
+        .watch(key, Some(options))
+        .await
+        .map_err(|e| ProtoError::etcd(format!("watch {key}"), e))?;
     loop {
         let message = match tokio::time::timeout_at(deadline, stream.message()).await {
             Err(_) => return Ok(()), // deadline: the caller tries once more, then gives up
             Ok(Ok(Some(m))) => m,
-            Ok(_) => return Ok(()),  // stream broke: retry the Txn
+            Ok(_) => return Ok(()), // stream broke: retry the Txn
         };
-        if message.events().iter().any(|e| e.event_type() == etcd_client::EventType::Delete) {
+        if message
+            .events()
+            .iter()
+            .any(|e| e.event_type() == etcd_client::EventType::Delete)
+        {
             return Ok(());
         }
     }
 }
 
 /// `lock status`: who holds the lock and for how long, or None.
-pub async fn status(client: &etcd_client::Client, keys: &Keys) -> Result<Option<(LockRecord, i64, i64)>, CoordinatorError> {
+pub async fn status(
+    client: &etcd_client::Client,
+    keys: &Keys,
+) -> Result<Option<(LockRecord, i64, i64)>, CoordinatorError> {
     let key = keys.lock();
-    let resp = client.clone().get(key.as_str(), None).await.map_err(|e| ProtoError::etcd(format!("read {key}"), e))?;
-    let Some(kv) = resp.kvs().first() else { return Ok(None) };
+    let resp = client
+        .clone()
+        .get(key.as_str(), None)
+        .await
+        .map_err(|e| ProtoError::etcd(format!("read {key}"), e))?;
+    let Some(kv) = resp.kvs().first() else {
+        return Ok(None);
+    };
     let record = decode::<LockRecord>(&key, kv.value())?;
     Ok(Some((record, kv.lease(), kv.create_revision())))
 }
 
 /// `lock break`: revokes the holder's lease, which deletes the lock; the next deploy reconciles.
-pub async fn break_lock(client: &etcd_client::Client, keys: &Keys) -> Result<Option<LockRecord>, CoordinatorError> {
-    let Some((record, lease, _)) = status(client, keys).await? else { return Ok(None) };
+pub async fn break_lock(
+    client: &etcd_client::Client,
+    keys: &Keys,
+) -> Result<Option<LockRecord>, CoordinatorError> {
+    let Some((record, lease, _)) = status(client, keys).await? else {
+        return Ok(None);
+    };
     let mut client = client.clone();
-    client.lease_revoke(lease).await.map_err(|e| ProtoError::etcd(format!("revoke lease {lease:x} of {}", keys.lock()), e))?;
+    client
+        .lease_revoke(lease)
+        .await
+        .map_err(|e| ProtoError::etcd(format!("revoke lease {lease:x} of {}", keys.lock()), e))?;
     Ok(Some(record))
 }

@@ -6,12 +6,27 @@ use proto::Color;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "coordinator", version, about = "Deploy, switch, roll back and inspect a bluegreen app")]
+#[command(
+    name = "coordinator",
+    version,
+    about = "Deploy, switch, roll back and inspect a bluegreen app"
+)]
 struct Cli {
     /// etcd endpoints, comma separated.
-    #[arg(long, env = "BLUEGREEN_ETCD", default_value = "http://127.0.0.1:2379", value_delimiter = ',', global = true)]
+    #[arg(
+        long,
+        env = "BLUEGREEN_ETCD",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ',',
+        global = true
+    )]
     etcd: Vec<String>,
-    #[arg(long, env = "BLUEGREEN_PREFIX", default_value = "/bluegreen", global = true)]
+    #[arg(
+        long,
+        env = "BLUEGREEN_PREFIX",
+        default_value = "/bluegreen",
+        global = true
+    )]
     prefix: String,
     #[arg(long, env = "BLUEGREEN_APP", global = true)]
     app: Option<String>,
@@ -96,48 +111,85 @@ enum LockAction {
 }
 
 fn color(value: &str) -> Result<Color, CoordinatorError> {
-    value.parse().map_err(|e: proto::ProtoError| CoordinatorError::Usage(e.to_string()))
+    value
+        .parse()
+        .map_err(|e: proto::ProtoError| CoordinatorError::Usage(e.to_string()))
 }
 
 async fn dispatch(global: &Global, command: Command) -> Result<String, CoordinatorError> {
     use coordinator::parse_duration as dur;
     match command {
-        Command::Deploy { spec, version, artifact, sha256, lock_wait, health_timeout, verify_for, keep_failed } => {
+        Command::Deploy {
+            spec,
+            version,
+            artifact,
+            sha256,
+            lock_wait,
+            health_timeout,
+            verify_for,
+            keep_failed,
+        } => {
             let req = coordinator::DeployRequest {
                 spec,
                 version,
                 artifact,
                 sha256,
                 lock_wait: dur("--lock-wait", &lock_wait)?,
-                health_timeout: health_timeout.map(|d| dur("--health-timeout", &d)).transpose()?,
+                health_timeout: health_timeout
+                    .map(|d| dur("--health-timeout", &d))
+                    .transpose()?,
                 verify_for: verify_for.map(|d| dur("--verify-for", &d)).transpose()?,
                 keep_failed,
             };
             coordinator::deploy(global, req).await
         }
-        Command::Rollback { lock_wait } => coordinator::switch(global, None, dur("--lock-wait", &lock_wait)?).await,
-        Command::Switch { color: c, lock_wait } => coordinator::switch(global, Some(color(&c)?), dur("--lock-wait", &lock_wait)?).await,
+        Command::Rollback { lock_wait } => {
+            coordinator::switch(global, None, dur("--lock-wait", &lock_wait)?).await
+        }
+        Command::Switch {
+            color: c,
+            lock_wait,
+        } => coordinator::switch(global, Some(color(&c)?), dur("--lock-wait", &lock_wait)?).await,
         Command::Status => coordinator::status(global).await,
         Command::History { limit } => coordinator::history(global, limit).await,
-        Command::Lock { action: LockAction::Status } => coordinator::lock_status(global).await,
-        Command::Lock { action: LockAction::Break { yes } } => coordinator::lock_break(global, yes).await,
-        Command::Logs { host, color: c, tail } => coordinator::logs(global, &host, color(&c)?, tail).await,
+        Command::Lock {
+            action: LockAction::Status,
+        } => coordinator::lock_status(global).await,
+        Command::Lock {
+            action: LockAction::Break { yes },
+        } => coordinator::lock_break(global, yes).await,
+        Command::Logs {
+            host,
+            color: c,
+            tail,
+        } => coordinator::logs(global, &host, color(&c)?, tail).await,
     }
 }
 
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BLUEGREEN_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BLUEGREEN_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
     let cli = Cli::parse();
-    let global = Global { etcd: cli.etcd, prefix: cli.prefix, app: cli.app, json: matches!(cli.output, Output::Json) };
+    let global = Global {
+        etcd: cli.etcd,
+        prefix: cli.prefix,
+        app: cli.app,
+        json: matches!(cli.output, Output::Json),
+    };
     match dispatch(&global, cli.command).await {
         Ok(text) => {
             if global.json && !text.trim_start().starts_with(['{', '[']) && !text.is_empty() {
-                println!("{}", serde_json::json!({"step": "result", "state": "ok", "detail": text.trim()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"step": "result", "state": "ok", "detail": text.trim()})
+                );
             } else {
                 print!("{text}");
                 if !text.ends_with('\n') && !text.is_empty() {
@@ -147,7 +199,10 @@ async fn main() {
         }
         Err(e) => {
             if global.json {
-                println!("{}", serde_json::json!({"step": "result", "state": "error", "exit": e.exit_code(), "detail": e.to_string()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"step": "result", "state": "error", "exit": e.exit_code(), "detail": e.to_string()})
+                );
             }
             eprintln!("coordinator: {e}");
             std::process::exit(e.exit_code());

@@ -9,7 +9,10 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(json: bool) -> Progress {
-        Progress { json, start: Instant::now() }
+        Progress {
+            json,
+            start: Instant::now(),
+        }
     }
 
     pub fn event(&self, step: &str, host: Option<&str>, state: &str, detail: &str) {
@@ -19,8 +22,15 @@ impl Progress {
             println!("{line}");
         } else {
             let host = host.map(|h| format!(" {h}:")).unwrap_or_default();
-            let detail = if detail.is_empty() { String::new() } else { format!(" ({detail})") };
-            println!("[{:>6.2}s] {step}:{host} {state}{detail}", elapsed_ms as f64 / 1000.0);
+            let detail = if detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({detail})")
+            };
+            println!(
+                "[{:>6.2}s] {step}:{host} {state}{detail}",
+                elapsed_ms as f64 / 1000.0
+            );
         }
     }
 }

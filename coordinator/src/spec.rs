@@ -97,9 +97,12 @@ pub struct SwitchSection {
 impl AppSpec {
     pub fn load(path: &Path) -> Result<AppSpec, CoordinatorError> {
         let shown = path.display();
-        let text = std::fs::read_to_string(path).map_err(|e| CoordinatorError::Usage(format!("spec {shown}: {e}")))?;
-        let spec: AppSpec = toml::from_str(&text).map_err(|e| CoordinatorError::Usage(format!("spec {shown}: {e}")))?;
-        spec.validate().map_err(|e| CoordinatorError::Usage(format!("spec {shown}: {e}")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CoordinatorError::Usage(format!("spec {shown}: {e}")))?;
+        let spec: AppSpec = toml::from_str(&text)
+            .map_err(|e| CoordinatorError::Usage(format!("spec {shown}: {e}")))?;
+        spec.validate()
+            .map_err(|e| CoordinatorError::Usage(format!("spec {shown}: {e}")))?;
         Ok(spec)
     }
 
@@ -109,11 +112,17 @@ impl AppSpec {
             return Err("run.command: must name a program".into());
         }
         if !self.health.path.starts_with('/') {
-            return Err(format!("health.path: {:?} must start with '/'", self.health.path));
+            return Err(format!(
+                "health.path: {:?} must start with '/'",
+                self.health.path
+            ));
         }
         for (i, smoke) in self.smoke.iter().enumerate() {
             if !smoke.path.starts_with('/') {
-                return Err(format!("smoke[{i}].path: {:?} must start with '/'", smoke.path));
+                return Err(format!(
+                    "smoke[{i}].path: {:?} must start with '/'",
+                    smoke.path
+                ));
             }
         }
         Ok(())
@@ -138,24 +147,39 @@ mod tests {
         let spec = load(GOOD).unwrap();
         assert_eq!(spec.health.interval, Duration::from_secs(1));
         assert_eq!(spec.smoke[0].status, 200);
-        let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/bluegreen.toml")).unwrap();
+        let example = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/examples/bluegreen.toml"
+        ))
+        .unwrap();
         load(&example).unwrap();
     }
 
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (GOOD.replace("[health]", "[health]\nintervall = \"1s\""), "intervall"),
+            (
+                GOOD.replace("[health]", "[health]\nintervall = \"1s\""),
+                "intervall",
+            ),
             (GOOD.replace("\"1s\"", "\"soon\""), "interval"),
             (GOOD.replace("path = \"/api/v1/status\"\n", ""), "path"),
-            (GOOD.replace("path = \"/api/v1/status\"", "path = \"api\""), "smoke[0].path"),
+            (
+                GOOD.replace("path = \"/api/v1/status\"", "path = \"api\""),
+                "smoke[0].path",
+            ),
         ];
         for (text, field) in cases {
             let err = load(&text).unwrap_err();
             assert_eq!(err.exit_code(), 2);
-            assert!(err.to_string().contains(field) && err.to_string().contains("bluegreen.toml"), "{err}");
+            assert!(
+                err.to_string().contains(field) && err.to_string().contains("bluegreen.toml"),
+                "{err}"
+            );
         }
-        let err = AppSpec::load(Path::new("/nonexistent/bluegreen.toml")).unwrap_err().to_string();
+        let err = AppSpec::load(Path::new("/nonexistent/bluegreen.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/bluegreen.toml"), "{err}");
     }
 }

@@ -1,5 +1,8 @@
 //! `coordinator status`: one consistent read of the app's prefix, shown as a table or JSON.
-use proto::records::{decode, ActiveRecord, DeployRecord, HealthRecord, HostRecord, LbRecord, LockRecord, ReleaseRecord};
+use proto::records::{
+    decode, ActiveRecord, DeployRecord, HealthRecord, HostRecord, LbRecord, LockRecord,
+    ReleaseRecord,
+};
 use proto::watch::read_prefix;
 use proto::{AppKey, Color, Keys};
 use serde::Serialize;
@@ -21,9 +24,15 @@ pub struct AppStatus {
     pub problems: Vec<String>,
 }
 
-pub async fn read(client: &etcd_client::Client, keys: &Keys) -> Result<AppStatus, proto::ProtoError> {
+pub async fn read(
+    client: &etcd_client::Client,
+    keys: &Keys,
+) -> Result<AppStatus, proto::ProtoError> {
     let snapshot = read_prefix(client, keys.app_prefix()).await?;
-    let mut status = AppStatus { revision: snapshot.revision, ..Default::default() };
+    let mut status = AppStatus {
+        revision: snapshot.revision,
+        ..Default::default()
+    };
     for (key, value) in &snapshot.entries {
         let result = match keys.parse(key) {
             Some(AppKey::Active) => decode(key, value).map(|a| status.active = Some(a)),
@@ -51,29 +60,52 @@ pub async fn read(client: &etcd_client::Client, keys: &Keys) -> Result<AppStatus
     Ok(status)
 }
 
-async fn active_mod_revision(client: &etcd_client::Client, keys: &Keys) -> Result<i64, proto::ProtoError> {
+async fn active_mod_revision(
+    client: &etcd_client::Client,
+    keys: &Keys,
+) -> Result<i64, proto::ProtoError> {
     let key = keys.active();
-    let resp = client.clone().get(key.as_str(), None).await.map_err(|e| proto::ProtoError::etcd(format!("read {key}"), e))?;
+    let resp = client
+        .clone()
+        .get(key.as_str(), None)
+        .await
+        .map_err(|e| proto::ProtoError::etcd(format!("read {key}"), e))?;
     Ok(resp.kvs().first().map_or(0, |kv| kv.mod_revision()))
 }
 
 /// The text form: active color, releases, then one line per host and color.
 pub fn render_text(app: &str, s: &AppStatus) -> String {
     let mut out = String::new();
-    let active = s.active.as_ref().map_or("none (no traffic decision yet)".to_string(), |a| format!("{} ({})", a.color, a.version));
-    out.push_str(&format!("app {app} at revision {}\nactive: {active}\n", s.revision));
+    let active = s
+        .active
+        .as_ref()
+        .map_or("none (no traffic decision yet)".to_string(), |a| {
+            format!("{} ({})", a.color, a.version)
+        });
+    out.push_str(&format!(
+        "app {app} at revision {}\nactive: {active}\n",
+        s.revision
+    ));
     for color in Color::ALL {
         match s.releases.get(&color) {
-            Some(r) => out.push_str(&format!("release {color}: {} ({:?})\n", r.version, r.desired).to_lowercase()),
+            Some(r) => out.push_str(
+                &format!("release {color}: {} ({:?})\n", r.version, r.desired).to_lowercase(),
+            ),
             None => out.push_str(&format!("release {color}: none\n")),
         }
     }
-    out.push_str(&format!("{:<16} {:<22} {:<6} {:<10} {:<10} {:<8} error\n", "HOST", "ADDRESS", "COLOR", "VERSION", "STATE", "RESTARTS"));
+    out.push_str(&format!(
+        "{:<16} {:<22} {:<6} {:<10} {:<10} {:<8} error\n",
+        "HOST", "ADDRESS", "COLOR", "VERSION", "STATE", "RESTARTS"
+    ));
     let mut names: Vec<&String> = s.hosts.keys().chain(s.health.keys()).collect();
     names.sort();
     names.dedup();
     for host in names {
-        let address = s.hosts.get(host).map_or("(not registered)".to_string(), |h| h.address.clone());
+        let address = s
+            .hosts
+            .get(host)
+            .map_or("(not registered)".to_string(), |h| h.address.clone());
         for color in Color::ALL {
             let port = s.hosts.get(host).map(|h| h.ports.of(color)).unwrap_or(0);
             match s.health.get(host).and_then(|m| m.get(&color)) {
@@ -85,20 +117,38 @@ pub fn render_text(app: &str, s: &AppStatus) -> String {
                     h.restarts,
                     h.error.as_deref().unwrap_or("")
                 )),
-                None => out.push_str(&format!("{host:<16} {:<22} {color:<6} {:<10} {:<10}\n", format!("{address}:{port}"), "-", "unknown")),
+                None => out.push_str(&format!(
+                    "{host:<16} {:<22} {color:<6} {:<10} {:<10}\n",
+                    format!("{address}:{port}"),
+                    "-",
+                    "unknown"
+                )),
             }
         }
     }
     for (name, lb) in &s.lbs {
         let color = lb.color.map_or("none".to_string(), |c| c.to_string());
-        out.push_str(&format!("lb {name}: serving {color} at revision {}\n", lb.applied_revision));
+        out.push_str(&format!(
+            "lb {name}: serving {color} at revision {}\n",
+            lb.applied_revision
+        ));
     }
     if let Some(d) = &s.deploy {
-        let error = d.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
-        out.push_str(&format!("last deploy: {} {} -> {} ({}){error}\n", d.deploy_id, d.version, d.to, d.phase));
+        let error = d
+            .error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "last deploy: {} {} -> {} ({}){error}\n",
+            d.deploy_id, d.version, d.to, d.phase
+        ));
     }
     match &s.lock {
-        Some(l) => out.push_str(&format!("lock: held by {} (deploy {}, version {}, since {})\n", l.holder, l.deploy_id, l.version, l.acquired_at)),
+        Some(l) => out.push_str(&format!(
+            "lock: held by {} (deploy {}, version {}, since {})\n",
+            l.holder, l.deploy_id, l.version, l.acquired_at
+        )),
         None => out.push_str("lock: free\n"),
     }
     for p in &s.problems {

@@ -26,27 +26,67 @@ pub async fn switch(
     deploy: &DeployRecord,
     progress: &Progress,
 ) -> Result<i64, CoordinatorError> {
-    let lbs: Vec<String> = status::read(client, keys).await?.lbs.keys().cloned().collect();
+    let lbs: Vec<String> = status::read(client, keys)
+        .await?
+        .lbs
+        .keys()
+        .cloned()
+        .collect();
     let guard = Compare::mod_revision(keys.active(), CompareOp::Equal, seen_active_revision);
-    let puts = [(keys.active(), encode(active)), (keys.deploy(), encode(deploy))];
-    let revision = lock.fence.put_all(client, &puts, vec![guard]).await.map_err(|e| match e {
-        proto::ProtoError::FenceLost { .. } => CoordinatorError::Failed(format!(
-            "switch to {} refused: the lock or `active` changed since this decision ({e})",
-            active.color
-        )),
-        other => other.into(),
-    })?;
-    progress.event("switch", None, "written", &format!("active = {} {} at revision {revision}", active.color, active.version));
+    let puts = [
+        (keys.active(), encode(active)),
+        (keys.deploy(), encode(deploy)),
+    ];
+    let revision = lock
+        .fence
+        .put_all(client, &puts, vec![guard])
+        .await
+        .map_err(|e| match e {
+            proto::ProtoError::FenceLost { .. } => CoordinatorError::Failed(format!(
+                "switch to {} refused: the lock or `active` changed since this decision ({e})",
+                active.color
+            )),
+            other => other.into(),
+        })?;
+    progress.event(
+        "switch",
+        None,
+        "written",
+        &format!(
+            "active = {} {} at revision {revision}",
+            active.color, active.version
+        ),
+    );
     let acks = fleet::wait_acks(client, keys, &lbs, revision, ACK_TIMEOUT)
         .await
-        .map_err(|e| CoordinatorError::Unsafe(format!("switched to {} at revision {revision} but not every LB followed: {e}", active.color)))?;
+        .map_err(|e| {
+            CoordinatorError::Unsafe(format!(
+                "switched to {} at revision {revision} but not every LB followed: {e}",
+                active.color
+            ))
+        })?;
     for name in &lbs {
-        progress.event("ack", Some(name), "applied", &format!("revision {revision}"));
+        progress.event(
+            "ack",
+            Some(name),
+            "applied",
+            &format!("revision {revision}"),
+        );
     }
     fleet::verify_through_lbs(&acks, active.color)
         .await
-        .map_err(|e| CoordinatorError::Unsafe(format!("LBs acked {} but do not serve it: {e}", active.color)))?;
-    progress.event("verify", None, "ok", &format!("{} LB(s) serve {}", acks.len(), active.color));
+        .map_err(|e| {
+            CoordinatorError::Unsafe(format!(
+                "LBs acked {} but do not serve it: {e}",
+                active.color
+            ))
+        })?;
+    progress.event(
+        "verify",
+        None,
+        "ok",
+        &format!("{} LB(s) serve {}", acks.len(), active.color),
+    );
     Ok(revision)
 }
 
@@ -65,7 +105,11 @@ pub async fn switch_command(
     let target = match (target, current) {
         (Some(t), _) => t,
         (None, Some(c)) => c.other(),
-        (None, None) => return Err(CoordinatorError::Failed("no active color yet: nothing to roll back".into())),
+        (None, None) => {
+            return Err(CoordinatorError::Failed(
+                "no active color yet: nothing to roll back".into(),
+            ))
+        }
     };
     if current == Some(target) {
         return Ok(format!("{target} is already active"));
@@ -74,7 +118,9 @@ pub async fn switch_command(
         .releases
         .get(&target)
         .filter(|r| r.desired == Desired::Running)
-        .ok_or_else(|| CoordinatorError::Failed(format!("{target} has no running release to switch to")))?;
+        .ok_or_else(|| {
+            CoordinatorError::Failed(format!("{target} has no running release to switch to"))
+        })?;
     let unhealthy = fleet::unhealthy(&state, target, &release.version);
     if !unhealthy.is_empty() {
         return Err(CoordinatorError::Failed(format!(
@@ -86,7 +132,13 @@ pub async fn switch_command(
     }
     let deploy_id = uuid::Uuid::new_v4().to_string();
     let now = proto::time::now_rfc3339();
-    let active = ActiveRecord { color: target, version: release.version.clone(), deploy_id: deploy_id.clone(), token: lock.fence.token, switched_at: now.clone() };
+    let active = ActiveRecord {
+        color: target,
+        version: release.version.clone(),
+        deploy_id: deploy_id.clone(),
+        token: lock.fence.token,
+        switched_at: now.clone(),
+    };
     let deploy = DeployRecord {
         deploy_id: deploy_id.clone(),
         phase: "switched".into(),
@@ -98,13 +150,29 @@ pub async fn switch_command(
         updated_at: now,
         error: None,
     };
-    let result = switch(client, keys, lock, state.active_mod_revision, &active, &deploy, progress).await;
-    let mut record = crate::history::record(kind, &deploy_id, if result.is_ok() { "done" } else { "failed" });
+    let result = switch(
+        client,
+        keys,
+        lock,
+        state.active_mod_revision,
+        &active,
+        &deploy,
+        progress,
+    )
+    .await;
+    let mut record = crate::history::record(
+        kind,
+        &deploy_id,
+        if result.is_ok() { "done" } else { "failed" },
+    );
     record.from = current;
     record.to = Some(target);
     record.version = Some(release.version.clone());
     record.reason = result.as_ref().err().map(|e| e.to_string());
     crate::history::append(client, keys, Some(&lock.fence), &record).await?;
     let revision = result?;
-    Ok(format!("traffic on {target} ({}) at revision {revision}", release.version))
+    Ok(format!(
+        "traffic on {target} ({}) at revision {revision}",
+        release.version
+    ))
 }

@@ -33,9 +33,23 @@ fn sha256(text: &str) -> String {
 }
 
 impl Applier {
-    pub fn new(nginx: Nginx, template: Option<String>, app: &str, listen: String, preview_listen: String) -> Applier {
+    pub fn new(
+        nginx: Nginx,
+        template: Option<String>,
+        app: &str,
+        listen: String,
+        preview_listen: String,
+    ) -> Applier {
         let template = template.unwrap_or_else(|| render::BUILTIN_TEMPLATE.to_string());
-        Applier { nginx, template, app: app.to_string(), listen, preview_listen, validated: HashSet::new(), served: None }
+        Applier {
+            nginx,
+            template,
+            app: app.to_string(),
+            listen,
+            preview_listen,
+            validated: HashSet::new(),
+            served: None,
+        }
     }
 
     fn view(&self, state: &LbState, color: Color, version: &str) -> View {
@@ -60,21 +74,37 @@ impl Applier {
         self.nginx
             .validate(&render::with_revision(rendered, 0))
             .await
-            .map_err(|output| SidecarError::Invalid { color: color.to_string(), output })?;
+            .map_err(|output| SidecarError::Invalid {
+                color: color.to_string(),
+                output,
+            })?;
         self.validated.insert(hash);
         Ok(())
     }
 
     /// Renders and validates the variant for `color` without touching nginx (pre-validation).
-    pub async fn prepare(&mut self, state: &LbState, color: Color, version: &str) -> Result<(), SidecarError> {
-        let rendered = render::render(&self.template, &self.view(state, color, version)).map_err(SidecarError::Render)?;
+    pub async fn prepare(
+        &mut self,
+        state: &LbState,
+        color: Color,
+        version: &str,
+    ) -> Result<(), SidecarError> {
+        let rendered = render::render(&self.template, &self.view(state, color, version))
+            .map_err(SidecarError::Render)?;
         self.ensure_validated(&rendered, color).await
     }
 
     /// Makes nginx serve the active color as of `revision`. With `force` false, a render identical
     /// to what is served is a no-op (health churn that changed nothing). Returns the ack to write.
-    pub async fn apply(&mut self, state: &LbState, revision: i64, force: bool) -> Result<Option<LbRecord>, SidecarError> {
-        let Some(active) = &state.active else { return Ok(None) };
+    pub async fn apply(
+        &mut self,
+        state: &LbState,
+        revision: i64,
+        force: bool,
+    ) -> Result<Option<LbRecord>, SidecarError> {
+        let Some(active) = &state.active else {
+            return Ok(None);
+        };
         let (color, version) = (active.color, active.version.clone());
         let view = self.view(state, color, &version);
         let rendered = render::render(&self.template, &view).map_err(SidecarError::Render)?;
@@ -94,8 +124,19 @@ impl Applier {
                 let signalled_ms = started.elapsed().as_secs_f64() * 1000.0;
                 let serving = self.nginx.wait_serving(&expected, VERIFY_TIMEOUT).await;
                 let serving_ms = started.elapsed().as_secs_f64() * 1000.0;
-                let drained = serving && self.nginx.wait_old_workers(old_workers, VERIFY_TIMEOUT).await;
-                tracing::info!(revision, validated_ms, signalled_ms, serving_ms, done_ms = started.elapsed().as_secs_f64() * 1000.0, "reload timings");
+                let drained = serving
+                    && self
+                        .nginx
+                        .wait_old_workers(old_workers, VERIFY_TIMEOUT)
+                        .await;
+                tracing::info!(
+                    revision,
+                    validated_ms,
+                    signalled_ms,
+                    serving_ms,
+                    done_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "reload timings"
+                );
                 drained
             }
             Err(_) => false,
@@ -103,14 +144,18 @@ impl Applier {
         if !verified {
             let why = match reloaded {
                 Err(e) => e.to_string(),
-                Ok(_) => format!("nginx did not start serving revision {revision} within {VERIFY_TIMEOUT:?}"),
+                Ok(_) => format!(
+                    "nginx did not start serving revision {revision} within {VERIFY_TIMEOUT:?}"
+                ),
             };
             if let Some(previous) = previous {
                 self.nginx.install(&previous)?;
                 let _ = self.nginx.reload();
             }
             self.served = None;
-            return Err(SidecarError::Reload(format!("{why}; restored the last good config")));
+            return Err(SidecarError::Reload(format!(
+                "{why}; restored the last good config"
+            )));
         }
         self.served = Some(rendered);
         Ok(Some(LbRecord {

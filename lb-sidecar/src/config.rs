@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Parser, Default)]
-#[command(name = "lb-sidecar", version, about = "Points this load balancer's nginx at the active color in etcd")]
+#[command(
+    name = "lb-sidecar",
+    version,
+    about = "Points this load balancer's nginx at the active color in etcd"
+)]
 pub struct Cli {
     /// TOML config file (see deploy/examples/sidecar.toml).
     #[arg(long, env = "BLUEGREEN_SIDECAR_CONFIG")]
@@ -98,11 +102,14 @@ pub struct Config {
 }
 
 fn addr(field: &str, value: String) -> Result<SocketAddr, SidecarError> {
-    value.parse().map_err(|_| SidecarError::Setting(format!("{field}: {value:?} is not an address:port")))
+    value
+        .parse()
+        .map_err(|_| SidecarError::Setting(format!("{field}: {value:?} is not an address:port")))
 }
 
 fn duration(field: &str, value: String) -> Result<Duration, SidecarError> {
-    humantime::parse_duration(&value).map_err(|e| SidecarError::Setting(format!("{field}: {value:?}: {e}")))
+    humantime::parse_duration(&value)
+        .map_err(|e| SidecarError::Setting(format!("{field}: {value:?}: {e}")))
 }
 
 impl Config {
@@ -110,43 +117,107 @@ impl Config {
         let file = match &cli.config {
             Some(path) => {
                 let shown = path.display().to_string();
-                let text = std::fs::read_to_string(path).map_err(|e| SidecarError::Config { path: shown.clone(), reason: e.to_string() })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| SidecarError::Config { path: shown, reason: e.to_string() })?
+                let text = std::fs::read_to_string(path).map_err(|e| SidecarError::Config {
+                    path: shown.clone(),
+                    reason: e.to_string(),
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| SidecarError::Config {
+                    path: shown,
+                    reason: e.to_string(),
+                })?
             }
             None => FileConfig::default(),
         };
         let nginx = file.nginx.unwrap_or_default();
         let template = match cli.template.or(file.template) {
-            Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| SidecarError::Config { path: path.display().to_string(), reason: e.to_string() })?),
+            Some(path) => {
+                Some(
+                    std::fs::read_to_string(&path).map_err(|e| SidecarError::Config {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
             None => None,
         };
-        let app = cli.app.or(file.app).ok_or_else(|| SidecarError::Setting("app: required".into()))?;
+        let app = cli
+            .app
+            .or(file.app)
+            .ok_or_else(|| SidecarError::Setting("app: required".into()))?;
         let name = match cli.name.or(file.name) {
             Some(n) => n,
-            None => std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
         };
         let config = Config {
-            etcd: cli.etcd.or(file.etcd).unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()]),
-            prefix: cli.prefix.or(file.prefix).unwrap_or_else(|| "/bluegreen".into()),
+            etcd: cli
+                .etcd
+                .or(file.etcd)
+                .unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()]),
+            prefix: cli
+                .prefix
+                .or(file.prefix)
+                .unwrap_or_else(|| "/bluegreen".into()),
             name,
-            listen: addr("listen", cli.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0:80".into()))?,
-            preview_listen: addr("preview_listen", cli.preview_listen.or(file.preview_listen).unwrap_or_else(|| "127.0.0.1:8088".into()))?,
-            status_listen: addr("status_listen", cli.status_listen.or(file.status_listen).unwrap_or_else(|| "127.0.0.1:9901".into()))?,
-            lease_ttl: duration("lease_ttl", cli.lease_ttl.or(file.lease_ttl).unwrap_or_else(|| "10s".into()))?,
-            debounce: duration("debounce", cli.debounce.or(file.debounce).unwrap_or_else(|| "250ms".into()))?,
+            listen: addr(
+                "listen",
+                cli.listen
+                    .or(file.listen)
+                    .unwrap_or_else(|| "0.0.0.0:80".into()),
+            )?,
+            preview_listen: addr(
+                "preview_listen",
+                cli.preview_listen
+                    .or(file.preview_listen)
+                    .unwrap_or_else(|| "127.0.0.1:8088".into()),
+            )?,
+            status_listen: addr(
+                "status_listen",
+                cli.status_listen
+                    .or(file.status_listen)
+                    .unwrap_or_else(|| "127.0.0.1:9901".into()),
+            )?,
+            lease_ttl: duration(
+                "lease_ttl",
+                cli.lease_ttl
+                    .or(file.lease_ttl)
+                    .unwrap_or_else(|| "10s".into()),
+            )?,
+            debounce: duration(
+                "debounce",
+                cli.debounce
+                    .or(file.debounce)
+                    .unwrap_or_else(|| "250ms".into()),
+            )?,
             template,
             nginx: NginxConfig {
-                binary: cli.nginx_binary.or(nginx.binary).unwrap_or_else(|| "nginx".into()),
-                main_config: cli.nginx_main_config.or(nginx.main_config).unwrap_or_else(|| "/etc/nginx/nginx.conf".into()),
-                include_file: cli.nginx_include_file.or(nginx.include_file).unwrap_or_else(|| format!("/etc/nginx/conf.d/bluegreen-{app}.conf").into()),
-                pid_file: cli.nginx_pid_file.or(nginx.pid_file).unwrap_or_else(|| "/run/nginx.pid".into()),
+                binary: cli
+                    .nginx_binary
+                    .or(nginx.binary)
+                    .unwrap_or_else(|| "nginx".into()),
+                main_config: cli
+                    .nginx_main_config
+                    .or(nginx.main_config)
+                    .unwrap_or_else(|| "/etc/nginx/nginx.conf".into()),
+                include_file: cli
+                    .nginx_include_file
+                    .or(nginx.include_file)
+                    .unwrap_or_else(|| format!("/etc/nginx/conf.d/bluegreen-{app}.conf").into()),
+                pid_file: cli
+                    .nginx_pid_file
+                    .or(nginx.pid_file)
+                    .unwrap_or_else(|| "/run/nginx.pid".into()),
             },
             app,
         };
         proto::Keys::new(&config.prefix, &config.app)?;
         proto::keys::validate_segment("name", &config.name)?;
         if config.lease_ttl < Duration::from_secs(2) {
-            return Err(SidecarError::Setting(format!("lease_ttl: {:?} is shorter than 2s", config.lease_ttl)));
+            return Err(SidecarError::Setting(format!(
+                "lease_ttl: {:?} is shorter than 2s",
+                config.lease_ttl
+            )));
         }
         Ok(config)
     }
@@ -161,16 +232,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sidecar.toml");
         std::fs::write(&path, "app = \"shop\"\n[nginx]\nbinnary = \"nginx\"\n").unwrap();
-        let err = Config::load(Cli { config: Some(path.clone()), ..Default::default() }).unwrap_err().to_string();
-        assert!(err.contains("sidecar.toml") && err.contains("binnary"), "{err}");
+        let err = Config::load(Cli {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("sidecar.toml") && err.contains("binnary"),
+            "{err}"
+        );
     }
 
     #[test]
     fn defaults_and_bad_address() {
-        let c = Config::load(Cli { app: Some("shop".into()), name: Some("lb-1".into()), ..Default::default() }).unwrap();
-        assert_eq!(c.nginx.include_file, PathBuf::from("/etc/nginx/conf.d/bluegreen-shop.conf"));
+        let c = Config::load(Cli {
+            app: Some("shop".into()),
+            name: Some("lb-1".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.nginx.include_file,
+            PathBuf::from("/etc/nginx/conf.d/bluegreen-shop.conf")
+        );
         assert_eq!(c.debounce, Duration::from_millis(250));
-        let err = Config::load(Cli { app: Some("shop".into()), listen: Some("port 80".into()), ..Default::default() }).unwrap_err();
+        let err = Config::load(Cli {
+            app: Some("shop".into()),
+            listen: Some("port 80".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("listen"));
     }
 }

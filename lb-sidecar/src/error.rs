@@ -26,6 +26,9 @@ pub enum SidecarError {
 
 impl SidecarError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        SidecarError::Io { path: path.into(), source }
+        SidecarError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -31,19 +31,47 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let metrics = Arc::new(Metrics::default());
     let listener = tokio::net::TcpListener::bind(config.status_listen)
         .await
-        .map_err(|e| SidecarError::Setting(format!("status_listen: cannot listen on {}: {e}", config.status_listen)))?;
+        .map_err(|e| {
+            SidecarError::Setting(format!(
+                "status_listen: cannot listen on {}: {e}",
+                config.status_listen
+            ))
+        })?;
     let mut server_shutdown = shutdown.clone();
-    let server = axum::serve(listener, metrics::router(metrics.clone())).with_graceful_shutdown(async move {
-        let _ = server_shutdown.wait_for(|s| *s).await.map(|_| ());
-    });
+    let server = axum::serve(listener, metrics::router(metrics.clone())).with_graceful_shutdown(
+        async move {
+            let _ = server_shutdown.wait_for(|s| *s).await.map(|_| ());
+        },
+    );
     tokio::spawn(async move { server.await });
 
     let client = proto::connect(&config.etcd).await?;
     let nginx = nginx::Nginx::new(config.nginx.clone(), config.listen);
-    let applier = Applier::new(nginx, config.template.clone(), &config.app, config.listen.to_string(), config.preview_listen.to_string());
+    let applier = Applier::new(
+        nginx,
+        config.template.clone(),
+        &config.app,
+        config.listen.to_string(),
+        config.preview_listen.to_string(),
+    );
     let (ack_tx, ack_rx) = watch::channel(Vec::new());
-    let holder = tokio::spawn(proto::leased::hold_keys(client.clone(), config.lease_ttl, ack_rx, shutdown.clone()));
-    let follower = Follower { keys, client, applier, metrics, config, ack_tx, state: LbState::default(), ack: None, revision: 0 };
+    let holder = tokio::spawn(proto::leased::hold_keys(
+        client.clone(),
+        config.lease_ttl,
+        ack_rx,
+        shutdown.clone(),
+    ));
+    let follower = Follower {
+        keys,
+        client,
+        applier,
+        metrics,
+        config,
+        ack_tx,
+        state: LbState::default(),
+        ack: None,
+        revision: 0,
+    };
     follower.run(shutdown).await;
     let _ = holder.await;
     Ok(())
@@ -82,7 +110,9 @@ impl Follower {
         };
         let mut debounce_until: Option<Instant> = None;
         loop {
-            let debounce = tokio::time::sleep_until(debounce_until.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)));
+            let debounce = tokio::time::sleep_until(
+                debounce_until.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
+            );
             tokio::select! {
                 event = watch.next() => match event {
                     Ok(WatchEvent::Changes { revision, changes }) => {
@@ -175,7 +205,9 @@ impl Follower {
             Ok(Some(ack)) => {
                 tracing::info!(revision = ack.applied_revision, color = ?ack.color, upstreams = ?ack.upstreams, "nginx serving");
                 self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
-                self.metrics.applied_revision.store(ack.applied_revision, Ordering::Relaxed);
+                self.metrics
+                    .applied_revision
+                    .store(ack.applied_revision, Ordering::Relaxed);
                 *self.metrics.color.lock().unwrap() = ack.color.map(|c| c.to_string());
                 *self.metrics.error.lock().unwrap() = None;
                 self.publish(ack);
@@ -192,8 +224,14 @@ impl Follower {
 
     /// Validates the idle color's variant now, so that the next switch is only a swap and a SIGHUP.
     async fn prevalidate_other(&mut self) {
-        let Some(active) = self.state.active.clone() else { return };
-        if let Err(e) = self.applier.prepare(&self.state, active.color.other(), &active.version).await {
+        let Some(active) = self.state.active.clone() else {
+            return;
+        };
+        if let Err(e) = self
+            .applier
+            .prepare(&self.state, active.color.other(), &active.version)
+            .await
+        {
             tracing::warn!(error = %e, "pre-validation of the idle color failed; a switch will validate again");
         }
     }
@@ -208,7 +246,9 @@ impl Follower {
     }
 
     fn publish(&mut self, ack: LbRecord) {
-        let _ = self.ack_tx.send(vec![(self.keys.lb(&self.config.name), encode(&ack))]);
+        let _ = self
+            .ack_tx
+            .send(vec![(self.keys.lb(&self.config.name), encode(&ack))]);
         self.ack = Some(LbRecord { error: None, ..ack });
     }
 }

@@ -23,7 +23,10 @@ pub struct Metrics {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Metrics {
@@ -39,7 +42,8 @@ impl Metrics {
             }
         }
         self.switch_count.fetch_add(1, Ordering::Relaxed);
-        self.switch_sum_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.switch_sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
     fn seconds_since_event(&self) -> f64 {
@@ -52,19 +56,49 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
         };
-        gauge("bluegreen_lb_applied_revision", "etcd revision nginx serves", "gauge", self.applied_revision.load(Ordering::Relaxed).to_string());
-        gauge("bluegreen_lb_seconds_since_etcd_event", "seconds since the last etcd event (-1: none yet)", "gauge", format!("{:.3}", self.seconds_since_event()));
-        gauge("bluegreen_lb_reloads_total", "nginx reloads that took effect", "counter", self.reloads.load(Ordering::Relaxed).to_string());
-        gauge("bluegreen_lb_reload_failures_total", "renders, validations or reloads that failed", "counter", self.reload_failures.load(Ordering::Relaxed).to_string());
+        gauge(
+            "bluegreen_lb_applied_revision",
+            "etcd revision nginx serves",
+            "gauge",
+            self.applied_revision.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            "bluegreen_lb_seconds_since_etcd_event",
+            "seconds since the last etcd event (-1: none yet)",
+            "gauge",
+            format!("{:.3}", self.seconds_since_event()),
+        );
+        gauge(
+            "bluegreen_lb_reloads_total",
+            "nginx reloads that took effect",
+            "counter",
+            self.reloads.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            "bluegreen_lb_reload_failures_total",
+            "renders, validations or reloads that failed",
+            "counter",
+            self.reload_failures.load(Ordering::Relaxed).to_string(),
+        );
         out.push_str("# HELP bluegreen_lb_switch_seconds etcd active change seen -> nginx serving it\n# TYPE bluegreen_lb_switch_seconds histogram\n");
         for (bucket, bound) in self.switch_buckets.iter().zip(BUCKETS) {
-            out.push_str(&format!("bluegreen_lb_switch_seconds_bucket{{le=\"{bound}\"}} {}\n", bucket.load(Ordering::Relaxed)));
+            out.push_str(&format!(
+                "bluegreen_lb_switch_seconds_bucket{{le=\"{bound}\"}} {}\n",
+                bucket.load(Ordering::Relaxed)
+            ));
         }
         let count = self.switch_count.load(Ordering::Relaxed);
-        out.push_str(&format!("bluegreen_lb_switch_seconds_bucket{{le=\"+Inf\"}} {count}\n"));
-        out.push_str(&format!("bluegreen_lb_switch_seconds_sum {:.6}\n", self.switch_sum_us.load(Ordering::Relaxed) as f64 / 1e6));
+        out.push_str(&format!(
+            "bluegreen_lb_switch_seconds_bucket{{le=\"+Inf\"}} {count}\n"
+        ));
+        out.push_str(&format!(
+            "bluegreen_lb_switch_seconds_sum {:.6}\n",
+            self.switch_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        ));
         out.push_str(&format!("bluegreen_lb_switch_seconds_count {count}\n"));
         out
     }

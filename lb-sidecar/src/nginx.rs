@@ -19,12 +19,24 @@ pub struct Nginx {
 impl Nginx {
     /// `listen` is the public listener; its status location is asked over loopback.
     pub fn new(config: NginxConfig, listen: SocketAddr) -> Nginx {
-        let host = if listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { listen.ip().to_string() };
+        let host = if listen.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            listen.ip().to_string()
+        };
         let public_url = format!("http://{host}:{}", listen.port());
         let status_url = format!("{public_url}{}", crate::render::STATUS_PATH);
         // A fresh connection per poll: a kept-alive one could still be served by an old worker.
-        let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("http client");
-        Nginx { config, public_url, status_url, http }
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("http client");
+        Nginx {
+            config,
+            public_url,
+            status_url,
+            http,
+        }
     }
 
     /// The public listener as a URL reachable from this host (an unspecified address becomes loopback).
@@ -33,7 +45,12 @@ impl Nginx {
     }
 
     fn sibling(&self, suffix: &str) -> PathBuf {
-        let mut name = self.config.include_file.file_name().unwrap_or_default().to_os_string();
+        let mut name = self
+            .config
+            .include_file
+            .file_name()
+            .unwrap_or_default()
+            .to_os_string();
         name.push(suffix);
         self.config.include_file.with_file_name(name)
     }
@@ -50,7 +67,10 @@ impl Nginx {
         let main = if !main.is_empty() && main.contains(&include) {
             main.replace(&include, &candidate.display().to_string())
         } else {
-            format!("events {{}}\nhttp {{\n    include {};\n}}\n", candidate.display())
+            format!(
+                "events {{}}\nhttp {{\n    include {};\n}}\n",
+                candidate.display()
+            )
         };
         std::fs::write(&test_main, main).map_err(|e| format!("{}: {e}", test_main.display()))?;
         let output = tokio::process::Command::new(&self.config.binary)
@@ -67,7 +87,12 @@ impl Nginx {
             Ok(())
         } else {
             let stderr = String::from_utf8_lossy(&output.stderr);
-            Err(stderr.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join("; ").replace(&candidate.display().to_string(), &include))
+            Err(stderr
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+                .replace(&candidate.display().to_string(), &include))
         }
     }
 
@@ -80,14 +105,22 @@ impl Nginx {
     pub fn install(&self, text: &str) -> Result<(), SidecarError> {
         let tmp = self.sibling(".tmp");
         std::fs::write(&tmp, text).map_err(|e| SidecarError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &self.config.include_file).map_err(|e| SidecarError::io(&self.config.include_file, e))
+        std::fs::rename(&tmp, &self.config.include_file)
+            .map_err(|e| SidecarError::io(&self.config.include_file, e))
     }
 
     /// The master's pid, from the pid file.
     pub fn master_pid(&self) -> Result<i32, SidecarError> {
         let pid_file = &self.config.pid_file;
-        let text = std::fs::read_to_string(pid_file).map_err(|e| SidecarError::Reload(format!("pid file {}: {e}", pid_file.display())))?;
-        text.trim().parse().map_err(|_| SidecarError::Reload(format!("pid file {} holds {:?}", pid_file.display(), text.trim())))
+        let text = std::fs::read_to_string(pid_file)
+            .map_err(|e| SidecarError::Reload(format!("pid file {}: {e}", pid_file.display())))?;
+        text.trim().parse().map_err(|_| {
+            SidecarError::Reload(format!(
+                "pid file {} holds {:?}",
+                pid_file.display(),
+                text.trim()
+            ))
+        })
     }
 
     /// SIGHUP to the master: nginx re-reads its config, starts new workers and lets the old ones
@@ -96,7 +129,8 @@ impl Nginx {
     pub fn reload(&self) -> Result<Vec<i32>, SidecarError> {
         let pid = self.master_pid()?;
         let old = workers_of(pid);
-        kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| SidecarError::Reload(format!("SIGHUP to nginx master {pid}: {e}")))?;
+        kill(Pid::from_raw(pid), Signal::SIGHUP)
+            .map_err(|e| SidecarError::Reload(format!("SIGHUP to nginx master {pid}: {e}")))?;
         Ok(old)
     }
 
@@ -129,7 +163,13 @@ impl Nginx {
 
     /// What the status location answers now ("<revision> <color>"), if anything.
     pub async fn status(&self) -> Option<String> {
-        let resp = self.http.get(&self.status_url).timeout(Duration::from_secs(1)).send().await.ok()?;
+        let resp = self
+            .http
+            .get(&self.status_url)
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .ok()?;
         if !resp.status().is_success() {
             return None;
         }
@@ -139,7 +179,9 @@ impl Nginx {
 
 /// Pids whose parent is `master` (nginx's workers and cache helpers).
 pub fn workers_of(master: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| parent_of(*pid) == Some(master))
@@ -148,13 +190,19 @@ pub fn workers_of(master: i32) -> Vec<i32> {
 
 fn parent_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// A worker still in its accept loop: alive and not titled "... is shutting down".
 pub fn accepting_worker(pid: i32) -> bool {
     match std::fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(cmdline) => !cmdline.is_empty() && !String::from_utf8_lossy(&cmdline).contains("shutting down"),
+        Ok(cmdline) => {
+            !cmdline.is_empty() && !String::from_utf8_lossy(&cmdline).contains("shutting down")
+        }
         Err(_) => false,
     }
 }

@@ -73,7 +73,10 @@ pub struct View {
 /// Renders with [`REVISION_TOKEN`] in place of the revision. Refuses an empty live upstream.
 pub fn render(template: &str, view: &View) -> Result<String, String> {
     if view.live.is_empty() {
-        return Err(format!("no registered host runs {}: refusing to render an empty upstream", view.color));
+        return Err(format!(
+            "no registered host runs {}: refusing to render an empty upstream",
+            view.color
+        ));
     }
     Ok(template
         .replace("{{app}}", &view.app)
@@ -92,7 +95,10 @@ fn servers(addresses: &[String]) -> String {
     if addresses.is_empty() {
         return "    server 127.0.0.1:9 down;\n".to_string();
     }
-    addresses.iter().map(|a| format!("    server {a} max_fails=1 fail_timeout=2s;\n")).collect()
+    addresses
+        .iter()
+        .map(|a| format!("    server {a} max_fails=1 fail_timeout=2s;\n"))
+        .collect()
 }
 
 /// The final text for `revision`.
@@ -121,7 +127,10 @@ mod tests {
         let text = with_revision(&render(BUILTIN_TEMPLATE, &view()).unwrap(), 42);
         assert!(text.contains("server 127.0.0.11:8081 max_fails=1"));
         assert!(text.contains("server 127.0.0.12:8081 max_fails=1"));
-        assert!(text.contains("server 127.0.0.1:9 down;"), "empty preview is a down placeholder");
+        assert!(
+            text.contains("server 127.0.0.1:9 down;"),
+            "empty preview is a down placeholder"
+        );
         assert!(text.contains("return 200 \"42 green\\n\";"));
         assert!(text.contains("proxy_next_upstream error timeout http_502 http_503;"));
         assert!(!text.contains("{{") && !text.contains(REVISION_TOKEN));
@@ -131,6 +140,8 @@ mod tests {
     fn never_renders_an_empty_live_upstream() {
         let mut v = view();
         v.live.clear();
-        assert!(render(BUILTIN_TEMPLATE, &v).unwrap_err().contains("empty upstream"));
+        assert!(render(BUILTIN_TEMPLATE, &v)
+            .unwrap_err()
+            .contains("empty upstream"));
     }
 }

@@ -25,7 +25,12 @@ pub enum Effect {
 impl LbState {
     /// Applies one key's new value (`None` = deleted). An invalid value is returned as an error
     /// naming the key, and leaves the state as it was.
-    pub fn apply(&mut self, keys: &Keys, key: &str, value: Option<&[u8]>) -> Result<Effect, String> {
+    pub fn apply(
+        &mut self,
+        keys: &Keys,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<Effect, String> {
         match keys.parse(key) {
             Some(AppKey::Active) => match value {
                 // Deleting `active` is not a traffic decision: keep serving what we serve.
@@ -52,13 +57,21 @@ impl LbState {
             Some(AppKey::Health { host, color }) => {
                 let state = match value {
                     None => None,
-                    Some(bytes) => Some(decode::<HealthRecord>(key, bytes).map_err(|e| e.to_string())?.state),
+                    Some(bytes) => Some(
+                        decode::<HealthRecord>(key, bytes)
+                            .map_err(|e| e.to_string())?
+                            .state,
+                    ),
                 };
                 let old = match state {
                     Some(s) => self.health.insert((host, color), s),
                     None => self.health.remove(&(host, color)),
                 };
-                Ok(if old == state { Effect::None } else { Effect::Topology })
+                Ok(if old == state {
+                    Effect::None
+                } else {
+                    Effect::Topology
+                })
             }
             _ => Ok(Effect::None),
         }
@@ -72,7 +85,9 @@ impl LbState {
         let healthy: Vec<String> = self
             .hosts
             .iter()
-            .filter(|(name, _)| self.health.get(&(name.to_string(), color)) == Some(&HealthState::Healthy))
+            .filter(|(name, _)| {
+                self.health.get(&(name.to_string(), color)) == Some(&HealthState::Healthy)
+            })
             .map(|(_, h)| address(h))
             .collect();
         if healthy.is_empty() {
@@ -96,17 +111,40 @@ mod tests {
         let record = HostRecord {
             host: name.into(),
             address: format!("127.0.0.{last}"),
-            ports: Ports { blue: 8080, green: 8081 },
+            ports: Ports {
+                blue: 8080,
+                green: 8081,
+            },
             grpc: String::new(),
             agent_version: "0".into(),
             started_at: "t".into(),
         };
-        assert_eq!(state.apply(&keys(), &keys().host(name), Some(encode(&record).as_bytes())), Ok(Effect::Topology));
+        assert_eq!(
+            state.apply(
+                &keys(),
+                &keys().host(name),
+                Some(encode(&record).as_bytes())
+            ),
+            Ok(Effect::Topology)
+        );
     }
 
     fn health(state: &mut LbState, name: &str, color: Color, s: HealthState) -> Effect {
-        let record = HealthRecord { version: "v1".into(), state: s, health: Default::default(), since: "t".into(), restarts: 0, error: None };
-        state.apply(&keys(), &keys().health(name, color), Some(encode(&record).as_bytes())).unwrap()
+        let record = HealthRecord {
+            version: "v1".into(),
+            state: s,
+            health: Default::default(),
+            since: "t".into(),
+            restarts: 0,
+            error: None,
+        };
+        state
+            .apply(
+                &keys(),
+                &keys().health(name, color),
+                Some(encode(&record).as_bytes()),
+            )
+            .unwrap()
     }
 
     #[test]
@@ -114,9 +152,18 @@ mod tests {
         let mut s = LbState::default();
         host(&mut s, "a", 11);
         host(&mut s, "b", 12);
-        assert_eq!(s.upstream(Color::Blue), vec!["127.0.0.11:8080", "127.0.0.12:8080"]);
-        assert_eq!(health(&mut s, "a", Color::Blue, HealthState::Healthy), Effect::Topology);
-        assert_eq!(health(&mut s, "a", Color::Blue, HealthState::Healthy), Effect::None);
+        assert_eq!(
+            s.upstream(Color::Blue),
+            vec!["127.0.0.11:8080", "127.0.0.12:8080"]
+        );
+        assert_eq!(
+            health(&mut s, "a", Color::Blue, HealthState::Healthy),
+            Effect::Topology
+        );
+        assert_eq!(
+            health(&mut s, "a", Color::Blue, HealthState::Healthy),
+            Effect::None
+        );
         assert_eq!(s.upstream(Color::Blue), vec!["127.0.0.11:8080"]);
         health(&mut s, "a", Color::Blue, HealthState::Unhealthy);
         assert_eq!(s.upstream(Color::Blue).len(), 2, "never empty");
@@ -128,9 +175,16 @@ mod tests {
     #[test]
     fn garbage_active_is_an_error_and_changes_nothing() {
         let mut s = LbState::default();
-        let good = r#"{"color":"green","version":"v2","deploy_id":"d","token":1,"switched_at":"t"}"#;
-        assert_eq!(s.apply(&keys(), &keys().active(), Some(good.as_bytes())), Ok(Effect::Switch));
-        for bad in [&b"{"[..], br#"{"color":"purple","version":"v","deploy_id":"d","token":1,"switched_at":"t"}"#] {
+        let good =
+            r#"{"color":"green","version":"v2","deploy_id":"d","token":1,"switched_at":"t"}"#;
+        assert_eq!(
+            s.apply(&keys(), &keys().active(), Some(good.as_bytes())),
+            Ok(Effect::Switch)
+        );
+        for bad in [
+            &b"{"[..],
+            br#"{"color":"purple","version":"v","deploy_id":"d","token":1,"switched_at":"t"}"#,
+        ] {
             let err = s.apply(&keys(), &keys().active(), Some(bad)).unwrap_err();
             assert!(err.contains("/bluegreen/shop/active"), "{err}");
             assert_eq!(s.active.as_ref().unwrap().color, Color::Green);

@@ -84,7 +84,10 @@ mod tests {
     #[test]
     fn serde_round_trip_and_rejects_unknown() {
         assert_eq!(serde_json::to_string(&Color::Green).unwrap(), "\"green\"");
-        assert_eq!(serde_json::from_str::<Color>("\"blue\"").unwrap(), Color::Blue);
+        assert_eq!(
+            serde_json::from_str::<Color>("\"blue\"").unwrap(),
+            Color::Blue
+        );
         assert!(serde_json::from_str::<Color>("\"purple\"").is_err());
     }
 }

@@ -29,7 +29,10 @@ impl Fence {
         let first_key = puts.first().map(|(k, _)| k.clone()).unwrap_or_default();
         let mut compares = vec![self.compare()];
         compares.extend(extra);
-        let ops: Vec<TxnOp> = puts.iter().map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None)).collect();
+        let ops: Vec<TxnOp> = puts
+            .iter()
+            .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None))
+            .collect();
         let txn = Txn::new().when(compares).and_then(ops);
         let resp = client
             .clone()
@@ -37,7 +40,11 @@ impl Fence {
             .await
             .map_err(|e| ProtoError::etcd(format!("fenced write to {first_key}"), e))?;
         if !resp.succeeded() {
-            return Err(ProtoError::FenceLost { key: first_key, lock_key: self.lock_key.clone(), token: self.token });
+            return Err(ProtoError::FenceLost {
+                key: first_key,
+                lock_key: self.lock_key.clone(),
+                token: self.token,
+            });
         }
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }

@@ -34,7 +34,9 @@ impl Keys {
         }
         validate_segment("app", app)?;
         let prefix = prefix.trim_end_matches('/');
-        Ok(Keys { base: format!("{prefix}/{app}/") })
+        Ok(Keys {
+            base: format!("{prefix}/{app}/"),
+        })
     }
 
     /// Everything of this app: the range sidecars and `status` read.
@@ -63,7 +65,11 @@ impl Keys {
     }
 
     pub fn history(&self, revision: i64) -> String {
-        format!("{}history/{revision:0width$}", self.base, width = HISTORY_WIDTH)
+        format!(
+            "{}history/{revision:0width$}",
+            self.base,
+            width = HISTORY_WIDTH
+        )
     }
 
     pub fn history_prefix(&self) -> String {
@@ -107,7 +113,10 @@ impl Keys {
             ["history", rev] => rev.parse().ok().map(AppKey::History),
             ["hosts", host] if !host.is_empty() => Some(AppKey::Host(host.to_string())),
             ["health", host, color] if !host.is_empty() => {
-                color.parse().ok().map(|color| AppKey::Health { host: host.to_string(), color })
+                color.parse().ok().map(|color| AppKey::Health {
+                    host: host.to_string(),
+                    color,
+                })
             }
             ["lbs", name] if !name.is_empty() => Some(AppKey::Lb(name.to_string())),
             _ => None,
@@ -141,9 +150,15 @@ mod tests {
         assert_eq!(k.active(), "/bluegreen/shop/active");
         assert_eq!(k.release(Color::Green), "/bluegreen/shop/releases/green");
         assert_eq!(k.deploy(), "/bluegreen/shop/deploy");
-        assert_eq!(k.history(42), "/bluegreen/shop/history/00000000000000000042");
+        assert_eq!(
+            k.history(42),
+            "/bluegreen/shop/history/00000000000000000042"
+        );
         assert_eq!(k.host("host-a"), "/bluegreen/shop/hosts/host-a");
-        assert_eq!(k.health("host-a", Color::Blue), "/bluegreen/shop/health/host-a/blue");
+        assert_eq!(
+            k.health("host-a", Color::Blue),
+            "/bluegreen/shop/health/host-a/blue"
+        );
         assert_eq!(k.lb("lb-1"), "/bluegreen/shop/lbs/lb-1");
     }
 
@@ -159,12 +174,18 @@ mod tests {
         let k = keys();
         assert_eq!(k.parse(&k.lock()), Some(AppKey::Lock));
         assert_eq!(k.parse(&k.active()), Some(AppKey::Active));
-        assert_eq!(k.parse(&k.release(Color::Blue)), Some(AppKey::Release(Color::Blue)));
+        assert_eq!(
+            k.parse(&k.release(Color::Blue)),
+            Some(AppKey::Release(Color::Blue))
+        );
         assert_eq!(k.parse(&k.history(7)), Some(AppKey::History(7)));
         assert_eq!(k.parse(&k.host("h1")), Some(AppKey::Host("h1".into())));
         assert_eq!(
             k.parse(&k.health("h1", Color::Green)),
-            Some(AppKey::Health { host: "h1".into(), color: Color::Green })
+            Some(AppKey::Health {
+                host: "h1".into(),
+                color: Color::Green
+            })
         );
         assert_eq!(k.parse(&k.lb("lb")), Some(AppKey::Lb("lb".into())));
     }

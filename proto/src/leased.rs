@@ -19,14 +19,21 @@ pub async fn hold_keys(
             s = grant(&client, ttl) => s,
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        tracing::info!(lease_id = session.lease_id(), "holding keys under a new lease");
+        tracing::info!(
+            lease_id = session.lease_id(),
+            "holding keys under a new lease"
+        );
         let mut dirty = true;
         loop {
             if dirty {
                 let puts = keys.borrow_and_update().clone();
                 dirty = !write_all(&client, session.lease_id(), &puts).await;
             }
-            let retry = tokio::time::sleep(if dirty { Duration::from_millis(500) } else { Duration::from_secs(86_400) });
+            let retry = tokio::time::sleep(if dirty {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_secs(86_400)
+            });
             tokio::select! {
                 changed = keys.changed() => {
                     if changed.is_err() { return; }
@@ -61,7 +68,11 @@ async fn grant(client: &Client, ttl: Duration) -> Session {
 async fn write_all(client: &Client, lease_id: i64, puts: &[(String, String)]) -> bool {
     let mut client = client.clone();
     for (key, value) in puts {
-        let put = client.put(key.as_str(), value.as_str(), Some(PutOptions::new().with_lease(lease_id)));
+        let put = client.put(
+            key.as_str(),
+            value.as_str(),
+            Some(PutOptions::new().with_lease(lease_id)),
+        );
         match tokio::time::timeout(Duration::from_secs(3), put).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {

@@ -29,8 +29,14 @@ pub async fn connect(endpoints: &[String]) -> Result<etcd_client::Client, ProtoE
     let options = etcd_client::ConnectOptions::new()
         .with_connect_timeout(std::time::Duration::from_secs(3))
         .with_timeout(std::time::Duration::from_secs(5))
-        .with_keep_alive(std::time::Duration::from_secs(2), std::time::Duration::from_secs(2));
+        .with_keep_alive(
+            std::time::Duration::from_secs(2),
+            std::time::Duration::from_secs(2),
+        );
     etcd_client::Client::connect(endpoints, Some(options))
         .await
-        .map_err(|source| ProtoError::Etcd { what: format!("connect to {}", endpoints.join(",")), source })
+        .map_err(|source| ProtoError::Etcd {
+            what: format!("connect to {}", endpoints.join(",")),
+            source,
+        })
 }

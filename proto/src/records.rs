@@ -16,8 +16,11 @@ pub trait Validate {
 
 /// Parses and validates the value stored at `key`. The error names the key and the field.
 pub fn decode<T: DeserializeOwned + Validate>(key: &str, value: &[u8]) -> Result<T, ProtoError> {
-    let record: T = serde_json::from_slice(value).map_err(|e| ProtoError::invalid(key, e.to_string()))?;
-    record.validate().map_err(|reason| ProtoError::invalid(key, reason))?;
+    let record: T =
+        serde_json::from_slice(value).map_err(|e| ProtoError::invalid(key, e.to_string()))?;
+    record
+        .validate()
+        .map_err(|reason| ProtoError::invalid(key, reason))?;
     Ok(record)
 }
 
@@ -136,7 +139,10 @@ impl Validate for ReleaseRecord {
             return Err("run.command: must name a program".into());
         }
         if !self.health.path.starts_with('/') {
-            return Err(format!("health.path: {:?} must start with '/'", self.health.path));
+            return Err(format!(
+                "health.path: {:?} must start with '/'",
+                self.health.path
+            ));
         }
         for (field, d) in [
             ("health.interval", self.health.interval),
@@ -153,11 +159,15 @@ impl Validate for ReleaseRecord {
 
 /// Accepts the schemes the agent can fetch: file://, http://, https://.
 pub fn validate_artifact_url(url: &str) -> Result<(), String> {
-    let ok = ["file:///", "http://", "https://"].iter().any(|s| url.starts_with(s) && url.len() > s.len());
+    let ok = ["file:///", "http://", "https://"]
+        .iter()
+        .any(|s| url.starts_with(s) && url.len() > s.len());
     if ok {
         Ok(())
     } else {
-        Err(format!("{url:?} is not a file:///, http:// or https:// URL"))
+        Err(format!(
+            "{url:?} is not a file:///, http:// or https:// URL"
+        ))
     }
 }
 
@@ -238,7 +248,10 @@ impl Validate for HostRecord {
             return Err("address: must not be empty".into());
         }
         if self.ports.blue == self.ports.green {
-            return Err(format!("ports: blue and green are both {}", self.ports.blue));
+            return Err(format!(
+                "ports: blue and green are both {}",
+                self.ports.blue
+            ));
         }
         Ok(())
     }
@@ -343,7 +356,10 @@ mod tests {
             let mut v = release_json();
             v[field] = value;
             let err = decode_release(&v).unwrap_err().to_string();
-            assert!(err.contains("/p/shop/releases/green") && err.contains(expect), "{err}");
+            assert!(
+                err.contains("/p/shop/releases/green") && err.contains(expect),
+                "{err}"
+            );
         }
         let mut v = release_json();
         v["artifact"]["sha256"] = json!("abc");
@@ -351,16 +367,28 @@ mod tests {
         assert!(err.contains("artifact.sha256"), "{err}");
         let mut v = release_json();
         v["artifact"]["url"] = json!("ftp://x/y");
-        assert!(decode_release(&v).unwrap_err().to_string().contains("artifact.url"));
+        assert!(decode_release(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("artifact.url"));
         let mut v = release_json();
         v["run"]["command"] = json!([]);
-        assert!(decode_release(&v).unwrap_err().to_string().contains("run.command"));
+        assert!(decode_release(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("run.command"));
         let mut v = release_json();
         v["health"]["interval"] = json!("soon");
-        assert!(decode_release(&v).unwrap_err().to_string().contains("/p/shop/releases/green"));
+        assert!(decode_release(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("/p/shop/releases/green"));
         let mut v = release_json();
         v.as_object_mut().unwrap().remove("artifact");
-        assert!(decode_release(&v).unwrap_err().to_string().contains("missing field `artifact`"));
+        assert!(decode_release(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("missing field `artifact`"));
     }
 
     #[test]
@@ -375,19 +403,30 @@ mod tests {
     #[test]
     fn active_rejects_unknown_color() {
         let v = json!({"color": "red", "version": "v1", "deploy_id": "d", "token": 1, "switched_at": "x"});
-        let err = decode::<ActiveRecord>("/p/shop/active", v.to_string().as_bytes()).unwrap_err().to_string();
-        assert!(err.contains("/p/shop/active") && err.contains("\"red\""), "{err}");
+        let err = decode::<ActiveRecord>("/p/shop/active", v.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/p/shop/active") && err.contains("\"red\""),
+            "{err}"
+        );
     }
 
     #[test]
     fn host_record_rejects_same_ports() {
         let v = json!({"host": "a", "address": "127.0.0.1", "ports": {"blue": 1, "green": 1},
                        "grpc": "x", "agent_version": "0", "started_at": "t"});
-        assert!(decode::<HostRecord>("k", v.to_string().as_bytes()).unwrap_err().to_string().contains("ports"));
+        assert!(decode::<HostRecord>("k", v.to_string().as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("ports"));
     }
 
     #[test]
     fn health_state_serializes_lowercase() {
-        assert_eq!(serde_json::to_string(&HealthState::Unhealthy).unwrap(), "\"unhealthy\"");
+        assert_eq!(
+            serde_json::to_string(&HealthState::Unhealthy).unwrap(),
+            "\"unhealthy\""
+        );
     }
 }

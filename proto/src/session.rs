@@ -29,7 +29,13 @@ impl Session {
         let ttl = Duration::from_secs(ttl_secs as u64);
         let (tx, lost) = watch::channel(None);
         let keeper = tokio::spawn(keep_alive(client.clone(), lease_id, ttl, tx));
-        Ok(Session { client, lease_id, ttl, lost, keeper })
+        Ok(Session {
+            client,
+            lease_id,
+            ttl,
+            lost,
+            keeper,
+        })
     }
 
     pub fn lease_id(&self) -> i64 {
@@ -52,14 +58,21 @@ impl Session {
             Ok(r) => r.clone().unwrap_or_default(),
             Err(_) => "keep-alive task ended".to_string(),
         };
-        ProtoError::LeaseLost { lease_id: self.lease_id, reason }
+        ProtoError::LeaseLost {
+            lease_id: self.lease_id,
+            reason,
+        }
     }
 
     /// Stops renewing and revokes the lease, deleting every key attached to it now rather than
     /// after the TTL. Errors are ignored: an unreachable etcd expires the lease anyway.
     pub async fn revoke(mut self) {
         self.keeper.abort();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.lease_revoke(self.lease_id)).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.client.lease_revoke(self.lease_id),
+        )
+        .await;
     }
 }
 
@@ -70,7 +83,12 @@ impl Drop for Session {
 }
 
 /// Renews every ttl/3; a renewal counts only when etcd answers it with a positive TTL.
-async fn keep_alive(mut client: Client, lease_id: i64, ttl: Duration, lost: watch::Sender<Option<String>>) {
+async fn keep_alive(
+    mut client: Client,
+    lease_id: i64,
+    ttl: Duration,
+    lost: watch::Sender<Option<String>>,
+) {
     let period = ttl / 3;
     let lost_after = ttl * 2 / 3;
     let mut last_ack = Instant::now();
@@ -78,7 +96,9 @@ async fn keep_alive(mut client: Client, lease_id: i64, ttl: Duration, lost: watc
     loop {
         let deadline = last_ack + lost_after;
         if Instant::now() >= deadline {
-            let _ = lost.send(Some(format!("no keep-alive acknowledged for {lost_after:?}")));
+            let _ = lost.send(Some(format!(
+                "no keep-alive acknowledged for {lost_after:?}"
+            )));
             return;
         }
         if stream.is_none() {

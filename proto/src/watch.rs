@@ -49,14 +49,22 @@ pub async fn read_prefix(client: &Client, prefix: &str) -> Result<Snapshot, Prot
     let entries = resp
         .kvs()
         .iter()
-        .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec()))
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.value().to_vec(),
+            )
+        })
         .collect();
     Ok(Snapshot { revision, entries })
 }
 
 impl PrefixWatch {
     /// Reads the prefix and returns the snapshot plus a watch that continues right after it.
-    pub async fn start(client: &Client, prefix: &str) -> Result<(Snapshot, PrefixWatch), ProtoError> {
+    pub async fn start(
+        client: &Client,
+        prefix: &str,
+    ) -> Result<(Snapshot, PrefixWatch), ProtoError> {
         let snapshot = read_prefix(client, prefix).await?;
         let watch = PrefixWatch::from_revision(client, prefix, snapshot.revision + 1);
         Ok((snapshot, watch))
@@ -64,7 +72,12 @@ impl PrefixWatch {
 
     /// A watch that delivers every change from `revision` on (inclusive).
     pub fn from_revision(client: &Client, prefix: &str, revision: i64) -> PrefixWatch {
-        PrefixWatch { client: client.clone(), prefix: prefix.to_string(), next_revision: revision, stream: None }
+        PrefixWatch {
+            client: client.clone(),
+            prefix: prefix.to_string(),
+            next_revision: revision,
+            stream: None,
+        }
     }
 
     pub fn next_revision(&self) -> i64 {
@@ -137,19 +150,28 @@ impl PrefixWatch {
                     })
                 })
                 .collect();
-            let revision = changes.iter().map(|c| c.mod_revision).max().unwrap_or(self.next_revision);
+            let revision = changes
+                .iter()
+                .map(|c| c.mod_revision)
+                .max()
+                .unwrap_or(self.next_revision);
             self.next_revision = revision + 1;
             return Ok(WatchEvent::Changes { revision, changes });
         }
     }
 
     async fn open(&mut self) -> Result<WatchStream, ProtoError> {
-        let options = WatchOptions::new().with_prefix().with_start_revision(self.next_revision);
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(self.next_revision);
         let mut client = self.client.clone();
         let open = client.watch(self.prefix.as_str(), Some(options));
         match tokio::time::timeout(Duration::from_secs(5), open).await {
             Ok(r) => r.map_err(|e| ProtoError::etcd(format!("watch {}", self.prefix), e)),
-            Err(_) => Err(ProtoError::WatchCanceled { prefix: self.prefix.clone(), reason: "open timed out".into() }),
+            Err(_) => Err(ProtoError::WatchCanceled {
+                prefix: self.prefix.clone(),
+                reason: "open timed out".into(),
+            }),
         }
     }
 }

@@ -13,7 +13,9 @@ pub struct Artifacts {
 
 impl Default for Artifacts {
     fn default() -> Self {
-        Artifacts { dir: tempfile::tempdir().expect("artifact dir") }
+        Artifacts {
+            dir: tempfile::tempdir().expect("artifact dir"),
+        }
     }
 }
 
@@ -22,7 +24,10 @@ impl Artifacts {
     /// written raw into the header, so hostile names (`../x`, `/x`) can be produced too.
     pub fn tarball(&self, name: &str, entries: &[(&str, &[u8], u32)]) -> Artifact {
         // Stored, not compressed: still a real gzip stream, and packing an 80 MB debug binary stays fast.
-        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none()));
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::none(),
+        ));
         for (path, body, mode) in entries {
             let mut header = tar::Header::new_gnu();
             header.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
@@ -45,7 +50,10 @@ impl Artifacts {
     pub fn write(&self, name: &str, bytes: &[u8]) -> Artifact {
         let path = self.path(name);
         std::fs::write(&path, bytes).expect("write artifact");
-        Artifact { url: format!("file://{}", path.display()), sha256: hex::encode(Sha256::digest(bytes)) }
+        Artifact {
+            url: format!("file://{}", path.display()),
+            sha256: hex::encode(Sha256::digest(bytes)),
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -60,7 +68,10 @@ pub fn release(version: &str, artifact: &Artifact, env: &[(&str, &str)]) -> Rele
         artifact: artifact.clone(),
         run: RunSpec {
             command: vec!["./demo-app".into()],
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
             stop_timeout: Duration::from_secs(5),
         },
         health: HealthSpec {

@@ -14,13 +14,23 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(label: &str, program: PathBuf, args: Vec<OsString>, log_path: PathBuf) -> Daemon {
-        let mut daemon = Daemon { child: None, label: label.to_string(), program, args, log_path };
+        let mut daemon = Daemon {
+            child: None,
+            label: label.to_string(),
+            program,
+            args,
+            log_path,
+        };
         daemon.spawn();
         daemon
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("daemon log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("daemon log");
         let child = Command::new(&self.program)
             .args(&self.args)
             .env("BLUEGREEN_LOG", "info")

@@ -35,7 +35,9 @@ impl Etcd {
             .arg(format!("--listen-client-urls=http://127.0.0.1:{c}"))
             .arg(format!("--advertise-client-urls=http://127.0.0.1:{c}"))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{p}"))
-            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{p}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{p}"
+            ))
             .arg(format!("--initial-cluster=test=http://127.0.0.1:{p}"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -54,7 +56,9 @@ impl Etcd {
     }
 
     pub async fn client(&self) -> etcd_client::Client {
-        proto::connect(std::slice::from_ref(&self.endpoint)).await.expect("connect to test etcd")
+        proto::connect(std::slice::from_ref(&self.endpoint))
+            .await
+            .expect("connect to test etcd")
     }
 
     /// Kills etcd (SIGKILL), keeping its data for [`Etcd::restart`].

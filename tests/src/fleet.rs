@@ -25,14 +25,29 @@ impl Fleet {
         let client = etcd.client().await;
         let artifacts = Artifacts::default();
         let app = artifacts.demo_app();
-        let hosts = (1..=hosts).map(|n| AgentProc::start(&etcd, n, 5, "")).collect();
+        let hosts = (1..=hosts)
+            .map(|n| AgentProc::start(&etcd, n, 5, ""))
+            .collect();
         let lbs: Vec<Nginx> = (0..lbs).map(|_| Nginx::start()).collect();
-        let sidecars: Vec<SidecarProc> = lbs.iter().enumerate().map(|(i, n)| SidecarProc::start(&etcd, &format!("lb-{i}"), n, "")).collect();
+        let sidecars: Vec<SidecarProc> = lbs
+            .iter()
+            .enumerate()
+            .map(|(i, n)| SidecarProc::start(&etcd, &format!("lb-{i}"), n, ""))
+            .collect();
         // Every LB registers before any traffic decision, so the first deploy waits for all of them.
         for s in &sidecars {
             crate::lb::wait_ack(&client, &s.name, "registration", |_| true).await;
         }
-        Fleet { etcd, client, artifacts, app, hosts, lbs, sidecars, dir: tempfile::tempdir().unwrap() }
+        Fleet {
+            etcd,
+            client,
+            artifacts,
+            app,
+            hosts,
+            lbs,
+            sidecars,
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     /// Writes an app spec whose run env adds `env` (the DEMO_* knobs), and returns its path.
@@ -55,24 +70,45 @@ impl Fleet {
     /// `coordinator` with this fleet's etcd and app, ready to take arguments.
     pub fn coordinator(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(binary("coordinator"));
-        cmd.env("BLUEGREEN_ETCD", &self.etcd.endpoint).env("BLUEGREEN_APP", APP).kill_on_drop(true);
+        cmd.env("BLUEGREEN_ETCD", &self.etcd.endpoint)
+            .env("BLUEGREEN_APP", APP)
+            .kill_on_drop(true);
         cmd
     }
 
     /// Runs `coordinator deploy` of `version` with `spec` and extra flags; returns its output.
     pub async fn deploy(&self, spec: &PathBuf, version: &str, extra: &[&str]) -> Output {
-        self.deploy_command(spec, version, extra).output().await.expect("run coordinator")
+        self.deploy_command(spec, version, extra)
+            .output()
+            .await
+            .expect("run coordinator")
     }
 
-    pub fn deploy_command(&self, spec: &PathBuf, version: &str, extra: &[&str]) -> tokio::process::Command {
+    pub fn deploy_command(
+        &self,
+        spec: &PathBuf,
+        version: &str,
+        extra: &[&str],
+    ) -> tokio::process::Command {
         let mut cmd = self.coordinator();
-        cmd.arg("deploy").arg("--spec").arg(spec).args(["--version", version, "--artifact", &self.app.url, "--sha256", &self.app.sha256]);
+        cmd.arg("deploy").arg("--spec").arg(spec).args([
+            "--version",
+            version,
+            "--artifact",
+            &self.app.url,
+            "--sha256",
+            &self.app.sha256,
+        ]);
         cmd.args(extra);
         cmd
     }
 
     pub async fn run(&self, args: &[&str]) -> Output {
-        self.coordinator().args(args).output().await.expect("run coordinator")
+        self.coordinator()
+            .args(args)
+            .output()
+            .await
+            .expect("run coordinator")
     }
 
     pub fn lb_urls(&self) -> Vec<String> {
@@ -82,5 +118,9 @@ impl Fleet {
 
 /// stdout and stderr of a finished coordinator, for assertions and failure messages.
 pub fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }

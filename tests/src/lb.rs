@@ -14,7 +14,11 @@ pub async fn set_active(client: &etcd_client::Client, color: Color, version: &st
         token: 0,
         switched_at: proto::time::now_rfc3339(),
     };
-    let resp = client.clone().put(keys().active(), encode(&record), None).await.expect("put active");
+    let resp = client
+        .clone()
+        .put(keys().active(), encode(&record), None)
+        .await
+        .expect("put active");
     resp.header().expect("header").revision()
 }
 
@@ -25,15 +29,32 @@ pub async fn ack(client: &etcd_client::Client, name: &str) -> Option<LbRecord> {
 }
 
 /// Waits until `lbs/<name>` satisfies `accept`.
-pub async fn wait_ack(client: &etcd_client::Client, name: &str, what: &str, accept: impl Fn(&LbRecord) -> bool) -> LbRecord {
+pub async fn wait_ack(
+    client: &etcd_client::Client,
+    name: &str,
+    what: &str,
+    accept: impl Fn(&LbRecord) -> bool,
+) -> LbRecord {
     let accept = &accept;
-    wait_for(&format!("{name} ack {what}"), Duration::from_secs(30), || async move { ack(client, name).await.filter(|a| accept(a)) }).await
+    wait_for(
+        &format!("{name} ack {what}"),
+        Duration::from_secs(30),
+        || async move { ack(client, name).await.filter(|a| accept(a)) },
+    )
+    .await
 }
 
 /// Waits until `url` answers JSON with `environment == color`.
 pub async fn wait_color(url: &str, color: Color) {
-    wait_for(&format!("{url} to serve {color}"), Duration::from_secs(30), || async move {
-        get_json(url).await.filter(|b| b["environment"] == color.as_str()).map(|_| ())
-    })
+    wait_for(
+        &format!("{url} to serve {color}"),
+        Duration::from_secs(30),
+        || async move {
+            get_json(url)
+                .await
+                .filter(|b| b["environment"] == color.as_str())
+                .map(|_| ())
+        },
+    )
     .await;
 }

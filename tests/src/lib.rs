@@ -16,7 +16,7 @@ pub mod wait;
 pub use artifacts::Artifacts;
 pub use etcd::Etcd;
 pub use procs::AgentProc;
-pub use wait::wait_for;
+pub use wait::{poll_until, wait_for};
 
 use std::path::PathBuf;
 
@@ -26,7 +26,11 @@ use std::path::PathBuf;
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("executable path");
     let dir = exe.parent().expect("executable has a directory");
-    if dir.ends_with("deps") { dir.parent().expect("target/<profile>").to_path_buf() } else { dir.to_path_buf() }
+    if dir.ends_with("deps") {
+        dir.parent().expect("target/<profile>").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Resident set size of a process in KiB, from /proc/<pid>/status.
@@ -39,11 +43,19 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// The path of a workspace binary; panics with the command to run when it was not built.
 pub fn binary(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
-    assert!(path.is_file(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
     path
 }
 
 /// A TCP port that is free on `address` right now.
 pub fn free_port(address: &str) -> u16 {
-    std::net::TcpListener::bind((address, 0)).expect("bind for a free port").local_addr().unwrap().port()
+    std::net::TcpListener::bind((address, 0))
+        .expect("bind for a free port")
+        .local_addr()
+        .unwrap()
+        .port()
 }

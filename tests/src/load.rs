@@ -17,7 +17,11 @@ pub struct LoadReport {
 }
 
 /// GETs `url` in a loop until `stop` is set.
-pub fn spawn(url: String, keep_alive: bool, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<LoadReport> {
+pub fn spawn(
+    url: String,
+    keep_alive: bool,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<LoadReport> {
     tokio::spawn(async move {
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
         if !keep_alive {
@@ -44,7 +48,11 @@ pub fn spawn(url: String, keep_alive: bool, stop: Arc<AtomicBool>) -> tokio::tas
 }
 
 async fn once(http: &reqwest::Client, url: &str) -> Result<String, String> {
-    let resp = http.get(url).send().await.map_err(|e| format!("connection: {e:?}"))?;
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("connection: {e:?}"))?;
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.map_err(|e| format!("body: {e}"))?;
     if !status.is_success() {
@@ -55,7 +63,11 @@ async fn once(http: &reqwest::Client, url: &str) -> Result<String, String> {
 
 /// Sends `count` requests over fresh connections, one after another.
 pub async fn requests(url: &str, count: u64) -> LoadReport {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).pool_max_idle_per_host(0).build().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let mut report = LoadReport::default();
     for _ in 0..count {
         match once(&http, url).await {

@@ -1,8 +1,8 @@
 //! Real nginx and lb-sidecar processes for tests: each LB gets its own nginx (own prefix, pid
 //! file, ports) and its own sidecar owning that nginx's include file.
 use crate::daemon::Daemon;
-use crate::{binary, free_port, Etcd};
 use crate::procs::{APP, PREFIX};
+use crate::{binary, free_port, Etcd};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -54,13 +54,8 @@ impl Nginx {
             pid_file,
             _tmp: tmp,
         };
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(&nginx.dir)
-            .arg("-c")
-            .arg(&nginx.main_config)
-            .arg("-e")
-            .arg(nginx.dir.join("error.log"))
+        let child = nginx
+            .command()
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -69,10 +64,25 @@ impl Nginx {
         nginx.child = Some(child);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !nginx.pid_file.exists() {
-            assert!(std::time::Instant::now() < deadline, "nginx did not write its pid file");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nginx did not write its pid file"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         nginx
+    }
+
+    /// `nginx` aimed at this instance's prefix, config and error log; add `-s reload` and the like.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-p")
+            .arg(&self.dir)
+            .arg("-c")
+            .arg(&self.main_config)
+            .arg("-e")
+            .arg(self.dir.join("error.log"));
+        cmd
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -99,7 +109,10 @@ impl Drop for Nginx {
         }
         if let Some(mut child) = self.child.take() {
             // SIGTERM: fast shutdown of master and workers (SIGKILL would orphan the workers).
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let _ = child.wait();
         }
     }
@@ -129,8 +142,17 @@ impl SidecarProc {
         );
         std::fs::write(&config_path, config).unwrap();
         let args = vec!["--config".into(), config_path.into_os_string()];
-        let daemon = Daemon::start(&format!("sidecar {name}"), binary("lb-sidecar"), args, nginx.dir.join(format!("{name}.log")));
-        SidecarProc { daemon, name: name.to_string(), status_port }
+        let daemon = Daemon::start(
+            &format!("sidecar {name}"),
+            binary("lb-sidecar"),
+            args,
+            nginx.dir.join(format!("{name}.log")),
+        );
+        SidecarProc {
+            daemon,
+            name: name.to_string(),
+            status_port,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -149,7 +171,10 @@ impl SidecarProc {
 /// The built-in template plus an unquoted `X-Version {{version}}` header: valid for ordinary
 /// versions, invalid nginx syntax for a version with a space. Tests use it to render bad config.
 pub fn lb_template_with_version_header() -> String {
-    lb_sidecar_template().replace("add_header X-Bluegreen-Color {{color}} always;", "add_header X-Bluegreen-Color {{color}} always;\n        add_header X-Version {{version}};")
+    lb_sidecar_template().replace(
+        "add_header X-Bluegreen-Color {{color}} always;",
+        "add_header X-Bluegreen-Color {{color}} always;\n        add_header X-Version {{version}};",
+    )
 }
 
 fn lb_sidecar_template() -> String {

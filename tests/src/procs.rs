@@ -28,7 +28,10 @@ impl AgentProc {
     pub fn start(etcd: &Etcd, n: u8, ttl_secs: u64, extra: &str) -> AgentProc {
         let dir = tempfile::tempdir().expect("agent dir");
         let address = format!("127.0.0.{}", 10 + n);
-        let ports = Ports { blue: free_port(&address), green: free_port(&address) };
+        let ports = Ports {
+            blue: free_port(&address),
+            green: free_port(&address),
+        };
         let grpc = format!("{address}:{}", free_port(&address));
         let state_dir = dir.path().join("state");
         let config_path = dir.path().join("agent.toml");
@@ -43,8 +46,21 @@ impl AgentProc {
         );
         std::fs::write(&config_path, config).expect("write agent config");
         let args = vec!["--config".into(), config_path.into_os_string()];
-        let daemon = Daemon::start(&format!("{host}'s agent"), binary("agent"), args, dir.path().join("agent.log"));
-        AgentProc { daemon, host, address, ports, grpc, state_dir, _dir: dir }
+        let daemon = Daemon::start(
+            &format!("{host}'s agent"),
+            binary("agent"),
+            args,
+            dir.path().join("agent.log"),
+        );
+        AgentProc {
+            daemon,
+            host,
+            address,
+            ports,
+            grpc,
+            state_dir,
+            _dir: dir,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -79,7 +95,10 @@ impl AgentProc {
     fn kill_apps(&self) {
         for color in Color::ALL {
             if let Some(pid) = self.app_pid(color) {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
@@ -93,11 +112,20 @@ impl Drop for AgentProc {
 }
 
 pub async fn put_release(client: &etcd_client::Client, color: Color, release: &ReleaseRecord) {
-    put_raw(client, &keys().release(color), &proto::records::encode(release)).await;
+    put_raw(
+        client,
+        &keys().release(color),
+        &proto::records::encode(release),
+    )
+    .await;
 }
 
 pub async fn put_raw(client: &etcd_client::Client, key: &str, value: &str) {
-    client.clone().put(key, value, None).await.expect("etcd put");
+    client
+        .clone()
+        .put(key, value, None)
+        .await
+        .expect("etcd put");
 }
 
 pub async fn get_raw(client: &etcd_client::Client, key: &str) -> Option<Vec<u8>> {
@@ -105,7 +133,11 @@ pub async fn get_raw(client: &etcd_client::Client, key: &str) -> Option<Vec<u8>>
     resp.kvs().first().map(|kv| kv.value().to_vec())
 }
 
-pub async fn health(client: &etcd_client::Client, host: &str, color: Color) -> Option<HealthRecord> {
+pub async fn health(
+    client: &etcd_client::Client,
+    host: &str,
+    color: Color,
+) -> Option<HealthRecord> {
     let key = keys().health(host, color);
     let bytes = get_raw(client, &key).await?;
     Some(decode(&key, &bytes).expect("agent writes valid health records"))
@@ -128,23 +160,40 @@ pub async fn wait_health(
             }
             last = Some(record);
         }
-        assert!(tokio::time::Instant::now() < end, "timed out waiting for {host}/{color} {what}; last record: {last:?}");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for {host}/{color} {what}; last record: {last:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-pub async fn wait_healthy(client: &etcd_client::Client, host: &str, color: Color, version: &str) -> HealthRecord {
+pub async fn wait_healthy(
+    client: &etcd_client::Client,
+    host: &str,
+    color: Color,
+    version: &str,
+) -> HealthRecord {
     let record = wait_health(client, host, color, &format!("healthy at {version}"), |h| {
         h.version == version && matches!(h.state, HealthState::Healthy | HealthState::Failed)
     })
     .await;
-    assert_eq!(record.state, HealthState::Healthy, "{host}/{color} failed instead: {record:?}");
+    assert_eq!(
+        record.state,
+        HealthState::Healthy,
+        "{host}/{color} failed instead: {record:?}"
+    );
     record
 }
 
 /// GET `url` and parse the JSON body (None on any failure).
 pub async fn get_json(url: &str) -> Option<serde_json::Value> {
-    let resp = reqwest::Client::new().get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
+    let resp = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
     if !resp.status().is_success() {
         return None;
     }

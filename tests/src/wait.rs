@@ -4,7 +4,21 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics naming `what` after `deadline`.
-pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll_until(what, deadline, Duration::from_millis(50), check).await
+}
+
+/// [`wait_for`] with a chosen polling period (benchmarks poll every millisecond).
+pub async fn poll_until<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    period: Duration,
+    mut check: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -14,7 +28,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(period).await;
     }
 }

@@ -1,6 +1,8 @@
 //! The agent against a real etcd, as real processes: two simulated hosts on 127.0.0.11/.12.
 use bluegreen_tests::artifacts::release;
-use bluegreen_tests::procs::{get_json, health, keys, put_raw, put_release, wait_health, wait_healthy};
+use bluegreen_tests::procs::{
+    get_json, health, keys, put_raw, put_release, wait_health, wait_healthy,
+};
 use bluegreen_tests::{wait_for, AgentProc, Artifacts, Etcd};
 use proto::records::HealthState;
 use proto::Color;
@@ -13,7 +15,10 @@ async fn two_hosts_run_blue_and_green_side_by_side() {
     let client = etcd.client().await;
     let artifacts = Artifacts::default();
     let app = artifacts.demo_app();
-    let hosts = [AgentProc::start(&etcd, 1, 5, ""), AgentProc::start(&etcd, 2, 5, "")];
+    let hosts = [
+        AgentProc::start(&etcd, 1, 5, ""),
+        AgentProc::start(&etcd, 2, 5, ""),
+    ];
     put_release(&client, Color::Blue, &release("v1", &app, &[])).await;
     put_release(&client, Color::Green, &release("v2", &app, &[])).await;
     for host in &hosts {
@@ -21,13 +26,17 @@ async fn two_hosts_run_blue_and_green_side_by_side() {
         assert_eq!(blue.health["environment"], "blue");
         wait_healthy(&client, &host.host, Color::Green, "v2").await;
         for (color, version) in [(Color::Blue, "v1"), (Color::Green, "v2")] {
-            let body = get_json(&host.url(color, "/health")).await.expect("app answers /health");
+            let body = get_json(&host.url(color, "/health"))
+                .await
+                .expect("app answers /health");
             assert_eq!(body["environment"], color.as_str(), "{}", host.host);
             assert_eq!(body["version"], version);
             assert_eq!(body["status"], "healthy");
             assert_eq!(body["database_connected"], true);
         }
-        let registered = bluegreen_tests::procs::get_raw(&client, &keys().host(&host.host)).await.expect("host key");
+        let registered = bluegreen_tests::procs::get_raw(&client, &keys().host(&host.host))
+            .await
+            .expect("host key");
         let registered: serde_json::Value = serde_json::from_slice(&registered).unwrap();
         assert_eq!(registered["address"], host.address.as_str());
         assert_eq!(registered["ports"]["green"], host.ports.green);
@@ -50,22 +59,38 @@ async fn blue_v1_green_v2(extra_config: &str) -> (Etcd, etcd_client::Client, Art
 
 /// Both colors still serve what they served before the bad input.
 async fn assert_still_serving(host: &AgentProc, blue: &str, green: Option<&str>) {
-    let body = get_json(&host.url(Color::Blue, "/health")).await.expect("blue still answers");
+    let body = get_json(&host.url(Color::Blue, "/health"))
+        .await
+        .expect("blue still answers");
     assert_eq!(body["version"], blue);
     if let Some(green) = green {
-        let body = get_json(&host.url(Color::Green, "/health")).await.expect("green still answers");
+        let body = get_json(&host.url(Color::Green, "/health"))
+            .await
+            .expect("green still answers");
         assert_eq!(body["version"], green);
     }
 }
 
 /// Waits for green to fail at `version` and checks the error names the cause.
-async fn expect_green_failure(client: &etcd_client::Client, host: &AgentProc, version: &str, cause: &str) -> String {
-    let record = wait_health(client, &host.host, Color::Green, &format!("failed at {version}"), |h| {
-        h.version == version && h.state == HealthState::Failed
-    })
+async fn expect_green_failure(
+    client: &etcd_client::Client,
+    host: &AgentProc,
+    version: &str,
+    cause: &str,
+) -> String {
+    let record = wait_health(
+        client,
+        &host.host,
+        Color::Green,
+        &format!("failed at {version}"),
+        |h| h.version == version && h.state == HealthState::Failed,
+    )
     .await;
     let error = record.error.expect("a failed state carries an error");
-    assert!(error.contains(cause), "error {error:?} does not name {cause:?}");
+    assert!(
+        error.contains(cause),
+        "error {error:?} does not name {cause:?}"
+    );
     error
 }
 
@@ -79,7 +104,10 @@ async fn redeploying_green_never_disturbs_blue() {
     let load = tokio::spawn({
         let stop = stop.clone();
         async move {
-            let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
             let (mut ok, mut failed) = (0u32, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 match http.get(&url).timeout(Duration::from_secs(2)).send().await {
@@ -97,10 +125,17 @@ async fn redeploying_green_never_disturbs_blue() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = load.await.unwrap();
-    println!("blue served {ok} requests during three green redeploys, {} failed", failed.len());
+    println!(
+        "blue served {ok} requests during three green redeploys, {} failed",
+        failed.len()
+    );
     assert!(ok > 0, "the load loop never reached blue");
     assert!(failed.is_empty(), "blue requests failed: {failed:?}");
-    assert_eq!(host.app_pid(Color::Blue), Some(blue_pid), "blue was restarted");
+    assert_eq!(
+        host.app_pid(Color::Blue),
+        Some(blue_pid),
+        "blue was restarted"
+    );
     assert_still_serving(&host, "v1", Some("v5")).await;
 }
 
@@ -131,8 +166,14 @@ async fn artifact_url_that_404s_fails_and_keeps_the_old_process() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tarball_escaping_its_directory_is_refused() {
     let (_etcd, client, artifacts, host) = blue_v1_green_v2("").await;
-    for (version, path, cause) in [("v3", "../escape", "'..'"), ("v4", "/tmp/bluegreen-escape", "absolute")] {
-        let evil = artifacts.tarball(&format!("evil-{version}.tar.gz"), &[(path, b"#!/bin/sh\n", 0o755)]);
+    for (version, path, cause) in [
+        ("v3", "../escape", "'..'"),
+        ("v4", "/tmp/bluegreen-escape", "absolute"),
+    ] {
+        let evil = artifacts.tarball(
+            &format!("evil-{version}.tar.gz"),
+            &[(path, b"#!/bin/sh\n", 0o755)],
+        );
         put_release(&client, Color::Green, &release(version, &evil, &[])).await;
         expect_green_failure(&client, &host, version, cause).await;
         assert!(!std::path::Path::new("/tmp/bluegreen-escape").exists());
@@ -144,16 +185,37 @@ async fn tarball_escaping_its_directory_is_refused() {
 async fn invalid_release_json_is_reported_and_never_acted_on() {
     let (_etcd, client, artifacts, host) = blue_v1_green_v2("").await;
     let k = keys();
-    put_raw(&client, &k.release(Color::Green), r#"{"version":"v3","desired":"running"}"#).await;
-    let record = wait_health(&client, &host.host, Color::Green, "failed", |h| h.state == HealthState::Failed).await;
+    put_raw(
+        &client,
+        &k.release(Color::Green),
+        r#"{"version":"v3","desired":"running"}"#,
+    )
+    .await;
+    let record = wait_health(&client, &host.host, Color::Green, "failed", |h| {
+        h.state == HealthState::Failed
+    })
+    .await;
     let error = record.error.unwrap();
-    assert!(error.contains(&k.release(Color::Green)) && error.contains("missing field"), "{error}");
+    assert!(
+        error.contains(&k.release(Color::Green)) && error.contains("missing field"),
+        "{error}"
+    );
     assert_still_serving(&host, "v1", Some("v2")).await;
 
     // Unknown colors, in a release key or in `active`, are ignored; the agent stays responsive.
     put_raw(&client, &format!("{}releases/purple", k.app_prefix()), "{}").await;
-    put_raw(&client, &k.active(), r#"{"color":"purple","version":"v1","deploy_id":"d","token":1,"switched_at":"x"}"#).await;
-    put_release(&client, Color::Green, &release("v4", &artifacts.demo_app(), &[])).await;
+    put_raw(
+        &client,
+        &k.active(),
+        r#"{"color":"purple","version":"v1","deploy_id":"d","token":1,"switched_at":"x"}"#,
+    )
+    .await;
+    put_release(
+        &client,
+        Color::Green,
+        &release("v4", &artifacts.demo_app(), &[]),
+    )
+    .await;
     wait_healthy(&client, &host.host, Color::Green, "v4").await;
     assert_still_serving(&host, "v1", Some("v4")).await;
 }
@@ -161,15 +223,31 @@ async fn invalid_release_json_is_reported_and_never_acted_on() {
 #[tokio::test(flavor = "multi_thread")]
 async fn command_that_exits_at_once_fails_and_the_previous_release_comes_back() {
     let (_etcd, client, artifacts, host) = blue_v1_green_v2("").await;
-    let broken = artifacts.tarball("broken.tar.gz", &[("start.sh", b"#!/bin/sh\necho 'cannot open config' >&2\nexit 3\n", 0o755)]);
+    let broken = artifacts.tarball(
+        "broken.tar.gz",
+        &[(
+            "start.sh",
+            b"#!/bin/sh\necho 'cannot open config' >&2\nexit 3\n",
+            0o755,
+        )],
+    );
     let mut r = release("v3", &broken, &[]);
     r.run.command = vec!["./start.sh".into()];
     put_release(&client, Color::Green, &r).await;
     let error = expect_green_failure(&client, &host, "v3", "exited with status 3").await;
-    assert!(error.contains("cannot open config"), "the app's last words are in the error: {error}");
-    wait_for("green v2 to be restored", Duration::from_secs(30), || async {
-        get_json(&host.url(Color::Green, "/health")).await.filter(|b| b["version"] == "v2")
-    })
+    assert!(
+        error.contains("cannot open config"),
+        "the app's last words are in the error: {error}"
+    );
+    wait_for(
+        "green v2 to be restored",
+        Duration::from_secs(30),
+        || async {
+            get_json(&host.url(Color::Green, "/health"))
+                .await
+                .filter(|b| b["version"] == "v2")
+        },
+    )
     .await;
     assert_still_serving(&host, "v1", Some("v2")).await;
 }
@@ -193,9 +271,16 @@ async fn port_already_in_use_is_named() {
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_loop_is_restarted_with_backoff_then_failed() {
     let (_etcd, client, artifacts, host) = blue_v1_green_v2("max_restarts = 2").await;
-    let crashing = release("v3", &artifacts.demo_app(), &[("DEMO_CRASH_AFTER_MS", "1500")]);
+    let crashing = release(
+        "v3",
+        &artifacts.demo_app(),
+        &[("DEMO_CRASH_AFTER_MS", "1500")],
+    );
     put_release(&client, Color::Green, &crashing).await;
-    let restarted = wait_health(&client, &host.host, Color::Green, "restarted once", |h| h.version == "v3" && h.restarts >= 1).await;
+    let restarted = wait_health(&client, &host.host, Color::Green, "restarted once", |h| {
+        h.version == "v3" && h.restarts >= 1
+    })
+    .await;
     assert_ne!(restarted.state, HealthState::Failed);
     let error = expect_green_failure(&client, &host, "v3", "crashed 3 times in a row").await;
     assert!(error.contains("exited with status 1"), "{error}");
@@ -216,14 +301,26 @@ async fn the_active_color_is_never_replaced() {
     };
     put_raw(&client, &keys().active(), &proto::records::encode(&active)).await;
     let blue_pid = host.app_pid(Color::Blue);
-    put_release(&client, Color::Blue, &release("v3", &artifacts.demo_app(), &[])).await;
-    let record = wait_health(&client, &host.host, Color::Blue, "refusal", |h| h.error.as_deref().is_some_and(|e| e.contains("refusing"))).await;
+    put_release(
+        &client,
+        Color::Blue,
+        &release("v3", &artifacts.demo_app(), &[]),
+    )
+    .await;
+    let record = wait_health(&client, &host.host, Color::Blue, "refusal", |h| {
+        h.error.as_deref().is_some_and(|e| e.contains("refusing"))
+    })
+    .await;
     assert!(record.error.unwrap().contains("blue is the active color"));
     assert_eq!(host.app_pid(Color::Blue), blue_pid);
     assert_still_serving(&host, "v1", Some("v2")).await;
 
     // Once traffic moves to green, blue is idle and the pending release applies.
-    let green = proto::records::ActiveRecord { color: Color::Green, version: "v2".into(), ..active };
+    let green = proto::records::ActiveRecord {
+        color: Color::Green,
+        version: "v2".into(),
+        ..active
+    };
     put_raw(&client, &keys().active(), &proto::records::encode(&green)).await;
     wait_healthy(&client, &host.host, Color::Blue, "v3").await;
 }
@@ -231,43 +328,90 @@ async fn the_active_color_is_never_replaced() {
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_agent_keys_expire_apps_keep_serving_and_are_adopted_again() {
     let (_etcd, client, _artifacts, mut host) = blue_v1_green_v2("").await;
-    let pids = (host.app_pid(Color::Blue).unwrap(), host.app_pid(Color::Green).unwrap());
+    let pids = (
+        host.app_pid(Color::Blue).unwrap(),
+        host.app_pid(Color::Green).unwrap(),
+    );
     let k = keys();
     host.kill9();
     let killed = tokio::time::Instant::now();
-    wait_for("the dead agent's keys to expire", Duration::from_secs(5 + 10), || async {
-        let resp = client.clone().get(k.app_prefix(), Some(etcd_client::GetOptions::new().with_prefix())).await.ok()?;
-        let left = resp.kvs().iter().filter(|kv| {
-            let key = String::from_utf8_lossy(kv.key());
-            key.starts_with(&k.hosts_prefix()) || key.starts_with(&k.health_prefix())
-        });
-        (left.count() == 0).then_some(())
-    })
+    wait_for(
+        "the dead agent's keys to expire",
+        Duration::from_secs(5 + 10),
+        || async {
+            let resp = client
+                .clone()
+                .get(
+                    k.app_prefix(),
+                    Some(etcd_client::GetOptions::new().with_prefix()),
+                )
+                .await
+                .ok()?;
+            let left = resp.kvs().iter().filter(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                key.starts_with(&k.hosts_prefix()) || key.starts_with(&k.health_prefix())
+            });
+            (left.count() == 0).then_some(())
+        },
+    )
     .await;
-    println!("keys of a kill -9'd agent gone {:?} after the kill (lease TTL 5s)", killed.elapsed());
+    println!(
+        "keys of a kill -9'd agent gone {:?} after the kill (lease TTL 5s)",
+        killed.elapsed()
+    );
     assert_still_serving(&host, "v1", Some("v2")).await;
 
     host.restart();
     wait_healthy(&client, &host.host, Color::Blue, "v1").await;
     wait_healthy(&client, &host.host, Color::Green, "v2").await;
-    let mut api = proto::agent_api::agent_client::AgentClient::connect(format!("http://{}", host.grpc)).await.unwrap();
-    let status = api.status(proto::agent_api::StatusRequest {}).await.unwrap().into_inner();
+    let mut api =
+        proto::agent_api::agent_client::AgentClient::connect(format!("http://{}", host.grpc))
+            .await
+            .unwrap();
+    let status = api
+        .status(proto::agent_api::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let pid_of = |c: &str| status.colors.iter().find(|s| s.color == c).map(|s| s.pid);
-    assert_eq!((pid_of("blue"), pid_of("green")), (Some(pids.0), Some(pids.1)), "apps were re-adopted, not restarted");
+    assert_eq!(
+        (pid_of("blue"), pid_of("green")),
+        (Some(pids.0), Some(pids.1)),
+        "apps were re-adopted, not restarted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_stream_returns_the_apps_last_lines() {
     let (_etcd, _client, _artifacts, host) = blue_v1_green_v2("").await;
-    let mut api = proto::agent_api::agent_client::AgentClient::connect(format!("http://{}", host.grpc)).await.unwrap();
-    let request = proto::agent_api::LogsRequest { color: "green".into(), tail: 5, follow: false };
+    let mut api =
+        proto::agent_api::agent_client::AgentClient::connect(format!("http://{}", host.grpc))
+            .await
+            .unwrap();
+    let request = proto::agent_api::LogsRequest {
+        color: "green".into(),
+        tail: 5,
+        follow: false,
+    };
     let mut stream = api.logs(request).await.unwrap().into_inner();
     let mut lines = Vec::new();
     while let Some(line) = stream.message().await.unwrap() {
         lines.push(line.line);
     }
     assert!(!lines.is_empty() && lines.len() <= 5, "{lines:?}");
-    assert!(lines.iter().any(|l| l.contains("demo-app listening") && l.contains("version=v2")), "{lines:?}");
-    let bad = api.logs(proto::agent_api::LogsRequest { color: "red".into(), tail: 1, follow: false }).await.unwrap_err();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("demo-app listening") && l.contains("version=v2")),
+        "{lines:?}"
+    );
+    let bad = api
+        .logs(proto::agent_api::LogsRequest {
+            color: "red".into(),
+            tail: 1,
+            follow: false,
+        })
+        .await
+        .unwrap_err();
     assert!(bad.message().contains("\"red\""), "{}", bad.message());
 }

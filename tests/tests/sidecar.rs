@@ -10,12 +10,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Two hosts running blue v1 and green v2, healthy.
-async fn fleet(extra_green_env: &[(&str, &str)]) -> (Etcd, etcd_client::Client, Artifacts, Vec<AgentProc>) {
+async fn fleet(
+    extra_green_env: &[(&str, &str)],
+) -> (Etcd, etcd_client::Client, Artifacts, Vec<AgentProc>) {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let artifacts = Artifacts::default();
     let app = artifacts.demo_app();
-    let hosts = vec![AgentProc::start(&etcd, 1, 5, ""), AgentProc::start(&etcd, 2, 5, "")];
+    let hosts = vec![
+        AgentProc::start(&etcd, 1, 5, ""),
+        AgentProc::start(&etcd, 2, 5, ""),
+    ];
     put_release(&client, Color::Blue, &release("v1", &app, &[])).await;
     put_release(&client, Color::Green, &release("v2", &app, extra_green_env)).await;
     for host in &hosts {
@@ -28,7 +33,10 @@ async fn fleet(extra_green_env: &[(&str, &str)]) -> (Etcd, etcd_client::Client, 
 }
 
 fn upstreams(hosts: &[AgentProc], color: Color) -> Vec<String> {
-    hosts.iter().map(|h| format!("{}:{}", h.address, h.ports.of(color))).collect()
+    hosts
+        .iter()
+        .map(|h| format!("{}:{}", h.address, h.ports.of(color)))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -36,23 +44,40 @@ async fn every_lb_follows_active_and_acks_the_revision() {
     let (etcd, client, _artifacts, hosts) = fleet(&[]).await;
     let revision = set_active(&client, Color::Blue, "v1").await;
     let lbs = [Nginx::start(), Nginx::start()];
-    let _sidecars: Vec<SidecarProc> = lbs.iter().enumerate().map(|(i, n)| SidecarProc::start(&etcd, &format!("lb-{i}"), n, "")).collect();
+    let _sidecars: Vec<SidecarProc> = lbs
+        .iter()
+        .enumerate()
+        .map(|(i, n)| SidecarProc::start(&etcd, &format!("lb-{i}"), n, ""))
+        .collect();
     for (i, lb) in lbs.iter().enumerate() {
-        let a = wait_ack(&client, &format!("lb-{i}"), "of the first active", |a| a.applied_revision >= revision).await;
+        let a = wait_ack(&client, &format!("lb-{i}"), "of the first active", |a| {
+            a.applied_revision >= revision
+        })
+        .await;
         assert_eq!(a.color, Some(Color::Blue));
         assert_eq!(a.upstreams, upstreams(&hosts, Color::Blue));
         wait_color(&lb.url("/api/v1/status"), Color::Blue).await;
         // The preview listener serves the idle color.
-        assert_eq!(get_json(&lb.preview_url("/api/v1/status")).await.unwrap()["environment"], "green");
+        assert_eq!(
+            get_json(&lb.preview_url("/api/v1/status")).await.unwrap()["environment"],
+            "green"
+        );
     }
     let revision = set_active(&client, Color::Green, "v2").await;
     for (i, lb) in lbs.iter().enumerate() {
-        let a = wait_ack(&client, &format!("lb-{i}"), "of the switch", |a| a.applied_revision == revision).await;
+        let a = wait_ack(&client, &format!("lb-{i}"), "of the switch", |a| {
+            a.applied_revision == revision
+        })
+        .await;
         assert_eq!(a.color, Some(Color::Green));
         assert!(a.error.is_none(), "{a:?}");
         // Acked means served: every new connection from now on goes to green, on every worker.
         let after = load::requests(&lb.url("/api/v1/status"), 50).await;
-        assert_eq!(after.colors.keys().collect::<Vec<_>>(), vec!["green"], "{after:?}");
+        assert_eq!(
+            after.colors.keys().collect::<Vec<_>>(),
+            vec!["green"],
+            "{after:?}"
+        );
     }
 }
 
@@ -60,31 +85,68 @@ async fn every_lb_follows_active_and_acks_the_revision() {
 async fn twenty_switches_drop_no_request() {
     let (etcd, client, _artifacts, _hosts) = fleet(&[]).await;
     let lbs = [Nginx::start(), Nginx::start()];
-    let _sidecars: Vec<SidecarProc> = lbs.iter().enumerate().map(|(i, n)| SidecarProc::start(&etcd, &format!("lb-{i}"), n, "")).collect();
+    let _sidecars: Vec<SidecarProc> = lbs
+        .iter()
+        .enumerate()
+        .map(|(i, n)| SidecarProc::start(&etcd, &format!("lb-{i}"), n, ""))
+        .collect();
     let revision = set_active(&client, Color::Blue, "v1").await;
     for i in 0..lbs.len() {
-        wait_ack(&client, &format!("lb-{i}"), "first active", |a| a.applied_revision >= revision).await;
+        wait_ack(&client, &format!("lb-{i}"), "first active", |a| {
+            a.applied_revision >= revision
+        })
+        .await;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let loops: Vec<_> = lbs
         .iter()
-        .flat_map(|lb| [(lb.url("/api/v1/status"), false), (lb.url("/api/v1/status"), true)])
+        .flat_map(|lb| {
+            [
+                (lb.url("/api/v1/status"), false),
+                (lb.url("/api/v1/status"), true),
+            ]
+        })
         .map(|(url, keep_alive)| (keep_alive, load::spawn(url, keep_alive, stop.clone())))
         .collect();
     for n in 0..20 {
-        let (color, version) = if n % 2 == 0 { (Color::Green, "v2") } else { (Color::Blue, "v1") };
+        let (color, version) = if n % 2 == 0 {
+            (Color::Green, "v2")
+        } else {
+            (Color::Blue, "v1")
+        };
         let revision = set_active(&client, color, version).await;
         for i in 0..lbs.len() {
-            wait_ack(&client, &format!("lb-{i}"), "switch", |a| a.applied_revision == revision).await;
+            wait_ack(&client, &format!("lb-{i}"), "switch", |a| {
+                a.applied_revision == revision
+            })
+            .await;
         }
     }
     stop.store(true, Ordering::Relaxed);
     for (keep_alive, handle) in loops {
         let report = handle.await.unwrap();
-        let mode = if keep_alive { "keep-alive" } else { "fresh connections" };
-        println!("{mode}: {} ok, {} failed, {} raw resets retried once, colors {:?}", report.ok, report.failed.len(), report.resets_retried, report.colors);
-        assert!(report.failed.is_empty(), "{mode}: failed requests: {:?}", &report.failed[..report.failed.len().min(5)]);
-        assert!(report.colors.len() == 2, "{mode}: traffic never moved: {:?}", report.colors);
+        let mode = if keep_alive {
+            "keep-alive"
+        } else {
+            "fresh connections"
+        };
+        println!(
+            "{mode}: {} ok, {} failed, {} raw resets retried once, colors {:?}",
+            report.ok,
+            report.failed.len(),
+            report.resets_retried,
+            report.colors
+        );
+        assert!(
+            report.failed.is_empty(),
+            "{mode}: failed requests: {:?}",
+            &report.failed[..report.failed.len().min(5)]
+        );
+        assert!(
+            report.colors.len() == 2,
+            "{mode}: traffic never moved: {:?}",
+            report.colors
+        );
     }
 }
 
@@ -94,7 +156,10 @@ async fn etcd_down_keeps_traffic_flowing_and_the_next_switch_applies() {
     let lb = Nginx::start();
     let _sidecar = SidecarProc::start(&etcd, "lb-0", &lb, "");
     let revision = set_active(&client, Color::Blue, "v1").await;
-    wait_ack(&client, "lb-0", "first active", |a| a.applied_revision >= revision).await;
+    wait_ack(&client, "lb-0", "first active", |a| {
+        a.applied_revision >= revision
+    })
+    .await;
     etcd.kill();
     // While etcd is down the sidecar's watch fails and retries; nginx must not notice.
     let report = load::requests(&lb.url("/api/v1/status"), 500).await;
@@ -104,7 +169,10 @@ async fn etcd_down_keeps_traffic_flowing_and_the_next_switch_applies() {
     etcd.restart().await;
     let client = etcd.client().await;
     let revision = set_active(&client, Color::Green, "v2").await;
-    wait_ack(&client, "lb-0", "switch after etcd came back", |a| a.applied_revision == revision).await;
+    wait_ack(&client, "lb-0", "switch after etcd came back", |a| {
+        a.applied_revision == revision
+    })
+    .await;
     wait_color(&lb.url("/api/v1/status"), Color::Green).await;
 }
 
@@ -116,22 +184,46 @@ async fn invalid_rendered_config_keeps_the_old_one_and_reports() {
     let template = bluegreen_tests::nginx::lb_template_with_version_header();
     let template_path = lb.dir.join("template.conf");
     std::fs::write(&template_path, template).unwrap();
-    let _sidecar = SidecarProc::start(&etcd, "lb-0", &lb, &format!("template = \"{}\"", template_path.display()));
+    let _sidecar = SidecarProc::start(
+        &etcd,
+        "lb-0",
+        &lb,
+        &format!("template = \"{}\"", template_path.display()),
+    );
     let revision = set_active(&client, Color::Green, "v2").await;
-    wait_ack(&client, "lb-0", "first active", |a| a.applied_revision == revision).await;
+    wait_ack(&client, "lb-0", "first active", |a| {
+        a.applied_revision == revision
+    })
+    .await;
     wait_color(&lb.url("/api/v1/status"), Color::Green).await;
     let before = std::fs::read_to_string(&lb.include_file).unwrap();
 
     set_active(&client, Color::Blue, "bad version").await;
     let a = wait_ack(&client, "lb-0", "an error", |a| a.error.is_some()).await;
     let error = a.error.unwrap();
-    assert!(error.contains("nginx -t rejected") && error.contains("invalid parameter \"version\""), "{error}");
-    assert_eq!(a.applied_revision, revision, "the ack still names what is served");
-    assert_eq!(std::fs::read_to_string(&lb.include_file).unwrap(), before, "the last good file stays");
-    assert_eq!(get_json(&lb.url("/api/v1/status")).await.unwrap()["environment"], "green");
+    assert!(
+        error.contains("nginx -t rejected") && error.contains("invalid parameter \"version\""),
+        "{error}"
+    );
+    assert_eq!(
+        a.applied_revision, revision,
+        "the ack still names what is served"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&lb.include_file).unwrap(),
+        before,
+        "the last good file stays"
+    );
+    assert_eq!(
+        get_json(&lb.url("/api/v1/status")).await.unwrap()["environment"],
+        "green"
+    );
 
     let revision = set_active(&client, Color::Blue, "v1").await;
-    let a = wait_ack(&client, "lb-0", "the next valid change", |a| a.applied_revision == revision).await;
+    let a = wait_ack(&client, "lb-0", "the next valid change", |a| {
+        a.applied_revision == revision
+    })
+    .await;
     assert!(a.error.is_none());
     wait_color(&lb.url("/api/v1/status"), Color::Blue).await;
 }
@@ -142,18 +234,35 @@ async fn garbage_active_and_dead_hosts_never_empty_the_upstream() {
     let lb = Nginx::start();
     let _sidecar = SidecarProc::start(&etcd, "lb-0", &lb, "");
     let revision = set_active(&client, Color::Blue, "v1").await;
-    wait_ack(&client, "lb-0", "first active", |a| a.applied_revision == revision).await;
+    wait_ack(&client, "lb-0", "first active", |a| {
+        a.applied_revision == revision
+    })
+    .await;
 
-    put_raw(&client, &bluegreen_tests::procs::keys().active(), "{\"color\": \"purple\"").await;
+    put_raw(
+        &client,
+        &bluegreen_tests::procs::keys().active(),
+        "{\"color\": \"purple\"",
+    )
+    .await;
     let a = wait_ack(&client, "lb-0", "garbage reported", |a| a.error.is_some()).await;
     assert!(a.error.unwrap().contains("/bluegreen/shop/active"));
-    assert_eq!(get_json(&lb.url("/api/v1/status")).await.unwrap()["environment"], "blue");
+    assert_eq!(
+        get_json(&lb.url("/api/v1/status")).await.unwrap()["environment"],
+        "blue"
+    );
 
     // Host 2's agent dies: its keys expire and it leaves the upstream (its apps still run).
     hosts[1].kill9();
-    let a = wait_ack(&client, "lb-0", "host-2 removed", |a| a.upstreams.len() == 1).await;
+    let a = wait_ack(&client, "lb-0", "host-2 removed", |a| {
+        a.upstreams.len() == 1
+    })
+    .await;
     assert_eq!(a.upstreams, upstreams(&hosts[..1], Color::Blue));
-    assert_eq!(get_json(&lb.url("/api/v1/status")).await.unwrap()["environment"], "blue");
+    assert_eq!(
+        get_json(&lb.url("/api/v1/status")).await.unwrap()["environment"],
+        "blue"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -164,7 +273,11 @@ async fn unhealthy_active_color_keeps_all_registered_hosts() {
     let _sidecar = SidecarProc::start(&etcd, "lb-0", &lb, "");
     let revision = set_active(&client, Color::Green, "v2").await;
     let a = wait_ack(&client, "lb-0", "green", |a| a.applied_revision == revision).await;
-    assert_eq!(a.upstreams, upstreams(&hosts, Color::Green), "all registered hosts, not an empty upstream");
+    assert_eq!(
+        a.upstreams,
+        upstreams(&hosts, Color::Green),
+        "all registered hosts, not an empty upstream"
+    );
     wait_color(&lb.url("/api/v1/status"), Color::Green).await;
 }
 
@@ -174,14 +287,23 @@ async fn restarted_sidecar_rereads_and_acks_while_nginx_keeps_serving() {
     let lb = Nginx::start();
     let mut sidecar = SidecarProc::start(&etcd, "lb-0", &lb, "");
     let revision = set_active(&client, Color::Blue, "v1").await;
-    let first = wait_ack(&client, "lb-0", "first active", |a| a.applied_revision == revision).await;
+    let first = wait_ack(&client, "lb-0", "first active", |a| {
+        a.applied_revision == revision
+    })
+    .await;
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = load::spawn(lb.url("/api/v1/status"), false, stop.clone());
     sidecar.kill9();
     sidecar.restart();
-    wait_ack(&client, "lb-0", "re-acked by the new sidecar", |a| a.reloaded_at != first.reloaded_at).await;
+    wait_ack(&client, "lb-0", "re-acked by the new sidecar", |a| {
+        a.reloaded_at != first.reloaded_at
+    })
+    .await;
     let revision = set_active(&client, Color::Green, "v2").await;
-    wait_ack(&client, "lb-0", "switch", |a| a.applied_revision == revision).await;
+    wait_ack(&client, "lb-0", "switch", |a| {
+        a.applied_revision == revision
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     let report = traffic.await.unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);

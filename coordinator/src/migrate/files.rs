@@ -43,7 +43,9 @@ impl Db {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Db::Postgres)
         } else {
-            Err(format!("database_url {url:?}: only sqlite: and postgres:// are supported"))
+            Err(format!(
+                "database_url {url:?}: only sqlite: and postgres:// are supported"
+            ))
         }
     }
 }
@@ -81,28 +83,42 @@ pub struct Migration {
 
 /// Loads every `*.sql` of `dir`, sorted by version. Errors name the file.
 pub fn load_dir(dir: &Path) -> Result<Vec<Migration>, String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("migrations dir {}: {e}", dir.display()))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("migrations dir {}: {e}", dir.display()))?;
     let mut migrations = Vec::new();
     for entry in entries {
         let path = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
         if path.extension().and_then(|e| e.to_str()) == Some("sql") {
-            let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             migrations.push(parse(&path, &text).map_err(|e| format!("{}: {e}", path.display()))?);
         }
     }
     migrations.sort_by_key(|m| m.version);
     for pair in migrations.windows(2) {
         if pair[0].version == pair[1].version {
-            return Err(format!("{} and {} share version {}", pair[0].file.display(), pair[1].file.display(), pair[0].version));
+            return Err(format!(
+                "{} and {} share version {}",
+                pair[0].file.display(),
+                pair[1].file.display(),
+                pair[0].version
+            ));
         }
     }
     Ok(migrations)
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<Migration, String> {
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-    let (number, name) = stem.split_once('_').ok_or("file name must be <version>_<name>.sql")?;
-    let version: i64 = number.parse().map_err(|_| format!("file name: {number:?} is not a version number"))?;
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    let (number, name) = stem
+        .split_once('_')
+        .ok_or("file name must be <version>_<name>.sql")?;
+    let version: i64 = number
+        .parse()
+        .map_err(|_| format!("file name: {number:?} is not a version number"))?;
     let (mut phase, mut reason, mut requires, mut transactional) = (None, None, None, true);
     let (mut up, mut down) = (Script::default(), Script::default());
     let mut section: Option<(bool, Option<Db>)> = None;
@@ -113,7 +129,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Migration, String> {
             let is_up = match words.next() {
                 Some("up") => true,
                 Some("down") => false,
-                other => return Err(format!("unknown section marker {other:?}: expected +up or +down")),
+                other => {
+                    return Err(format!(
+                        "unknown section marker {other:?}: expected +up or +down"
+                    ))
+                }
             };
             let db = match words.next() {
                 None => None,
@@ -126,13 +146,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Migration, String> {
         }
         match section {
             None => {
-                if let Some((key, value)) = trimmed.strip_prefix("--").and_then(|c| c.split_once(':')) {
+                if let Some((key, value)) =
+                    trimmed.strip_prefix("--").and_then(|c| c.split_once(':'))
+                {
                     let value = value.trim().to_string();
                     match key.trim() {
                         "phase" => phase = Some(value),
                         "reason" => reason = Some(value),
                         "requires" => requires = Some(value),
-                        "transaction" => transactional = !matches!(value.as_str(), "off" | "false" | "no"),
+                        "transaction" => {
+                            transactional = !matches!(value.as_str(), "off" | "false" | "no")
+                        }
                         other => return Err(format!("unknown header {other:?}")),
                     }
                 }
@@ -162,7 +186,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Migration, String> {
         return Err("-- +down: missing or empty (every migration needs a way back)".into());
     }
     if phase == Phase::Contract && requires.is_none() {
-        return Err("requires: a contract migration must name the oldest app version it is safe with".into());
+        return Err(
+            "requires: a contract migration must name the oldest app version it is safe with"
+                .into(),
+        );
     }
     Ok(Migration {
         version,
@@ -187,7 +214,10 @@ mod tests {
     #[test]
     fn parses_sections_and_variants() {
         let m = parse(Path::new("m/0002_add_description.sql"), FILE).unwrap();
-        assert_eq!((m.version, m.name.as_str(), m.phase), (2, "add_description", Phase::Expand));
+        assert_eq!(
+            (m.version, m.name.as_str(), m.phase),
+            (2, "add_description", Phase::Expand)
+        );
         assert!(m.up.for_db(Db::Postgres).contains("ADD COLUMN"));
         assert_eq!(m.down.for_db(Db::Sqlite).trim(), "SELECT 1;");
         assert!(m.down.for_db(Db::Postgres).contains("DROP COLUMN"));
@@ -198,11 +228,23 @@ mod tests {
     fn errors_name_what_is_wrong() {
         let cases = [
             ("0002_x.sql", FILE.replace("expand", "sideways"), "phase"),
-            ("0002_x.sql", FILE.replace("-- phase: expand\n", ""), "phase: missing"),
-            ("0002_x.sql", FILE.split("-- +down").next().unwrap().to_string(), "+down"),
+            (
+                "0002_x.sql",
+                FILE.replace("-- phase: expand\n", ""),
+                "phase: missing",
+            ),
+            (
+                "0002_x.sql",
+                FILE.split("-- +down").next().unwrap().to_string(),
+                "+down",
+            ),
             ("x.sql", FILE.to_string(), "file name"),
             ("0002_x.sql", FILE.replace("expand", "contract"), "requires"),
-            ("0002_x.sql", FILE.replace("-- phase", "-- phaze"), "unknown header"),
+            (
+                "0002_x.sql",
+                FILE.replace("-- phase", "-- phaze"),
+                "unknown header",
+            ),
         ];
         for (name, text, expect) in cases {
             let err = parse(Path::new(name), &text).unwrap_err();

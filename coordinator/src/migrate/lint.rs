@@ -1,7 +1,9 @@
 //! The compatibility gate for expand migrations: every statement is parsed with a real SQL parser
 //! and refused if the old version of the app could break on the result (DESIGN.md §4 Migrations).
 use super::files::Db;
-use sqlparser::ast::{AlterColumnOperation, AlterTableOperation, ColumnOption, Statement, TableConstraint};
+use sqlparser::ast::{
+    AlterColumnOperation, AlterTableOperation, ColumnOption, Statement, TableConstraint,
+};
 use sqlparser::dialect::{PostgreSqlDialect, SQLiteDialect};
 use sqlparser::parser::Parser;
 use std::collections::HashSet;
@@ -22,10 +24,17 @@ pub fn destructive_statements(sql: &str, db: Db) -> Result<Vec<String>, String> 
             Statement::CreateTable(ct) => {
                 new_tables.insert(ct.name.to_string().to_lowercase());
             }
-            Statement::Drop { object_type, names, .. } => findings.push(format!("DROP {object_type} {}", join(names))),
+            Statement::Drop {
+                object_type, names, ..
+            } => findings.push(format!("DROP {object_type} {}", join(names))),
             Statement::Truncate(_) => findings.push("TRUNCATE".into()),
-            Statement::CreateIndex(ci) if ci.unique && !new_tables.contains(&ci.table_name.to_string().to_lowercase()) => {
-                findings.push(format!("new UNIQUE index on existing table {}", ci.table_name))
+            Statement::CreateIndex(ci)
+                if ci.unique && !new_tables.contains(&ci.table_name.to_string().to_lowercase()) =>
+            {
+                findings.push(format!(
+                    "new UNIQUE index on existing table {}",
+                    ci.table_name
+                ))
             }
             Statement::AlterTable(at) => {
                 let table = at.name.to_string();
@@ -44,27 +53,50 @@ pub fn destructive_statements(sql: &str, db: Db) -> Result<Vec<String>, String> 
 
 fn alter_finding(table: &str, op: &AlterTableOperation, existing: bool) -> Option<String> {
     match op {
-        AlterTableOperation::DropColumn { column_names, .. } => Some(format!("DROP COLUMN {} on {table}", join(column_names))),
-        AlterTableOperation::DropConstraint { .. } => None,
-        AlterTableOperation::RenameColumn { old_column_name, new_column_name } => {
-            Some(format!("RENAME COLUMN {old_column_name} TO {new_column_name} on {table}"))
+        AlterTableOperation::DropColumn { column_names, .. } => {
+            Some(format!("DROP COLUMN {} on {table}", join(column_names)))
         }
+        AlterTableOperation::DropConstraint { .. } => None,
+        AlterTableOperation::RenameColumn {
+            old_column_name,
+            new_column_name,
+        } => Some(format!(
+            "RENAME COLUMN {old_column_name} TO {new_column_name} on {table}"
+        )),
         AlterTableOperation::RenameTable { .. } => Some(format!("RENAME of table {table}")),
         AlterTableOperation::AlterColumn { column_name, op } => match op {
-            AlterColumnOperation::SetNotNull => Some(format!("SET NOT NULL on {table}.{column_name}")),
-            AlterColumnOperation::SetDataType { .. } => Some(format!("ALTER {table}.{column_name} TYPE")),
+            AlterColumnOperation::SetNotNull => {
+                Some(format!("SET NOT NULL on {table}.{column_name}"))
+            }
+            AlterColumnOperation::SetDataType { .. } => {
+                Some(format!("ALTER {table}.{column_name} TYPE"))
+            }
             _ => None,
         },
         AlterTableOperation::AddColumn { column_def, .. } => {
-            let options: Vec<&ColumnOption> = column_def.options.iter().map(|o| &o.option).collect();
+            let options: Vec<&ColumnOption> =
+                column_def.options.iter().map(|o| &o.option).collect();
             let not_null = options.iter().any(|o| matches!(o, ColumnOption::NotNull));
-            let default = options.iter().any(|o| matches!(o, ColumnOption::Default(_)));
-            (not_null && !default).then(|| format!("ADD COLUMN {} NOT NULL without a default on {table}", column_def.name))
+            let default = options
+                .iter()
+                .any(|o| matches!(o, ColumnOption::Default(_)));
+            (not_null && !default).then(|| {
+                format!(
+                    "ADD COLUMN {} NOT NULL without a default on {table}",
+                    column_def.name
+                )
+            })
         }
         AlterTableOperation::AddConstraint { constraint, .. } if existing => match constraint {
-            TableConstraint::Unique(_) | TableConstraint::PrimaryKey(_) => Some(format!("new UNIQUE constraint on existing table {table}")),
-            TableConstraint::Check(_) => Some(format!("new CHECK constraint on existing table {table}")),
-            TableConstraint::ForeignKey(_) => Some(format!("new FOREIGN KEY on existing table {table}")),
+            TableConstraint::Unique(_) | TableConstraint::PrimaryKey(_) => {
+                Some(format!("new UNIQUE constraint on existing table {table}"))
+            }
+            TableConstraint::Check(_) => {
+                Some(format!("new CHECK constraint on existing table {table}"))
+            }
+            TableConstraint::ForeignKey(_) => {
+                Some(format!("new FOREIGN KEY on existing table {table}"))
+            }
             _ => None,
         },
         _ => None,
@@ -72,7 +104,11 @@ fn alter_finding(table: &str, op: &AlterTableOperation, existing: bool) -> Optio
 }
 
 fn join<T: std::fmt::Display>(items: &[T]) -> String {
-    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -91,7 +127,10 @@ mod tests {
         assert!(lint("ALTER TABLE items ADD COLUMN description TEXT;").is_empty());
         assert!(lint("ALTER TABLE items ADD COLUMN rank INTEGER NOT NULL DEFAULT 0;").is_empty());
         assert!(lint("CREATE TABLE tags (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL); CREATE UNIQUE INDEX tags_name ON tags (name);").is_empty());
-        assert!(lint("CREATE INDEX items_name ON items (name); UPDATE items SET name = name;").is_empty());
+        assert!(
+            lint("CREATE INDEX items_name ON items (name); UPDATE items SET name = name;")
+                .is_empty()
+        );
     }
 
     #[test]
@@ -99,26 +138,56 @@ mod tests {
         let cases = [
             ("DROP TABLE items;", "DROP TABLE items"),
             ("ALTER TABLE items DROP COLUMN name;", "DROP COLUMN name"),
-            ("ALTER TABLE items RENAME COLUMN name TO title;", "RENAME COLUMN"),
+            (
+                "ALTER TABLE items RENAME COLUMN name TO title;",
+                "RENAME COLUMN",
+            ),
             ("ALTER TABLE items RENAME TO things;", "RENAME of table"),
-            ("ALTER TABLE items ADD COLUMN rank INTEGER NOT NULL;", "NOT NULL without a default"),
+            (
+                "ALTER TABLE items ADD COLUMN rank INTEGER NOT NULL;",
+                "NOT NULL without a default",
+            ),
             ("TRUNCATE items;", "TRUNCATE"),
-            ("CREATE UNIQUE INDEX items_name ON items (name);", "UNIQUE index"),
+            (
+                "CREATE UNIQUE INDEX items_name ON items (name);",
+                "UNIQUE index",
+            ),
         ];
         for (sql, expect) in cases {
             let findings = destructive_statements(sql, Db::Sqlite).unwrap();
-            assert!(findings.iter().any(|f| f.contains(expect)), "{sql}: {findings:?}");
+            assert!(
+                findings.iter().any(|f| f.contains(expect)),
+                "{sql}: {findings:?}"
+            );
         }
         let pg_only = [
-            ("ALTER TABLE items ALTER COLUMN name TYPE VARCHAR(10);", "TYPE"),
-            ("ALTER TABLE items ALTER COLUMN name SET NOT NULL;", "SET NOT NULL"),
-            ("ALTER TABLE items ADD CONSTRAINT u UNIQUE (name);", "UNIQUE constraint"),
-            ("ALTER TABLE items ADD CONSTRAINT c CHECK (id > 0);", "CHECK"),
-            ("ALTER TABLE items ADD CONSTRAINT f FOREIGN KEY (tag) REFERENCES tags (id);", "FOREIGN KEY"),
+            (
+                "ALTER TABLE items ALTER COLUMN name TYPE VARCHAR(10);",
+                "TYPE",
+            ),
+            (
+                "ALTER TABLE items ALTER COLUMN name SET NOT NULL;",
+                "SET NOT NULL",
+            ),
+            (
+                "ALTER TABLE items ADD CONSTRAINT u UNIQUE (name);",
+                "UNIQUE constraint",
+            ),
+            (
+                "ALTER TABLE items ADD CONSTRAINT c CHECK (id > 0);",
+                "CHECK",
+            ),
+            (
+                "ALTER TABLE items ADD CONSTRAINT f FOREIGN KEY (tag) REFERENCES tags (id);",
+                "FOREIGN KEY",
+            ),
         ];
         for (sql, expect) in pg_only {
             let findings = destructive_statements(sql, Db::Postgres).unwrap();
-            assert!(findings.iter().any(|f| f.contains(expect)), "{sql}: {findings:?}");
+            assert!(
+                findings.iter().any(|f| f.contains(expect)),
+                "{sql}: {findings:?}"
+            );
         }
     }
 

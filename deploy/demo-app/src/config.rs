@@ -23,14 +23,22 @@ pub struct Config {
 impl Config {
     pub fn from_env() -> Result<Config, String> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let flag = |name: &str| var(name).is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes" | "on"));
+        let flag = |name: &str| {
+            var(name).is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes" | "on"))
+        };
         let millis = |name: &str| -> Result<Option<Duration>, String> {
             var(name)
-                .map(|v| v.parse::<u64>().map(Duration::from_millis).map_err(|_| format!("{name}={v:?} is not a whole number of milliseconds")))
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map(Duration::from_millis)
+                        .map_err(|_| format!("{name}={v:?} is not a whole number of milliseconds"))
+                })
                 .transpose()
         };
         let port = match var("APPLICATION_PORT") {
-            Some(p) => p.parse().map_err(|_| format!("APPLICATION_PORT={p:?} is not a port number"))?,
+            Some(p) => p
+                .parse()
+                .map_err(|_| format!("APPLICATION_PORT={p:?} is not a port number"))?,
             None => 8080,
         };
         let color = var("ENVIRONMENT_COLOR").unwrap_or_else(|| "blue".into());
@@ -40,24 +48,36 @@ impl Config {
         // DEMO_FAIL_HOSTS limits the failure knobs to these APPLICATION_HOST values, so a test can
         // ship a version that is bad on one host of three.
         let host = var("APPLICATION_HOST").unwrap_or_else(|| "0.0.0.0".into());
-        let failing_here = var("DEMO_FAIL_HOSTS").is_none_or(|hosts| hosts.split(',').any(|h| h.trim() == host));
+        let failing_here =
+            var("DEMO_FAIL_HOSTS").is_none_or(|hosts| hosts.split(',').any(|h| h.trim() == host));
         let health_path = var("HEALTH_CHECK_PATH").unwrap_or_else(|| "/health".into());
         if !health_path.starts_with('/') {
-            return Err(format!("HEALTH_CHECK_PATH={health_path:?} must start with '/'"));
+            return Err(format!(
+                "HEALTH_CHECK_PATH={health_path:?} must start with '/'"
+            ));
         }
         Ok(Config {
             color,
             host,
             port,
             version: var("APP_VERSION").unwrap_or_else(|| "dev".into()),
-            database_url: var("DATABASE_URL").unwrap_or_else(|| "sqlite://demo-app.db?mode=rwc".into()),
+            database_url: var("DATABASE_URL")
+                .unwrap_or_else(|| "sqlite://demo-app.db?mode=rwc".into()),
             feature_new_api: flag("FEATURE_FLAG_NEW_API"),
             health_path,
             log_level: var("LOG_LEVEL").unwrap_or_else(|| "info".into()),
             fail_health: failing_here && flag("DEMO_FAIL_HEALTH"),
             fail_smoke: failing_here && flag("DEMO_FAIL_SMOKE"),
-            start_delay: if failing_here { millis("DEMO_START_DELAY_MS")?.unwrap_or_default() } else { Duration::ZERO },
-            crash_after: if failing_here { millis("DEMO_CRASH_AFTER_MS")? } else { None },
+            start_delay: if failing_here {
+                millis("DEMO_START_DELAY_MS")?.unwrap_or_default()
+            } else {
+                Duration::ZERO
+            },
+            crash_after: if failing_here {
+                millis("DEMO_CRASH_AFTER_MS")?
+            } else {
+                None
+            },
             auto_schema: var("DEMO_AUTO_SCHEMA").is_none_or(|v| v != "0"),
         })
     }

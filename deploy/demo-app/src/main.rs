@@ -29,13 +29,19 @@ async fn main() {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     if !config.start_delay.is_zero() {
-        tracing::info!(delay_ms = config.start_delay.as_millis() as u64, "delaying start (DEMO_START_DELAY_MS)");
+        tracing::info!(
+            delay_ms = config.start_delay.as_millis() as u64,
+            "delaying start (DEMO_START_DELAY_MS)"
+        );
         tokio::time::sleep(config.start_delay).await;
     }
     if let Some(after) = config.crash_after {
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
-            tracing::error!(after_ms = after.as_millis() as u64, "crashing on purpose (DEMO_CRASH_AFTER_MS)");
+            tracing::error!(
+                after_ms = after.as_millis() as u64,
+                "crashing on purpose (DEMO_CRASH_AFTER_MS)"
+            );
             std::process::exit(1);
         });
     }
@@ -57,14 +63,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     tracing::info!(color = %config.color, version = %config.version, %addr, "demo-app listening");
     let app = routes::router(config.clone(), pool);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     tracing::info!(color = %config.color, version = %config.version, "demo-app stopped gracefully");
     Ok(())
 }
 
 /// SIGTERM (what the agent sends) or Ctrl-C: stop accepting, let in-flight requests finish.
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

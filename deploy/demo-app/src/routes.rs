@@ -21,9 +21,17 @@ struct AppState {
 type Shared = State<Arc<AppState>>;
 
 pub fn router(config: Config, pool: AnyPool) -> Router {
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let health_path = config.health_path.clone();
-    let state = Arc::new(AppState { config, pool, started: Instant::now(), hostname });
+    let state = Arc::new(AppState {
+        config,
+        pool,
+        started: Instant::now(),
+        hostname,
+    });
     let mut router = Router::new()
         .route("/", get(index))
         .route("/api/v1/status", get(status))
@@ -44,7 +52,10 @@ pub async fn ensure_schema(pool: &AnyPool) -> Result<(), sqlx::Error> {
 
 async fn database_connected(pool: &AnyPool) -> bool {
     let probe = sqlx::query("SELECT 1").fetch_one(pool);
-    matches!(tokio::time::timeout(Duration::from_secs(1), probe).await, Ok(Ok(_)))
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), probe).await,
+        Ok(Ok(_))
+    )
 }
 
 async fn health(State(s): Shared) -> Response {
@@ -59,7 +70,11 @@ async fn health(State(s): Shared) -> Response {
         "hostname": s.hostname,
         "database_connected": db,
     });
-    let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 
@@ -74,13 +89,20 @@ fn identity(s: &AppState) -> Value {
 
 async fn index(State(s): Shared) -> Json<Value> {
     let mut body = identity(&s);
-    body["message"] = json!(format!("hello from {} {}", s.config.color, s.config.version));
+    body["message"] = json!(format!(
+        "hello from {} {}",
+        s.config.color, s.config.version
+    ));
     Json(body)
 }
 
 fn smoke_failure(s: &AppState) -> Option<Response> {
     s.config.fail_smoke.then(|| {
-        (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "failing on purpose (DEMO_FAIL_SMOKE)"}))).into_response()
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": "failing on purpose (DEMO_FAIL_SMOKE)"})),
+        )
+            .into_response()
     })
 }
 
@@ -95,7 +117,11 @@ async fn status(State(s): Shared) -> Response {
 
 fn db_error(e: sqlx::Error) -> Response {
     tracing::warn!("database error: {e}");
-    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": format!("database: {e}")}))).into_response()
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": format!("database: {e}")})),
+    )
+        .into_response()
 }
 
 async fn list_items(State(s): Shared) -> Response {
@@ -119,7 +145,10 @@ async fn list_items(State(s): Shared) -> Response {
                     item
                 })
                 .collect();
-            Json(json!({"items": items, "environment": s.config.color, "version": s.config.version})).into_response()
+            Json(
+                json!({"items": items, "environment": s.config.color, "version": s.config.version}),
+            )
+            .into_response()
         }
         Err(e) => db_error(e),
     }
@@ -137,7 +166,11 @@ async fn create_item(State(s): Shared, Json(item): Json<NewItem>) -> Response {
         return fail;
     }
     if item.name.trim().is_empty() {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "name: must not be empty"}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "name: must not be empty"})),
+        )
+            .into_response();
     }
     let result = if s.config.feature_new_api {
         sqlx::query("INSERT INTO items (name, description) VALUES ($1, $2)")
@@ -146,10 +179,17 @@ async fn create_item(State(s): Shared, Json(item): Json<NewItem>) -> Response {
             .execute(&s.pool)
             .await
     } else {
-        sqlx::query("INSERT INTO items (name) VALUES ($1)").bind(item.name.clone()).execute(&s.pool).await
+        sqlx::query("INSERT INTO items (name) VALUES ($1)")
+            .bind(item.name.clone())
+            .execute(&s.pool)
+            .await
     };
     match result {
-        Ok(_) => (StatusCode::CREATED, Json(json!({"name": item.name, "environment": s.config.color}))).into_response(),
+        Ok(_) => (
+            StatusCode::CREATED,
+            Json(json!({"name": item.name, "environment": s.config.color})),
+        )
+            .into_response(),
         Err(e) => db_error(e),
     }
 }

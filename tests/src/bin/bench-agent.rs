@@ -12,14 +12,19 @@ use tokio::time::Instant;
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("numbers"))
+        .collect();
     let hosts = args.first().copied().unwrap_or(10);
     let rounds = args.get(1).copied().unwrap_or(5);
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let artifacts = Artifacts::default();
     let app = artifacts.demo_app();
-    let agents: Vec<AgentProc> = (1..=hosts as u8).map(|n| AgentProc::start(&etcd, n, 10, "")).collect();
+    let agents: Vec<AgentProc> = (1..=hosts as u8)
+        .map(|n| AgentProc::start(&etcd, n, 10, ""))
+        .collect();
     put_release(&client, Color::Blue, &release("v0", &app, &[])).await;
     all_healthy(&client, hosts, Color::Blue, "v0").await;
 
@@ -41,25 +46,42 @@ async fn main() {
     );
 
     // Steady state: both colors running and healthy, nothing changing, health polled every 500 ms.
+    // A measurement window, not synchronisation: RSS is sampled after 15 s of steady polling.
     tokio::time::sleep(Duration::from_secs(15)).await;
     let rss: Vec<u64> = agents.iter().filter_map(|a| rss_kib(a.pid())).collect();
     let max = rss.iter().max().copied().unwrap_or(0);
     let mean = rss.iter().sum::<u64>() / rss.len().max(1) as u64;
-    println!("agent steady RSS over {} agents: mean {:.1} MB, max {:.1} MB", rss.len(), mean as f64 / 1024.0, max as f64 / 1024.0);
+    println!(
+        "agent steady RSS over {} agents: mean {:.1} MB, max {:.1} MB",
+        rss.len(),
+        mean as f64 / 1024.0,
+        max as f64 / 1024.0
+    );
 }
 
 async fn all_healthy(client: &etcd_client::Client, hosts: usize, color: Color, version: &str) {
     let prefix = keys().health_prefix();
-    wait_for(&format!("{hosts} hosts healthy at {version}"), Duration::from_secs(120), || async {
-        let resp = client.clone().get(prefix.as_str(), Some(etcd_client::GetOptions::new().with_prefix())).await.ok()?;
-        let healthy = resp
-            .kvs()
-            .iter()
-            .filter(|kv| String::from_utf8_lossy(kv.key()).ends_with(color.as_str()))
-            .filter_map(|kv| decode::<HealthRecord>("health", kv.value()).ok())
-            .filter(|h| h.state == HealthState::Healthy && h.version == version)
-            .count();
-        (healthy == hosts).then_some(())
-    })
+    wait_for(
+        &format!("{hosts} hosts healthy at {version}"),
+        Duration::from_secs(120),
+        || async {
+            let resp = client
+                .clone()
+                .get(
+                    prefix.as_str(),
+                    Some(etcd_client::GetOptions::new().with_prefix()),
+                )
+                .await
+                .ok()?;
+            let healthy = resp
+                .kvs()
+                .iter()
+                .filter(|kv| String::from_utf8_lossy(kv.key()).ends_with(color.as_str()))
+                .filter_map(|kv| decode::<HealthRecord>("health", kv.value()).ok())
+                .filter(|h| h.state == HealthState::Healthy && h.version == version)
+                .count();
+            (healthy == hosts).then_some(())
+        },
+    )
     .await;
 }

@@ -3,6 +3,7 @@
 //!   cargo build --release --workspace --bins && target/release/bench-deploy
 use bluegreen_tests::fleet::{text, Fleet};
 use bluegreen_tests::load;
+use bluegreen_tests::wait_for;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,18 +42,30 @@ async fn main() {
     );
 
     // Zero downtime under load: four fresh-connection loops through the two LBs during one deploy.
+    // Every LB answers before the loops start, so no failure is a warm-up artefact.
+    for url in fleet.lb_urls() {
+        wait_for(&format!("{url} to answer"), Duration::from_secs(10), || {
+            bluegreen_tests::procs::get_json(&url)
+        })
+        .await;
+    }
     let stop = Arc::new(AtomicBool::new(false));
-    let loops: Vec<_> = fleet.lb_urls().into_iter().flat_map(|u| [u.clone(), u]).map(|u| load::spawn(u, false, stop.clone())).collect();
-    tokio::time::sleep(Duration::from_millis(500)).await; // let the loops reach steady rate before the deploy starts
+    let load_started = Instant::now();
+    let loops: Vec<_> = fleet
+        .lb_urls()
+        .into_iter()
+        .flat_map(|u| [u.clone(), u])
+        .map(|u| load::spawn(u, false, stop.clone()))
+        .collect();
     let took = timed_deploy(&fleet, "v3").await;
     stop.store(true, Ordering::Relaxed);
+    let total_secs = load_started.elapsed().as_secs_f64();
     let (mut ok, mut failed) = (0, 0);
     for l in loops {
         let r = l.await.unwrap();
         ok += r.ok;
         failed += r.failed.len();
     }
-    let total_secs = took.as_secs_f64() + 0.5;
     println!("one full deploy under load: {ok} ok, {failed} failed, {:.0} req/s through the LBs, deploy took {:.0} ms", ok as f64 / total_secs, ms(took));
     drop(fleet);
 
@@ -62,8 +75,13 @@ async fn main() {
         let fleet = Fleet::start(hosts, 1).await;
         timed_deploy(&fleet, "v1").await;
         let took = timed_deploy(&fleet, "v2").await;
-        let ratio = base.map(|b: Duration| took.as_secs_f64() / b.as_secs_f64()).unwrap_or(1.0);
+        let ratio = base
+            .map(|b: Duration| took.as_secs_f64() / b.as_secs_f64())
+            .unwrap_or(1.0);
         base.get_or_insert(took);
-        println!("deploy to {hosts} host(s): {:.0} ms ({ratio:.2}x the 1-host deploy)", ms(took));
+        println!(
+            "deploy to {hosts} host(s): {:.0} ms ({ratio:.2}x the 1-host deploy)",
+            ms(took)
+        );
     }
 }

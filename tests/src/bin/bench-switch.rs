@@ -6,7 +6,7 @@ use bluegreen_tests::artifacts::release;
 use bluegreen_tests::lb::{set_active, wait_ack};
 use bluegreen_tests::nginx::{Nginx, SidecarProc};
 use bluegreen_tests::procs::{put_release, wait_healthy};
-use bluegreen_tests::{rss_kib, AgentProc, Artifacts, Etcd};
+use bluegreen_tests::{poll_until, rss_kib, AgentProc, Artifacts, Etcd};
 use lb_sidecar::render::{render, with_revision, View, BUILTIN_TEMPLATE};
 use proto::Color;
 use std::time::Duration;
@@ -14,19 +14,28 @@ use tokio::time::Instant;
 
 #[tokio::main]
 async fn main() {
-    let switches: usize = std::env::args().nth(1).map(|a| a.parse().expect("number of switches")).unwrap_or(50);
+    let switches: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("number of switches"))
+        .unwrap_or(50);
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let artifacts = Artifacts::default();
     let app = artifacts.demo_app();
-    let hosts = [AgentProc::start(&etcd, 1, 10, ""), AgentProc::start(&etcd, 2, 10, "")];
+    let hosts = [
+        AgentProc::start(&etcd, 1, 10, ""),
+        AgentProc::start(&etcd, 2, 10, ""),
+    ];
     put_release(&client, Color::Blue, &release("v1", &app, &[])).await;
     put_release(&client, Color::Green, &release("v2", &app, &[])).await;
     for h in &hosts {
         wait_healthy(&client, &h.host, Color::Blue, "v1").await;
         wait_healthy(&client, &h.host, Color::Green, "v2").await;
     }
-    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
 
     let mut revision = set_active(&client, Color::Blue, "v1").await;
     for lb_count in [1usize, 8] {
@@ -34,13 +43,27 @@ async fn main() {
         report(&format!("floor, {lb_count} nginx: write file + nginx -s reload -> first response of the new color"), &floor.first, None);
         report(&format!("floor, {lb_count} nginx: write file + nginx -s reload -> old workers stopped accepting"), &floor.complete, None);
         let lbs: Vec<Nginx> = (0..lb_count).map(|_| Nginx::start()).collect();
-        let sidecars: Vec<SidecarProc> = lbs.iter().enumerate().map(|(i, n)| SidecarProc::start(&etcd, &format!("bench-{lb_count}-{i}"), n, "")).collect();
+        let sidecars: Vec<SidecarProc> = lbs
+            .iter()
+            .enumerate()
+            .map(|(i, n)| SidecarProc::start(&etcd, &format!("bench-{lb_count}-{i}"), n, ""))
+            .collect();
         for s in &sidecars {
-            wait_ack(&client, &s.name, "initial", |a| a.applied_revision >= revision).await;
+            wait_ack(&client, &s.name, "initial", |a| {
+                a.applied_revision >= revision
+            })
+            .await;
         }
-        let mut samples = Samples { first: Vec::new(), complete: Vec::new() };
+        let mut samples = Samples {
+            first: Vec::new(),
+            complete: Vec::new(),
+        };
         for n in 0..switches {
-            let (color, version) = if n % 2 == 0 { (Color::Green, "v2") } else { (Color::Blue, "v1") };
+            let (color, version) = if n % 2 == 0 {
+                (Color::Green, "v2")
+            } else {
+                (Color::Blue, "v1")
+            };
             let start = Instant::now();
             revision = set_active(&client, color, version).await;
             let urls: Vec<String> = lbs.iter().map(|l| l.url("/api/v1/status")).collect();
@@ -55,16 +78,30 @@ async fn main() {
         report(&format!("sidecar, {lb_count} LB(s): write of active -> first response of the new color at every LB"), &samples.first, Some(&floor.first));
         report(&format!("sidecar, {lb_count} LB(s): write of active -> every LB acked (old workers stopped accepting)"), &samples.complete, Some(&floor.complete));
         let rss: Vec<u64> = sidecars.iter().filter_map(|s| rss_kib(s.pid())).collect();
-        println!("  lb-sidecar RSS: max {:.1} MB over {} sidecars", rss.iter().max().copied().unwrap_or(0) as f64 / 1024.0, rss.len());
+        println!(
+            "  lb-sidecar RSS: max {:.1} MB over {} sidecars",
+            rss.iter().max().copied().unwrap_or(0) as f64 / 1024.0,
+            rss.len()
+        );
     }
 }
 
 /// The bare nginx floor on `count` nginx of its own: both variants rendered once, then per switch,
 /// for every nginx at once: write the file, `nginx -s reload`, poll until the new color answers.
-async fn measure_floor(hosts: &[AgentProc], http: &reqwest::Client, count: usize, switches: usize) -> Samples {
+async fn measure_floor(
+    hosts: &[AgentProc],
+    http: &reqwest::Client,
+    count: usize,
+    switches: usize,
+) -> Samples {
     let fleet: Vec<Nginx> = (0..count).map(|_| Nginx::start()).collect();
-    let mut samples = Samples { first: vec![Duration::ZERO; switches], complete: vec![Duration::ZERO; switches] };
-    let runs = fleet.iter().map(|nginx| floor_of_one(nginx, hosts, http, switches));
+    let mut samples = Samples {
+        first: vec![Duration::ZERO; switches],
+        complete: vec![Duration::ZERO; switches],
+    };
+    let runs = fleet
+        .iter()
+        .map(|nginx| floor_of_one(nginx, hosts, http, switches));
     for one in futures::future::join_all(runs).await {
         for (i, (first, complete)) in one.into_iter().enumerate() {
             samples.first[i] = samples.first[i].max(first);
@@ -82,13 +119,27 @@ struct Samples {
 }
 
 async fn old_workers_gone(old: &[i32]) {
-    while old.iter().any(|&pid| lb_sidecar::nginx::accepting_worker(pid)) {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    poll_until(
+        "old nginx workers to stop accepting",
+        Duration::from_secs(30),
+        Duration::from_millis(1),
+        || async {
+            (!old
+                .iter()
+                .any(|&pid| lb_sidecar::nginx::accepting_worker(pid)))
+            .then_some(())
+        },
+    )
+    .await
 }
 
 /// One nginx's floor samples. All nginx of a run switch in lockstep: each sample starts together.
-async fn floor_of_one(nginx: &Nginx, hosts: &[AgentProc], http: &reqwest::Client, switches: usize) -> Vec<(Duration, Duration)> {
+async fn floor_of_one(
+    nginx: &Nginx,
+    hosts: &[AgentProc],
+    http: &reqwest::Client,
+    switches: usize,
+) -> Vec<(Duration, Duration)> {
     let variant = |color: Color| {
         let view = View {
             app: "shop".into(),
@@ -96,8 +147,14 @@ async fn floor_of_one(nginx: &Nginx, hosts: &[AgentProc], http: &reqwest::Client
             preview_listen: format!("127.0.0.1:{}", nginx.preview),
             color,
             version: "floor".into(),
-            live: hosts.iter().map(|h| format!("{}:{}", h.address, h.ports.of(color))).collect(),
-            preview: hosts.iter().map(|h| format!("{}:{}", h.address, h.ports.of(color.other()))).collect(),
+            live: hosts
+                .iter()
+                .map(|h| format!("{}:{}", h.address, h.ports.of(color)))
+                .collect(),
+            preview: hosts
+                .iter()
+                .map(|h| format!("{}:{}", h.address, h.ports.of(color.other())))
+                .collect(),
         };
         with_revision(&render(BUILTIN_TEMPLATE, &view).unwrap(), 1)
     };
@@ -108,10 +165,18 @@ async fn floor_of_one(nginx: &Nginx, hosts: &[AgentProc], http: &reqwest::Client
     serves(http, &url, Color::Blue).await;
     let mut samples = Vec::new();
     for n in 0..switches {
-        let color = if n % 2 == 0 { Color::Green } else { Color::Blue };
+        let color = if n % 2 == 0 {
+            Color::Green
+        } else {
+            Color::Blue
+        };
         let old = lb_sidecar::nginx::workers_of(nginx.master_pid() as i32);
         let start = Instant::now();
-        std::fs::write(&nginx.include_file, &texts[if color == Color::Blue { 0 } else { 1 }]).unwrap();
+        std::fs::write(
+            &nginx.include_file,
+            &texts[if color == Color::Blue { 0 } else { 1 }],
+        )
+        .unwrap();
         reload(nginx).await;
         serves(http, &url, color).await;
         let first = start.elapsed();
@@ -122,13 +187,7 @@ async fn floor_of_one(nginx: &Nginx, hosts: &[AgentProc], http: &reqwest::Client
 }
 
 async fn reload(nginx: &Nginx) {
-    let status = tokio::process::Command::new("nginx")
-        .arg("-p")
-        .arg(&nginx.dir)
-        .arg("-c")
-        .arg(&nginx.main_config)
-        .arg("-e")
-        .arg(nginx.dir.join("error.log"))
+    let status = tokio::process::Command::from(nginx.command())
         .args(["-s", "reload"])
         .stderr(std::process::Stdio::null())
         .status()
@@ -139,28 +198,40 @@ async fn reload(nginx: &Nginx) {
 
 /// Polls the ack every millisecond until it names `revision`.
 async fn acked(client: &etcd_client::Client, name: &str, revision: i64) {
-    loop {
-        if bluegreen_tests::lb::ack(client, name).await.is_some_and(|a| a.applied_revision == revision) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    poll_until(
+        &format!("{name} to ack {revision}"),
+        Duration::from_secs(30),
+        Duration::from_millis(1),
+        || async {
+            bluegreen_tests::lb::ack(client, name)
+                .await
+                .filter(|a| a.applied_revision == revision)
+                .map(|_| ())
+        },
+    )
+    .await
 }
 
 /// Polls `url` over fresh connections until it answers with `color`.
 async fn serves(http: &reqwest::Client, url: &str, color: Color) {
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(resp) = http.get(url).timeout(Duration::from_secs(2)).send().await {
-            if let Ok(body) = resp.json::<serde_json::Value>().await {
-                if body["environment"] == color.as_str() {
-                    return;
-                }
-            }
-        }
-        assert!(Instant::now() < end, "{url} never served {color}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    poll_until(
+        &format!("{url} to serve {color}"),
+        Duration::from_secs(30),
+        Duration::from_millis(1),
+        || async {
+            let body: serde_json::Value = http
+                .get(url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (body["environment"] == color.as_str()).then_some(())
+        },
+    )
+    .await
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -172,7 +243,12 @@ fn report(what: &str, samples: &[Duration], floor: Option<&[Duration]>) {
     s.sort();
     let (p50, p99) = (percentile(&s, 0.5), percentile(&s, 0.99));
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let mut line = format!("{what}: p50 {:.1} ms, p99 {:.1} ms over {} switches", ms(p50), ms(p99), s.len());
+    let mut line = format!(
+        "{what}: p50 {:.1} ms, p99 {:.1} ms over {} switches",
+        ms(p50),
+        ms(p99),
+        s.len()
+    );
     if let Some(floor) = floor {
         let mut f = floor.to_vec();
         f.sort();
