@@ -4,7 +4,7 @@ use crate::error::CoordinatorError;
 use proto::records::HealthSpec;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -18,9 +18,47 @@ pub struct AppSpec {
     pub smoke: Vec<SmokeCheck>,
     #[serde(default)]
     pub switch: SwitchSection,
-    /// Read by the migrations issue; accepted here so one spec file serves both.
     #[serde(default)]
-    pub migrations: Option<toml::Value>,
+    pub migrations: Option<MigrationsSection>,
+    /// The spec file's directory: `[migrations] dir` is relative to it, like the repository it
+    /// lives in.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[migrations]`: where the app's migration files are and which database they change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationsSection {
+    pub dir: PathBuf,
+    /// `sqlite://…`, `postgres://…`, or `env:NAME` to keep a password out of the repository.
+    pub database_url: String,
+    /// PostgreSQL: how long a migration's DDL may queue for a table lock before it gives up,
+    /// so a long-running query cannot make it block every request behind it.
+    #[serde(with = "humantime_serde", default = "default_lock_timeout")]
+    pub lock_timeout: Duration,
+    /// How long to wait for the database's migration lock (PostgreSQL advisory lock).
+    #[serde(with = "humantime_serde", default = "default_migration_lock_wait")]
+    pub lock_wait: Duration,
+}
+
+fn default_lock_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_migration_lock_wait() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl MigrationsSection {
+    /// The database URL, with `env:NAME` resolved; the error names the variable.
+    pub fn resolved_url(&self) -> Result<String, String> {
+        match self.database_url.strip_prefix("env:") {
+            Some(name) => std::env::var(name).map_err(|_| {
+                format!("migrations.database_url: environment variable {name} is not set")
+            }),
+            None => Ok(self.database_url.clone()),
+        }
+    }
 }
 
 /// `[health]` as the spec's author writes it: unlike the etcd record (forward compatible), a
@@ -99,8 +137,9 @@ impl AppSpec {
         let shown = path.display();
         let text = std::fs::read_to_string(path)
             .map_err(|e| CoordinatorError::Usage(format!("spec {shown}: {e}")))?;
-        let spec: AppSpec = toml::from_str(&text)
+        let mut spec: AppSpec = toml::from_str(&text)
             .map_err(|e| CoordinatorError::Usage(format!("spec {shown}: {e}")))?;
+        spec.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         spec.validate()
             .map_err(|e| CoordinatorError::Usage(format!("spec {shown}: {e}")))?;
         Ok(spec)
@@ -125,7 +164,18 @@ impl AppSpec {
                 ));
             }
         }
+        if let Some(m) = &self.migrations {
+            if !m.database_url.starts_with("env:") {
+                crate::migrate::files::Db::of_url(&m.database_url)
+                    .map_err(|e| format!("migrations.{e}"))?;
+            }
+        }
         Ok(())
+    }
+
+    /// The migrations directory, resolved against the spec file's directory.
+    pub fn migrations_dir(&self) -> Option<PathBuf> {
+        self.migrations.as_ref().map(|m| self.base_dir.join(&m.dir))
     }
 }
 

@@ -44,9 +44,24 @@ impl Db {
             Ok(Db::Postgres)
         } else {
             Err(format!(
-                "database_url {url:?}: only sqlite: and postgres:// are supported"
+                "database_url {:?}: only sqlite: and postgres:// are supported",
+                redact(url)
             ))
         }
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_string(),
     }
 }
 

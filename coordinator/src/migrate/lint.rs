@@ -6,16 +6,24 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::{PostgreSqlDialect, SQLiteDialect};
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer};
 use std::collections::HashSet;
 
 /// Destructive statements of `sql`, one description each (empty: safe for the old version).
-/// A statement that does not parse is an error: the gate never guesses.
+///
+/// SQL the parser does not understand (a dialect corner it lacks, or a plain syntax error the
+/// database will reject inside the migration's transaction) is not waved through: its tokens are
+/// scanned for every keyword a destructive statement needs, and any hit is a finding. Only SQL
+/// that cannot even be tokenized is an error.
 pub fn destructive_statements(sql: &str, db: Db) -> Result<Vec<String>, String> {
-    let statements = match db {
+    let parsed = match db {
         Db::Sqlite => Parser::parse_sql(&SQLiteDialect {}, sql),
         Db::Postgres => Parser::parse_sql(&PostgreSqlDialect {}, sql),
-    }
-    .map_err(|e| format!("cannot parse: {e}"))?;
+    };
+    let statements = match parsed {
+        Ok(statements) => statements,
+        Err(parse_error) => return keyword_scan(sql, db, &parse_error.to_string()),
+    };
     // Constraints on a table created by this same migration break nothing that exists.
     let mut new_tables = HashSet::new();
     let mut findings = Vec::new();
@@ -101,6 +109,49 @@ fn alter_finding(table: &str, op: &AlterTableOperation, existing: bool) -> Optio
         },
         _ => None,
     }
+}
+
+/// The fallback for SQL the parser rejects: conservative, so it may refuse a safe statement (the
+/// migration's `reason` header is the way past it) but never passes a destructive one.
+fn keyword_scan(sql: &str, db: Db, parse_error: &str) -> Result<Vec<String>, String> {
+    let tokens = match db {
+        Db::Sqlite => Tokenizer::new(&SQLiteDialect {}, sql).tokenize(),
+        Db::Postgres => Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize(),
+    }
+    .map_err(|e| format!("cannot tokenize: {e}"))?;
+    let words: Vec<String> = tokens
+        .iter()
+        .filter_map(|t| match t {
+            Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_uppercase()),
+            _ => None,
+        })
+        .collect();
+    let has = |k: &str| words.iter().any(|w| w == k);
+    let not_null = words.windows(2).any(|p| p[0] == "NOT" && p[1] == "NULL");
+    let mut risky: Vec<&str> = [
+        "DROP",
+        "RENAME",
+        "TRUNCATE",
+        "UNIQUE",
+        "CHECK",
+        "REFERENCES",
+        "FOREIGN",
+    ]
+    .into_iter()
+    .filter(|k| has(k))
+    .collect();
+    if has("ALTER") && has("TYPE") {
+        risky.push("ALTER … TYPE");
+    }
+    if not_null && !has("DEFAULT") {
+        risky.push("NOT NULL without DEFAULT");
+    }
+    Ok(risky
+        .into_iter()
+        .map(|k| {
+            format!("{k} in SQL the parser could not check statement by statement ({parse_error})")
+        })
+        .collect())
 }
 
 fn join<T: std::fmt::Display>(items: &[T]) -> String {
@@ -192,7 +243,14 @@ mod tests {
     }
 
     #[test]
-    fn unparsable_sql_is_an_error() {
-        assert!(destructive_statements("ALTER TABLE items ADD COLUMN;", Db::Postgres).is_err());
+    fn unparsable_sql_is_scanned_for_destructive_keywords() {
+        let findings =
+            destructive_statements("ALTER TABLE items DROP COLUMN;", Db::Postgres).unwrap();
+        assert!(findings[0].starts_with("DROP in SQL the parser could not check"));
+        // A plain syntax error with nothing destructive in it is left to the database, which
+        // rejects it inside the migration's transaction.
+        let typo = "ALTER TABLE items ADD COLUMN d TEXT; INSERT INTO items (name VALUES ('x');";
+        assert!(destructive_statements(typo, Db::Sqlite).unwrap().is_empty());
+        assert!(destructive_statements("SELECT 'unterminated", Db::Sqlite).is_err());
     }
 }

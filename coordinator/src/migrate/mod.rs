@@ -2,4 +2,8 @@
 //! deploy, linted statement by statement, recorded in `schema_migrations`, contract gated on what
 //! every running color's version can live with.
 pub mod files;
+pub mod gate;
 pub mod lint;
+pub mod plan;
+pub mod sql;
+pub mod store;
