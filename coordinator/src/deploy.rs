@@ -5,8 +5,10 @@ use crate::error::CoordinatorError;
 use crate::fleet;
 use crate::history;
 use crate::lock::DeployLock;
+use crate::migrate::runner::{self, Migrations, Recorder};
 use crate::progress::Progress;
 use crate::spec::AppSpec;
+use crate::spec::SmokeCheck;
 use crate::status::{self, AppStatus};
 use crate::switch;
 use proto::records::{
@@ -34,6 +36,8 @@ pub struct Deploy<'a> {
     pub lock: &'a DeployLock,
     pub progress: &'a Progress,
     pub deploy_id: String,
+    /// The app's migrations, loaded and linted before the lock was taken.
+    pub migrations: Option<&'a Migrations>,
 }
 
 impl Deploy<'_> {
@@ -91,8 +95,6 @@ impl Deploy<'_> {
             error: None,
         };
         self.put_deploy(&record).await?;
-        // Seam for the migrations issue: apply pending expand migrations here, after staging and
-        // before the smoke checks, then check the old color against the expanded schema.
         let release = self.release(args, Desired::Running);
         self.lock
             .fence
@@ -124,6 +126,11 @@ impl Deploy<'_> {
         .await
         {
             return self.fail(&mut record, args, &state, failed, "health").await;
+        }
+        if let Some(migrations) = self.migrations {
+            if let Err((failed, step)) = self.migrate(migrations, &state, args).await? {
+                return self.fail(&mut record, args, &state, failed, step).await;
+            }
         }
         if let Some(active) = &state.active {
             let now = status::read(self.client, self.keys).await?;
@@ -203,6 +210,114 @@ impl Deploy<'_> {
             args.version,
             hosts.len()
         ))
+    }
+
+    /// Applies pending expand migrations (after staging, before the smoke checks), then proves
+    /// the old color still works on the expanded schema: its health and smoke checks must pass,
+    /// otherwise the migrations are reverted with their down scripts. Ok(Err(..)) is a failure
+    /// that left traffic and schema as they were; Err is one that needs a human (a failed revert).
+    async fn migrate(
+        &self,
+        migrations: &Migrations,
+        state: &AppStatus,
+        args: &DeployArgs,
+    ) -> Result<Result<(), (Vec<(String, String)>, &'static str)>, CoordinatorError> {
+        let database = |why: String| Ok(Err((vec![("database".to_string(), why)], "migrate")));
+        let (mut store, plan) = match migrations.open_locked(true).await {
+            Ok(opened) => opened,
+            Err(e) => return database(e.to_string()),
+        };
+        let (run, contract) = plan.expand_run();
+        if let Some(c) = contract {
+            self.progress.event(
+                "migrate",
+                None,
+                "contract pending",
+                &format!(
+                    "{} and later wait for `coordinator migrate contract`",
+                    c.file.display()
+                ),
+            );
+        }
+        if run.is_empty() {
+            self.progress
+                .event("migrate", None, "up to date", "no pending expand migration");
+            store.close().await;
+            return Ok(Ok(()));
+        }
+        let rec = Recorder {
+            client: self.client,
+            keys: self.keys,
+            fence: &self.lock.fence,
+            progress: self.progress,
+            deploy_id: &self.deploy_id,
+            app_version: &args.version,
+            database: &store.shown_url.clone(),
+        };
+        let applied = match runner::apply(&mut store, &run, &rec).await {
+            Ok(applied) => applied,
+            Err((applied, e)) => {
+                // Expand migrations that did apply stay: they are safe for the old color, and a
+                // retry continues from them.
+                store.close().await;
+                let kept = if applied.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (migrations {applied:?} before it stay applied)")
+                };
+                return database(format!("{e}{kept}"));
+            }
+        };
+        let Some(active) = &state.active else {
+            store.close().await;
+            return Ok(Ok(()));
+        };
+        let mut checks = vec![SmokeCheck {
+            path: self.spec.health.path.clone(),
+            status: 200,
+            json: Default::default(),
+            timeout: self.spec.health.timeout,
+            retries: 2,
+        }];
+        checks.extend(self.spec.smoke.iter().cloned());
+        let hosts: Vec<_> = state.hosts.values().cloned().collect();
+        let old = fleet::smoke(
+            &hosts,
+            &checks,
+            active.color,
+            &active.version,
+            self.progress,
+        )
+        .await;
+        let Err(failed) = old else {
+            store.close().await;
+            return Ok(Ok(()));
+        };
+        // Named with the old color, so the report does not attach the new color's logs to them.
+        let mut failed: Vec<(String, String)> = failed
+            .into_iter()
+            .map(|(host, why)| (format!("{host} {}", active.color), why))
+            .collect();
+        self.progress.event(
+            "migrate",
+            None,
+            "old color broke",
+            &format!(
+                "{} {} fails its checks on the expanded schema; reverting",
+                active.color, active.version
+            ),
+        );
+        let reverted = runner::revert(&mut store, migrations, &applied, &rec).await;
+        store.close().await;
+        reverted?;
+        failed.push((
+            "database".into(),
+            format!(
+                "{} {} failed its checks against the expanded schema; migrations {applied:?} were reverted with their down scripts",
+                active.color, active.version
+            ),
+        ));
+        Ok(Err((failed, "migrate")))
     }
 
     fn release(&self, args: &DeployArgs, desired: Desired) -> ReleaseRecord {

@@ -63,6 +63,21 @@ fn holder() -> String {
     format!("{}:{}", host.trim(), std::process::id())
 }
 
+/// The app spec, checked against `--app` when both name the app.
+fn load_spec(global: &Global, path: &std::path::Path) -> Result<spec::AppSpec, CoordinatorError> {
+    let spec = spec::AppSpec::load(path)?;
+    if let Some(app) = &global.app {
+        if app != &spec.app {
+            return Err(CoordinatorError::Usage(format!(
+                "--app {app} does not match app {:?} in {}",
+                spec.app,
+                path.display()
+            )));
+        }
+    }
+    Ok(spec)
+}
+
 async fn acquire(
     client: &etcd_client::Client,
     keys: &Keys,
@@ -93,16 +108,7 @@ pub struct DeployRequest {
 
 /// `coordinator deploy`. Input is checked completely before etcd is touched (exit 2).
 pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, CoordinatorError> {
-    let spec = spec::AppSpec::load(&req.spec)?;
-    if let Some(app) = &global.app {
-        if app != &spec.app {
-            return Err(CoordinatorError::Usage(format!(
-                "--app {app} does not match app {:?} in {}",
-                spec.app,
-                req.spec.display()
-            )));
-        }
-    }
+    let spec = load_spec(global, &req.spec)?;
     if req.version.trim().is_empty() {
         return Err(CoordinatorError::Usage(
             "--version: must not be empty".into(),
@@ -117,9 +123,13 @@ pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
         }
         None => sha256_of(&req.artifact).await?,
     };
+    let progress = Progress::new(global.json);
+    let migrations = migrate::runner::Migrations::load(&spec, &progress)?;
+    if let Some(m) = &migrations {
+        m.precheck().await?;
+    }
     let keys = Keys::new(&global.prefix, &spec.app)?;
     let client = global.connect().await?;
-    let progress = Progress::new(global.json);
     let deploy_id = uuid::Uuid::new_v4().to_string();
     let lock = acquire(
         &client,
@@ -147,6 +157,7 @@ pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
         lock: &lock,
         progress: &progress,
         deploy_id,
+        migrations: migrations.as_ref(),
     };
     let result = tokio::select! {
         r = pipeline.run(&args) => r,

@@ -84,6 +84,11 @@ enum Command {
         #[arg(long, default_value = "20")]
         limit: usize,
     },
+    /// Database migrations: status, up (expand), contract (gated), down (newest applied).
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
     /// The deploy lock.
     Lock {
         #[command(subcommand)]
@@ -98,6 +103,38 @@ enum Command {
         #[arg(long, default_value = "50")]
         tail: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum MigrateAction {
+    /// Every migration's state, problems, and whether pending contract migrations may run.
+    Status {
+        #[arg(long)]
+        spec: PathBuf,
+    },
+    /// Apply pending expand migrations (up to the first contract one).
+    Up(MigrateFlags),
+    /// Apply every pending migration; contract ones only if every running color is new enough.
+    Contract(MigrateFlags),
+    /// Revert the newest applied migration with its down script.
+    Down {
+        #[command(flatten)]
+        flags: MigrateFlags,
+        /// Revert an expand migration even while a color runs the version it came with.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct MigrateFlags {
+    #[arg(long)]
+    spec: PathBuf,
+    #[arg(long, default_value = "30s")]
+    lock_wait: String,
+    /// The app version these migrations come with, recorded in schema_migrations.
+    #[arg(long)]
+    version: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -152,6 +189,7 @@ async fn dispatch(global: &Global, command: Command) -> Result<String, Coordinat
         } => coordinator::switch(global, Some(color(&c)?), dur("--lock-wait", &lock_wait)?).await,
         Command::Status => coordinator::status(global).await,
         Command::History { limit } => coordinator::history(global, limit).await,
+        Command::Migrate { action } => migrate(global, action).await,
         Command::Lock {
             action: LockAction::Status,
         } => coordinator::lock_status(global).await,
@@ -163,6 +201,30 @@ async fn dispatch(global: &Global, command: Command) -> Result<String, Coordinat
             color: c,
             tail,
         } => coordinator::logs(global, &host, color(&c)?, tail).await,
+    }
+}
+
+async fn migrate(global: &Global, action: MigrateAction) -> Result<String, CoordinatorError> {
+    use coordinator::migrate::commands::{self, Direction, MigrateRequest};
+    let request = |flags: MigrateFlags, force: bool| -> Result<MigrateRequest, CoordinatorError> {
+        Ok(MigrateRequest {
+            spec: flags.spec,
+            lock_wait: coordinator::parse_duration("--lock-wait", &flags.lock_wait)?,
+            app_version: flags.version,
+            force,
+        })
+    };
+    match action {
+        MigrateAction::Status { spec } => commands::show(global, &spec).await,
+        MigrateAction::Up(flags) => {
+            commands::change(global, request(flags, false)?, Direction::Up).await
+        }
+        MigrateAction::Contract(flags) => {
+            commands::change(global, request(flags, false)?, Direction::Contract).await
+        }
+        MigrateAction::Down { flags, force } => {
+            commands::change(global, request(flags, force)?, Direction::Down).await
+        }
     }
 }
 

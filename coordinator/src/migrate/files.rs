@@ -161,9 +161,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Migration, String> {
         }
         match section {
             None => {
-                if let Some((key, value)) =
-                    trimmed.strip_prefix("--").and_then(|c| c.split_once(':'))
-                {
+                // `-- word: value` is a header (an unknown word is a typo to report); any other
+                // comment before the first section is free text for the reviewer.
+                let header = trimmed
+                    .strip_prefix("--")
+                    .and_then(|c| c.split_once(':'))
+                    .filter(|(key, _)| {
+                        let key = key.trim();
+                        !key.is_empty()
+                            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    });
+                if let Some((key, value)) = header {
                     let value = value.trim().to_string();
                     match key.trim() {
                         "phase" => phase = Some(value),

@@ -1,9 +1,11 @@
 //! Database migrations that keep rollback safe (DESIGN.md §4 "Migrations"): expand-only during a
 //! deploy, linted statement by statement, recorded in `schema_migrations`, contract gated on what
 //! every running color's version can live with.
+pub mod commands;
 pub mod files;
 pub mod gate;
 pub mod lint;
 pub mod plan;
+pub mod runner;
 pub mod sql;
 pub mod store;

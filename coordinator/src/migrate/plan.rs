@@ -45,8 +45,11 @@ pub struct Plan {
     pub entries: Vec<Entry>,
     /// Rows applied in the database whose file is gone.
     pub orphans: Vec<AppliedRow>,
-    /// Everything that must stop `up`, `contract` and `deploy`, each naming the file.
+    /// Inconsistencies that must stop every migrator, `down` included, each naming the file.
     pub problems: Vec<String>,
+    /// Failed non-transactional migrations: they stop `up`, `contract` and `deploy`; `down` is
+    /// the way out of them.
+    pub failures: Vec<String>,
 }
 
 impl Plan {
@@ -78,7 +81,7 @@ impl Plan {
                 }
             }
             if let (State::Failed, Some(r)) = (state, &row) {
-                plan.problems.push(format!(
+                plan.failures.push(format!(
                     "{file}: failed on {} outside a transaction ({}); its changes may be half \
                      applied: repair the schema, then `coordinator migrate down` runs its down \
                      script and marks it reverted",
@@ -154,12 +157,17 @@ impl Plan {
             .find(|e| e.state != State::Pending)
     }
 
-    /// Problems, one per line; Ok when there are none.
+    /// Everything that stops a forward migration, one per line; Ok when there is nothing.
     pub fn check(&self) -> Result<(), String> {
-        if self.problems.is_empty() {
+        let all: Vec<&String> = self.problems.iter().chain(&self.failures).collect();
+        if all.is_empty() {
             Ok(())
         } else {
-            Err(self.problems.join("\n"))
+            Err(all
+                .into_iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join("\n"))
         }
     }
 }
@@ -263,7 +271,8 @@ mod tests {
             .contains("m/0001_m1.sql: version 1 is pending but version 2 is already applied"));
 
         let failed = Plan::new(&files, &[row(1, &files[0], false, false)], "m");
-        assert!(failed.problems[0].contains("m/0001_m1.sql: failed on"));
+        assert!(failed.failures[0].contains("m/0001_m1.sql: failed on"));
+        assert!(failed.problems.is_empty() && failed.check().is_err());
         assert_eq!(failed.entries[0].state, State::Failed);
         assert_eq!(failed.newest_applied().unwrap().migration.version, 1);
     }

@@ -173,9 +173,11 @@ async fn create_item(State(s): Shared, Json(item): Json<NewItem>) -> Response {
             .into_response();
     }
     let result = if s.config.feature_new_api {
+        // v2 always writes a description (empty when none is given), so that once every color
+        // runs v2 a contract migration can make the column NOT NULL.
         sqlx::query("INSERT INTO items (name, description) VALUES ($1, $2)")
             .bind(item.name.clone())
-            .bind(item.description.clone())
+            .bind(item.description.clone().unwrap_or_default())
             .execute(&s.pool)
             .await
     } else {
