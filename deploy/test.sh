@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (idempotent), builds every binary the
-# integration tests drive as processes, and runs all unit and integration tests.
+# The test command: installs what the tests need (idempotent), starts a throwaway PostgreSQL
+# cluster for the migration tests (stopped again on exit), builds every binary the integration
+# tests drive as processes, and runs all unit and integration tests.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 bash deploy/install-deps.sh
+
+PG_DIR=$(mktemp -d /tmp/bluegreen-test-pg.XXXXXX)
+trap 'bash "$ROOT/deploy/test-postgres.sh" stop "$PG_DIR/cluster"; rm -rf "$PG_DIR"' EXIT
+BLUEGREEN_TEST_POSTGRES_URL=$(bash deploy/test-postgres.sh start "$PG_DIR/cluster")
+export BLUEGREEN_TEST_POSTGRES_URL
+echo "test.sh: throwaway PostgreSQL at $BLUEGREEN_TEST_POSTGRES_URL"
+
 cargo build --workspace --bins
 cargo test --workspace

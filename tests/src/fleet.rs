@@ -53,14 +53,45 @@ impl Fleet {
     /// Writes an app spec whose run env adds `env` (the DEMO_* knobs), and returns its path.
     pub fn spec(&self, name: &str, env: &[(&str, &str)]) -> PathBuf {
         let db = self.dir.path().join("shop.db");
-        let mut env_line = format!("DATABASE_URL = \"sqlite://{}?mode=rwc\"", db.display());
+        let url = format!("sqlite://{}?mode=rwc", db.display());
+        self.write_spec(name, &url, env, "")
+    }
+
+    /// An app spec with `[migrations]`: the app and the migrator share `database_url`, the schema
+    /// comes only from the migrations in `dir` (DEMO_AUTO_SCHEMA=0), and the smoke checks read the
+    /// items table, so they prove the code works on the schema.
+    pub fn migration_spec(
+        &self,
+        name: &str,
+        database_url: &str,
+        dir: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> PathBuf {
+        let mut env = env.to_vec();
+        env.push(("DEMO_AUTO_SCHEMA", "0"));
+        let extra = format!(
+            "[[smoke]]\npath = \"/api/v1/items\"\nstatus = 200\nretries = 2\n\
+             [migrations]\ndir = \"{}\"\ndatabase_url = \"{database_url}\"\nlock_wait = \"2s\"\n",
+            dir.display()
+        );
+        self.write_spec(name, database_url, &env, &extra)
+    }
+
+    fn write_spec(
+        &self,
+        name: &str,
+        database_url: &str,
+        env: &[(&str, &str)],
+        extra: &str,
+    ) -> PathBuf {
+        let mut env_line = format!("DATABASE_URL = \"{database_url}\"");
         for (k, v) in env {
             env_line.push_str(&format!(", {k} = \"{v}\""));
         }
         let text = format!(
             "app = \"{APP}\"\n[run]\ncommand = [\"./demo-app\"]\nenv = {{ {env_line} }}\nstop_timeout = \"5s\"\n\
              [health]\npath = \"/health\"\ninterval = \"500ms\"\ntimeout = \"1s\"\nstartup_timeout = \"20s\"\n\
-             [[smoke]]\npath = \"/api/v1/status\"\nstatus = 200\njson = {{ environment = \"{{color}}\", version = \"{{version}}\" }}\nretries = 2\n"
+             [[smoke]]\npath = \"/api/v1/status\"\nstatus = 200\njson = {{ environment = \"{{color}}\", version = \"{{version}}\" }}\nretries = 2\n{extra}"
         );
         let path = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();

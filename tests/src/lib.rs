@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 pub mod daemon;
+pub mod db;
 pub mod etcd;
 pub mod fleet;
 pub mod lb;

@@ -14,6 +14,8 @@ pub struct LoadReport {
     pub resets_retried: u64,
     /// Responses per `environment` seen, to show traffic moved.
     pub colors: BTreeMap<String, u64>,
+    /// The slowest successful request (reads and writes through the database show lock waits).
+    pub slowest: Duration,
 }
 
 /// GETs `url` in a loop until `stop` is set.
@@ -47,9 +49,51 @@ pub fn spawn(
     })
 }
 
+/// An app's read-write loop until `stop` is set: POST a new item, then GET the list, both through
+/// `base` (an LB's URL), each counted; `colors` counts the environment that answered.
+pub fn spawn_items(base: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<LoadReport> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let url = format!("{base}/api/v1/items");
+        let mut report = LoadReport::default();
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            for write in [true, false] {
+                let started = std::time::Instant::now();
+                let request = if write {
+                    http.post(&url)
+                        .json(&serde_json::json!({"name": format!("load-{n}")}))
+                } else {
+                    http.get(&url)
+                };
+                match answer(request).await {
+                    Ok(color) => {
+                        report.ok += 1;
+                        report.slowest = report.slowest.max(started.elapsed());
+                        *report.colors.entry(color).or_default() += 1;
+                    }
+                    Err(e) => report
+                        .failed
+                        .push(format!("{} {url}: {e}", if write { "POST" } else { "GET" })),
+                }
+            }
+        }
+        report
+    })
+}
+
 async fn once(http: &reqwest::Client, url: &str) -> Result<String, String> {
-    let resp = http
-        .get(url)
+    answer(http.get(url)).await
+}
+
+/// The `environment` of a successful JSON answer; Err describes anything else.
+async fn answer(request: reqwest::RequestBuilder) -> Result<String, String> {
+    let resp = request
         .send()
         .await
         .map_err(|e| format!("connection: {e:?}"))?;

@@ -352,7 +352,7 @@ pub enum LockError {
 }
 
 /// A stable 64-bit key per app, so different apps sharing one PostgreSQL do not block each other.
-fn advisory_key(app: &str) -> i64 {
+pub fn advisory_key(app: &str) -> i64 {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(format!("bluegreen-migrations:{app}").as_bytes());
     i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
