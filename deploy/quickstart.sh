@@ -2,8 +2,9 @@
 # bluegreen quickstart: everything on this machine, nothing to configure.
 # Starts an embedded single-node etcd, three agents as hosts 127.0.0.11-13 and two load balancers
 # (nginx + lb-sidecar each, on 127.0.0.1:8000 and :8001), deploys v1 of the demo app with
-# `coordinator deploy`, then deploys v2 while a load loop runs through both load balancers, and
-# shows `coordinator status`, the history and the load loop's failure count (zero).
+# `coordinator deploy` (which applies the example's expand migrations to a SQLite database), then
+# deploys v2 while a load loop runs through both load balancers, and shows `coordinator status`,
+# the history, `coordinator migrate status` and the load loop's failure count (zero).
 # Ctrl-C stops everything. `--once` exits after showing.
 set -euo pipefail
 
@@ -64,11 +65,17 @@ done
 echo "quickstart: agents for host-11, host-12, host-13 started (logs in $WORK)"
 
 
-cat >"$WORK/bluegreen.toml" <<TOML
+# The app spec. The schema comes from deploy/examples/migrations (SQLite, the embedded default):
+# expand migrations run inside `coordinator deploy`, the contract one waits for
+# `coordinator migrate contract`. v2 is the same binary with FEATURE_FLAG_NEW_API=1 (it reads and
+# writes items.description).
+spec() {
+    local flag=$1
+    cat <<TOML
 app = "shop"
 [run]
 command = ["./demo-app"]
-env = { DATABASE_URL = "sqlite://$WORK/shop.db?mode=rwc" }
+env = { DATABASE_URL = "sqlite://$WORK/shop.db?mode=rwc", DEMO_AUTO_SCHEMA = "0", FEATURE_FLAG_NEW_API = "$flag" }
 stop_timeout = "10s"
 [health]
 path = "/health"
@@ -79,7 +86,16 @@ startup_timeout = "30s"
 path = "/api/v1/status"
 status = 200
 json = { environment = "{color}", version = "{version}" }
+[[smoke]]
+path = "/api/v1/items"
+status = 200
+[migrations]
+dir = "$ROOT/deploy/examples/migrations"
+database_url = "sqlite://$WORK/shop.db?mode=rwc"
 TOML
+}
+spec 0 >"$WORK/bluegreen.toml"
+spec 1 >"$WORK/bluegreen-v2.toml"
 
 # Two load balancers, each an nginx of its own with an lb-sidecar owning its include file.
 for lb in 1 2; do
@@ -117,7 +133,7 @@ load() {
 load &
 LOAD_PID=$!
 echo "quickstart: coordinator deploy v2 while a load loop runs through both load balancers"
-coordinator deploy --spec "$WORK/bluegreen.toml" --version v2 --artifact "file://$WORK/demo-app.tar.gz" --sha256 "$SHA"
+coordinator deploy --spec "$WORK/bluegreen-v2.toml" --version v2 --artifact "file://$WORK/demo-app.tar.gz" --sha256 "$SHA"
 touch "$WORK/stop-load"
 wait $LOAD_PID
 read -r ok failed <"$WORK/load-result"
@@ -126,10 +142,13 @@ coordinator status
 echo
 coordinator history
 echo
+coordinator migrate status --spec "$WORK/bluegreen-v2.toml"
+echo
 echo "quickstart: load loop during the v2 deploy: $ok requests succeeded, $failed failed"
 echo "quickstart: lb-1 -> $(curl -s http://127.0.0.1:8000/api/v1/status)"
 echo "quickstart: lb-2 -> $(curl -s http://127.0.0.1:8001/api/v1/status)"
 echo "quickstart: try 'BLUEGREEN_ETCD=$ETCD $BIN/coordinator --app shop rollback'"
+echo "quickstart: and 'BLUEGREEN_ETCD=$ETCD $BIN/coordinator migrate contract --spec $WORK/bluegreen-v2.toml' (refused while blue runs v1)"
 [[ $failed -eq 0 ]] || { echo "quickstart: requests failed during the deploy" >&2; exit 1; }
 if ((ONCE)); then exit 0; fi
 echo
