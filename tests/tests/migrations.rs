@@ -142,6 +142,7 @@ on_both_databases!(
     old_color_failing_on_the_expanded_schema_reverts_it,
     refusals_name_the_file_and_up_is_idempotent,
     concurrent_migrators_apply_once,
+    failed_migration_without_transaction_blocks_until_reverted,
 );
 
 async fn expand_with_v2_keeps_v1_working_and_contract_waits_for_v1_to_go(backend: Backend) {
@@ -472,6 +473,50 @@ async fn concurrent_migrators_apply_once(backend: Backend) {
             .unwrap();
         assert_exit(&migrate(&fleet, "down", &spec, &[]).await, 0, &["reverted"]);
     }
+}
+
+async fn failed_migration_without_transaction_blocks_until_reverted(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let fleet = Fleet::start(0, 0).await;
+    let repo = Repo::new();
+    repo.example(CREATE);
+    let broken = "-- phase: expand\n-- transaction: off\n-- +up\nCREATE TABLE tags (id INTEGER);\n\
+                  INSERT INTO tags (id VALUES (1);\n-- +down\nDROP TABLE IF EXISTS tags;\n";
+    let file = repo.write("0002_tags.sql", broken);
+    let spec = fleet.migration_spec("ops", &db.url, repo.path(), &[]);
+    assert_exit(
+        &migrate(&fleet, "up", &spec, &[]).await,
+        1,
+        &[
+            "statement 2 of 2 failed without a transaction",
+            "migrate down",
+        ],
+    );
+    // The first statement stayed, and the table says so.
+    assert_eq!(db.columns("tags").await, ["id"]);
+    assert_eq!(
+        db.migration_rows().await,
+        [(1, true, false), (2, false, false)]
+    );
+    assert_exit(
+        &migrate(&fleet, "up", &spec, &[]).await,
+        2,
+        &[
+            &file.display().to_string(),
+            "failed on",
+            "outside a transaction",
+        ],
+    );
+    // `down` is the way out: it runs the down script and marks the row reverted.
+    assert_exit(&migrate(&fleet, "down", &spec, &[]).await, 0, &["reverted"]);
+    assert!(db.columns("tags").await.is_empty());
+    // A fixed file then applies (a reverted row's checksum no longer binds the file).
+    repo.write(
+        "0002_tags.sql",
+        &broken.replace("(id VALUES", "(id) VALUES"),
+    );
+    assert_exit(&migrate(&fleet, "up", &spec, &[]).await, 0, &["[2]"]);
+    assert_eq!(db.count("SELECT COUNT(*) FROM tags").await, 1);
 }
 
 /// The large-table case: 100k rows, an expand migration that adds a column, and a backfill that
