@@ -13,6 +13,7 @@ pub mod migrate;
 pub mod progress;
 pub mod spec;
 pub mod status;
+pub mod stop;
 pub mod switch;
 
 use lock::DeployLock;
@@ -215,6 +216,22 @@ pub async fn switch(
     )
     .await?;
     let result = switch::switch_command(&client, &keys, &lock, target, kind, &progress).await;
+    lock.release().await;
+    result
+}
+
+/// `coordinator stop <color>`: the idle color only.
+pub async fn stop(
+    global: &Global,
+    color: Color,
+    lock_wait: Duration,
+) -> Result<String, CoordinatorError> {
+    let keys = global.keys()?;
+    let client = global.connect().await?;
+    let progress = Progress::new(global.json);
+    let id = format!("stop-{}", uuid::Uuid::new_v4());
+    let lock = acquire(&client, &keys, &id, "stop", lock_wait, &progress).await?;
+    let result = stop::stop_color(&client, &keys, &lock, color, &id, &progress).await;
     lock.release().await;
     result
 }

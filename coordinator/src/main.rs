@@ -77,6 +77,12 @@ enum Command {
         #[arg(long, default_value = "30s")]
         lock_wait: String,
     },
+    /// Stop the idle color on every host (never the active one); gives up the instant rollback.
+    Stop {
+        color: String,
+        #[arg(long, default_value = "30s")]
+        lock_wait: String,
+    },
     /// Active color, releases, every host's health, every LB's ack, lock holder, last deploy.
     Status,
     /// The audit trail, newest last.
@@ -187,6 +193,10 @@ async fn dispatch(global: &Global, command: Command) -> Result<String, Coordinat
             color: c,
             lock_wait,
         } => coordinator::switch(global, Some(color(&c)?), dur("--lock-wait", &lock_wait)?).await,
+        Command::Stop {
+            color: c,
+            lock_wait,
+        } => coordinator::stop(global, color(&c)?, dur("--lock-wait", &lock_wait)?).await,
         Command::Status => coordinator::status(global).await,
         Command::History { limit } => coordinator::history(global, limit).await,
         Command::Migrate { action } => migrate(global, action).await,

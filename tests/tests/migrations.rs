@@ -221,6 +221,17 @@ async fn expand_with_v2_keeps_v1_working_and_contract_waits_for_v1_to_go(backend
         1,
         &["releases/blue runs v1"],
     );
+    // Stopping blue (the active color cannot be stopped) also clears the gate, and gives up the
+    // rollback target, which `rollback` then says.
+    assert_exit(&fleet.run(&["stop", "green"]).await, 2, &["active color"]);
+    assert_exit(
+        &fleet.run(&["stop", "blue"]).await,
+        0,
+        &["stopped blue (v1)"],
+    );
+    let status = text(&migrate(&fleet, "status", &spec, &[]).await);
+    assert!(status.contains("contract gate: ready"), "{status}");
+    assert_exit(&fleet.run(&["rollback"]).await, 1, &[]);
     // Blue redeployed with a version that no longer needs the column nullable: allowed.
     let out = fleet.deploy(&spec, "v3", &[]).await;
     assert_exit(&out, 0, &["up to date"]);
