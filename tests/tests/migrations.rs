@@ -361,6 +361,11 @@ async fn old_color_failing_on_the_expanded_schema_reverts_it(backend: Backend) {
         history.contains("0002_rename_name.sql (expand) reverted"),
         "{history}"
     );
+    let json = text(&fleet.run(&["--output", "json", "history"]).await);
+    assert!(
+        json.contains("\"reason\":\"believed unused by v1 (it is not)\""),
+        "{json}"
+    );
 }
 
 async fn refusals_name_the_file_and_up_is_idempotent(backend: Backend) {

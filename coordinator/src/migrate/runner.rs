@@ -181,6 +181,8 @@ impl Recorder<'_> {
         record.details = serde_json::json!({
             "migration": m.version, "name": m.name, "phase": m.phase.as_str(),
             "checksum": m.checksum, "execution_ms": ms, "database": self.database,
+            // Why a destructive statement was let into an expand migration, kept with the apply.
+            "reason": m.reason,
         });
         history::append(self.client, self.keys, Some(self.fence), &record)
             .await
