@@ -128,8 +128,10 @@ impl Deploy<'_> {
             return self.fail(&mut record, args, &state, failed, "health").await;
         }
         if let Some(migrations) = self.migrations {
-            if let Err((failed, step)) = self.migrate(migrations, &state, args).await? {
-                return self.fail(&mut record, args, &state, failed, step).await;
+            if let Err(failed) = self.migrate(migrations, &state, args).await? {
+                return self
+                    .fail(&mut record, args, &state, failed, "migrate")
+                    .await;
             }
         }
         if let Some(active) = &state.active {
@@ -221,8 +223,8 @@ impl Deploy<'_> {
         migrations: &Migrations,
         state: &AppStatus,
         args: &DeployArgs,
-    ) -> Result<Result<(), (Vec<(String, String)>, &'static str)>, CoordinatorError> {
-        let database = |why: String| Ok(Err((vec![("database".to_string(), why)], "migrate")));
+    ) -> Result<Result<(), Vec<(String, String)>>, CoordinatorError> {
+        let database = |why: String| Ok(Err(vec![("database".to_string(), why)]));
         let (mut store, plan) = match migrations.open_locked(true).await {
             Ok(opened) => opened,
             Err(e) => return database(e.to_string()),
@@ -317,7 +319,7 @@ impl Deploy<'_> {
                 active.color, active.version
             ),
         ));
-        Ok(Err((failed, "migrate")))
+        Ok(Err(failed))
     }
 
     fn release(&self, args: &DeployArgs, desired: Desired) -> ReleaseRecord {

@@ -8,7 +8,7 @@ use crate::lock::DeployLock;
 use crate::progress::Progress;
 use crate::status::{self, AppStatus};
 use etcd_client::{Compare, CompareOp};
-use proto::records::{encode, Desired, HealthState};
+use proto::records::{encode, Desired};
 use proto::{Color, Keys};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -98,11 +98,7 @@ fn running_hosts(state: &AppStatus, color: Color) -> Vec<String> {
     state
         .health
         .iter()
-        .filter(|(_, colors)| {
-            colors
-                .get(&color)
-                .is_some_and(|h| !matches!(h.state, HealthState::Stopped | HealthState::Failed))
-        })
+        .filter(|(_, colors)| colors.get(&color).is_some_and(|h| h.state.is_running()))
         .map(|(host, _)| host.clone())
         .collect()
 }

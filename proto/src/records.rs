@@ -277,6 +277,15 @@ impl HealthState {
             HealthState::Stopped => "stopped",
         }
     }
+
+    /// Whether a process of this color is (or is about to be) running on the host: what the
+    /// contract gate and `stop` must both count, so it is decided here once.
+    pub fn is_running(self) -> bool {
+        matches!(
+            self,
+            HealthState::Starting | HealthState::Healthy | HealthState::Unhealthy
+        )
+    }
 }
 
 /// `<p>/<app>/health/<host>/<color>`: what one color on one host is doing, under the agent's lease.

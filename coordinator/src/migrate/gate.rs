@@ -3,7 +3,7 @@
 //! version the migration `requires`. What runs is read from etcd: both colors' releases and every
 //! host's reported health.
 use crate::status::AppStatus;
-use proto::records::{Desired, HealthState};
+use proto::records::Desired;
 use std::cmp::Ordering;
 
 /// Every (where, version) that is running or meant to run, e.g. ("releases/blue", "v1").
@@ -16,10 +16,7 @@ pub fn running_versions(status: &AppStatus) -> Vec<(String, String)> {
         .collect();
     for (host, colors) in &status.health {
         for (color, h) in colors {
-            if matches!(
-                h.state,
-                HealthState::Starting | HealthState::Healthy | HealthState::Unhealthy
-            ) {
+            if h.state.is_running() {
                 running.push((format!("{host} {color}"), h.version.clone()));
             }
         }
@@ -82,7 +79,7 @@ fn chunks(s: &str) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::records::{HealthRecord, ReleaseRecord};
+    use proto::records::{HealthRecord, HealthState, ReleaseRecord};
     use proto::Color;
 
     #[test]

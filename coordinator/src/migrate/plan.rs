@@ -159,16 +159,21 @@ impl Plan {
 
     /// Everything that stops a forward migration, one per line; Ok when there is nothing.
     pub fn check(&self) -> Result<(), String> {
-        let all: Vec<&String> = self.problems.iter().chain(&self.failures).collect();
-        if all.is_empty() {
-            Ok(())
-        } else {
-            Err(all
-                .into_iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join("\n"))
-        }
+        joined(self.problems.iter().chain(&self.failures))
+    }
+
+    /// What stops `down`: a failed migration does not, since reverting it is the way out.
+    pub fn check_revertible(&self) -> Result<(), String> {
+        joined(self.problems.iter())
+    }
+}
+
+fn joined<'a>(lines: impl Iterator<Item = &'a String>) -> Result<(), String> {
+    let lines: Vec<&str> = lines.map(String::as_str).collect();
+    if lines.is_empty() {
+        Ok(())
+    } else {
+        Err(lines.join("\n"))
     }
 }
 

@@ -105,32 +105,39 @@ impl Migrations {
     /// under that lock. `forward` refuses failures too (only `down` may start from one).
     pub async fn open_locked(&self, forward: bool) -> Result<(Store, Plan), CoordinatorError> {
         let mut store = self.connect().await?;
-        let locked = match store.lock(&self.app, self.section.lock_wait).await {
-            Ok(()) => store.ensure_table().await.map_err(CoordinatorError::Failed),
-            Err(LockError::Timeout(e)) => Err(CoordinatorError::LockTimeout(e)),
-            Err(LockError::Database(e)) => Err(CoordinatorError::Failed(e)),
-        };
-        let plan = match locked {
-            Ok(()) => self.plan(&mut store).await,
-            Err(e) => Err(e),
-        };
-        let checked = plan.and_then(|plan| {
-            let problems = if forward {
-                plan.check()
-            } else if plan.problems.is_empty() {
-                Ok(())
-            } else {
-                Err(plan.problems.join("\n"))
-            };
-            problems.map(|()| plan).map_err(CoordinatorError::Usage)
-        });
-        match checked {
+        match self.locked_plan(&mut store, forward).await {
             Ok(plan) => Ok((store, plan)),
             Err(e) => {
                 store.close().await;
                 Err(e)
             }
         }
+    }
+
+    async fn locked_plan(
+        &self,
+        store: &mut Store,
+        forward: bool,
+    ) -> Result<Plan, CoordinatorError> {
+        store
+            .lock(&self.app, self.section.lock_wait)
+            .await
+            .map_err(|e| match e {
+                LockError::Timeout(e) => CoordinatorError::LockTimeout(e),
+                LockError::Database(e) => CoordinatorError::Failed(e),
+            })?;
+        store
+            .ensure_table()
+            .await
+            .map_err(CoordinatorError::Failed)?;
+        let plan = self.plan(store).await?;
+        let checked = if forward {
+            plan.check()
+        } else {
+            plan.check_revertible()
+        };
+        checked.map_err(CoordinatorError::Usage)?;
+        Ok(plan)
     }
 }
 

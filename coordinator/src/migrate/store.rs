@@ -118,8 +118,7 @@ impl Store {
 
     /// PostgreSQL: the session-level advisory lock for `app`, so two migrators never interleave
     /// even when they do not share an etcd (it is freed if this process dies). SQLite serializes
-    /// writers itself, and the etcd deploy lock covers the rest. Err(None-timeout) is reported
-    /// as a lock timeout by the caller.
+    /// writers itself, and the etcd deploy lock covers the rest.
     pub async fn lock(&mut self, app: &str, wait: Duration) -> Result<(), LockError> {
         if self.db != Db::Postgres {
             return Ok(());
@@ -186,9 +185,8 @@ impl Store {
         if let Err(e) = &outcome {
             if e.partial {
                 // Best effort: the refusal this row causes is what protects the next run.
-                let failed = self
-                    .insert_row(&row, started.elapsed().as_millis() as i64, Some(&e.message))
-                    .await;
+                let ms = started.elapsed().as_millis() as i64;
+                let failed = row.insert(&mut self.conn, ms, Some(&e.message)).await;
                 if let Err(why) = failed {
                     tracing::error!(
                         "could not record the failure of {}: {why}",
@@ -277,15 +275,6 @@ impl Store {
             .await
             .map_err(|e| fail(format!("recording in schema_migrations: {e}"), true))?;
         Ok(ms)
-    }
-
-    async fn insert_row(
-        &mut self,
-        row: &NewRow<'_>,
-        ms: i64,
-        error: Option<&str>,
-    ) -> Result<(), sqlx::Error> {
-        row.insert(&mut self.conn, ms, error).await
     }
 }
 
