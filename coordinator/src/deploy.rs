@@ -1,22 +1,24 @@
-//! `coordinator deploy`: the pipeline of DESIGN.md §4. Everything before the switch leaves traffic
-//! where it was; every write is fenced by the lock token, so a coordinator that lost its lock
-//! (paused, partitioned) cannot change anything.
+//! `coordinator deploy`: the thin loop that runs the pipeline of [`crate::pipeline`]. Each step
+//! goes through a seam ([`Store`], [`Probes`], [`Migrator`]) and [`pipeline::next`] decides what
+//! follows. Everything before the switch leaves traffic where it was; every write is fenced by the
+//! lock token, so a coordinator that lost its lock (paused, partitioned) cannot change anything.
 use crate::error::CoordinatorError;
-use crate::fleet;
+use crate::fleet::{self, Failures};
 use crate::history;
-use crate::lock::DeployLock;
-use crate::migrate::runner::{self, Migrations, Recorder};
+use crate::pipeline::{self, Intent, Next, Plan, Preflight, Step};
+use crate::probes::Probes;
 use crate::progress::Progress;
+use crate::reconcile;
 use crate::spec::AppSpec;
-use crate::spec::SmokeCheck;
-use crate::status::{self, AppStatus};
+use crate::status::AppStatus;
+use crate::store::{Store, Write};
 use crate::switch;
 use proto::records::{
-    encode, ActiveRecord, Artifact, DeployRecord, Desired, HealthState, ReleaseRecord, RunSpec,
+    ActiveRecord, Artifact, DeployRecord, Desired, LbRecord, ReleaseRecord, RunSpec,
 };
-use proto::{Color, Keys};
+use proto::{Color, Operation, Outcome, Phase};
+use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio::time::Instant;
 
 pub struct DeployArgs {
     pub version: String,
@@ -24,302 +26,247 @@ pub struct DeployArgs {
     pub health_timeout: Option<Duration>,
     pub verify_for: Option<Duration>,
     pub keep_failed: bool,
+    pub allow_no_lb: bool,
 }
 
-/// Phases recorded in the `deploy` key, so a later coordinator can reconcile a dead one.
-const FINISHED: [&str; 3] = ["done", "failed", "rolled_back"];
+/// The schema seam: applies pending expand migrations after staging and proves the old color on
+/// the expanded schema. Ok(Err) is a failure that left traffic and schema as they were; Err is one
+/// that needs a human (a failed revert).
+#[allow(async_fn_in_trait)]
+pub trait Migrator {
+    async fn expand(
+        &self,
+        state: &AppStatus,
+        version: &str,
+    ) -> Result<Result<(), Failures>, CoordinatorError>;
+}
 
-pub struct Deploy<'a> {
-    pub client: &'a etcd_client::Client,
-    pub keys: &'a Keys,
+/// For deploys of apps without `[migrations]`.
+pub struct NoMigrations;
+
+impl Migrator for NoMigrations {
+    async fn expand(
+        &self,
+        _: &AppStatus,
+        _: &str,
+    ) -> Result<Result<(), Failures>, CoordinatorError> {
+        Ok(Ok(()))
+    }
+}
+
+pub struct Deploy<'a, S, P, M> {
+    pub store: &'a S,
+    pub probes: &'a P,
+    /// `None` when the spec has no `[migrations]`.
+    pub migrator: Option<&'a M>,
     pub spec: &'a AppSpec,
-    pub lock: &'a DeployLock,
     pub progress: &'a Progress,
-    pub deploy_id: String,
-    /// The app's migrations, loaded and linted before the lock was taken.
-    pub migrations: Option<&'a Migrations>,
+    /// The operation id: the lock, `deploy`, `active` and history all carry it.
+    pub op_id: String,
 }
 
-impl Deploy<'_> {
+/// What the loop carries from step to step.
+struct Run<'s> {
+    plan: Plan,
+    state: AppStatus,
+    record: DeployRecord,
+    args: &'s DeployArgs,
+    /// The switch's revision once `active` was written: from then on, errors are unsafe.
+    switched_at: Option<i64>,
+    acks: BTreeMap<String, LbRecord>,
+    failures: Failures,
+}
+
+impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
     pub async fn run(&self, args: &DeployArgs) -> Result<String, CoordinatorError> {
-        let state = status::read(self.client, self.keys).await?;
-        self.reconcile(&state).await?;
-        let from = state.active.as_ref().map(|a| a.color);
-        let to = from.map_or(Color::Blue, Color::other);
-        let hosts: Vec<String> = state.hosts.keys().cloned().collect();
-        if hosts.is_empty() {
-            return Err(CoordinatorError::Failed(
-                "no host is registered: start the agents first".into(),
-            ));
-        }
-        if let Some(active) = &state.active {
-            if active.version == args.version
-                && fleet::unhealthy(&state, active.color, &args.version).is_empty()
-            {
-                return Ok(format!(
-                    "{} is already active and healthy on every host ({}); nothing to do",
-                    args.version, active.color
-                ));
-            }
-            let sick = fleet::unhealthy(&state, active.color, &active.version);
-            if !sick.is_empty() {
-                return Err(CoordinatorError::Failed(format!(
-                    "preflight: active {} ({}) is not healthy on {}",
-                    active.color,
-                    active.version,
-                    sick.join(", ")
-                )));
-            }
-        }
+        let state = self.store.read().await?;
+        reconcile::previous(self.store, &state, &self.op_id, self.progress).await?;
+        let intent = Intent {
+            version: args.version.clone(),
+            allow_no_lb: args.allow_no_lb,
+            migrations: self.migrator.is_some(),
+            verify_for: args.verify_for.unwrap_or(self.spec.switch.verify_for),
+        };
+        let plan = match pipeline::preflight(&state, &intent) {
+            Preflight::AlreadyActive(message) => return Ok(message),
+            Preflight::Refuse(why) => return Err(CoordinatorError::Failed(why)),
+            Preflight::Go(plan) => plan,
+        };
+        let shown_from = plan.from.map_or("none".into(), |c| c.to_string());
         self.progress.event(
             "preflight",
             None,
             "ok",
             &format!(
-                "{} host(s), {} -> {to}",
-                hosts.len(),
-                from.map_or("none".into(), |c| c.to_string())
+                "{} host(s), {} LB(s), {shown_from} -> {}",
+                plan.hosts.len(),
+                plan.lbs.len(),
+                plan.to
             ),
         );
-
-        let started_at = proto::time::now_rfc3339();
-        let mut record = DeployRecord {
-            deploy_id: self.deploy_id.clone(),
-            phase: "staging".into(),
-            from,
-            to,
+        let now = proto::time::now_rfc3339();
+        let record = DeployRecord {
+            deploy_id: self.op_id.clone(),
+            operation: Operation::Deploy,
+            phase: Phase::Staging,
+            from: plan.from,
+            to: plan.to,
             version: args.version.clone(),
-            token: self.lock.fence.token,
-            started_at: started_at.clone(),
-            updated_at: started_at,
+            token: self.store.token(),
+            started_at: now.clone(),
+            updated_at: now,
             error: None,
         };
-        self.put_deploy(&record).await?;
         let release = self.release(args, Desired::Running);
-        self.lock
-            .fence
-            .put_all(
-                self.client,
-                &[(self.keys.release(to), encode(&release))],
-                vec![],
+        self.store
+            .put(
+                &[
+                    Write::Deploy(record.clone()),
+                    Write::Release(plan.to, release),
+                ],
+                None,
             )
             .await?;
         self.progress.event(
             "stage",
             None,
             "written",
-            &format!("releases/{to} = {}", args.version),
+            &format!("releases/{} = {}", plan.to, args.version),
         );
-
-        let timeout = args
-            .health_timeout
-            .unwrap_or(self.spec.health.startup_timeout + Duration::from_secs(30));
-        if let Err(failed) = fleet::wait_healthy(
-            self.client,
-            self.keys,
-            &hosts,
-            to,
-            &args.version,
-            timeout,
-            self.progress,
-        )
-        .await
-        {
-            return self.fail(&mut record, args, &state, failed, "health").await;
-        }
-        if let Some(migrations) = self.migrations {
-            if let Err(failed) = self.migrate(migrations, &state, args).await? {
-                return self
-                    .fail(&mut record, args, &state, failed, "migrate")
-                    .await;
-            }
-        }
-        if let Some(active) = &state.active {
-            let now = status::read(self.client, self.keys).await?;
-            let sick = fleet::unhealthy(&now, active.color, &active.version);
-            if !sick.is_empty() {
-                let failed = sick
-                    .into_iter()
-                    .map(|h| {
-                        (
-                            h,
-                            format!("active {} became unhealthy during staging", active.color),
-                        )
-                    })
-                    .collect();
-                return self
-                    .fail(&mut record, args, &state, failed, "preflight")
-                    .await;
-            }
-        }
-        let host_records: Vec<_> = state.hosts.values().cloned().collect();
-        if let Err(failed) = fleet::smoke(
-            &host_records,
-            &self.spec.smoke,
-            to,
-            &args.version,
-            self.progress,
-        )
-        .await
-        {
-            return self.fail(&mut record, args, &state, failed, "smoke").await;
-        }
-
-        record.phase = "switching".into();
-        self.put_deploy(&record).await?;
-        record.phase = "switched".into();
-        record.updated_at = proto::time::now_rfc3339();
-        let active = ActiveRecord {
-            color: to,
-            version: args.version.clone(),
-            deploy_id: self.deploy_id.clone(),
-            token: self.lock.fence.token,
-            switched_at: proto::time::now_rfc3339(),
+        let mut run = Run {
+            plan,
+            state,
+            record,
+            args,
+            switched_at: None,
+            acks: BTreeMap::new(),
+            failures: Vec::new(),
         };
-        let switched = switch::switch(
-            self.client,
-            self.keys,
-            self.lock,
-            state.active_mod_revision,
-            &active,
-            &record,
-            self.progress,
-        )
-        .await;
-        let revision = match switched {
-            Ok(r) => r,
-            Err(e) => {
-                self.history("failed", from, to, &args.version, Some(e.to_string()))
-                    .await?;
-                return Err(e);
-            }
-        };
-
-        let verify_for = args.verify_for.unwrap_or(self.spec.switch.verify_for);
-        if !verify_for.is_zero() {
-            if let Err(why) = self.verify_for(&hosts, to, &args.version, verify_for).await {
-                return self
-                    .switch_back(&mut record, from, to, args, revision, why)
-                    .await;
+        let mut step = Step::AwaitHealthy;
+        loop {
+            let passed = match self.step(&mut run, step).await {
+                Ok(passed) => passed,
+                Err(e) => return Err(self.after_switch(&run, e)),
+            };
+            match pipeline::next(&run.plan, step, passed) {
+                Next::Run(s) => step = s,
+                Next::FailBeforeSwitch => return self.fail(&mut run, step).await,
+                Next::SwitchRefused => return self.refused(&mut run).await,
+                Next::Unsafe => return self.unsafe_end(&mut run, step).await,
+                Next::SwitchBack => return self.switch_back(&mut run).await,
+                Next::Finish => return self.finish(&mut run).await,
             }
         }
-        record.phase = "done".into();
-        record.updated_at = proto::time::now_rfc3339();
-        self.put_deploy(&record).await?;
-        self.history("done", from, to, &args.version, None).await?;
-        Ok(format!(
-            "deployed {} to {to} on {} host(s); traffic on {to} at revision {revision}",
-            args.version,
-            hosts.len()
-        ))
     }
 
-    /// Applies pending expand migrations (after staging, before the smoke checks), then proves
-    /// the old color still works on the expanded schema: its health and smoke checks must pass,
-    /// otherwise the migrations are reverted with their down scripts. Ok(Err(..)) is a failure
-    /// that left traffic and schema as they were; Err is one that needs a human (a failed revert).
-    async fn migrate(
-        &self,
-        migrations: &Migrations,
-        state: &AppStatus,
-        args: &DeployArgs,
-    ) -> Result<Result<(), Vec<(String, String)>>, CoordinatorError> {
-        let database = |why: String| Ok(Err(vec![("database".to_string(), why)]));
-        let (mut store, plan) = match migrations.open_locked(true).await {
-            Ok(opened) => opened,
-            Err(e) => return database(e.to_string()),
-        };
-        let (run, contract) = plan.expand_run();
-        if let Some(c) = contract {
-            self.progress.event(
-                "migrate",
-                None,
-                "contract pending",
-                &format!(
-                    "{} and later wait for `coordinator migrate contract`",
-                    c.file.display()
-                ),
-            );
-        }
-        if run.is_empty() {
-            self.progress
-                .event("migrate", None, "up to date", "no pending expand migration");
-            store.close().await;
-            return Ok(Ok(()));
-        }
-        let rec = Recorder {
-            client: self.client,
-            keys: self.keys,
-            fence: &self.lock.fence,
-            progress: self.progress,
-            deploy_id: &self.deploy_id,
-            app_version: &args.version,
-            database: &store.shown_url.clone(),
-        };
-        let applied = match runner::apply(&mut store, &run, &rec).await {
-            Ok(applied) => applied,
-            Err((applied, e)) => {
-                // Expand migrations that did apply stay: they are safe for the old color, and a
-                // retry continues from them.
-                store.close().await;
-                let kept = if applied.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (migrations {applied:?} before it stay applied)")
-                };
-                return database(format!("{e}{kept}"));
+    /// Runs one step; Ok(false) is the step failing (its reasons are in `run.failures`).
+    async fn step(&self, run: &mut Run<'_>, step: Step) -> Result<bool, CoordinatorError> {
+        let (to, version) = (run.plan.to, run.args.version.clone());
+        let outcome: Result<(), Failures> = match step {
+            Step::AwaitHealthy => {
+                let timeout = run
+                    .args
+                    .health_timeout
+                    .unwrap_or(self.spec.health.startup_timeout + Duration::from_secs(30));
+                fleet::wait_healthy(
+                    self.store,
+                    &run.plan.hosts,
+                    to,
+                    &version,
+                    timeout,
+                    self.progress,
+                )
+                .await?
+            }
+            Step::Migrate => match self.migrator {
+                Some(m) => m.expand(&run.state, &version).await?,
+                None => Ok(()),
+            },
+            Step::RecheckActive => self.recheck_active(&run.state).await?,
+            Step::Smoke => {
+                let hosts: Vec<_> = run.state.hosts.values().cloned().collect();
+                let results = self
+                    .probes
+                    .smoke(&hosts, &self.spec.smoke, to, &version)
+                    .await;
+                fleet::report_smoke(results, self.progress)
+            }
+            Step::Switch => {
+                run.record.phase = Phase::Switching;
+                self.put_record(&run.record).await?;
+                run.record.phase = Phase::Switched;
+                run.record.updated_at = proto::time::now_rfc3339();
+                let active = self.active_record(to, &version);
+                let seen = run.state.active_mod_revision;
+                match switch::write_active(self.store, &active, &run.record, seen, self.progress)
+                    .await?
+                {
+                    Ok(revision) => {
+                        run.switched_at = Some(revision);
+                        Ok(())
+                    }
+                    Err(why) => Err(vec![("active".into(), why)]),
+                }
+            }
+            Step::AwaitAcks => {
+                let revision = run.switched_at.expect("acks follow the switch");
+                match switch::await_acks(self.store, &run.plan.lbs, revision, self.progress).await?
+                {
+                    Ok(acks) => {
+                        run.acks = acks;
+                        Ok(())
+                    }
+                    Err(why) => Err(vec![(
+                        "LBs".into(),
+                        format!("not every LB followed: {why}"),
+                    )]),
+                }
+            }
+            Step::VerifyLbs => {
+                let revision = run.switched_at.expect("verification follows the switch");
+                switch::verify(
+                    self.probes,
+                    &run.acks,
+                    &run.plan.lbs,
+                    to,
+                    revision,
+                    self.progress,
+                )
+                .await
+                .map_err(|why| vec![("LBs".into(), format!("the LBs do not serve it: {why}"))])
+            }
+            Step::VerifyFor => {
+                let duration = run.plan.verify_for;
+                self.progress.event(
+                    "verify-for",
+                    None,
+                    "watching",
+                    &humantime::format_duration(duration).to_string(),
+                );
+                fleet::watch_serving(self.store, &run.plan.hosts, to, &version, duration)
+                    .await?
+                    .map_err(|why| vec![(to.to_string(), why)])
             }
         };
-        let Some(active) = &state.active else {
-            store.close().await;
+        run.failures = outcome.err().unwrap_or_default();
+        Ok(run.failures.is_empty())
+    }
+
+    /// The active color must still serve on every host after staging (and migrations).
+    async fn recheck_active(
+        &self,
+        before: &AppStatus,
+    ) -> Result<Result<(), Failures>, CoordinatorError> {
+        let Some(active) = &before.active else {
             return Ok(Ok(()));
         };
-        let mut checks = vec![SmokeCheck {
-            path: self.spec.health.path.clone(),
-            status: 200,
-            json: Default::default(),
-            timeout: self.spec.health.timeout,
-            retries: 2,
-        }];
-        checks.extend(self.spec.smoke.iter().cloned());
-        let hosts: Vec<_> = state.hosts.values().cloned().collect();
-        let old = fleet::smoke(
-            &hosts,
-            &checks,
-            active.color,
-            &active.version,
-            self.progress,
-        )
-        .await;
-        let Err(failed) = old else {
-            store.close().await;
+        let now = self.store.read().await?;
+        let sick = fleet::unhealthy(&now, active.color, &active.version);
+        if sick.is_empty() {
             return Ok(Ok(()));
-        };
-        // Named with the old color, so the report does not attach the new color's logs to them.
-        let mut failed: Vec<(String, String)> = failed
-            .into_iter()
-            .map(|(host, why)| (format!("{host} {}", active.color), why))
-            .collect();
-        self.progress.event(
-            "migrate",
-            None,
-            "old color broke",
-            &format!(
-                "{} {} fails its checks on the expanded schema; reverting",
-                active.color, active.version
-            ),
-        );
-        let reverted = runner::revert(&mut store, migrations, &applied, &rec).await;
-        store.close().await;
-        reverted?;
-        failed.push((
-            "database".into(),
-            format!(
-                "{} {} failed its checks against the expanded schema; migrations {applied:?} were reverted with their down scripts",
-                active.color, active.version
-            ),
-        ));
-        Ok(Err(failed))
+        }
+        let why = format!("active {} became unhealthy during staging", active.color);
+        Ok(Err(sick.into_iter().map(|h| (h, why.clone())).collect()))
     }
 
     fn release(&self, args: &DeployArgs, desired: Desired) -> ReleaseRecord {
@@ -333,102 +280,104 @@ impl Deploy<'_> {
             },
             health: self.spec.health.clone(),
             desired,
-            deploy_id: self.deploy_id.clone(),
-            token: self.lock.fence.token,
+            deploy_id: self.op_id.clone(),
+            token: self.store.token(),
         }
     }
 
-    async fn put_deploy(&self, record: &DeployRecord) -> Result<(), CoordinatorError> {
-        if let Some(reason) = self.lock.session.lost_reason() {
-            return Err(CoordinatorError::Failed(format!(
-                "deploy lock lost ({reason}); stopping without further writes"
-            )));
+    fn active_record(&self, color: Color, version: &str) -> ActiveRecord {
+        ActiveRecord {
+            color,
+            version: version.to_string(),
+            deploy_id: self.op_id.clone(),
+            token: self.store.token(),
+            switched_at: proto::time::now_rfc3339(),
         }
-        self.lock
-            .fence
-            .put_all(self.client, &[(self.keys.deploy(), encode(record))], vec![])
+    }
+
+    async fn put_record(&self, record: &DeployRecord) -> Result<(), CoordinatorError> {
+        self.store
+            .put(&[Write::Deploy(record.clone())], None)
             .await?;
-        self.progress.event("phase", None, &record.phase, "");
+        self.progress
+            .event("phase", None, record.phase.as_str(), "");
         Ok(())
     }
 
     async fn history(
         &self,
-        outcome: &str,
-        from: Option<Color>,
-        to: Color,
-        version: &str,
+        run: &Run<'_>,
+        outcome: Outcome,
         reason: Option<String>,
     ) -> Result<(), CoordinatorError> {
-        let mut record = history::record("deploy", &self.deploy_id, outcome);
-        record.from = from;
-        record.to = Some(to);
-        record.version = Some(version.to_string());
+        let mut record = history::record(Operation::Deploy, &self.op_id, outcome);
+        record.from = run.plan.from;
+        record.to = Some(run.plan.to);
+        record.version = Some(run.args.version.clone());
         record.reason = reason;
-        history::append(self.client, self.keys, Some(&self.lock.fence), &record)
-            .await
-            .map(|_| ())
+        self.store.append_history(&record).await.map(|_| ())
     }
 
-    /// A deploy whose coordinator died left `deploy` in its phase: say what happened to it.
-    async fn reconcile(&self, state: &AppStatus) -> Result<(), CoordinatorError> {
-        let Some(previous) = &state.deploy else {
-            return Ok(());
-        };
-        if FINISHED.contains(&previous.phase.as_str()) {
-            return Ok(());
-        }
-        let switched = state
-            .active
-            .as_ref()
-            .is_some_and(|a| a.deploy_id == previous.deploy_id);
-        let outcome = if switched { "switched" } else { "not switched" };
-        self.progress.event(
-            "reconcile",
-            None,
-            outcome,
-            &format!(
-                "deploy {} was left in phase {}",
-                previous.deploy_id, previous.phase
-            ),
-        );
-        let mut finished = previous.clone();
-        finished.phase = if switched { "done" } else { "failed" }.into();
-        finished.error = Some(format!(
-            "coordinator died in phase {}; reconciled by {}",
-            previous.phase, self.deploy_id
-        ));
-        finished.updated_at = proto::time::now_rfc3339();
-        self.put_deploy(&finished).await?;
-        let mut record = history::record("reconcile", &previous.deploy_id, outcome);
-        record.to = Some(previous.to);
-        record.version = Some(previous.version.clone());
-        record.reason = finished.error.clone();
-        history::append(self.client, self.keys, Some(&self.lock.fence), &record)
+    /// Closes the record with `phase` and `error`, and writes the history record.
+    async fn close(
+        &self,
+        run: &mut Run<'_>,
+        phase: Phase,
+        outcome: Outcome,
+        error: Option<String>,
+    ) -> Result<(), CoordinatorError> {
+        run.record.phase = phase;
+        run.record.error = error.clone();
+        run.record.updated_at = proto::time::now_rfc3339();
+        self.put_record(&run.record).await?;
+        self.history(run, outcome, error).await
+    }
+
+    async fn finish(&self, run: &mut Run<'_>) -> Result<String, CoordinatorError> {
+        let revision = run.switched_at.expect("finish follows the switch");
+        self.close(run, Phase::Done, Outcome::Done, None)
             .await
-            .map(|_| ())
+            .map_err(|e| self.after_switch(run, e))?;
+        Ok(format!(
+            "deployed {} to {} on {} host(s); traffic on {} at revision {revision}",
+            run.args.version,
+            run.plan.to,
+            run.plan.hosts.len(),
+            run.plan.to
+        ))
+    }
+
+    /// Any error once `active` was written is unsafe: traffic moved and the rest is unknown.
+    fn after_switch(&self, run: &Run<'_>, e: CoordinatorError) -> CoordinatorError {
+        match (run.switched_at, e) {
+            (
+                Some(revision),
+                e @ (CoordinatorError::Usage(_)
+                | CoordinatorError::Proto(_)
+                | CoordinatorError::Unreachable(_)
+                | CoordinatorError::Failed(_)),
+            ) => CoordinatorError::Unsafe(format!(
+                "traffic moved to {} at revision {revision}, then: {e}",
+                run.plan.to
+            )),
+            (_, e) => e,
+        }
     }
 
     /// Failure before the switch: traffic never moved. Stop the failed color (unless kept for
     /// debugging), attach the failing hosts' last log lines, record why, exit 1.
-    async fn fail(
-        &self,
-        record: &mut DeployRecord,
-        args: &DeployArgs,
-        state: &AppStatus,
-        failed: Vec<(String, String)>,
-        step: &str,
-    ) -> Result<String, CoordinatorError> {
-        let to = record.to;
+    async fn fail(&self, run: &mut Run<'_>, step: Step) -> Result<String, CoordinatorError> {
+        let to = run.plan.to;
         let mut report = format!(
-            "{step} failed for {} on {to}; traffic stays on {}",
-            args.version,
-            record.from.map_or("nothing".into(), |c| c.to_string())
+            "{} failed for {} on {to}; traffic stays on {}",
+            step.as_str(),
+            run.args.version,
+            run.plan.from.map_or("nothing".into(), |c| c.to_string())
         );
-        for (host, why) in &failed {
+        for (host, why) in &run.failures {
             report.push_str(&format!("\n  {host}: {why}"));
-            if let Some(h) = state.hosts.get(host) {
-                match fleet::logs(h, to, 10).await {
+            if let Some(h) = run.state.hosts.get(host) {
+                match self.probes.logs(h, to, 10).await {
                     Ok(lines) => lines
                         .iter()
                         .for_each(|l| report.push_str(&format!("\n    | {l}"))),
@@ -436,16 +385,9 @@ impl Deploy<'_> {
                 }
             }
         }
-        if !args.keep_failed {
-            let stopped = self.release(args, Desired::Stopped);
-            self.lock
-                .fence
-                .put_all(
-                    self.client,
-                    &[(self.keys.release(to), encode(&stopped))],
-                    vec![],
-                )
-                .await?;
+        if !run.args.keep_failed {
+            let stopped = self.release(run.args, Desired::Stopped);
+            self.store.put(&[Write::Release(to, stopped)], None).await?;
             self.progress.event(
                 "cleanup",
                 None,
@@ -453,99 +395,63 @@ impl Deploy<'_> {
                 &format!("releases/{to} desired=stopped"),
             );
         }
-        record.phase = "failed".into();
-        record.error = Some(report.clone());
-        record.updated_at = proto::time::now_rfc3339();
-        self.put_deploy(record).await?;
-        self.history(
-            "failed",
-            record.from,
-            to,
-            &args.version,
-            Some(report.clone()),
-        )
-        .await?;
+        self.close(run, Phase::Failed, Outcome::Failed, Some(report.clone()))
+            .await?;
         Err(CoordinatorError::Failed(report))
     }
 
-    /// Watches the new color for `duration`; Err describes the first problem seen.
-    async fn verify_for(
-        &self,
-        hosts: &[String],
-        color: Color,
-        version: &str,
-        duration: Duration,
-    ) -> Result<(), String> {
-        self.progress.event(
-            "verify-for",
-            None,
-            "watching",
-            &humantime::format_duration(duration).to_string(),
-        );
-        let end = Instant::now() + duration;
-        while Instant::now() < end {
-            let state = status::read(self.client, self.keys)
-                .await
-                .map_err(|e| e.to_string())?;
-            for host in hosts {
-                let h = state.health.get(host).and_then(|m| m.get(&color));
-                if !h.is_some_and(|h| h.state == HealthState::Healthy && h.version == version) {
-                    let what = h.map_or("not reporting".to_string(), |h| {
-                        format!(
-                            "{} {}",
-                            h.state.as_str(),
-                            h.error.clone().unwrap_or_default()
-                        )
-                    });
-                    return Err(format!("{host} {color}: {what}"));
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Ok(())
+    /// The switch's guard failed: another writer moved `active` or the lock is gone. Nothing
+    /// changed; write nothing more than the history record the fence still allows.
+    async fn refused(&self, run: &mut Run<'_>) -> Result<String, CoordinatorError> {
+        let why = failures_text(&run.failures);
+        let _ = self.history(run, Outcome::Failed, Some(why.clone())).await;
+        Err(CoordinatorError::Failed(why))
     }
 
-    async fn switch_back(
-        &self,
-        record: &mut DeployRecord,
-        from: Option<Color>,
-        to: Color,
-        args: &DeployArgs,
-        switched_at: i64,
-        why: String,
-    ) -> Result<String, CoordinatorError> {
-        let Some(from) = from else {
-            return Err(CoordinatorError::Unsafe(format!("{to} turned unhealthy after the first deploy and there is no color to go back to: {why}")));
-        };
+    async fn unsafe_end(&self, run: &mut Run<'_>, step: Step) -> Result<String, CoordinatorError> {
+        let revision = run.switched_at.unwrap_or_default();
+        let why = format!(
+            "switched to {} at revision {revision} but {} ({} step)",
+            run.plan.to,
+            failures_text(&run.failures),
+            step.as_str()
+        );
+        self.close(run, Phase::Failed, Outcome::Failed, Some(why.clone()))
+            .await
+            .map_err(|e| self.after_switch(run, e))?;
+        Err(CoordinatorError::Unsafe(why))
+    }
+
+    /// `--verify-for` saw the new color fail: put traffic back on the old color.
+    async fn switch_back(&self, run: &mut Run<'_>) -> Result<String, CoordinatorError> {
+        let (to, from) = (
+            run.plan.to,
+            run.plan.from.expect("switch back needs an old color"),
+        );
+        let why = failures_text(&run.failures);
         self.progress.event("verify-for", None, "failed", &why);
-        let state = status::read(self.client, self.keys).await?;
-        let old = state
-            .releases
-            .get(&from)
-            .map(|r| r.version.clone())
+        let state = self
+            .store
+            .read()
+            .await
+            .map_err(|e| self.after_switch(run, e))?;
+        let old_version = run
+            .state
+            .active
+            .as_ref()
+            .map(|a| a.version.clone())
             .unwrap_or_default();
-        let active = ActiveRecord {
-            color: from,
-            version: old,
-            deploy_id: self.deploy_id.clone(),
-            token: self.lock.fence.token,
-            switched_at: proto::time::now_rfc3339(),
-        };
-        record.phase = "rolled_back".into();
-        record.error = Some(why.clone());
-        record.updated_at = proto::time::now_rfc3339();
-        let seen = if state.active_mod_revision > 0 {
-            state.active_mod_revision
-        } else {
-            switched_at
-        };
-        switch::switch(
-            self.client,
-            self.keys,
-            self.lock,
-            seen,
+        let active = self.active_record(from, &old_version);
+        run.record.phase = Phase::RolledBack;
+        run.record.error = Some(why.clone());
+        run.record.updated_at = proto::time::now_rfc3339();
+        switch::move_traffic(
+            self.store,
+            self.probes,
+            &run.plan.lbs,
+            state.active_mod_revision,
             &active,
-            record,
+            &run.record,
             self.progress,
         )
         .await
@@ -554,17 +460,20 @@ impl Deploy<'_> {
                 "{to} turned unhealthy ({why}) and switching back to {from} failed: {e}"
             ))
         })?;
-        self.history(
-            "rolled_back",
-            Some(from),
-            to,
-            &args.version,
-            Some(why.clone()),
-        )
-        .await?;
+        self.history(run, Outcome::RolledBack, Some(why.clone()))
+            .await
+            .map_err(|e| CoordinatorError::Unsafe(format!("switched back to {from}, then: {e}")))?;
         Err(CoordinatorError::Failed(format!(
             "{} on {to} turned unhealthy during --verify-for ({why}); switched back to {from}",
-            args.version
+            run.args.version
         )))
     }
+}
+
+fn failures_text(failures: &Failures) -> String {
+    failures
+        .iter()
+        .map(|(what, why)| format!("{what}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }

@@ -15,7 +15,10 @@ pub enum CoordinatorError {
     /// Traffic may have moved and could not be made safe: a human must look.
     #[error("unsafe, needs a human: {0}")]
     Unsafe(String),
-    #[error(transparent)]
+    /// etcd did not answer: nothing was decided (or, after a switch, see `Unsafe`).
+    #[error("control plane unreachable: {0}")]
+    Unreachable(String),
+    #[error("{}", describe(.0))]
     Proto(#[from] proto::ProtoError),
 }
 
@@ -26,12 +29,24 @@ impl CoordinatorError {
             CoordinatorError::LockTimeout(_) => 3,
             CoordinatorError::Failed(_) => 1,
             CoordinatorError::Unsafe(_) => 4,
+            CoordinatorError::Unreachable(_) => 5,
             // A lost fence means another coordinator owns the app now: ours changed nothing more.
             CoordinatorError::Proto(
                 proto::ProtoError::FenceLost { .. } | proto::ProtoError::LeaseLost { .. },
             ) => 1,
-            // etcd unreachable before anything was written.
+            CoordinatorError::Proto(
+                proto::ProtoError::Etcd { .. } | proto::ProtoError::WatchCanceled { .. },
+            ) => 5,
+            // A bad key layout or record: input the command cannot use.
             CoordinatorError::Proto(_) => 2,
         }
+    }
+}
+
+fn describe(e: &proto::ProtoError) -> String {
+    if e.is_unreachable() {
+        format!("control plane unreachable: {}", e.brief())
+    } else {
+        e.to_string()
     }
 }

@@ -4,7 +4,7 @@ use crate::error::CoordinatorError;
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use proto::fence::Fence;
 use proto::records::{decode, encode, HistoryRecord};
-use proto::{Keys, ProtoError};
+use proto::{Keys, Operation, Outcome, ProtoError};
 
 /// Appends `record` under the next free history key. With a fence, the write is guarded by it.
 pub async fn append(
@@ -92,11 +92,11 @@ pub async fn list(
     Ok(out)
 }
 
-pub fn record(kind: &str, deploy_id: &str, outcome: &str) -> HistoryRecord {
+pub fn record(kind: Operation, op_id: &str, outcome: Outcome) -> HistoryRecord {
     HistoryRecord {
-        kind: kind.into(),
-        deploy_id: deploy_id.into(),
-        outcome: outcome.into(),
+        kind,
+        deploy_id: op_id.into(),
+        outcome,
         at: proto::time::now_rfc3339(),
         from: None,
         to: None,

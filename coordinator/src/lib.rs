@@ -10,18 +10,26 @@ pub mod fleet;
 pub mod history;
 pub mod lock;
 pub mod migrate;
+pub mod pipeline;
+pub mod probes;
 pub mod progress;
+pub mod reconcile;
 pub mod spec;
 pub mod status;
 pub mod stop;
+pub mod store;
 pub mod switch;
+#[cfg(test)]
+mod testkit;
 
 use lock::DeployLock;
+use probes::{HttpProbes, Probes};
 use progress::Progress;
 use proto::records::{validate_artifact_url, validate_sha256, Artifact, LockRecord};
-use proto::{Color, Keys};
+use proto::{Color, Keys, Operation, Outcome};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
+use store::EtcdStore;
 
 /// Settings every command shares (flags or `BLUEGREEN_*` env).
 #[derive(Debug, Clone)]
@@ -41,19 +49,20 @@ impl Global {
     }
 
     async fn connect(&self) -> Result<etcd_client::Client, CoordinatorError> {
-        let client = proto::connect(&self.etcd).await?;
-        // Fail here, before anything is written, when etcd does not answer.
+        let endpoints = self.etcd.join(",");
+        let client = proto::connect(&self.etcd).await.map_err(|e| {
+            CoordinatorError::Unreachable(format!("etcd {endpoints}: {}", e.brief()))
+        })?;
+        // Fail here, before anything is written, when etcd does not answer (exit 5, one line).
         let mut probe_client = client.clone();
         let probe = probe_client.get("\0", None);
         match tokio::time::timeout(Duration::from_secs(5), probe).await {
             Ok(Ok(_)) => Ok(client),
-            Ok(Err(e)) => Err(CoordinatorError::Usage(format!(
-                "etcd {} unreachable: {e}",
-                self.etcd.join(",")
-            ))),
-            Err(_) => Err(CoordinatorError::Usage(format!(
-                "etcd {} unreachable: timed out",
-                self.etcd.join(",")
+            Ok(Err(e)) => Err(CoordinatorError::Unreachable(
+                proto::ProtoError::etcd(endpoints, e).brief(),
+            )),
+            Err(_) => Err(CoordinatorError::Unreachable(format!(
+                "etcd {endpoints}: no answer in 5s"
             ))),
         }
     }
@@ -82,15 +91,17 @@ fn load_spec(global: &Global, path: &std::path::Path) -> Result<spec::AppSpec, C
 async fn acquire(
     client: &etcd_client::Client,
     keys: &Keys,
-    deploy_id: &str,
-    version: &str,
+    op_id: &str,
+    operation: Operation,
+    version: Option<&str>,
     wait: Duration,
     progress: &Progress,
 ) -> Result<DeployLock, CoordinatorError> {
     let record = LockRecord {
-        deploy_id: deploy_id.into(),
+        deploy_id: op_id.into(),
         holder: holder(),
-        version: version.into(),
+        operation,
+        version: version.map(str::to_string),
         acquired_at: proto::time::now_rfc3339(),
     };
     DeployLock::acquire(client, keys, &record, wait, progress).await
@@ -105,16 +116,13 @@ pub struct DeployRequest {
     pub health_timeout: Option<Duration>,
     pub verify_for: Option<Duration>,
     pub keep_failed: bool,
+    pub allow_no_lb: bool,
 }
 
 /// `coordinator deploy`. Input is checked completely before etcd is touched (exit 2).
 pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, CoordinatorError> {
     let spec = load_spec(global, &req.spec)?;
-    if req.version.trim().is_empty() {
-        return Err(CoordinatorError::Usage(
-            "--version: must not be empty".into(),
-        ));
-    }
+    proto::check_name("--version", &req.version).map_err(CoordinatorError::Usage)?;
     validate_artifact_url(&req.artifact)
         .map_err(|e| CoordinatorError::Usage(format!("--artifact: {e}")))?;
     let sha256 = match &req.sha256 {
@@ -131,12 +139,13 @@ pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
     }
     let keys = Keys::new(&global.prefix, &spec.app)?;
     let client = global.connect().await?;
-    let deploy_id = uuid::Uuid::new_v4().to_string();
+    let op_id = uuid::Uuid::new_v4().to_string();
     let lock = acquire(
         &client,
         &keys,
-        &deploy_id,
-        &req.version,
+        &op_id,
+        Operation::Deploy,
+        Some(&req.version),
         req.lock_wait,
         &progress,
     )
@@ -150,15 +159,33 @@ pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
         health_timeout: req.health_timeout,
         verify_for: req.verify_for,
         keep_failed: req.keep_failed,
+        allow_no_lb: req.allow_no_lb,
     };
-    let pipeline = deploy::Deploy {
+    let store = EtcdStore {
         client: &client,
         keys: &keys,
-        spec: &spec,
         lock: &lock,
+    };
+    let probes = HttpProbes;
+    let migrator = migrations
+        .as_ref()
+        .map(|m| migrate::expand::SchemaMigrator {
+            migrations: m,
+            client: &client,
+            keys: &keys,
+            lock: &lock,
+            spec: &spec,
+            probes: &probes,
+            progress: &progress,
+            op_id: &op_id,
+        });
+    let pipeline = deploy::Deploy {
+        store: &store,
+        probes: &probes,
+        migrator: migrator.as_ref(),
+        spec: &spec,
         progress: &progress,
-        deploy_id,
-        migrations: migrations.as_ref(),
+        op_id: op_id.clone(),
     };
     let result = tokio::select! {
         r = pipeline.run(&args) => r,
@@ -192,30 +219,42 @@ async fn sha256_of(url: &str) -> Result<String, CoordinatorError> {
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
-/// `rollback` (target None: the other color) and `switch <color>`.
+/// `rollback` (target None: the other color) and `switch <color>`. One operation id covers the
+/// lock, `active`, `deploy` and the history record.
 pub async fn switch(
     global: &Global,
     target: Option<Color>,
     lock_wait: Duration,
+    allow_no_lb: bool,
 ) -> Result<String, CoordinatorError> {
     let keys = global.keys()?;
     let client = global.connect().await?;
     let progress = Progress::new(global.json);
-    let kind = if target.is_some() {
-        "switch"
+    let operation = if target.is_some() {
+        Operation::Switch
     } else {
-        "rollback"
+        Operation::Rollback
     };
+    let op_id = format!("{operation}-{}", uuid::Uuid::new_v4());
     let lock = acquire(
-        &client,
-        &keys,
-        &format!("{kind}-{}", uuid::Uuid::new_v4()),
-        kind,
-        lock_wait,
-        &progress,
+        &client, &keys, &op_id, operation, None, lock_wait, &progress,
     )
     .await?;
-    let result = switch::switch_command(&client, &keys, &lock, target, kind, &progress).await;
+    let store = EtcdStore {
+        client: &client,
+        keys: &keys,
+        lock: &lock,
+    };
+    let request = switch::SwitchRequest {
+        operation,
+        target,
+        op_id: op_id.clone(),
+        allow_no_lb,
+    };
+    let result = tokio::select! {
+        r = switch::switch_command(&store, &HttpProbes, &request, &progress) => r,
+        lost = lock.session.lost() => Err(CoordinatorError::Failed(format!("lock lost mid-{operation} ({lost}); stopped, the fence rejects anything further"))),
+    };
     lock.release().await;
     result
 }
@@ -230,7 +269,16 @@ pub async fn stop(
     let client = global.connect().await?;
     let progress = Progress::new(global.json);
     let id = format!("stop-{}", uuid::Uuid::new_v4());
-    let lock = acquire(&client, &keys, &id, "stop", lock_wait, &progress).await?;
+    let lock = acquire(
+        &client,
+        &keys,
+        &id,
+        Operation::Stop,
+        None,
+        lock_wait,
+        &progress,
+    )
+    .await?;
     let result = stop::stop_color(&client, &keys, &lock, color, &id, &progress).await;
     lock.release().await;
     result
@@ -270,8 +318,8 @@ pub async fn history(global: &Global, limit: usize) -> Result<String, Coordinato
             out.push_str(&format!(
                 "{} {:<10} {:<12} {} {} {arrow}{reason}",
                 r.at,
-                r.kind,
-                r.outcome,
+                r.kind.as_str(),
+                r.outcome.as_str(),
                 r.deploy_id,
                 r.version.unwrap_or_default()
             ));
@@ -288,8 +336,14 @@ pub async fn lock_status(global: &Global) -> Result<String, CoordinatorError> {
     Ok(match lock::status(&client, &keys).await? {
         None => "lock: free\n".into(),
         Some((l, lease, token)) => format!(
-            "lock: held by {} for deploy {} (version {}) since {}; token {token}, lease {lease:x}\n",
-            l.holder, l.deploy_id, l.version, l.acquired_at
+            "lock: held by {} for {} {}{} since {}; token {token}, lease {lease:x}\n",
+            l.holder,
+            l.operation,
+            l.deploy_id,
+            l.version
+                .map(|v| format!(" (version {v})"))
+                .unwrap_or_default(),
+            l.acquired_at
         ),
     })
 }
@@ -306,7 +360,7 @@ pub async fn lock_break(global: &Global, confirmed: bool) -> Result<String, Coor
     let Some(broken) = lock::break_lock(&client, &keys).await? else {
         return Ok("lock: already free\n".into());
     };
-    let mut record = history::record("lock-break", &broken.deploy_id, "broken");
+    let mut record = history::record(Operation::LockBreak, &broken.deploy_id, Outcome::Broken);
     record.reason = Some(format!(
         "lock held by {} since {} broken by {}",
         broken.holder,
@@ -315,8 +369,8 @@ pub async fn lock_break(global: &Global, confirmed: bool) -> Result<String, Coor
     ));
     history::append(&client, &keys, None, &record).await?;
     Ok(format!(
-        "lock: broken (was held by {} for deploy {})\n",
-        broken.holder, broken.deploy_id
+        "lock: broken (was held by {} for {} {})\n",
+        broken.holder, broken.operation, broken.deploy_id
     ))
 }
 
@@ -336,7 +390,8 @@ pub async fn logs(
             keys.hosts_prefix()
         ))
     })?;
-    let lines = fleet::logs(record, color, tail)
+    let lines = HttpProbes
+        .logs(record, color, tail)
         .await
         .map_err(CoordinatorError::Failed)?;
     Ok(lines.into_iter().map(|l| l + "\n").collect())

@@ -95,8 +95,14 @@ impl DeployLock {
 fn holder_text(key: &str, value: &[u8]) -> String {
     match decode::<LockRecord>(key, value) {
         Ok(l) => format!(
-            "{} (deploy {}, version {}, since {})",
-            l.holder, l.deploy_id, l.version, l.acquired_at
+            "{} ({} {}{}, since {})",
+            l.holder,
+            l.operation,
+            l.deploy_id,
+            l.version
+                .map(|v| format!(", version {v}"))
+                .unwrap_or_default(),
+            l.acquired_at
         ),
         Err(e) => e.to_string(),
     }

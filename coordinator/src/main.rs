@@ -65,17 +65,26 @@ enum Command {
         /// Leave a failed color running for debugging instead of stopping it.
         #[arg(long)]
         keep_failed: bool,
+        /// Switch even when no LB is registered (nothing can follow or verify the switch).
+        #[arg(long)]
+        allow_no_lb: bool,
     },
     /// Switch back to the previous color (must be healthy); waits for every LB's ack.
     Rollback {
         #[arg(long, default_value = "30s")]
         lock_wait: String,
+        /// Write `active` even when no LB is registered.
+        #[arg(long)]
+        allow_no_lb: bool,
     },
     /// Manual switch to a color, with the same safety checks as rollback.
     Switch {
         color: String,
         #[arg(long, default_value = "30s")]
         lock_wait: String,
+        /// Write `active` even when no LB is registered.
+        #[arg(long)]
+        allow_no_lb: bool,
     },
     /// Stop the idle color on every host (never the active one); gives up the instant rollback.
     Stop {
@@ -171,6 +180,7 @@ async fn dispatch(global: &Global, command: Command) -> Result<String, Coordinat
             health_timeout,
             verify_for,
             keep_failed,
+            allow_no_lb,
         } => {
             let req = coordinator::DeployRequest {
                 spec,
@@ -183,16 +193,22 @@ async fn dispatch(global: &Global, command: Command) -> Result<String, Coordinat
                     .transpose()?,
                 verify_for: verify_for.map(|d| dur("--verify-for", &d)).transpose()?,
                 keep_failed,
+                allow_no_lb,
             };
             coordinator::deploy(global, req).await
         }
-        Command::Rollback { lock_wait } => {
-            coordinator::switch(global, None, dur("--lock-wait", &lock_wait)?).await
-        }
+        Command::Rollback {
+            lock_wait,
+            allow_no_lb,
+        } => coordinator::switch(global, None, dur("--lock-wait", &lock_wait)?, allow_no_lb).await,
         Command::Switch {
             color: c,
             lock_wait,
-        } => coordinator::switch(global, Some(color(&c)?), dur("--lock-wait", &lock_wait)?).await,
+            allow_no_lb,
+        } => {
+            let target = Some(color(&c)?);
+            coordinator::switch(global, target, dur("--lock-wait", &lock_wait)?, allow_no_lb).await
+        }
         Command::Stop {
             color: c,
             lock_wait,

@@ -1,7 +1,7 @@
 //! The app spec (`bluegreen.toml`, in the app's repository), parsed strictly: an unknown field or a
 //! bad duration is an error naming the file and the field, before anything is written to etcd.
 use crate::error::CoordinatorError;
-use proto::records::HealthSpec;
+use proto::records::{HealthMode, HealthSpec};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,6 +66,10 @@ impl MigrationsSection {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HealthSection {
+    #[serde(default)]
+    mode: HealthMode,
+    expect_status: Option<u16>,
+    body_contains: Option<String>,
     path: Option<String>,
     #[serde(with = "humantime_serde", default)]
     interval: Option<Duration>,
@@ -79,6 +83,9 @@ fn strict_health<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HealthSpec, D
     let section = HealthSection::deserialize(d)?;
     let default = HealthSpec::default();
     Ok(HealthSpec {
+        mode: section.mode,
+        expect_status: section.expect_status,
+        body_contains: section.body_contains,
         path: section.path.unwrap_or(default.path),
         interval: section.interval.unwrap_or(default.interval),
         timeout: section.timeout.unwrap_or(default.timeout),
@@ -156,6 +163,9 @@ impl AppSpec {
                 self.health.path
             ));
         }
+        self.health
+            .validate_mode()
+            .map_err(|e| format!("health.{e}"))?;
         for (i, smoke) in self.smoke.iter().enumerate() {
             if !smoke.path.starts_with('/') {
                 return Err(format!(
@@ -213,6 +223,14 @@ mod tests {
                 "intervall",
             ),
             (GOOD.replace("\"1s\"", "\"soon\""), "interval"),
+            (
+                GOOD.replace("[health]", "[health]\nmode = \"grpc\""),
+                "mode",
+            ),
+            (
+                GOOD.replace("[health]", "[health]\nmode = \"tcp\"\nexpect_status = 204"),
+                "health.expect_status",
+            ),
             (GOOD.replace("path = \"/api/v1/status\"\n", ""), "path"),
             (
                 GOOD.replace("path = \"/api/v1/status\"", "path = \"api\""),

@@ -21,7 +21,17 @@ pub struct AppStatus {
     pub health: BTreeMap<String, BTreeMap<Color, HealthRecord>>,
     pub lbs: BTreeMap<String, LbRecord>,
     pub lock: Option<LockRecord>,
+    /// Why `active` exists but cannot be used (garbage, a bad color or version): no command may
+    /// guess the live color then.
+    pub active_invalid: Option<String>,
     pub problems: Vec<String>,
+}
+
+impl AppStatus {
+    /// What `host` reports for `color`, if anything.
+    pub fn health_of(&self, host: &str, color: Color) -> Option<&HealthRecord> {
+        self.health.get(host).and_then(|m| m.get(&color))
+    }
 }
 
 pub async fn read(
@@ -35,7 +45,9 @@ pub async fn read(
     };
     for (key, value) in &snapshot.entries {
         let result = match keys.parse(key) {
-            Some(AppKey::Active) => decode(key, value).map(|a| status.active = Some(a)),
+            Some(AppKey::Active) => decode(key, value)
+                .map(|a| status.active = Some(a))
+                .inspect_err(|e| status.active_invalid = Some(e.to_string())),
             Some(AppKey::Deploy) => decode(key, value).map(|d| status.deploy = Some(d)),
             Some(AppKey::Release(c)) => decode(key, value).map(|r| {
                 status.releases.insert(c, r);
@@ -50,7 +62,13 @@ pub async fn read(
                 status.lbs.insert(name, r);
             }),
             Some(AppKey::Lock) => decode(key, value).map(|r| status.lock = Some(r)),
-            _ => Ok(()),
+            _ => {
+                // A host or LB key whose name breaks the name rule is reported, never used.
+                if let Some(problem) = keys.bad_name(key) {
+                    status.problems.push(problem);
+                }
+                Ok(())
+            }
         };
         if let Err(e) = result {
             status.problems.push(e.to_string());
@@ -88,9 +106,21 @@ pub fn render_text(app: &str, s: &AppStatus) -> String {
     ));
     for color in Color::ALL {
         match s.releases.get(&color) {
-            Some(r) => out.push_str(
-                &format!("release {color}: {} ({:?})\n", r.version, r.desired).to_lowercase(),
-            ),
+            Some(r) => {
+                let desired = format!("{:?}", r.desired).to_lowercase();
+                let check = if r.health.mode.checks_version() {
+                    String::new()
+                } else {
+                    format!(
+                        "; health mode {}: the app's version is not checked, only what the agent started",
+                        r.health.mode.as_str()
+                    )
+                };
+                out.push_str(&format!(
+                    "release {color}: {} ({desired}{check})\n",
+                    r.version
+                ))
+            }
             None => out.push_str(&format!("release {color}: none\n")),
         }
     }
@@ -146,8 +176,15 @@ pub fn render_text(app: &str, s: &AppStatus) -> String {
     }
     match &s.lock {
         Some(l) => out.push_str(&format!(
-            "lock: held by {} (deploy {}, version {}, since {})\n",
-            l.holder, l.deploy_id, l.version, l.acquired_at
+            "lock: held by {} ({} {}{}, since {})\n",
+            l.holder,
+            l.operation,
+            l.deploy_id,
+            l.version
+                .as_ref()
+                .map(|v| format!(", version {v}"))
+                .unwrap_or_default(),
+            l.acquired_at
         )),
         None => out.push_str("lock: free\n"),
     }

@@ -67,7 +67,7 @@ pub async fn stop_color(
             still.join(", ")
         )));
     }
-    let mut record = history::record("stop", stop_id, "stopped");
+    let mut record = history::record(proto::Operation::Stop, stop_id, proto::Outcome::Stopped);
     record.to = Some(color);
     record.version = Some(release.version.clone());
     history::append(client, keys, Some(&lock.fence), &record).await?;

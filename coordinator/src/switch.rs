@@ -1,111 +1,160 @@
 //! Moving traffic: the fenced write of `active` (guarded by the lock token and by the `active`
-//! revision the decision was made on), then every live LB's ack, then a check through each LB.
-//! Used by deploy, `switch`, `rollback` and the automatic switch back of `--verify-for`.
+//! revision the decision was made on), then every registered LB's ack, then a check through each
+//! LB of what the sidecar says it serves. Used by deploy, `switch`, `rollback` and the automatic
+//! switch back of `--verify-for`.
 use crate::error::CoordinatorError;
 use crate::fleet;
-use crate::lock::DeployLock;
+use crate::history;
+use crate::probes::Probes;
 use crate::progress::Progress;
-use crate::status;
-use etcd_client::{Compare, CompareOp};
-use proto::records::{encode, ActiveRecord, DeployRecord, Desired};
-use proto::{Color, Keys};
+use crate::reconcile;
+use crate::store::{Store, Write};
+use proto::records::{ActiveRecord, DeployRecord, Desired, LbRecord};
+use proto::{Color, Operation, Outcome, Phase, ProtoError};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// How long LBs get to ack a switch before it counts as not made safe.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Writes `active` (and the deploy record, in the same Txn) and waits for every live LB. Returns
-/// the revision of the switch. Err(Failed) if the fence refused (nothing changed); Err(Unsafe) when
-/// traffic moved but an LB did not follow.
-pub async fn switch(
-    client: &etcd_client::Client,
-    keys: &Keys,
-    lock: &DeployLock,
+/// Writes `active` and the operation's `deploy` record in one fenced Txn. Ok(Err) when the guard
+/// failed (the lock or `active` changed since the decision): nothing was written.
+pub async fn write_active<S: Store>(
+    store: &S,
+    active: &ActiveRecord,
+    deploy: &DeployRecord,
+    seen_active_revision: i64,
+    progress: &Progress,
+) -> Result<Result<i64, String>, CoordinatorError> {
+    let writes = [Write::Active(active.clone()), Write::Deploy(deploy.clone())];
+    match store.put(&writes, Some(seen_active_revision)).await {
+        Ok(revision) => {
+            progress.event(
+                "switch",
+                None,
+                "written",
+                &format!(
+                    "active = {} {} at revision {revision}",
+                    active.color, active.version
+                ),
+            );
+            Ok(Ok(revision))
+        }
+        Err(CoordinatorError::Proto(e @ ProtoError::FenceLost { .. })) => Ok(Err(format!(
+            "switch to {} refused: the lock or `active` changed since this decision ({e})",
+            active.color
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits for every LB in `lbs` to ack `revision`; Ok(Err) names those that did not in time.
+pub async fn await_acks<S: Store>(
+    store: &S,
+    lbs: &[String],
+    revision: i64,
+    progress: &Progress,
+) -> Result<Result<BTreeMap<String, LbRecord>, String>, CoordinatorError> {
+    let acks = fleet::wait_acks(store, lbs, revision, ACK_TIMEOUT).await?;
+    if acks.is_ok() {
+        for name in lbs {
+            progress.event(
+                "ack",
+                Some(name),
+                "applied",
+                &format!("revision {revision}"),
+            );
+        }
+    }
+    Ok(acks)
+}
+
+/// Checks through every acked LB that it serves `color` at `revision` or later.
+pub async fn verify<P: Probes>(
+    probes: &P,
+    acks: &BTreeMap<String, LbRecord>,
+    lbs: &[String],
+    color: Color,
+    revision: i64,
+    progress: &Progress,
+) -> Result<(), String> {
+    let ours: BTreeMap<String, LbRecord> = acks
+        .iter()
+        .filter(|(name, _)| lbs.contains(name))
+        .map(|(n, r)| (n.clone(), r.clone()))
+        .collect();
+    probes.verify_lbs(&ours, color, revision).await?;
+    progress.event(
+        "verify",
+        None,
+        "ok",
+        &format!("{} LB(s) serve {color}", ours.len()),
+    );
+    Ok(())
+}
+
+/// Write, acks, verification. Err(Failed) if the guard refused (nothing changed); Err(Unsafe)
+/// when traffic moved but an LB did not follow or does not serve it.
+pub async fn move_traffic<S: Store, P: Probes>(
+    store: &S,
+    probes: &P,
+    lbs: &[String],
     seen_active_revision: i64,
     active: &ActiveRecord,
     deploy: &DeployRecord,
     progress: &Progress,
 ) -> Result<i64, CoordinatorError> {
-    let lbs: Vec<String> = status::read(client, keys)
+    let revision = write_active(store, active, deploy, seen_active_revision, progress)
         .await?
-        .lbs
-        .keys()
-        .cloned()
-        .collect();
-    let guard = Compare::mod_revision(keys.active(), CompareOp::Equal, seen_active_revision);
-    let puts = [
-        (keys.active(), encode(active)),
-        (keys.deploy(), encode(deploy)),
-    ];
-    let revision = lock
-        .fence
-        .put_all(client, &puts, vec![guard])
+        .map_err(CoordinatorError::Failed)?;
+    let unsafe_after = |why: String| {
+        CoordinatorError::Unsafe(format!(
+            "switched to {} at revision {revision} but {why}",
+            active.color
+        ))
+    };
+    let acks = await_acks(store, lbs, revision, progress)
         .await
-        .map_err(|e| match e {
-            proto::ProtoError::FenceLost { .. } => CoordinatorError::Failed(format!(
-                "switch to {} refused: the lock or `active` changed since this decision ({e})",
-                active.color
-            )),
-            other => other.into(),
-        })?;
-    progress.event(
-        "switch",
-        None,
-        "written",
-        &format!(
-            "active = {} {} at revision {revision}",
-            active.color, active.version
-        ),
-    );
-    let acks = fleet::wait_acks(client, keys, &lbs, revision, ACK_TIMEOUT)
+        .map_err(|e| unsafe_after(e.to_string()))?
+        .map_err(|e| unsafe_after(format!("not every LB followed: {e}")))?;
+    verify(probes, &acks, lbs, active.color, revision, progress)
         .await
-        .map_err(|e| {
-            CoordinatorError::Unsafe(format!(
-                "switched to {} at revision {revision} but not every LB followed: {e}",
-                active.color
-            ))
-        })?;
-    for name in &lbs {
-        progress.event(
-            "ack",
-            Some(name),
-            "applied",
-            &format!("revision {revision}"),
-        );
-    }
-    fleet::verify_through_lbs(&acks, active.color)
-        .await
-        .map_err(|e| {
-            CoordinatorError::Unsafe(format!(
-                "LBs acked {} but do not serve it: {e}",
-                active.color
-            ))
-        })?;
-    progress.event(
-        "verify",
-        None,
-        "ok",
-        &format!("{} LB(s) serve {}", acks.len(), active.color),
-    );
+        .map_err(|e| unsafe_after(format!("the LBs do not serve it: {e}")))?;
     Ok(revision)
 }
 
-/// `coordinator switch <color>` and `rollback`: the target must be running and healthy on every
-/// host at its recorded version; otherwise nothing changes (exit 1).
-pub async fn switch_command(
-    client: &etcd_client::Client,
-    keys: &Keys,
-    lock: &DeployLock,
-    target: Option<Color>,
-    kind: &str,
+/// What `switch <color>` or `rollback` asks for.
+pub struct SwitchRequest {
+    pub operation: Operation,
+    /// `None` for rollback: the color that is not active.
+    pub target: Option<Color>,
+    pub op_id: String,
+    pub allow_no_lb: bool,
+}
+
+/// `coordinator switch <color>` and `rollback`: the target must serve its recorded version on
+/// every host; otherwise nothing changes (exit 1). One operation id covers lock, `active`,
+/// `deploy` and history; the `deploy` record ends `done` (or `failed`), so no later command
+/// mistakes a finished switch for a dead deploy.
+pub async fn switch_command<S: Store, P: Probes>(
+    store: &S,
+    probes: &P,
+    req: &SwitchRequest,
     progress: &Progress,
 ) -> Result<String, CoordinatorError> {
-    let state = status::read(client, keys).await?;
+    let state = store.read().await?;
+    reconcile::previous(store, &state, &req.op_id, progress).await?;
     let current = state.active.as_ref().map(|a| a.color);
-    let target = match (target, current) {
-        (Some(t), _) => t,
-        (None, Some(c)) => c.other(),
-        (None, None) => {
+    let target = match (req.target, current, &state.active_invalid) {
+        (Some(t), _, _) => t,
+        (None, _, Some(problem)) => {
+            return Err(CoordinatorError::Failed(format!(
+                "`active` is unreadable ({problem}): rollback cannot tell which color is the other one; \
+                 name it with `coordinator switch <color>`"
+            )))
+        }
+        (None, Some(c), None) => c.other(),
+        (None, None, None) => {
             return Err(CoordinatorError::Failed(
                 "no active color yet: nothing to roll back".into(),
             ))
@@ -121,55 +170,77 @@ pub async fn switch_command(
         .ok_or_else(|| {
             CoordinatorError::Failed(format!("{target} has no running release to switch to"))
         })?;
+    let stays = current.map_or("nothing".into(), |c| c.to_string());
     let unhealthy = fleet::unhealthy(&state, target, &release.version);
     if !unhealthy.is_empty() {
         return Err(CoordinatorError::Failed(format!(
-            "{target} ({}) is not healthy on {}: traffic stays on {}",
+            "{target} ({}) is not healthy on {}: traffic stays on {stays}",
             release.version,
             unhealthy.join(", "),
-            current.map_or("nothing".into(), |c| c.to_string())
         )));
     }
-    let deploy_id = uuid::Uuid::new_v4().to_string();
+    let lbs: Vec<String> = state.lbs.keys().cloned().collect();
+    if lbs.is_empty() && !req.allow_no_lb {
+        return Err(CoordinatorError::Failed(format!(
+            "no LB is registered, so nothing would follow the switch or verify it: traffic stays on {stays}; \
+             pass --allow-no-lb to write `active` anyway"
+        )));
+    }
     let now = proto::time::now_rfc3339();
     let active = ActiveRecord {
         color: target,
         version: release.version.clone(),
-        deploy_id: deploy_id.clone(),
-        token: lock.fence.token,
+        deploy_id: req.op_id.clone(),
+        token: store.token(),
         switched_at: now.clone(),
     };
-    let deploy = DeployRecord {
-        deploy_id: deploy_id.clone(),
-        phase: "switched".into(),
+    let mut deploy = DeployRecord {
+        deploy_id: req.op_id.clone(),
+        operation: req.operation,
+        phase: Phase::Switched,
         from: current,
         to: target,
         version: release.version.clone(),
-        token: lock.fence.token,
+        token: store.token(),
         started_at: now.clone(),
         updated_at: now,
         error: None,
     };
-    let result = switch(
-        client,
-        keys,
-        lock,
+    let result = move_traffic(
+        store,
+        probes,
+        &lbs,
         state.active_mod_revision,
         &active,
         &deploy,
         progress,
     )
     .await;
-    let mut record = crate::history::record(
-        kind,
-        &deploy_id,
-        if result.is_ok() { "done" } else { "failed" },
+    let moved = !matches!(result, Err(CoordinatorError::Failed(_)));
+    if moved {
+        deploy.phase = if result.is_ok() {
+            Phase::Done
+        } else {
+            Phase::Failed
+        };
+        deploy.error = result.as_ref().err().map(|e| e.to_string());
+        deploy.updated_at = proto::time::now_rfc3339();
+        store.put(&[Write::Deploy(deploy.clone())], None).await?;
+    }
+    let mut record = history::record(
+        req.operation,
+        &req.op_id,
+        if result.is_ok() {
+            Outcome::Done
+        } else {
+            Outcome::Failed
+        },
     );
     record.from = current;
     record.to = Some(target);
     record.version = Some(release.version.clone());
     record.reason = result.as_ref().err().map(|e| e.to_string());
-    crate::history::append(client, keys, Some(&lock.fence), &record).await?;
+    store.append_history(&record).await?;
     let revision = result?;
     Ok(format!(
         "traffic on {target} ({}) at revision {revision}",

@@ -37,6 +37,35 @@ impl ProtoError {
         }
     }
 
+    /// One line for an operator: for etcd transport failures, the innermost cause instead of the
+    /// whole gRPC error chain (status, details, metadata).
+    pub fn brief(&self) -> String {
+        match self {
+            ProtoError::Etcd { what, source } => {
+                let reason = match source {
+                    etcd_client::Error::GRpcStatus(status) => status.message().to_string(),
+                    other => {
+                        let mut cur: &(dyn std::error::Error + 'static) = other;
+                        while let Some(next) = cur.source() {
+                            cur = next;
+                        }
+                        cur.to_string()
+                    }
+                };
+                format!("etcd {what}: {reason}")
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// True when etcd did not answer (as opposed to answering "no").
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ProtoError::Etcd { .. } | ProtoError::WatchCanceled { .. }
+        )
+    }
+
     pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
         ProtoError::InvalidRecord {
             key: key.into(),

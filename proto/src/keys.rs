@@ -111,27 +111,41 @@ impl Keys {
             ["deploy"] => Some(AppKey::Deploy),
             ["releases", color] => color.parse().ok().map(AppKey::Release),
             ["history", rev] => rev.parse().ok().map(AppKey::History),
-            ["hosts", host] if !host.is_empty() => Some(AppKey::Host(host.to_string())),
-            ["health", host, color] if !host.is_empty() => {
+            ["hosts", host] if is_name(host) => Some(AppKey::Host(host.to_string())),
+            ["health", host, color] if is_name(host) => {
                 color.parse().ok().map(|color| AppKey::Health {
                     host: host.to_string(),
                     color,
                 })
             }
-            ["lbs", name] if !name.is_empty() => Some(AppKey::Lb(name.to_string())),
+            ["lbs", name] if is_name(name) => Some(AppKey::Lb(name.to_string())),
             _ => None,
         }
     }
+
+    /// For a key under this app that [`Keys::parse`] refuses only because a name segment breaks
+    /// the name rule: the reason, so readers can report it instead of silently skipping it.
+    pub fn bad_name(&self, key: &str) -> Option<String> {
+        let rest = key.strip_prefix(&self.base)?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        let (what, name) = match parts.as_slice() {
+            ["hosts", host] | ["health", host, _] => ("host", *host),
+            ["lbs", name] => ("LB name", *name),
+            _ => return None,
+        };
+        crate::names::check_name(what, name)
+            .err()
+            .map(|e| format!("{key}: {e}"))
+    }
 }
 
-/// A name that becomes one key segment (app, host, LB name): non-empty, no '/', no whitespace.
+fn is_name(segment: &str) -> bool {
+    crate::names::check_name("name", segment).is_ok()
+}
+
+/// A name that becomes one key segment (app, host, LB name): see [`crate::names`].
 pub fn validate_segment(what: &str, value: &str) -> Result<(), ProtoError> {
-    if value.is_empty() || value.contains('/') || value.chars().any(char::is_whitespace) {
-        return Err(ProtoError::InvalidKeyLayout(format!(
-            "{what} {value:?} must be non-empty and contain no '/' or whitespace"
-        )));
-    }
-    Ok(())
+    crate::names::check_name(what, value).map_err(ProtoError::InvalidKeyLayout)
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ pub mod error;
 pub mod fence;
 pub mod keys;
 pub mod leased;
+pub mod names;
+pub mod ops;
 pub mod records;
 pub mod session;
 pub mod time;
@@ -17,6 +19,8 @@ pub mod watch;
 pub use color::Color;
 pub use error::ProtoError;
 pub use keys::{AppKey, Keys};
+pub use names::check_name;
+pub use ops::{Operation, Outcome, Phase};
 
 /// The agent gRPC API generated from `proto/agent.proto`.
 pub mod agent_api {

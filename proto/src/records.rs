@@ -1,5 +1,7 @@
 //! The JSON values stored under the keys of DESIGN.md §3. Unknown fields are ignored (forward
 //! compatible); invalid values are rejected by [`decode`] with an error naming the key.
+use crate::names::check_name;
+use crate::ops::{Operation, Outcome, Phase};
 use crate::{Color, ProtoError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -32,12 +34,22 @@ pub fn encode<T: Serialize>(record: &T) -> String {
 /// `<p>/<app>/lock`: who holds the deployment lock. Its create revision is the fencing token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LockRecord {
+    /// The operation id: the same id is in `active`, `deploy` and history for this command.
     pub deploy_id: String,
     pub holder: String,
-    pub version: String,
+    /// Records written before operations were typed were all deploys or said so in `version`.
+    #[serde(default = "default_operation")]
+    pub operation: Operation,
+    /// Only for operations that install a version (deploy, migrate with --version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     pub acquired_at: String,
 }
 impl Validate for LockRecord {}
+
+fn default_operation() -> Operation {
+    Operation::Deploy
+}
 
 /// `<p>/<app>/active`: the color that takes traffic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,7 +60,11 @@ pub struct ActiveRecord {
     pub token: i64,
     pub switched_at: String,
 }
-impl Validate for ActiveRecord {}
+impl Validate for ActiveRecord {
+    fn validate(&self) -> Result<(), String> {
+        check_name("version", &self.version)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Artifact {
@@ -70,8 +86,47 @@ fn default_stop_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+/// How the agent decides that a process is healthy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthMode {
+    /// The bluegreen health contract: HTTP 200 with JSON `status == "healthy"`, `environment ==`
+    /// the color, `version ==` the release version, `database_connected` not false.
+    #[default]
+    Contract,
+    /// Plain HTTP for apps not written for bluegreen: the expected status (any 2xx when unset)
+    /// and, optionally, a substring of the body. The version cannot be checked from the app.
+    Http,
+    /// A TCP connect to the color's port succeeds. The version cannot be checked from the app.
+    Tcp,
+}
+
+impl HealthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthMode::Contract => "contract",
+            HealthMode::Http => "http",
+            HealthMode::Tcp => "tcp",
+        }
+    }
+
+    /// Whether a healthy probe proves the version the app runs (only the contract says it).
+    pub fn checks_version(self) -> bool {
+        self == HealthMode::Contract
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealthSpec {
+    /// Absent in records written before modes existed: those are contract checks.
+    #[serde(default)]
+    pub mode: HealthMode,
+    /// `http` mode: the status code that counts as healthy; unset means any 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<u16>,
+    /// `http` mode: a substring the body must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
     #[serde(default = "default_health_path")]
     pub path: String,
     #[serde(with = "humantime_serde", default = "default_interval")]
@@ -98,6 +153,9 @@ fn default_startup_timeout() -> Duration {
 impl Default for HealthSpec {
     fn default() -> Self {
         HealthSpec {
+            mode: HealthMode::default(),
+            expect_status: None,
+            body_contains: None,
             path: default_health_path(),
             interval: default_interval(),
             timeout: default_timeout(),
@@ -130,9 +188,7 @@ pub struct ReleaseRecord {
 
 impl Validate for ReleaseRecord {
     fn validate(&self) -> Result<(), String> {
-        if self.version.trim().is_empty() {
-            return Err("version: must not be empty".into());
-        }
+        check_name("version", &self.version)?;
         validate_artifact_url(&self.artifact.url).map_err(|e| format!("artifact.url: {e}"))?;
         validate_sha256(&self.artifact.sha256).map_err(|e| format!("artifact.sha256: {e}"))?;
         if self.run.command.first().is_none_or(|c| c.is_empty()) {
@@ -144,6 +200,9 @@ impl Validate for ReleaseRecord {
                 self.health.path
             ));
         }
+        self.health
+            .validate_mode()
+            .map_err(|e| format!("health.{e}"))?;
         for (field, d) in [
             ("health.interval", self.health.interval),
             ("health.timeout", self.health.timeout),
@@ -154,6 +213,29 @@ impl Validate for ReleaseRecord {
             }
         }
         Ok(())
+    }
+}
+
+impl HealthSpec {
+    /// Checks that the mode's own settings make sense together ("field: problem").
+    pub fn validate_mode(&self) -> Result<(), String> {
+        if let Some(code) = self.expect_status {
+            if !(100..=599).contains(&code) {
+                return Err(format!("expect_status: {code} is not an HTTP status code"));
+            }
+        }
+        match self.mode {
+            HealthMode::Http => Ok(()),
+            _ if self.expect_status.is_some() => Err(format!(
+                "expect_status: only applies to mode \"http\", not {:?}",
+                self.mode.as_str()
+            )),
+            _ if self.body_contains.is_some() => Err(format!(
+                "body_contains: only applies to mode \"http\", not {:?}",
+                self.mode.as_str()
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -183,8 +265,12 @@ pub fn validate_sha256(hex: &str) -> Result<(), String> {
 /// `<p>/<app>/deploy`: the phase of the current or last deploy, for reconciliation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployRecord {
+    /// The operation id (the lock, `active` and history of the same command carry it too).
     pub deploy_id: String,
-    pub phase: String,
+    /// What wrote this record; records written before operations were typed are deploys.
+    #[serde(default = "default_operation")]
+    pub operation: Operation,
+    pub phase: Phase,
     pub from: Option<Color>,
     pub to: Color,
     pub version: String,
@@ -194,14 +280,19 @@ pub struct DeployRecord {
     #[serde(default)]
     pub error: Option<String>,
 }
-impl Validate for DeployRecord {}
+impl Validate for DeployRecord {
+    fn validate(&self) -> Result<(), String> {
+        check_name("version", &self.version)
+    }
+}
 
 /// `<p>/<app>/history/<revision>`: one immutable record per deploy, switch, rollback, migration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryRecord {
-    pub kind: String,
+    pub kind: Operation,
+    /// The operation id.
     pub deploy_id: String,
-    pub outcome: String,
+    pub outcome: Outcome,
     pub at: String,
     #[serde(default)]
     pub from: Option<Color>,
@@ -244,9 +335,8 @@ pub struct HostRecord {
 
 impl Validate for HostRecord {
     fn validate(&self) -> Result<(), String> {
-        if self.address.is_empty() {
-            return Err("address: must not be empty".into());
-        }
+        check_name("host", &self.host)?;
+        check_address(&self.address).map_err(|e| format!("address: {e}"))?;
         if self.ports.blue == self.ports.green {
             return Err(format!(
                 "ports: blue and green are both {}",
@@ -254,6 +344,31 @@ impl Validate for HostRecord {
             ));
         }
         Ok(())
+    }
+}
+
+/// A host address as LBs and the coordinator use it: an IP address or a DNS name, never anything
+/// that could carry config syntax (it is rendered into nginx's `server` lines).
+pub fn check_address(address: &str) -> Result<(), String> {
+    if address.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let dns_name = !address.is_empty()
+        && address.len() <= 253
+        && address.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+        });
+    if dns_name {
+        Ok(())
+    } else {
+        Err(format!(
+            "{address:?} is neither an IP address nor a host name"
+        ))
     }
 }
 
@@ -302,7 +417,30 @@ pub struct HealthRecord {
     #[serde(default)]
     pub error: Option<String>,
 }
-impl Validate for HealthRecord {}
+
+impl Validate for HealthRecord {
+    fn validate(&self) -> Result<(), String> {
+        // Empty while a color has never run anything.
+        if self.version.is_empty() {
+            return Ok(());
+        }
+        check_name("version", &self.version)
+    }
+}
+
+impl HealthRecord {
+    /// THE rule "this host serves this color at `version`": the agent reports healthy for exactly
+    /// that version. The coordinator waits on it, switches only to colors it holds for on every
+    /// host, and the sidecars route live traffic to the hosts it holds for.
+    pub fn serves(&self, version: &str) -> bool {
+        self.state == HealthState::Healthy && self.version == version
+    }
+}
+
+/// [`HealthRecord::serves`] for a record that may be missing (a host not reporting serves nothing).
+pub fn serves(record: Option<&HealthRecord>, version: &str) -> bool {
+    record.is_some_and(|r| r.serves(version))
+}
 
 /// `<p>/<app>/lbs/<name>`: a sidecar's acknowledgement of what nginx serves, under its lease.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -437,5 +575,78 @@ mod tests {
             serde_json::to_string(&HealthState::Unhealthy).unwrap(),
             "\"unhealthy\""
         );
+    }
+
+    #[test]
+    fn records_written_before_typing_still_parse() {
+        let lock = json!({"deploy_id": "rollback-1", "holder": "ci:1", "version": "rollback", "acquired_at": "t"});
+        let l: LockRecord = decode("/p/shop/lock", lock.to_string().as_bytes()).unwrap();
+        assert_eq!(l.operation, Operation::Deploy);
+        let deploy = json!({"deploy_id": "d", "phase": "switched", "from": "blue", "to": "green",
+            "version": "v2", "token": 3, "started_at": "t", "updated_at": "t"});
+        let d: DeployRecord = decode("/p/shop/deploy", deploy.to_string().as_bytes()).unwrap();
+        assert_eq!((d.phase, d.operation), (Phase::Switched, Operation::Deploy));
+        let history =
+            json!({"kind": "reconcile", "deploy_id": "d", "outcome": "not switched", "at": "t"});
+        let h: HistoryRecord = decode("/p/shop/history/1", history.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            (h.kind, h.outcome),
+            (Operation::Reconcile, Outcome::NotSwitched)
+        );
+        let old_release = release_json();
+        let r = decode_release(&old_release).unwrap();
+        assert_eq!(r.health.mode, HealthMode::Contract);
+    }
+
+    #[test]
+    fn names_and_addresses_that_could_inject_config_are_refused() {
+        let mut v = release_json();
+        v["version"] = json!("v1; } server { listen 81;");
+        let err = decode_release(&v).unwrap_err().to_string();
+        assert!(
+            err.contains("/p/shop/releases/green") && err.contains("version"),
+            "{err}"
+        );
+        for bad in ["127.0.0.1:1; } server {", "a b", "", "-x.example", "x..y"] {
+            assert!(check_address(bad).is_err(), "{bad}");
+        }
+        for ok in ["127.0.0.11", "::1", "app-1.internal.example", "host7"] {
+            assert!(check_address(ok).is_ok(), "{ok}");
+        }
+        let host = json!({"host": "a", "address": "10.0.0.1;", "ports": {"blue": 1, "green": 2},
+                          "grpc": "x", "agent_version": "0", "started_at": "t"});
+        let err = decode::<HostRecord>("k", host.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("address"), "{err}");
+    }
+
+    #[test]
+    fn serves_needs_healthy_at_exactly_that_version() {
+        let record = |state, version: &str| HealthRecord {
+            version: version.into(),
+            state,
+            health: serde_json::Value::Null,
+            since: "t".into(),
+            restarts: 0,
+            error: None,
+        };
+        assert!(record(HealthState::Healthy, "v2").serves("v2"));
+        assert!(!record(HealthState::Healthy, "v1").serves("v2"));
+        assert!(!record(HealthState::Starting, "v2").serves("v2"));
+        assert!(!serves(None, "v2"));
+    }
+
+    #[test]
+    fn health_mode_settings_must_fit_the_mode() {
+        let mut v = release_json();
+        v["health"]["mode"] = json!("tcp");
+        v["health"]["expect_status"] = json!(204);
+        let err = decode_release(&v).unwrap_err().to_string();
+        assert!(err.contains("health.expect_status"), "{err}");
+        v["health"]["mode"] = json!("http");
+        assert_eq!(decode_release(&v).unwrap().health.expect_status, Some(204));
+        v["health"]["mode"] = json!("grpc");
+        assert!(decode_release(&v).is_err());
     }
 }

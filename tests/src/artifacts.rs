@@ -79,6 +79,7 @@ pub fn release(version: &str, artifact: &Artifact, env: &[(&str, &str)]) -> Rele
             interval: Duration::from_millis(500),
             timeout: Duration::from_secs(2),
             startup_timeout: Duration::from_secs(30),
+            ..HealthSpec::default()
         },
         desired: Desired::Running,
         deploy_id: format!("test-{version}"),

@@ -30,16 +30,6 @@ pub enum Direction {
     Down,
 }
 
-impl Direction {
-    fn name(self) -> &'static str {
-        match self {
-            Direction::Up => "migrate up",
-            Direction::Contract => "migrate contract",
-            Direction::Down => "migrate down",
-        }
-    }
-}
-
 fn load(
     global: &Global,
     spec: &std::path::Path,
@@ -70,7 +60,8 @@ pub async fn change(
         &client,
         &keys,
         &id,
-        direction.name(),
+        proto::Operation::Migrate,
+        req.app_version.as_deref(),
         req.lock_wait,
         &progress,
     )

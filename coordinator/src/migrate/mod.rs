@@ -2,6 +2,7 @@
 //! deploy, linted statement by statement, recorded in `schema_migrations`, contract gated on what
 //! every running color's version can live with.
 pub mod commands;
+pub mod expand;
 pub mod files;
 pub mod gate;
 pub mod lint;

@@ -163,7 +163,7 @@ impl Recorder<'_> {
     async fn record(
         &self,
         m: &Migration,
-        outcome: &str,
+        outcome: proto::Outcome,
         ms: Option<i64>,
         error: Option<&str>,
     ) -> Result<(), CoordinatorError> {
@@ -176,10 +176,10 @@ impl Recorder<'_> {
         self.progress.event(
             "migrate",
             None,
-            outcome,
+            outcome.as_str(),
             &format!("{file} ({}){took}", m.phase.as_str()),
         );
-        let mut record = history::record("migrate", self.deploy_id, outcome);
+        let mut record = history::record(proto::Operation::Migrate, self.deploy_id, outcome);
         record.version = (!self.app_version.is_empty()).then(|| self.app_version.to_string());
         record.reason = Some(match error {
             Some(e) => format!("{summary}: {e}"),
@@ -208,14 +208,16 @@ pub async fn apply(
     for m in run {
         match store.apply(m, &rec.applier()).await {
             Ok(ms) => {
-                if let Err(e) = rec.record(m, "applied", Some(ms), None).await {
+                if let Err(e) = rec.record(m, proto::Outcome::Applied, Some(ms), None).await {
                     applied.push(m.version);
                     return Err((applied, e));
                 }
                 applied.push(m.version);
             }
             Err(ApplyError { message, partial }) => {
-                let _ = rec.record(m, "failed", None, Some(&message)).await;
+                let _ = rec
+                    .record(m, proto::Outcome::Failed, None, Some(&message))
+                    .await;
                 let message = if partial {
                     format!("{message}\n  its earlier statements stayed applied and schema_migrations marks it failed: repair the schema, then `coordinator migrate down`")
                 } else {
@@ -247,12 +249,17 @@ pub async fn revert(
         let Some(row) = &entry.row else { continue };
         match store.revert(&entry.migration, row.id).await {
             Ok(ms) => {
-                rec.record(&entry.migration, "reverted", Some(ms), None)
+                rec.record(&entry.migration, proto::Outcome::Reverted, Some(ms), None)
                     .await?
             }
             Err(e) => {
                 let _ = rec
-                    .record(&entry.migration, "revert-failed", None, Some(&e.message))
+                    .record(
+                        &entry.migration,
+                        proto::Outcome::RevertFailed,
+                        None,
+                        Some(&e.message),
+                    )
                     .await;
                 return Err(CoordinatorError::Unsafe(format!(
                     "reverting {}: {}",

@@ -1,0 +1,283 @@
+//! The fleet-probe seam: the HTTP and gRPC calls a command makes to hosts and LBs directly (smoke
+//! checks on a host's idle port, verification through each LB, a host's log lines). [`HttpProbes`]
+//! is the real thing; unit tests give the pipeline scripted answers instead.
+use crate::spec::SmokeCheck;
+use proto::records::{HostRecord, LbRecord};
+use proto::Color;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The header nginx adds (from the sidecar's template) to every response of the live server.
+pub const COLOR_HEADER: &str = "x-bluegreen-color";
+/// The header carrying the etcd revision the LB's config was rendered for, when the template has it.
+pub const REVISION_HEADER: &str = "x-bluegreen-revision";
+
+/// One smoke check's result on one host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmokeResult {
+    pub host: String,
+    pub path: String,
+    pub outcome: Result<(), String>,
+}
+
+#[allow(async_fn_in_trait)]
+pub trait Probes {
+    /// Every check against `color` on every host (hosts in parallel).
+    async fn smoke(
+        &self,
+        hosts: &[HostRecord],
+        checks: &[SmokeCheck],
+        color: Color,
+        version: &str,
+    ) -> Vec<SmokeResult>;
+    /// Asks each LB which color it serves, through what the sidecar owns (never the app's body).
+    /// Err names every LB that does not serve `color` at `revision` or later.
+    async fn verify_lbs(
+        &self,
+        lbs: &BTreeMap<String, LbRecord>,
+        color: Color,
+        revision: i64,
+    ) -> Result<(), String>;
+    /// The last `tail` log lines of `color` on `host`, through the agent.
+    async fn logs(&self, host: &HostRecord, color: Color, tail: u32)
+        -> Result<Vec<String>, String>;
+}
+
+/// [`Probes`] over HTTP (apps, LBs) and the agents' gRPC API (logs).
+#[derive(Default)]
+pub struct HttpProbes;
+
+impl Probes for HttpProbes {
+    async fn smoke(
+        &self,
+        hosts: &[HostRecord],
+        checks: &[SmokeCheck],
+        color: Color,
+        version: &str,
+    ) -> Vec<SmokeResult> {
+        let http = reqwest::Client::new();
+        let per_host = hosts
+            .iter()
+            .map(|host| smoke_host(&http, host, checks, color, version));
+        let mut results = Vec::new();
+        for (host, checks) in hosts.iter().zip(futures::future::join_all(per_host).await) {
+            for (path, outcome) in checks {
+                results.push(SmokeResult {
+                    host: host.host.clone(),
+                    path,
+                    outcome,
+                });
+            }
+        }
+        results
+    }
+
+    async fn verify_lbs(
+        &self,
+        lbs: &BTreeMap<String, LbRecord>,
+        color: Color,
+        revision: i64,
+    ) -> Result<(), String> {
+        // A fresh connection per LB: a kept-alive one could still be served by an old worker. No
+        // redirects: a 3xx from the app is an answer like any other, the header is what counts.
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("http client");
+        let mut wrong = Vec::new();
+        for (name, ack) in lbs {
+            let Some(url) = &ack.url else {
+                wrong.push(format!("{name}: its ack carries no URL to verify through"));
+                continue;
+            };
+            let answer = http
+                .get(format!("{url}/"))
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await;
+            let problem = match answer {
+                Err(e) => Some(format!("{name} ({url}): {}", root_cause(&e))),
+                Ok(resp) => served_problem(resp.headers(), color, revision).map(|p| {
+                    format!(
+                        "{name} ({url}) answered HTTP {}: {p}",
+                        resp.status().as_u16()
+                    )
+                }),
+            };
+            wrong.extend(problem);
+        }
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(wrong.join("; "))
+        }
+    }
+
+    async fn logs(
+        &self,
+        host: &HostRecord,
+        color: Color,
+        tail: u32,
+    ) -> Result<Vec<String>, String> {
+        use proto::agent_api::{agent_client::AgentClient, LogsRequest};
+        let endpoint = format!("http://{}", host.grpc);
+        let connect = AgentClient::connect(endpoint.clone());
+        let mut api = tokio::time::timeout(Duration::from_secs(3), connect)
+            .await
+            .map_err(|_| format!("{endpoint}: timed out"))?
+            .map_err(|e| format!("{endpoint}: {e}"))?;
+        let request = LogsRequest {
+            color: color.to_string(),
+            tail,
+            follow: false,
+        };
+        let mut stream = api
+            .logs(request)
+            .await
+            .map_err(|e| format!("{endpoint}: {}", e.message()))?
+            .into_inner();
+        let mut lines = Vec::new();
+        while let Ok(Some(line)) = stream.message().await {
+            lines.push(line.line);
+        }
+        Ok(lines)
+    }
+}
+
+/// What is wrong with an LB's answer, judged only by the headers the sidecar's template adds:
+/// the color must be `color`, and the revision (when the template sends it) at least `revision`.
+pub fn served_problem(
+    headers: &reqwest::header::HeaderMap,
+    color: Color,
+    revision: i64,
+) -> Option<String> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    match header(COLOR_HEADER) {
+        None => {
+            return Some(format!(
+                "no {COLOR_HEADER} header (a custom template must keep `add_header X-Bluegreen-Color {{{{color}}}} always;`)"
+            ))
+        }
+        Some(c) if c != color.as_str() => return Some(format!("serves {c}, expected {color}")),
+        Some(_) => {}
+    }
+    match header(REVISION_HEADER).map(str::parse::<i64>) {
+        Some(Ok(r)) if r < revision => Some(format!(
+            "config of revision {r}, expected {revision} or later"
+        )),
+        Some(Err(_)) => Some(format!("unreadable {REVISION_HEADER} header")),
+        _ => None,
+    }
+}
+
+/// Every check on one host, each with its retries: (path, outcome) per check.
+async fn smoke_host(
+    http: &reqwest::Client,
+    host: &HostRecord,
+    checks: &[SmokeCheck],
+    color: Color,
+    version: &str,
+) -> Vec<(String, Result<(), String>)> {
+    let mut results = Vec::new();
+    for check in checks {
+        let url = format!(
+            "http://{}:{}{}",
+            host.address,
+            host.ports.of(color),
+            check.path
+        );
+        let mut outcome = Err(String::new());
+        for attempt in 0..=check.retries {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            outcome = smoke_once(http, &url, check, color, version)
+                .await
+                .map_err(|e| format!("smoke {url}: {e}"));
+            if outcome.is_ok() {
+                break;
+            }
+        }
+        results.push((check.path.clone(), outcome));
+    }
+    results
+}
+
+async fn smoke_once(
+    http: &reqwest::Client,
+    url: &str,
+    check: &SmokeCheck,
+    color: Color,
+    version: &str,
+) -> Result<(), String> {
+    let resp = http
+        .get(url)
+        .timeout(check.timeout)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    if status != check.status {
+        return Err(format!("HTTP {status}, expected {}", check.status));
+    }
+    if check.json.is_empty() {
+        return Ok(());
+    }
+    let body: serde_json::Value = resp.json().await.map_err(|e| format!("not JSON: {e}"))?;
+    for (field, expected) in &check.json {
+        let expected = expected
+            .replace("{color}", color.as_str())
+            .replace("{version}", version);
+        let actual = body.get(field).map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string())
+        });
+        if actual.as_deref() != Some(expected.as_str()) {
+            return Err(format!("{field} is {actual:?}, expected {expected:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// reqwest's top-level message is "error sending request"; the useful part is the innermost cause.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn verification_reads_only_the_sidecars_headers() {
+        let ok = headers(&[(COLOR_HEADER, "green"), (REVISION_HEADER, "42")]);
+        assert_eq!(served_problem(&ok, Color::Green, 42), None);
+        assert_eq!(served_problem(&ok, Color::Green, 40), None);
+        assert!(served_problem(&ok, Color::Blue, 42)
+            .unwrap()
+            .contains("serves green"));
+        assert!(served_problem(&ok, Color::Green, 43)
+            .unwrap()
+            .contains("revision 42"));
+        let no_revision = headers(&[(COLOR_HEADER, "green")]);
+        assert_eq!(served_problem(&no_revision, Color::Green, 42), None);
+        assert!(served_problem(&HeaderMap::new(), Color::Green, 1)
+            .unwrap()
+            .contains("no x-bluegreen-color"));
+    }
+}

@@ -1,0 +1,50 @@
+//! Closing the record of an operation whose coordinator died mid-way. Every lock-taking command
+//! runs this first, so a dead deploy is reported once, by whoever comes next, and a finished one
+//! (any operation whose `deploy` record is terminal) never is. The decision is
+//! [`crate::pipeline::reconcile`]; this writes it.
+use crate::error::CoordinatorError;
+use crate::history;
+use crate::pipeline;
+use crate::progress::Progress;
+use crate::status::AppStatus;
+use crate::store::{Store, Write};
+use proto::Operation;
+
+pub async fn previous<S: Store>(
+    store: &S,
+    state: &AppStatus,
+    op_id: &str,
+    progress: &Progress,
+) -> Result<(), CoordinatorError> {
+    let Some(previous) = &state.deploy else {
+        return Ok(());
+    };
+    let Some(decision) = pipeline::reconcile(Some(previous), state.active.as_ref()) else {
+        return Ok(());
+    };
+    progress.event(
+        "reconcile",
+        None,
+        decision.outcome.as_str(),
+        &format!(
+            "{} {} was left in phase {}",
+            decision.operation, previous.deploy_id, previous.phase
+        ),
+    );
+    let mut finished = previous.clone();
+    finished.phase = decision.phase;
+    finished.error = Some(format!(
+        "coordinator died in phase {}; reconciled by {op_id}",
+        previous.phase
+    ));
+    finished.updated_at = proto::time::now_rfc3339();
+    store.put(&[Write::Deploy(finished.clone())], None).await?;
+    let mut record = history::record(Operation::Reconcile, &previous.deploy_id, decision.outcome);
+    record.from = previous.from;
+    record.to = Some(previous.to);
+    record.version = Some(previous.version.clone());
+    record.reason = finished.error.clone();
+    record.details =
+        serde_json::json!({ "operation": decision.operation, "phase": previous.phase });
+    store.append_history(&record).await.map(|_| ())
+}

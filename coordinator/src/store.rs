@@ -1,0 +1,125 @@
+//! The control-plane seam: everything a command reads from and writes to etcd, as a trait, so the
+//! deploy pipeline and switches run unchanged over an in-memory store in unit tests. The etcd
+//! implementation is [`EtcdStore`]; every write it makes is fenced by the lock token.
+use crate::error::CoordinatorError;
+use crate::history;
+use crate::lock::DeployLock;
+use crate::status::{self, AppStatus};
+use etcd_client::{Compare, CompareOp, WatchOptions};
+use proto::records::{encode, ActiveRecord, DeployRecord, HistoryRecord, ReleaseRecord};
+use proto::{Color, Keys, ProtoError};
+use tokio::time::Instant;
+
+/// One record a command writes. Keys are formed by the store (from `proto::Keys`), never here.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    Active(ActiveRecord),
+    Release(Color, ReleaseRecord),
+    Deploy(DeployRecord),
+}
+
+/// What a coordinator command needs from the control plane while it holds the lock.
+#[allow(async_fn_in_trait)]
+pub trait Store {
+    /// One consistent read of the app's state.
+    async fn read(&self) -> Result<AppStatus, CoordinatorError>;
+    /// Writes every record in one transaction guarded by the lock token, and by `active`'s mod
+    /// revision when `active_seen` is given (a switch decided on an `active` that has since moved
+    /// must not happen). Returns the write's revision; a failed guard is `ProtoError::FenceLost`.
+    async fn put(
+        &self,
+        writes: &[Write],
+        active_seen: Option<i64>,
+    ) -> Result<i64, CoordinatorError>;
+    /// Appends an immutable, fenced history record; returns its revision.
+    async fn append_history(&self, record: &HistoryRecord) -> Result<i64, CoordinatorError>;
+    /// Returns once anything under the app changed after `revision`, or at `deadline`, whichever
+    /// comes first. Waits are driven by this (a watch), never by re-reading in a timed loop.
+    async fn changed_after(&self, revision: i64, deadline: Instant)
+        -> Result<(), CoordinatorError>;
+    /// Why the lock is lost, once it is: the caller must stop writing.
+    fn lock_lost(&self) -> Option<String>;
+    /// The fencing token of the held lock.
+    fn token(&self) -> i64;
+}
+
+/// [`Store`] over etcd with a held [`DeployLock`].
+pub struct EtcdStore<'a> {
+    pub client: &'a etcd_client::Client,
+    pub keys: &'a Keys,
+    pub lock: &'a DeployLock,
+}
+
+impl EtcdStore<'_> {
+    fn key_value(&self, write: &Write) -> (String, String) {
+        match write {
+            Write::Active(a) => (self.keys.active(), encode(a)),
+            Write::Release(color, r) => (self.keys.release(*color), encode(r)),
+            Write::Deploy(d) => (self.keys.deploy(), encode(d)),
+        }
+    }
+}
+
+impl Store for EtcdStore<'_> {
+    async fn read(&self) -> Result<AppStatus, CoordinatorError> {
+        Ok(status::read(self.client, self.keys).await?)
+    }
+
+    async fn put(
+        &self,
+        writes: &[Write],
+        active_seen: Option<i64>,
+    ) -> Result<i64, CoordinatorError> {
+        if let Some(reason) = self.lock_lost() {
+            return Err(CoordinatorError::Failed(format!(
+                "deploy lock lost ({reason}); stopping without further writes"
+            )));
+        }
+        let puts: Vec<(String, String)> = writes.iter().map(|w| self.key_value(w)).collect();
+        let guards = active_seen
+            .map(|seen| {
+                vec![Compare::mod_revision(
+                    self.keys.active(),
+                    CompareOp::Equal,
+                    seen,
+                )]
+            })
+            .unwrap_or_default();
+        Ok(self.lock.fence.put_all(self.client, &puts, guards).await?)
+    }
+
+    async fn append_history(&self, record: &HistoryRecord) -> Result<i64, CoordinatorError> {
+        history::append(self.client, self.keys, Some(&self.lock.fence), record).await
+    }
+
+    async fn changed_after(
+        &self,
+        revision: i64,
+        deadline: Instant,
+    ) -> Result<(), CoordinatorError> {
+        let prefix = self.keys.app_prefix();
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let mut client = self.client.clone();
+        let opened = tokio::time::timeout_at(deadline, client.watch(prefix, Some(options))).await;
+        let Ok(opened) = opened else { return Ok(()) };
+        let mut stream = opened.map_err(|e| ProtoError::etcd(format!("watch {prefix}"), e))?;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.message()).await {
+                Err(_) => return Ok(()),
+                Ok(Ok(Some(m))) if m.events().is_empty() && !m.canceled() => continue,
+                // Any event, a cancel (compaction) or a broken stream: the caller re-reads.
+                Ok(_) => return Ok(()),
+            }
+        }
+    }
+
+    fn lock_lost(&self) -> Option<String> {
+        self.lock.session.lost_reason()
+    }
+
+    fn token(&self) -> i64 {
+        self.lock.fence.token
+    }
+}
