@@ -5,6 +5,8 @@
 pub use error::CoordinatorError;
 
 pub mod deploy;
+#[cfg(test)]
+mod deploy_tests;
 pub mod error;
 pub mod fleet;
 pub mod history;

@@ -9,7 +9,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// Everything `status` shows; invalid values are listed as problems naming their key.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct AppStatus {
     pub revision: i64,
     pub active: Option<ActiveRecord>,
