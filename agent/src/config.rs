@@ -179,6 +179,8 @@ impl Config {
     fn validate(&self) -> Result<(), AgentError> {
         proto::Keys::new(&self.prefix, &self.app)?;
         proto::keys::validate_segment("host", &self.host)?;
+        proto::records::check_address(&self.address)
+            .map_err(|e| AgentError::Setting(format!("address: {e}")))?;
         if self.etcd.is_empty() {
             return Err(AgentError::Setting(
                 "etcd: at least one endpoint is required".into(),

@@ -1,7 +1,11 @@
-//! The health rule of DESIGN.md §4: a color is healthy when its /health answers HTTP 200 with JSON
-//! `status == "healthy"`, `environment == color`, `version == release version` and
-//! `database_connected` not false. Checking color and version catches the classic blue-green
-//! mistake of a process answering on the wrong port or an old binary still running.
+//! The health rules of one color. In the default `contract` mode (DESIGN.md §4) a color is
+//! healthy when its health path answers HTTP 200 with JSON `status == "healthy"`, `environment ==`
+//! the color, `version ==` the release version and `database_connected` not false: checking
+//! color and version catches the classic blue-green mistake of a process answering on the wrong
+//! port or an old binary still running. Apps not written for bluegreen use `http` (an expected
+//! status, optionally a body substring) or `tcp` (the port accepts connections); neither can
+//! prove the version, which `status` and the README say.
+use proto::records::{HealthMode, HealthSpec};
 use proto::Color;
 use serde_json::Value;
 use std::time::Duration;
@@ -15,19 +19,68 @@ pub struct Probe {
     pub body: Value,
 }
 
-/// Applies the rule to an HTTP answer.
-pub fn evaluate(status: u16, body: &[u8], color: Color, version: &str) -> Probe {
+impl Probe {
+    fn verdict(reason: Option<String>, body: Value) -> Probe {
+        Probe {
+            healthy: reason.is_none(),
+            reason,
+            body,
+        }
+    }
+}
+
+/// Applies the spec's HTTP rule (contract or http mode) to an answer.
+pub fn evaluate(spec: &HealthSpec, status: u16, body: &[u8], color: Color, version: &str) -> Probe {
+    match spec.mode {
+        HealthMode::Http => evaluate_http(spec, status, body),
+        // TCP probes never get here; treat a stray answer by the contract.
+        HealthMode::Contract | HealthMode::Tcp => {
+            evaluate_contract(spec, status, body, color, version)
+        }
+    }
+}
+
+fn evaluate_contract(
+    spec: &HealthSpec,
+    status: u16,
+    body: &[u8],
+    color: Color,
+    version: &str,
+) -> Probe {
+    let path = &spec.path;
     let parsed: Option<Value> = serde_json::from_slice(body).ok().filter(Value::is_object);
     let reason = match &parsed {
-        _ if status != 200 => Some(format!("/health answered HTTP {status}")),
-        None => Some("/health did not answer a JSON object".to_string()),
+        _ if status != 200 => Some(format!("{path} answered HTTP {status}")),
+        None => Some(format!("{path} did not answer a JSON object")),
         Some(json) => check_fields(json, color, version),
     };
-    Probe {
-        healthy: reason.is_none(),
-        reason,
-        body: parsed.unwrap_or(Value::Null),
-    }
+    Probe::verdict(reason, parsed.unwrap_or(Value::Null))
+}
+
+/// Plain HTTP: the expected status (any 2xx when unset) and, optionally, a body substring. The
+/// body is not published: it is the app's, of any size and format.
+fn evaluate_http(spec: &HealthSpec, status: u16, body: &[u8]) -> Probe {
+    let path = &spec.path;
+    let status_ok = match spec.expect_status {
+        Some(expected) => status == expected,
+        None => (200..300).contains(&status),
+    };
+    let reason = if !status_ok {
+        let expected = spec
+            .expect_status
+            .map_or("2xx".to_string(), |s| s.to_string());
+        Some(format!(
+            "{path} answered HTTP {status}, expected {expected}"
+        ))
+    } else {
+        match &spec.body_contains {
+            Some(needle) if !String::from_utf8_lossy(body).contains(needle.as_str()) => {
+                Some(format!("{path} body does not contain {needle:?}"))
+            }
+            _ => None,
+        }
+    };
+    Probe::verdict(reason, Value::Null)
 }
 
 fn check_fields(json: &Value, color: Color, version: &str) -> Option<String> {
@@ -57,25 +110,29 @@ fn show(v: Option<&Value>) -> String {
     v.map_or_else(|| "missing".to_string(), Value::to_string)
 }
 
-/// Probes `url` once with `timeout`.
+/// Probes one color once, by the spec's mode, at `address:port`.
 pub async fn probe(
     http: &reqwest::Client,
-    url: &str,
-    timeout: Duration,
+    spec: &HealthSpec,
+    address: &str,
+    port: u16,
     color: Color,
     version: &str,
 ) -> Probe {
+    if spec.mode == HealthMode::Tcp {
+        return probe_tcp(address, port, spec.timeout).await;
+    }
+    let url = format!("http://{address}:{port}{}", spec.path);
     let answer = async {
-        let resp = http.get(url).timeout(timeout).send().await?;
+        let resp = http.get(&url).timeout(spec.timeout).send().await?;
         let status = resp.status().as_u16();
         let body = resp.bytes().await?;
         Ok::<_, reqwest::Error>((status, body))
     };
     match answer.await {
-        Ok((status, body)) => evaluate(status, &body, color, version),
-        Err(e) => Probe {
-            healthy: false,
-            reason: Some(format!(
+        Ok((status, body)) => evaluate(spec, status, &body, color, version),
+        Err(e) => Probe::verdict(
+            Some(format!(
                 "GET {url}: {}",
                 if e.is_timeout() {
                     "timed out".to_string()
@@ -83,9 +140,19 @@ pub async fn probe(
                     root_cause(&e)
                 }
             )),
-            body: Value::Null,
-        },
+            Value::Null,
+        ),
     }
+}
+
+async fn probe_tcp(address: &str, port: u16, timeout: Duration) -> Probe {
+    let connect = tokio::net::TcpStream::connect((address, port));
+    let reason = match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(format!("TCP connect {address}:{port}: {e}")),
+        Err(_) => Some(format!("TCP connect {address}:{port}: timed out")),
+    };
+    Probe::verdict(reason, Value::Null)
 }
 
 /// reqwest's top-level message is "error sending request"; the useful part is the innermost cause.
@@ -102,6 +169,20 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn contract() -> HealthSpec {
+        HealthSpec::default()
+    }
+
+    fn http(expect_status: Option<u16>, body_contains: Option<&str>) -> HealthSpec {
+        HealthSpec {
+            mode: HealthMode::Http,
+            expect_status,
+            body_contains: body_contains.map(str::to_string),
+            path: "/".into(),
+            ..HealthSpec::default()
+        }
+    }
+
     fn body(v: Value) -> Vec<u8> {
         v.to_string().into_bytes()
     }
@@ -112,7 +193,7 @@ mod tests {
 
     #[test]
     fn healthy_when_every_field_matches() {
-        let p = evaluate(200, &body(good()), Color::Green, "v2");
+        let p = evaluate(&contract(), 200, &body(good()), Color::Green, "v2");
         assert!(p.healthy, "{:?}", p.reason);
         assert_eq!(p.body["version"], "v2");
     }
@@ -148,7 +229,7 @@ mod tests {
             ),
         ];
         for (status, v, expect) in cases {
-            let p = evaluate(status, &body(v), Color::Green, "v2");
+            let p = evaluate(&contract(), status, &body(v), Color::Green, "v2");
             assert!(!p.healthy);
             assert!(
                 p.reason.as_deref().unwrap().contains(expect),
@@ -161,8 +242,45 @@ mod tests {
     #[test]
     fn missing_database_field_is_fine_but_garbage_is_not() {
         let v = json!({"status": "healthy", "environment": "green", "version": "v2"});
-        assert!(evaluate(200, &body(v), Color::Green, "v2").healthy);
-        assert!(!evaluate(200, b"OK", Color::Green, "v2").healthy);
-        assert!(!evaluate(200, b"[1]", Color::Green, "v2").healthy);
+        assert!(evaluate(&contract(), 200, &body(v), Color::Green, "v2").healthy);
+        assert!(!evaluate(&contract(), 200, b"OK", Color::Green, "v2").healthy);
+        assert!(!evaluate(&contract(), 200, b"[1]", Color::Green, "v2").healthy);
+    }
+
+    #[test]
+    fn http_mode_checks_status_and_substring_only() {
+        let html = b"<html><title>Shop</title></html>";
+        assert!(evaluate(&http(None, None), 204, html, Color::Blue, "v9").healthy);
+        let p = evaluate(&http(None, None), 301, html, Color::Blue, "v9");
+        assert!(p.reason.unwrap().contains("HTTP 301, expected 2xx"));
+        assert!(evaluate(&http(Some(301), None), 301, b"", Color::Blue, "v9").healthy);
+        let p = evaluate(&http(Some(200), None), 404, b"", Color::Blue, "v9");
+        assert!(p.reason.unwrap().contains("expected 200"));
+        assert!(evaluate(&http(None, Some("Shop")), 200, html, Color::Blue, "v9").healthy);
+        let p = evaluate(&http(None, Some("Cart")), 200, html, Color::Blue, "v9");
+        assert!(p.reason.unwrap().contains("does not contain \"Cart\""));
+        assert_eq!(p.body, Value::Null, "an app's own page is never published");
+    }
+
+    #[tokio::test]
+    async fn tcp_mode_connects_and_names_the_refusal() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let spec = HealthSpec {
+            mode: HealthMode::Tcp,
+            ..HealthSpec::default()
+        };
+        let http = reqwest::Client::new();
+        assert!(
+            probe(&http, &spec, "127.0.0.1", port, Color::Blue, "v1")
+                .await
+                .healthy
+        );
+        drop(listener);
+        let p = probe(&http, &spec, "127.0.0.1", port, Color::Blue, "v1").await;
+        assert!(p
+            .reason
+            .unwrap()
+            .contains(&format!("TCP connect 127.0.0.1:{port}")));
     }
 }

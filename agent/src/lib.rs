@@ -9,9 +9,11 @@ pub mod desired;
 pub mod error;
 pub mod grpc;
 pub mod health;
+pub mod lifecycle;
 pub mod logs;
 pub mod process;
 pub mod reporter;
+pub mod runtime;
 pub mod status;
 pub mod supervisor;
 
@@ -20,10 +22,11 @@ use error::AgentError;
 use proto::agent_api::agent_server::AgentServer;
 use proto::records::HostRecord;
 use proto::{Color, Keys};
+use runtime::ProcessRuntime;
 use status::DesiredRelease;
 use std::sync::Arc;
 use std::time::Duration;
-use supervisor::{HostContext, Supervisor};
+use supervisor::Supervisor;
 use tokio::sync::watch;
 
 /// Runs the agent until `shutdown` becomes true. Apps keep running afterwards.
@@ -49,13 +52,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         .pool_max_idle_per_host(2)
         .build()
         .map_err(|e| AgentError::Setting(format!("http client: {e}")))?;
-    let ctx = Arc::new(HostContext {
-        host: config.host.clone(),
+    let runtime = Arc::new(ProcessRuntime {
         address: config.address.clone(),
         ports: config.ports,
         state_dir: config.state_dir.clone(),
         http,
-        max_restarts: config.max_restarts,
         app_log_level: config.app_log_level.clone(),
     });
 
@@ -66,8 +67,14 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     for color in Color::ALL {
         let (desired_tx, desired_rx) = watch::channel(DesiredRelease::Unknown);
         let (status_tx, status_rx) = watch::channel(None);
-        let supervisor =
-            Supervisor::new(color, ctx.clone(), desired_rx, active_rx.clone(), status_tx);
+        let supervisor = Supervisor::new(
+            color,
+            runtime.clone(),
+            config.max_restarts,
+            desired_rx,
+            active_rx.clone(),
+            status_tx,
+        );
         tasks.push(tokio::spawn(supervisor.run(shutdown.clone())));
         desired_txs.push(desired_tx);
         status_rxs.push(status_rx);

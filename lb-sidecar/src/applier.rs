@@ -59,8 +59,8 @@ impl Applier {
             preview_listen: self.preview_listen.clone(),
             color,
             version: version.to_string(),
-            live: state.upstream(color),
-            preview: state.upstream(color.other()),
+            live: state.upstream(color, Some(version)),
+            preview: state.upstream(color.other(), None),
         }
     }
 

@@ -35,6 +35,10 @@ pub struct Cli {
     /// The sidecar's own /metrics and /healthz.
     #[arg(long, env = "BLUEGREEN_SIDECAR_STATUS_LISTEN")]
     pub status_listen: Option<String>,
+    /// The URL other machines reach this LB at (e.g. https://lb-1.example.com); carried in the
+    /// ack so a coordinator elsewhere can verify through it. Default: http://<listen address>.
+    #[arg(long, env = "BLUEGREEN_SIDECAR_PUBLIC_URL")]
+    pub public_url: Option<String>,
     #[arg(long, env = "BLUEGREEN_SIDECAR_LEASE_TTL")]
     pub lease_ttl: Option<String>,
     /// How long health churn is collected before one reload (a switch never waits).
@@ -72,6 +76,7 @@ struct FileConfig {
     listen: Option<String>,
     preview_listen: Option<String>,
     status_listen: Option<String>,
+    public_url: Option<String>,
     lease_ttl: Option<String>,
     debounce: Option<String>,
     template: Option<PathBuf>,
@@ -95,6 +100,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub preview_listen: SocketAddr,
     pub status_listen: SocketAddr,
+    /// `None`: derived from `listen` (an unspecified address becomes loopback).
+    pub public_url: Option<String>,
     pub lease_ttl: Duration,
     pub debounce: Duration,
     pub template: Option<String>,
@@ -105,6 +112,25 @@ fn addr(field: &str, value: String) -> Result<SocketAddr, SidecarError> {
     value
         .parse()
         .map_err(|_| SidecarError::Setting(format!("{field}: {value:?} is not an address:port")))
+}
+
+/// An http(s) URL with a host and nothing that could break a header or a log line.
+fn check_public_url(url: String) -> Result<String, SidecarError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    let ok = rest.is_some_and(|r| {
+        !r.is_empty()
+            && r.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~:/[]%".contains(&b))
+    });
+    if ok {
+        Ok(url)
+    } else {
+        Err(SidecarError::Setting(format!(
+            "public_url: {url:?} is not an http:// or https:// URL"
+        )))
+    }
 }
 
 fn duration(field: &str, value: String) -> Result<Duration, SidecarError> {
@@ -178,6 +204,11 @@ impl Config {
                     .or(file.status_listen)
                     .unwrap_or_else(|| "127.0.0.1:9901".into()),
             )?,
+            public_url: cli
+                .public_url
+                .or(file.public_url)
+                .map(|u| check_public_url(u.trim_end_matches('/').to_string()))
+                .transpose()?,
             lease_ttl: duration(
                 "lease_ttl",
                 cli.lease_ttl
@@ -264,5 +295,26 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("listen"));
+    }
+
+    #[test]
+    fn public_url_and_name_are_checked() {
+        let load = |url: Option<&str>, name: &str| {
+            Config::load(Cli {
+                app: Some("shop".into()),
+                name: Some(name.into()),
+                public_url: url.map(str::to_string),
+                ..Default::default()
+            })
+        };
+        let c = load(Some("https://lb-1.example.com/"), "lb-1").unwrap();
+        assert_eq!(c.public_url.as_deref(), Some("https://lb-1.example.com"));
+        assert_eq!(load(None, "lb-1").unwrap().public_url, None);
+        for bad in ["lb-1.example.com", "http://", "http://x y", "http://x\"\n"] {
+            let err = load(Some(bad), "lb-1").unwrap_err().to_string();
+            assert!(err.contains("public_url"), "{err}");
+        }
+        let err = load(None, "lb 1;").unwrap_err().to_string();
+        assert!(err.contains("name"), "{err}");
     }
 }

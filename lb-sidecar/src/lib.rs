@@ -46,7 +46,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     tokio::spawn(async move { server.await });
 
     let client = proto::connect(&config.etcd).await?;
-    let nginx = nginx::Nginx::new(config.nginx.clone(), config.listen);
+    let nginx = nginx::Nginx::new(
+        config.nginx.clone(),
+        config.listen,
+        config.public_url.clone(),
+    );
     let applier = Applier::new(
         nginx,
         config.template.clone(),

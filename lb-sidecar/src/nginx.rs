@@ -17,15 +17,17 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    /// `listen` is the public listener; its status location is asked over loopback.
-    pub fn new(config: NginxConfig, listen: SocketAddr) -> Nginx {
+    /// `listen` is the public listener; its status location is asked over it, from this host.
+    /// `public_url` is how other machines reach it (default: the listener's own URL).
+    pub fn new(config: NginxConfig, listen: SocketAddr, public_url: Option<String>) -> Nginx {
         let host = if listen.ip().is_unspecified() {
             "127.0.0.1".to_string()
         } else {
             listen.ip().to_string()
         };
-        let public_url = format!("http://{host}:{}", listen.port());
-        let status_url = format!("{public_url}{}", crate::render::STATUS_PATH);
+        let local_url = format!("http://{host}:{}", listen.port());
+        let status_url = format!("{local_url}{}", crate::render::STATUS_PATH);
+        let public_url = public_url.unwrap_or(local_url);
         // A fresh connection per poll: a kept-alive one could still be served by an old worker.
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(0)

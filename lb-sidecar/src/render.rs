@@ -41,6 +41,7 @@ server {
         proxy_connect_timeout 2s;
         proxy_read_timeout 60s;
         add_header X-Bluegreen-Color {{color}} always;
+        add_header X-Bluegreen-Revision {{revision}} always;
     }
 }
 
@@ -132,6 +133,8 @@ mod tests {
             "empty preview is a down placeholder"
         );
         assert!(text.contains("return 200 \"42 green\\n\";"));
+        assert!(text.contains("add_header X-Bluegreen-Color green always;"));
+        assert!(text.contains("add_header X-Bluegreen-Revision 42 always;"));
         assert!(text.contains("proxy_next_upstream error timeout http_502 http_503;"));
         assert!(!text.contains("{{") && !text.contains(REVISION_TOKEN));
     }

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 pub struct LbState {
     pub active: Option<ActiveRecord>,
     pub hosts: BTreeMap<String, HostRecord>,
-    pub health: BTreeMap<(String, Color), HealthState>,
+    /// What each host reports per color, without the app's body (which changes every probe).
+    pub health: BTreeMap<(String, Color), HealthRecord>,
 }
 
 /// How much a change matters to nginx.
@@ -55,19 +56,23 @@ impl LbState {
                 Ok(Effect::Topology)
             }
             Some(AppKey::Health { host, color }) => {
-                let state = match value {
+                let record = match value {
                     None => None,
-                    Some(bytes) => Some(
-                        decode::<HealthRecord>(key, bytes)
-                            .map_err(|e| e.to_string())?
-                            .state,
-                    ),
+                    Some(bytes) => {
+                        let mut r =
+                            decode::<HealthRecord>(key, bytes).map_err(|e| e.to_string())?;
+                        r.health = serde_json::Value::Null;
+                        Some(r)
+                    }
                 };
-                let old = match state {
-                    Some(s) => self.health.insert((host, color), s),
+                let routing = |r: &HealthRecord| (r.state, r.version.clone());
+                let before = self.health.get(&(host.clone(), color)).map(routing);
+                let after = record.as_ref().map(routing);
+                match record {
+                    Some(r) => self.health.insert((host, color), r),
                     None => self.health.remove(&(host, color)),
                 };
-                Ok(if old == state {
+                Ok(if before == after {
                     Effect::None
                 } else {
                     Effect::Topology
@@ -77,16 +82,22 @@ impl LbState {
         }
     }
 
-    /// The `address:port` list for `color`: the hosts reporting it healthy, or, when none is, every
+    /// The `address:port` list for `color`: the hosts that serve it (for the live color, at the
+    /// live version: the same rule the coordinator switched on), or, when none does, every
     /// registered host (a fleet-wide health blip must not empty the upstream; nginx's own passive
     /// checks and `proxy_next_upstream` then do what they can).
-    pub fn upstream(&self, color: Color) -> Vec<String> {
+    pub fn upstream(&self, color: Color, live_version: Option<&str>) -> Vec<String> {
         let address = |h: &HostRecord| format!("{}:{}", h.address, h.ports.of(color));
         let healthy: Vec<String> = self
             .hosts
             .iter()
             .filter(|(name, _)| {
-                self.health.get(&(name.to_string(), color)) == Some(&HealthState::Healthy)
+                let record = self.health.get(&(name.to_string(), color));
+                match live_version {
+                    Some(version) => proto::records::serves(record, version),
+                    // The idle color's version is not the sidecar's to know: healthy is enough.
+                    None => record.is_some_and(|r| r.state == HealthState::Healthy),
+                }
             })
             .map(|(_, h)| address(h))
             .collect();
@@ -153,7 +164,7 @@ mod tests {
         host(&mut s, "a", 11);
         host(&mut s, "b", 12);
         assert_eq!(
-            s.upstream(Color::Blue),
+            s.upstream(Color::Blue, None),
             vec!["127.0.0.11:8080", "127.0.0.12:8080"]
         );
         assert_eq!(
@@ -164,12 +175,22 @@ mod tests {
             health(&mut s, "a", Color::Blue, HealthState::Healthy),
             Effect::None
         );
-        assert_eq!(s.upstream(Color::Blue), vec!["127.0.0.11:8080"]);
+        assert_eq!(s.upstream(Color::Blue, None), vec!["127.0.0.11:8080"]);
+        // The live color routes only to hosts serving the live version.
+        assert_eq!(s.upstream(Color::Blue, Some("v1")), vec!["127.0.0.11:8080"]);
+        assert_eq!(
+            s.upstream(Color::Blue, Some("v2")).len(),
+            2,
+            "none serves v2: all"
+        );
+        health(&mut s, "b", Color::Blue, HealthState::Healthy);
+        assert_eq!(s.upstream(Color::Blue, Some("v1")).len(), 2);
         health(&mut s, "a", Color::Blue, HealthState::Unhealthy);
-        assert_eq!(s.upstream(Color::Blue).len(), 2, "never empty");
+        health(&mut s, "b", Color::Blue, HealthState::Unhealthy);
+        assert_eq!(s.upstream(Color::Blue, None).len(), 2, "never empty");
         // A dead host's keys expire: it leaves the upstream.
         s.apply(&keys(), &keys().host("b"), None).unwrap();
-        assert_eq!(s.upstream(Color::Green), vec!["127.0.0.11:8081"]);
+        assert_eq!(s.upstream(Color::Green, None), vec!["127.0.0.11:8081"]);
     }
 
     #[test]

@@ -1,0 +1,183 @@
+//! The app-runtime seam: how a color's release is fetched, started, stopped, probed and re-adopted.
+//! [`ProcessRuntime`] does it for real (artifacts on disk, processes in their own group, pid files,
+//! HTTP/TCP probes); the supervisor only sees the trait, so hollow hosts and unit tests can run the
+//! same supervisor over an in-memory runtime.
+use crate::health::{self, Probe};
+use crate::process::{port_in_use, AppProcess, Launch, PidFile};
+use crate::{artifact, logs};
+use proto::records::{Artifact, Ports, ReleaseRecord};
+use proto::Color;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A started (or adopted) app process.
+#[allow(async_fn_in_trait)]
+pub trait RunningApp {
+    fn pid(&self) -> u32;
+    /// Resolves when the process exits, saying how (cancel-safe).
+    async fn exited(&mut self) -> String;
+    /// Stops it gracefully: SIGTERM, up to `timeout`, then SIGKILL. Says how it ended.
+    async fn stop(&mut self, timeout: Duration) -> String;
+}
+
+/// What a previous agent left running on a color.
+pub struct Adopted<P> {
+    pub process: P,
+    pub release: ReleaseRecord,
+    pub dir: PathBuf,
+    pub restarts: u32,
+}
+
+#[allow(async_fn_in_trait)]
+pub trait AppRuntime {
+    type Process: RunningApp;
+    /// Downloads, verifies and unpacks `artifact`; returns the directory to run in.
+    async fn fetch(&self, artifact: &Artifact) -> Result<PathBuf, String>;
+    /// Starts `release` on `color` from `dir`, and records it for a later agent to adopt.
+    fn launch(
+        &self,
+        color: Color,
+        release: &ReleaseRecord,
+        dir: &Path,
+        restarts: u32,
+    ) -> Result<Self::Process, String>;
+    /// The process a previous agent left running on `color`, if it is still the same process.
+    fn adopt(&self, color: Color) -> Option<Adopted<Self::Process>>;
+    /// Forgets the adoption record of `color` (its process is stopped or gone).
+    fn forget(&self, color: Color);
+    /// Probes `color` running `release` once.
+    async fn probe(&self, color: Color, release: &ReleaseRecord) -> Probe;
+    /// The last line the app of `color` logged, for exit reports.
+    fn last_log_line(&self, color: Color) -> String;
+}
+
+/// The real runtime: processes on this host.
+pub struct ProcessRuntime {
+    pub address: String,
+    pub ports: Ports,
+    pub state_dir: PathBuf,
+    pub http: reqwest::Client,
+    pub app_log_level: String,
+}
+
+impl ProcessRuntime {
+    fn pid_path(&self, color: Color) -> PathBuf {
+        self.state_dir.join(format!("{color}.pid.json"))
+    }
+
+    /// The contract's variables, after the release's own env so that they always win.
+    fn app_env(&self, color: Color, release: &ReleaseRecord) -> BTreeMap<String, String> {
+        let mut env = release.run.env.clone();
+        env.insert("ENVIRONMENT_COLOR".into(), color.to_string());
+        env.insert("APPLICATION_PORT".into(), self.ports.of(color).to_string());
+        env.insert("APPLICATION_HOST".into(), self.address.clone());
+        env.insert("APP_VERSION".into(), release.version.clone());
+        env.insert("HEALTH_CHECK_PATH".into(), release.health.path.clone());
+        env.insert("LOG_LEVEL".into(), self.app_log_level.clone());
+        env
+    }
+}
+
+impl RunningApp for AppProcess {
+    fn pid(&self) -> u32 {
+        AppProcess::pid(self)
+    }
+
+    async fn exited(&mut self) -> String {
+        AppProcess::exited(self).await.0
+    }
+
+    async fn stop(&mut self, timeout: Duration) -> String {
+        AppProcess::stop(self, timeout).await.0
+    }
+}
+
+impl AppRuntime for ProcessRuntime {
+    type Process = AppProcess;
+
+    async fn fetch(&self, artifact: &Artifact) -> Result<PathBuf, String> {
+        artifact::fetch(&self.http, &self.state_dir, artifact)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn launch(
+        &self,
+        color: Color,
+        release: &ReleaseRecord,
+        dir: &Path,
+        restarts: u32,
+    ) -> Result<AppProcess, String> {
+        let port = self.ports.of(color);
+        if port_in_use(&self.address, port) {
+            return Err(crate::error::AgentError::PortInUse {
+                address: self.address.clone(),
+                port,
+            }
+            .to_string());
+        }
+        let launch = Launch {
+            dir: dir.to_path_buf(),
+            command: release.run.command.clone(),
+            env: self.app_env(color, release),
+            log_path: logs::log_path(&self.state_dir, color),
+        };
+        let process = AppProcess::spawn(&launch).map_err(|e| e.to_string())?;
+        tracing::info!(%color, version = %release.version, pid = process.pid(), "started app");
+        let pid_file = PidFile {
+            pid: process.pid(),
+            start_ticks: process.start_ticks(),
+            release: release.clone(),
+            dir: dir.to_path_buf(),
+            restarts,
+        };
+        if let Err(e) = pid_file.write(&self.pid_path(color)) {
+            tracing::warn!(%color, error = %e, "cannot write pid file; a restarted agent will not adopt this app");
+        }
+        Ok(process)
+    }
+
+    fn adopt(&self, color: Color) -> Option<Adopted<AppProcess>> {
+        let pid_file = PidFile::read(&self.pid_path(color))?;
+        match AppProcess::adopt(pid_file.pid, pid_file.start_ticks) {
+            Some(process) => {
+                tracing::info!(%color, pid = pid_file.pid, version = %pid_file.release.version, "adopted running app");
+                Some(Adopted {
+                    process,
+                    release: pid_file.release,
+                    dir: pid_file.dir,
+                    restarts: pid_file.restarts,
+                })
+            }
+            None => {
+                tracing::info!(%color, pid = pid_file.pid, "pid file names a process that is gone");
+                self.forget(color);
+                None
+            }
+        }
+    }
+
+    fn forget(&self, color: Color) {
+        let _ = std::fs::remove_file(self.pid_path(color));
+    }
+
+    async fn probe(&self, color: Color, release: &ReleaseRecord) -> Probe {
+        let port = self.ports.of(color);
+        health::probe(
+            &self.http,
+            &release.health,
+            &self.address,
+            port,
+            color,
+            &release.version,
+        )
+        .await
+    }
+
+    fn last_log_line(&self, color: Color) -> String {
+        logs::tail(&logs::log_path(&self.state_dir, color), 1)
+            .unwrap_or_default()
+            .join("")
+    }
+}
