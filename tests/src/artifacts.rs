@@ -47,6 +47,12 @@ impl Artifacts {
         self.tarball("demo-app.tar.gz", &[("demo-app", &body, 0o755)])
     }
 
+    /// The non-bluegreen test app (`plain-app`) as a single-executable artifact.
+    pub fn plain_app(&self) -> Artifact {
+        let body = std::fs::read(binary("plain-app")).expect("read plain-app binary");
+        self.write("plain-app", &body)
+    }
+
     pub fn write(&self, name: &str, bytes: &[u8]) -> Artifact {
         let path = self.path(name);
         std::fs::write(&path, bytes).expect("write artifact");

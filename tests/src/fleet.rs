@@ -21,6 +21,11 @@ pub struct Fleet {
 
 impl Fleet {
     pub async fn start(hosts: u8, lbs: usize) -> Fleet {
+        Fleet::start_with(hosts, lbs, &|_| String::new()).await
+    }
+
+    /// [`Fleet::start`] with extra sidecar.toml lines per LB (e.g. its `public_url`).
+    pub async fn start_with(hosts: u8, lbs: usize, sidecar_extra: &dyn Fn(&Nginx) -> String) -> Fleet {
         let etcd = Etcd::start().await;
         let client = etcd.client().await;
         let artifacts = Artifacts::default();
@@ -32,7 +37,7 @@ impl Fleet {
         let sidecars: Vec<SidecarProc> = lbs
             .iter()
             .enumerate()
-            .map(|(i, n)| SidecarProc::start(&etcd, &format!("lb-{i}"), n, ""))
+            .map(|(i, n)| SidecarProc::start(&etcd, &format!("lb-{i}"), n, &sidecar_extra(n)))
             .collect();
         // Every LB registers before any traffic decision, so the first deploy waits for all of them.
         for s in &sidecars {
@@ -96,6 +101,33 @@ impl Fleet {
         let path = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    /// Writes `text` as an app spec named `name` and returns its path.
+    pub fn raw_spec(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Runs `coordinator deploy` of `artifact` (not the demo app) with `spec` and extra flags.
+    pub async fn deploy_artifact(
+        &self,
+        spec: &PathBuf,
+        version: &str,
+        artifact: &Artifact,
+        extra: &[&str],
+    ) -> Output {
+        let mut cmd = self.coordinator();
+        cmd.arg("deploy").arg("--spec").arg(spec).args([
+            "--version",
+            version,
+            "--artifact",
+            &artifact.url,
+            "--sha256",
+            &artifact.sha256,
+        ]);
+        cmd.args(extra).output().await.expect("run coordinator")
     }
 
     /// `coordinator` with this fleet's etcd and app, ready to take arguments.

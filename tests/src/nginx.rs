@@ -168,12 +168,13 @@ impl SidecarProc {
     }
 }
 
-/// The built-in template plus an unquoted `X-Version {{version}}` header: valid for ordinary
-/// versions, invalid nginx syntax for a version with a space. Tests use it to render bad config.
-pub fn lb_template_with_version_header() -> String {
+/// The built-in template with the version as the live location's `keepalive_timeout`: a version
+/// that reads as a time (`60s`) renders valid config, any other valid name (`v9`) is refused by
+/// `nginx -t`. Tests use it to render config that passes every check but nginx's own.
+pub fn lb_template_with_version_as_timeout() -> String {
     lb_sidecar_template().replace(
         "add_header X-Bluegreen-Color {{color}} always;",
-        "add_header X-Bluegreen-Color {{color}} always;\n        add_header X-Version {{version}};",
+        "add_header X-Bluegreen-Color {{color}} always;\n        keepalive_timeout {{version}};",
     )
 }
 

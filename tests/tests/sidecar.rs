@@ -180,8 +180,8 @@ async fn etcd_down_keeps_traffic_flowing_and_the_next_switch_applies() {
 async fn invalid_rendered_config_keeps_the_old_one_and_reports() {
     let (etcd, client, _artifacts, _hosts) = fleet(&[]).await;
     let lb = Nginx::start();
-    // A template that puts the version unquoted: a version with a space breaks the nginx syntax.
-    let template = bluegreen_tests::nginx::lb_template_with_version_header();
+    // A template that uses the version as a time: `v9` is a valid name that nginx -t refuses.
+    let template = bluegreen_tests::nginx::lb_template_with_version_as_timeout();
     let template_path = lb.dir.join("template.conf");
     std::fs::write(&template_path, template).unwrap();
     let _sidecar = SidecarProc::start(
@@ -190,7 +190,7 @@ async fn invalid_rendered_config_keeps_the_old_one_and_reports() {
         &lb,
         &format!("template = \"{}\"", template_path.display()),
     );
-    let revision = set_active(&client, Color::Green, "v2").await;
+    let revision = set_active(&client, Color::Green, "60s").await;
     wait_ack(&client, "lb-0", "first active", |a| {
         a.applied_revision == revision
     })
@@ -198,11 +198,11 @@ async fn invalid_rendered_config_keeps_the_old_one_and_reports() {
     wait_color(&lb.url("/api/v1/status"), Color::Green).await;
     let before = std::fs::read_to_string(&lb.include_file).unwrap();
 
-    set_active(&client, Color::Blue, "bad version").await;
+    set_active(&client, Color::Blue, "v9").await;
     let a = wait_ack(&client, "lb-0", "an error", |a| a.error.is_some()).await;
     let error = a.error.unwrap();
     assert!(
-        error.contains("nginx -t rejected") && error.contains("invalid parameter \"version\""),
+        error.contains("nginx -t rejected") && error.contains("keepalive_timeout"),
         "{error}"
     );
     assert_eq!(
@@ -219,7 +219,7 @@ async fn invalid_rendered_config_keeps_the_old_one_and_reports() {
         "green"
     );
 
-    let revision = set_active(&client, Color::Blue, "v1").await;
+    let revision = set_active(&client, Color::Blue, "30s").await;
     let a = wait_ack(&client, "lb-0", "the next valid change", |a| {
         a.applied_revision == revision
     })
@@ -308,4 +308,29 @@ async fn restarted_sidecar_rereads_and_acks_while_nginx_keeps_serving() {
     let report = traffic.await.unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert!(ack(&client, "lb-0").await.unwrap().error.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_address_carrying_config_syntax_is_refused_and_never_rendered() {
+    let (etcd, client, _artifacts, _hosts) = fleet(&[]).await;
+    let lb = Nginx::start();
+    let _sidecar = SidecarProc::start(&etcd, "lb-0", &lb, "");
+    let revision = set_active(&client, Color::Blue, "v1").await;
+    wait_ack(&client, "lb-0", "first active", |a| a.applied_revision == revision).await;
+    let before = std::fs::read_to_string(&lb.include_file).unwrap();
+    let hostile = serde_json::json!({
+        "host": "evil", "address": "127.0.0.1:1; } server { listen 127.0.0.1:1; location / { alias /etc/; } } upstream x {",
+        "ports": {"blue": 8080, "green": 8081}, "grpc": "127.0.0.1:1", "agent_version": "0", "started_at": "t"
+    });
+    let key = bluegreen_tests::procs::keys().host("evil");
+    put_raw(&client, &key, &hostile.to_string()).await;
+    let a = wait_ack(&client, "lb-0", "the refusal", |a| a.error.is_some()).await;
+    let error = a.error.unwrap();
+    assert!(error.contains(&key) && error.contains("address"), "{error}");
+    // Nothing of it reached nginx, now or after the next real change.
+    let revision = set_active(&client, Color::Green, "v2").await;
+    wait_ack(&client, "lb-0", "the next switch", |a| a.applied_revision == revision).await;
+    let after = std::fs::read_to_string(&lb.include_file).unwrap();
+    assert!(!after.contains("alias") && !after.contains("evil"), "{after}");
+    assert_eq!(after.matches("server {").count(), before.matches("server {").count());
 }
