@@ -25,7 +25,11 @@ impl Fleet {
     }
 
     /// [`Fleet::start`] with extra sidecar.toml lines per LB (e.g. its `public_url`).
-    pub async fn start_with(hosts: u8, lbs: usize, sidecar_extra: &dyn Fn(&Nginx) -> String) -> Fleet {
+    pub async fn start_with(
+        hosts: u8,
+        lbs: usize,
+        sidecar_extra: &dyn Fn(&Nginx) -> String,
+    ) -> Fleet {
         let etcd = Etcd::start().await;
         let client = etcd.client().await;
         let artifacts = Artifacts::default();

@@ -43,7 +43,11 @@ async fn served_colors(fleet: &Fleet) -> Vec<(u16, Option<String>)> {
 
 async fn active(fleet: &Fleet) -> ActiveRecord {
     let key = keys().active();
-    decode(&key, &get_raw(&fleet.client, &key).await.expect("active is set")).unwrap()
+    decode(
+        &key,
+        &get_raw(&fleet.client, &key).await.expect("active is set"),
+    )
+    .unwrap()
 }
 
 async fn history(fleet: &Fleet) -> Vec<HistoryRecord> {
@@ -51,7 +55,10 @@ async fn history(fleet: &Fleet) -> Vec<HistoryRecord> {
     let resp = fleet
         .client
         .clone()
-        .get(prefix.as_str(), Some(etcd_client::GetOptions::new().with_prefix()))
+        .get(
+            prefix.as_str(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
         .await
         .unwrap();
     resp.kvs()
@@ -61,14 +68,22 @@ async fn history(fleet: &Fleet) -> Vec<HistoryRecord> {
 }
 
 fn assert_ok(out: &std::process::Output, what: &str) {
-    assert!(out.status.success(), "{what} exited {:?}: {}", out.status.code(), text(out));
+    assert!(
+        out.status.success(),
+        "{what} exited {:?}: {}",
+        out.status.code(),
+        text(out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn html_root_app_deploys_rolls_back_and_switches_on_two_hosts_and_two_lbs() {
     // The LBs announce a public URL by name (localhost), not the listen address: verification
     // must go through what the ack carries.
-    let fleet = Fleet::start_with(2, 2, &|n| format!("public_url = \"http://localhost:{}\"", n.listen)).await;
+    let fleet = Fleet::start_with(2, 2, &|n| {
+        format!("public_url = \"http://localhost:{}\"", n.listen)
+    })
+    .await;
     let app = fleet.artifacts.plain_app();
     let spec = fleet.raw_spec("plain", &plain_spec("html", ""));
     for (version, color) in [("v1", "blue"), ("v2", "green")] {
@@ -82,17 +97,30 @@ async fn html_root_app_deploys_rolls_back_and_switches_on_two_hosts_and_two_lbs(
     let lb_key = keys().lb("lb-0");
     let ack: proto::records::LbRecord =
         decode(&lb_key, &get_raw(&fleet.client, &lb_key).await.unwrap()).unwrap();
-    assert_eq!(ack.url, Some(format!("http://localhost:{}", fleet.lbs[0].listen)));
+    assert_eq!(
+        ack.url,
+        Some(format!("http://localhost:{}", fleet.lbs[0].listen))
+    );
 
     let out = fleet.run(&["rollback"]).await;
     assert_ok(&out, "rollback");
-    assert!(served_colors(&fleet).await.iter().all(|(_, c)| c.as_deref() == Some("blue")));
+    assert!(served_colors(&fleet)
+        .await
+        .iter()
+        .all(|(_, c)| c.as_deref() == Some("blue")));
     let out = fleet.run(&["switch", "green"]).await;
     assert_ok(&out, "switch green");
-    assert!(served_colors(&fleet).await.iter().all(|(_, c)| c.as_deref() == Some("green")));
+    assert!(served_colors(&fleet)
+        .await
+        .iter()
+        .all(|(_, c)| c.as_deref() == Some("green")));
     let out = fleet.deploy_artifact(&spec, "v3", &app, &[]).await;
     assert_ok(&out, "deploy v3");
-    assert!(!text(&out).contains("reconcile"), "a finished switch is not a dead deploy: {}", text(&out));
+    assert!(
+        !text(&out).contains("reconcile"),
+        "a finished switch is not a dead deploy: {}",
+        text(&out)
+    );
     assert_eq!(active(&fleet).await.color, Color::Blue);
 
     let records: Vec<(Operation, Outcome, Option<String>)> = history(&fleet)
@@ -122,17 +150,36 @@ async fn not_found_and_redirect_roots_deploy_and_roll_back() {
     let fleet = Fleet::start(1, 1).await;
     let app = fleet.artifacts.plain_app();
     let out = fleet
-        .deploy_artifact(&fleet.raw_spec("a", &plain_spec("404", "")), "v1", &app, &[])
+        .deploy_artifact(
+            &fleet.raw_spec("a", &plain_spec("404", "")),
+            "v1",
+            &app,
+            &[],
+        )
         .await;
     assert_ok(&out, "deploy of a 404 root");
-    assert_eq!(served_colors(&fleet).await, vec![(404, Some("blue".into()))]);
+    assert_eq!(
+        served_colors(&fleet).await,
+        vec![(404, Some("blue".into()))]
+    );
     let out = fleet
-        .deploy_artifact(&fleet.raw_spec("b", &plain_spec("redirect", "")), "v2", &app, &[])
+        .deploy_artifact(
+            &fleet.raw_spec("b", &plain_spec("redirect", "")),
+            "v2",
+            &app,
+            &[],
+        )
         .await;
     assert_ok(&out, "deploy of a redirecting root");
-    assert_eq!(served_colors(&fleet).await, vec![(302, Some("green".into()))]);
+    assert_eq!(
+        served_colors(&fleet).await,
+        vec![(302, Some("green".into()))]
+    );
     assert_ok(&fleet.run(&["rollback"]).await, "rollback");
-    assert_eq!(served_colors(&fleet).await, vec![(404, Some("blue".into()))]);
+    assert_eq!(
+        served_colors(&fleet).await,
+        vec![(404, Some("blue".into()))]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,7 +188,12 @@ async fn http_and_tcp_health_modes_pass_and_fail_on_real_processes() {
     let app = fleet.artifacts.plain_app();
     let http_ok = "mode = \"http\"\npath = \"/\"\nbody_contains = \"<h1>Shop</h1>\"\ninterval = \"500ms\"\nstartup_timeout = \"20s\"\n";
     let out = fleet
-        .deploy_artifact(&fleet.raw_spec("http", &plain_spec("html", http_ok)), "v1", &app, &[])
+        .deploy_artifact(
+            &fleet.raw_spec("http", &plain_spec("html", http_ok)),
+            "v1",
+            &app,
+            &[],
+        )
         .await;
     assert_ok(&out, "deploy with an http health check");
     let status = text(&fleet.run(&["status"]).await);
@@ -152,20 +204,35 @@ async fn http_and_tcp_health_modes_pass_and_fail_on_real_processes() {
 
     let http_bad = "mode = \"http\"\npath = \"/\"\nexpect_status = 204\ninterval = \"500ms\"\nstartup_timeout = \"2s\"\n";
     let out = fleet
-        .deploy_artifact(&fleet.raw_spec("http-bad", &plain_spec("html", http_bad)), "v2", &app, &[])
+        .deploy_artifact(
+            &fleet.raw_spec("http-bad", &plain_spec("html", http_bad)),
+            "v2",
+            &app,
+            &[],
+        )
         .await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("answered HTTP 200, expected 204"), "{}", text(&out));
+    assert!(
+        text(&out).contains("answered HTTP 200, expected 204"),
+        "{}",
+        text(&out)
+    );
 
     let tcp = "mode = \"tcp\"\ninterval = \"500ms\"\nstartup_timeout = \"20s\"\n";
     let out = fleet
-        .deploy_artifact(&fleet.raw_spec("tcp", &plain_spec("html", tcp)), "v3", &app, &[])
+        .deploy_artifact(
+            &fleet.raw_spec("tcp", &plain_spec("html", tcp)),
+            "v3",
+            &app,
+            &[],
+        )
         .await;
     assert_ok(&out, "deploy with a tcp health check");
     assert_eq!(active(&fleet).await.version, "v3");
 
     // A process that never listens fails the TCP check.
-    let silent = "app = \"shop\"\n[run]\ncommand = [\"/bin/sleep\", \"60\"]\nstop_timeout = \"1s\"\n\
+    let silent =
+        "app = \"shop\"\n[run]\ncommand = [\"/bin/sleep\", \"60\"]\nstop_timeout = \"1s\"\n\
                   [health]\nmode = \"tcp\"\ninterval = \"500ms\"\nstartup_timeout = \"2s\"\n";
     let out = fleet
         .deploy_artifact(&fleet.raw_spec("silent", silent), "v4", &app, &[])
@@ -184,8 +251,15 @@ async fn no_lb_refuses_the_switch_unless_allowed() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("no LB is registered"), "{}", text(&out));
     assert!(get_raw(&fleet.client, &keys().active()).await.is_none());
-    assert!(get_raw(&fleet.client, &keys().release(Color::Blue)).await.is_none(), "nothing staged");
-    let out = fleet.deploy_artifact(&spec, "v1", &app, &["--allow-no-lb"]).await;
+    assert!(
+        get_raw(&fleet.client, &keys().release(Color::Blue))
+            .await
+            .is_none(),
+        "nothing staged"
+    );
+    let out = fleet
+        .deploy_artifact(&spec, "v1", &app, &["--allow-no-lb"])
+        .await;
     assert_ok(&out, "deploy --allow-no-lb");
     assert_eq!(active(&fleet).await.color, Color::Blue);
 }
@@ -193,7 +267,10 @@ async fn no_lb_refuses_the_switch_unless_allowed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_etcd_is_exit_5_in_one_line_and_bad_names_exit_2() {
     let fleet = Fleet::start(0, 0).await;
-    let dead = format!("http://127.0.0.1:{}", bluegreen_tests::free_port("127.0.0.1"));
+    let dead = format!(
+        "http://127.0.0.1:{}",
+        bluegreen_tests::free_port("127.0.0.1")
+    );
     let out = fleet
         .coordinator()
         .env("BLUEGREEN_ETCD", &dead)
@@ -205,7 +282,10 @@ async fn unreachable_etcd_is_exit_5_in_one_line_and_bad_names_exit_2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("control plane unreachable"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-    assert!(!stderr.contains("metadata"), "no transport error chain: {stderr}");
+    assert!(
+        !stderr.contains("metadata"),
+        "no transport error chain: {stderr}"
+    );
 
     let app = fleet.artifacts.plain_app();
     let spec = fleet.raw_spec("plain", &plain_spec("html", ""));
@@ -214,6 +294,12 @@ async fn unreachable_etcd_is_exit_5_in_one_line_and_bad_names_exit_2() {
         assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out));
         assert!(text(&out).contains("--version"), "{}", text(&out));
     }
-    let out = fleet.coordinator().env("BLUEGREEN_APP", "shop;x").arg("status").output().await.unwrap();
+    let out = fleet
+        .coordinator()
+        .env("BLUEGREEN_APP", "shop;x")
+        .arg("status")
+        .output()
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }

@@ -316,7 +316,10 @@ async fn a_host_address_carrying_config_syntax_is_refused_and_never_rendered() {
     let lb = Nginx::start();
     let _sidecar = SidecarProc::start(&etcd, "lb-0", &lb, "");
     let revision = set_active(&client, Color::Blue, "v1").await;
-    wait_ack(&client, "lb-0", "first active", |a| a.applied_revision == revision).await;
+    wait_ack(&client, "lb-0", "first active", |a| {
+        a.applied_revision == revision
+    })
+    .await;
     let before = std::fs::read_to_string(&lb.include_file).unwrap();
     let hostile = serde_json::json!({
         "host": "evil", "address": "127.0.0.1:1; } server { listen 127.0.0.1:1; location / { alias /etc/; } } upstream x {",
@@ -329,8 +332,17 @@ async fn a_host_address_carrying_config_syntax_is_refused_and_never_rendered() {
     assert!(error.contains(&key) && error.contains("address"), "{error}");
     // Nothing of it reached nginx, now or after the next real change.
     let revision = set_active(&client, Color::Green, "v2").await;
-    wait_ack(&client, "lb-0", "the next switch", |a| a.applied_revision == revision).await;
+    wait_ack(&client, "lb-0", "the next switch", |a| {
+        a.applied_revision == revision
+    })
+    .await;
     let after = std::fs::read_to_string(&lb.include_file).unwrap();
-    assert!(!after.contains("alias") && !after.contains("evil"), "{after}");
-    assert_eq!(after.matches("server {").count(), before.matches("server {").count());
+    assert!(
+        !after.contains("alias") && !after.contains("evil"),
+        "{after}"
+    );
+    assert_eq!(
+        after.matches("server {").count(),
+        before.matches("server {").count()
+    );
 }

@@ -40,7 +40,9 @@ async fn main() {
                 let file = status_file.clone();
                 async move {
                     match tokio::fs::read(&file).await {
-                        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+                        Ok(body) => {
+                            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+                        }
                         Err(_) => StatusCode::NOT_FOUND.into_response(),
                     }
                 }
@@ -52,8 +54,9 @@ async fn main() {
     println!("plain-app listening on {host}:{port}");
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             term.recv().await;
         })
         .await
