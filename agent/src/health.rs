@@ -137,7 +137,7 @@ pub async fn probe(
                 if e.is_timeout() {
                     "timed out".to_string()
                 } else {
-                    root_cause(&e)
+                    proto::error::root_cause(&e)
                 }
             )),
             Value::Null,
@@ -153,15 +153,6 @@ async fn probe_tcp(address: &str, port: u16, timeout: Duration) -> Probe {
         Err(_) => Some(format!("TCP connect {address}:{port}: timed out")),
     };
     Probe::verdict(reason, Value::Null)
-}
-
-/// reqwest's top-level message is "error sending request"; the useful part is the innermost cause.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 #[cfg(test)]

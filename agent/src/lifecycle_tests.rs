@@ -73,6 +73,33 @@ fn running(version: &str, now: Instant) -> Lifecycle {
     l
 }
 
+fn launched(
+    l: &mut Lifecycle,
+    purpose: Purpose,
+    version: &str,
+    result: Result<u32, String>,
+    now: Instant,
+) -> Vec<Action> {
+    l.handle(
+        Event::Launched {
+            purpose,
+            release: release(version),
+            dir: dir(version),
+            result,
+        },
+        now,
+    )
+}
+
+fn fetched(
+    l: &mut Lifecycle,
+    result: Result<PathBuf, String>,
+    superseded: bool,
+    now: Instant,
+) -> Vec<Action> {
+    l.handle(Event::Fetched { result, superseded }, now)
+}
+
 fn install(l: &mut Lifecycle, version: &str, pid: u32, now: Instant) -> Vec<Action> {
     let actions = l.handle(want(version), now);
     assert!(
@@ -80,28 +107,14 @@ fn install(l: &mut Lifecycle, version: &str, pid: u32, now: Instant) -> Vec<Acti
         "{actions:?}"
     );
     let mut all = actions;
-    let after_fetch = l.handle(
-        Event::Fetched {
-            result: Ok(dir(version)),
-            superseded: false,
-        },
-        now,
-    );
+    let after_fetch = fetched(l, Ok(dir(version)), false, now);
     let launch = after_fetch.iter().find_map(|a| match a {
         Action::Launch { purpose, .. } => Some(purpose.clone()),
         _ => None,
     });
     all.extend(after_fetch);
     let purpose = launch.expect("a launch follows a fetch");
-    all.extend(l.handle(
-        Event::Launched {
-            purpose,
-            release: release(version),
-            dir: dir(version),
-            result: Ok(pid),
-        },
-        now,
-    ));
+    all.extend(launched(l, purpose, version, Ok(pid), now));
     all
 }
 
@@ -138,13 +151,7 @@ fn replacing_stops_the_old_process_first_and_keeps_it_for_restore() {
     let now = Instant::now();
     let mut l = running("v1", now);
     l.handle(want("v2"), now);
-    let actions = l.handle(
-        Event::Fetched {
-            result: Ok(dir("v2")),
-            superseded: false,
-        },
-        now,
-    );
+    let actions = fetched(&mut l, Ok(dir("v2")), false, now);
     assert_eq!(
         actions[0],
         Action::StopProcess {
@@ -163,13 +170,7 @@ fn a_failed_fetch_never_touches_the_running_process() {
     let now = Instant::now();
     let mut l = running("v1", now);
     l.handle(want("v2"), now);
-    let actions = l.handle(
-        Event::Fetched {
-            result: Err("sha256 mismatch".into()),
-            superseded: false,
-        },
-        now,
-    );
+    let actions = fetched(&mut l, Err("sha256 mismatch".into()), false, now);
     assert_eq!(
         published(&actions),
         vec![(
@@ -317,15 +318,7 @@ fn crashes_restart_with_doubling_backoff_until_max_restarts() {
                 crashes_in_row: crash
             }
         );
-        l.handle(
-            Event::Launched {
-                purpose: purpose.clone(),
-                release: release("v1"),
-                dir: dir("v1"),
-                result: Ok(200 + crash),
-            },
-            now,
-        );
+        launched(&mut l, purpose.clone(), "v1", Ok(200 + crash), now);
     }
     assert_eq!(
         delays,
@@ -353,15 +346,7 @@ fn a_process_healthy_for_long_enough_starts_its_crash_count_over() {
     else {
         panic!()
     };
-    l.handle(
-        Event::Launched {
-            purpose,
-            release: release("v1"),
-            dir: dir("v1"),
-            result: Ok(300),
-        },
-        at,
-    );
+    launched(&mut l, purpose, "v1", Ok(300), at);
     l.handle(Event::Probed(healthy()), at);
     l.handle(Event::Probed(healthy()), at + STABLE_AFTER);
     l.handle(
@@ -396,15 +381,7 @@ fn a_new_release_that_dies_before_healthy_puts_the_previous_back() {
         panic!("{actions:?}")
     };
     assert_eq!(r.version, "v1");
-    let actions = l.handle(
-        Event::Launched {
-            purpose: Purpose::Restore,
-            release: release("v1"),
-            dir: dir("v1"),
-            result: Ok(102),
-        },
-        now,
-    );
+    let actions = launched(&mut l, Purpose::Restore, "v1", Ok(102), now);
     assert!(published(&actions)[0]
         .2
         .as_deref()
@@ -418,25 +395,11 @@ fn a_new_release_that_cannot_start_puts_the_previous_back() {
     let now = Instant::now();
     let mut l = running("v1", now);
     l.handle(want("v2"), now);
-    let actions = l.handle(
-        Event::Fetched {
-            result: Ok(dir("v2")),
-            superseded: false,
-        },
-        now,
-    );
+    let actions = fetched(&mut l, Ok(dir("v2")), false, now);
     let Some(Action::Launch { purpose, .. }) = actions.last().cloned() else {
         panic!()
     };
-    let actions = l.handle(
-        Event::Launched {
-            purpose,
-            release: release("v2"),
-            dir: dir("v2"),
-            result: Err("port 8081 in use".into()),
-        },
-        now,
-    );
+    let actions = launched(&mut l, purpose, "v2", Err("port 8081 in use".into()), now);
     assert_eq!(
         published(&actions)[0],
         (

@@ -97,7 +97,7 @@ impl Probes for HttpProbes {
                 .send()
                 .await;
             let problem = match answer {
-                Err(e) => Some(format!("{name} ({url}): {}", root_cause(&e))),
+                Err(e) => Some(format!("{name} ({url}): {}", proto::error::root_cause(&e))),
                 Ok(resp) => served_problem(resp.headers(), color, revision).map(|p| {
                     format!(
                         "{name} ({url}) answered HTTP {}: {p}",
@@ -239,15 +239,6 @@ async fn smoke_once(
         }
     }
     Ok(())
-}
-
-/// reqwest's top-level message is "error sending request"; the useful part is the innermost cause.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 #[cfg(test)]

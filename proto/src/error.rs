@@ -29,6 +29,16 @@ pub enum ProtoError {
     WatchCanceled { prefix: String, reason: String },
 }
 
+/// The innermost cause of an error chain: what an operator needs from "error sending request:
+/// client error (Connect): tcp connect error: Connection refused" is the last part.
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
 impl ProtoError {
     pub fn etcd(what: impl Into<String>, source: etcd_client::Error) -> Self {
         ProtoError::Etcd {
@@ -44,13 +54,7 @@ impl ProtoError {
             ProtoError::Etcd { what, source } => {
                 let reason = match source {
                     etcd_client::Error::GRpcStatus(status) => status.message().to_string(),
-                    other => {
-                        let mut cur: &(dyn std::error::Error + 'static) = other;
-                        while let Some(next) = cur.source() {
-                            cur = next;
-                        }
-                        cur.to_string()
-                    }
+                    other => root_cause(other),
                 };
                 format!("etcd {what}: {reason}")
             }
