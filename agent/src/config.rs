@@ -52,6 +52,33 @@ pub struct Cli {
     /// LOG_LEVEL handed to the apps.
     #[arg(long, env = "BLUEGREEN_AGENT_APP_LOG_LEVEL")]
     pub app_log_level: Option<String>,
+    /// CA that signed etcd's server certificate (https:// endpoints).
+    #[arg(long, env = "BLUEGREEN_AGENT_ETCD_CACERT")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// Client certificate for etcd (with --etcd-key).
+    #[arg(long, env = "BLUEGREEN_AGENT_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+    #[arg(long, env = "BLUEGREEN_AGENT_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user; its password from --etcd-password-file or BLUEGREEN_AGENT_ETCD_PASSWORD.
+    #[arg(long, env = "BLUEGREEN_AGENT_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    #[arg(long, env = "BLUEGREEN_AGENT_ETCD_PASSWORD_FILE")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// Server certificate and key of the gRPC API (with --tls-client-ca: mutual TLS).
+    #[arg(long, env = "BLUEGREEN_AGENT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "BLUEGREEN_AGENT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA whose client certificates the gRPC API accepts (required with --tls-cert).
+    #[arg(long, env = "BLUEGREEN_AGENT_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Public keys (ed25519, `coordinator keygen`) whose signature a release must carry.
+    #[arg(long, env = "BLUEGREEN_AGENT_TRUSTED_KEYS", value_delimiter = ',')]
+    pub trusted_keys: Option<Vec<PathBuf>>,
+    /// Directory of host-local secrets: a release env value `secret:NAME` is the file NAME there.
+    #[arg(long, env = "BLUEGREEN_AGENT_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -76,12 +103,30 @@ struct FileConfig {
     max_restarts: Option<u32>,
     log_max_bytes: Option<u64>,
     app_log_level: Option<String>,
+    etcd_cacert: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
+    etcd_user: Option<String>,
+    etcd_password_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    trusted_keys: Option<Vec<PathBuf>>,
+    secrets_dir: Option<PathBuf>,
+}
+
+/// Mutual TLS for the gRPC API: the server's certificate and the CA its clients must present.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrpcTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
 }
 
 /// The validated settings the agent runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub etcd: Vec<String>,
+    pub etcd: proto::EtcdAccess,
     pub prefix: String,
     pub app: String,
     pub host: String,
@@ -93,6 +138,14 @@ pub struct Config {
     pub max_restarts: u32,
     pub log_max_bytes: u64,
     pub app_log_level: String,
+    /// `None`: plain gRPC, bound to loopback only.
+    pub grpc_tls: Option<GrpcTls>,
+    /// Paths of trusted release-signing public keys; empty: releases need no signature.
+    pub trusted_keys: Vec<PathBuf>,
+    pub secrets_dir: Option<PathBuf>,
+    /// Set when `grpc_listen` asked for a non-loopback address without TLS: the address asked
+    /// for (the agent listens on loopback instead, and says so at start).
+    pub grpc_downgraded_from: Option<SocketAddr>,
 }
 
 impl Config {
@@ -135,11 +188,34 @@ impl Config {
             .lease_ttl
             .or(file.lease_ttl)
             .unwrap_or_else(|| "10s".into());
-        let config = Config {
-            etcd: cli
+        let etcd = proto::EtcdAccess::resolve(proto::AccessSettings {
+            endpoints: cli
                 .etcd
                 .or(file.etcd)
                 .unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()]),
+            cacert: cli.etcd_cacert.or(file.etcd_cacert),
+            cert: cli.etcd_cert.or(file.etcd_cert),
+            key: cli.etcd_key.or(file.etcd_key),
+            user: cli.etcd_user.or(file.etcd_user),
+            password_file: cli.etcd_password_file.or(file.etcd_password_file),
+            password_env: std::env::var("BLUEGREEN_AGENT_ETCD_PASSWORD").ok(),
+        })
+        .map_err(AgentError::Setting)?;
+        let grpc_tls = match (
+            cli.tls_cert.or(file.tls_cert),
+            cli.tls_key.or(file.tls_key),
+            cli.tls_client_ca.or(file.tls_client_ca),
+        ) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(client_ca)) => Some(GrpcTls { cert, key, client_ca }),
+            _ => {
+                return Err(AgentError::Setting(
+                    "tls_cert, tls_key and tls_client_ca: set all three (mutual TLS) or none (loopback only)".into(),
+                ))
+            }
+        };
+        let config = Config {
+            etcd,
             prefix: cli
                 .prefix
                 .or(file.prefix)
@@ -171,7 +247,20 @@ impl Config {
                 .app_log_level
                 .or(file.app_log_level)
                 .unwrap_or_else(|| "info".into()),
+            grpc_tls,
+            trusted_keys: cli.trusted_keys.or(file.trusted_keys).unwrap_or_default(),
+            secrets_dir: cli.secrets_dir.or(file.secrets_dir),
+            grpc_downgraded_from: None,
         };
+        // Without mutual TLS the gRPC API (app logs, pids, versions) would answer anyone who
+        // reaches it: keep it on loopback.
+        let mut config = config;
+        if config.grpc_tls.is_none() && !config.grpc_listen.ip().is_loopback() {
+            config.grpc_downgraded_from = Some(config.grpc_listen);
+            config
+                .grpc_listen
+                .set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
         config.validate()?;
         Ok(config)
     }
@@ -181,11 +270,6 @@ impl Config {
         proto::keys::validate_segment("host", &self.host)?;
         proto::records::check_address(&self.address)
             .map_err(|e| AgentError::Setting(format!("address: {e}")))?;
-        if self.etcd.is_empty() {
-            return Err(AgentError::Setting(
-                "etcd: at least one endpoint is required".into(),
-            ));
-        }
         if self.ports.blue == self.ports.green {
             return Err(AgentError::Setting(format!(
                 "ports: blue and green are both {}",

@@ -1,6 +1,7 @@
 //! Feeds the supervisors what etcd wants: `releases/<color>` and `active`, read once and then
 //! followed with a resumable watch. Values that do not parse become [`DesiredRelease::Invalid`]
-//! with an error naming the key, and are never acted on.
+//! with an error naming the key, and are never acted on; so does a release to run that lacks a
+//! valid signature when this agent trusts signing keys.
 use crate::status::DesiredRelease;
 use etcd_client::Client;
 use proto::records::{decode, ActiveRecord, ReleaseRecord};
@@ -15,6 +16,8 @@ pub struct DesiredFeed {
     pub blue: watch::Sender<DesiredRelease>,
     pub green: watch::Sender<DesiredRelease>,
     pub active: watch::Sender<Option<Color>>,
+    /// Keys whose signature a release must carry to run (none: no signature needed).
+    pub trusted: proto::signing::TrustedKeys,
 }
 
 impl DesiredFeed {
@@ -85,7 +88,13 @@ impl DesiredFeed {
                 let desired = match value {
                     None => DesiredRelease::Absent,
                     Some(bytes) => match decode::<ReleaseRecord>(key, bytes) {
-                        Ok(r) => DesiredRelease::Release(r),
+                        Ok(r) => match self.check_signature(&r) {
+                            Ok(()) => DesiredRelease::Release(r),
+                            Err(e) => {
+                                tracing::error!(%key, version = %r.version, error = %e, "release refused");
+                                DesiredRelease::Invalid(format!("{key}: {e}"))
+                            }
+                        },
                         Err(e) => DesiredRelease::Invalid(e.to_string()),
                     },
                 };
@@ -96,19 +105,32 @@ impl DesiredFeed {
                 tx.send_if_modified(|old| replace_if_changed(old, desired));
             }
             Some(AppKey::Active) => {
-                // Missing or unparsable active means "no traffic decision yet".
-                let active = value.and_then(|bytes| match decode::<ActiveRecord>(key, bytes) {
-                    Ok(a) => Some(a.color),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ignoring invalid active record");
-                        None
+                // Missing active means "no traffic decision yet". An unparsable one is no
+                // decision either way: keep the color we knew, so the live color stays protected.
+                let active = match value.map(|bytes| decode::<ActiveRecord>(key, bytes)) {
+                    None => None,
+                    Some(Ok(a)) => Some(a.color),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "ignoring invalid active record; keeping the last known one");
+                        return;
                     }
-                });
+                };
                 self.active
                     .send_if_modified(|old| replace_if_changed(old, active));
             }
             _ => {}
         }
+    }
+}
+
+impl DesiredFeed {
+    /// A release to run must be signed by a trusted key (when keys are trusted); stopping needs
+    /// no signature, since it runs nothing.
+    fn check_signature(&self, release: &ReleaseRecord) -> Result<(), String> {
+        if !self.trusted.required() || release.desired == proto::records::Desired::Stopped {
+            return Ok(());
+        }
+        self.trusted.verify(release)
     }
 }
 

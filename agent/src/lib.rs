@@ -32,12 +32,25 @@ use tokio::sync::watch;
 /// Runs the agent until `shutdown` becomes true. Apps keep running afterwards.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
     let keys = Keys::new(&config.prefix, &config.app)?;
-    for dir in [
-        config.state_dir.clone(),
-        config.state_dir.join("logs"),
-        config.state_dir.join("artifacts"),
+    // Logs and pid files (which hold the release, env included) are for the agent's user only;
+    // the state dir stays traversable so an app can reach its unpacked artifact.
+    for (dir, mode) in [
+        (config.state_dir.clone(), 0o711),
+        (config.state_dir.join("logs"), 0o700),
+        (config.state_dir.join("artifacts"), 0o755),
     ] {
+        use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| AgentError::io(&dir, e))?;
+    }
+    let trusted =
+        proto::signing::TrustedKeys::load(&config.trusted_keys).map_err(AgentError::Setting)?;
+    if trusted.required() {
+        tracing::info!(
+            keys = config.trusted_keys.len(),
+            "only signed releases will run"
+        );
     }
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
@@ -58,6 +71,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         state_dir: config.state_dir.clone(),
         http,
         app_log_level: config.app_log_level.clone(),
+        secrets_dir: config.secrets_dir.clone(),
     });
 
     let (active_tx, active_rx) = watch::channel(None);
@@ -87,6 +101,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         blue,
         green,
         active: active_tx,
+        trusted,
     };
     let feed_task = tokio::spawn(feed.run());
 
@@ -116,7 +131,22 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         statuses: status_rxs,
     };
     let mut grpc_shutdown = shutdown.clone();
-    let grpc = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    match &config.grpc_tls {
+        Some(tls) => {
+            server = server
+                .tls_config(grpc_tls(tls)?)
+                .map_err(|e| AgentError::Setting(format!("tls_cert/tls_key/tls_client_ca: {e}")))?
+        }
+        None => match config.grpc_downgraded_from {
+            Some(asked) => tracing::warn!(%asked, listening = %config.grpc_listen,
+                "gRPC without TLS listens on loopback only: set tls_cert, tls_key and tls_client_ca to serve {asked}"),
+            None => {
+                tracing::info!(listening = %config.grpc_listen, "gRPC without TLS (loopback only)")
+            }
+        },
+    }
+    let grpc = server
         .add_service(AgentServer::new(service))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
@@ -133,6 +163,20 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         let _ = task.await;
     }
     Ok(())
+}
+
+/// Mutual TLS for the gRPC API: our certificate, and only clients whose certificate the
+/// configured CA signed.
+fn grpc_tls(tls: &config::GrpcTls) -> Result<tonic::transport::ServerTlsConfig, AgentError> {
+    let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| AgentError::io(path, e));
+    Ok(tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            read(&tls.cert)?,
+            read(&tls.key)?,
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(read(
+            &tls.client_ca,
+        )?)))
 }
 
 /// Keeps each color's log file under `log_max_bytes`.

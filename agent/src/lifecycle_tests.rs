@@ -23,6 +23,7 @@ fn release(version: &str) -> ReleaseRecord {
         desired: Desired::Running,
         deploy_id: "d".into(),
         token: 1,
+        signature: None,
     }
 }
 

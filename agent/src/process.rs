@@ -43,8 +43,17 @@ impl PidFile {
     }
 
     pub fn write(&self, path: &Path) -> Result<(), AgentError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Owner only: the release in it names the app's environment.
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self).expect("pid file serializes"))
+        let _ = std::fs::remove_file(&tmp);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&serde_json::to_vec(self).expect("pid file serializes")))
             .map_err(|e| AgentError::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| AgentError::io(path, e))
     }
@@ -62,9 +71,11 @@ impl AppProcess {
     pub fn spawn(launch: &Launch) -> Result<AppProcess, AgentError> {
         let shown = launch.command.join(" ");
         let program = resolve_program(&launch.dir, &launch.command[0]);
+        use std::os::unix::fs::OpenOptionsExt;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&launch.log_path)
             .map_err(|e| AgentError::io(&launch.log_path, e))?;
         let log_err = log

@@ -59,6 +59,8 @@ pub struct ProcessRuntime {
     pub state_dir: PathBuf,
     pub http: reqwest::Client,
     pub app_log_level: String,
+    /// Where `secret:NAME` env values are read from (root-only files, never in etcd).
+    pub secrets_dir: Option<PathBuf>,
 }
 
 impl ProcessRuntime {
@@ -66,16 +68,42 @@ impl ProcessRuntime {
         self.state_dir.join(format!("{color}.pid.json"))
     }
 
-    /// The contract's variables, after the release's own env so that they always win.
-    fn app_env(&self, color: Color, release: &ReleaseRecord) -> BTreeMap<String, String> {
-        let mut env = release.run.env.clone();
+    /// The contract's variables, after the release's own env so that they always win. Values
+    /// `secret:NAME` are resolved here, on the host, from `secrets_dir/NAME`: etcd only ever holds
+    /// the reference. Errors name the variable and the secret, never a value.
+    fn app_env(
+        &self,
+        color: Color,
+        release: &ReleaseRecord,
+    ) -> Result<BTreeMap<String, String>, String> {
+        let mut env = BTreeMap::new();
+        for (name, value) in &release.run.env {
+            let value = match value.strip_prefix(proto::secrets::SECRET_PREFIX) {
+                Some(secret) => self.secret(name, secret)?,
+                None => value.clone(),
+            };
+            env.insert(name.clone(), value);
+        }
         env.insert("ENVIRONMENT_COLOR".into(), color.to_string());
         env.insert("APPLICATION_PORT".into(), self.ports.of(color).to_string());
         env.insert("APPLICATION_HOST".into(), self.address.clone());
         env.insert("APP_VERSION".into(), release.version.clone());
         env.insert("HEALTH_CHECK_PATH".into(), release.health.path.clone());
         env.insert("LOG_LEVEL".into(), self.app_log_level.clone());
-        env
+        Ok(env)
+    }
+
+    fn secret(&self, variable: &str, name: &str) -> Result<String, String> {
+        let what = format!("env {variable}: secret {name:?}");
+        proto::check_name("secret name", name).map_err(|e| format!("{what}: {e}"))?;
+        let dir = self
+            .secrets_dir
+            .as_ref()
+            .ok_or_else(|| format!("{what}: this agent has no secrets_dir configured"))?;
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("{what}: {}: {e}", path.display()))?;
+        Ok(text.strip_suffix('\n').unwrap_or(&text).to_string())
     }
 }
 
@@ -120,7 +148,7 @@ impl AppRuntime for ProcessRuntime {
         let launch = Launch {
             dir: dir.to_path_buf(),
             command: release.run.command.clone(),
-            env: self.app_env(color, release),
+            env: self.app_env(color, release)?,
             log_path: logs::log_path(&self.state_dir, color),
         };
         let process = AppProcess::spawn(&launch).map_err(|e| e.to_string())?;

@@ -63,6 +63,8 @@ pub struct Deploy<'a, S, P, M> {
     pub progress: &'a Progress,
     /// The operation id: the lock, `deploy`, `active` and history all carry it.
     pub op_id: String,
+    /// Signs the release so agents with trusted keys run it.
+    pub signing_key: Option<&'a proto::signing::SigningKey>,
 }
 
 /// What the loop carries from step to step.
@@ -270,7 +272,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
     }
 
     fn release(&self, args: &DeployArgs, desired: Desired) -> ReleaseRecord {
-        ReleaseRecord {
+        let mut release = ReleaseRecord {
             version: args.version.clone(),
             artifact: args.artifact.clone(),
             run: RunSpec {
@@ -282,7 +284,10 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             desired,
             deploy_id: self.op_id.clone(),
             token: self.store.token(),
-        }
+            signature: None,
+        };
+        release.signature = self.signing_key.map(|key| key.sign(&release));
+        release
     }
 
     fn active_record(&self, color: Color, version: &str) -> ActiveRecord {

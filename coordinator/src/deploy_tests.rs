@@ -46,6 +46,7 @@ async fn deploy_with<M: crate::deploy::Migrator>(
         spec: &spec,
         progress: &progress,
         op_id: "op-1".into(),
+        signing_key: None,
     };
     d.run(args).await
 }

@@ -36,7 +36,9 @@ use store::EtcdStore;
 /// Settings every command shares (flags or `BLUEGREEN_*` env).
 #[derive(Debug, Clone)]
 pub struct Global {
-    pub etcd: Vec<String>,
+    pub etcd: proto::EtcdAccess,
+    /// Client certificates for the agents' gRPC API (`logs`); `None`: plain gRPC.
+    pub grpc_tls: Option<probes::GrpcClientTls>,
     pub prefix: String,
     pub app: Option<String>,
     pub json: bool,
@@ -51,7 +53,7 @@ impl Global {
     }
 
     async fn connect(&self) -> Result<etcd_client::Client, CoordinatorError> {
-        let endpoints = self.etcd.join(",");
+        let endpoints = self.etcd.endpoints.join(",");
         let client = proto::connect(&self.etcd).await.map_err(|e| {
             CoordinatorError::Unreachable(format!("etcd {endpoints}: {}", e.brief()))
         })?;
@@ -119,6 +121,7 @@ pub struct DeployRequest {
     pub verify_for: Option<Duration>,
     pub keep_failed: bool,
     pub allow_no_lb: bool,
+    pub signing_key: Option<std::path::PathBuf>,
 }
 
 /// `coordinator deploy`. Input is checked completely before etcd is touched (exit 2).
@@ -134,6 +137,12 @@ pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
         }
         None => sha256_of(&req.artifact).await?,
     };
+    let signing_key = req
+        .signing_key
+        .as_deref()
+        .map(proto::signing::SigningKey::load)
+        .transpose()
+        .map_err(|e| CoordinatorError::Usage(format!("--signing-key: {e}")))?;
     let progress = Progress::new(global.json);
     let migrations = migrate::runner::Migrations::load(&spec, &progress)?;
     if let Some(m) = &migrations {
@@ -168,7 +177,7 @@ pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
         keys: &keys,
         lock: &lock,
     };
-    let probes = HttpProbes;
+    let probes = HttpProbes::new(global.grpc_tls.clone());
     let migrator = migrations
         .as_ref()
         .map(|m| migrate::expand::SchemaMigrator {
@@ -188,6 +197,7 @@ pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
         spec: &spec,
         progress: &progress,
         op_id: op_id.clone(),
+        signing_key: signing_key.as_ref(),
     };
     let result = tokio::select! {
         r = pipeline.run(&args) => r,
@@ -253,8 +263,9 @@ pub async fn switch(
         op_id: op_id.clone(),
         allow_no_lb,
     };
+    let probes = HttpProbes::new(global.grpc_tls.clone());
     let result = tokio::select! {
-        r = switch::switch_command(&store, &HttpProbes, &request, &progress) => r,
+        r = switch::switch_command(&store, &probes, &request, &progress) => r,
         lost = lock.session.lost() => Err(CoordinatorError::Failed(format!("lock lost mid-{operation} ({lost}); stopped, the fence rejects anything further"))),
     };
     lock.release().await;
@@ -392,11 +403,41 @@ pub async fn logs(
             keys.hosts_prefix()
         ))
     })?;
-    let lines = HttpProbes
+    let lines = HttpProbes::new(global.grpc_tls.clone())
         .logs(record, color, tail)
         .await
         .map_err(CoordinatorError::Failed)?;
     Ok(lines.into_iter().map(|l| l + "\n").collect())
+}
+
+/// `coordinator keygen`: writes `<name>.key` (mode 0600) and `<name>.pub` into `dir`, refusing to
+/// overwrite either.
+pub fn keygen(dir: &std::path::Path, name: &str) -> Result<String, CoordinatorError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    proto::check_name("--name", name).map_err(CoordinatorError::Usage)?;
+    let (private, public) = proto::signing::generate().map_err(CoordinatorError::Failed)?;
+    let (key_path, pub_path) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.pub")),
+    );
+    for (path, text, mode) in [(&key_path, &private, 0o600), (&pub_path, &public, 0o644)] {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .map_err(|e| CoordinatorError::Usage(format!("{}: {e}", path.display())))?;
+        file.write_all(text.as_bytes())
+            .map_err(|e| CoordinatorError::Failed(format!("{}: {e}", path.display())))?;
+    }
+    Ok(format!(
+        "private key {} (give it to CI: --signing-key or BLUEGREEN_SIGNING_KEY_FILE)
+public key  {} (list it in every agent's trusted_keys)
+",
+        key_path.display(),
+        pub_path.display()
+    ))
 }
 
 /// Parses a humantime duration flag, naming the flag on error.

@@ -32,6 +32,27 @@ struct Cli {
     app: Option<String>,
     #[arg(long, value_enum, default_value = "text", global = true)]
     output: Output,
+    /// CA that signed etcd's server certificate (https:// endpoints).
+    #[arg(long, env = "BLUEGREEN_ETCD_CACERT", global = true)]
+    etcd_cacert: Option<PathBuf>,
+    /// Client certificate for etcd (with --etcd-key).
+    #[arg(long, env = "BLUEGREEN_ETCD_CERT", global = true)]
+    etcd_cert: Option<PathBuf>,
+    #[arg(long, env = "BLUEGREEN_ETCD_KEY", global = true)]
+    etcd_key: Option<PathBuf>,
+    /// etcd user; its password from --etcd-password-file or BLUEGREEN_ETCD_PASSWORD.
+    #[arg(long, env = "BLUEGREEN_ETCD_USER", global = true)]
+    etcd_user: Option<String>,
+    #[arg(long, env = "BLUEGREEN_ETCD_PASSWORD_FILE", global = true)]
+    etcd_password_file: Option<PathBuf>,
+    /// CA that signed the agents' gRPC server certificates (logs over mutual TLS).
+    #[arg(long, env = "BLUEGREEN_GRPC_CACERT", global = true)]
+    grpc_cacert: Option<PathBuf>,
+    /// Client certificate and key presented to the agents' gRPC API.
+    #[arg(long, env = "BLUEGREEN_GRPC_CERT", global = true)]
+    grpc_cert: Option<PathBuf>,
+    #[arg(long, env = "BLUEGREEN_GRPC_KEY", global = true)]
+    grpc_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,6 +89,18 @@ enum Command {
         /// Switch even when no LB is registered (nothing can follow or verify the switch).
         #[arg(long)]
         allow_no_lb: bool,
+        /// ed25519 private key (`coordinator keygen`) to sign the release with; agents with
+        /// trusted_keys run only signed releases.
+        #[arg(long, env = "BLUEGREEN_SIGNING_KEY_FILE")]
+        signing_key: Option<PathBuf>,
+    },
+    /// Make an ed25519 key pair for signing releases: NAME.key (keep it in CI's secrets) and
+    /// NAME.pub (list it in every agent's trusted_keys).
+    Keygen {
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        #[arg(long, default_value = "bluegreen-release")]
+        name: String,
     },
     /// Switch back to the previous color (must be healthy); waits for every LB's ack.
     Rollback {
@@ -181,6 +214,7 @@ async fn dispatch(global: &Global, command: Command) -> Result<String, Coordinat
             verify_for,
             keep_failed,
             allow_no_lb,
+            signing_key,
         } => {
             let req = coordinator::DeployRequest {
                 spec,
@@ -194,6 +228,7 @@ async fn dispatch(global: &Global, command: Command) -> Result<String, Coordinat
                 verify_for: verify_for.map(|d| dur("--verify-for", &d)).transpose()?,
                 keep_failed,
                 allow_no_lb,
+                signing_key,
             };
             coordinator::deploy(global, req).await
         }
@@ -213,6 +248,7 @@ async fn dispatch(global: &Global, command: Command) -> Result<String, Coordinat
             color: c,
             lock_wait,
         } => coordinator::stop(global, color(&c)?, dur("--lock-wait", &lock_wait)?).await,
+        Command::Keygen { out_dir, name } => coordinator::keygen(&out_dir, &name),
         Command::Status => coordinator::status(global).await,
         Command::History { limit } => coordinator::history(global, limit).await,
         Command::Migrate { action } => migrate(global, action).await,
@@ -265,11 +301,31 @@ async fn main() {
         .with_ansi(false)
         .init();
     let cli = Cli::parse();
+    let json = matches!(cli.output, Output::Json);
+    let access = proto::EtcdAccess::resolve(proto::AccessSettings {
+        endpoints: cli.etcd,
+        cacert: cli.etcd_cacert,
+        cert: cli.etcd_cert,
+        key: cli.etcd_key,
+        user: cli.etcd_user,
+        password_file: cli.etcd_password_file,
+        password_env: std::env::var("BLUEGREEN_ETCD_PASSWORD").ok(),
+    });
+    let grpc_tls = coordinator::probes::GrpcClientTls::from_parts(
+        cli.grpc_cacert,
+        cli.grpc_cert,
+        cli.grpc_key,
+    );
+    let (etcd, grpc_tls) = match (access, grpc_tls) {
+        (Ok(a), Ok(g)) => (a, g),
+        (Err(e), _) | (_, Err(e)) => fail(json, CoordinatorError::Usage(e)),
+    };
     let global = Global {
-        etcd: cli.etcd,
+        etcd,
+        grpc_tls,
         prefix: cli.prefix,
         app: cli.app,
-        json: matches!(cli.output, Output::Json),
+        json,
     };
     match dispatch(&global, cli.command).await {
         Ok(text) => {
@@ -285,15 +341,17 @@ async fn main() {
                 }
             }
         }
-        Err(e) => {
-            if global.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"step": "result", "state": "error", "exit": e.exit_code(), "detail": e.to_string()})
-                );
-            }
-            eprintln!("coordinator: {e}");
-            std::process::exit(e.exit_code());
-        }
+        Err(e) => fail(global.json, e),
     }
+}
+
+fn fail(json: bool, e: CoordinatorError) -> ! {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"step": "result", "state": "error", "exit": e.exit_code(), "detail": e.to_string()})
+        );
+    }
+    eprintln!("coordinator: {e}");
+    std::process::exit(e.exit_code());
 }

@@ -43,9 +43,52 @@ pub trait Probes {
         -> Result<Vec<String>, String>;
 }
 
+/// Client side of the agents' mutual TLS: the CA that signed their server certificates, and the
+/// certificate this coordinator presents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrpcClientTls {
+    pub cacert: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl GrpcClientTls {
+    /// All three or none; errors name the missing setting.
+    pub fn from_parts(
+        cacert: Option<std::path::PathBuf>,
+        cert: Option<std::path::PathBuf>,
+        key: Option<std::path::PathBuf>,
+    ) -> Result<Option<GrpcClientTls>, String> {
+        match (cacert, cert, key) {
+            (None, None, None) => Ok(None),
+            (Some(cacert), Some(cert), Some(key)) => Ok(Some(GrpcClientTls { cacert, cert, key })),
+            _ => Err("--grpc-cacert, --grpc-cert and --grpc-key: give all three (the agents' mutual TLS) or none".into()),
+        }
+    }
+
+    fn config(&self) -> Result<tonic::transport::ClientTlsConfig, String> {
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        Ok(tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(&self.cacert)?))
+            .identity(tonic::transport::Identity::from_pem(
+                read(&self.cert)?,
+                read(&self.key)?,
+            )))
+    }
+}
+
 /// [`Probes`] over HTTP (apps, LBs) and the agents' gRPC API (logs).
 #[derive(Default)]
-pub struct HttpProbes;
+pub struct HttpProbes {
+    grpc_tls: Option<GrpcClientTls>,
+}
+
+impl HttpProbes {
+    pub fn new(grpc_tls: Option<GrpcClientTls>) -> HttpProbes {
+        HttpProbes { grpc_tls }
+    }
+}
 
 impl Probes for HttpProbes {
     async fn smoke(
@@ -121,12 +164,25 @@ impl Probes for HttpProbes {
         tail: u32,
     ) -> Result<Vec<String>, String> {
         use proto::agent_api::{agent_client::AgentClient, LogsRequest};
-        let endpoint = format!("http://{}", host.grpc);
-        let connect = AgentClient::connect(endpoint.clone());
-        let mut api = tokio::time::timeout(Duration::from_secs(3), connect)
+        let scheme = if self.grpc_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let endpoint = format!("{scheme}://{}", host.grpc);
+        let mut channel = tonic::transport::Channel::from_shared(endpoint.clone())
+            .map_err(|e| format!("{endpoint}: {e}"))?;
+        if let Some(tls) = &self.grpc_tls {
+            channel = channel
+                .tls_config(tls.config()?)
+                .map_err(|e| format!("{endpoint}: {e}"))?;
+        }
+        let connect = channel.connect();
+        let channel = tokio::time::timeout(Duration::from_secs(3), connect)
             .await
             .map_err(|_| format!("{endpoint}: timed out"))?
-            .map_err(|e| format!("{endpoint}: {e}"))?;
+            .map_err(|e| format!("{endpoint}: {}", proto::error::root_cause(&e)))?;
+        let mut api = AgentClient::new(channel);
         let request = LogsRequest {
             color: color.to_string(),
             tail,

@@ -405,6 +405,7 @@ pub fn release(version: &str, desired: Desired) -> ReleaseRecord {
         desired,
         deploy_id: "earlier".into(),
         token: 1,
+        signature: None,
     }
 }
 

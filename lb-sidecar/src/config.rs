@@ -55,6 +55,23 @@ pub struct Cli {
     /// A template replacing the built-in one (placeholders: see the README).
     #[arg(long, env = "BLUEGREEN_SIDECAR_TEMPLATE")]
     pub template: Option<PathBuf>,
+    /// Where candidate and test configs are written: never next to the include file, where an
+    /// `include conf.d/*.conf` glob would pick them up.
+    #[arg(long, env = "BLUEGREEN_SIDECAR_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// CA that signed etcd's server certificate (https:// endpoints).
+    #[arg(long, env = "BLUEGREEN_SIDECAR_ETCD_CACERT")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// Client certificate for etcd (with --etcd-key).
+    #[arg(long, env = "BLUEGREEN_SIDECAR_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+    #[arg(long, env = "BLUEGREEN_SIDECAR_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user; its password from --etcd-password-file or BLUEGREEN_SIDECAR_ETCD_PASSWORD.
+    #[arg(long, env = "BLUEGREEN_SIDECAR_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    #[arg(long, env = "BLUEGREEN_SIDECAR_ETCD_PASSWORD_FILE")]
+    pub etcd_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -80,6 +97,12 @@ struct FileConfig {
     lease_ttl: Option<String>,
     debounce: Option<String>,
     template: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    etcd_cacert: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
+    etcd_user: Option<String>,
+    etcd_password_file: Option<PathBuf>,
     nginx: Option<FileNginx>,
 }
 
@@ -93,7 +116,7 @@ pub struct NginxConfig {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub etcd: Vec<String>,
+    pub etcd: proto::EtcdAccess,
     pub prefix: String,
     pub app: String,
     pub name: String,
@@ -106,6 +129,8 @@ pub struct Config {
     pub debounce: Duration,
     pub template: Option<String>,
     pub nginx: NginxConfig,
+    /// Candidate and test configs live here (default `/var/lib/bluegreen/sidecar-<name>`).
+    pub state_dir: PathBuf,
 }
 
 fn addr(field: &str, value: String) -> Result<SocketAddr, SidecarError> {
@@ -176,11 +201,26 @@ impl Config {
                 .map(|h| h.trim().to_string())
                 .unwrap_or_default(),
         };
-        let config = Config {
-            etcd: cli
+        let etcd = proto::EtcdAccess::resolve(proto::AccessSettings {
+            endpoints: cli
                 .etcd
                 .or(file.etcd)
                 .unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()]),
+            cacert: cli.etcd_cacert.or(file.etcd_cacert),
+            cert: cli.etcd_cert.or(file.etcd_cert),
+            key: cli.etcd_key.or(file.etcd_key),
+            user: cli.etcd_user.or(file.etcd_user),
+            password_file: cli.etcd_password_file.or(file.etcd_password_file),
+            password_env: std::env::var("BLUEGREEN_SIDECAR_ETCD_PASSWORD").ok(),
+        })
+        .map_err(SidecarError::Setting)?;
+        let state_dir = cli
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| format!("/var/lib/bluegreen/sidecar-{name}").into());
+        let config = Config {
+            etcd,
+            state_dir,
             prefix: cli
                 .prefix
                 .or(file.prefix)

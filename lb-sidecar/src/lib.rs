@@ -46,10 +46,13 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     tokio::spawn(async move { server.await });
 
     let client = proto::connect(&config.etcd).await?;
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| SidecarError::io(&config.state_dir, e))?;
     let nginx = nginx::Nginx::new(
         config.nginx.clone(),
         config.listen,
         config.public_url.clone(),
+        config.state_dir.clone(),
     );
     let applier = Applier::new(
         nginx,

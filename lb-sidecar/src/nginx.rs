@@ -13,13 +13,21 @@ pub struct Nginx {
     config: NginxConfig,
     public_url: String,
     status_url: String,
+    state_dir: PathBuf,
     http: reqwest::Client,
 }
 
 impl Nginx {
     /// `listen` is the public listener; its status location is asked over it, from this host.
     /// `public_url` is how other machines reach it (default: the listener's own URL).
-    pub fn new(config: NginxConfig, listen: SocketAddr, public_url: Option<String>) -> Nginx {
+    /// `state_dir` holds the candidate and test configs, away from any `*.conf` glob of the main
+    /// config (a copy of the main config included into it breaks nginx).
+    pub fn new(
+        config: NginxConfig,
+        listen: SocketAddr,
+        public_url: Option<String>,
+        state_dir: PathBuf,
+    ) -> Nginx {
         let host = if listen.ip().is_unspecified() {
             "127.0.0.1".to_string()
         } else {
@@ -37,6 +45,7 @@ impl Nginx {
             config,
             public_url,
             status_url,
+            state_dir,
             http,
         }
     }
@@ -61,8 +70,8 @@ impl Nginx {
     /// main config does not name the include file literally (a glob, say), the candidate is checked
     /// inside a minimal main config instead, which still catches every error of the file itself.
     pub async fn validate(&self, text: &str) -> Result<(), String> {
-        let candidate = self.sibling(".candidate");
-        let test_main = self.sibling(".test-main.conf");
+        let candidate = self.state_dir.join("candidate.include");
+        let test_main = self.state_dir.join("test-main.nginx");
         std::fs::write(&candidate, text).map_err(|e| format!("{}: {e}", candidate.display()))?;
         let include = self.config.include_file.display().to_string();
         let main = std::fs::read_to_string(&self.config.main_config).unwrap_or_default();

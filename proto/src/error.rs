@@ -5,6 +5,9 @@ use thiserror::Error;
 pub enum ProtoError {
     #[error("invalid color {0:?}: expected \"blue\" or \"green\"")]
     InvalidColor(String),
+    /// A setting that cannot be used (a certificate file that cannot be read).
+    #[error("{0}")]
+    Setting(String),
     #[error("invalid key layout: {0}")]
     InvalidKeyLayout(String),
     #[error("invalid value at {key}: {reason}")]
@@ -53,6 +56,14 @@ impl ProtoError {
         match self {
             ProtoError::Etcd { what, source } => {
                 let reason = match source {
+                    etcd_client::Error::GRpcStatus(status)
+                        if status.code() == tonic::Code::PermissionDenied =>
+                    {
+                        format!(
+                            "{}: this process's etcd user lacks the permission for that key (its role is made by deploy/etcd-auth.sh)",
+                            status.message()
+                        )
+                    }
                     etcd_client::Error::GRpcStatus(status) => status.message().to_string(),
                     other => root_cause(other),
                 };

@@ -3,6 +3,7 @@
 //! [`records`], so that the agent, the coordinator and the sidecars cannot drift apart.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod color;
 pub mod daemon;
 pub mod error;
@@ -12,10 +13,13 @@ pub mod leased;
 pub mod names;
 pub mod ops;
 pub mod records;
+pub mod secrets;
 pub mod session;
+pub mod signing;
 pub mod time;
 pub mod watch;
 
+pub use access::{connect, AccessSettings, EtcdAccess};
 pub use color::Color;
 pub use error::ProtoError;
 pub use keys::{AppKey, Keys};
@@ -25,22 +29,4 @@ pub use ops::{Operation, Outcome, Phase};
 /// The agent gRPC API generated from `proto/agent.proto`.
 pub mod agent_api {
     tonic::include_proto!("bluegreen.agent.v1");
-}
-
-/// Connects to etcd with the timeouts every bluegreen process uses, so that an unreachable etcd
-/// is an error after a few seconds rather than a hang.
-pub async fn connect(endpoints: &[String]) -> Result<etcd_client::Client, ProtoError> {
-    let options = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(std::time::Duration::from_secs(3))
-        .with_timeout(std::time::Duration::from_secs(5))
-        .with_keep_alive(
-            std::time::Duration::from_secs(2),
-            std::time::Duration::from_secs(2),
-        );
-    etcd_client::Client::connect(endpoints, Some(options))
-        .await
-        .map_err(|source| ProtoError::Etcd {
-            what: format!("connect to {}", endpoints.join(",")),
-            source,
-        })
 }

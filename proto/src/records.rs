@@ -184,6 +184,9 @@ pub struct ReleaseRecord {
     pub deploy_id: String,
     #[serde(default)]
     pub token: i64,
+    /// With trusted keys configured on the agents, required: see [`crate::signing`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::signing::ReleaseSignature>,
 }
 
 impl Validate for ReleaseRecord {

@@ -90,5 +90,6 @@ pub fn release(version: &str, artifact: &Artifact, env: &[(&str, &str)]) -> Rele
         desired: Desired::Running,
         deploy_id: format!("test-{version}"),
         token: 0,
+        signature: None,
     }
 }

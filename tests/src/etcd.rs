@@ -56,7 +56,7 @@ impl Etcd {
     }
 
     pub async fn client(&self) -> etcd_client::Client {
-        proto::connect(std::slice::from_ref(&self.endpoint))
+        proto::connect(&proto::EtcdAccess::plain(vec![self.endpoint.clone()]))
             .await
             .expect("connect to test etcd")
     }

@@ -131,11 +131,13 @@ impl SidecarProc {
         let config_path = nginx.dir.join(format!("{name}.toml"));
         let config = format!(
             "etcd = [\"{}\"]\nprefix = \"{PREFIX}\"\napp = \"{APP}\"\nname = \"{name}\"\nlisten = \"127.0.0.1:{}\"\n\
-             preview_listen = \"127.0.0.1:{}\"\nstatus_listen = \"127.0.0.1:{status_port}\"\nlease_ttl = \"5s\"\n{extra}\n\
+             preview_listen = \"127.0.0.1:{}\"\nstatus_listen = \"127.0.0.1:{status_port}\"\nlease_ttl = \"5s\"\n\
+             state_dir = \"{}\"\n{extra}\n\
              [nginx]\nbinary = \"nginx\"\nmain_config = \"{}\"\ninclude_file = \"{}\"\npid_file = \"{}\"\n",
             etcd.endpoint,
             nginx.listen,
             nginx.preview,
+            nginx.dir.join(format!("sidecar-{name}")).display(),
             nginx.main_config.display(),
             nginx.include_file.display(),
             nginx.pid_file.display()

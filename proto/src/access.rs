@@ -1,0 +1,264 @@
+//! How a bluegreen process reaches etcd: the endpoints and, for a production cluster, TLS (a CA,
+//! a client certificate and key) and an etcd user. The same settings, with the same names, exist
+//! in every binary (file key, flag, `BLUEGREEN_<BINARY>_*` variable), modelled on etcdctl's
+//! `--cacert`, `--cert`, `--key`, `--user`. The password comes from a file or the environment,
+//! never from a flag (a flag shows in `ps`), and never appears in `Debug` output or errors.
+use crate::ProtoError;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Clone, Default, PartialEq)]
+pub struct EtcdAccess {
+    pub endpoints: Vec<String>,
+    /// CA bundle that signed etcd's server certificate (`etcd_cacert`).
+    pub cacert: Option<PathBuf>,
+    /// Client certificate and key for etcd's `--client-cert-auth` (`etcd_cert`, `etcd_key`).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// etcd user (`etcd_user`) when etcd auth is enabled.
+    pub user: Option<String>,
+    password: Option<String>,
+}
+
+impl std::fmt::Debug for EtcdAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAccess")
+            .field("endpoints", &self.endpoints)
+            .field("cacert", &self.cacert)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// The settings as a binary's config layer collected them, before checking.
+#[derive(Debug, Clone, Default)]
+pub struct AccessSettings {
+    pub endpoints: Vec<String>,
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub user: Option<String>,
+    /// `etcd_password_file`: the password is the file's first line.
+    pub password_file: Option<PathBuf>,
+    /// The binary's `BLUEGREEN_<BINARY>_ETCD_PASSWORD` variable, if set.
+    pub password_env: Option<String>,
+}
+
+impl EtcdAccess {
+    /// Plain endpoints, no TLS, no user (tests and the quickstart's loopback etcd).
+    pub fn plain(endpoints: Vec<String>) -> EtcdAccess {
+        EtcdAccess {
+            endpoints,
+            ..Default::default()
+        }
+    }
+
+    /// Checks the settings together and reads the password file; errors name the setting.
+    pub fn resolve(s: AccessSettings) -> Result<EtcdAccess, String> {
+        if s.endpoints.is_empty() {
+            return Err("etcd: at least one endpoint is required".into());
+        }
+        for e in &s.endpoints {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(format!("etcd: {e:?} is not an http:// or https:// URL"));
+            }
+        }
+        let tls = s.cacert.is_some() || s.cert.is_some();
+        if tls && s.endpoints.iter().any(|e| e.starts_with("http://")) {
+            return Err(
+                "etcd: TLS settings are given but an endpoint is http://; use https://".into(),
+            );
+        }
+        match (&s.cert, &s.key) {
+            (Some(_), None) => return Err("etcd_key: required with etcd_cert".into()),
+            (None, Some(_)) => return Err("etcd_cert: required with etcd_key".into()),
+            _ => {}
+        }
+        for (field, path) in [
+            ("etcd_cacert", &s.cacert),
+            ("etcd_cert", &s.cert),
+            ("etcd_key", &s.key),
+        ] {
+            if let Some(p) = path {
+                std::fs::metadata(p).map_err(|e| format!("{field}: {}: {e}", p.display()))?;
+            }
+        }
+        let password = match (&s.password_file, s.password_env) {
+            (Some(path), _) => Some(read_password(path)?),
+            (None, Some(value)) => Some(value),
+            (None, None) => None,
+        };
+        match (&s.user, &password) {
+            (Some(user), None) => {
+                return Err(format!(
+                    "etcd_user {user:?}: no password (set etcd_password_file or the ETCD_PASSWORD variable)"
+                ))
+            }
+            (None, Some(_)) => return Err("etcd_password_file: given without etcd_user".into()),
+            _ => {}
+        }
+        Ok(EtcdAccess {
+            endpoints: s.endpoints,
+            cacert: s.cacert,
+            cert: s.cert,
+            key: s.key,
+            user: s.user,
+            password,
+        })
+    }
+
+    pub fn uses_tls(&self) -> bool {
+        self.endpoints.iter().any(|e| e.starts_with("https://"))
+    }
+
+    fn options(&self) -> Result<etcd_client::ConnectOptions, ProtoError> {
+        let mut options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        if self.uses_tls() {
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &self.cacert {
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read_file(
+                    "etcd_cacert",
+                    ca,
+                )?));
+            }
+            if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+                tls = tls.identity(etcd_client::Identity::from_pem(
+                    read_file("etcd_cert", cert)?,
+                    read_file("etcd_key", key)?,
+                ));
+            }
+            options = options.with_tls(tls);
+        }
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        Ok(options)
+    }
+}
+
+/// Connects with the timeouts every bluegreen process uses, so that an unreachable etcd is an
+/// error after a few seconds rather than a hang.
+pub async fn connect(access: &EtcdAccess) -> Result<etcd_client::Client, ProtoError> {
+    let options = access.options()?;
+    etcd_client::Client::connect(&access.endpoints, Some(options))
+        .await
+        .map_err(|source| ProtoError::Etcd {
+            what: format!("connect to {}", access.endpoints.join(",")),
+            source,
+        })
+}
+
+fn read_file(field: &str, path: &Path) -> Result<Vec<u8>, ProtoError> {
+    std::fs::read(path)
+        .map_err(|e| ProtoError::Setting(format!("{field}: {}: {e}", path.display())))
+}
+
+fn read_password(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("etcd_password_file: {}: {e}", path.display()))?;
+    let password = text.lines().next().unwrap_or_default().to_string();
+    if password.is_empty() {
+        return Err(format!("etcd_password_file: {} is empty", path.display()));
+    }
+    Ok(password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> AccessSettings {
+        AccessSettings {
+            endpoints: vec!["https://etcd-1:2379".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn settings_are_checked_together_and_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let cases: Vec<(AccessSettings, &str)> = vec![
+            (
+                AccessSettings {
+                    endpoints: vec![],
+                    ..settings()
+                },
+                "etcd:",
+            ),
+            (
+                AccessSettings {
+                    endpoints: vec!["etcd:2379".into()],
+                    ..settings()
+                },
+                "not an http",
+            ),
+            (
+                AccessSettings {
+                    endpoints: vec!["http://e:2379".into()],
+                    cacert: Some(file.clone()),
+                    ..settings()
+                },
+                "use https://",
+            ),
+            (
+                AccessSettings {
+                    cert: Some(file.clone()),
+                    ..settings()
+                },
+                "etcd_key",
+            ),
+            (
+                AccessSettings {
+                    cacert: Some(dir.path().join("none")),
+                    ..settings()
+                },
+                "etcd_cacert",
+            ),
+            (
+                AccessSettings {
+                    user: Some("agent".into()),
+                    ..settings()
+                },
+                "no password",
+            ),
+            (
+                AccessSettings {
+                    password_file: Some(file.clone()),
+                    ..settings()
+                },
+                "without etcd_user",
+            ),
+            (
+                AccessSettings {
+                    user: Some("a".into()),
+                    password_file: Some(dir.path().join("none")),
+                    ..settings()
+                },
+                "etcd_password_file",
+            ),
+        ];
+        for (s, expected) in cases {
+            let err = EtcdAccess::resolve(s).unwrap_err();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+        let ok = EtcdAccess::resolve(AccessSettings {
+            user: Some("agent".into()),
+            password_file: Some(file),
+            ..settings()
+        })
+        .unwrap();
+        assert_eq!(ok.password.as_deref(), Some("s3cret"));
+        assert!(
+            !format!("{ok:?}").contains("s3cret"),
+            "never in Debug output"
+        );
+    }
+}

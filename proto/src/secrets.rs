@@ -1,0 +1,162 @@
+//! Secrets stay on the hosts and out of every message. A release env value `secret:NAME` is a
+//! reference the agent resolves from a root-only file on the host; etcd, logs and output only
+//! ever see the reference. Everything shown to a person goes through [`mask_text`] (or
+//! [`mask_env`] for a whole environment), so a literal password in a URL or a `password=`
+//! parameter is replaced by `***` wherever it turns up.
+use std::collections::BTreeMap;
+
+/// An env value starting with this names a host-local secret instead of holding it.
+pub const SECRET_PREFIX: &str = "secret:";
+const MASK: &str = "***";
+/// Env variable names whose literal values are always masked.
+const SENSITIVE_NAMES: [&str; 4] = ["PASSWORD", "SECRET", "TOKEN", "KEY"];
+
+/// Masks every `scheme://user:password@host` password (the password may contain `@`: the last
+/// `@` of the authority ends it) and every `password=` parameter value in `text`.
+pub fn mask_text(text: &str) -> String {
+    mask_query_passwords(&mask_url_passwords(text))
+}
+
+fn mask_url_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        // The authority runs to the next '/', '?', '#', whitespace or quote.
+        let end = after
+            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'') || c.is_whitespace())
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority.rfind('@') {
+            Some(at) if authority[..at].contains(':') => {
+                let user = &authority[..authority.find(':').expect("checked")];
+                out.push_str(&format!("{user}:{MASK}{}", &authority[at..]));
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn mask_query_passwords(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    let mut search = 0;
+    while let Some(found) = lower[search..].find("password=") {
+        let value_start = search + found + "password=".len();
+        let value_end = text[value_start..]
+            .find(|c: char| matches!(c, '&' | ';' | '"' | '\'') || c.is_whitespace())
+            .map_or(text.len(), |i| value_start + i);
+        out.push_str(&text[last..value_start]);
+        if value_end > value_start {
+            out.push_str(MASK);
+        }
+        last = value_end;
+        search = value_end.max(value_start);
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
+/// True for an env variable name whose value is a credential (`DB_PASSWORD`, `API_TOKEN`, …).
+pub fn is_sensitive_name(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    SENSITIVE_NAMES.iter().any(|s| upper.contains(s))
+}
+
+/// An environment as it may be shown: `secret:` references as they are, literal values of
+/// sensitive names replaced, and passwords inside other values masked.
+pub fn mask_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    env.iter()
+        .map(|(name, value)| {
+            let shown = if value.starts_with(SECRET_PREFIX) {
+                value.clone()
+            } else if is_sensitive_name(name) {
+                MASK.to_string()
+            } else {
+                mask_text(value)
+            };
+            (name.clone(), shown)
+        })
+        .collect()
+}
+
+/// Whether a literal env value carries a credential (a URL with a password, a `password=`
+/// parameter): such a value belongs in a host-local secret, not in a spec that lands in etcd.
+pub fn looks_like_credential(value: &str) -> bool {
+    !value.starts_with(SECRET_PREFIX) && mask_text(value) != value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_passwords_are_masked_even_with_an_at_sign() {
+        let cases = [
+            (
+                "postgres://shop:hunter2@db:5432/shop",
+                "postgres://shop:***@db:5432/shop",
+            ),
+            (
+                "postgres://shop:p@ss@w0rd@db/shop",
+                "postgres://shop:***@db/shop",
+            ),
+            (
+                "error: connect postgres://a:b@h/d failed, see https://x:y@z/",
+                "error: connect postgres://a:***@h/d failed, see https://x:***@z/",
+            ),
+            ("postgres://shop@db/shop", "postgres://shop@db/shop"),
+            ("sqlite:///var/lib/shop.db", "sqlite:///var/lib/shop.db"),
+            ("no url here", "no url here"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(mask_text(input), want);
+        }
+    }
+
+    #[test]
+    fn password_parameters_are_masked() {
+        assert_eq!(
+            mask_text("postgres://db/shop?user=shop&password=hunter2&sslmode=require"),
+            "postgres://db/shop?user=shop&password=***&sslmode=require"
+        );
+        assert_eq!(
+            mask_text("host=db PASSWORD=x user=y"),
+            "host=db PASSWORD=*** user=y"
+        );
+        assert_eq!(mask_text("password="), "password=");
+    }
+
+    #[test]
+    fn env_masks_sensitive_names_and_keeps_references() {
+        let env: BTreeMap<String, String> = [
+            ("DATABASE_URL", "postgres://u:pw@db/x"),
+            ("API_TOKEN", "abc"),
+            ("STRIPE_KEY", "sk_live"),
+            ("DB_PASSWORD", "secret:db-password"),
+            ("LOG_LEVEL", "info"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let shown = mask_env(&env);
+        assert_eq!(shown["DATABASE_URL"], "postgres://u:***@db/x");
+        assert_eq!(shown["API_TOKEN"], "***");
+        assert_eq!(shown["STRIPE_KEY"], "***");
+        assert_eq!(shown["DB_PASSWORD"], "secret:db-password");
+        assert_eq!(shown["LOG_LEVEL"], "info");
+    }
+
+    #[test]
+    fn credentials_are_recognised() {
+        assert!(looks_like_credential("postgres://u:pw@db/x"));
+        assert!(looks_like_credential("host=db password=pw"));
+        assert!(!looks_like_credential("postgres://u@db/x"));
+        assert!(!looks_like_credential("secret:db-url"));
+    }
+}
