@@ -13,6 +13,10 @@ pub async fn append(
     fence: Option<&Fence>,
     record: &HistoryRecord,
 ) -> Result<i64, CoordinatorError> {
+    // History is read by every auditor: a reason quoting logs or URLs is masked before it is kept.
+    let mut record = record.clone();
+    record.reason = record.reason.map(|r| proto::secrets::mask_text(&r));
+    let record = &record;
     let mut client = client.clone();
     for _ in 0..5 {
         // The key is the revision the append will most likely get; the create-revision guard makes a

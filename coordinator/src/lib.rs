@@ -301,7 +301,10 @@ pub async fn stop(
 pub async fn status(global: &Global) -> Result<String, CoordinatorError> {
     let keys = global.keys()?;
     let client = global.connect().await?;
-    let status = status::read(&client, &keys).await?;
+    let mut status = status::read(&client, &keys).await?;
+    for release in status.releases.values_mut() {
+        release.run.env = proto::secrets::mask_env(&release.run.env);
+    }
     Ok(if global.json {
         serde_json::to_string_pretty(&status).expect("status serializes") + "\n"
     } else {
@@ -407,7 +410,10 @@ pub async fn logs(
         .logs(record, color, tail)
         .await
         .map_err(CoordinatorError::Failed)?;
-    Ok(lines.into_iter().map(|l| l + "\n").collect())
+    Ok(lines
+        .into_iter()
+        .map(|l| proto::secrets::mask_text(&l) + "\n")
+        .collect())
 }
 
 /// `coordinator keygen`: writes `<name>.key` (mode 0600) and `<name>.pub` into `dir`, refusing to

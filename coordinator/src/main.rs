@@ -346,12 +346,14 @@ async fn main() {
 }
 
 fn fail(json: bool, e: CoordinatorError) -> ! {
+    // Errors may quote app log lines or URLs: never print a password.
+    let shown = proto::secrets::mask_text(&e.to_string());
     if json {
         println!(
             "{}",
-            serde_json::json!({"step": "result", "state": "error", "exit": e.exit_code(), "detail": e.to_string()})
+            serde_json::json!({"step": "result", "state": "error", "exit": e.exit_code(), "detail": shown})
         );
     }
-    eprintln!("coordinator: {e}");
+    eprintln!("coordinator: {shown}");
     std::process::exit(e.exit_code());
 }

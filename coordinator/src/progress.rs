@@ -15,8 +15,10 @@ impl Progress {
         }
     }
 
+    /// Prints one step; `detail` is masked (it may carry app log lines or database URLs).
     pub fn event(&self, step: &str, host: Option<&str>, state: &str, detail: &str) {
         let elapsed_ms = self.start.elapsed().as_millis() as u64;
+        let detail = &proto::secrets::mask_text(detail);
         if self.json {
             let line = serde_json::json!({"step": step, "host": host, "state": state, "detail": detail, "elapsed_ms": elapsed_ms});
             println!("{line}");

@@ -101,6 +101,10 @@ pub struct RunSection {
     pub env: BTreeMap<String, String>,
     #[serde(with = "humantime_serde", default = "default_stop_timeout")]
     pub stop_timeout: Duration,
+    /// Lets a literal credential (a URL with a password) into `env`, and so into etcd. Off:
+    /// such values must be `secret:NAME`, resolved on each host from its `secrets_dir`.
+    #[serde(default)]
+    pub allow_literal_secrets: bool,
 }
 
 fn default_stop_timeout() -> Duration {
@@ -166,6 +170,18 @@ impl AppSpec {
         self.health
             .validate_mode()
             .map_err(|e| format!("health.{e}"))?;
+        if !self.run.allow_literal_secrets {
+            for (name, value) in &self.run.env {
+                if proto::secrets::looks_like_credential(value) {
+                    return Err(format!(
+                        "run.env.{name}: holds a literal credential ({}), which would be written to etcd \
+                         for every agent and sidecar to read: use \"secret:NAME\" (read by each agent from \
+                         its secrets_dir) or set run.allow_literal_secrets = true",
+                        proto::secrets::mask_text(value)
+                    ));
+                }
+            }
+        }
         for (i, smoke) in self.smoke.iter().enumerate() {
             if !smoke.path.starts_with('/') {
                 return Err(format!(
@@ -232,6 +248,13 @@ mod tests {
                 "health.expect_status",
             ),
             (GOOD.replace("path = \"/api/v1/status\"\n", ""), "path"),
+            (
+                GOOD.replace(
+                    "[run]\n",
+                    "[run]\nenv = { DATABASE_URL = \"postgres://shop:hunter2@db/shop\" }\n",
+                ),
+                "run.env.DATABASE_URL: holds a literal credential (postgres://shop:***@db/shop)",
+            ),
             (
                 GOOD.replace("path = \"/api/v1/status\"", "path = \"api\""),
                 "smoke[0].path",

@@ -57,6 +57,7 @@ impl Applier {
             app: self.app.clone(),
             listen: self.listen.clone(),
             preview_listen: self.preview_listen.clone(),
+            status_listen: self.nginx.status_listen().to_string(),
             color,
             version: version.to_string(),
             live: state.upstream(color, Some(version)),

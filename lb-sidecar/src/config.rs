@@ -52,6 +52,9 @@ pub struct Cli {
     pub nginx_include_file: Option<PathBuf>,
     #[arg(long, env = "BLUEGREEN_SIDECAR_NGINX_PID_FILE")]
     pub nginx_pid_file: Option<PathBuf>,
+    /// Loopback address where nginx answers the applied revision to this sidecar (never public).
+    #[arg(long, env = "BLUEGREEN_SIDECAR_NGINX_STATUS_LISTEN")]
+    pub nginx_status_listen: Option<String>,
     /// A template replacing the built-in one (placeholders: see the README).
     #[arg(long, env = "BLUEGREEN_SIDECAR_TEMPLATE")]
     pub template: Option<PathBuf>,
@@ -81,6 +84,7 @@ struct FileNginx {
     main_config: Option<PathBuf>,
     include_file: Option<PathBuf>,
     pid_file: Option<PathBuf>,
+    status_listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -112,6 +116,8 @@ pub struct NginxConfig {
     pub main_config: PathBuf,
     pub include_file: PathBuf,
     pub pid_file: PathBuf,
+    /// nginx's loopback-only server that answers `/.bluegreen/status`.
+    pub status_listen: SocketAddr,
 }
 
 #[derive(Debug, Clone)]
@@ -279,11 +285,23 @@ impl Config {
                     .nginx_pid_file
                     .or(nginx.pid_file)
                     .unwrap_or_else(|| "/run/nginx.pid".into()),
+                status_listen: addr(
+                    "nginx.status_listen",
+                    cli.nginx_status_listen
+                        .or(nginx.status_listen)
+                        .unwrap_or_else(|| "127.0.0.1:9902".into()),
+                )?,
             },
             app,
         };
         proto::Keys::new(&config.prefix, &config.app)?;
         proto::keys::validate_segment("name", &config.name)?;
+        if !config.nginx.status_listen.ip().is_loopback() {
+            return Err(SidecarError::Setting(format!(
+                "nginx.status_listen: {} is not a loopback address; it answers the live color and revision to anyone who reaches it",
+                config.nginx.status_listen
+            )));
+        }
         if config.lease_ttl < Duration::from_secs(2) {
             return Err(SidecarError::Setting(format!(
                 "lease_ttl: {:?} is shorter than 2s",

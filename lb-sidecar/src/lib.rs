@@ -78,6 +78,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         state: LbState::default(),
         ack: None,
         revision: 0,
+        failed: false,
     };
     follower.run(shutdown).await;
     let _ = holder.await;
@@ -96,6 +97,40 @@ struct Follower {
     ack: Option<LbRecord>,
     /// The newest etcd revision processed.
     revision: i64,
+    /// The last apply failed: nginx does not serve what etcd says.
+    failed: bool,
+}
+
+/// Backoff for re-applying after a failure: 500 ms doubling to 10 s, reset by a success.
+#[derive(Debug)]
+struct Retry {
+    at: Option<Instant>,
+    delay: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            at: None,
+            delay: Duration::from_millis(500),
+        }
+    }
+}
+
+impl Retry {
+    fn schedule(&mut self) {
+        self.at = Some(Instant::now() + self.delay);
+        self.delay = (self.delay * 2).min(Duration::from_secs(10));
+    }
+
+    /// After an apply: keep retrying while it fails, stop (and reset) once it works.
+    fn after(&mut self, failed: bool) {
+        if failed {
+            self.schedule();
+        } else {
+            *self = Retry::default();
+        }
+    }
 }
 
 impl Follower {
@@ -116,10 +151,17 @@ impl Follower {
             }
         };
         let mut debounce_until: Option<Instant> = None;
+        // After a failed apply (nginx down, disk full, a reload nginx refused), try again until
+        // nginx serves what etcd says, not only when the next etcd event comes.
+        let mut retry = Retry::default();
+        if self.failed {
+            retry.schedule();
+        }
         loop {
             let debounce = tokio::time::sleep_until(
                 debounce_until.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
             );
+            let retry_at = retry.at;
             tokio::select! {
                 event = watch.next() => match event {
                     Ok(WatchEvent::Changes { revision, changes }) => {
@@ -139,6 +181,7 @@ impl Follower {
                                 if self.apply(true).await {
                                     self.metrics.observe_switch(seen.elapsed());
                                 }
+                                retry.after(self.failed);
                             }
                             Effect::Topology => {
                                 debounce_until.get_or_insert(Instant::now() + self.config.debounce);
@@ -149,6 +192,7 @@ impl Follower {
                     Ok(WatchEvent::Resync(snapshot)) => {
                         debounce_until = None;
                         self.resync(snapshot).await;
+                        retry.after(self.failed);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "watch canceled; re-reading");
@@ -163,6 +207,14 @@ impl Follower {
                     if self.apply(false).await {
                         self.prevalidate_other().await;
                     }
+                    retry.after(self.failed);
+                }
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                    tracing::info!(delay = ?retry.delay, "retrying the last failed apply");
+                    if self.apply(true).await {
+                        self.prevalidate_other().await;
+                    }
+                    retry.after(self.failed);
                 }
                 _ = shutdown.wait_for(|s| *s) => return,
             }
@@ -208,6 +260,12 @@ impl Follower {
 
     /// Applies the current state; true when nginx now serves it.
     async fn apply(&mut self, force: bool) -> bool {
+        let applied = self.try_apply(force).await;
+        self.failed = !applied;
+        applied
+    }
+
+    async fn try_apply(&mut self, force: bool) -> bool {
         match self.applier.apply(&self.state, self.revision, force).await {
             Ok(Some(ack)) => {
                 tracing::info!(revision = ack.applied_revision, color = ?ack.color, upstreams = ?ack.upstreams, "nginx serving");

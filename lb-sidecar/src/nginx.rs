@@ -6,6 +6,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+/// The main config an nginx started without `-c` reads (Debian's build).
+const DEFAULT_MAIN_CONFIG: &str = "/etc/nginx/nginx.conf";
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -34,7 +37,11 @@ impl Nginx {
             listen.ip().to_string()
         };
         let local_url = format!("http://{host}:{}", listen.port());
-        let status_url = format!("{local_url}{}", crate::render::STATUS_PATH);
+        let status_url = format!(
+            "http://{}{}",
+            config.status_listen,
+            crate::render::STATUS_PATH
+        );
         let public_url = public_url.unwrap_or(local_url);
         // A fresh connection per poll: a kept-alive one could still be served by an old worker.
         let http = reqwest::Client::builder()
@@ -48,6 +55,11 @@ impl Nginx {
             state_dir,
             http,
         }
+    }
+
+    /// nginx's loopback-only status listener.
+    pub fn status_listen(&self) -> std::net::SocketAddr {
+        self.config.status_listen
     }
 
     /// The public listener as a URL reachable from this host (an unspecified address becomes loopback).
@@ -120,6 +132,30 @@ impl Nginx {
             .map_err(|e| SidecarError::io(&self.config.include_file, e))
     }
 
+    /// Only our nginx gets a signal: the pid must be an nginx master running `main_config` (its
+    /// process title, from `/proc/<pid>/cmdline`, says both). A pid file left behind by a killed
+    /// nginx may name any process by now.
+    pub fn check_master(&self, pid: i32) -> Result<(), SidecarError> {
+        let pid_file = self.config.pid_file.display();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|_| {
+            SidecarError::Reload(format!(
+                "nginx is not running: pid file {pid_file} names pid {pid}, which does not exist"
+            ))
+        })?;
+        let title = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let main = self.config.main_config.display().to_string();
+        let ours = title.starts_with("nginx: master process")
+            && (title.contains(&main) || (!title.contains(" -c ") && main == DEFAULT_MAIN_CONFIG));
+        if ours {
+            Ok(())
+        } else {
+            Err(SidecarError::Reload(format!(
+                "refusing to signal pid {pid} from {pid_file}: it is not an nginx master running {main} ({:?}); nginx is down or the pid file is stale",
+                title.trim()
+            )))
+        }
+    }
+
     /// The master's pid, from the pid file.
     pub fn master_pid(&self) -> Result<i32, SidecarError> {
         let pid_file = &self.config.pid_file;
@@ -139,6 +175,7 @@ impl Nginx {
     /// accepting before the switch is complete (see [`Nginx::wait_old_workers`]).
     pub fn reload(&self) -> Result<Vec<i32>, SidecarError> {
         let pid = self.master_pid()?;
+        self.check_master(pid)?;
         let old = workers_of(pid);
         kill(Pid::from_raw(pid), Signal::SIGHUP)
             .map_err(|e| SidecarError::Reload(format!("SIGHUP to nginx master {pid}: {e}")))?;

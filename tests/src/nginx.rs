@@ -14,6 +14,9 @@ pub struct Nginx {
     pub main_config: PathBuf,
     pub include_file: PathBuf,
     pub pid_file: PathBuf,
+    /// Run with `-p <dir>`; off for the stock config, whose relative module paths need
+    /// nginx's own prefix.
+    own_prefix: bool,
     _tmp: tempfile::TempDir,
 }
 
@@ -21,10 +24,46 @@ impl Nginx {
     /// Starts nginx in the foreground (`daemon off`, so the child is the master) with an empty
     /// include file: nothing listens on the public port until a sidecar renders it.
     pub fn start() -> Nginx {
+        Nginx::start_with(true, |dir, include, pid| {
+            format!(
+                "daemon off;\nworker_processes 2;\npid {pid};\nerror_log {dir}/error.log warn;\n\
+                 worker_shutdown_timeout 10s;\nevents {{ worker_connections 4096; }}\n\
+                 http {{\n    access_log off;\n    client_body_temp_path {dir}/tmp/body;\n    proxy_temp_path {dir}/tmp/proxy;\n\
+                 \n    include {include};\n}}\n",
+                pid = pid.display(),
+                dir = dir.display(),
+                include = include.display()
+            )
+        })
+    }
+
+    /// Debian's stock `/etc/nginx/nginx.conf`, copied with its paths moved into this instance's
+    /// directory: the sidecar's include file is picked up by the stock `conf.d/*.conf` glob, as on
+    /// an operator's load balancer (the default site is left out: it would take port 80).
+    pub fn start_debian_stock() -> Nginx {
+        let stock = std::fs::read_to_string("/etc/nginx/nginx.conf")
+            .expect("Debian's /etc/nginx/nginx.conf");
+        Nginx::start_with(false, move |dir, _include, pid| {
+            let d = dir.display();
+            format!("daemon off;\n{stock}")
+                .replace("pid /run/nginx.pid;", &format!("pid {};", pid.display()))
+                .replace("/var/log/nginx/", &format!("{d}/"))
+                .replace("include /etc/nginx/conf.d/*.conf;", &format!("include {d}/conf.d/*.conf;\n\tclient_body_temp_path {d}/tmp/body;\n\tproxy_temp_path {d}/tmp/proxy;"))
+                .replace("include /etc/nginx/sites-enabled/*;", "")
+        })
+    }
+
+    /// Starts nginx with the main config `main(dir, include_file, pid_file)` returns; the include
+    /// file is `<dir>/conf.d/bluegreen-shop.conf`.
+    pub fn start_with(
+        own_prefix: bool,
+        main: impl Fn(&std::path::Path, &std::path::Path, &std::path::Path) -> String,
+    ) -> Nginx {
         let tmp = tempfile::tempdir().expect("nginx dir");
         let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
-        let include_file = dir.join("bluegreen.conf");
+        std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+        let include_file = dir.join("conf.d").join(format!("bluegreen-{APP}.conf"));
         let (listen, preview) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
         // Bind both ports from the start (answering 503 until a sidecar renders the real config),
         // as an operator would: a port picked now and bound only later could be taken meanwhile.
@@ -34,16 +73,7 @@ impl Nginx {
         std::fs::write(&include_file, placeholder).unwrap();
         let pid_file = dir.join("nginx.pid");
         let main_config = dir.join("nginx.conf");
-        let main = format!(
-            "daemon off;\nworker_processes 2;\npid {pid};\nerror_log {dir}/error.log warn;\n\
-             worker_shutdown_timeout 10s;\nevents {{ worker_connections 4096; }}\n\
-             http {{\n    access_log off;\n    client_body_temp_path {dir}/tmp/body;\n    proxy_temp_path {dir}/tmp/proxy;\n\
-             \n    include {include};\n}}\n",
-            pid = pid_file.display(),
-            dir = dir.display(),
-            include = include_file.display()
-        );
-        std::fs::write(&main_config, main).unwrap();
+        std::fs::write(&main_config, main(&dir, &include_file, &pid_file)).unwrap();
         let mut nginx = Nginx {
             child: None,
             listen,
@@ -52,33 +82,56 @@ impl Nginx {
             main_config,
             include_file,
             pid_file,
+            own_prefix,
             _tmp: tmp,
         };
-        let child = nginx
+        nginx.spawn();
+        nginx
+    }
+
+    /// Starts the master (again, after [`Nginx::stop`]) and waits for its pid file.
+    pub fn spawn(&mut self) {
+        let _ = std::fs::remove_file(&self.pid_file);
+        let child = self
             .command()
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start nginx (is nginx-light installed? run deploy/install-deps.sh)");
-        nginx.child = Some(child);
+        let pid = child.id();
+        self.child = Some(child);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !nginx.pid_file.exists() {
+        while std::fs::read_to_string(&self.pid_file)
+            .map(|p| p.trim() != pid.to_string())
+            .unwrap_or(true)
+        {
             assert!(
                 std::time::Instant::now() < deadline,
                 "nginx did not write its pid file"
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        nginx
+    }
+
+    /// Fast shutdown of master and workers (SIGTERM), waiting for the master to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
     }
 
     /// `nginx` aimed at this instance's prefix, config and error log; add `-s reload` and the like.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new("nginx");
-        cmd.arg("-p")
-            .arg(&self.dir)
-            .arg("-c")
+        if self.own_prefix {
+            cmd.arg("-p").arg(&self.dir);
+        }
+        cmd.arg("-c")
             .arg(&self.main_config)
             .arg("-e")
             .arg(self.dir.join("error.log"));
@@ -107,14 +160,8 @@ impl Drop for Nginx {
                 eprintln!("{line}");
             }
         }
-        if let Some(mut child) = self.child.take() {
-            // SIGTERM: fast shutdown of master and workers (SIGKILL would orphan the workers).
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = child.wait();
-        }
+        // SIGTERM: fast shutdown of master and workers (SIGKILL would orphan the workers).
+        self.stop();
     }
 }
 
@@ -128,12 +175,14 @@ impl SidecarProc {
     /// Starts `lb-sidecar` for `nginx`; `extra` is appended to the top level of its config.
     pub fn start(etcd: &Etcd, name: &str, nginx: &Nginx, extra: &str) -> SidecarProc {
         let status_port = free_port("127.0.0.1");
+        let nginx_status_port = free_port("127.0.0.1");
         let config_path = nginx.dir.join(format!("{name}.toml"));
         let config = format!(
             "etcd = [\"{}\"]\nprefix = \"{PREFIX}\"\napp = \"{APP}\"\nname = \"{name}\"\nlisten = \"127.0.0.1:{}\"\n\
              preview_listen = \"127.0.0.1:{}\"\nstatus_listen = \"127.0.0.1:{status_port}\"\nlease_ttl = \"5s\"\n\
              state_dir = \"{}\"\n{extra}\n\
-             [nginx]\nbinary = \"nginx\"\nmain_config = \"{}\"\ninclude_file = \"{}\"\npid_file = \"{}\"\n",
+             [nginx]\nbinary = \"nginx\"\nmain_config = \"{}\"\ninclude_file = \"{}\"\npid_file = \"{}\"\n\
+             status_listen = \"127.0.0.1:{nginx_status_port}\"\n",
             etcd.endpoint,
             nginx.listen,
             nginx.preview,

@@ -346,3 +346,117 @@ async fn a_host_address_carrying_config_syntax_is_refused_and_never_rendered() {
         before.matches("server {").count()
     );
 }
+
+/// Whether the process `pid` still exists.
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_pid_file_is_never_signalled_and_a_returning_nginx_gets_the_current_color() {
+    let (etcd, client, _artifacts, _hosts) = fleet(&[]).await;
+    let mut lb = Nginx::start();
+    let _sidecar = SidecarProc::start(&etcd, "lb-0", &lb, "");
+    let revision = set_active(&client, Color::Blue, "v1").await;
+    wait_ack(&client, "lb-0", "first active", |a| {
+        a.applied_revision == revision
+    })
+    .await;
+
+    // nginx dies; its pid file is left behind naming a process that is not nginx.
+    lb.stop();
+    let mut stranger = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .unwrap();
+    std::fs::write(&lb.pid_file, stranger.id().to_string()).unwrap();
+    let revision = set_active(&client, Color::Green, "v2").await;
+    let a = wait_ack(&client, "lb-0", "the refusal", |a| a.error.is_some()).await;
+    let error = a.error.unwrap();
+    assert!(
+        error.contains("refusing to signal pid") && error.contains("not an nginx master"),
+        "{error}"
+    );
+    assert!(alive(stranger.id()), "the unrelated process was signalled");
+    let healthz: serde_json::Value =
+        reqwest::get(format!("http://127.0.0.1:{}/healthz", _sidecar.status_port))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert!(
+        healthz.to_string().contains("refusing to signal"),
+        "{healthz}"
+    );
+
+    // nginx comes back; nothing more is written to etcd, yet the LB converges to green.
+    lb.spawn();
+    wait_ack(&client, "lb-0", "the retried switch", |a| {
+        a.applied_revision >= revision && a.color == Some(Color::Green) && a.error.is_none()
+    })
+    .await;
+    wait_color(&lb.url("/api/v1/status"), Color::Green).await;
+    assert!(alive(stranger.id()));
+    stranger.kill().unwrap();
+    let _ = stranger.wait();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn debian_stock_nginx_conf_survives_switches_and_a_restart() {
+    let (etcd, client, _artifacts, _hosts) = fleet(&[]).await;
+    let mut lb = Nginx::start_debian_stock();
+    let sidecar = SidecarProc::start(&etcd, "lb-0", &lb, "");
+    for (color, version) in [
+        (Color::Blue, "v1"),
+        (Color::Green, "v2"),
+        (Color::Blue, "v1"),
+    ] {
+        let revision = set_active(&client, color, version).await;
+        let a = wait_ack(&client, "lb-0", "switch", |a| {
+            a.applied_revision == revision
+        })
+        .await;
+        assert!(a.error.is_none(), "{:?}", a.error);
+        wait_color(&lb.url("/api/v1/status"), color).await;
+    }
+    // Nothing but the include file itself is in the directory the stock glob reads.
+    let conf_d: Vec<String> = std::fs::read_dir(lb.dir.join("conf.d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".conf"))
+        .collect();
+    assert_eq!(conf_d, vec!["bluegreen-shop.conf".to_string()]);
+    // The stock nginx restarts cleanly on what the sidecar left, and keeps following.
+    lb.stop();
+    lb.spawn();
+    wait_color(&lb.url("/api/v1/status"), Color::Blue).await;
+    let revision = set_active(&client, Color::Green, "v2").await;
+    wait_ack(&client, "lb-0", "switch after restart", |a| {
+        a.applied_revision == revision && a.error.is_none()
+    })
+    .await;
+    wait_color(&lb.url("/api/v1/status"), Color::Green).await;
+    drop(sidecar);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_applied_revision_is_not_served_on_the_public_listener() {
+    let (etcd, client, _artifacts, _hosts) = fleet(&[]).await;
+    let lb = Nginx::start();
+    let _sidecar = SidecarProc::start(&etcd, "lb-0", &lb, "");
+    let revision = set_active(&client, Color::Blue, "v1").await;
+    wait_ack(&client, "lb-0", "first active", |a| {
+        a.applied_revision == revision
+    })
+    .await;
+    // Through the public listener the path is just a path of the app (the demo app: 404).
+    let resp = reqwest::get(lb.url("/.bluegreen/status")).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap();
+    assert!(
+        !body.contains(&format!("{revision} blue")),
+        "public listener answered {body:?}"
+    );
+    assert_eq!(status, 404, "{body}");
+}

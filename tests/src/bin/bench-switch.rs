@@ -140,11 +140,13 @@ async fn floor_of_one(
     http: &reqwest::Client,
     switches: usize,
 ) -> Vec<(Duration, Duration)> {
+    let floor_status_port = bluegreen_tests::free_port("127.0.0.1");
     let variant = |color: Color| {
         let view = View {
             app: "shop".into(),
             listen: format!("127.0.0.1:{}", nginx.listen),
             preview_listen: format!("127.0.0.1:{}", nginx.preview),
+            status_listen: format!("127.0.0.1:{floor_status_port}"),
             color,
             version: "floor".into(),
             live: hosts
