@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 pub mod applier;
+#[cfg(test)]
+mod inject_tests;
 pub mod config;
 pub mod error;
 pub mod metrics;

@@ -1,0 +1,111 @@
+//! Property test: no value in etcd can add nginx configuration. Arbitrary strings, biased toward
+//! nginx syntax (`;`, braces, quotes, newlines, `$`, `#`), are put into every field of every
+//! record the renderer reads (active, host, health); whatever the state accepts must render to
+//! a config with exactly the template's blocks and directives. Deterministic (fixed seed), so a
+//! failure reproduces.
+use crate::render::{render, View, BUILTIN_TEMPLATE};
+use crate::state::LbState;
+use proto::{Color, Keys};
+
+/// xorshift64*: enough randomness for a property test, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// A string of up to 40 characters from a pool rich in config syntax.
+    fn nasty(&mut self) -> String {
+        const PIECES: [&str; 24] = [
+            ";", "{", "}", "\"", "'", "\n", "\r", "\\", "$host", "#", " ", "\t", "server", "listen 81",
+            "location /", "alias /etc/", "include /etc/passwd", "upstream x", "a", "v1", "127.0.0.1", ":", "-", ".",
+        ];
+        let len = self.below(8);
+        (0..len).map(|_| PIECES[self.below(PIECES.len())]).collect()
+    }
+
+    /// Either a valid-looking value or a nasty one, so that both accepted and refused paths run.
+    fn value(&mut self, valid: &str) -> String {
+        if self.below(3) == 0 {
+            valid.to_string()
+        } else {
+            let mut s = self.nasty();
+            if self.below(2) == 0 {
+                s.insert_str(0, valid);
+            }
+            s
+        }
+    }
+}
+
+fn shape(config: &str) -> Vec<(String, usize)> {
+    ["server {", "upstream ", "location ", "listen ", "include", "alias", "root ", "return ", "{", "}", ";"]
+        .iter()
+        .map(|needle| (needle.to_string(), config.matches(needle).count()))
+        .collect()
+}
+
+#[test]
+fn no_etcd_value_adds_a_block_or_directive_to_the_config() {
+    let keys = Keys::new("/bluegreen", "shop").unwrap();
+    let mut rng = Rng(0x5eed_b10e_9e11);
+    let mut accepted = 0;
+    for _ in 0..3000 {
+        let mut state = LbState::default();
+        let host = rng.value("host-a");
+        let record = serde_json::json!({
+            "host": host,
+            "address": rng.value("127.0.0.11"),
+            "ports": {"blue": 8080, "green": 8081},
+            "grpc": rng.value("127.0.0.11:7070"),
+            "agent_version": rng.value("0.1.0"),
+            "started_at": "t",
+        });
+        let host_key = format!("{}{}", keys.hosts_prefix(), host);
+        let _ = state.apply(&keys, &host_key, Some(record.to_string().as_bytes()));
+        let version = rng.value("v2");
+        let health = serde_json::json!({"version": version, "state": "healthy", "since": "t",
+                                         "error": rng.nasty(), "health": {"x": rng.nasty()}});
+        let health_key = format!("{}{}/green", keys.health_prefix(), host);
+        let _ = state.apply(&keys, &health_key, Some(health.to_string().as_bytes()));
+        let active = serde_json::json!({"color": "green", "version": version, "deploy_id": rng.nasty(),
+                                         "token": 1, "switched_at": rng.nasty()});
+        let _ = state.apply(&keys, &keys.active(), Some(active.to_string().as_bytes()));
+        let Some(a) = state.active.clone() else { continue };
+        let view = View {
+            app: "shop".into(),
+            listen: "0.0.0.0:80".into(),
+            preview_listen: "127.0.0.1:8088".into(),
+            status_listen: "127.0.0.1:9902".into(),
+            color: a.color,
+            version: a.version.clone(),
+            live: state.upstream(Color::Green, Some(&a.version)),
+            preview: state.upstream(Color::Blue, None),
+        };
+        let Ok(config) = render(BUILTIN_TEMPLATE, &view) else { continue };
+        accepted += 1;
+        // The same view with known-good values: the shape every accepted render must have.
+        let reference = View {
+            version: "v2".into(),
+            live: view.live.iter().map(|_| "127.0.0.11:8081".to_string()).collect(),
+            preview: view.preview.iter().map(|_| "127.0.0.11:8080".to_string()).collect(),
+            ..view.clone()
+        };
+        let expected = render(BUILTIN_TEMPLATE, &reference).unwrap();
+        assert_eq!(
+            shape(&config),
+            shape(&expected),
+            "values {view:?} changed the config's shape:\n{config}"
+        );
+        assert!(!config.contains('\r') && config.lines().count() == expected.lines().count());
+    }
+    assert!(accepted > 100, "the generator must also produce acceptable states ({accepted})");
+}
