@@ -56,8 +56,10 @@ for _ in $(seq 100); do etcdctl --endpoints "$ETCD" endpoint health >/dev/null 2
 tar -C "$BIN" -czf "$WORK/demo-app.tar.gz" demo-app
 SHA=$(sha256sum "$WORK/demo-app.tar.gz" | cut -d' ' -f1)
 
+# The demo app writes its SQLite file under $WORK, owned by root: --run-as root says so. On a
+# real fleet leave run_as at its default, the unprivileged bluegreen-app user.
 for n in "${HOSTS[@]}"; do
-    "$BIN/agent" --etcd "$ETCD" --app shop --host "host-$n" --address "127.0.0.$n" \
+    "$BIN/agent" --etcd "$ETCD" --app shop --host "host-$n" --address "127.0.0.$n" --run-as root \
         --state-dir "$WORK/state-$n" --grpc-listen "127.0.0.$n:7070" --blue-port 8080 --green-port 8081 \
         >"$WORK/agent-$n.log" 2>&1 &
     echo $! >"$WORK/agent-$n.pid"

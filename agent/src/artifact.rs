@@ -138,7 +138,11 @@ fn unpack_tar_gz(url: &str, bytes: &[u8], dest: &Path) -> Result<(), AgentError>
         reason,
     };
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-    archive.set_preserve_permissions(true);
+    // Modes are kept to rwx bits: a setuid-root file in an artifact must not stay setuid-root on
+    // the host. Ownership and extended attributes from the archive are never applied.
+    archive.set_preserve_permissions(false);
+    archive.set_preserve_ownerships(false);
+    archive.set_unpack_xattrs(false);
     for entry in archive.entries().map_err(|e| fail(e.to_string()))? {
         let mut entry = entry.map_err(|e| fail(e.to_string()))?;
         let path = entry.path().map_err(|e| fail(e.to_string()))?.into_owned();
@@ -292,5 +296,43 @@ mod mode_tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o755);
+    }
+
+    #[test]
+    fn setuid_setgid_and_sticky_bits_are_dropped() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for (name, mode) in [
+            ("suid", 0o4755),
+            ("sgid", 0o2755),
+            ("sticky", 0o1777),
+            ("plain", 0o640),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(2);
+            header.set_mode(mode);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_cksum();
+            builder.append_data(&mut header, name, &b"hi"[..]).unwrap();
+        }
+        let bytes = builder.into_inner().unwrap().finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        super::unpack("file:///a.tar.gz", &bytes, dir.path()).unwrap();
+        let mode = |n: &str| {
+            std::fs::metadata(dir.path().join(n))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("suid") & 0o7000, 0);
+        assert_eq!(mode("sgid") & 0o7000, 0);
+        assert_eq!(mode("sticky") & 0o7000, 0);
+        assert_eq!(mode("suid") & 0o777, 0o755 & mode("suid"));
+        assert_eq!(mode("plain") & 0o700, 0o600);
     }
 }

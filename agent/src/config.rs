@@ -8,6 +8,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The dedicated system user apps run as unless configured otherwise (the packages create it).
+pub const DEFAULT_RUN_AS: &str = "bluegreen-app";
+
 /// Command line of `agent`. Every setting of the file is also a flag and an env variable.
 #[derive(Debug, Parser, Default)]
 #[command(
@@ -79,6 +82,9 @@ pub struct Cli {
     /// Directory of host-local secrets: a release env value `secret:NAME` is the file NAME there.
     #[arg(long, env = "BLUEGREEN_AGENT_SECRETS_DIR")]
     pub secrets_dir: Option<PathBuf>,
+    /// The user apps run as (default "bluegreen-app"; "root" only if the apps truly need it).
+    #[arg(long, env = "BLUEGREEN_AGENT_RUN_AS")]
+    pub run_as: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -113,6 +119,7 @@ struct FileConfig {
     tls_client_ca: Option<PathBuf>,
     trusted_keys: Option<Vec<PathBuf>>,
     secrets_dir: Option<PathBuf>,
+    run_as: Option<String>,
 }
 
 /// Mutual TLS for the gRPC API: the server's certificate and the CA its clients must present.
@@ -143,6 +150,8 @@ pub struct Config {
     /// Paths of trusted release-signing public keys; empty: releases need no signature.
     pub trusted_keys: Vec<PathBuf>,
     pub secrets_dir: Option<PathBuf>,
+    /// The user apps run as; `None` means root, and only when configured so.
+    pub run_as: Option<crate::process::RunAs>,
     /// Set when `grpc_listen` asked for a non-loopback address without TLS: the address asked
     /// for (the agent listens on loopback instead, and says so at start).
     pub grpc_downgraded_from: Option<SocketAddr>,
@@ -250,6 +259,15 @@ impl Config {
             grpc_tls,
             trusted_keys: cli.trusted_keys.or(file.trusted_keys).unwrap_or_default(),
             secrets_dir: cli.secrets_dir.or(file.secrets_dir),
+            run_as: match cli
+                .run_as
+                .or(file.run_as)
+                .unwrap_or_else(|| DEFAULT_RUN_AS.into())
+                .as_str()
+            {
+                "root" => None,
+                name => Some(crate::process::RunAs::lookup(name).map_err(AgentError::Setting)?),
+            },
             grpc_downgraded_from: None,
         };
         // Without mutual TLS the gRPC API (app logs, pids, versions) would answer anyone who
@@ -299,7 +317,7 @@ mod tests {
 
     #[test]
     fn flags_override_file() {
-        let f = file("app = \"shop\"\nhost = \"host-a\"\naddress = \"127.0.0.11\"\n[ports]\nblue = 9000\ngreen = 9001\n");
+        let f = file("app = \"shop\"\nhost = \"host-a\"\naddress = \"127.0.0.11\"\nrun_as = \"nobody\"\n[ports]\nblue = 9000\ngreen = 9001\n");
         let cli = Cli {
             config: Some(f.path().into()),
             green_port: Some(9100),
@@ -309,6 +327,56 @@ mod tests {
         assert_eq!((c.ports.blue, c.ports.green), (9000, 9100));
         assert_eq!(c.grpc_listen.to_string(), "127.0.0.11:7070");
         assert_eq!(c.lease_ttl, Duration::from_secs(10));
+        assert_eq!(c.run_as.map(|u| u.name), Some("nobody".into()));
+    }
+
+    #[test]
+    fn apps_never_run_as_root_unless_configured() {
+        let load = |run_as: Option<&str>| {
+            Config::load(Cli {
+                app: Some("shop".into()),
+                host: Some("h".into()),
+                run_as: run_as.map(str::to_string),
+                ..Default::default()
+            })
+        };
+        assert_eq!(load(Some("root")).unwrap().run_as, None);
+        let err = load(Some("no-such-user-here")).unwrap_err().to_string();
+        assert!(err.contains("run_as") && err.contains("useradd"), "{err}");
+        // The default is the dedicated user, not root: on a machine without it, start fails.
+        if nix::unistd::User::from_name(DEFAULT_RUN_AS)
+            .unwrap()
+            .is_none()
+        {
+            assert!(load(None).unwrap_err().to_string().contains(DEFAULT_RUN_AS));
+        }
+    }
+
+    #[test]
+    fn grpc_without_tls_stays_on_loopback() {
+        let c = Config::load(Cli {
+            app: Some("shop".into()),
+            host: Some("h".into()),
+            run_as: Some("root".into()),
+            grpc_listen: Some("0.0.0.0:7070".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.grpc_listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(
+            c.grpc_downgraded_from.map(|a| a.to_string()),
+            Some("0.0.0.0:7070".into())
+        );
+        let err = Config::load(Cli {
+            app: Some("shop".into()),
+            host: Some("h".into()),
+            run_as: Some("root".into()),
+            tls_cert: Some("/x.pem".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tls_client_ca"), "{err}");
     }
 
     #[test]
@@ -331,6 +399,7 @@ mod tests {
         let cli = Cli {
             app: Some("shop".into()),
             host: Some("h".into()),
+            run_as: Some("root".into()),
             lease_ttl: Some("soon".into()),
             ..Default::default()
         };
@@ -341,6 +410,7 @@ mod tests {
         let cli = Cli {
             app: Some("shop".into()),
             host: Some("h".into()),
+            run_as: Some("root".into()),
             blue_port: Some(1),
             green_port: Some(1),
             ..Default::default()

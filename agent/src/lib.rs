@@ -72,6 +72,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         http,
         app_log_level: config.app_log_level.clone(),
         secrets_dir: config.secrets_dir.clone(),
+        run_as: config.run_as.clone(),
     });
 
     let (active_tx, active_rx) = watch::channel(None);

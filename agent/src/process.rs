@@ -19,6 +19,35 @@ pub struct Launch {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub log_path: PathBuf,
+    /// The unprivileged user the app runs as; `None` keeps the agent's own (root only when an
+    /// operator configured `run_as = "root"`).
+    pub user: Option<RunAs>,
+}
+
+/// A user the app runs as, resolved once from its name at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl RunAs {
+    /// Looks the user up; the error says how to create it.
+    pub fn lookup(name: &str) -> Result<RunAs, String> {
+        match nix::unistd::User::from_name(name) {
+            Ok(Some(u)) => Ok(RunAs {
+                name: name.to_string(),
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+            }),
+            Ok(None) => Err(format!(
+                "run_as: user {name:?} does not exist: create it (useradd --system --no-create-home {name}) \
+                 or set run_as to an existing user (\"root\" only if the apps truly need it)"
+            )),
+            Err(e) => Err(format!("run_as: cannot look up user {name:?}: {e}")),
+        }
+    }
 }
 
 /// How a process ended, for errors and the restart policy.
@@ -81,7 +110,12 @@ impl AppProcess {
         let log_err = log
             .try_clone()
             .map_err(|e| AgentError::io(&launch.log_path, e))?;
-        let child = tokio::process::Command::new(&program)
+        let mut command = tokio::process::Command::new(&program);
+        if let Some(user) = &launch.user {
+            // std drops root's supplementary groups when it changes the uid.
+            command.uid(user.uid).gid(user.gid);
+        }
+        let child = command
             .args(&launch.command[1..])
             .current_dir(&launch.dir)
             .env_clear()
@@ -232,6 +266,7 @@ mod tests {
             ],
             env: BTreeMap::from([("X".into(), "42".into())]),
             log_path: dir.path().join("app.log"),
+            user: None,
         };
         let mut p = AppProcess::spawn(&launch).unwrap();
         let adopted = AppProcess::adopt(p.pid(), p.start_ticks());
@@ -259,6 +294,7 @@ mod tests {
             command: vec!["./nope".into()],
             env: BTreeMap::new(),
             log_path: dir.path().join("l"),
+            user: None,
         };
         let err = AppProcess::spawn(&launch).err().unwrap().to_string();
         assert!(err.contains("./nope"), "{err}");

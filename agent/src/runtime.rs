@@ -61,6 +61,8 @@ pub struct ProcessRuntime {
     pub app_log_level: String,
     /// Where `secret:NAME` env values are read from (root-only files, never in etcd).
     pub secrets_dir: Option<PathBuf>,
+    /// The user apps run as (`None`: the agent's own, only when configured as "root").
+    pub run_as: Option<crate::process::RunAs>,
 }
 
 impl ProcessRuntime {
@@ -150,6 +152,7 @@ impl AppRuntime for ProcessRuntime {
             command: release.run.command.clone(),
             env: self.app_env(color, release)?,
             log_path: logs::log_path(&self.state_dir, color),
+            user: self.run_as.clone(),
         };
         let process = AppProcess::spawn(&launch).map_err(|e| e.to_string())?;
         tracing::info!(%color, version = %release.version, pid = process.pid(), "started app");

@@ -21,8 +21,9 @@ pub async fn append(
     for _ in 0..5 {
         // The key is the revision the append will most likely get; the create-revision guard makes a
         // collision retry rather than overwrite (history is immutable).
+        // Any read returns the store's revision; read a key this app's role may read.
         let current = client
-            .get("\0", None)
+            .get(keys.lock(), Some(GetOptions::new().with_count_only()))
             .await
             .map_err(|e| ProtoError::etcd("read revision", e))?;
         let revision = current.header().map(|h| h.revision()).unwrap_or(0) + 1;

@@ -58,8 +58,16 @@ impl Global {
             CoordinatorError::Unreachable(format!("etcd {endpoints}: {}", e.brief()))
         })?;
         // Fail here, before anything is written, when etcd does not answer (exit 5, one line).
+        // Probe a key every role of this app may read (a least-privilege user may read nothing else).
+        let probe_key = match &self.app {
+            Some(app) => Keys::new(&self.prefix, app)?.lock(),
+            None => format!("{}/", self.prefix),
+        };
         let mut probe_client = client.clone();
-        let probe = probe_client.get("\0", None);
+        let probe = probe_client.get(
+            probe_key,
+            Some(etcd_client::GetOptions::new().with_count_only()),
+        );
         match tokio::time::timeout(Duration::from_secs(5), probe).await {
             Ok(Ok(_)) => Ok(client),
             Ok(Err(e)) => Err(CoordinatorError::Unreachable(

@@ -25,8 +25,30 @@ impl Rng {
     /// A string of up to 40 characters from a pool rich in config syntax.
     fn nasty(&mut self) -> String {
         const PIECES: [&str; 24] = [
-            ";", "{", "}", "\"", "'", "\n", "\r", "\\", "$host", "#", " ", "\t", "server", "listen 81",
-            "location /", "alias /etc/", "include /etc/passwd", "upstream x", "a", "v1", "127.0.0.1", ":", "-", ".",
+            ";",
+            "{",
+            "}",
+            "\"",
+            "'",
+            "\n",
+            "\r",
+            "\\",
+            "$host",
+            "#",
+            " ",
+            "\t",
+            "server",
+            "listen 81",
+            "location /",
+            "alias /etc/",
+            "include /etc/passwd",
+            "upstream x",
+            "a",
+            "v1",
+            "127.0.0.1",
+            ":",
+            "-",
+            ".",
         ];
         let len = self.below(8);
         (0..len).map(|_| PIECES[self.below(PIECES.len())]).collect()
@@ -47,10 +69,22 @@ impl Rng {
 }
 
 fn shape(config: &str) -> Vec<(String, usize)> {
-    ["server {", "upstream ", "location ", "listen ", "include", "alias", "root ", "return ", "{", "}", ";"]
-        .iter()
-        .map(|needle| (needle.to_string(), config.matches(needle).count()))
-        .collect()
+    [
+        "server {",
+        "upstream ",
+        "location ",
+        "listen ",
+        "include",
+        "alias",
+        "root ",
+        "return ",
+        "{",
+        "}",
+        ";",
+    ]
+    .iter()
+    .map(|needle| (needle.to_string(), config.matches(needle).count()))
+    .collect()
 }
 
 #[test]
@@ -79,7 +113,9 @@ fn no_etcd_value_adds_a_block_or_directive_to_the_config() {
         let active = serde_json::json!({"color": "green", "version": version, "deploy_id": rng.nasty(),
                                          "token": 1, "switched_at": rng.nasty()});
         let _ = state.apply(&keys, &keys.active(), Some(active.to_string().as_bytes()));
-        let Some(a) = state.active.clone() else { continue };
+        let Some(a) = state.active.clone() else {
+            continue;
+        };
         let view = View {
             app: "shop".into(),
             listen: "0.0.0.0:80".into(),
@@ -90,13 +126,23 @@ fn no_etcd_value_adds_a_block_or_directive_to_the_config() {
             live: state.upstream(Color::Green, Some(&a.version)),
             preview: state.upstream(Color::Blue, None),
         };
-        let Ok(config) = render(BUILTIN_TEMPLATE, &view) else { continue };
+        let Ok(config) = render(BUILTIN_TEMPLATE, &view) else {
+            continue;
+        };
         accepted += 1;
         // The same view with known-good values: the shape every accepted render must have.
         let reference = View {
             version: "v2".into(),
-            live: view.live.iter().map(|_| "127.0.0.11:8081".to_string()).collect(),
-            preview: view.preview.iter().map(|_| "127.0.0.11:8080".to_string()).collect(),
+            live: view
+                .live
+                .iter()
+                .map(|_| "127.0.0.11:8081".to_string())
+                .collect(),
+            preview: view
+                .preview
+                .iter()
+                .map(|_| "127.0.0.11:8080".to_string())
+                .collect(),
             ..view.clone()
         };
         let expected = render(BUILTIN_TEMPLATE, &reference).unwrap();
@@ -107,5 +153,8 @@ fn no_etcd_value_adds_a_block_or_directive_to_the_config() {
         );
         assert!(!config.contains('\r') && config.lines().count() == expected.lines().count());
     }
-    assert!(accepted > 100, "the generator must also produce acceptable states ({accepted})");
+    assert!(
+        accepted > 100,
+        "the generator must also produce acceptable states ({accepted})"
+    );
 }

@@ -4,10 +4,10 @@
 #![forbid(unsafe_code)]
 
 pub mod applier;
-#[cfg(test)]
-mod inject_tests;
 pub mod config;
 pub mod error;
+#[cfg(test)]
+mod inject_tests;
 pub mod metrics;
 pub mod nginx;
 pub mod render;

@@ -16,7 +16,19 @@ pub struct Fleet {
     pub hosts: Vec<AgentProc>,
     pub lbs: Vec<Nginx>,
     pub sidecars: Vec<SidecarProc>,
+    /// Extra environment for every `coordinator` run (TLS and user settings).
+    pub coordinator_env: Vec<(String, String)>,
     dir: tempfile::TempDir,
+}
+
+/// How a fleet's components are set up beyond the defaults.
+pub struct Setup<'a> {
+    pub etcd: Etcd,
+    /// Extra agent.toml lines for host number `n`.
+    pub agent_extra: &'a dyn Fn(u8) -> String,
+    /// Extra sidecar.toml lines for the LB named `name`.
+    pub sidecar_extra: &'a dyn Fn(&str, &Nginx) -> String,
+    pub coordinator_env: Vec<(String, String)>,
 }
 
 impl Fleet {
@@ -30,18 +42,33 @@ impl Fleet {
         lbs: usize,
         sidecar_extra: &dyn Fn(&Nginx) -> String,
     ) -> Fleet {
-        let etcd = Etcd::start().await;
+        let setup = Setup {
+            etcd: Etcd::start().await,
+            agent_extra: &|_| String::new(),
+            sidecar_extra: &|_, n| sidecar_extra(n),
+            coordinator_env: Vec::new(),
+        };
+        Fleet::start_setup(hosts, lbs, setup).await
+    }
+
+    /// A fleet on `setup.etcd` with per-component settings (TLS, users, run_as, keys).
+    pub async fn start_setup(hosts: u8, lbs: usize, setup: Setup<'_>) -> Fleet {
+        let etcd = setup.etcd;
         let client = etcd.client().await;
         let artifacts = Artifacts::default();
         let app = artifacts.demo_app();
         let hosts = (1..=hosts)
-            .map(|n| AgentProc::start(&etcd, n, 5, ""))
+            .map(|n| AgentProc::start(&etcd, n, 5, &(setup.agent_extra)(n)))
             .collect();
         let lbs: Vec<Nginx> = (0..lbs).map(|_| Nginx::start()).collect();
         let sidecars: Vec<SidecarProc> = lbs
             .iter()
             .enumerate()
-            .map(|(i, n)| SidecarProc::start(&etcd, &format!("lb-{i}"), n, &sidecar_extra(n)))
+            .map(|(i, n)| {
+                let name = format!("lb-{i}");
+                let extra = (setup.sidecar_extra)(&name, n);
+                SidecarProc::start(&etcd, &name, n, &extra)
+            })
             .collect();
         // Every LB registers before any traffic decision, so the first deploy waits for all of them.
         for s in &sidecars {
@@ -55,6 +82,7 @@ impl Fleet {
             hosts,
             lbs,
             sidecars,
+            coordinator_env: setup.coordinator_env,
             dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -139,6 +167,7 @@ impl Fleet {
         let mut cmd = tokio::process::Command::new(binary("coordinator"));
         cmd.env("BLUEGREEN_ETCD", &self.etcd.endpoint)
             .env("BLUEGREEN_APP", APP)
+            .envs(self.coordinator_env.iter().map(|(k, v)| (k, v)))
             .kill_on_drop(true);
         cmd
     }

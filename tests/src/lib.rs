@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod lb;
 pub mod load;
 pub mod nginx;
+pub mod pki;
 pub mod procs;
 pub mod wait;
 

@@ -36,9 +36,16 @@ impl AgentProc {
         let state_dir = dir.path().join("state");
         let config_path = dir.path().join("agent.toml");
         let host = format!("host-{n}");
+        // The demo app writes its SQLite file in root-owned test directories: root, explicitly,
+        // unless a test chooses the user.
+        let run_as = if extra.contains("run_as") {
+            ""
+        } else {
+            "run_as = \"root\"\n"
+        };
         let config = format!(
             "etcd = [\"{}\"]\nprefix = \"{PREFIX}\"\napp = \"{APP}\"\nhost = \"{host}\"\naddress = \"{address}\"\n\
-             state_dir = \"{}\"\ngrpc_listen = \"{grpc}\"\nlease_ttl = \"{ttl_secs}s\"\n{extra}\n[ports]\nblue = {}\ngreen = {}\n",
+             state_dir = \"{}\"\ngrpc_listen = \"{grpc}\"\nlease_ttl = \"{ttl_secs}s\"\n{run_as}{extra}\n[ports]\nblue = {}\ngreen = {}\n",
             etcd.endpoint,
             state_dir.display(),
             ports.blue,

@@ -24,7 +24,11 @@ async fn main() {
     let port = var("APPLICATION_PORT", "8080");
     let root = var("PLAIN_ROOT", "html");
     // The health document is a plain file, as a static site would ship it.
-    let status_file = PathBuf::from(format!("status-{port}.json"));
+    // In the temp dir, not the artifact's directory: an app running unprivileged cannot write there.
+    let status_file: PathBuf = std::env::temp_dir().join(format!(
+        "plain-app-status-{port}-{}.json",
+        std::process::id()
+    ));
     let document = serde_json::json!({
         "status": "healthy",
         "environment": var("ENVIRONMENT_COLOR", "unknown"),

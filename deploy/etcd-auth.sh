@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Least privilege in etcd for one bluegreen app: creates a role and a user per component and
+# enables etcd auth. Run it once per app (it is idempotent), as etcd's root, with etcdctl's usual
+# variables pointing at the cluster (ETCDCTL_ENDPOINTS, ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY,
+# and ETCDCTL_USER=root:<password> once auth is on).
+#
+#   deploy/etcd-auth.sh --app shop --hosts "host-a host-b" --lbs "lb-1 lb-2" --out /root/bluegreen-etcd-users
+#
+# Roles and users (user name = role name, so a client certificate whose CN is that name works too):
+#   bluegreen-<app>-agent-<host>   read <prefix>/<app>/, write only hosts/<host> and health/<host>/
+#   bluegreen-<app>-sidecar-<lb>   read <prefix>/<app>/, write only lbs/<lb>
+#   bluegreen-<app>-coordinator    read and write <prefix>/<app>/
+#   bluegreen-<app>-auditor        read <prefix>/<app>/
+# Each user's password is written to <out>/<user>.password (mode 0600): give the agent of
+# host-a its file as etcd_password_file, and so on. With --no-passwords the users have none and
+# authenticate with client certificates only (CN = user name). The first run also creates the
+# root user (password in <out>/root.password) and enables auth.
+set -euo pipefail
+
+APP="" PREFIX="/bluegreen" HOSTS="" LBS="" OUT="" NO_PASSWORDS=0
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --app) APP=$2; shift 2 ;;
+        --prefix) PREFIX=$2; shift 2 ;;
+        --hosts) HOSTS=$2; shift 2 ;;
+        --lbs) LBS=$2; shift 2 ;;
+        --out) OUT=$2; shift 2 ;;
+        --no-passwords) NO_PASSWORDS=1; shift ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        *) echo "etcd-auth.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+name_rule='^[A-Za-z0-9._-]{1,128}$'
+[[ $APP =~ $name_rule ]] || { echo "etcd-auth.sh: --app: a name ($name_rule) is required" >&2; exit 2; }
+[[ -n $OUT ]] || { echo "etcd-auth.sh: --out DIR is required (the users' password files go there)" >&2; exit 2; }
+for n in $HOSTS $LBS; do
+    [[ $n =~ $name_rule ]] || { echo "etcd-auth.sh: $n is not a valid host or LB name" >&2; exit 2; }
+done
+mkdir -p "$OUT" && chmod 700 "$OUT"
+BASE="$PREFIX/$APP/"
+
+# A user of the same name as its role, with a random password unless --no-passwords.
+user() {
+    local name=$1
+    if etcdctl user get "$name" >/dev/null 2>&1; then
+        return
+    fi
+    if [[ $NO_PASSWORDS == 1 && $name != root ]]; then
+        etcdctl user add "$name" --no-password >/dev/null
+    else
+        local password
+        password=$(head -c 24 /dev/urandom | base64 | tr -d '/+=' | head -c 24)
+        (umask 077; printf '%s\n' "$password" >"$OUT/$name.password")
+        etcdctl user add "$name" --new-user-password="$password" --interactive=false >/dev/null
+    fi
+    if [[ $name != root ]]; then
+        etcdctl user grant-role "$name" "$name" >/dev/null
+    fi
+}
+
+role() {
+    local name=$1
+    etcdctl role get "$name" >/dev/null 2>&1 || etcdctl role add "$name" >/dev/null
+}
+
+# The root user first (etcd refuses `auth enable` without it).
+if ! etcdctl user get root >/dev/null 2>&1; then
+    user root
+    etcdctl user grant-role root root >/dev/null
+fi
+
+role "bluegreen-$APP-coordinator"
+etcdctl role grant-permission --prefix=true "bluegreen-$APP-coordinator" readwrite "$BASE" >/dev/null
+user "bluegreen-$APP-coordinator"
+
+role "bluegreen-$APP-auditor"
+etcdctl role grant-permission --prefix=true "bluegreen-$APP-auditor" read "$BASE" >/dev/null
+user "bluegreen-$APP-auditor"
+
+for host in $HOSTS; do
+    r="bluegreen-$APP-agent-$host"
+    role "$r"
+    etcdctl role grant-permission --prefix=true "$r" read "$BASE" >/dev/null
+    etcdctl role grant-permission "$r" readwrite "${BASE}hosts/$host" >/dev/null
+    etcdctl role grant-permission --prefix=true "$r" readwrite "${BASE}health/$host/" >/dev/null
+    user "$r"
+done
+
+for lb in $LBS; do
+    r="bluegreen-$APP-sidecar-$lb"
+    role "$r"
+    etcdctl role grant-permission --prefix=true "$r" read "$BASE" >/dev/null
+    etcdctl role grant-permission "$r" readwrite "${BASE}lbs/$lb" >/dev/null
+    user "$r"
+done
+
+# etcd 3.4 has no `auth status`: enabling twice is harmless.
+if etcdctl auth enable >/dev/null 2>&1; then
+    echo "etcd-auth.sh: auth enabled; root's password is in $OUT/root.password"
+fi
+echo "etcd-auth.sh: roles and users for $APP under $BASE are in place; passwords in $OUT"
