@@ -92,10 +92,16 @@ impl DesiredFeed {
                             Ok(()) => DesiredRelease::Release(r),
                             Err(e) => {
                                 tracing::error!(%key, version = %r.version, error = %e, "release refused");
-                                DesiredRelease::Invalid(format!("{key}: {e}"))
+                                DesiredRelease::Invalid {
+                                    version: Some(r.version.clone()),
+                                    error: format!("{key}: {e}"),
+                                }
                             }
                         },
-                        Err(e) => DesiredRelease::Invalid(e.to_string()),
+                        Err(e) => DesiredRelease::Invalid {
+                            version: None,
+                            error: e.to_string(),
+                        },
                     },
                 };
                 let tx = match color {

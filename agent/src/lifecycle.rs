@@ -222,8 +222,10 @@ impl Lifecycle {
         self.refused = false;
         match self.desired.clone() {
             DesiredRelease::Unknown => {}
-            DesiredRelease::Invalid(error) => {
-                let version = self.current_version().unwrap_or_default();
+            DesiredRelease::Invalid { version, error } => {
+                let version = version
+                    .or_else(|| self.current_version())
+                    .unwrap_or_default();
                 self.pin(out, &version, HealthState::Failed, error);
             }
             DesiredRelease::Absent => self.stop_current(out, ""),

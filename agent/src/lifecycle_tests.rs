@@ -280,7 +280,10 @@ fn an_invalid_release_is_reported_and_the_process_kept() {
     let now = Instant::now();
     let mut l = running("v1", now);
     let actions = l.handle(
-        Event::Desired(DesiredRelease::Invalid("releases/green: version".into())),
+        Event::Desired(DesiredRelease::Invalid {
+            version: None,
+            error: "releases/green: version".into(),
+        }),
         now,
     );
     assert_eq!(
@@ -516,4 +519,26 @@ fn unknown_desired_state_keeps_whatever_runs() {
     assert!(!actions
         .iter()
         .any(|a| matches!(a, Action::StopProcess { .. } | Action::Fetch(_))));
+}
+
+#[test]
+fn a_refused_release_fails_at_its_own_version_and_keeps_the_process() {
+    let now = Instant::now();
+    let mut l = running("v1", now);
+    let actions = l.handle(
+        Event::Desired(DesiredRelease::Invalid {
+            version: Some("v2".into()),
+            error: "releases/green: unsigned release refused".into(),
+        }),
+        now,
+    );
+    assert_eq!(
+        published(&actions),
+        vec![(
+            "v2".into(),
+            HealthState::Failed,
+            Some("releases/green: unsigned release refused".into())
+        )]
+    );
+    assert_eq!(l.running_release().map(|r| r.version.as_str()), Some("v1"));
 }

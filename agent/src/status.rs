@@ -11,8 +11,13 @@ pub enum DesiredRelease {
     Unknown,
     /// No release key: nothing should run on this color.
     Absent,
-    /// The key holds something that does not parse or validate; the text names key and field.
-    Invalid(String),
+    /// The key holds something that does not parse or validate, or a release this agent refuses
+    /// (unsigned); the text names key and field. `version` is the refused release's, when it is
+    /// known, so the coordinator sees the failure of exactly what it staged.
+    Invalid {
+        version: Option<String>,
+        error: String,
+    },
     Release(ReleaseRecord),
 }
 

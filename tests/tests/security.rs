@@ -24,7 +24,7 @@ fn etcd_auth(etcd: &Etcd, hosts: u8, lbs: usize, out: &Path) {
     let host_names: Vec<String> = (1..=hosts).map(|n| format!("host-{n}")).collect();
     let lb_names: Vec<String> = (0..lbs).map(|i| format!("lb-{i}")).collect();
     let script = repo_file("deploy/etcd-auth.sh");
-    let mut cmd = etcd.etcdctl();
+    let cmd = etcd.etcdctl();
     let program = cmd.get_program().to_owned();
     assert_eq!(program, "etcdctl");
     let envs: Vec<(std::ffi::OsString, std::ffi::OsString)> = cmd
@@ -216,4 +216,253 @@ async fn tls_and_auth_fleet_deploys_under_load_and_every_role_is_confined() {
         .await
         .unwrap();
     assert!(all.kvs().len() > 5);
+}
+
+fn plain_setup<'a>(
+    etcd: Etcd,
+    agent_extra: &'a dyn Fn(u8) -> String,
+    coordinator_env: Vec<(String, String)>,
+) -> Setup<'a> {
+    Setup {
+        etcd,
+        agent_extra,
+        sidecar_extra: &|_, _| String::new(),
+        coordinator_env,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_grpc_logs_need_a_client_certificate() {
+    let pki = Pki::new();
+    let server = pki.server("agent-grpc");
+    let client = pki.client("coordinator-logs");
+    let extra = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\ntls_client_ca = \"{}\"\n",
+        server.cert.display(),
+        server.key.display(),
+        pki.ca().display()
+    );
+    let agent_extra = move |_| extra.clone();
+    let fleet =
+        Fleet::start_setup(1, 1, plain_setup(Etcd::start().await, &agent_extra, vec![])).await;
+    let out = fleet.deploy(&fleet.spec("good", &[]), "v1", &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let logs = ["logs", "--host", "host-1", "--color", "blue", "--tail", "5"];
+    let refused = fleet.run(&logs).await;
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let with_cert = fleet
+        .coordinator()
+        .env("BLUEGREEN_GRPC_CACERT", pki.ca())
+        .env("BLUEGREEN_GRPC_CERT", &client.cert)
+        .env("BLUEGREEN_GRPC_KEY", &client.key)
+        .args(logs)
+        .output()
+        .await
+        .unwrap();
+    assert!(with_cert.status.success(), "{}", text(&with_cert));
+    assert!(
+        !with_cert.stdout.is_empty(),
+        "the log stream returned lines"
+    );
+    // A client certificate from another CA is refused too.
+    let other = Pki::new();
+    let stranger = other.client("stranger");
+    let out = fleet
+        .coordinator()
+        .env("BLUEGREEN_GRPC_CACERT", pki.ca())
+        .env("BLUEGREEN_GRPC_CERT", &stranger.cert)
+        .env("BLUEGREEN_GRPC_KEY", &stranger.key)
+        .args(logs)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+}
+
+async fn health(fleet: &Fleet, color: Color) -> Option<HealthRecord> {
+    let key = keys().health("host-1", color);
+    get_raw(&fleet.client, &key)
+        .await
+        .map(|b| decode(&key, &b).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_trusted_keys_only_signed_releases_run() {
+    let keydir = tempfile::tempdir().unwrap();
+    let probe = bluegreen_tests::Etcd::start().await;
+    let keygen = tokio::process::Command::new(bluegreen_tests::binary("coordinator"))
+        .env("BLUEGREEN_ETCD", &probe.endpoint)
+        .args(["keygen", "--out-dir"])
+        .arg(keydir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(keygen.status.success(), "{}", text(&keygen));
+    let (private, public) = (
+        keydir.path().join("bluegreen-release.key"),
+        keydir.path().join("bluegreen-release.pub"),
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&private).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let extra = format!("trusted_keys = [\"{}\"]\n", public.display());
+    let agent_extra = move |_| extra.clone();
+    let fleet = Fleet::start_setup(1, 1, plain_setup(probe, &agent_extra, vec![])).await;
+    let spec = fleet.spec("good", &[]);
+    let key_flag = private.display().to_string();
+    let out = fleet
+        .deploy(&spec, "v1", &["--signing-key", &key_flag])
+        .await;
+    assert!(out.status.success(), "signed deploy: {}", text(&out));
+
+    // Unsigned: refused by the agent, the deploy fails, traffic stays.
+    let out = fleet.deploy(&spec, "v2", &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("unsigned release refused"),
+        "{}",
+        text(&out)
+    );
+
+    // Written straight to etcd with a valid signature but another command: refused, never run.
+    let blue_key = keys().release(Color::Blue);
+    let mut forged: ReleaseRecord =
+        decode(&blue_key, &get_raw(&fleet.client, &blue_key).await.unwrap()).unwrap();
+    let marker = keydir.path().join("pwned");
+    forged.run.command = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        format!("touch {}; sleep 60", marker.display()),
+    ];
+    forged.version = "v1".into();
+    bluegreen_tests::procs::put_release(&fleet.client, Color::Green, &forged).await;
+    let refused = wait_for("green refused", Duration::from_secs(20), || async {
+        health(&fleet, Color::Green).await.filter(|h| {
+            h.state == HealthState::Failed
+                && h.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("does not match"))
+        })
+    })
+    .await;
+    assert!(refused
+        .error
+        .unwrap()
+        .contains(&keys().release(Color::Green)));
+    assert!(!marker.exists(), "the forged command ran");
+    assert_eq!(
+        health(&fleet, Color::Blue).await.unwrap().state,
+        HealthState::Healthy
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_reach_only_the_app_which_runs_unprivileged() {
+    let secrets = tempfile::tempdir().unwrap();
+    let token = format!("tok-{}", std::process::id());
+    let db_url = format!("postgres://shop:p@ss{}@db/shop", std::process::id());
+    std::fs::write(secrets.path().join("api-token"), format!("{token}\n")).unwrap();
+    std::fs::write(secrets.path().join("db-url"), &db_url).unwrap();
+    let extra = format!(
+        "run_as = \"nobody\"\nsecrets_dir = \"{}\"\n",
+        secrets.path().display()
+    );
+    let agent_extra = move |_| extra.clone();
+    let fleet =
+        Fleet::start_setup(1, 1, plain_setup(Etcd::start().await, &agent_extra, vec![])).await;
+    let app = fleet.artifacts.plain_app();
+    let spec_text = |env: &str| {
+        format!(
+            "app = \"{APP}\"\n[run]\ncommand = [\"./plain-app\"]\nenv = {{ {env} }}\nstop_timeout = \"5s\"\n\
+             [health]\npath = \"/status.json\"\ninterval = \"500ms\"\nstartup_timeout = \"20s\"\n"
+        )
+    };
+    // A literal credential is refused before anything is written.
+    let literal = fleet.raw_spec(
+        "literal",
+        &spec_text(&format!("DATABASE_URL = \"{db_url}\"")),
+    );
+    let out = fleet.deploy_artifact(&literal, "v1", &app, &[]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("run.env.DATABASE_URL") && !text(&out).contains(&db_url),
+        "{}",
+        text(&out)
+    );
+
+    let spec = fleet.raw_spec(
+        "secret",
+        &spec_text("API_TOKEN = \"secret:api-token\", DATABASE_URL = \"secret:db-url\""),
+    );
+    let out = fleet.deploy_artifact(&spec, "v1", &app, &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The app has the values and runs as nobody.
+    let pid_file = fleet.hosts[0].state_dir.join("blue.pid.json");
+    let pid: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&pid_file).unwrap()).unwrap();
+    let pid = pid["pid"].as_u64().unwrap();
+    let environ = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap())
+        .into_owned();
+    assert!(
+        environ.contains(&format!("API_TOKEN={token}\0"))
+            && environ.contains(&format!("DATABASE_URL={db_url}\0"))
+    );
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|u| u == nobody.to_string()),
+        "{uid_line}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    for file in [
+        pid_file.clone(),
+        fleet.hosts[0].state_dir.join("logs").join("blue.log"),
+    ] {
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+
+    // ...and nothing else does: not etcd, not status or history, not the agent's log.
+    let all = fleet
+        .client
+        .clone()
+        .get(
+            keys().app_prefix(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let dump: String = all
+        .kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+        .collect();
+    assert!(dump.contains("secret:api-token"));
+    let mut outputs = vec![("etcd".to_string(), dump)];
+    for args in [
+        &["status"][..],
+        &["--output", "json", "status"],
+        &["history"],
+        &["--output", "json", "history"],
+    ] {
+        outputs.push((format!("{args:?}"), text(&fleet.run(args).await)));
+    }
+    outputs.push(("agent log".into(), fleet.hosts[0].log()));
+    for (what, out) in outputs {
+        assert!(
+            !out.contains(&token) && !out.contains(&format!("p@ss{}", std::process::id())),
+            "{what} shows a secret:\n{out}"
+        );
+    }
 }
