@@ -6,8 +6,9 @@
 # on free ports.
 set -euo pipefail
 
-# libprotobuf-dev carries google/protobuf/*.proto, which etcd-client's build imports.
-PACKAGES=(etcd-server etcd-client nginx-light protobuf-compiler libprotobuf-dev postgresql)
+# libprotobuf-dev carries google/protobuf/*.proto, which etcd-client's build imports; openssl
+# makes the tests' throwaway certificate authorities (TLS etcd, agents' gRPC, PostgreSQL).
+PACKAGES=(etcd-server etcd-client nginx-light protobuf-compiler libprotobuf-dev postgresql openssl)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

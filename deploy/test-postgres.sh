@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL cluster for the tests: `start DIR` creates a cluster in DIR (as the
-# `postgres` user: initdb refuses root), starts it on a free loopback port and prints its URL;
-# `stop DIR` stops it. Nothing touches the system's own cluster.
+# `postgres` user: initdb refuses root), starts it on a free loopback port with TLS on (a CA made
+# here signs its certificate: DIR/tls/ca.pem, valid for 127.0.0.1 and localhost) and prints its
+# URL; `stop DIR` stops it. Nothing touches the system's own cluster.
 set -euo pipefail
 
 action=${1:-}
@@ -27,7 +28,21 @@ start)
         port=$((20000 + RANDOM % 40000))
         (: </dev/tcp/127.0.0.1/$port) 2>/dev/null || break
     done
+    # TLS, so migrations can be tested with sslmode=require and verify-full.
+    tls=$dir/tls
+    mkdir -p "$tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -keyout "$tls/ca.key" -out "$tls/ca.pem" -subj "/CN=bluegreen test postgres CA" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$tls/server.key" -out "$tls/server.csr" -subj "/CN=localhost" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$tls/server.ext"
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+        -days 2 -extfile "$tls/server.ext" -out "$tls/server.pem" 2>/dev/null
+    chmod 600 "$tls/server.key"
+    if [[ $(id -u) -eq 0 ]]; then chown postgres: "$tls/server.key" "$tls/server.pem"; fi
+    chmod 755 "$tls"
     opts="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c fsync=off -c max_connections=200"
+    opts="$opts -c ssl=on -c ssl_cert_file=$tls/server.pem -c ssl_key_file=$tls/server.key"
     as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -o "$opts" -w -t 60 start >/dev/null ||
         { cat "$dir/postgres.log" >&2; exit 1; }
     echo "postgres://postgres@127.0.0.1:$port/postgres"

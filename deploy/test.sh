@@ -10,7 +10,8 @@ bash deploy/install-deps.sh
 PG_DIR=$(mktemp -d /tmp/bluegreen-test-pg.XXXXXX)
 trap 'bash "$ROOT/deploy/test-postgres.sh" stop "$PG_DIR/cluster"; rm -rf "$PG_DIR"' EXIT
 BLUEGREEN_TEST_POSTGRES_URL=$(bash deploy/test-postgres.sh start "$PG_DIR/cluster")
-export BLUEGREEN_TEST_POSTGRES_URL
+BLUEGREEN_TEST_POSTGRES_CA=$PG_DIR/cluster/tls/ca.pem
+export BLUEGREEN_TEST_POSTGRES_URL BLUEGREEN_TEST_POSTGRES_CA
 echo "test.sh: throwaway PostgreSQL at $BLUEGREEN_TEST_POSTGRES_URL"
 
 cargo build --workspace --bins

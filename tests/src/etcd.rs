@@ -59,6 +59,65 @@ impl Etcd {
         self.tls.as_ref()
     }
 
+    /// agent.toml / sidecar.toml lines that connect as `user` (a client certificate of that
+    /// name), with a password file when etcd auth is on. Empty for a plain etcd.
+    pub fn config_lines(
+        &self,
+        pki: &crate::pki::Pki,
+        user: &str,
+        password_file: Option<&std::path::Path>,
+    ) -> String {
+        let Some(tls) = &self.tls else {
+            return String::new();
+        };
+        let cert = pki.client(user);
+        let mut lines = format!(
+            "etcd_cacert = \"{}\"\netcd_cert = \"{}\"\netcd_key = \"{}\"\n",
+            tls.ca.display(),
+            cert.cert.display(),
+            cert.key.display()
+        );
+        if let Some(file) = password_file {
+            lines.push_str(&format!(
+                "etcd_user = \"{user}\"\netcd_password_file = \"{}\"\n",
+                file.display()
+            ));
+        }
+        lines
+    }
+
+    /// The coordinator's environment for the same (BLUEGREEN_ETCD_*).
+    pub fn coordinator_env(
+        &self,
+        pki: &crate::pki::Pki,
+        user: &str,
+        password: Option<&str>,
+    ) -> Vec<(String, String)> {
+        let Some(tls) = &self.tls else {
+            return Vec::new();
+        };
+        let cert = pki.client(user);
+        let mut env = vec![
+            (
+                "BLUEGREEN_ETCD_CACERT".to_string(),
+                tls.ca.display().to_string(),
+            ),
+            (
+                "BLUEGREEN_ETCD_CERT".to_string(),
+                cert.cert.display().to_string(),
+            ),
+            (
+                "BLUEGREEN_ETCD_KEY".to_string(),
+                cert.key.display().to_string(),
+            ),
+        ];
+        if let Some(p) = password {
+            env.push(("BLUEGREEN_ETCD_USER".to_string(), user.to_string()));
+            env.push(("BLUEGREEN_ETCD_PASSWORD".to_string(), p.to_string()));
+        }
+        env
+    }
+
     /// etcdctl aimed at this etcd (with the admin certificate when TLS is on).
     pub fn etcdctl(&self) -> std::process::Command {
         let mut cmd = Command::new("etcdctl");

@@ -586,3 +586,51 @@ async fn backfill_of_100k_rows_on_postgres_keeps_v1_serving() {
         0
     );
 }
+
+/// Migrations over TLS to the throwaway cluster (started with ssl=on by deploy/test-postgres.sh):
+/// `sslmode=require` encrypts, `verify-full` with the cluster's CA also checks who answers, and
+/// `verify-full` with another CA is refused before anything is applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrations_run_over_postgres_tls() {
+    let ca = std::env::var("BLUEGREEN_TEST_POSTGRES_CA")
+        .expect("BLUEGREEN_TEST_POSTGRES_CA (set by deploy/test.sh)");
+    let db = TestDb::create(Backend::Postgres).await;
+    let fleet = Fleet::start(0, 0).await;
+    let repo = Repo::new();
+    repo.example(CREATE);
+    let other_ca = bluegreen_tests::pki::Pki::new();
+    let wrong = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        db.url,
+        other_ca.ca().display()
+    );
+    let spec = fleet.migration_spec("wrong-ca", &wrong, repo.path(), &[]);
+    let out = migrate(&fleet, "up", &spec, &["--version", "v1"]).await;
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "a server the CA did not sign was trusted: {}",
+        text(&out)
+    );
+    assert!(
+        db.migration_rows().await.is_empty(),
+        "nothing applied through an unverified server"
+    );
+
+    let verified = format!("{}?sslmode=verify-full&sslrootcert={ca}", db.url);
+    let spec = fleet.migration_spec("verify-full", &verified, repo.path(), &[]);
+    assert_exit(
+        &migrate(&fleet, "up", &spec, &["--version", "v1"]).await,
+        0,
+        &["applied 1 migration(s)"],
+    );
+    repo.example(DESCRIPTION);
+    let required = format!("{}?sslmode=require", db.url);
+    let spec = fleet.migration_spec("require", &required, repo.path(), &[]);
+    assert_exit(
+        &migrate(&fleet, "up", &spec, &["--version", "v2"]).await,
+        0,
+        &["applied 1 migration(s)"],
+    );
+    assert_eq!(db.migration_rows().await.len(), 2);
+}

@@ -55,23 +55,6 @@ fn etcd_auth(etcd: &Etcd, hosts: u8, lbs: usize, out: &Path) {
     );
 }
 
-/// The config lines that connect a component as `user` over TLS.
-fn etcd_lines(
-    tls: &bluegreen_tests::etcd::EtcdTls,
-    pki: &Pki,
-    user: &str,
-    passwords: &Path,
-) -> String {
-    let cert = pki.client(user);
-    format!(
-        "etcd_cacert = \"{}\"\netcd_cert = \"{}\"\netcd_key = \"{}\"\netcd_user = \"{user}\"\netcd_password_file = \"{}\"\n",
-        tls.ca.display(),
-        cert.cert.display(),
-        cert.key.display(),
-        passwords.join(format!("{user}.password")).display()
-    )
-}
-
 fn password(passwords: &Path, user: &str) -> String {
     std::fs::read_to_string(passwords.join(format!("{user}.password")))
         .unwrap()
@@ -101,29 +84,19 @@ async fn tls_and_auth_fleet_deploys_under_load_and_every_role_is_confined() {
     etcd_auth(&etcd, 3, 2, passwords.path());
     let pw = passwords.path().to_path_buf();
     let coordinator = format!("bluegreen-{APP}-coordinator");
-    let coordinator_cert = pki.client(&coordinator);
-    let tls = etcd.tls().unwrap().clone();
-    let agent_extra =
-        |n: u8| etcd_lines(&tls, &pki, &format!("bluegreen-{APP}-agent-host-{n}"), &pw);
-    let sidecar_extra = |name: &str, _: &bluegreen_tests::nginx::Nginx| {
-        etcd_lines(&tls, &pki, &format!("bluegreen-{APP}-sidecar-{name}"), &pw)
+    let lines =
+        |user: String| etcd.config_lines(&pki, &user, Some(&pw.join(format!("{user}.password"))));
+    let agent_lines: Vec<String> = (1..=3)
+        .map(|n| lines(format!("bluegreen-{APP}-agent-host-{n}")))
+        .collect();
+    let sidecar_lines: Vec<String> = (0..2)
+        .map(|i| lines(format!("bluegreen-{APP}-sidecar-lb-{i}")))
+        .collect();
+    let env = etcd.coordinator_env(&pki, &coordinator, Some(&password(&pw, &coordinator)));
+    let agent_extra = move |n: u8| agent_lines[n as usize - 1].clone();
+    let sidecar_extra = move |name: &str, _: &bluegreen_tests::nginx::Nginx| {
+        sidecar_lines[name.trim_start_matches("lb-").parse::<usize>().unwrap()].clone()
     };
-    let env: Vec<(String, String)> = vec![
-        ("BLUEGREEN_ETCD_CACERT".into(), tls.ca.display().to_string()),
-        (
-            "BLUEGREEN_ETCD_CERT".into(),
-            coordinator_cert.cert.display().to_string(),
-        ),
-        (
-            "BLUEGREEN_ETCD_KEY".into(),
-            coordinator_cert.key.display().to_string(),
-        ),
-        ("BLUEGREEN_ETCD_USER".into(), coordinator.clone()),
-        (
-            "BLUEGREEN_ETCD_PASSWORD".into(),
-            password(&pw, &coordinator),
-        ),
-    ];
     let endpoint = etcd.endpoint.clone();
     let setup = Setup {
         etcd,

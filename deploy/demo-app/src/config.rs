@@ -47,7 +47,8 @@ impl Config {
         }
         // DEMO_FAIL_HOSTS limits the failure knobs to these APPLICATION_HOST values, so a test can
         // ship a version that is bad on one host of three.
-        let host = var("APPLICATION_HOST").unwrap_or_else(|| "0.0.0.0".into());
+        // Loopback unless told otherwise: the agent always sets APPLICATION_HOST to the host's address.
+        let host = var("APPLICATION_HOST").unwrap_or_else(|| "127.0.0.1".into());
         let failing_here =
             var("DEMO_FAIL_HOSTS").is_none_or(|hosts| hosts.split(',').any(|h| h.trim() == host));
         let health_path = var("HEALTH_CHECK_PATH").unwrap_or_else(|| "/health".into());

@@ -1,6 +1,7 @@
 //! Coordinator benchmarks (not tests): `rollback` wall time, deploy wall time for 1/10/50 hosts,
 //! and failed requests through the LBs during one full deploy under load.
 //!   cargo build --release --workspace --bins && target/release/bench-deploy
+//! With `--tls`, the rollback and the 3-host deploy run against a client-certificate TLS etcd.
 use bluegreen_tests::fleet::{text, Fleet};
 use bluegreen_tests::load;
 use bluegreen_tests::wait_for;
@@ -22,8 +23,29 @@ async fn timed_deploy(fleet: &Fleet, version: &str) -> Duration {
 
 #[tokio::main]
 async fn main() {
+    let tls = std::env::args().any(|a| a == "--tls");
+    let pki = bluegreen_tests::pki::Pki::new();
     // Rollback: process start -> every LB acked (the command returns only then).
-    let fleet = Fleet::start(3, 2).await;
+    let fleet = if tls {
+        let etcd = bluegreen_tests::Etcd::start_tls(&pki).await;
+        let agent_lines: Vec<String> = (1..=3)
+            .map(|n| etcd.config_lines(&pki, &format!("agent-{n}"), None))
+            .collect();
+        let sidecar_lines = etcd.config_lines(&pki, "sidecar", None);
+        let coordinator_env = etcd.coordinator_env(&pki, "coordinator", None);
+        let agent_extra = move |n: u8| agent_lines[n as usize - 1].clone();
+        let sidecar_extra = move |_: &str, _: &bluegreen_tests::nginx::Nginx| sidecar_lines.clone();
+        let setup = bluegreen_tests::fleet::Setup {
+            etcd,
+            agent_extra: &agent_extra,
+            sidecar_extra: &sidecar_extra,
+            coordinator_env,
+        };
+        println!("etcd: client-certificate TLS");
+        Fleet::start_setup(3, 2, setup).await
+    } else {
+        Fleet::start(3, 2).await
+    };
     timed_deploy(&fleet, "v1").await;
     timed_deploy(&fleet, "v2").await;
     let mut rollbacks = Vec::new();
@@ -68,6 +90,9 @@ async fn main() {
     }
     println!("one full deploy under load: {ok} ok, {failed} failed, {:.0} req/s through the LBs, deploy took {:.0} ms", ok as f64 / total_secs, ms(took));
     drop(fleet);
+    if tls {
+        return; // the host-count scaling below is about the coordinator's waits, not TLS
+    }
 
     // Fleet size: the second deploy (idle color already running the previous version).
     let mut base = None;

@@ -2,6 +2,8 @@
 //! new color, p50/p99 over many switches with 1 and with 8 LBs, beside the floor measured in the
 //! same run (write the include file + `nginx -s reload` + first response of the new color).
 //!   cargo build --release --workspace --bins && target/release/bench-switch 50
+//! With `--tls`, etcd requires client-certificate TLS and every agent and sidecar uses it (the
+//! cost of TLS on the switch path).
 use bluegreen_tests::artifacts::release;
 use bluegreen_tests::lb::{set_active, wait_ack};
 use bluegreen_tests::nginx::{Nginx, SidecarProc};
@@ -14,17 +16,34 @@ use tokio::time::Instant;
 
 #[tokio::main]
 async fn main() {
-    let switches: usize = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let tls = args.iter().any(|a| a == "--tls");
+    let switches: usize = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
         .map(|a| a.parse().expect("number of switches"))
         .unwrap_or(50);
-    let etcd = Etcd::start().await;
+    let pki = bluegreen_tests::pki::Pki::new();
+    let etcd = if tls {
+        Etcd::start_tls(&pki).await
+    } else {
+        Etcd::start().await
+    };
+    println!(
+        "etcd: {}",
+        if tls {
+            "client-certificate TLS"
+        } else {
+            "plain"
+        }
+    );
+    let lines = |name: &str| etcd.config_lines(&pki, name, None);
     let client = etcd.client().await;
     let artifacts = Artifacts::default();
     let app = artifacts.demo_app();
     let hosts = [
-        AgentProc::start(&etcd, 1, 10, ""),
-        AgentProc::start(&etcd, 2, 10, ""),
+        AgentProc::start(&etcd, 1, 10, &lines("agent-1")),
+        AgentProc::start(&etcd, 2, 10, &lines("agent-2")),
     ];
     put_release(&client, Color::Blue, &release("v1", &app, &[])).await;
     put_release(&client, Color::Green, &release("v2", &app, &[])).await;
@@ -46,7 +65,10 @@ async fn main() {
         let sidecars: Vec<SidecarProc> = lbs
             .iter()
             .enumerate()
-            .map(|(i, n)| SidecarProc::start(&etcd, &format!("bench-{lb_count}-{i}"), n, ""))
+            .map(|(i, n)| {
+                let name = format!("bench-{lb_count}-{i}");
+                SidecarProc::start(&etcd, &name, n, &lines(&name))
+            })
             .collect();
         for s in &sidecars {
             wait_ack(&client, &s.name, "initial", |a| {
