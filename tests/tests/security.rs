@@ -369,8 +369,11 @@ async fn secrets_reach_only_the_app_which_runs_unprivileged() {
         "secret",
         &spec_text("API_TOKEN = \"secret:api-token\", DATABASE_URL = \"secret:db-url\""),
     );
-    let out = fleet.deploy_artifact(&spec, "v1", &app, &[]).await;
+    let out = fleet
+        .deploy_artifact(&spec, "v1", &app, &["--output", "json"])
+        .await;
     assert!(out.status.success(), "{}", text(&out));
+    let deploy_output = text(&out);
 
     // The app has the values and runs as nobody.
     let pid_file = fleet.hosts[0].state_dir.join("blue.pid.json");
@@ -432,6 +435,7 @@ async fn secrets_reach_only_the_app_which_runs_unprivileged() {
         outputs.push((format!("{args:?}"), text(&fleet.run(args).await)));
     }
     outputs.push(("agent log".into(), fleet.hosts[0].log()));
+    outputs.push(("deploy output".into(), deploy_output));
     for (what, out) in outputs {
         assert!(
             !out.contains(&token) && !out.contains(&format!("p@ss{}", std::process::id())),
