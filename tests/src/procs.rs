@@ -135,9 +135,23 @@ pub async fn put_raw(client: &etcd_client::Client, key: &str, value: &str) {
         .expect("etcd put");
 }
 
+/// The value at `key`, `None` when the key does not exist. A failed read is not "absent": it is
+/// retried (a loaded 2-core machine can drop an idle client connection), then a panic naming it.
 pub async fn get_raw(client: &etcd_client::Client, key: &str) -> Option<Vec<u8>> {
-    let resp = client.clone().get(key, None).await.ok()?;
-    resp.kvs().first().map(|kv| kv.value().to_vec())
+    let mut last_error = None;
+    for attempt in 1..=4u64 {
+        match client.clone().get(key, None).await {
+            Ok(resp) => return resp.kvs().first().map(|kv| kv.value().to_vec()),
+            Err(e) => {
+                last_error = Some(e);
+                tokio::time::sleep(std::time::Duration::from_millis(250 * attempt)).await;
+            }
+        }
+    }
+    panic!(
+        "etcd get {key} failed 4 times: {}",
+        last_error.expect("an error")
+    );
 }
 
 pub async fn health(
