@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages bluegreen needs to build and test, idempotently:
-# only what is missing is installed, and the system services those packages
-# start on install (etcd on :2379, nginx on :80, the default PostgreSQL cluster)
-# are stopped again, because the project's own scripts start their own copies
-# on free ports.
+# only what is missing is installed. Services those packages would start on install
+# (etcd on :2379, nginx on :80, the default PostgreSQL cluster) are kept from starting
+# (policy-rc.d), and any that start anyway during this install are stopped again: the
+# project's own scripts start their own copies on free ports. Servers that were already
+# running before the script are never touched.
 set -euo pipefail
 
 # libprotobuf-dev carries google/protobuf/*.proto, which etcd-client's build imports; openssl
@@ -16,6 +17,11 @@ for pkg in "${PACKAGES[@]}"; do
         missing+=("$pkg")
     fi
 done
+
+# Servers already running belong to whoever runs them: only processes this install starts are
+# stopped again (policy-rc.d should prevent them; this is the belt to its braces).
+servers_running() { pgrep -x 'etcd|nginx|postgres' 2>/dev/null | sort || true; }
+before=$(servers_running)
 
 if ((${#missing[@]})); then
     echo "install-deps: installing ${missing[*]}"
@@ -31,20 +37,14 @@ if ((${#missing[@]})); then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     if ((created_policy)); then rm -f "$policy"; fi
+    for pid in $(comm -13 <(echo "$before") <(servers_running)); do
+        echo "install-deps: stopping $(ps -o comm= -p "$pid" 2>/dev/null) (pid $pid), started by this install"
+        kill "$pid" 2>/dev/null || true
+    done
 else
     echo "install-deps: all packages present"
 fi
 
-# Whatever may have started anyway (no systemd here, but be sure): stop it.
-for svc in etcd nginx postgresql; do
-    if command -v service >/dev/null 2>&1; then
-        service "$svc" stop >/dev/null 2>&1 || true
-    fi
-done
-pkill -x etcd 2>/dev/null || true
-if pgrep -f "nginx: master process /usr/sbin/nginx" >/dev/null 2>&1; then
-    nginx -s stop 2>/dev/null || true
-fi
 
 for bin in etcd etcdctl nginx protoc; do
     command -v "$bin" >/dev/null || { echo "install-deps: $bin missing after install" >&2; exit 1; }

@@ -110,7 +110,7 @@ impl Nginx {
                 std::time::Instant::now() < deadline,
                 "nginx did not write its pid file"
             );
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::thread::sleep(std::time::Duration::from_millis(20)); // poll, bounded by the deadline
         }
     }
 

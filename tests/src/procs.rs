@@ -144,7 +144,8 @@ pub async fn get_raw(client: &etcd_client::Client, key: &str) -> Option<Vec<u8>>
             Ok(resp) => return resp.kvs().first().map(|kv| kv.value().to_vec()),
             Err(e) => {
                 last_error = Some(e);
-                tokio::time::sleep(std::time::Duration::from_millis(250 * attempt)).await;
+                let backoff = std::time::Duration::from_millis(250 * attempt);
+                tokio::time::sleep(backoff).await;
             }
         }
     }
