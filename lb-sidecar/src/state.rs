@@ -78,7 +78,11 @@ impl LbState {
                     Effect::Topology
                 })
             }
-            _ => Ok(Effect::None),
+            // A host or LB key whose name breaks the name rule is reported, never routed to.
+            _ => match keys.bad_name(key) {
+                Some(problem) if value.is_some() => Err(problem),
+                _ => Ok(Effect::None),
+            },
         }
     }
 
@@ -212,5 +216,22 @@ mod tests {
         }
         assert_eq!(s.apply(&keys(), &keys().active(), None), Ok(Effect::None));
         assert!(s.active.is_some());
+    }
+
+    #[test]
+    fn a_host_key_with_a_bad_name_is_reported_not_routed() {
+        let mut s = LbState::default();
+        let key = format!("{}evil;x", keys().hosts_prefix());
+        let err = s.apply(&keys(), &key, Some(b"{}")).unwrap_err();
+        assert!(
+            err.contains("evil;x") && err.contains("not a valid name"),
+            "{err}"
+        );
+        assert!(s.hosts.is_empty());
+        assert_eq!(
+            s.apply(&keys(), &key, None),
+            Ok(Effect::None),
+            "its deletion is no news"
+        );
     }
 }
