@@ -124,3 +124,21 @@ pub async fn requests(url: &str, count: u64) -> LoadReport {
     }
     report
 }
+
+/// Stops the loops started with `stop` and adds up their reports.
+pub async fn finish(
+    stop: Arc<AtomicBool>,
+    loops: Vec<tokio::task::JoinHandle<LoadReport>>,
+) -> LoadReport {
+    stop.store(true, Ordering::Relaxed);
+    let mut total = LoadReport::default();
+    for l in loops {
+        let r = l.await.unwrap();
+        total.ok += r.ok;
+        total.failed.extend(r.failed);
+        for (c, n) in r.colors {
+            *total.colors.entry(c).or_default() += n;
+        }
+    }
+    total
+}

@@ -6,7 +6,7 @@ use bluegreen_tests::procs::{get_raw, keys};
 use bluegreen_tests::wait_for;
 use proto::records::{decode, ActiveRecord, Desired, ReleaseRecord};
 use proto::Color;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,23 +35,6 @@ fn load_through_lbs(fleet: &Fleet) -> (Arc<AtomicBool>, Vec<tokio::task::JoinHan
     (stop, loops)
 }
 
-async fn finish(
-    stop: Arc<AtomicBool>,
-    loops: Vec<tokio::task::JoinHandle<LoadReport>>,
-) -> LoadReport {
-    stop.store(true, Ordering::Relaxed);
-    let mut total = LoadReport::default();
-    for l in loops {
-        let r = l.await.unwrap();
-        total.ok += r.ok;
-        total.failed.extend(r.failed);
-        for (c, n) in r.colors {
-            *total.colors.entry(c).or_default() += n;
-        }
-    }
-    total
-}
-
 /// A fleet of 3 hosts and 2 LBs with v1 deployed (blue, the first deploy's color).
 async fn fleet_with_v1() -> Fleet {
     let fleet = Fleet::start(3, 2).await;
@@ -68,7 +51,7 @@ async fn deploy_v2_under_load_drops_nothing_and_records_history() {
     let out = fleet
         .deploy(&fleet.spec("good", &[]), "v2", &["--output", "json"])
         .await;
-    let report = finish(stop, loops).await;
+    let report = load::finish(stop, loops).await;
     assert!(out.status.success(), "{}", text(&out));
     let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -254,7 +237,7 @@ async fn one_bad_host(knob: &str, step: &str) {
     let (stop, loops) = load_through_lbs(&fleet);
     let spec = fleet.spec("bad", &[(knob, "1"), ("DEMO_FAIL_HOSTS", "127.0.0.12")]);
     let out = fleet.deploy(&spec, "v2", &["--health-timeout", "8s"]).await;
-    let report = finish(stop, loops).await;
+    let report = load::finish(stop, loops).await;
     let output = text(&out);
     assert_eq!(out.status.code(), Some(1), "{output}");
     assert!(

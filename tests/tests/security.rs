@@ -3,14 +3,14 @@
 //! behind mutual TLS; host-local secrets that never reach etcd or any output; apps running as an
 //! unprivileged user.
 use bluegreen_tests::fleet::{text, Fleet, Setup};
-use bluegreen_tests::load::{self, LoadReport};
+use bluegreen_tests::load;
 use bluegreen_tests::pki::Pki;
 use bluegreen_tests::procs::{get_raw, keys, APP, PREFIX};
 use bluegreen_tests::{wait_for, Etcd};
 use proto::records::{decode, ActiveRecord, HealthRecord, HealthState, ReleaseRecord};
 use proto::Color;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,20 +62,6 @@ fn password(passwords: &Path, user: &str) -> String {
         .to_string()
 }
 
-async fn finish(
-    stop: Arc<AtomicBool>,
-    loops: Vec<tokio::task::JoinHandle<LoadReport>>,
-) -> LoadReport {
-    stop.store(true, Ordering::Relaxed);
-    let mut total = LoadReport::default();
-    for l in loops {
-        let r = l.await.unwrap();
-        total.ok += r.ok;
-        total.failed.extend(r.failed);
-    }
-    total
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_and_auth_fleet_deploys_under_load_and_every_role_is_confined() {
     let pki = Pki::new();
@@ -120,7 +106,7 @@ async fn tls_and_auth_fleet_deploys_under_load_and_every_role_is_confined() {
     assert!(out.status.success(), "deploy v2: {}", text(&out));
     let out = fleet.run(&["rollback"]).await;
     assert!(out.status.success(), "rollback: {}", text(&out));
-    let report = finish(stop, loops).await;
+    let report = load::finish(stop, loops).await;
     assert!(
         report.failed.is_empty(),
         "{} failed: {:?}",

@@ -231,13 +231,7 @@ async fn invalid_rendered_config_keeps_the_old_one_and_reports() {
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_active_and_dead_hosts_never_empty_the_upstream() {
     let (etcd, client, _artifacts, mut hosts) = fleet(&[]).await;
-    let lb = Nginx::start();
-    let _sidecar = SidecarProc::start(&etcd, "lb-0", &lb, "");
-    let revision = set_active(&client, Color::Blue, "v1").await;
-    wait_ack(&client, "lb-0", "first active", |a| {
-        a.applied_revision == revision
-    })
-    .await;
+    let (lb, _sidecar, _) = lb_serving_blue(&etcd, &client).await;
 
     put_raw(
         &client,
@@ -313,13 +307,7 @@ async fn restarted_sidecar_rereads_and_acks_while_nginx_keeps_serving() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_address_carrying_config_syntax_is_refused_and_never_rendered() {
     let (etcd, client, _artifacts, _hosts) = fleet(&[]).await;
-    let lb = Nginx::start();
-    let _sidecar = SidecarProc::start(&etcd, "lb-0", &lb, "");
-    let revision = set_active(&client, Color::Blue, "v1").await;
-    wait_ack(&client, "lb-0", "first active", |a| {
-        a.applied_revision == revision
-    })
-    .await;
+    let (lb, _sidecar, _) = lb_serving_blue(&etcd, &client).await;
     let before = std::fs::read_to_string(&lb.include_file).unwrap();
     let hostile = serde_json::json!({
         "host": "evil", "address": "127.0.0.1:1; } server { listen 127.0.0.1:1; location / { alias /etc/; } } upstream x {",
@@ -443,13 +431,7 @@ async fn debian_stock_nginx_conf_survives_switches_and_a_restart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_applied_revision_is_not_served_on_the_public_listener() {
     let (etcd, client, _artifacts, _hosts) = fleet(&[]).await;
-    let lb = Nginx::start();
-    let _sidecar = SidecarProc::start(&etcd, "lb-0", &lb, "");
-    let revision = set_active(&client, Color::Blue, "v1").await;
-    wait_ack(&client, "lb-0", "first active", |a| {
-        a.applied_revision == revision
-    })
-    .await;
+    let (lb, _sidecar, revision) = lb_serving_blue(&etcd, &client).await;
     // Through the public listener the path is just a path of the app (the demo app: 404).
     let resp = reqwest::get(lb.url("/.bluegreen/status")).await.unwrap();
     let status = resp.status().as_u16();
@@ -459,4 +441,16 @@ async fn the_applied_revision_is_not_served_on_the_public_listener() {
         "public listener answered {body:?}"
     );
     assert_eq!(status, 404, "{body}");
+}
+
+/// One nginx and its sidecar `lb-0`, serving blue v1 (acked): the start most sidecar tests share.
+async fn lb_serving_blue(etcd: &Etcd, client: &etcd_client::Client) -> (Nginx, SidecarProc, i64) {
+    let lb = Nginx::start();
+    let sidecar = SidecarProc::start(etcd, "lb-0", &lb, "");
+    let revision = set_active(client, Color::Blue, "v1").await;
+    wait_ack(client, "lb-0", "first active", |a| {
+        a.applied_revision == revision
+    })
+    .await;
+    (lb, sidecar, revision)
 }
