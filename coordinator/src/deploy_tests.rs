@@ -572,3 +572,22 @@ fn preflight_targets_the_idle_color() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_whose_record_fails_after_the_switch_is_unsafe_not_unreachable() {
+    let store = fleet();
+    deploy(&store, &FakeProbes::default(), &args("v1"))
+        .await
+        .unwrap();
+    deploy(&store, &FakeProbes::default(), &args("v2"))
+        .await
+        .unwrap();
+    // The switch and its acks go through; then the lease is gone before the record is closed.
+    store.lose_lock_after_writes(1);
+    let err = switch_op(&store, Operation::Rollback, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 4, "{err}");
+    assert!(err.to_string().contains("traffic moved to blue"), "{err}");
+    assert_eq!(store.snapshot().active.unwrap().color, Color::Blue);
+}

@@ -217,6 +217,18 @@ pub async fn switch_command<S: Store, P: Probes>(
     )
     .await;
     let moved = !matches!(result, Err(CoordinatorError::Failed(_)));
+    // Once `active` is written, a failure to record it is never "nothing decided" (exit 5) or bad
+    // input: traffic moved, and the report must say so.
+    let after_move = |e: CoordinatorError| {
+        if moved {
+            CoordinatorError::Unsafe(format!(
+                "traffic moved to {target} ({}) but recording it failed: {e}",
+                release.version
+            ))
+        } else {
+            e
+        }
+    };
     if moved {
         deploy.phase = if result.is_ok() {
             Phase::Done
@@ -225,7 +237,10 @@ pub async fn switch_command<S: Store, P: Probes>(
         };
         deploy.error = result.as_ref().err().map(|e| e.to_string());
         deploy.updated_at = proto::time::now_rfc3339();
-        store.put(&[Write::Deploy(deploy.clone())], None).await?;
+        store
+            .put(&[Write::Deploy(deploy.clone())], None)
+            .await
+            .map_err(after_move)?;
     }
     let mut record = history::record(
         req.operation,
@@ -240,7 +255,7 @@ pub async fn switch_command<S: Store, P: Probes>(
     record.to = Some(target);
     record.version = Some(release.version.clone());
     record.reason = result.as_ref().err().map(|e| e.to_string());
-    store.append_history(&record).await?;
+    store.append_history(&record).await.map_err(after_move)?;
     let revision = result?;
     Ok(format!(
         "traffic on {target} ({}) at revision {revision}",
