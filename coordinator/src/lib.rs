@@ -359,15 +359,11 @@ pub async fn lock_status(global: &Global) -> Result<String, CoordinatorError> {
     let client = global.connect().await?;
     Ok(match lock::status(&client, &keys).await? {
         None => "lock: free\n".into(),
-        Some((l, lease, token)) => format!(
-            "lock: held by {} for {} {}{} since {}; token {token}, lease {lease:x}\n",
-            l.holder,
-            l.operation,
-            l.deploy_id,
-            l.version
-                .map(|v| format!(" (version {v})"))
-                .unwrap_or_default(),
-            l.acquired_at
+        Some(held) => format!(
+            "lock: held by {}; token {}, lease {:x}\n",
+            held.holder(),
+            held.token,
+            held.lease
         ),
     })
 }
@@ -384,18 +380,19 @@ pub async fn lock_break(global: &Global, confirmed: bool) -> Result<String, Coor
     let Some(broken) = lock::break_lock(&client, &keys).await? else {
         return Ok("lock: already free\n".into());
     };
-    let mut record = history::record(Operation::LockBreak, &broken.deploy_id, Outcome::Broken);
+    let op_id = broken
+        .record
+        .as_ref()
+        .map(|l| l.deploy_id.clone())
+        .unwrap_or_else(|_| format!("unreadable-lock-{}", broken.token));
+    let mut record = history::record(Operation::LockBreak, &op_id, Outcome::Broken);
     record.reason = Some(format!(
-        "lock held by {} since {} broken by {}",
-        broken.holder,
-        broken.acquired_at,
+        "lock held by {} broken by {}",
+        broken.holder(),
         holder()
     ));
     history::append(&client, &keys, None, &record).await?;
-    Ok(format!(
-        "lock: broken (was held by {} for {} {})\n",
-        broken.holder, broken.operation, broken.deploy_id
-    ))
+    Ok(format!("lock: broken (was held by {})\n", broken.holder()))
 }
 
 /// `coordinator logs --host H --color C --tail N`.

@@ -137,11 +137,40 @@ async fn wait_for_delete(
     }
 }
 
-/// `lock status`: who holds the lock and for how long, or None.
+/// The lock key as it is: its record (or why the value does not parse), lease and token.
+#[derive(Debug)]
+pub struct HeldLock {
+    pub record: Result<LockRecord, String>,
+    pub lease: i64,
+    pub token: i64,
+}
+
+impl HeldLock {
+    /// Who holds it, for messages; an unreadable value is shown as such.
+    pub fn holder(&self) -> String {
+        match &self.record {
+            Ok(l) => format!(
+                "{} for {} {}{} since {}",
+                l.holder,
+                l.operation,
+                l.deploy_id,
+                l.version
+                    .as_ref()
+                    .map(|v| format!(" (version {v})"))
+                    .unwrap_or_default(),
+                l.acquired_at
+            ),
+            Err(e) => format!("an unreadable value ({e})"),
+        }
+    }
+}
+
+/// `lock status`: who holds the lock, or None. A value that does not parse is reported, not an
+/// error: an operator must still be able to see and break it.
 pub async fn status(
     client: &etcd_client::Client,
     keys: &Keys,
-) -> Result<Option<(LockRecord, i64, i64)>, CoordinatorError> {
+) -> Result<Option<HeldLock>, CoordinatorError> {
     let key = keys.lock();
     let resp = client
         .clone()
@@ -151,22 +180,42 @@ pub async fn status(
     let Some(kv) = resp.kvs().first() else {
         return Ok(None);
     };
-    let record = decode::<LockRecord>(&key, kv.value())?;
-    Ok(Some((record, kv.lease(), kv.create_revision())))
+    Ok(Some(HeldLock {
+        record: decode::<LockRecord>(&key, kv.value()).map_err(|e| e.to_string()),
+        lease: kv.lease(),
+        token: kv.create_revision(),
+    }))
 }
 
-/// `lock break`: revokes the holder's lease, which deletes the lock; the next deploy reconciles.
+/// `lock break`: revokes the holder's lease, which deletes the lock; a lock written without a
+/// lease (by hand, or garbage) is deleted, guarded by its token so a new holder is never hit.
+/// The next deploy reconciles.
 pub async fn break_lock(
     client: &etcd_client::Client,
     keys: &Keys,
-) -> Result<Option<LockRecord>, CoordinatorError> {
-    let Some((record, lease, _)) = status(client, keys).await? else {
+) -> Result<Option<HeldLock>, CoordinatorError> {
+    let Some(held) = status(client, keys).await? else {
         return Ok(None);
     };
+    let key = keys.lock();
     let mut client = client.clone();
-    client
-        .lease_revoke(lease)
-        .await
-        .map_err(|e| ProtoError::etcd(format!("revoke lease {lease:x} of {}", keys.lock()), e))?;
-    Ok(Some(record))
+    if held.lease != 0 {
+        client
+            .lease_revoke(held.lease)
+            .await
+            .map_err(|e| ProtoError::etcd(format!("revoke lease {:x} of {key}", held.lease), e))?;
+    } else {
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                held.token,
+            )])
+            .and_then(vec![TxnOp::delete(key.as_str(), None)]);
+        client
+            .txn(txn)
+            .await
+            .map_err(|e| ProtoError::etcd(format!("delete {key}"), e))?;
+    }
+    Ok(Some(held))
 }

@@ -543,3 +543,45 @@ async fn killed_coordinator_is_reconciled_and_never_switches_twice() {
     );
     assert!(per_deploy.contains_key(&v4.deploy_id));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_lock_can_be_seen_and_broken() {
+    let fleet = Fleet::start(0, 0).await;
+    let key = keys().lock();
+    // Garbage under a lease (a writer of another version) and without one (written by hand).
+    for leased in [true, false] {
+        let options = if leased {
+            let lease = fleet
+                .client
+                .clone()
+                .lease_grant(60, None)
+                .await
+                .unwrap()
+                .id();
+            Some(etcd_client::PutOptions::new().with_lease(lease))
+        } else {
+            None
+        };
+        fleet
+            .client
+            .clone()
+            .put(key.as_str(), "{not json", options)
+            .await
+            .unwrap();
+        let out = fleet.run(&["lock", "status"]).await;
+        assert!(out.status.success(), "lock status: {}", text(&out));
+        assert!(
+            text(&out).contains("unreadable value") && text(&out).contains(&key),
+            "{}",
+            text(&out)
+        );
+        let out = fleet.run(&["lock", "break", "--yes"]).await;
+        assert!(out.status.success(), "lock break: {}", text(&out));
+        assert!(
+            get_raw(&fleet.client, &key).await.is_none(),
+            "leased={leased}: the lock is still there"
+        );
+    }
+    let history = text(&fleet.run(&["history"]).await);
+    assert_eq!(history.matches("lock-break").count(), 2, "{history}");
+}
