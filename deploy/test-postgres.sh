@@ -23,11 +23,6 @@ start)
     fi
     as_postgres "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 ||
         { cat "$dir/initdb.log" >&2; exit 1; }
-    # A free port: a random one nothing answers on (postgres fails loudly if it was taken since).
-    while :; do
-        port=$((20000 + RANDOM % 40000))
-        (: </dev/tcp/127.0.0.1/$port) 2>/dev/null || break
-    done
     # TLS, so migrations can be tested with sslmode=require and verify-full.
     tls=$dir/tls
     mkdir -p "$tls"
@@ -41,10 +36,24 @@ start)
     chmod 600 "$tls/server.key"
     if [[ $(id -u) -eq 0 ]]; then chown postgres: "$tls/server.key" "$tls/server.pem"; fi
     chmod 755 "$tls"
-    opts="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c fsync=off -c max_connections=200"
-    opts="$opts -c ssl=on -c ssl_cert_file=$tls/server.pem -c ssl_key_file=$tls/server.key"
-    as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -o "$opts" -w -t 60 start >/dev/null ||
-        { cat "$dir/postgres.log" >&2; exit 1; }
+    # A free port below Linux's ephemeral range (32768+), where outgoing connections take theirs;
+    # if it was taken meanwhile, postgres cannot bind it: try another, a few times.
+    for attempt in 1 2 3 4 5; do
+        while :; do
+            port=$((20000 + RANDOM % 12000))
+            (: </dev/tcp/127.0.0.1/$port) 2>/dev/null || break
+        done
+        opts="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c fsync=off -c max_connections=200"
+        opts="$opts -c ssl=on -c ssl_cert_file=$tls/server.pem -c ssl_key_file=$tls/server.key"
+        if as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -o "$opts" -w -t 60 start >/dev/null; then
+            break
+        fi
+        if ((attempt == 5)) || ! grep -q "could not bind\|could not create any TCP/IP sockets" "$dir/postgres.log"; then
+            cat "$dir/postgres.log" >&2
+            exit 1
+        fi
+        echo "test-postgres: port $port was taken, trying another" >&2
+    done
     echo "postgres://postgres@127.0.0.1:$port/postgres"
     ;;
 stop)
