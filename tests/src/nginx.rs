@@ -11,6 +11,8 @@ pub struct Nginx {
     pub dir: PathBuf,
     pub listen: u16,
     pub preview: u16,
+    /// The loopback status listener the sidecar renders (`[nginx] status_listen`).
+    pub status: u16,
     pub main_config: PathBuf,
     pub include_file: PathBuf,
     pub pid_file: PathBuf,
@@ -64,11 +66,16 @@ impl Nginx {
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         std::fs::create_dir_all(dir.join("conf.d")).unwrap();
         let include_file = dir.join("conf.d").join(format!("bluegreen-{APP}.conf"));
-        let (listen, preview) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
-        // Bind both ports from the start (answering 503 until a sidecar renders the real config),
+        let (listen, preview, status) = (
+            free_port("127.0.0.1"),
+            free_port("127.0.0.1"),
+            free_port("127.0.0.1"),
+        );
+        // Bind every port from the start (answering 503 until a sidecar renders the real config),
         // as an operator would: a port picked now and bound only later could be taken meanwhile.
         let placeholder = format!(
-            "server {{ listen 127.0.0.1:{listen}; return 503; }}\nserver {{ listen 127.0.0.1:{preview}; return 503; }}\n"
+            "server {{ listen 127.0.0.1:{listen}; return 503; }}\nserver {{ listen 127.0.0.1:{preview}; return 503; }}\n\
+             server {{ listen 127.0.0.1:{status}; return 503; }}\n"
         );
         std::fs::write(&include_file, placeholder).unwrap();
         let pid_file = dir.join("nginx.pid");
@@ -78,6 +85,7 @@ impl Nginx {
             child: None,
             listen,
             preview,
+            status,
             dir,
             main_config,
             include_file,
@@ -175,7 +183,7 @@ impl SidecarProc {
     /// Starts `lb-sidecar` for `nginx`; `extra` is appended to the top level of its config.
     pub fn start(etcd: &Etcd, name: &str, nginx: &Nginx, extra: &str) -> SidecarProc {
         let status_port = free_port("127.0.0.1");
-        let nginx_status_port = free_port("127.0.0.1");
+        let nginx_status_port = nginx.status;
         let config_path = nginx.dir.join(format!("{name}.toml"));
         let config = format!(
             "etcd = [\"{}\"]\nprefix = \"{PREFIX}\"\napp = \"{APP}\"\nname = \"{name}\"\nlisten = \"127.0.0.1:{}\"\n\

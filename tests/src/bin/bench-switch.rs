@@ -162,7 +162,7 @@ async fn floor_of_one(
     http: &reqwest::Client,
     switches: usize,
 ) -> Vec<(Duration, Duration)> {
-    let floor_status_port = bluegreen_tests::free_port("127.0.0.1");
+    let floor_status_port = nginx.status;
     let variant = |color: Color| {
         let view = View {
             app: "shop".into(),
