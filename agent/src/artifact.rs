@@ -4,8 +4,12 @@
 use crate::error::AgentError;
 use proto::records::Artifact;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Where a verified artifact ends up unpacked.
 pub fn unpacked_dir(state_dir: &Path, sha256: &str) -> PathBuf {
@@ -14,27 +18,55 @@ pub fn unpacked_dir(state_dir: &Path, sha256: &str) -> PathBuf {
         .join(sha256.to_ascii_lowercase())
 }
 
+/// Bounds on one artifact download: a stalled or endless transfer fails instead of blocking the
+/// color's release loop, and nothing is ever held in memory (the body streams to a file).
+#[derive(Debug, Clone, Copy)]
+pub struct DownloadLimits {
+    /// Longest wait for the next bytes (headers or body) before the attempt fails.
+    pub idle_timeout: Duration,
+    /// Larger artifacts are refused without retry.
+    pub max_bytes: u64,
+    /// Attempts in total, with doubling backoff (1 s, 2 s, ...) between them.
+    pub attempts: u32,
+}
+
+impl Default for DownloadLimits {
+    fn default() -> Self {
+        DownloadLimits {
+            idle_timeout: Duration::from_secs(30),
+            max_bytes: 2 << 30,
+            attempts: 3,
+        }
+    }
+}
+
 /// Downloads, verifies and unpacks `artifact`; returns the directory to run the command in.
 /// Nothing is left behind on failure, and nothing that already runs is touched.
 pub async fn fetch(
     http: &reqwest::Client,
     state_dir: &Path,
     artifact: &Artifact,
+    limits: DownloadLimits,
 ) -> Result<PathBuf, AgentError> {
-    // One fetch at a time per agent: both colors often ask for the same artifact at once, and the
-    // second then finds it unpacked instead of downloading it again.
-    static FETCHING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _one_at_a_time = FETCHING.lock().await;
+    // One fetch per artifact at a time: both colors often ask for the same artifact at once, and
+    // the second then finds it unpacked. Different artifacts never wait for each other, so a
+    // stalled download on one color does not hold the other.
+    let lock = artifact_lock(&artifact.sha256);
+    let _one_at_a_time = lock.lock().await;
     let dir = unpacked_dir(state_dir, &artifact.sha256);
     if dir.is_dir() {
         return Ok(dir);
     }
-    let bytes = download(http, &artifact.url).await?;
-    verify_sha256(&artifact.url, &artifact.sha256, &bytes)?;
+    let artifacts = state_dir.join("artifacts");
+    std::fs::create_dir_all(&artifacts).map_err(|e| AgentError::io(&artifacts, e))?;
+    let scratch = Scratch(scratch_path(state_dir, "download"));
+    let actual = download_with_retries(http, &artifact.url, &scratch.0, limits).await?;
+    check_sha256(&artifact.url, &artifact.sha256, actual)?;
     let url = artifact.url.clone();
     let state_dir = state_dir.to_path_buf();
     let target = dir.clone();
-    tokio::task::spawn_blocking(move || unpack_atomically(&url, &bytes, &state_dir, &target))
+    let file = scratch.0.clone();
+    tokio::task::spawn_blocking(move || unpack_atomically(&url, &file, &state_dir, &target))
         .await
         .map_err(|e| AgentError::Unpack {
             url: artifact.url.clone(),
@@ -43,35 +75,198 @@ pub async fn fetch(
     Ok(dir)
 }
 
-async fn download(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, AgentError> {
-    let fail = |reason: String| AgentError::Download {
-        url: url.to_string(),
-        reason,
-    };
-    if let Some(path) = url.strip_prefix("file://") {
-        return tokio::fs::read(path).await.map_err(|e| fail(e.to_string()));
-    }
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(fail(
-            "only file://, http:// and https:// URLs are supported".into(),
-        ));
-    }
-    let resp = http
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    if !resp.status().is_success() {
-        return Err(fail(format!("HTTP {}", resp.status())));
-    }
-    resp.bytes()
-        .await
-        .map(|b| b.to_vec())
-        .map_err(|e| fail(e.to_string()))
+fn artifact_lock(sha256: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: LazyLock<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> =
+        LazyLock::new(Default::default);
+    let mut locks = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+    locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+    locks
+        .entry(sha256.to_ascii_lowercase())
+        .or_default()
+        .clone()
 }
 
-pub fn verify_sha256(url: &str, expected: &str, bytes: &[u8]) -> Result<(), AgentError> {
-    let actual = hex::encode(Sha256::digest(bytes));
+/// A file under `artifacts/` removed when dropped (also when the fetch is cancelled).
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn scratch_path(state_dir: &Path, what: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    state_dir
+        .join("artifacts")
+        .join(format!(".{what}-{}-{n}", std::process::id()))
+}
+
+/// Why one download attempt failed, and whether another attempt could do better.
+struct Failed {
+    reason: String,
+    retry: bool,
+}
+
+impl Failed {
+    fn retry(reason: impl Into<String>) -> Failed {
+        Failed {
+            reason: reason.into(),
+            retry: true,
+        }
+    }
+    fn fatal(reason: impl Into<String>) -> Failed {
+        Failed {
+            reason: reason.into(),
+            retry: false,
+        }
+    }
+}
+
+/// Downloads `url` into `path`, retrying transient failures; returns the body's sha256.
+async fn download_with_retries(
+    http: &reqwest::Client,
+    url: &str,
+    path: &Path,
+    limits: DownloadLimits,
+) -> Result<String, AgentError> {
+    let mut delay = Duration::from_secs(1);
+    let attempts = limits.attempts.max(1);
+    for attempt in 1..=attempts {
+        match download(http, url, path, limits).await {
+            Ok(sha) => return Ok(sha),
+            Err(failed) if failed.retry && attempt < attempts => {
+                tracing::warn!(url = %proto::secrets::mask_text(url), attempt, error = %failed.reason, ?delay, "artifact download failed, retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(failed) => {
+                let reason = if failed.retry {
+                    format!("{} (after {attempt} attempts)", failed.reason)
+                } else {
+                    failed.reason
+                };
+                return Err(AgentError::Download {
+                    url: url.to_string(),
+                    reason,
+                });
+            }
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// One attempt: streams the body to `path` (0600) while hashing it.
+async fn download(
+    http: &reqwest::Client,
+    url: &str,
+    path: &Path,
+    limits: DownloadLimits,
+) -> Result<String, Failed> {
+    let mut out =
+        open_scratch(path).map_err(|e| Failed::fatal(format!("{}: {e}", path.display())))?;
+    let mut sink = Sink {
+        hasher: Sha256::new(),
+        written: 0,
+        limits,
+    };
+    if let Some(source) = url.strip_prefix("file://") {
+        let mut file = tokio::fs::File::open(source)
+            .await
+            .map_err(|e| Failed::fatal(format!("{source}: {e}")))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = file
+                .read(&mut buf)
+                .await
+                .map_err(|e| Failed::retry(format!("{source}: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            sink.write(&mut out, &buf[..n]).await?;
+        }
+        return sink.finish(&mut out).await;
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(Failed::fatal(
+            "only file://, http:// and https:// URLs are supported",
+        ));
+    }
+    let idle = limits.idle_timeout;
+    let stalled = || Failed::retry(format!("no data for {}", humantime::format_duration(idle)));
+    let mut resp = tokio::time::timeout(idle, http.get(url).send())
+        .await
+        .map_err(|_| stalled())?
+        .map_err(|e| Failed::retry(proto::error::root_cause(&e)))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let reason = format!("HTTP {status}");
+        return Err(if status.is_server_error() {
+            Failed::retry(reason)
+        } else {
+            Failed::fatal(reason)
+        });
+    }
+    if let Some(length) = resp.content_length().filter(|l| *l > limits.max_bytes) {
+        return Err(Failed::fatal(format!(
+            "{length} bytes is over the {} byte limit (download_max_bytes)",
+            limits.max_bytes
+        )));
+    }
+    while let Some(chunk) = tokio::time::timeout(idle, resp.chunk())
+        .await
+        .map_err(|_| stalled())?
+        .map_err(|e| Failed::retry(proto::error::root_cause(&e)))?
+    {
+        sink.write(&mut out, &chunk).await?;
+    }
+    sink.finish(&mut out).await
+}
+
+fn open_scratch(path: &Path) -> std::io::Result<tokio::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    Ok(tokio::fs::File::from_std(file))
+}
+
+/// Where downloaded bytes go: counted against the limit, hashed, written.
+struct Sink {
+    hasher: Sha256,
+    written: u64,
+    limits: DownloadLimits,
+}
+
+impl Sink {
+    async fn write(&mut self, out: &mut tokio::fs::File, bytes: &[u8]) -> Result<(), Failed> {
+        self.written += bytes.len() as u64;
+        if self.written > self.limits.max_bytes {
+            return Err(Failed::fatal(format!(
+                "more than {} bytes (download_max_bytes)",
+                self.limits.max_bytes
+            )));
+        }
+        self.hasher.update(bytes);
+        out.write_all(bytes)
+            .await
+            .map_err(|e| Failed::fatal(format!("writing the download: {e}")))
+    }
+
+    async fn finish(self, out: &mut tokio::fs::File) -> Result<String, Failed> {
+        out.flush()
+            .await
+            .map_err(|e| Failed::fatal(format!("writing the download: {e}")))?;
+        Ok(hex::encode(self.hasher.finalize()))
+    }
+}
+
+/// The downloaded body's sha256 must be the release's: anything else is never unpacked.
+fn check_sha256(url: &str, expected: &str, actual: String) -> Result<(), AgentError> {
     if !actual.eq_ignore_ascii_case(expected) {
         return Err(AgentError::ChecksumMismatch {
             url: url.into(),
@@ -86,21 +281,17 @@ pub fn verify_sha256(url: &str, expected: &str, bytes: &[u8]) -> Result<(), Agen
 /// never mistaken for a verified one.
 fn unpack_atomically(
     url: &str,
-    bytes: &[u8],
+    file: &Path,
     state_dir: &Path,
     target: &Path,
 ) -> Result<(), AgentError> {
     let parent = target.parent().expect("artifact dir has a parent");
     std::fs::create_dir_all(parent).map_err(|e| AgentError::io(parent, e))?;
     // Both colors may fetch the same artifact at once: each unpack gets its own scratch dir.
-    static UNPACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = UNPACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = state_dir
-        .join("artifacts")
-        .join(format!(".unpack-{}-{n}", std::process::id()));
+    let tmp = scratch_path(state_dir, "unpack");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| AgentError::io(&tmp, e))?;
-    let result = unpack(url, bytes, &tmp).and_then(|()| {
+    let result = unpack(url, file, &tmp).and_then(|()| {
         std::fs::rename(&tmp, target).or_else(|e| {
             if target.is_dir() {
                 Ok(())
@@ -113,10 +304,17 @@ fn unpack_atomically(
     result
 }
 
-/// A gzip stream is a tar.gz; anything else is a single executable named after the URL's last segment.
-pub fn unpack(url: &str, bytes: &[u8], dest: &Path) -> Result<(), AgentError> {
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        unpack_tar_gz(url, bytes, dest)
+/// A gzip stream is a tar.gz; anything else is a single executable named after the URL's last
+/// segment. `file` is the downloaded artifact; it is read as a stream, never loaded whole.
+pub fn unpack(url: &str, file: &Path, dest: &Path) -> Result<(), AgentError> {
+    let mut magic = [0u8; 2];
+    let is_gzip = std::fs::File::open(file)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == [0x1f, 0x8b];
+    if is_gzip {
+        let reader = std::fs::File::open(file).map_err(|e| AgentError::io(file, e))?;
+        unpack_tar_gz(url, reader, dest)
     } else {
         let name = url
             .rsplit('/')
@@ -127,17 +325,17 @@ pub fn unpack(url: &str, bytes: &[u8], dest: &Path) -> Result<(), AgentError> {
                 reason: "a single-executable artifact needs a file name in its URL".into(),
             })?;
         let path = dest.join(name);
-        std::fs::write(&path, bytes).map_err(|e| AgentError::io(&path, e))?;
+        std::fs::copy(file, &path).map_err(|e| AgentError::io(&path, e))?;
         set_executable(&path)
     }
 }
 
-fn unpack_tar_gz(url: &str, bytes: &[u8], dest: &Path) -> Result<(), AgentError> {
+fn unpack_tar_gz(url: &str, reader: impl Read, dest: &Path) -> Result<(), AgentError> {
     let fail = |reason: String| AgentError::Unpack {
         url: url.into(),
         reason,
     };
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(reader));
     // Modes are kept to rwx bits: a setuid-root file in an artifact must not stay setuid-root on
     // the host. Ownership and extended attributes from the archive are never applied.
     archive.set_preserve_permissions(false);
@@ -196,6 +394,14 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// [`unpack`] of bytes, through a file like a real download.
+#[cfg(test)]
+fn unpack_bytes(url: &str, bytes: &[u8], dest: &Path) -> Result<(), AgentError> {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), bytes).unwrap();
+    unpack(url, file.path(), dest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,7 +426,7 @@ mod tests {
     fn rejects_parent_and_absolute_paths() {
         for bad in ["../evil", "a/../../evil", "/etc/evil"] {
             let dir = tempfile::tempdir().unwrap();
-            let err = unpack("file:///x.tar.gz", &tar_gz_with(bad, b"x"), dir.path())
+            let err = unpack_bytes("file:///x.tar.gz", &tar_gz_with(bad, b"x"), dir.path())
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -234,7 +440,7 @@ mod tests {
     #[test]
     fn unpacks_a_normal_tarball() {
         let dir = tempfile::tempdir().unwrap();
-        unpack(
+        unpack_bytes(
             "file:///x.tar.gz",
             &tar_gz_with("bin/app", b"hello"),
             dir.path(),
@@ -246,7 +452,7 @@ mod tests {
     #[test]
     fn single_executable_is_named_after_url() {
         let dir = tempfile::tempdir().unwrap();
-        unpack("http://h/dl/demo-app", b"\x7fELF...", dir.path()).unwrap();
+        unpack_bytes("http://h/dl/demo-app", b"\x7fELF...", dir.path()).unwrap();
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join("demo-app"))
             .unwrap()
@@ -255,21 +461,115 @@ mod tests {
         assert_eq!(mode & 0o111, 0o111);
     }
 
-    #[test]
-    fn checksum_mismatch_names_both_sums() {
-        let err = verify_sha256("file:///a", &"0".repeat(64), b"abc")
+    fn artifact(url: String, body: &[u8]) -> Artifact {
+        Artifact {
+            url,
+            sha256: hex::encode(Sha256::digest(body)),
+        }
+    }
+
+    /// An HTTP server on loopback that answers every connection with `respond`.
+    async fn serve(respond: fn(tokio::net::TcpStream)) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                respond(stream);
+            }
+        });
+        format!("http://{addr}/app")
+    }
+
+    fn limits() -> DownloadLimits {
+        DownloadLimits {
+            idle_timeout: Duration::from_millis(300),
+            max_bytes: 1024,
+            attempts: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn checksum_mismatch_names_both_sums_and_leaves_nothing() {
+        let state = tempfile::tempdir().unwrap();
+        let source = state.path().join("abc");
+        std::fs::write(&source, b"abc").unwrap();
+        let url = format!("file://{}", source.display());
+        let mut wrong = artifact(url.clone(), b"abc");
+        wrong.sha256 = "0".repeat(64);
+        let err = fetch(&reqwest::Client::new(), state.path(), &wrong, limits())
+            .await
             .unwrap_err()
             .to_string();
         assert!(
             err.contains(&"0".repeat(64)) && err.contains("ba7816bf"),
             "{err}"
         );
-        verify_sha256(
-            "file:///a",
-            "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD",
-            b"abc",
+        let left: Vec<_> = std::fs::read_dir(state.path().join("artifacts"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "scratch files left behind: {left:?}");
+        let dir = fetch(
+            &reqwest::Client::new(),
+            state.path(),
+            &artifact(url, b"abc"),
+            limits(),
         )
+        .await
         .unwrap();
+        assert_eq!(std::fs::read(dir.join("abc")).unwrap(), b"abc");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_sends_a_byte_fails_within_the_idle_timeout() {
+        let url = serve(|stream| {
+            tokio::spawn(async move {
+                let _held = stream;
+                std::future::pending::<()>().await
+            });
+        })
+        .await;
+        let state = tempfile::tempdir().unwrap();
+        let (http, stalled) = (reqwest::Client::new(), artifact(url, b"x"));
+        let fetching = fetch(&http, state.path(), &stalled, limits());
+        let err = tokio::time::timeout(Duration::from_secs(20), fetching)
+            .await
+            .expect("the download must give up by itself")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no data for") && err.contains("after 2 attempts"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused_without_retry() {
+        let url = serve(|mut stream| {
+            tokio::spawn(async move {
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request).await;
+                // No Content-Length: the limit must hold while streaming, not only up front.
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+                    .await;
+                let _ = stream.write_all(&[b'x'; 4096]).await;
+            });
+        })
+        .await;
+        let state = tempfile::tempdir().unwrap();
+        let err = fetch(
+            &reqwest::Client::new(),
+            state.path(),
+            &artifact(url, b"x"),
+            limits(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("more than 1024 bytes") && !err.contains("attempts"),
+            "{err}"
+        );
     }
 }
 #[cfg(test)]
@@ -289,7 +589,7 @@ mod mode_tests {
         builder.append(&header, &b"hi"[..]).unwrap();
         let bytes = builder.into_inner().unwrap().finish().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        super::unpack("file:///a.tgz", &bytes, dir.path()).unwrap();
+        super::unpack_bytes("file:///a.tgz", &bytes, dir.path()).unwrap();
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join("app"))
             .unwrap()
@@ -321,7 +621,7 @@ mod mode_tests {
         }
         let bytes = builder.into_inner().unwrap().finish().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        super::unpack("file:///a.tar.gz", &bytes, dir.path()).unwrap();
+        super::unpack_bytes("file:///a.tar.gz", &bytes, dir.path()).unwrap();
         let mode = |n: &str| {
             std::fs::metadata(dir.path().join(n))
                 .unwrap()

@@ -85,6 +85,12 @@ pub struct Cli {
     /// The user apps run as (default "bluegreen-app"; "root" only if the apps truly need it).
     #[arg(long, env = "BLUEGREEN_AGENT_RUN_AS")]
     pub run_as: Option<String>,
+    /// Longest wait for an artifact server's next bytes before the attempt fails (default "30s").
+    #[arg(long, env = "BLUEGREEN_AGENT_DOWNLOAD_TIMEOUT")]
+    pub download_timeout: Option<String>,
+    /// Largest artifact accepted, in bytes (default 2 GiB).
+    #[arg(long, env = "BLUEGREEN_AGENT_DOWNLOAD_MAX_BYTES")]
+    pub download_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -120,6 +126,8 @@ struct FileConfig {
     trusted_keys: Option<Vec<PathBuf>>,
     secrets_dir: Option<PathBuf>,
     run_as: Option<String>,
+    download_timeout: Option<String>,
+    download_max_bytes: Option<u64>,
 }
 
 /// Mutual TLS for the gRPC API: the server's certificate and the CA its clients must present.
@@ -155,6 +163,7 @@ pub struct Config {
     /// Set when `grpc_listen` asked for a non-loopback address without TLS: the address asked
     /// for (the agent listens on loopback instead, and says so at start).
     pub grpc_downgraded_from: Option<SocketAddr>,
+    pub download: crate::artifact::DownloadLimits,
 }
 
 impl Config {
@@ -223,7 +232,16 @@ impl Config {
                 ))
             }
         };
+        let mut download = crate::artifact::DownloadLimits::default();
+        if let Some(t) = cli.download_timeout.or(file.download_timeout) {
+            download.idle_timeout = humantime::parse_duration(&t)
+                .map_err(|e| AgentError::Setting(format!("download_timeout: {t:?}: {e}")))?;
+        }
+        if let Some(max) = cli.download_max_bytes.or(file.download_max_bytes) {
+            download.max_bytes = max;
+        }
         let config = Config {
+            download,
             etcd,
             prefix: cli
                 .prefix

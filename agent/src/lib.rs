@@ -63,6 +63,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let client = proto::connect(&config.etcd).await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(2)
+        .connect_timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| AgentError::Setting(format!("http client: {e}")))?;
     let runtime = Arc::new(ProcessRuntime {
@@ -73,6 +74,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         app_log_level: config.app_log_level.clone(),
         secrets_dir: config.secrets_dir.clone(),
         run_as: config.run_as.clone(),
+        download: config.download,
     });
 
     let (active_tx, active_rx) = watch::channel(None);

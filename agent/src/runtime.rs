@@ -63,6 +63,7 @@ pub struct ProcessRuntime {
     pub secrets_dir: Option<PathBuf>,
     /// The user apps run as (`None`: the agent's own, only when configured as "root").
     pub run_as: Option<crate::process::RunAs>,
+    pub download: artifact::DownloadLimits,
 }
 
 impl ProcessRuntime {
@@ -127,7 +128,7 @@ impl AppRuntime for ProcessRuntime {
     type Process = AppProcess;
 
     async fn fetch(&self, artifact: &Artifact) -> Result<PathBuf, String> {
-        artifact::fetch(&self.http, &self.state_dir, artifact)
+        artifact::fetch(&self.http, &self.state_dir, artifact, self.download)
             .await
             .map_err(|e| e.to_string())
     }

@@ -112,7 +112,14 @@ impl<R: AppRuntime> Supervisor<R> {
             }
             Action::Fetch(release) => {
                 tracing::info!(color = %self.color, version = %release.version, url = %release.artifact.url, "installing release");
-                let result = self.runtime.fetch(&release.artifact).await;
+                // A newer release for this color cancels a fetch still under way (a stalled
+                // server must not hold the color). The watch is cloned so that the newer release
+                // stays unseen for the main loop, which delivers it next.
+                let mut newer = self.desired.clone();
+                let result = tokio::select! {
+                    result = self.runtime.fetch(&release.artifact) => result,
+                    _ = newer.changed() => Err("superseded by a newer release".into()),
+                };
                 let superseded = self.desired.has_changed().unwrap_or(false);
                 Some(Event::Fetched { result, superseded })
             }

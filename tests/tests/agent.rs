@@ -163,6 +163,37 @@ async fn artifact_url_that_404s_fails_and_keeps_the_old_process() {
     assert_still_serving(&host, "v1", Some("v2")).await;
 }
 
+/// An artifact server that accepts the connection and never sends a byte holds neither the other
+/// color nor a newer release of the same color (before: one agent-wide download lock and no
+/// timeout left every later release `starting` until the agent was restarted).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_download_holds_neither_the_other_color_nor_a_newer_release() {
+    // A long idle timeout: only cancelling the stalled fetch can make this pass in time.
+    let (_etcd, client, artifacts, host) = blue_v1_green_v2("download_timeout = \"10m\"\n").await;
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stall_url = format!("http://{}/app.tar.gz", stall.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = stall.accept().await {
+            held.push(stream);
+        }
+    });
+    let mut stalled = artifacts.demo_app();
+    stalled.url = stall_url;
+    stalled.sha256 = "cd".repeat(32);
+    put_release(&client, Color::Green, &release("v3", &stalled, &[])).await;
+    wait_health(&client, &host.host, Color::Green, "v3 starting", |h| {
+        h.version == "v3" && h.state == HealthState::Starting
+    })
+    .await;
+    let app = artifacts.demo_app();
+    put_release(&client, Color::Blue, &release("v4", &app, &[])).await;
+    wait_healthy(&client, &host.host, Color::Blue, "v4").await;
+    put_release(&client, Color::Green, &release("v5", &app, &[])).await;
+    wait_healthy(&client, &host.host, Color::Green, "v5").await;
+    assert_still_serving(&host, "v4", Some("v5")).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tarball_escaping_its_directory_is_refused() {
     let (_etcd, client, artifacts, host) = blue_v1_green_v2("").await;
