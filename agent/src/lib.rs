@@ -61,6 +61,18 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             ))
         })?;
     let client = proto::connect(&config.etcd).await?;
+    // One agent per host name: a second one (a cloned image, a copy-pasted config) must not
+    // overwrite the first one's record. Our own previous run is taken over at once; a dead
+    // stranger's lease expires within its TTL.
+    let instance = proto::leased::instance_id(&config.state_dir);
+    proto::leased::await_claim(
+        &client,
+        &keys.host(&config.host),
+        &instance,
+        config.lease_ttl + Duration::from_secs(2),
+    )
+    .await
+    .map_err(|e| AgentError::Setting(format!("host {:?}: {e}", config.host)))?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(2)
         .connect_timeout(Duration::from_secs(10))
@@ -115,6 +127,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         grpc: config.grpc_listen.to_string(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         started_at: proto::time::now_rfc3339(),
+        instance: Some(instance),
     };
     let reporter = reporter::Reporter {
         client,

@@ -2,6 +2,7 @@
 //! (through [`proto::leased::hold_keys`]), so that a dead agent's keys disappear by themselves.
 use crate::status::ColorStatus;
 use etcd_client::Client;
+use proto::leased::{HeldKey, Hold};
 use proto::records::{encode, HostRecord};
 use proto::Keys;
 use std::time::Duration;
@@ -18,9 +19,11 @@ pub struct Reporter {
 impl Reporter {
     pub async fn run(mut self, shutdown: watch::Receiver<bool>) {
         let (tx, rx) = watch::channel(self.puts());
+        let instance = self.host.instance.clone().unwrap_or_default();
         let holder = tokio::spawn(proto::leased::hold_keys(
             self.client.clone(),
             self.lease_ttl,
+            instance,
             rx,
             shutdown.clone(),
         ));
@@ -34,14 +37,19 @@ impl Reporter {
         let _ = holder.await;
     }
 
-    /// The host key and every known color's health record.
-    fn puts(&mut self) -> Vec<(String, String)> {
-        let mut puts = vec![(self.keys.host(&self.host.host), encode(&self.host))];
+    /// The host key (this agent's claim on its host name) and every known color's health record.
+    fn puts(&mut self) -> Vec<HeldKey> {
+        let mut puts = vec![HeldKey::new(
+            self.keys.host(&self.host.host),
+            encode(&self.host),
+            Hold::Claim,
+        )];
         for rx in &mut self.statuses {
             if let Some(status) = rx.borrow_and_update().as_ref() {
-                puts.push((
+                puts.push(HeldKey::new(
                     self.keys.health(&self.host.host, status.color),
                     encode(&status.record()),
+                    Hold::Leased,
                 ));
             }
         }

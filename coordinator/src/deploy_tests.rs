@@ -275,7 +275,8 @@ async fn a_silent_lb_makes_the_switch_unsafe_after_the_ack_timeout() {
         .unwrap_err();
     assert_eq!(err.exit_code(), 4, "{err}");
     assert!(
-        err.to_string().contains("lb-2: no ack of revision"),
+        err.to_string()
+            .contains("lb-2 (sidecar silent): no ack of revision"),
         "{err}"
     );
     let s = store.snapshot();
@@ -286,6 +287,31 @@ async fn a_silent_lb_makes_the_switch_unsafe_after_the_ack_timeout() {
         "terminal: no later reconcile"
     );
     assert_eq!(outcomes(&store), vec![(Operation::Deploy, Outcome::Failed)]);
+}
+
+/// The zombie LB: its sidecar is silent but its nginx may still serve what it last acked, so the
+/// next deploy must not restage that color (it did, and requests through that LB failed).
+#[tokio::test(start_paused = true)]
+async fn a_silent_lb_keeps_the_color_it_last_acked_from_being_restaged() {
+    let store = fleet().serving(Color::Blue, "v1");
+    store.silence_lb("lb-2");
+    let first = deploy(&store, &FakeProbes::default(), &args("v2")).await;
+    assert_eq!(first.unwrap_err().exit_code(), 4);
+    let writes_before = store.writes().len();
+    let err = deploy(&store, &FakeProbes::default(), &args("v3"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 1, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("blue cannot be restaged")
+            && text.contains("lb-2 (sidecar silent)")
+            && text.contains("coordinator lb remove"),
+        "{text}"
+    );
+    assert_eq!(store.writes().len(), writes_before, "nothing written");
+    assert_eq!(release_desired(&store, Color::Blue), Some(Desired::Running));
+    assert_eq!(store.snapshot().releases[&Color::Blue].version, "v1");
 }
 
 #[tokio::test(start_paused = true)]

@@ -87,8 +87,8 @@ pub fn missing_acks(status: &AppStatus, lbs: &[String], revision: i64) -> Vec<St
         })
         .map(
             |name| match status.lbs.get(name).and_then(|a| a.error.clone()) {
-                Some(error) => format!("{name}: {error}"),
-                None => format!("{name}: no ack of revision {revision}"),
+                Some(error) => format!("{}: {error}", status.lb_label(name)),
+                None => format!("{}: no ack of revision {revision}", status.lb_label(name)),
             },
         )
         .collect()

@@ -10,6 +10,7 @@ mod deploy_tests;
 pub mod error;
 pub mod fleet;
 pub mod history;
+pub mod lbs;
 pub mod lock;
 pub mod migrate;
 pub mod pipeline;
@@ -80,7 +81,7 @@ impl Global {
     }
 }
 
-fn holder() -> String {
+pub(crate) fn holder() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}:{}", host.trim(), std::process::id())
 }
@@ -301,6 +302,42 @@ pub async fn stop(
     )
     .await?;
     let result = stop::stop_color(&client, &keys, &lock, color, &id, &progress).await;
+    lock.release().await;
+    result
+}
+
+/// `coordinator lb list`.
+pub async fn lb_list(global: &Global) -> Result<String, CoordinatorError> {
+    let keys = global.keys()?;
+    let client = global.connect().await?;
+    let state = status::read(&client, &keys).await?;
+    let views = lbs::views(&state);
+    Ok(if global.json {
+        serde_json::to_string_pretty(&views).expect("views serialize") + "\n"
+    } else {
+        lbs::render_text(&views)
+    })
+}
+
+/// `coordinator lb remove NAME --yes`: forgets an LB that is gone for good.
+pub async fn lb_remove(
+    global: &Global,
+    name: &str,
+    confirmed: bool,
+    lock_wait: Duration,
+) -> Result<String, CoordinatorError> {
+    proto::check_name("lb name", name).map_err(CoordinatorError::Usage)?;
+    if !confirmed {
+        return Err(CoordinatorError::Usage(format!(
+            "lb remove forgets {name} and the color it last served; repeat with --yes to confirm"
+        )));
+    }
+    let keys = global.keys()?;
+    let client = global.connect().await?;
+    let progress = Progress::new(global.json);
+    let id = format!("lb-remove-{}", uuid::Uuid::new_v4());
+    let lock = acquire(&client, &keys, &id, Operation::LbRemove, None, lock_wait, &progress).await?;
+    let result = lbs::remove(&client, &keys, &lock, name, &id).await;
     lock.release().await;
     result
 }

@@ -142,6 +142,11 @@ enum Command {
         #[command(subcommand)]
         action: LockAction,
     },
+    /// LB membership: every registered LB, alive or not, and removing one that is gone for good.
+    Lb {
+        #[command(subcommand)]
+        action: LbAction,
+    },
     /// The last log lines of one color on one host (through its agent).
     Logs {
         #[arg(long)]
@@ -192,6 +197,20 @@ enum LockAction {
     Break {
         #[arg(long)]
         yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LbAction {
+    /// Every registered LB: alive or not, the color it last acked, its error.
+    List,
+    /// Forget an LB whose sidecar is gone for good (refused while it is alive).
+    Remove {
+        name: String,
+        #[arg(long)]
+        yes: bool,
+        #[arg(long, default_value = "30s")]
+        lock_wait: String,
     },
 }
 
@@ -258,6 +277,17 @@ async fn dispatch(global: &Global, command: Command) -> Result<String, Coordinat
         Command::Lock {
             action: LockAction::Break { yes },
         } => coordinator::lock_break(global, yes).await,
+        Command::Lb {
+            action: LbAction::List,
+        } => coordinator::lb_list(global).await,
+        Command::Lb {
+            action:
+                LbAction::Remove {
+                    name,
+                    yes,
+                    lock_wait,
+                },
+        } => coordinator::lb_remove(global, &name, yes, dur("--lock-wait", &lock_wait)?).await,
         Command::Logs {
             host,
             color: c,

@@ -77,9 +77,19 @@ pub fn preflight(state: &AppStatus, intent: &Intent) -> Preflight {
             ));
         }
     }
+    let to = from.map_or(Color::Blue, Color::other);
+    let serving = state.lbs_serving(to);
+    if !serving.is_empty() {
+        return Preflight::Refuse(format!(
+            "{to} cannot be restaged: LB {} last acked serving it; wait for it to ack {}, or \
+             remove an LB that is gone for good with `coordinator lb remove NAME`",
+            serving.join(", "),
+            to.other()
+        ));
+    }
     Preflight::Go(Plan {
         from,
-        to: from.map_or(Color::Blue, Color::other),
+        to,
         hosts,
         lbs,
         migrations: intent.migrations,

@@ -19,7 +19,10 @@ pub struct AppStatus {
     pub releases: BTreeMap<Color, ReleaseRecord>,
     pub hosts: BTreeMap<String, HostRecord>,
     pub health: BTreeMap<String, BTreeMap<Color, HealthRecord>>,
+    /// Every registered LB (durable) with its last ack, alive or not.
     pub lbs: BTreeMap<String, LbRecord>,
+    /// The LBs whose sidecar is running (holds `lb-alive/<name>` under its lease).
+    pub lbs_alive: std::collections::BTreeSet<String>,
     pub lock: Option<LockRecord>,
     /// Why `active` exists but cannot be used (garbage, a bad color or version): no command may
     /// guess the live color then.
@@ -28,6 +31,25 @@ pub struct AppStatus {
 }
 
 impl AppStatus {
+    /// The registered LBs that last acked serving `color`: that color must not be restaged or
+    /// stopped while any of them does, alive or not (a silent sidecar's nginx may still serve it).
+    pub fn lbs_serving(&self, color: Color) -> Vec<String> {
+        self.lbs
+            .iter()
+            .filter(|(_, ack)| ack.color == Some(color))
+            .map(|(name, _)| self.lb_label(name))
+            .collect()
+    }
+
+    /// `name`, marked when its sidecar is silent.
+    pub fn lb_label(&self, name: &str) -> String {
+        if self.lbs_alive.contains(name) {
+            name.to_string()
+        } else {
+            format!("{name} (sidecar silent)")
+        }
+    }
+
     /// What `host` reports for `color`, if anything.
     pub fn health_of(&self, host: &str, color: Color) -> Option<&HealthRecord> {
         self.health.get(host).and_then(|m| m.get(&color))
@@ -61,6 +83,11 @@ pub async fn read(
             Some(AppKey::Lb(name)) => decode(key, value).map(|r| {
                 status.lbs.insert(name, r);
             }),
+            Some(AppKey::LbAlive(name)) => {
+                decode::<proto::records::LbAliveRecord>(key, value).map(|_| {
+                    status.lbs_alive.insert(name);
+                })
+            }
             Some(AppKey::Lock) => decode(key, value).map(|r| status.lock = Some(r)),
             _ => {
                 // A host or LB key whose name breaks the name rule is reported, never used.
@@ -158,8 +185,13 @@ pub fn render_text(app: &str, s: &AppStatus) -> String {
     }
     for (name, lb) in &s.lbs {
         let color = lb.color.map_or("none".to_string(), |c| c.to_string());
+        let alive = if s.lbs_alive.contains(name) {
+            ""
+        } else {
+            " (sidecar silent: not alive)"
+        };
         out.push_str(&format!(
-            "lb {name}: serving {color} at revision {}\n",
+            "lb {name}: serving {color} at revision {}{alive}\n",
             lb.applied_revision
         ));
     }

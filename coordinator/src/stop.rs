@@ -28,6 +28,13 @@ pub async fn stop_color(
             active.version
         )));
     }
+    let serving = state.lbs_serving(color);
+    if !serving.is_empty() {
+        return Err(CoordinatorError::Usage(format!(
+            "refusing to stop {color}: LB {} last acked serving it",
+            serving.join(", ")
+        )));
+    }
     let Some(release) = state.releases.get(&color) else {
         return Ok(format!("{color} has no release: nothing runs there"));
     };

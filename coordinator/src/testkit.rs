@@ -63,6 +63,7 @@ impl MemoryStore {
         }
         for name in lbs {
             inner.state.lbs.insert(name.to_string(), lb_record(0, None));
+            inner.state.lbs_alive.insert(name.to_string());
             inner.following_lbs.insert(name.to_string());
         }
         inner.state.revision = 10;
@@ -130,9 +131,12 @@ impl MemoryStore {
         self.inner.lock().unwrap().agents.insert(host.into(), agent);
     }
 
-    /// The LB's sidecar stops acking (paused, partitioned).
+    /// The LB's sidecar stops acking (paused, partitioned) and its liveness key expires; its
+    /// durable record (last ack) stays.
     pub fn silence_lb(&self, name: &str) {
-        self.inner.lock().unwrap().following_lbs.remove(name);
+        let mut inner = self.inner.lock().unwrap();
+        inner.following_lbs.remove(name);
+        inner.state.lbs_alive.remove(name);
     }
 
     /// What a host reports for a color, as an agent's write would change it.
@@ -443,6 +447,7 @@ fn host_record(name: &str, i: usize) -> HostRecord {
         grpc: format!("127.0.0.{}:7070", 11 + i),
         agent_version: "test".into(),
         started_at: "t".into(),
+        instance: None,
     }
 }
 

@@ -17,7 +17,8 @@ use applier::Applier;
 use config::Config;
 use error::SidecarError;
 use metrics::Metrics;
-use proto::records::{encode, LbRecord};
+use proto::leased::{HeldKey, Hold};
+use proto::records::{encode, LbAliveRecord, LbRecord};
 use proto::watch::{PrefixWatch, WatchEvent};
 use proto::Keys;
 use state::{Effect, LbState};
@@ -63,10 +64,30 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         config.listen.to_string(),
         config.preview_listen.to_string(),
     );
-    let (ack_tx, ack_rx) = watch::channel(Vec::new());
+    // One sidecar per LB name: a second one must not overwrite the first one's acks. Our own
+    // previous run is taken over at once; a dead stranger's lease expires within its TTL.
+    let instance = proto::leased::instance_id(&config.state_dir);
+    let alive = HeldKey::new(
+        keys.lb_alive(&config.name),
+        encode(&LbAliveRecord {
+            instance: instance.clone(),
+            started_at: proto::time::now_rfc3339(),
+        }),
+        Hold::Claim,
+    );
+    proto::leased::await_claim(
+        &client,
+        &alive.key,
+        &instance,
+        config.lease_ttl + Duration::from_secs(2),
+    )
+    .await
+    .map_err(|e| SidecarError::Setting(format!("name {:?}: {e}", config.name)))?;
+    let (ack_tx, ack_rx) = watch::channel(vec![alive.clone()]);
     let holder = tokio::spawn(proto::leased::hold_keys(
         client.clone(),
         config.lease_ttl,
+        instance,
         ack_rx,
         shutdown.clone(),
     ));
@@ -77,6 +98,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         metrics,
         config,
         ack_tx,
+        alive,
         state: LbState::default(),
         ack: None,
         revision: 0,
@@ -93,7 +115,9 @@ struct Follower {
     applier: Applier,
     metrics: Arc<Metrics>,
     config: Config,
-    ack_tx: watch::Sender<Vec<(String, String)>>,
+    /// Our liveness and claim on the LB name (leased), held beside the durable ack.
+    ack_tx: watch::Sender<Vec<HeldKey>>,
+    alive: HeldKey,
     state: LbState,
     /// The last ack written, kept so that an error can be added to it without losing the rest.
     ack: Option<LbRecord>,
@@ -313,9 +337,10 @@ impl Follower {
     }
 
     fn publish(&mut self, ack: LbRecord) {
-        let _ = self
-            .ack_tx
-            .send(vec![(self.keys.lb(&self.config.name), encode(&ack))]);
+        // The ack is durable: a silent LB stays a member, and the color it last acked stays
+        // protected until it acks another one or an operator removes it.
+        let ack_key = HeldKey::new(self.keys.lb(&self.config.name), encode(&ack), Hold::Durable);
+        let _ = self.ack_tx.send(vec![self.alive.clone(), ack_key]);
         self.ack = Some(LbRecord { error: None, ..ack });
     }
 }

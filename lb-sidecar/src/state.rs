@@ -133,6 +133,7 @@ mod tests {
             grpc: String::new(),
             agent_version: "0".into(),
             started_at: "t".into(),
+            instance: None,
         };
         assert_eq!(
             state.apply(

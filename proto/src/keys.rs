@@ -19,6 +19,7 @@ pub enum AppKey {
     Host(String),
     Health { host: String, color: Color },
     Lb(String),
+    LbAlive(String),
 }
 
 /// Width of the zero-padded revision in history keys, so keys sort like revisions.
@@ -100,6 +101,12 @@ impl Keys {
         format!("{}lbs/", self.base)
     }
 
+    /// An LB's liveness, under its sidecar's lease; `lbs/<name>` (its last ack) is durable, so a
+    /// silent LB stays a member whose last served color is protected.
+    pub fn lb_alive(&self, name: &str) -> String {
+        format!("{}lb-alive/{name}", self.base)
+    }
+
     /// Classifies a key of this app; `None` for keys outside the app or of an unknown shape
     /// (forward compatibility: newer writers may add keys).
     pub fn parse(&self, key: &str) -> Option<AppKey> {
@@ -119,6 +126,7 @@ impl Keys {
                 })
             }
             ["lbs", name] if is_name(name) => Some(AppKey::Lb(name.to_string())),
+            ["lb-alive", name] if is_name(name) => Some(AppKey::LbAlive(name.to_string())),
             _ => None,
         }
     }
@@ -130,7 +138,7 @@ impl Keys {
         let parts: Vec<&str> = rest.split('/').collect();
         let (what, name) = match parts.as_slice() {
             ["hosts", host] | ["health", host, _] => ("host", *host),
-            ["lbs", name] => ("LB name", *name),
+            ["lbs", name] | ["lb-alive", name] => ("LB name", *name),
             _ => return None,
         };
         crate::names::check_name(what, name)
@@ -174,6 +182,7 @@ mod tests {
             "/bluegreen/shop/health/host-a/blue"
         );
         assert_eq!(k.lb("lb-1"), "/bluegreen/shop/lbs/lb-1");
+        assert_eq!(k.lb_alive("lb-1"), "/bluegreen/shop/lb-alive/lb-1");
     }
 
     #[test]
@@ -202,6 +211,10 @@ mod tests {
             })
         );
         assert_eq!(k.parse(&k.lb("lb")), Some(AppKey::Lb("lb".into())));
+        assert_eq!(
+            k.parse(&k.lb_alive("lb")),
+            Some(AppKey::LbAlive("lb".into()))
+        );
     }
 
     #[test]

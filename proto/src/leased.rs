@@ -1,19 +1,112 @@
-//! Keeps a set of keys written under this process's own lease (an agent's host and health keys, a
-//! sidecar's ack), so they vanish when the process dies. Writes are retried while etcd is
-//! unreachable; a lost lease is replaced by a new one and every key is written again.
+//! Keeps the keys a process owns in etcd (an agent's host and health keys, a sidecar's ack and
+//! liveness) written, whatever happens to them:
+//! - leased keys vanish when the process dies; a lost lease is replaced and every key rewritten;
+//! - durable keys (an LB's last ack) stay after the process dies;
+//! - the name claim (`hosts/<host>`, `lb-alive/<name>`) is written only while no *other* process
+//!   holds it, so a second agent or sidecar started with the same name (a cloned image) is refused
+//!   loudly and the first keeps its record;
+//! - a key deleted or changed by someone else (`etcdctl del`, a stray write) is written back at once.
+//!
+//! Writes are retried while etcd is unreachable.
 use crate::session::Session;
-use etcd_client::{Client, PutOptions};
+use crate::ProtoError;
+use etcd_client::{Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Holds `keys` (the full desired set of `(key, value)`) until `shutdown` becomes true. On shutdown
-/// the lease is left to expire, so a restarted process can take the keys over seamlessly.
+/// How a held key is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Under the process's lease: gone when the process dies.
+    Leased,
+    /// Without a lease: stays when the process dies.
+    Durable,
+    /// Under the lease, and only while the key is absent or already names this instance.
+    Claim,
+}
+
+/// One key the holder keeps written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldKey {
+    pub key: String,
+    pub value: String,
+    pub hold: Hold,
+}
+
+impl HeldKey {
+    pub fn new(key: String, value: String, hold: Hold) -> HeldKey {
+        HeldKey { key, value, hold }
+    }
+}
+
+/// Identifies this process among others that might use the same name: the machine's boot id and
+/// the process's state directory. A restart of the same process (same boot, same directory)
+/// takes its previous record over at once; a cloned machine or a second process with another
+/// state directory is a different instance.
+pub fn instance_id(state_dir: &std::path::Path) -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|b| b.trim().to_string())
+        .unwrap_or_else(|_| "unknown-boot".into());
+    let dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    format!("{boot}:{}", dir.display())
+}
+
+/// The `instance` field of a claim's JSON value.
+fn instance_of(value: &[u8]) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_slice(value).ok()?;
+    json.get("instance")?.as_str().map(str::to_string)
+}
+
+/// Waits until the claim `key` is free or held by `instance` (our own previous run), for at most
+/// `wait` (a dead holder's lease expires within its TTL). Errors when another live process still
+/// holds it: the caller must not start.
+pub async fn await_claim(
+    client: &Client,
+    key: &str,
+    instance: &str,
+    wait: Duration,
+) -> Result<(), ProtoError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut warned = false;
+    loop {
+        let mut c = client.clone();
+        let resp = c
+            .get(key, None)
+            .await
+            .map_err(|e| ProtoError::etcd(format!("read {key}"), e))?;
+        let holder = match resp.kvs().first() {
+            None => return Ok(()),
+            Some(kv) => instance_of(kv.value()),
+        };
+        if holder.as_deref() == Some(instance) {
+            return Ok(());
+        }
+        let holder = holder.unwrap_or_else(|| "an unreadable value".into());
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ProtoError::Setting(format!(
+                "{key} is held by another process ({holder}) that is still alive: two processes \
+                 were started with the same name; give this one another name"
+            )));
+        }
+        if !warned {
+            tracing::warn!(%key, %holder, ?wait, "name held by another process; waiting for its lease to expire");
+            warned = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Holds `keys` (the full desired set) until `shutdown` becomes true. On shutdown the lease is
+/// left to expire, so a restarted process can take the keys over seamlessly.
 pub async fn hold_keys(
     client: Client,
     ttl: Duration,
-    mut keys: watch::Receiver<Vec<(String, String)>>,
+    instance: String,
+    mut keys: watch::Receiver<Vec<HeldKey>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut conflict_logged = false;
     loop {
         let session = tokio::select! {
             s = grant(&client, ttl) => s,
@@ -24,13 +117,36 @@ pub async fn hold_keys(
             "holding keys under a new lease"
         );
         let mut dirty = true;
+        let mut guard: Option<Guard> = None;
         loop {
             if dirty {
-                let puts = keys.borrow_and_update().clone();
-                dirty = !write_all(&client, session.lease_id(), &puts).await;
+                let held = keys.borrow_and_update().clone();
+                match write_all(&client, session.lease_id(), &instance, &held).await {
+                    Written::All(revision) => {
+                        dirty = false;
+                        conflict_logged = false;
+                        let watched: Vec<String> = held.iter().map(|h| h.key.clone()).collect();
+                        if guard.as_ref().is_none_or(|g| g.keys != watched) {
+                            guard = Guard::open(&client, watched, revision + 1).await;
+                        }
+                        if let Some(g) = guard.as_mut() {
+                            g.remember(&held);
+                        }
+                    }
+                    Written::Conflict(key, holder) => {
+                        if !conflict_logged {
+                            tracing::error!(%key, %holder, "another process holds this name: not overwriting its record; rename one of them");
+                            conflict_logged = true;
+                        }
+                    }
+                    Written::Failed => {}
+                }
             }
             let retry = tokio::time::sleep(if dirty {
                 Duration::from_millis(500)
+            } else if guard.is_none() {
+                // No guard watch: re-check our keys now and then instead.
+                Duration::from_secs(5)
             } else {
                 Duration::from_secs(86_400)
             });
@@ -39,12 +155,96 @@ pub async fn hold_keys(
                     if changed.is_err() { return; }
                     dirty = true;
                 }
-                _ = retry => {}
+                _ = retry => { dirty = true; }
+                tampered = next_tamper(&mut guard) => {
+                    if let Some(key) = tampered {
+                        tracing::warn!(%key, "own key deleted or changed by someone else; writing it back");
+                    }
+                    dirty = true;
+                }
                 lost = session.lost() => {
                     tracing::warn!(error = %lost, "lease lost; writing every key again under a new one");
                     break;
                 }
                 _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+/// One watch stream over exactly the held keys, to notice deletions and foreign writes.
+struct Guard {
+    keys: Vec<String>,
+    stream: etcd_client::WatchStream,
+    /// The last few values this process wrote per key: their echoes are not tampering.
+    written: BTreeMap<String, VecDeque<String>>,
+}
+
+impl Guard {
+    async fn open(client: &Client, keys: Vec<String>, from: i64) -> Option<Guard> {
+        let mut c = client.clone();
+        let options = || Some(WatchOptions::new().with_start_revision(from));
+        let first = keys.first()?.clone();
+        let open = async {
+            let mut stream = c.watch(first.as_str(), options()).await?;
+            for key in keys.iter().skip(1) {
+                stream.watch(key.as_str(), options()).await?;
+            }
+            Ok::<_, etcd_client::Error>(stream)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), open).await {
+            Ok(Ok(stream)) => Some(Guard {
+                keys,
+                stream,
+                written: BTreeMap::new(),
+            }),
+            _ => None,
+        }
+    }
+
+    fn remember(&mut self, held: &[HeldKey]) {
+        for h in held {
+            let values = self.written.entry(h.key.clone()).or_default();
+            if values.back() != Some(&h.value) {
+                values.push_back(h.value.clone());
+            }
+            while values.len() > 4 {
+                values.pop_front();
+            }
+        }
+    }
+
+    fn is_ours(&self, key: &str, value: &[u8]) -> bool {
+        self.written
+            .get(key)
+            .is_some_and(|values| values.iter().any(|v| v.as_bytes() == value))
+    }
+}
+
+/// Resolves with a key whose value in etcd is no longer ours (`None` when the guard broke and
+/// every key should be checked by a rewrite). Pending forever without a guard.
+async fn next_tamper(guard: &mut Option<Guard>) -> Option<String> {
+    let Some(g) = guard.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match g.stream.message().await {
+            Ok(Some(message)) => {
+                for event in message.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    let foreign = match event.event_type() {
+                        EventType::Delete => true,
+                        EventType::Put => !g.is_ours(&key, kv.value()),
+                    };
+                    if foreign {
+                        return Some(key);
+                    }
+                }
+            }
+            Ok(None) | Err(_) => {
+                *guard = None;
+                return None;
             }
         }
     }
@@ -64,26 +264,97 @@ async fn grant(client: &Client, ttl: Duration) -> Session {
     }
 }
 
-/// Writes every pair under `lease_id`; false if any write failed (the caller retries them all).
-async fn write_all(client: &Client, lease_id: i64, puts: &[(String, String)]) -> bool {
-    let mut client = client.clone();
-    for (key, value) in puts {
-        let put = client.put(
-            key.as_str(),
-            value.as_str(),
-            Some(PutOptions::new().with_lease(lease_id)),
-        );
-        match tokio::time::timeout(Duration::from_secs(3), put).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(%key, error = %e, "etcd write failed, will retry");
-                return false;
-            }
-            Err(_) => {
-                tracing::warn!(%key, "etcd write timed out, will retry");
-                return false;
+enum Written {
+    /// Every key is written; the revision of the last write.
+    All(i64),
+    /// A claim is held by another instance (key, holder): nothing after it was written.
+    Conflict(String, String),
+    /// etcd refused or did not answer; retry.
+    Failed,
+}
+
+/// Writes every key; claims first, so that a refused claim writes nothing else.
+async fn write_all(client: &Client, lease_id: i64, instance: &str, held: &[HeldKey]) -> Written {
+    let mut ordered: Vec<&HeldKey> = held.iter().filter(|h| h.hold == Hold::Claim).collect();
+    ordered.extend(held.iter().filter(|h| h.hold != Hold::Claim));
+    let mut revision = 0;
+    for h in ordered {
+        let written = match h.hold {
+            Hold::Claim => claim(client, lease_id, instance, h).await,
+            Hold::Leased => put(client, h, Some(lease_id)).await,
+            Hold::Durable => put(client, h, None).await,
+        };
+        match written {
+            Ok(Ok(rev)) => revision = revision.max(rev),
+            // Raced with a deletion or a concurrent claim: the next round decides.
+            Ok(Err(holder)) if holder.is_empty() => return Written::Failed,
+            Ok(Err(holder)) => return Written::Conflict(h.key.clone(), holder),
+            Err(e) => {
+                tracing::warn!(key = %h.key, error = %e, "etcd write failed, will retry");
+                return Written::Failed;
             }
         }
     }
-    true
+    Written::All(revision)
+}
+
+type WriteResult = Result<Result<i64, String>, String>;
+
+async fn put(client: &Client, h: &HeldKey, lease: Option<i64>) -> WriteResult {
+    let options = lease.map(|l| PutOptions::new().with_lease(l));
+    let mut c = client.clone();
+    let put = c.put(h.key.as_str(), h.value.as_str(), options);
+    match tokio::time::timeout(Duration::from_secs(3), put).await {
+        Ok(Ok(resp)) => Ok(Ok(resp.header().map_or(0, |h| h.revision()))),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// Puts the claim if the key is absent, or holds our instance (compared on its exact revision,
+/// so a concurrent claimant cannot slip in between). Ok(Err(holder)) when someone else holds it.
+async fn claim(client: &Client, lease_id: i64, instance: &str, h: &HeldKey) -> WriteResult {
+    let key = h.key.as_str();
+    let put = || TxnOp::put(key, h.value.as_str(), Some(PutOptions::new().with_lease(lease_id)));
+    let mut c = client.clone();
+    let attempt = async {
+        let absent = Txn::new()
+            .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then(vec![put()])
+            .or_else(vec![TxnOp::get(key, None)]);
+        let resp = c.txn(absent).await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        if resp.succeeded() {
+            return Ok::<_, etcd_client::Error>(Ok(revision));
+        }
+        let current = resp.op_responses().into_iter().find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+            _ => None,
+        });
+        let Some(current) = current else {
+            return Ok(Err(String::new())); // deleted in between: the next round claims it
+        };
+        let holder = instance_of(current.value());
+        if holder.as_deref() != Some(instance) {
+            return Ok(Err(holder.unwrap_or_else(|| "an unreadable value".into())));
+        }
+        let ours = Txn::new()
+            .when(vec![Compare::mod_revision(
+                key,
+                CompareOp::Equal,
+                current.mod_revision(),
+            )])
+            .and_then(vec![put()]);
+        let resp = c.txn(ours).await?;
+        Ok(if resp.succeeded() {
+            Ok(resp.header().map_or(0, |h| h.revision()))
+        } else {
+            Err(String::new())
+        })
+    };
+    match tokio::time::timeout(Duration::from_secs(3), attempt).await {
+        Ok(Ok(result)) => Ok(result),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
 }

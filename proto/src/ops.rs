@@ -17,6 +17,8 @@ pub enum Operation {
     /// A later command finishing the record of a deploy whose coordinator died.
     Reconcile,
     LockBreak,
+    /// An operator removed an LB's membership (`coordinator lb remove`).
+    LbRemove,
 }
 
 impl Operation {
@@ -29,6 +31,7 @@ impl Operation {
             Operation::Migrate => "migrate",
             Operation::Reconcile => "reconcile",
             Operation::LockBreak => "lock-break",
+            Operation::LbRemove => "lb-remove",
         }
     }
 }
@@ -65,6 +68,8 @@ pub enum Outcome {
     Reverted,
     #[serde(rename = "revert-failed")]
     RevertFailed,
+    #[serde(rename = "removed")]
+    Removed,
 }
 
 impl Outcome {
@@ -80,6 +85,7 @@ impl Outcome {
             Outcome::Applied => "applied",
             Outcome::Reverted => "reverted",
             Outcome::RevertFailed => "revert-failed",
+            Outcome::Removed => "removed",
         }
     }
 }

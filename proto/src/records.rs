@@ -334,6 +334,10 @@ pub struct HostRecord {
     pub grpc: String,
     pub agent_version: String,
     pub started_at: String,
+    /// Which agent process holds this host name (see [`crate::leased::instance_id`]): a second
+    /// agent claiming the same name is refused instead of overwriting this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 impl Validate for HostRecord {
@@ -461,6 +465,15 @@ pub struct LbRecord {
     pub url: Option<String>,
 }
 impl Validate for LbRecord {}
+
+/// `lb-alive/<name>`: the LB's sidecar is running (held under its lease).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LbAliveRecord {
+    /// Which sidecar process holds this LB name (see [`crate::leased::instance_id`]).
+    pub instance: String,
+    pub started_at: String,
+}
+impl Validate for LbAliveRecord {}
 
 #[cfg(test)]
 #[path = "records_tests.rs"]

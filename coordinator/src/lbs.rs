@@ -1,0 +1,126 @@
+//! `coordinator lb list|remove`: LB membership. An LB registers itself durably (`lbs/<name>`, its
+//! last ack) when its sidecar first starts; whether it is alive is a separate leased key. A silent
+//! LB therefore stays a member, the color it last acked stays protected, and a switch cannot be
+//! verified without it, until an operator removes it here.
+use crate::error::CoordinatorError;
+use crate::history;
+use crate::lock::DeployLock;
+use crate::status::{self, AppStatus};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use proto::{Keys, Operation, Outcome, ProtoError};
+use serde::Serialize;
+
+/// One registered LB as `lb list` shows it.
+#[derive(Debug, Serialize)]
+pub struct LbView {
+    pub name: String,
+    pub alive: bool,
+    pub color: Option<proto::Color>,
+    pub applied_revision: i64,
+    pub reloaded_at: String,
+    pub url: Option<String>,
+    pub error: Option<String>,
+}
+
+pub fn views(state: &AppStatus) -> Vec<LbView> {
+    state
+        .lbs
+        .iter()
+        .map(|(name, ack)| LbView {
+            name: name.clone(),
+            alive: state.lbs_alive.contains(name),
+            color: ack.color,
+            applied_revision: ack.applied_revision,
+            reloaded_at: ack.reloaded_at.clone(),
+            url: ack.url.clone(),
+            error: ack.error.clone(),
+        })
+        .collect()
+}
+
+pub fn render_text(views: &[LbView]) -> String {
+    if views.is_empty() {
+        return "no LB is registered\n".into();
+    }
+    let mut out = format!(
+        "{:<20} {:<6} {:<7} {:>9} {}\n",
+        "LB", "ALIVE", "SERVES", "REVISION", "ERROR"
+    );
+    for v in views {
+        out.push_str(&format!(
+            "{:<20} {:<6} {:<7} {:>9} {}\n",
+            v.name,
+            if v.alive { "yes" } else { "NO" },
+            v.color.map_or("none".into(), |c| c.to_string()),
+            v.applied_revision,
+            v.error.as_deref().unwrap_or("")
+        ));
+    }
+    out
+}
+
+/// Removes `name`'s membership under the deploy lock. A live LB is refused: its sidecar would
+/// write its record straight back, and removing a serving LB is never what was meant.
+pub async fn remove(
+    client: &etcd_client::Client,
+    keys: &Keys,
+    lock: &DeployLock,
+    name: &str,
+    op_id: &str,
+) -> Result<String, CoordinatorError> {
+    let state = status::read(client, keys).await?;
+    let Some(ack) = state.lbs.get(name) else {
+        return Err(CoordinatorError::Usage(format!(
+            "lb {name}: not registered under {} (see `coordinator lb list`)",
+            keys.lbs_prefix()
+        )));
+    };
+    if state.lbs_alive.contains(name) {
+        return Err(CoordinatorError::Usage(format!(
+            "lb {name} is alive (its sidecar holds {}): stop its sidecar first, or it registers again",
+            keys.lb_alive(name)
+        )));
+    }
+    let record_key = keys.lb(name);
+    let alive_key = keys.lb_alive(name);
+    let mut c = client.clone();
+    let record = c
+        .get(record_key.as_str(), None)
+        .await
+        .map_err(|e| ProtoError::etcd(format!("read {record_key}"), e))?;
+    let Some(kv) = record.kvs().first() else {
+        return Err(CoordinatorError::Usage(format!(
+            "lb {name}: removed meanwhile"
+        )));
+    };
+    // Fenced, and only if the LB neither came back nor acked again since we looked.
+    let txn = Txn::new()
+        .when(vec![
+            lock.fence.compare(),
+            Compare::mod_revision(record_key.as_str(), CompareOp::Equal, kv.mod_revision()),
+            Compare::create_revision(alive_key.as_str(), CompareOp::Equal, 0),
+        ])
+        .and_then(vec![TxnOp::delete(record_key.as_str(), None)]);
+    let resp = c
+        .txn(txn)
+        .await
+        .map_err(|e| ProtoError::etcd(format!("delete {record_key}"), e))?;
+    if !resp.succeeded() {
+        return Err(CoordinatorError::Failed(format!(
+            "lb {name} not removed: it came back, acked again, or the lock was lost meanwhile"
+        )));
+    }
+    let mut record = history::record(Operation::LbRemove, op_id, Outcome::Removed);
+    record.from = ack.color;
+    record.reason = Some(format!(
+        "lb {name} removed (last acked {} at revision {}) by {}",
+        ack.color.map_or("none".into(), |c| c.to_string()),
+        ack.applied_revision,
+        crate::holder()
+    ));
+    history::append(client, keys, Some(&lock.fence), &record).await?;
+    Ok(format!(
+        "lb {name}: removed; it no longer protects {} or blocks switches\n",
+        ack.color.map_or("any color".into(), |c| c.to_string())
+    ))
+}
