@@ -8,7 +8,7 @@
 #
 # Roles and users (user name = role name, so a client certificate whose CN is that name works too):
 #   bluegreen-<app>-agent-<host>   read <prefix>/<app>/, write only hosts/<host> and health/<host>/
-#   bluegreen-<app>-sidecar-<lb>   read <prefix>/<app>/, write only lbs/<lb>
+#   bluegreen-<app>-sidecar-<lb>   read <prefix>/<app>/, write only lbs/<lb> and lb-alive/<lb>
 #   bluegreen-<app>-coordinator    read and write <prefix>/<app>/
 #   bluegreen-<app>-auditor        read <prefix>/<app>/
 # Each user's password is written to <out>/<user>.password (mode 0600): give the agent of
@@ -91,6 +91,7 @@ for lb in $LBS; do
     role "$r"
     etcdctl role grant-permission --prefix=true "$r" read "$BASE" >/dev/null
     etcdctl role grant-permission "$r" readwrite "${BASE}lbs/$lb" >/dev/null
+    etcdctl role grant-permission "$r" readwrite "${BASE}lb-alive/$lb" >/dev/null
     user "$r"
 done
 

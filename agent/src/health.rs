@@ -54,7 +54,35 @@ fn evaluate_contract(
         None => Some(format!("{path} did not answer a JSON object")),
         Some(json) => check_fields(json, color, version),
     };
-    Probe::verdict(reason, parsed.unwrap_or(Value::Null))
+    Probe::verdict(reason, parsed.map_or(Value::Null, published))
+}
+
+/// Largest health document published into etcd as it is. etcd refuses values over its request
+/// limit (1.5 MiB by default) and every watcher receives each one, so a bigger document keeps
+/// only the contract's fields and a note.
+pub const MAX_PUBLISHED_HEALTH: usize = 8 * 1024;
+
+/// Most of a health answer read at all; the rest is not read (and a JSON cut there fails).
+const MAX_HEALTH_READ: usize = 1 << 20;
+
+fn published(body: Value) -> Value {
+    let size = body.to_string().len();
+    if size <= MAX_PUBLISHED_HEALTH {
+        return body;
+    }
+    let mut kept = serde_json::Map::new();
+    for field in ["status", "environment", "version", "database_connected"] {
+        if let Some(v) = body.get(field).filter(|v| v.to_string().len() <= 256) {
+            kept.insert(field.into(), v.clone());
+        }
+    }
+    kept.insert(
+        "bluegreen_truncated".into(),
+        Value::String(format!(
+            "the app's health document was {size} bytes; only the contract's fields are kept (limit {MAX_PUBLISHED_HEALTH})"
+        )),
+    );
+    Value::Object(kept)
 }
 
 /// Plain HTTP: the expected status (any 2xx when unset) and, optionally, a body substring. The
@@ -124,9 +152,16 @@ pub async fn probe(
     }
     let url = format!("http://{address}:{port}{}", spec.path);
     let answer = async {
-        let resp = http.get(&url).timeout(spec.timeout).send().await?;
+        let mut resp = http.get(&url).timeout(spec.timeout).send().await?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().await?;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await? {
+            let room = MAX_HEALTH_READ - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() >= MAX_HEALTH_READ {
+                break;
+            }
+        }
         Ok::<_, reqwest::Error>((status, body))
     };
     match answer.await {
@@ -251,6 +286,25 @@ mod tests {
         let p = evaluate(&http(None, Some("Cart")), 200, html, Color::Blue, "v9");
         assert!(p.reason.unwrap().contains("does not contain \"Cart\""));
         assert_eq!(p.body, Value::Null, "an app's own page is never published");
+    }
+
+    #[test]
+    fn a_large_health_document_is_summarized_before_it_reaches_etcd() {
+        let mut v = good();
+        v["dump"] = Value::String("x".repeat(5 << 20));
+        let p = evaluate(&contract(), 200, &body(v), Color::Green, "v2");
+        assert!(p.healthy, "{:?}", p.reason);
+        let published = p.body.to_string();
+        assert!(
+            published.len() <= MAX_PUBLISHED_HEALTH,
+            "{} bytes",
+            published.len()
+        );
+        assert_eq!(p.body["version"], "v2");
+        assert!(p.body["bluegreen_truncated"]
+            .as_str()
+            .unwrap()
+            .contains("bytes"));
     }
 
     #[tokio::test]

@@ -73,9 +73,23 @@ impl ColorStatus {
             health: self.health.clone(),
             since: self.since.clone(),
             restarts: self.restarts,
-            error: self.error.clone(),
+            error: self.error.as_deref().map(bounded_error),
         }
     }
+}
+
+/// Most of an error (an app's last log line can be anything) written into etcd.
+const MAX_ERROR_BYTES: usize = 2048;
+
+fn bounded_error(error: &str) -> String {
+    if error.len() <= MAX_ERROR_BYTES {
+        return error.to_string();
+    }
+    let mut end = MAX_ERROR_BYTES;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes, cut)", &error[..end], error.len())
 }
 
 /// Resolves once the shutdown flag is set (or its sender is gone), holding no lock across awaits.

@@ -19,6 +19,8 @@ pub struct Supervisor<R: AppRuntime> {
     desired: watch::Receiver<DesiredRelease>,
     active: watch::Receiver<Option<Color>>,
     status: watch::Sender<Option<ColorStatus>>,
+    /// Holds back identical error lines of a crash loop (logged once per window, with a count).
+    repeats: proto::repeats::Repeats,
 }
 
 impl<R: AppRuntime> Supervisor<R> {
@@ -38,6 +40,7 @@ impl<R: AppRuntime> Supervisor<R> {
             desired,
             active,
             status,
+            repeats: proto::repeats::Repeats::new(Duration::from_secs(30)),
         }
     }
 
@@ -73,7 +76,9 @@ impl<R: AppRuntime> Supervisor<R> {
                 what = wait_exit(&mut self.process) => {
                     self.process = None;
                     let tail = self.runtime.last_log_line(self.color);
-                    tracing::warn!(color = %self.color, exit = %what, "app exited");
+                    if let Some(held_back) = self.repeats.admit(&what, Instant::now()) {
+                        tracing::warn!(color = %self.color, exit = %what, held_back, "app exited");
+                    }
                     Event::Exited(if tail.is_empty() { what } else { format!("{what}; last log line: {tail}") })
                 }
                 _ = sleep_until(probe_at.unwrap_or_else(far_future)), if probe_at.is_some() => {
@@ -105,7 +110,10 @@ impl<R: AppRuntime> Supervisor<R> {
         match action {
             Action::Publish(status) => {
                 if status.state == proto::records::HealthState::Failed {
-                    tracing::error!(color = %self.color, version = %status.version, error = ?status.error, "release failed");
+                    let line = format!("{} {:?}", status.version, status.error);
+                    if let Some(held_back) = self.repeats.admit(&line, Instant::now()) {
+                        tracing::error!(color = %self.color, version = %status.version, error = ?status.error, held_back, "release failed");
+                    }
                 }
                 self.publish(status);
                 None
@@ -148,7 +156,9 @@ impl<R: AppRuntime> Supervisor<R> {
                         pid
                     });
                 if let Err(e) = &result {
-                    tracing::error!(color = %self.color, version = %release.version, error = %e, "cannot start app");
+                    if let Some(held_back) = self.repeats.admit(e, Instant::now()) {
+                        tracing::error!(color = %self.color, version = %release.version, error = %e, held_back, "cannot start app");
+                    }
                 }
                 Some(Event::Launched {
                     purpose,

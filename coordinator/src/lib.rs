@@ -336,7 +336,16 @@ pub async fn lb_remove(
     let client = global.connect().await?;
     let progress = Progress::new(global.json);
     let id = format!("lb-remove-{}", uuid::Uuid::new_v4());
-    let lock = acquire(&client, &keys, &id, Operation::LbRemove, None, lock_wait, &progress).await?;
+    let lock = acquire(
+        &client,
+        &keys,
+        &id,
+        Operation::LbRemove,
+        None,
+        lock_wait,
+        &progress,
+    )
+    .await?;
     let result = lbs::remove(&client, &keys, &lock, name, &id).await;
     lock.release().await;
     result

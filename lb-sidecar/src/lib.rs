@@ -99,6 +99,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         config,
         ack_tx,
         alive,
+        repeats: proto::repeats::Repeats::new(Duration::from_secs(30)),
         state: LbState::default(),
         ack: None,
         revision: 0,
@@ -118,6 +119,8 @@ struct Follower {
     /// Our liveness and claim on the LB name (leased), held beside the durable ack.
     ack_tx: watch::Sender<Vec<HeldKey>>,
     alive: HeldKey,
+    /// Holds back identical error lines while a failed apply is retried.
+    repeats: proto::repeats::Repeats,
     state: LbState,
     /// The last ack written, kept so that an error can be added to it without losing the rest.
     ack: Option<LbRecord>,
@@ -329,7 +332,9 @@ impl Follower {
 
     /// Puts the error into the ack (keeping what is served) so the coordinator and operators see it.
     fn report_error(&mut self, error: String) {
-        tracing::error!(%error, "not applied; nginx keeps its last good config");
+        if let Some(held_back) = self.repeats.admit(&error, Instant::now()) {
+            tracing::error!(%error, held_back, "not applied; nginx keeps its last good config");
+        }
         *self.metrics.error.lock().unwrap() = Some(error.clone());
         let mut ack = self.ack.clone().unwrap_or_else(|| self.empty_ack());
         ack.error = Some(error);

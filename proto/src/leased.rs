@@ -77,6 +77,8 @@ pub async fn await_claim(
             .map_err(|e| ProtoError::etcd(format!("read {key}"), e))?;
         let holder = match resp.kvs().first() {
             None => return Ok(()),
+            // Every process's claim is leased: a value without a lease is nobody's (a stray write).
+            Some(kv) if kv.lease() == 0 => return Ok(()),
             Some(kv) => instance_of(kv.value()),
         };
         if holder.as_deref() == Some(instance) {
@@ -315,7 +317,13 @@ async fn put(client: &Client, h: &HeldKey, lease: Option<i64>) -> WriteResult {
 /// so a concurrent claimant cannot slip in between). Ok(Err(holder)) when someone else holds it.
 async fn claim(client: &Client, lease_id: i64, instance: &str, h: &HeldKey) -> WriteResult {
     let key = h.key.as_str();
-    let put = || TxnOp::put(key, h.value.as_str(), Some(PutOptions::new().with_lease(lease_id)));
+    let put = || {
+        TxnOp::put(
+            key,
+            h.value.as_str(),
+            Some(PutOptions::new().with_lease(lease_id)),
+        )
+    };
     let mut c = client.clone();
     let attempt = async {
         let absent = Txn::new()
@@ -335,7 +343,8 @@ async fn claim(client: &Client, lease_id: i64, instance: &str, h: &HeldKey) -> W
             return Ok(Err(String::new())); // deleted in between: the next round claims it
         };
         let holder = instance_of(current.value());
-        if holder.as_deref() != Some(instance) {
+        // Every process's claim is leased: a value without a lease is nobody's (a stray write).
+        if current.lease() != 0 && holder.as_deref() != Some(instance) {
             return Ok(Err(holder.unwrap_or_else(|| "an unreadable value".into())));
         }
         let ours = Txn::new()

@@ -13,6 +13,7 @@ pub mod leased;
 pub mod names;
 pub mod ops;
 pub mod records;
+pub mod repeats;
 pub mod secrets;
 pub mod session;
 pub mod signing;

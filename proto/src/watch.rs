@@ -36,27 +36,72 @@ pub struct PrefixWatch {
     /// The first revision not yet delivered.
     next_revision: i64,
     stream: Option<WatchStream>,
+    /// Breaks in a row without a delivered message: after a few, the backlog is skipped by
+    /// re-reading the prefix (a backlog that cannot be delivered would otherwise loop forever).
+    broken_in_row: u32,
 }
 
-/// Reads every key under `prefix` in one consistent read.
+/// Breaks in a row after which the watch re-reads the prefix instead of resuming.
+const RELIST_AFTER_BREAKS: u32 = 3;
+
+/// Keys per page of [`read_prefix`]: with values bounded by their writers, a page stays far
+/// below etcd's response limits however large the prefix grows.
+const PAGE_KEYS: i64 = 500;
+
+/// Largest message this client decodes (etcd-client's default is 4 MiB): a watch backlog arrives
+/// as one response, and a watcher that cannot decode it could never catch up.
+pub const MAX_DECODE_BYTES: usize = 256 << 20;
+
+/// Reads every key under `prefix` as of one revision, page by page (a single response for a
+/// large prefix would exceed etcd's and the client's message limits).
 pub async fn read_prefix(client: &Client, prefix: &str) -> Result<Snapshot, ProtoError> {
-    let mut client = client.clone();
-    let resp = client
-        .get(prefix, Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(|e| ProtoError::etcd(format!("read {prefix}"), e))?;
-    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-    let entries = resp
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (
+    let mut kv = client
+        .kv_client()
+        .max_decoding_message_size(MAX_DECODE_BYTES);
+    let end = prefix_end(prefix);
+    let mut from = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    let mut entries = Vec::new();
+    loop {
+        let mut options = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(PAGE_KEYS);
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let resp = kv
+            .get(from.clone(), Some(options))
+            .await
+            .map_err(|e| ProtoError::etcd(format!("read {prefix}"), e))?;
+        if revision == 0 {
+            revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        }
+        for kv in resp.kvs() {
+            entries.push((
                 String::from_utf8_lossy(kv.key()).into_owned(),
                 kv.value().to_vec(),
-            )
-        })
-        .collect();
-    Ok(Snapshot { revision, entries })
+            ));
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok(Snapshot { revision, entries }),
+        }
+    }
+}
+
+/// The end of the key range holding every key that starts with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 impl PrefixWatch {
@@ -77,6 +122,7 @@ impl PrefixWatch {
             prefix: prefix.to_string(),
             next_revision: revision,
             stream: None,
+            broken_in_row: 0,
         }
     }
 
@@ -103,10 +149,24 @@ impl PrefixWatch {
             }
             let stream = self.stream.as_mut().expect("opened above");
             let message = match stream.message().await {
-                Ok(Some(m)) => m,
+                Ok(Some(m)) => {
+                    self.broken_in_row = 0;
+                    m
+                }
                 Ok(None) | Err(_) => {
-                    tracing::warn!(prefix = %self.prefix, revision = self.next_revision, "etcd watch broken, resuming");
                     self.stream = None;
+                    self.broken_in_row += 1;
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(2));
+                    tracing::warn!(prefix = %self.prefix, revision = self.next_revision, breaks = self.broken_in_row, ?delay, "etcd watch broken, resuming");
+                    tokio::time::sleep(delay).await;
+                    if self.broken_in_row >= RELIST_AFTER_BREAKS {
+                        if let Ok(snapshot) = read_prefix(&self.client, &self.prefix).await {
+                            tracing::warn!(prefix = %self.prefix, revision = snapshot.revision, "watch kept breaking at the same revision; re-read the prefix instead");
+                            self.broken_in_row = 0;
+                            self.next_revision = snapshot.revision + 1;
+                            return Ok(WatchEvent::Resync(snapshot));
+                        }
+                    }
                     continue;
                 }
             };
@@ -164,7 +224,10 @@ impl PrefixWatch {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(self.next_revision);
-        let mut client = self.client.clone();
+        let mut client = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_DECODE_BYTES);
         let open = client.watch(self.prefix.as_str(), Some(options));
         match tokio::time::timeout(Duration::from_secs(5), open).await {
             Ok(r) => r.map_err(|e| ProtoError::etcd(format!("watch {}", self.prefix), e)),
@@ -184,4 +247,16 @@ fn reconnect_backoff() -> impl Iterator<Item = Duration> {
         .with_jitter()
         .without_max_times()
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_covers_exactly_the_prefix() {
+        assert_eq!(prefix_end("/bluegreen/shop/"), b"/bluegreen/shop0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+        assert_eq!(prefix_end(""), vec![0]);
+    }
 }

@@ -53,6 +53,22 @@ impl Daemon {
         }
     }
 
+    /// Sends `signal` ("STOP", "CONT", ...) to the process, as an operator's `kill -s` would.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {signal} {}", self.label);
+    }
+
+    /// How the process ended, if it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();

@@ -180,6 +180,14 @@ pub struct SidecarProc {
 }
 
 impl SidecarProc {
+    /// SIGSTOP: the sidecar freezes (its lease expires) while its nginx keeps serving.
+    pub fn pause(&self) {
+        self.daemon.signal("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.daemon.signal("CONT");
+    }
     /// Starts `lb-sidecar` for `nginx`; `extra` is appended to the top level of its config.
     pub fn start(etcd: &Etcd, name: &str, nginx: &Nginx, extra: &str) -> SidecarProc {
         let status_port = free_port("127.0.0.1");

@@ -75,6 +75,11 @@ impl AgentProc {
     }
 
     /// SIGKILL, as a crash or an OOM kill would: the apps must keep running.
+    /// How the agent process ended, if it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.daemon.exit_status()
+    }
+
     pub fn kill9(&mut self) {
         self.daemon.kill9();
     }

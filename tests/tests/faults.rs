@@ -1,0 +1,171 @@
+//! Single faults of issue 11 (reliability) on real processes: a paused LB sidecar, keys deleted
+//! or claimed by someone else. Each test failed on the code before its fix.
+use bluegreen_tests::fleet::{text, Fleet};
+use bluegreen_tests::lb::wait_ack;
+use bluegreen_tests::load;
+use bluegreen_tests::procs::{get_raw, keys, put_raw};
+use bluegreen_tests::{wait_for, AgentProc, Etcd};
+use proto::records::{decode, ActiveRecord, HostRecord};
+use proto::Color;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn active_color(fleet: &Fleet) -> Color {
+    let key = keys().active();
+    let bytes = get_raw(&fleet.client, &key).await.expect("active is set");
+    decode::<ActiveRecord>(&key, &bytes).unwrap().color
+}
+
+/// The zombie LB: its sidecar is paused past its lease while its nginx keeps serving blue. The
+/// next deploy may switch the other LB but ends unsafe naming it; the deploy after that must not
+/// restage blue under it. Before, the LB simply vanished from the fleet, the second deploy
+/// restaged blue, and most requests through that LB failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_sidecar_keeps_its_lb_a_member_and_its_color_protected() {
+    let fleet = Fleet::start(1, 2).await;
+    let spec = fleet.spec("good", &[]);
+    let out = fleet.deploy(&spec, "v1", &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let zombie = &fleet.sidecars[1];
+    zombie.pause();
+    let alive_key = &keys().lb_alive(&zombie.name);
+    let client = &fleet.client;
+    wait_for(
+        "the paused sidecar's lease to expire",
+        Duration::from_secs(30),
+        || async { get_raw(client, alive_key).await.is_none().then_some(()) },
+    )
+    .await;
+    let listed = text(&fleet.run(&["lb", "list"]).await);
+    assert!(listed.contains("lb-1") && listed.contains("NO"), "{listed}");
+
+    // Load through the zombie LB only: it serves blue the whole time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let loops = vec![load::spawn(fleet.lb_urls()[1].clone(), false, stop.clone())];
+    let second = fleet.deploy(&spec, "v2", &[]).await;
+    assert_eq!(second.status.code(), Some(4), "{}", text(&second));
+    assert!(
+        text(&second).contains("lb-1 (sidecar silent)"),
+        "{}",
+        text(&second)
+    );
+    assert_eq!(active_color(&fleet).await, Color::Green);
+    let third = fleet.deploy(&spec, "v3", &[]).await;
+    let report = load::finish(stop, loops).await;
+    assert_eq!(third.status.code(), Some(1), "{}", text(&third));
+    assert!(
+        text(&third).contains("blue cannot be restaged") && text(&third).contains("lb-1"),
+        "{}",
+        text(&third)
+    );
+    assert!(report.ok > 0, "no request went through the zombie LB");
+    assert!(
+        report.failed.is_empty(),
+        "{} of {} requests through the zombie LB failed: {:?}",
+        report.failed.len(),
+        report.ok + report.failed.len() as u64,
+        &report.failed[..report.failed.len().min(5)]
+    );
+
+    // The operator decides the LB is gone: removal is fenced and recorded; a live LB is refused.
+    let refused = fleet.run(&["lb", "remove", "lb-0", "--yes"]).await;
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(text(&refused).contains("alive"), "{}", text(&refused));
+    let removed = fleet.run(&["lb", "remove", "lb-1", "--yes"]).await;
+    assert!(removed.status.success(), "{}", text(&removed));
+    let history = text(&fleet.run(&["history"]).await);
+    assert!(
+        history.contains("lb-remove") && history.contains("removed"),
+        "{history}"
+    );
+    assert!(get_raw(client, &keys().lb("lb-1")).await.is_none());
+
+    // When the sidecar wakes up it registers again and follows `active`.
+    zombie.resume();
+    wait_ack(client, "lb-1", "green after waking up", |a| {
+        a.color == Some(Color::Green)
+    })
+    .await;
+    let fourth = fleet.deploy(&spec, "v3", &[]).await;
+    assert!(fourth.status.success(), "{}", text(&fourth));
+    assert_eq!(active_color(&fleet).await, Color::Blue);
+}
+
+async fn host_record(client: &etcd_client::Client, host: &str) -> Option<HostRecord> {
+    let key = keys().host(host);
+    get_raw(client, &key)
+        .await
+        .and_then(|b| decode(&key, &b).ok())
+}
+
+/// An agent's host key deleted or overwritten by someone else is written back at once (before,
+/// the host stayed invisible to deploys until the agent restarted).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_writes_back_its_host_key_when_someone_deletes_or_changes_it() {
+    let etcd = Etcd::start().await;
+    let client = &etcd.client().await;
+    let host = &AgentProc::start(&etcd, 1, 5, "");
+    let original = wait_for("host key", Duration::from_secs(30), || async move {
+        host_record(client, &host.host).await
+    })
+    .await;
+    let key = keys().host(&host.host);
+    let status = etcd.etcdctl().args(["del", &key]).status().unwrap();
+    assert!(status.success());
+    let restored = wait_for(
+        "host key written back after del",
+        Duration::from_secs(10),
+        || async move { host_record(client, &host.host).await },
+    )
+    .await;
+    assert_eq!(restored.instance, original.instance);
+    put_raw(client, &key, "{\"garbage\": true}").await;
+    let instance = &original.instance;
+    wait_for(
+        "host key written back after a stray put",
+        Duration::from_secs(10),
+        || async move {
+            host_record(client, &host.host)
+                .await
+                .filter(|r| &r.instance == instance)
+        },
+    )
+    .await;
+}
+
+/// A second agent started with the same host name (a cloned image) is refused and exits; the
+/// first keeps its record. Before, both overwrote each other silently.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_agent_with_the_same_host_name_is_refused() {
+    let etcd = Etcd::start().await;
+    let client = &etcd.client().await;
+    let first = &AgentProc::start(&etcd, 1, 5, "");
+    let original = wait_for(
+        "first agent's host key",
+        Duration::from_secs(30),
+        || async move { host_record(client, &first.host).await },
+    )
+    .await;
+    let mut second = AgentProc::start(&etcd, 1, 5, "");
+    assert_ne!(first.state_dir, second.state_dir);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.exit_status() {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the duplicate agent still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll until the deadline
+    };
+    assert!(!status.success(), "the duplicate must exit with an error");
+    let log = second.log();
+    assert!(log.contains("held by another process"), "{log}");
+    let now = host_record(client, &first.host)
+        .await
+        .expect("first keeps its record");
+    assert_eq!(now.instance, original.instance);
+    assert_eq!(now.ports, first.ports);
+}
