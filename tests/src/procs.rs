@@ -191,7 +191,7 @@ pub async fn wait_health(
             tokio::time::Instant::now() < end,
             "timed out waiting for {host}/{color} {what}; last record: {last:?}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll again; the deadline is asserted above
     }
 }
 

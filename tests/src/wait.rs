@@ -32,6 +32,6 @@ where
             Instant::now() < end,
             "timed out after {deadline:?} waiting for {what}"
         );
-        tokio::time::sleep(period).await;
+        tokio::time::sleep(period).await; // poll again; the deadline is asserted above
     }
 }

@@ -47,7 +47,7 @@ async fn main() {
 
     // Steady state: both colors running and healthy, nothing changing, health polled every 500 ms.
     // A measurement window, not synchronisation: RSS is sampled after 15 s of steady polling.
-    tokio::time::sleep(Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_secs(15)).await; // measurement window (benchmark), no deadline wait
     let rss: Vec<u64> = agents.iter().filter_map(|a| rss_kib(a.pid())).collect();
     let max = rss.iter().max().copied().unwrap_or(0);
     let mean = rss.iter().sum::<u64>() / rss.len().max(1) as u64;
