@@ -379,15 +379,23 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             run.args.version,
             run.plan.from.map_or("nothing".into(), |c| c.to_string())
         );
-        for (host, why) in &run.failures {
+        // All hosts at once: each fetch has its own deadline, so frozen hosts cost one, not N.
+        let hosts = &run.state.hosts;
+        let logs = futures::future::join_all(run.failures.iter().map(|(host, _)| async move {
+            match hosts.get(host) {
+                Some(h) => Some(self.probes.logs(h, to, 10).await),
+                None => None,
+            }
+        }))
+        .await;
+        for ((host, why), logs) in run.failures.iter().zip(logs) {
             report.push_str(&format!("\n  {host}: {why}"));
-            if let Some(h) = run.state.hosts.get(host) {
-                match self.probes.logs(h, to, 10).await {
-                    Ok(lines) => lines
-                        .iter()
-                        .for_each(|l| report.push_str(&format!("\n    | {l}"))),
-                    Err(e) => report.push_str(&format!("\n    (no logs: {e})")),
-                }
+            match logs {
+                Some(Ok(lines)) => lines
+                    .iter()
+                    .for_each(|l| report.push_str(&format!("\n    | {l}"))),
+                Some(Err(e)) => report.push_str(&format!("\n    (no logs: {e})")),
+                None => {}
             }
         }
         if !run.args.keep_failed {

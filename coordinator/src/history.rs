@@ -6,7 +6,13 @@ use proto::fence::Fence;
 use proto::records::{decode, encode, HistoryRecord};
 use proto::{Keys, Operation, Outcome, ProtoError};
 
+/// How long a command keeps retrying etcd calls etcd did not answer: as long as the deploy lock
+/// can outlive an unanswered keep-alive (two thirds of its TTL), after which it is lost anyway.
+pub const TRANSIENT_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Appends `record` under the next free history key. With a fence, the write is guarded by it.
+/// An append etcd did not answer is retried for [`TRANSIENT_BUDGET`]; a retry first looks for
+/// the record under the keys tried before, so an append that did land is not written twice.
 pub async fn append(
     client: &etcd_client::Client,
     keys: &Keys,
@@ -16,7 +22,51 @@ pub async fn append(
     // History is read by every auditor: a reason quoting logs or URLs is masked before it is kept.
     let mut record = record.clone();
     record.reason = record.reason.map(|r| proto::secrets::mask_text(&r));
-    let record = &record;
+    let value = encode(&record);
+    let tried = std::sync::Mutex::new(Vec::<(String, i64)>::new());
+    let until = tokio::time::Instant::now() + TRANSIENT_BUDGET;
+    proto::retry::transient("append history", until, |attempt| {
+        let (value, tried) = (&value, &tried);
+        async move {
+            if attempt > 0 {
+                let earlier = tried.lock().expect("tried keys").clone();
+                if let Some(revision) = landed(client, &earlier, value).await? {
+                    return Ok(Ok(revision));
+                }
+            }
+            try_append(client, keys, fence, value, tried).await
+        }
+    })
+    .await?
+}
+
+/// The revision of an earlier attempt whose key holds exactly `value`, if one landed.
+async fn landed(
+    client: &etcd_client::Client,
+    tried: &[(String, i64)],
+    value: &str,
+) -> Result<Option<i64>, ProtoError> {
+    let mut client = client.clone();
+    for (key, revision) in tried {
+        let resp = client
+            .get(key.as_str(), None)
+            .await
+            .map_err(|e| ProtoError::etcd(format!("read {key}"), e))?;
+        if resp.kvs().first().map(|kv| kv.value()) == Some(value.as_bytes()) {
+            return Ok(Some(*revision));
+        }
+    }
+    Ok(None)
+}
+
+/// One append: the transport errors are the outer `Err` (retried), the verdicts the inner one.
+async fn try_append(
+    client: &etcd_client::Client,
+    keys: &Keys,
+    fence: Option<&Fence>,
+    value: &str,
+    tried: &std::sync::Mutex<Vec<(String, i64)>>,
+) -> Result<Result<i64, CoordinatorError>, ProtoError> {
     let mut client = client.clone();
     for _ in 0..5 {
         // The key is the revision the append will most likely get; the create-revision guard makes a
@@ -28,21 +78,23 @@ pub async fn append(
             .map_err(|e| ProtoError::etcd("read revision", e))?;
         let revision = current.header().map(|h| h.revision()).unwrap_or(0) + 1;
         let key = keys.history(revision);
+        tried
+            .lock()
+            .expect("tried keys")
+            .push((key.clone(), revision));
         let mut compares = vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)];
         if let Some(fence) = fence {
             compares.push(fence.compare());
         }
-        let txn = Txn::new().when(compares).and_then(vec![TxnOp::put(
-            key.as_str(),
-            encode(record),
-            None,
-        )]);
+        let txn = Txn::new()
+            .when(compares)
+            .and_then(vec![TxnOp::put(key.as_str(), value, None)]);
         let resp = client
             .txn(txn)
             .await
             .map_err(|e| ProtoError::etcd(format!("append {key}"), e))?;
         if resp.succeeded() {
-            return Ok(revision);
+            return Ok(Ok(revision));
         }
         if let Some(fence) = fence {
             let lock = client
@@ -50,18 +102,18 @@ pub async fn append(
                 .await
                 .map_err(|e| ProtoError::etcd("read lock", e))?;
             if lock.kvs().first().map(|kv| kv.create_revision()) != Some(fence.token) {
-                return Err(ProtoError::FenceLost {
+                return Ok(Err(ProtoError::FenceLost {
                     key,
                     lock_key: fence.lock_key.clone(),
                     token: fence.token,
                 }
-                .into());
+                .into()));
             }
         }
     }
-    Err(CoordinatorError::Failed(
+    Ok(Err(CoordinatorError::Failed(
         "could not append a history record after 5 attempts".into(),
-    ))
+    )))
 }
 
 /// The newest `limit` records, oldest first.

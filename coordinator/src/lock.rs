@@ -82,15 +82,40 @@ impl DeployLock {
         }
     }
 
-    /// Releases the lock if it is still ours (guarded by the token) and revokes the lease.
-    pub async fn release(mut self) {
-        let txn = Txn::new()
-            .when(vec![self.fence.compare()])
-            .and_then(vec![TxnOp::delete(self.fence.lock_key.as_str(), None)]);
-        let _ = tokio::time::timeout(Duration::from_secs(3), self.client.txn(txn)).await;
+    /// Releases the lock if it is still ours (guarded by the token) and revokes the lease. etcd
+    /// that does not answer is asked again for [`RELEASE_BUDGET`], so a command that ends during a
+    /// short outage does not leave the lock to expire with its lease (up to [`LOCK_TTL`]).
+    pub async fn release(self) {
+        let until = Instant::now() + RELEASE_BUDGET;
+        let released = proto::retry::transient("release the deploy lock", until, |_| {
+            let txn = Txn::new()
+                .when(vec![self.fence.compare()])
+                .and_then(vec![TxnOp::delete(self.fence.lock_key.as_str(), None)]);
+            let mut client = self.client.clone();
+            async move {
+                match tokio::time::timeout(Duration::from_secs(2), client.txn(txn)).await {
+                    Ok(answer) => answer
+                        .map(|_| ())
+                        .map_err(|e| ProtoError::etcd("release the deploy lock", e)),
+                    Err(_) => Err(ProtoError::etcd(
+                        "release the deploy lock",
+                        etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(
+                            "no answer in 2s",
+                        )),
+                    )),
+                }
+            }
+        })
+        .await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e.brief(), "deploy lock not released; it expires with its lease within {LOCK_TTL:?}");
+        }
         self.session.revoke().await;
     }
 }
+
+/// How long [`DeployLock::release`] keeps asking an etcd that does not answer.
+const RELEASE_BUDGET: Duration = Duration::from_secs(6);
 
 fn holder_text(key: &str, value: &[u8]) -> String {
     match decode::<LockRecord>(key, value) {

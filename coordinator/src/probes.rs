@@ -178,7 +178,7 @@ impl Probes for HttpProbes {
                 .map_err(|e| format!("{endpoint}: {e}"))?;
         }
         let connect = channel.connect();
-        let channel = tokio::time::timeout(Duration::from_secs(3), connect)
+        let channel = tokio::time::timeout(LOGS_DEADLINE, connect)
             .await
             .map_err(|_| format!("{endpoint}: timed out"))?
             .map_err(|e| format!("{endpoint}: {}", proto::error::root_cause(&e)))?;
@@ -188,18 +188,28 @@ impl Probes for HttpProbes {
             tail,
             follow: false,
         };
-        let mut stream = api
-            .logs(request)
+        // A frozen agent accepts the connection (the kernel does) and then never answers: the
+        // whole exchange has a deadline, or a failed deploy's report would wait for it forever.
+        let exchange = async {
+            let mut stream = api
+                .logs(request)
+                .await
+                .map_err(|e| format!("{endpoint}: {}", e.message()))?
+                .into_inner();
+            let mut lines = Vec::new();
+            while let Ok(Some(line)) = stream.message().await {
+                lines.push(line.line);
+            }
+            Ok(lines)
+        };
+        tokio::time::timeout(LOGS_DEADLINE, exchange)
             .await
-            .map_err(|e| format!("{endpoint}: {}", e.message()))?
-            .into_inner();
-        let mut lines = Vec::new();
-        while let Ok(Some(line)) = stream.message().await {
-            lines.push(line.line);
-        }
-        Ok(lines)
+            .map_err(|_| format!("{endpoint}: no answer in {LOGS_DEADLINE:?}"))?
     }
 }
+
+/// The longest a host's log lines are waited for (connect, then the whole answer).
+const LOGS_DEADLINE: Duration = Duration::from_secs(3);
 
 /// What is wrong with an LB's answer, judged only by the headers the sidecar's template adds:
 /// the color must be `color`, and the revision (when the template sends it) at least `revision`.

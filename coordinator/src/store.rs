@@ -51,6 +51,31 @@ pub struct EtcdStore<'a> {
 }
 
 impl EtcdStore<'_> {
+    /// Until when a call etcd did not answer is retried (see [`history::TRANSIENT_BUDGET`]).
+    fn retry_until(&self) -> Instant {
+        Instant::now() + history::TRANSIENT_BUDGET
+    }
+
+    /// The revision at which every `(key, value)` already holds exactly that value: a fenced
+    /// write whose answer was lost did land, and must not be retried against its own guard.
+    async fn already_written(&self, puts: &[(String, String)]) -> Result<Option<i64>, ProtoError> {
+        let mut client = self.client.clone();
+        let mut revision = 0;
+        for (key, value) in puts {
+            let resp = client
+                .get(key.as_str(), None)
+                .await
+                .map_err(|e| ProtoError::etcd(format!("read {key}"), e))?;
+            match resp.kvs().first() {
+                Some(kv) if kv.value() == value.as_bytes() => {
+                    revision = revision.max(kv.mod_revision())
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(revision))
+    }
+
     fn key_value(&self, write: &Write) -> (String, String) {
         match write {
             Write::Active(a) => (self.keys.active(), encode(a)),
@@ -62,7 +87,10 @@ impl EtcdStore<'_> {
 
 impl Store for EtcdStore<'_> {
     async fn read(&self) -> Result<AppStatus, CoordinatorError> {
-        Ok(status::read(self.client, self.keys).await?)
+        let read = proto::retry::transient("read the app", self.retry_until(), |_| {
+            status::read(self.client, self.keys)
+        });
+        Ok(read.await?)
     }
 
     async fn put(
@@ -85,7 +113,20 @@ impl Store for EtcdStore<'_> {
                 )]
             })
             .unwrap_or_default();
-        Ok(self.lock.fence.put_all(self.client, &puts, guards).await?)
+        let (puts, guards) = (&puts, &guards);
+        let written =
+            proto::retry::transient("fenced write", self.retry_until(), |attempt| async move {
+                if attempt > 0 {
+                    if let Some(revision) = self.already_written(puts).await? {
+                        return Ok(revision);
+                    }
+                }
+                self.lock
+                    .fence
+                    .put_all(self.client, puts, guards.clone())
+                    .await
+            });
+        Ok(written.await?)
     }
 
     async fn append_history(&self, record: &HistoryRecord) -> Result<i64, CoordinatorError> {
@@ -104,7 +145,16 @@ impl Store for EtcdStore<'_> {
         let mut client = self.client.clone();
         let opened = tokio::time::timeout_at(deadline, client.watch(prefix, Some(options))).await;
         let Ok(opened) = opened else { return Ok(()) };
-        let mut stream = opened.map_err(|e| ProtoError::etcd(format!("watch {prefix}"), e))?;
+        let mut stream = match opened.map_err(|e| ProtoError::etcd(format!("watch {prefix}"), e)) {
+            Ok(stream) => stream,
+            // etcd did not answer: pause, then let the caller re-read (its read retries).
+            Err(e) if e.is_transient() => {
+                let pause = Instant::now() + std::time::Duration::from_millis(500);
+                tokio::time::sleep_until(pause.min(deadline)).await;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         loop {
             match tokio::time::timeout_at(deadline, stream.message()).await {
                 Err(_) => return Ok(()),

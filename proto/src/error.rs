@@ -81,6 +81,28 @@ impl ProtoError {
         )
     }
 
+    /// True when etcd may answer if asked again: it was unreachable, had no leader or timed out.
+    /// A refusal (permission denied, a failed guard, a bad request) is never transient.
+    pub fn is_transient(&self) -> bool {
+        use tonic::Code;
+        match self {
+            ProtoError::Etcd { source, .. } => match source {
+                etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+                etcd_client::Error::GRpcStatus(status) => matches!(
+                    status.code(),
+                    Code::Unavailable
+                        | Code::DeadlineExceeded
+                        | Code::Aborted
+                        | Code::Unknown
+                        | Code::Cancelled
+                ),
+                _ => false,
+            },
+            ProtoError::WatchCanceled { .. } => true,
+            _ => false,
+        }
+    }
+
     pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
         ProtoError::InvalidRecord {
             key: key.into(),

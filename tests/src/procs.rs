@@ -84,6 +84,15 @@ impl AgentProc {
         self.daemon.kill9();
     }
 
+    /// SIGSTOP: the agent is frozen (a stuck VM, a debugger); its apps keep running.
+    pub fn pause(&self) {
+        self.daemon.signal("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.daemon.signal("CONT");
+    }
+
     pub fn restart(&mut self) {
         self.daemon.restart();
     }

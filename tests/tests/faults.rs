@@ -169,3 +169,92 @@ async fn a_second_agent_with_the_same_host_name_is_refused() {
     assert_eq!(now.instance, original.instance);
     assert_eq!(now.ports, first.ports);
 }
+
+async fn release_version(client: &etcd_client::Client, color: Color) -> Option<String> {
+    let key = keys().release(color);
+    let bytes = get_raw(client, &key).await?;
+    decode::<proto::records::ReleaseRecord>(&key, &bytes)
+        .ok()
+        .map(|r| r.version)
+}
+
+/// Waits (with a deadline) until a running coordinator exits, and returns its output.
+async fn finished_within(child: tokio::process::Child, deadline: Duration) -> std::process::Output {
+    tokio::time::timeout(deadline, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("the command still ran after {deadline:?}"))
+        .expect("coordinator output")
+}
+
+/// An agent frozen (SIGSTOP) just after a deploy staged onto it: the deploy's health timeout is
+/// a hard deadline. It fails (exit 1) within it, traffic stays on blue and the lock is free.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_agent_cannot_hold_a_deploy_past_its_health_timeout() {
+    let fleet = Fleet::start(2, 1).await;
+    let spec = fleet.spec("good", &[]);
+    let out = fleet.deploy(&spec, "v1", &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let child = fleet
+        .deploy_command(&spec, "v2", &["--health-timeout", "4s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start deploy");
+    let client = &fleet.client;
+    wait_for("v2 staged on green", Duration::from_secs(30), || async {
+        (release_version(client, Color::Green).await.as_deref() == Some("v2")).then_some(())
+    })
+    .await;
+    fleet.hosts[1].pause();
+    let out = finished_within(child, Duration::from_secs(30)).await;
+    fleet.hosts[1].resume();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("host-2"), "{}", text(&out));
+    assert_eq!(active_color(&fleet).await, Color::Blue);
+    assert!(
+        get_raw(client, &keys().lock()).await.is_none(),
+        "lock still held"
+    );
+}
+
+/// etcd down for 3 s while a deploy stages: the deploy rides it out (its etcd calls are retried
+/// within its deadlines) and finishes; the lock is released. Before, it exited 2 as if the
+/// input were bad and the lock stayed held until its lease expired.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_rides_out_a_three_second_etcd_outage_while_staging() {
+    let mut fleet = Fleet::start(2, 1).await;
+    let spec = fleet.spec("good", &[]);
+    let out = fleet.deploy(&spec, "v1", &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let child = fleet
+        .deploy_command(&spec, "v2", &["--health-timeout", "60s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start deploy");
+    let client = fleet.client.clone();
+    wait_for("v2 staged on green", Duration::from_secs(30), || async {
+        (release_version(&client, Color::Green).await.as_deref() == Some("v2")).then_some(())
+    })
+    .await;
+    fleet.etcd.kill();
+    let outage_deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    tokio::time::sleep_until(outage_deadline).await; // the fault's length, not a synchronisation
+    fleet.etcd.restart().await;
+    let out = finished_within(child, Duration::from_secs(60)).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let client = fleet.etcd.client().await;
+    assert_eq!(
+        decode::<ActiveRecord>(
+            &keys().active(),
+            &get_raw(&client, &keys().active()).await.unwrap()
+        )
+        .unwrap()
+        .color,
+        Color::Green
+    );
+    assert!(
+        get_raw(&client, &keys().lock()).await.is_none(),
+        "lock still held"
+    );
+}
