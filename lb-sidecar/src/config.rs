@@ -44,6 +44,9 @@ pub struct Cli {
     /// How long health churn is collected before one reload (a switch never waits).
     #[arg(long, env = "BLUEGREEN_SIDECAR_DEBOUNCE")]
     pub debounce: Option<String>,
+    /// The least time between two reloads caused by health churn (a switch never waits).
+    #[arg(long, env = "BLUEGREEN_SIDECAR_MIN_RELOAD_INTERVAL")]
+    pub min_reload_interval: Option<String>,
     #[arg(long, env = "BLUEGREEN_SIDECAR_NGINX_BINARY")]
     pub nginx_binary: Option<PathBuf>,
     #[arg(long, env = "BLUEGREEN_SIDECAR_NGINX_MAIN_CONFIG")]
@@ -100,6 +103,7 @@ struct FileConfig {
     public_url: Option<String>,
     lease_ttl: Option<String>,
     debounce: Option<String>,
+    min_reload_interval: Option<String>,
     template: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     etcd_cacert: Option<PathBuf>,
@@ -133,6 +137,9 @@ pub struct Config {
     pub public_url: Option<String>,
     pub lease_ttl: Duration,
     pub debounce: Duration,
+    /// Reloads for health churn are at least this far apart: every reload starts new workers
+    /// and leaves the old ones draining, so a flapping host must not cause one per second.
+    pub min_reload_interval: Duration,
     pub template: Option<String>,
     pub nginx: NginxConfig,
     /// Candidate and test configs live here (default `/var/lib/bluegreen/sidecar-<name>`).
@@ -267,6 +274,12 @@ impl Config {
                     .or(file.debounce)
                     .unwrap_or_else(|| "250ms".into()),
             )?,
+            min_reload_interval: duration(
+                "min_reload_interval",
+                cli.min_reload_interval
+                    .or(file.min_reload_interval)
+                    .unwrap_or_else(|| "2s".into()),
+            )?,
             template,
             nginx: NginxConfig {
                 binary: cli
@@ -346,6 +359,7 @@ mod tests {
             PathBuf::from("/etc/nginx/conf.d/bluegreen-shop.conf")
         );
         assert_eq!(c.debounce, Duration::from_millis(250));
+        assert_eq!(c.min_reload_interval, Duration::from_secs(2));
         let err = Config::load(Cli {
             app: Some("shop".into()),
             listen: Some("port 80".into()),

@@ -104,6 +104,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         ack: None,
         revision: 0,
         failed: false,
+        last_reload: None,
     };
     follower.run(shutdown).await;
     let _ = holder.await;
@@ -128,6 +129,8 @@ struct Follower {
     revision: i64,
     /// The last apply failed: nginx does not serve what etcd says.
     failed: bool,
+    /// When nginx last reloaded (any cause): health churn waits `min_reload_interval` after it.
+    last_reload: Option<Instant>,
 }
 
 /// Backoff for re-applying after a failure: 500 ms doubling to 10 s, reset by a success.
@@ -213,7 +216,7 @@ impl Follower {
                                 retry.after(self.failed);
                             }
                             Effect::Topology => {
-                                debounce_until.get_or_insert(Instant::now() + self.config.debounce);
+                                debounce_until.get_or_insert_with(|| self.churn_reload_at());
                             }
                             Effect::None => {}
                         }
@@ -287,6 +290,16 @@ impl Follower {
         }
     }
 
+    /// When a reload for health churn seen now may happen: after the debounce, and no sooner than
+    /// `min_reload_interval` after the last reload.
+    fn churn_reload_at(&self) -> Instant {
+        let debounced = Instant::now() + self.config.debounce;
+        match self.last_reload {
+            Some(last) => debounced.max(last + self.config.min_reload_interval),
+            None => debounced,
+        }
+    }
+
     /// Applies the current state; true when nginx now serves it.
     async fn apply(&mut self, force: bool) -> bool {
         let applied = self.try_apply(force).await;
@@ -299,6 +312,7 @@ impl Follower {
             Ok(Some(ack)) => {
                 tracing::info!(revision = ack.applied_revision, color = ?ack.color, upstreams = ?ack.upstreams, "nginx serving");
                 self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+                self.last_reload = Some(Instant::now());
                 self.metrics
                     .applied_revision
                     .store(ack.applied_revision, Ordering::Relaxed);

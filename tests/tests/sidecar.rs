@@ -456,3 +456,83 @@ async fn lb_serving_blue(etcd: &Etcd, client: &etcd_client::Client) -> (Nginx, S
     .await;
     (lb, sidecar, revision)
 }
+
+/// `bluegreen_lb_reloads_total` from the sidecar's /metrics.
+async fn reloads(sidecar: &SidecarProc) -> u64 {
+    let url = format!("http://127.0.0.1:{}/metrics", sidecar.status_port);
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("bluegreen_lb_reloads_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("reloads metric")
+}
+
+/// A host whose health flaps 10 times a second for 6 s: the sidecar reloads nginx at most once
+/// per `min_reload_interval` (2 s) for it, and ends up serving the last state. Before, each
+/// 250 ms debounce ended in a reload: about 20 of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn flapping_health_is_rate_limited_to_one_reload_per_interval() {
+    let (etcd, client, _artifacts, hosts) = fleet(&[]).await;
+    let (_lb, sidecar, _) = lb_serving_blue(&etcd, &client).await;
+    let keys = bluegreen_tests::procs::keys();
+    let flapper = proto::records::HostRecord {
+        host: "host-9".into(),
+        address: "127.0.0.19".into(),
+        ports: proto::records::Ports {
+            blue: 9001,
+            green: 9002,
+        },
+        grpc: "127.0.0.19:9003".into(),
+        agent_version: "test".into(),
+        started_at: proto::time::now_rfc3339(),
+        instance: None,
+    };
+    put_raw(
+        &client,
+        &keys.host("host-9"),
+        &proto::records::encode(&flapper),
+    )
+    .await;
+    let health = |state: &str| {
+        format!(
+            "{{\"version\":\"v1\",\"state\":\"{state}\",\"health\":null,\"since\":\"{}\"}}",
+            proto::time::now_rfc3339()
+        )
+    };
+    let before = reloads(&sidecar).await;
+    let churn_deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(6);
+    let mut flips = 0u32;
+    while tokio::time::Instant::now() < churn_deadline {
+        let state = if flips % 2 == 0 {
+            "healthy"
+        } else {
+            "unhealthy"
+        };
+        put_raw(&client, &keys.health("host-9", Color::Blue), &health(state)).await;
+        flips += 1;
+        // The churn's pace, bounded by the deadline above: this is the fault, not a wait.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await; // pace, up to churn_deadline
+    }
+    put_raw(
+        &client,
+        &keys.health("host-9", Color::Blue),
+        &health("healthy"),
+    )
+    .await;
+    let mut expected = upstreams(&hosts, Color::Blue);
+    expected.push("127.0.0.19:9001".into());
+    wait_ack(&client, "lb-0", "the last health state", |a| {
+        let mut got = a.upstreams.clone();
+        got.sort();
+        let mut want = expected.clone();
+        want.sort();
+        got == want
+    })
+    .await;
+    let during = reloads(&sidecar).await - before;
+    assert!(during >= 1, "the churn never reached nginx");
+    assert!(
+        during <= 6,
+        "{during} reloads for {flips} health flips in 6 s (limit: one per 2 s)"
+    );
+}
