@@ -55,7 +55,7 @@ impl Global {
 
     async fn connect(&self) -> Result<etcd_client::Client, CoordinatorError> {
         let endpoints = self.etcd.endpoints.join(",");
-        let client = proto::connect(&self.etcd).await.map_err(|e| {
+        let client = proto::connect_live(&self.etcd).await.map_err(|e| {
             CoordinatorError::Unreachable(format!("etcd {endpoints}: {}", e.brief()))
         })?;
         // Fail here, before anything is written, when etcd does not answer (exit 5, one line).

@@ -154,6 +154,63 @@ pub async fn connect(access: &EtcdAccess) -> Result<etcd_client::Client, ProtoEr
         })
 }
 
+/// [`connect`] to the endpoints that answer now. etcd-client balances requests over every
+/// endpoint it was given, and a request that lands on a member that is down fails ("tcp connect
+/// error") instead of going to a live one: a short-lived command (the coordinator) asks each
+/// endpoint first and keeps only those that answered, so one dead member of three costs nothing.
+/// When none answers, all are kept and the caller's first request reports why.
+pub async fn connect_live(access: &EtcdAccess) -> Result<etcd_client::Client, ProtoError> {
+    if access.endpoints.len() < 2 {
+        return connect(access).await;
+    }
+    let mut probes = tokio::task::JoinSet::new();
+    for endpoint in access.endpoints.clone() {
+        let one = EtcdAccess {
+            endpoints: vec![endpoint.clone()],
+            ..access.clone()
+        };
+        probes.spawn(async move {
+            let answered = tokio::time::timeout(LIVE_PROBE_TIMEOUT, async {
+                let mut client = connect(&one).await.ok()?;
+                client.status().await.ok()
+            })
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+            (endpoint, answered)
+        });
+    }
+    let mut live = Vec::new();
+    while let Some(joined) = probes.join_next().await {
+        if let Ok((endpoint, true)) = joined {
+            live.push(endpoint);
+        }
+    }
+    if live.is_empty() || live.len() == access.endpoints.len() {
+        return connect(access).await;
+    }
+    // Keep the operator's order (it may list the nearest member first).
+    live.sort_by_key(|e| access.endpoints.iter().position(|x| x == e));
+    let skipped: Vec<&String> = access
+        .endpoints
+        .iter()
+        .filter(|e| !live.contains(e))
+        .collect();
+    tracing::warn!(
+        ?skipped,
+        "etcd endpoints that did not answer are left out of this run"
+    );
+    connect(&EtcdAccess {
+        endpoints: live,
+        ..access.clone()
+    })
+    .await
+}
+
+/// How long [`connect_live`] waits for each endpoint's status.
+const LIVE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn read_file(field: &str, path: &Path) -> Result<Vec<u8>, ProtoError> {
     std::fs::read(path)
         .map_err(|e| ProtoError::Setting(format!("{field}: {}: {e}", path.display())))

@@ -21,7 +21,7 @@ pub mod signing;
 pub mod time;
 pub mod watch;
 
-pub use access::{connect, AccessSettings, EtcdAccess};
+pub use access::{connect, connect_live, AccessSettings, EtcdAccess};
 pub use color::Color;
 pub use error::ProtoError;
 pub use keys::{AppKey, Keys};

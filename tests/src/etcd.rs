@@ -1,13 +1,13 @@
-//! A throwaway single-node etcd on free loopback ports, with its own data dir.
+//! A throwaway etcd on free loopback ports: one member, or a 3-member cluster (one process per
+//! member, each with its own data dir) whose members a test can kill, pause and replace.
 use crate::{free_port, wait_for};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub struct Etcd {
-    child: Option<Child>,
+    members: Vec<Member>,
+    /// The first member's client URL (the only one of a single-node etcd).
     pub endpoint: String,
-    peer_port: u16,
-    data_dir: tempfile::TempDir,
     /// With TLS: the server certificate, the CA clients must be signed by, and the admin
     /// (root) client certificate the harness talks with.
     tls: Option<EtcdTls>,
@@ -22,37 +22,50 @@ pub struct EtcdTls {
 
 impl Etcd {
     pub async fn start() -> Etcd {
-        let client_port = free_port("127.0.0.1");
-        let peer_port = free_port("127.0.0.1");
+        Etcd::start_members(1).await
+    }
+
+    /// A cluster of `n` members on loopback; clients of the fleet get every endpoint.
+    pub async fn start_members(n: usize) -> Etcd {
+        let members: Vec<Member> = (0..n).map(|i| Member::new(i, "http")).collect();
         let mut etcd = Etcd {
-            child: None,
-            endpoint: format!("http://127.0.0.1:{client_port}"),
-            peer_port,
-            data_dir: tempfile::tempdir().expect("etcd data dir"),
+            endpoint: members[0].client_url.clone(),
+            members,
             tls: None,
         };
-        etcd.spawn().await;
+        etcd.spawn_all().await;
         etcd
     }
 
     /// An etcd that speaks only TLS and requires client certificates (`--client-cert-auth`),
     /// as a production cluster would. Auth is not enabled yet: `deploy/etcd-auth.sh` does that.
     pub async fn start_tls(pki: &crate::pki::Pki) -> Etcd {
-        let client_port = free_port("127.0.0.1");
-        let peer_port = free_port("127.0.0.1");
+        let members = vec![Member::new(0, "https")];
         let mut etcd = Etcd {
-            child: None,
-            endpoint: format!("https://127.0.0.1:{client_port}"),
-            peer_port,
-            data_dir: tempfile::tempdir().expect("etcd data dir"),
+            endpoint: members[0].client_url.clone(),
+            members,
             tls: Some(EtcdTls {
                 ca: pki.ca(),
                 server: pki.server("etcd"),
                 admin: pki.client("root"),
             }),
         };
-        etcd.spawn().await;
+        etcd.spawn_all().await;
         etcd
+    }
+
+    /// Every member's client URL, as an `etcd = [...]` TOML array's items.
+    pub fn endpoints_toml(&self) -> String {
+        self.endpoints()
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
     }
 
     pub fn tls(&self) -> Option<&EtcdTls> {
@@ -122,7 +135,7 @@ impl Etcd {
     pub fn etcdctl(&self) -> std::process::Command {
         let mut cmd = Command::new("etcdctl");
         cmd.env("ETCDCTL_API", "3")
-            .env("ETCDCTL_ENDPOINTS", &self.endpoint);
+            .env("ETCDCTL_ENDPOINTS", self.endpoints().join(","));
         if let Some(tls) = &self.tls {
             cmd.env("ETCDCTL_CACERT", &tls.ca)
                 .env("ETCDCTL_CERT", &tls.admin.cert)
@@ -157,15 +170,36 @@ impl Etcd {
         .expect("test access settings")
     }
 
-    async fn spawn(&mut self) {
-        let p = self.peer_port;
-        let log = std::fs::File::create(self.data_dir.path().join("etcd.log")).expect("etcd log");
+    async fn spawn_all(&mut self) {
+        let cluster = self.initial_cluster();
+        for i in 0..self.members.len() {
+            self.spawn_member(i, &cluster, "new");
+        }
+        self.wait_answering().await;
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn_member(&mut self, i: usize, cluster: &str, state: &str) {
+        let tls = self.tls.clone();
+        let m = &mut self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(m.dir.path().join("etcd.log"))
+            .expect("etcd log");
         let child = Command::new("etcd")
-            .args(["--name", "test", "--data-dir"])
-            .arg(self.data_dir.path().join("data"))
-            .arg(format!("--listen-client-urls={}", self.endpoint))
-            .arg(format!("--advertise-client-urls={}", self.endpoint))
-            .args(self.tls.iter().flat_map(|t| {
+            .args(["--name", &m.name, "--data-dir"])
+            .arg(m.dir.path().join("data"))
+            .arg(format!("--listen-client-urls={}", m.client_url))
+            .arg(format!("--advertise-client-urls={}", m.client_url))
+            .args(tls.iter().flat_map(|t| {
                 [
                     format!("--cert-file={}", t.server.cert.display()),
                     format!("--key-file={}", t.server.key.display()),
@@ -173,16 +207,21 @@ impl Etcd {
                     "--client-cert-auth".to_string(),
                 ]
             }))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{p}"))
-            .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{p}"
-            ))
-            .arg(format!("--initial-cluster=test=http://127.0.0.1:{p}"))
+            .arg(format!("--listen-peer-urls={}", m.peer_url))
+            .arg(format!("--initial-advertise-peer-urls={}", m.peer_url))
+            .arg(format!("--initial-cluster={cluster}"))
+            .arg(format!("--initial-cluster-state={state}"))
+            .arg("--initial-cluster-token=bluegreen-test")
+            // Loopback latency: elections in well under a second, as the tests expect.
+            .args(["--heartbeat-interval=50", "--election-timeout=500"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start etcd (is etcd-server installed? run deploy/install-deps.sh)");
-        self.child = Some(child);
+        m.child = Some(child);
+    }
+
+    async fn wait_answering(&self) {
         let access = self.admin_access();
         wait_for("etcd to answer", Duration::from_secs(20), || {
             let access = access.clone();
@@ -197,9 +236,9 @@ impl Etcd {
     /// How the harness itself connects: plain, or with the admin (`root`) certificate.
     pub fn admin_access(&self) -> proto::EtcdAccess {
         match &self.tls {
-            None => proto::EtcdAccess::plain(vec![self.endpoint.clone()]),
+            None => proto::EtcdAccess::plain(self.endpoints()),
             Some(t) => proto::EtcdAccess::resolve(proto::AccessSettings {
-                endpoints: vec![self.endpoint.clone()],
+                endpoints: self.endpoints(),
                 cacert: Some(t.ca.clone()),
                 cert: Some(t.admin.cert.clone()),
                 key: Some(t.admin.key.clone()),
@@ -215,17 +254,109 @@ impl Etcd {
             .expect("connect to test etcd")
     }
 
-    /// Kills etcd (SIGKILL), keeping its data for [`Etcd::restart`].
+    /// A client of the members that answer now (after a member was killed).
+    pub async fn live_client(&self) -> etcd_client::Client {
+        proto::connect_live(&self.admin_access())
+            .await
+            .expect("connect to the live members")
+    }
+
+    /// Kills every member (SIGKILL), keeping their data for [`Etcd::restart`].
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        for i in 0..self.members.len() {
+            self.kill_member(i);
         }
     }
 
     pub async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        let cluster = self.initial_cluster();
+        for i in 0..self.members.len() {
+            self.spawn_member(i, &cluster, "new");
+        }
+        self.wait_answering().await;
+    }
+
+    /// SIGKILL of member `i`, data kept.
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data (after [`Etcd::kill_member`]).
+    pub fn start_member(&mut self, i: usize) {
+        self.kill_member(i);
+        let cluster = self.initial_cluster();
+        self.spawn_member(i, &cluster, "existing");
+    }
+
+    /// The member that leads, by index, as the members themselves report it.
+    pub async fn leader(&self) -> Option<usize> {
+        for (i, m) in self.members.iter().enumerate() {
+            if m.child.is_none() {
+                continue;
+            }
+            let access = proto::EtcdAccess::plain(vec![m.client_url.clone()]);
+            let Ok(mut client) = proto::connect(&access).await else {
+                continue;
+            };
+            let Ok(status) = client.status().await else {
+                continue;
+            };
+            if status.leader() != 0
+                && status.leader() == status.header().map(|h| h.member_id()).unwrap_or(0)
+            {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Replaces member `i` by a new one with an empty data dir, as an operator replaces a dead
+    /// machine: remove it from the cluster, wipe it, add it back and start it as `existing`.
+    pub async fn replace_member(&mut self, i: usize) {
+        self.kill_member(i);
+        let mut client = self.live_client().await;
+        let name = self.members[i].name.clone();
+        let members = client.member_list().await.expect("member list");
+        let id = members
+            .members()
+            .iter()
+            .find(|m| m.name() == name || m.peer_urls().contains(&self.members[i].peer_url))
+            .map(|m| m.id())
+            .expect("the member to replace is listed");
+        client.member_remove(id).await.expect("member remove");
+        let peer = self.members[i].peer_url.clone();
+        client
+            .member_add(vec![peer], None)
+            .await
+            .expect("member add");
+        let _ = std::fs::remove_dir_all(self.members[i].dir.path().join("data"));
+        let cluster = self.initial_cluster();
+        self.spawn_member(i, &cluster, "existing");
+    }
+}
+
+/// One etcd process: its name, URLs and data dir.
+struct Member {
+    name: String,
+    client_url: String,
+    peer_url: String,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn new(i: usize, scheme: &str) -> Member {
+        Member {
+            name: format!("m{i}"),
+            client_url: format!("{scheme}://127.0.0.1:{}", free_port("127.0.0.1")),
+            peer_url: format!("http://127.0.0.1:{}", free_port("127.0.0.1")),
+            dir: tempfile::tempdir().expect("etcd data dir"),
+            child: None,
+        }
     }
 }
 

@@ -51,6 +51,17 @@ impl Fleet {
         Fleet::start_setup(hosts, lbs, setup).await
     }
 
+    /// A fleet on a given etcd (a 3-member cluster, say) with default components.
+    pub async fn start_on(etcd: Etcd, hosts: u8, lbs: usize) -> Fleet {
+        let setup = Setup {
+            etcd,
+            agent_extra: &|_| String::new(),
+            sidecar_extra: &|_, _| String::new(),
+            coordinator_env: Vec::new(),
+        };
+        Fleet::start_setup(hosts, lbs, setup).await
+    }
+
     /// A fleet on `setup.etcd` with per-component settings (TLS, users, run_as, keys).
     pub async fn start_setup(hosts: u8, lbs: usize, setup: Setup<'_>) -> Fleet {
         let etcd = setup.etcd;
@@ -165,7 +176,7 @@ impl Fleet {
     /// `coordinator` with this fleet's etcd and app, ready to take arguments.
     pub fn coordinator(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(binary("coordinator"));
-        cmd.env("BLUEGREEN_ETCD", &self.etcd.endpoint)
+        cmd.env("BLUEGREEN_ETCD", self.etcd.endpoints().join(","))
             .env("BLUEGREEN_APP", APP)
             .envs(self.coordinator_env.iter().map(|(k, v)| (k, v)))
             .kill_on_drop(true);

@@ -194,12 +194,12 @@ impl SidecarProc {
         let nginx_status_port = nginx.status;
         let config_path = nginx.dir.join(format!("{name}.toml"));
         let config = format!(
-            "etcd = [\"{}\"]\nprefix = \"{PREFIX}\"\napp = \"{APP}\"\nname = \"{name}\"\nlisten = \"127.0.0.1:{}\"\n\
+            "etcd = [{}]\nprefix = \"{PREFIX}\"\napp = \"{APP}\"\nname = \"{name}\"\nlisten = \"127.0.0.1:{}\"\n\
              preview_listen = \"127.0.0.1:{}\"\nstatus_listen = \"127.0.0.1:{status_port}\"\nlease_ttl = \"5s\"\n\
              state_dir = \"{}\"\n{extra}\n\
              [nginx]\nbinary = \"nginx\"\nmain_config = \"{}\"\ninclude_file = \"{}\"\npid_file = \"{}\"\n\
              status_listen = \"127.0.0.1:{nginx_status_port}\"\n",
-            etcd.endpoint,
+            etcd.endpoints_toml(),
             nginx.listen,
             nginx.preview,
             nginx.dir.join(format!("sidecar-{name}")).display(),

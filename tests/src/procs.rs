@@ -44,9 +44,9 @@ impl AgentProc {
             "run_as = \"root\"\n"
         };
         let config = format!(
-            "etcd = [\"{}\"]\nprefix = \"{PREFIX}\"\napp = \"{APP}\"\nhost = \"{host}\"\naddress = \"{address}\"\n\
+            "etcd = [{}]\nprefix = \"{PREFIX}\"\napp = \"{APP}\"\nhost = \"{host}\"\naddress = \"{address}\"\n\
              state_dir = \"{}\"\ngrpc_listen = \"{grpc}\"\nlease_ttl = \"{ttl_secs}s\"\n{run_as}{extra}\n[ports]\nblue = {}\ngreen = {}\n",
-            etcd.endpoint,
+            etcd.endpoints_toml(),
             state_dir.display(),
             ports.blue,
             ports.green

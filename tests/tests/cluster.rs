@@ -1,0 +1,189 @@
+//! The fleet on a 3-member etcd (one process per member on loopback; every component gets every
+//! endpoint): a follower killed, the leader killed mid-deploy, quorum lost for 10 s, and a member
+//! replaced with an empty data dir. Traffic through the LB never fails, commands end, and the
+//! fleet deploys again afterwards.
+use bluegreen_tests::fleet::{text, Fleet};
+use bluegreen_tests::load::{self, LoadReport};
+use bluegreen_tests::procs::{get_raw, keys};
+use bluegreen_tests::{wait_for, Etcd};
+use proto::records::{decode, ActiveRecord, ReleaseRecord};
+use proto::Color;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn serving_blue() -> Fleet {
+    let fleet = Fleet::start_on(Etcd::start_members(3).await, 2, 1).await;
+    let spec = fleet.spec("good", &[]);
+    let out = fleet.deploy(&spec, "v1", &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    fleet
+}
+
+async fn active_color(client: &etcd_client::Client) -> Color {
+    let key = keys().active();
+    let bytes = get_raw(client, &key).await.expect("active is set");
+    decode::<ActiveRecord>(&key, &bytes).unwrap().color
+}
+
+async fn staged(client: &etcd_client::Client, color: Color, version: &str) -> Option<()> {
+    let key = keys().release(color);
+    let bytes = get_raw(client, &key).await?;
+    let release = decode::<ReleaseRecord>(&key, &bytes).ok()?;
+    (release.version == version).then_some(())
+}
+
+fn under_load(fleet: &Fleet) -> (Arc<AtomicBool>, Vec<tokio::task::JoinHandle<LoadReport>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let loops = fleet
+        .lb_urls()
+        .into_iter()
+        .map(|url| load::spawn(url, false, stop.clone()))
+        .collect();
+    (stop, loops)
+}
+
+fn assert_no_failures(report: &LoadReport) {
+    assert!(report.ok > 0, "no request went through");
+    assert!(
+        report.failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        report.failed.len(),
+        report.ok + report.failed.len() as u64,
+        &report.failed[..report.failed.len().min(5)]
+    );
+}
+
+async fn a_follower(etcd: &Etcd) -> usize {
+    let leader = wait_for("a leader", Duration::from_secs(20), || etcd.leader()).await;
+    (leader + 1) % 3
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_follower_changes_nothing() {
+    let mut fleet = serving_blue().await;
+    let follower = a_follower(&fleet.etcd).await;
+    fleet.etcd.kill_member(follower);
+    let (stop, loops) = under_load(&fleet);
+    let spec = fleet.spec("good", &[]);
+    let out = fleet.deploy(&spec, "v2", &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let back = fleet.run(&["rollback"]).await;
+    assert!(back.status.success(), "{}", text(&back));
+    assert_no_failures(&load::finish(stop, loops).await);
+    assert_eq!(
+        active_color(&fleet.etcd.live_client().await).await,
+        Color::Blue
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_killed_mid_deploy_does_not_fail_it() {
+    let mut fleet = serving_blue().await;
+    let (stop, loops) = under_load(&fleet);
+    let spec = fleet.spec("good", &[]);
+    let child = fleet
+        .deploy_command(&spec, "v2", &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start deploy");
+    let client = fleet.etcd.live_client().await;
+    wait_for("v2 staged on green", Duration::from_secs(30), || {
+        staged(&client, Color::Green, "v2")
+    })
+    .await;
+    let leader = wait_for("a leader", Duration::from_secs(20), || fleet.etcd.leader()).await;
+    fleet.etcd.kill_member(leader);
+    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("the deploy ends")
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_no_failures(&load::finish(stop, loops).await);
+    assert_eq!(
+        active_color(&fleet.etcd.live_client().await).await,
+        Color::Green
+    );
+    fleet.etcd.start_member(leader);
+    let back = fleet.run(&["rollback"]).await;
+    assert!(back.status.success(), "{}", text(&back));
+}
+
+/// Two of three members down for 10 s: LBs keep serving their last good config, apps keep
+/// running, a command in that window ends "control plane unreachable" (exit 5) instead of hanging
+/// or guessing, and once quorum is back a deploy goes through.
+#[tokio::test(flavor = "multi_thread")]
+async fn quorum_lost_for_ten_seconds_loses_no_request_and_no_process() {
+    let mut fleet = serving_blue().await;
+    let app_pids: Vec<Option<u32>> = fleet.hosts.iter().map(|h| h.app_pid(Color::Blue)).collect();
+    let (stop, loops) = under_load(&fleet);
+    let leader = wait_for("a leader", Duration::from_secs(20), || fleet.etcd.leader()).await;
+    let (a, b) = ((leader + 1) % 3, (leader + 2) % 3);
+    fleet.etcd.kill_member(a);
+    fleet.etcd.kill_member(b);
+    let outage_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let started = tokio::time::Instant::now();
+    let refused = tokio::time::timeout(Duration::from_secs(60), fleet.run(&["rollback"]))
+        .await
+        .expect("rollback without quorum ends");
+    assert_eq!(refused.status.code(), Some(5), "{}", text(&refused));
+    let took = started.elapsed();
+    // The rest of the outage: the fault's length, not a synchronisation.
+    tokio::time::sleep_until(outage_deadline.max(tokio::time::Instant::now())).await;
+    fleet.etcd.start_member(a);
+    fleet.etcd.start_member(b);
+    let report = load::finish(stop, loops).await;
+    assert_no_failures(&report);
+    for (host, pid) in fleet.hosts.iter_mut().zip(app_pids) {
+        assert!(host.exit_status().is_none(), "{}'s agent exited", host.host);
+        assert_eq!(
+            host.app_pid(Color::Blue),
+            pid,
+            "{}'s blue app was restarted",
+            host.host
+        );
+    }
+    assert!(took < Duration::from_secs(60));
+    wait_for("quorum back", Duration::from_secs(30), || {
+        fleet.etcd.leader()
+    })
+    .await;
+    let spec = fleet.spec("good", &[]);
+    let out = fleet.deploy(&spec, "v2", &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        active_color(&fleet.etcd.live_client().await).await,
+        Color::Green
+    );
+}
+
+/// A member's machine is replaced: removed, wiped, re-added and started as `existing`. It catches
+/// up with the cluster's data, and the fleet keeps deploying through all of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_replaced_with_an_empty_data_dir_catches_up() {
+    let mut fleet = serving_blue().await;
+    let follower = a_follower(&fleet.etcd).await;
+    fleet.etcd.replace_member(follower).await;
+    let spec = fleet.spec("good", &[]);
+    let out = fleet.deploy(&spec, "v2", &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let endpoint = fleet.etcd.endpoints()[follower].clone();
+    let only_new = proto::EtcdAccess::plain(vec![endpoint]);
+    wait_for(
+        "the new member serves the current active",
+        Duration::from_secs(30),
+        || {
+            let only_new = only_new.clone();
+            async move {
+                let client = proto::connect(&only_new).await.ok()?;
+                let mut c = client.clone();
+                let resp = c.get(keys().active(), None).await.ok()?;
+                let kv = resp.kvs().first()?;
+                let active = decode::<ActiveRecord>(&keys().active(), kv.value()).ok()?;
+                (active.color == Color::Green).then_some(())
+            }
+        },
+    )
+    .await;
+}
