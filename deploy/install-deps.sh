@@ -8,8 +8,9 @@
 set -euo pipefail
 
 # libprotobuf-dev carries google/protobuf/*.proto, which etcd-client's build imports; openssl
-# makes the tests' throwaway certificate authorities (TLS etcd, agents' gRPC, PostgreSQL).
-PACKAGES=(etcd-server etcd-client nginx-light protobuf-compiler libprotobuf-dev postgresql openssl)
+# makes the tests' throwaway certificate authorities (TLS etcd, agents' gRPC, PostgreSQL);
+# iproute2 and nftables put test hosts in network namespaces and cut them off from each other.
+PACKAGES=(etcd-server etcd-client nginx-light protobuf-compiler libprotobuf-dev postgresql openssl iproute2 nftables)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -46,7 +47,7 @@ else
 fi
 
 
-for bin in etcd etcdctl nginx protoc; do
+for bin in etcd etcdctl nginx protoc ip nft; do
     command -v "$bin" >/dev/null || { echo "install-deps: $bin missing after install" >&2; exit 1; }
 done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "install-deps: initdb missing after install" >&2; exit 1; }

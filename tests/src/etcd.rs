@@ -27,7 +27,12 @@ impl Etcd {
 
     /// A cluster of `n` members on loopback; clients of the fleet get every endpoint.
     pub async fn start_members(n: usize) -> Etcd {
-        let members: Vec<Member> = (0..n).map(|i| Member::new(i, "http")).collect();
+        Etcd::start_at("127.0.0.1", n).await
+    }
+
+    /// `n` members whose clients reach them at `address` (a bridge for network namespaces).
+    pub async fn start_at(address: &str, n: usize) -> Etcd {
+        let members: Vec<Member> = (0..n).map(|i| Member::new(i, "http", address)).collect();
         let mut etcd = Etcd {
             endpoint: members[0].client_url.clone(),
             members,
@@ -40,7 +45,7 @@ impl Etcd {
     /// An etcd that speaks only TLS and requires client certificates (`--client-cert-auth`),
     /// as a production cluster would. Auth is not enabled yet: `deploy/etcd-auth.sh` does that.
     pub async fn start_tls(pki: &crate::pki::Pki) -> Etcd {
-        let members = vec![Member::new(0, "https")];
+        let members = vec![Member::new(0, "https", "127.0.0.1")];
         let mut etcd = Etcd {
             endpoint: members[0].client_url.clone(),
             members,
@@ -349,10 +354,10 @@ struct Member {
 }
 
 impl Member {
-    fn new(i: usize, scheme: &str) -> Member {
+    fn new(i: usize, scheme: &str, address: &str) -> Member {
         Member {
             name: format!("m{i}"),
-            client_url: format!("{scheme}://127.0.0.1:{}", free_port("127.0.0.1")),
+            client_url: format!("{scheme}://{address}:{}", free_port(address)),
             peer_url: format!("http://127.0.0.1:{}", free_port("127.0.0.1")),
             dir: tempfile::tempdir().expect("etcd data dir"),
             child: None,

@@ -19,6 +19,8 @@ pub struct Fleet {
     /// Extra environment for every `coordinator` run (TLS and user settings).
     pub coordinator_env: Vec<(String, String)>,
     dir: tempfile::TempDir,
+    /// With [`Fleet::start_netns`]: the bridge and namespaces, deleted after the processes.
+    pub net: Option<crate::netns::Net>,
 }
 
 /// How a fleet's components are set up beyond the defaults.
@@ -62,6 +64,42 @@ impl Fleet {
         Fleet::start_setup(hosts, lbs, setup).await
     }
 
+    /// A fleet whose every host (agent and apps) and every LB (nginx and sidecar) runs in a
+    /// network namespace of its own on one bridge; etcd, the coordinator and the test stay here.
+    pub async fn start_netns(hosts: u8, lbs: usize) -> Fleet {
+        let net = crate::netns::Net::new();
+        let etcd = Etcd::start_at(&net.etcd_address(), 1).await;
+        let client = etcd.client().await;
+        let artifacts = Artifacts::default();
+        let app = artifacts.demo_app();
+        let hosts = (1..=hosts)
+            .map(|n| AgentProc::start_in(&etcd, n, 5, "", Some(&net.ns(n))))
+            .collect();
+        let lbs: Vec<Nginx> = (0..lbs)
+            .map(|i| Nginx::start_in(&net.ns(100 + i as u8)))
+            .collect();
+        let sidecars: Vec<SidecarProc> = lbs
+            .iter()
+            .enumerate()
+            .map(|(i, n)| SidecarProc::start(&etcd, &format!("lb-{i}"), n, ""))
+            .collect();
+        for s in &sidecars {
+            crate::lb::wait_ack(&client, &s.name, "registration", |_| true).await;
+        }
+        Fleet {
+            etcd,
+            client,
+            artifacts,
+            app,
+            hosts,
+            lbs,
+            sidecars,
+            coordinator_env: Vec::new(),
+            dir: tempfile::tempdir().unwrap(),
+            net: Some(net),
+        }
+    }
+
     /// A fleet on `setup.etcd` with per-component settings (TLS, users, run_as, keys).
     pub async fn start_setup(hosts: u8, lbs: usize, setup: Setup<'_>) -> Fleet {
         let etcd = setup.etcd;
@@ -95,6 +133,7 @@ impl Fleet {
             sidecars,
             coordinator_env: setup.coordinator_env,
             dir: tempfile::tempdir().unwrap(),
+            net: None,
         }
     }
 
@@ -175,7 +214,20 @@ impl Fleet {
 
     /// `coordinator` with this fleet's etcd and app, ready to take arguments.
     pub fn coordinator(&self) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(binary("coordinator"));
+        self.coordinator_in(None)
+    }
+
+    /// [`Fleet::coordinator`] run inside network namespace `ns` (a CI runner that can be cut off).
+    pub fn coordinator_in(&self, ns: Option<&crate::netns::Ns>) -> tokio::process::Command {
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = tokio::process::Command::new("ip");
+                c.args(["netns", "exec", &ns.name])
+                    .arg(binary("coordinator"));
+                c
+            }
+            None => tokio::process::Command::new(binary("coordinator")),
+        };
         cmd.env("BLUEGREEN_ETCD", self.etcd.endpoints().join(","))
             .env("BLUEGREEN_APP", APP)
             .envs(self.coordinator_env.iter().map(|(k, v)| (k, v)))

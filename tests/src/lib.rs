@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod fleet;
 pub mod lb;
 pub mod load;
+pub mod netns;
 pub mod nginx;
 pub mod pki;
 pub mod procs;

@@ -19,6 +19,10 @@ pub struct Nginx {
     /// Run with `-p <dir>`; off for the stock config, whose relative module paths need
     /// nginx's own prefix.
     own_prefix: bool,
+    /// Where the public and preview listeners are (127.0.0.1, or the namespace's address).
+    pub address: String,
+    /// The network namespace nginx (and its sidecar) run in, if any.
+    pub ns: Option<crate::netns::Ns>,
     _tmp: tempfile::TempDir,
 }
 
@@ -26,7 +30,16 @@ impl Nginx {
     /// Starts nginx in the foreground (`daemon off`, so the child is the master) with an empty
     /// include file: nothing listens on the public port until a sidecar renders it.
     pub fn start() -> Nginx {
-        Nginx::start_with(true, |dir, include, pid| {
+        Nginx::start_at(None)
+    }
+
+    /// [`Nginx::start`] inside network namespace `ns`, listening on its address.
+    pub fn start_in(ns: &crate::netns::Ns) -> Nginx {
+        Nginx::start_at(Some(ns))
+    }
+
+    fn start_at(ns: Option<&crate::netns::Ns>) -> Nginx {
+        Nginx::start_placed(true, ns, |dir, include, pid| {
             format!(
                 "daemon off;\nworker_processes 2;\npid {pid};\nerror_log {dir}/error.log warn;\n\
                  worker_shutdown_timeout 10s;\nevents {{ worker_connections 4096; }}\n\
@@ -61,6 +74,15 @@ impl Nginx {
         own_prefix: bool,
         main: impl Fn(&std::path::Path, &std::path::Path, &std::path::Path) -> String,
     ) -> Nginx {
+        Nginx::start_placed(own_prefix, None, main)
+    }
+
+    fn start_placed(
+        own_prefix: bool,
+        ns: Option<&crate::netns::Ns>,
+        main: impl Fn(&std::path::Path, &std::path::Path, &std::path::Path) -> String,
+    ) -> Nginx {
+        let address = ns.map_or("127.0.0.1".to_string(), |n| n.address.clone());
         let tmp = tempfile::tempdir().expect("nginx dir");
         let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
@@ -74,7 +96,7 @@ impl Nginx {
         // Bind every port from the start (answering 503 until a sidecar renders the real config),
         // as an operator would: a port picked now and bound only later could be taken meanwhile.
         let placeholder = format!(
-            "server {{ listen 127.0.0.1:{listen}; return 503; }}\nserver {{ listen 127.0.0.1:{preview}; return 503; }}\n\
+            "server {{ listen {address}:{listen}; return 503; }}\nserver {{ listen {address}:{preview}; return 503; }}\n\
              server {{ listen 127.0.0.1:{status}; return 503; }}\n"
         );
         std::fs::write(&include_file, placeholder).unwrap();
@@ -91,6 +113,8 @@ impl Nginx {
             include_file,
             pid_file,
             own_prefix,
+            address,
+            ns: ns.cloned(),
             _tmp: tmp,
         };
         nginx.spawn();
@@ -135,7 +159,14 @@ impl Nginx {
 
     /// `nginx` aimed at this instance's prefix, config and error log; add `-s reload` and the like.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new("nginx");
+        let mut cmd = match &self.ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name, "nginx"]);
+                c
+            }
+            None => Command::new("nginx"),
+        };
         if self.own_prefix {
             cmd.arg("-p").arg(&self.dir);
         }
@@ -147,11 +178,11 @@ impl Nginx {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.listen)
+        format!("http://{}:{}{path}", self.address, self.listen)
     }
 
     pub fn preview_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.preview)
+        format!("http://{}:{}{path}", self.address, self.preview)
     }
 
     pub fn master_pid(&self) -> u32 {
@@ -177,6 +208,8 @@ pub struct SidecarProc {
     daemon: Daemon,
     pub name: String,
     pub status_port: u16,
+    /// Where its status listener is (`/healthz`, `/metrics`).
+    pub status_address: String,
 }
 
 impl SidecarProc {
@@ -192,10 +225,11 @@ impl SidecarProc {
     pub fn start(etcd: &Etcd, name: &str, nginx: &Nginx, extra: &str) -> SidecarProc {
         let status_port = free_port("127.0.0.1");
         let nginx_status_port = nginx.status;
+        let address = &nginx.address;
         let config_path = nginx.dir.join(format!("{name}.toml"));
         let config = format!(
-            "etcd = [{}]\nprefix = \"{PREFIX}\"\napp = \"{APP}\"\nname = \"{name}\"\nlisten = \"127.0.0.1:{}\"\n\
-             preview_listen = \"127.0.0.1:{}\"\nstatus_listen = \"127.0.0.1:{status_port}\"\nlease_ttl = \"5s\"\n\
+            "etcd = [{}]\nprefix = \"{PREFIX}\"\napp = \"{APP}\"\nname = \"{name}\"\nlisten = \"{address}:{}\"\n\
+             preview_listen = \"{address}:{}\"\nstatus_listen = \"{address}:{status_port}\"\nlease_ttl = \"5s\"\n\
              state_dir = \"{}\"\n{extra}\n\
              [nginx]\nbinary = \"nginx\"\nmain_config = \"{}\"\ninclude_file = \"{}\"\npid_file = \"{}\"\n\
              status_listen = \"127.0.0.1:{nginx_status_port}\"\n",
@@ -209,9 +243,13 @@ impl SidecarProc {
         );
         std::fs::write(&config_path, config).unwrap();
         let args = vec!["--config".into(), config_path.into_os_string()];
+        let (program, args) = match &nginx.ns {
+            Some(ns) => ns.wrap(binary("lb-sidecar"), args),
+            None => (binary("lb-sidecar"), args),
+        };
         let daemon = Daemon::start(
             &format!("sidecar {name}"),
-            binary("lb-sidecar"),
+            program,
             args,
             nginx.dir.join(format!("{name}.log")),
         );
@@ -219,6 +257,7 @@ impl SidecarProc {
             daemon,
             name: name.to_string(),
             status_port,
+            status_address: address.clone(),
         }
     }
 

@@ -20,19 +20,42 @@ pub struct AgentProc {
     pub ports: Ports,
     pub grpc: String,
     pub state_dir: PathBuf,
+    /// The network namespace it runs in, if any.
+    pub ns: Option<crate::netns::Ns>,
     _dir: tempfile::TempDir,
 }
 
 impl AgentProc {
     /// Starts the agent of host number `n` (address 127.0.0.{10+n}) with lease TTL `ttl_secs`.
     pub fn start(etcd: &Etcd, n: u8, ttl_secs: u64, extra: &str) -> AgentProc {
+        AgentProc::start_in(etcd, n, ttl_secs, extra, None)
+    }
+
+    /// [`AgentProc::start`] inside network namespace `ns` (its apps too), at the namespace's
+    /// address; etcd must listen where the namespace reaches it.
+    pub fn start_in(
+        etcd: &Etcd,
+        n: u8,
+        ttl_secs: u64,
+        extra: &str,
+        ns: Option<&crate::netns::Ns>,
+    ) -> AgentProc {
         let dir = tempfile::tempdir().expect("agent dir");
-        let address = format!("127.0.0.{}", 10 + n);
-        let ports = Ports {
-            blue: free_port(&address),
-            green: free_port(&address),
+        let address = match ns {
+            Some(ns) => ns.address.clone(),
+            None => format!("127.0.0.{}", 10 + n),
         };
-        let grpc = format!("{address}:{}", free_port(&address));
+        // A namespace has ports of its own: any port free here is free there.
+        let port_on = if ns.is_some() {
+            "127.0.0.1"
+        } else {
+            address.as_str()
+        };
+        let ports = Ports {
+            blue: free_port(port_on),
+            green: free_port(port_on),
+        };
+        let grpc = format!("{address}:{}", free_port(port_on));
         let state_dir = dir.path().join("state");
         let config_path = dir.path().join("agent.toml");
         let host = format!("host-{n}");
@@ -53,9 +76,13 @@ impl AgentProc {
         );
         std::fs::write(&config_path, config).expect("write agent config");
         let args = vec!["--config".into(), config_path.into_os_string()];
+        let (program, args) = match ns {
+            Some(ns) => ns.wrap(binary("agent"), args),
+            None => (binary("agent"), args),
+        };
         let daemon = Daemon::start(
             &format!("{host}'s agent"),
-            binary("agent"),
+            program,
             args,
             dir.path().join("agent.log"),
         );
@@ -66,6 +93,7 @@ impl AgentProc {
             ports,
             grpc,
             state_dir,
+            ns: ns.cloned(),
             _dir: dir,
         }
     }

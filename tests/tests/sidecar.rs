@@ -459,7 +459,10 @@ async fn lb_serving_blue(etcd: &Etcd, client: &etcd_client::Client) -> (Nginx, S
 
 /// `bluegreen_lb_reloads_total` from the sidecar's /metrics.
 async fn reloads(sidecar: &SidecarProc) -> u64 {
-    let url = format!("http://127.0.0.1:{}/metrics", sidecar.status_port);
+    let url = format!(
+        "http://{}:{}/metrics",
+        sidecar.status_address, sidecar.status_port
+    );
     let text = reqwest::get(url).await.unwrap().text().await.unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix("bluegreen_lb_reloads_total "))
