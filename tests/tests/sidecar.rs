@@ -506,7 +506,7 @@ async fn flapping_health_is_rate_limited_to_one_reload_per_interval() {
     let churn_deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(6);
     let mut flips = 0u32;
     while tokio::time::Instant::now() < churn_deadline {
-        let state = if flips % 2 == 0 {
+        let state = if flips.is_multiple_of(2) {
             "healthy"
         } else {
             "unhealthy"
