@@ -414,10 +414,14 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
     }
 
     /// The switch's guard failed: another writer moved `active` or the lock is gone. Nothing
-    /// changed; write nothing more than the history record the fence still allows.
+    /// changed; close the deploy record and write the history record if the fence still allows.
+    /// (Leaving the record open made the next command reconcile this deploy again: two history
+    /// records for one operation, found by the fault runner.)
     async fn refused(&self, run: &mut Run<'_>) -> Result<String, CoordinatorError> {
         let why = failures_text(&run.failures);
-        let _ = self.history(run, Outcome::Failed, Some(why.clone())).await;
+        let _ = self
+            .close(run, Phase::Failed, Outcome::Failed, Some(why.clone()))
+            .await;
         Err(CoordinatorError::Failed(why))
     }
 

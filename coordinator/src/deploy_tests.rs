@@ -379,6 +379,36 @@ async fn a_lost_lock_at_the_switch_changes_nothing() {
     assert_eq!(store.snapshot().active.unwrap().color, Color::Blue);
 }
 
+/// `active` written by someone else while the deploy stages: the switch's guard refuses, and the
+/// deploy closes its record, so the next command does not reconcile it into a second history
+/// record (the fault runner found two records for one operation).
+#[tokio::test(start_paused = true)]
+async fn a_refused_switch_closes_its_record_and_leaves_one_history_record() {
+    let store = fleet().serving(Color::Blue, "v1");
+    store.move_active_after_writes(1);
+    let err = deploy(&store, &FakeProbes::default(), &args("v2"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 1, "{err}");
+    assert!(store.active_writes().is_empty());
+    let record = store.snapshot().deploy.expect("deploy record");
+    assert_eq!(
+        record.phase,
+        Phase::Failed,
+        "the refused deploy's record is closed"
+    );
+    assert_eq!(store.history().len(), 1);
+    // The next command finds nothing to reconcile.
+    let next = deploy(&store, &FakeProbes::default(), &args("v3")).await;
+    assert!(next.is_ok(), "{next:?}");
+    let outcomes: Vec<Outcome> = store.history().iter().map(|h| h.outcome).collect();
+    assert_eq!(
+        outcomes,
+        vec![Outcome::Failed, Outcome::Done],
+        "no reconciliation record for the refused deploy"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_etcd_outage_after_the_switch_is_unsafe_not_bad_input() {
     let store = fleet().serving(Color::Blue, "v1");

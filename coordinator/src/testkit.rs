@@ -42,6 +42,8 @@ struct Inner {
     reads_left: Option<usize>,
     /// The lock is lost once this many more writes have succeeded.
     writes_left: Option<usize>,
+    /// Someone else writes `active` once this many more writes have succeeded.
+    active_moves_after: Option<usize>,
 }
 
 pub struct MemoryStore {
@@ -120,6 +122,11 @@ impl MemoryStore {
         let _ = changes
             .wait_for(|_| self.active_writes().iter().any(|a| a.color == color))
             .await;
+    }
+
+    /// Another writer changes `active` (an operator's etcdctl) after `n` more successful writes.
+    pub fn move_active_after_writes(&self, n: usize) {
+        self.inner.lock().unwrap().active_moves_after = Some(n);
     }
 
     /// The lock is lost after `n` more successful writes.
@@ -278,6 +285,14 @@ impl Store for MemoryStore {
             *n -= 1;
         }
         self.bump(&mut inner);
+        if let Some(n) = &mut inner.active_moves_after {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                inner.active_moves_after = None;
+                let moved = self.bump(&mut inner);
+                inner.state.active_mod_revision = moved;
+            }
+        }
         for write in writes {
             Self::react(&mut inner, write, revision);
         }

@@ -297,6 +297,11 @@ impl Etcd {
         self.spawn_member(i, &cluster, "existing");
     }
 
+    /// How many members the cluster has.
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
     /// The member that leads, by index, as the members themselves report it.
     pub async fn leader(&self) -> Option<usize> {
         for (i, m) in self.members.iter().enumerate() {

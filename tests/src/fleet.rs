@@ -67,8 +67,13 @@ impl Fleet {
     /// A fleet whose every host (agent and apps) and every LB (nginx and sidecar) runs in a
     /// network namespace of its own on one bridge; etcd, the coordinator and the test stay here.
     pub async fn start_netns(hosts: u8, lbs: usize) -> Fleet {
+        Fleet::start_netns_members(hosts, lbs, 1).await
+    }
+
+    /// [`Fleet::start_netns`] on an etcd of `members` members.
+    pub async fn start_netns_members(hosts: u8, lbs: usize, members: usize) -> Fleet {
         let net = crate::netns::Net::new();
-        let etcd = Etcd::start_at(&net.etcd_address(), 1).await;
+        let etcd = Etcd::start_at(&net.etcd_address(), members).await;
         let client = etcd.client().await;
         let artifacts = Artifacts::default();
         let app = artifacts.demo_app();

@@ -87,7 +87,7 @@ pub fn spawn_items(base: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHand
     })
 }
 
-async fn once(http: &reqwest::Client, url: &str) -> Result<String, String> {
+pub async fn once(http: &reqwest::Client, url: &str) -> Result<String, String> {
     answer(http.get(url)).await
 }
 

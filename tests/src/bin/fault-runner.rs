@@ -1,0 +1,56 @@
+//! The randomized fault runner (a benchmark binary, not a test): operations under load with
+//! faults drawn from a seed, every invariant checked after each step.
+//!   cargo build --release --workspace --bins
+//!   target/release/fault-runner --seed 42 --ops 300 --minutes 60
+//! Without `--seed`, one is drawn from the clock and printed first. Exit 1 on any violation.
+use bluegreen_tests::chaos::{run, RunConfig};
+use std::time::Duration;
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let seed = flag(&args, "--seed").map_or_else(
+        || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                % 1_000_000
+        },
+        |s| s.parse().expect("--seed takes a number"),
+    );
+    let ops = flag(&args, "--ops").map_or(100, |s| s.parse().expect("--ops takes a number"));
+    let minutes: u64 =
+        flag(&args, "--minutes").map_or(60, |s| s.parse().expect("--minutes takes a number"));
+    let fault_percent = flag(&args, "--fault-percent")
+        .map_or(70, |s| s.parse().expect("--fault-percent takes 0..100"));
+    println!("fault-runner: seed {seed}, up to {ops} operations or {minutes} min, faults on {fault_percent}% of them");
+    let summary = run(RunConfig {
+        seed,
+        ops,
+        max_time: Duration::from_secs(minutes * 60),
+        fault_percent,
+    })
+    .await;
+    println!(
+        "\nseed {}: {} operations {:?}",
+        summary.seed, summary.ops, summary.ops_by_kind
+    );
+    println!("outcomes: {:?}", summary.exits);
+    println!("faults: {:?}", summary.faults);
+    println!(
+        "requests through the LBs: {} ok, {} failed, {} failed while the fault itself stopped that LB's nginx (excused)",
+        summary.requests_ok, summary.requests_failed, summary.requests_excused
+    );
+    println!("invariant violations: {}", summary.violations.len());
+    for v in &summary.violations {
+        println!("  {v}");
+    }
+    std::process::exit(if summary.violations.is_empty() { 0 } else { 1 });
+}

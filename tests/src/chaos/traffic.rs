@@ -1,0 +1,102 @@
+//! Requests through every LB for the whole run, counted per LB and per step. A step may excuse
+//! an LB whose failures are the fault itself (its nginx stopped, the LB cut off from the test):
+//! those are counted apart and never reported as violations.
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Default)]
+struct Counters {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    excused_failed: AtomicU64,
+    excused: AtomicBool,
+    errors: Mutex<Vec<String>>,
+}
+
+/// One LB's requests in one step.
+#[derive(Debug, Default, Clone)]
+pub struct StepCount {
+    pub ok: u64,
+    pub failed: u64,
+    pub excused_failed: u64,
+    pub errors: Vec<String>,
+}
+
+pub struct Traffic {
+    lbs: Vec<Arc<Counters>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Traffic {
+    /// One request loop per URL (fresh connection per request, as many clients would).
+    pub fn start(urls: Vec<String>) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let lbs: Vec<Arc<Counters>> = urls.iter().map(|_| Arc::default()).collect();
+        let tasks = urls
+            .into_iter()
+            .zip(lbs.clone())
+            .map(|(url, counters)| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let http = reqwest::Client::builder()
+                        .timeout(Duration::from_secs(5))
+                        .pool_max_idle_per_host(0)
+                        .build()
+                        .unwrap();
+                    while !stop.load(Ordering::Relaxed) {
+                        match crate::load::once(&http, &url).await {
+                            Ok(_) => {
+                                counters.ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) if counters.excused.load(Ordering::Relaxed) => {
+                                let _ = e;
+                                counters.excused_failed.fetch_add(1, Ordering::Relaxed);
+                                // A stopped LB refuses at once: do not spin on it.
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                // backoff
+                            }
+                            Err(e) => {
+                                counters.failed.fetch_add(1, Ordering::Relaxed);
+                                let mut errors = counters.errors.lock().unwrap();
+                                if errors.len() < 3 {
+                                    errors.push(e);
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Traffic { lbs, stop, tasks }
+    }
+
+    /// From now on, failures through LB `i` are the fault's, not the product's.
+    pub fn excuse(&self, i: usize, excused: bool) {
+        self.lbs[i].excused.store(excused, Ordering::Relaxed);
+    }
+
+    /// The counts since the last call, per LB; clears every excuse.
+    pub fn take_step(&self) -> Vec<StepCount> {
+        self.lbs
+            .iter()
+            .map(|c| {
+                c.excused.store(false, Ordering::Relaxed);
+                StepCount {
+                    ok: c.ok.swap(0, Ordering::Relaxed),
+                    failed: c.failed.swap(0, Ordering::Relaxed),
+                    excused_failed: c.excused_failed.swap(0, Ordering::Relaxed),
+                    errors: std::mem::take(&mut *c.errors.lock().unwrap()),
+                }
+            })
+            .collect()
+    }
+
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
