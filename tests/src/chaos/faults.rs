@@ -119,6 +119,11 @@ impl Fault {
             _ => None,
         }
     }
+
+    /// A host every LB routes to is unreachable or lossy: requests to it time out.
+    pub fn excuses_timeouts(&self) -> bool {
+        matches!(self, Fault::AgentCutOff(_) | Fault::AgentLossy(_))
+    }
 }
 
 /// What must be undone after the operation, remembered at injection.

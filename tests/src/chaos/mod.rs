@@ -211,6 +211,9 @@ async fn step_once(
     if let Some(l) = fault.and_then(Fault::excuses_lb) {
         traffic.excuse(l, true);
     }
+    if fault.is_some_and(Fault::excuses_timeouts) {
+        traffic.excuse_timeouts();
+    }
     let mut injected = Injected::default();
     if let Some(f) = fault.filter(|f| !during && !f.hits_coordinator()) {
         injected = faults::inject(fleet, f).await;

@@ -1,6 +1,9 @@
 //! Requests through every LB for the whole run, counted per LB and per step. A step may excuse
-//! an LB whose failures are the fault itself (its nginx stopped, the LB cut off from the test):
-//! those are counted apart and never reported as violations.
+//! an LB whose failures are the fault itself: every failure while its nginx is stopped, and
+//! timeouts while a host it routes to is cut off (a request already sent to that host, or sent
+//! on a pooled connection to it, waits for nginx's `proxy_read_timeout`: the LB cannot reach
+//! every host of the color it serves). A request is excused when the excuse held at its start
+//! or at its end. Excused failures are counted apart and never reported as violations.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,6 +14,7 @@ struct Counters {
     failed: AtomicU64,
     excused_failed: AtomicU64,
     excused: AtomicBool,
+    timeouts_excused: AtomicBool,
     errors: Mutex<Vec<String>>,
 }
 
@@ -46,12 +50,17 @@ impl Traffic {
                         .build()
                         .unwrap();
                     while !stop.load(Ordering::Relaxed) {
-                        match crate::load::once(&http, &url).await {
+                        let all_at_start = counters.excused.load(Ordering::Relaxed);
+                        let timeouts_at_start = counters.timeouts_excused.load(Ordering::Relaxed);
+                        let outcome = crate::load::once(&http, &url).await;
+                        let all = all_at_start || counters.excused.load(Ordering::Relaxed);
+                        let timeouts =
+                            timeouts_at_start || counters.timeouts_excused.load(Ordering::Relaxed);
+                        match outcome {
                             Ok(_) => {
                                 counters.ok.fetch_add(1, Ordering::Relaxed);
                             }
-                            Err(e) if counters.excused.load(Ordering::Relaxed) => {
-                                let _ = e;
+                            Err(e) if all || (timeouts && e.contains("TimedOut")) => {
                                 counters.excused_failed.fetch_add(1, Ordering::Relaxed);
                                 // A stopped LB refuses at once: do not spin on it.
                                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -77,12 +86,20 @@ impl Traffic {
         self.lbs[i].excused.store(excused, Ordering::Relaxed);
     }
 
+    /// From now on, timeouts through every LB are the fault's (a host is cut off).
+    pub fn excuse_timeouts(&self) {
+        for c in &self.lbs {
+            c.timeouts_excused.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// The counts since the last call, per LB; clears every excuse.
     pub fn take_step(&self) -> Vec<StepCount> {
         self.lbs
             .iter()
             .map(|c| {
                 c.excused.store(false, Ordering::Relaxed);
+                c.timeouts_excused.store(false, Ordering::Relaxed);
                 StepCount {
                     ok: c.ok.swap(0, Ordering::Relaxed),
                     failed: c.failed.swap(0, Ordering::Relaxed),
