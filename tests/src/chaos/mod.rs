@@ -223,7 +223,13 @@ async fn step_once(
     match op {
         Op::Deploy => {
             let (url, sha) = match fault {
-                Some(Fault::StalledArtifact) => (stalled.to_string(), fleet.app.sha256.clone()),
+                // A checksum no agent has cached, so that each one really fetches from the
+                // server that never answers.
+                Some(Fault::StalledArtifact) => {
+                    use sha2::Digest;
+                    let sha = hex::encode(sha2::Sha256::digest(version.as_bytes()));
+                    (stalled.to_string(), sha)
+                }
                 Some(Fault::CorruptArtifact) => {
                     let mut sha = fleet.app.sha256.clone();
                     let flipped = if sha.starts_with('0') { "1" } else { "0" };
