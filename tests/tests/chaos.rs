@@ -10,6 +10,7 @@ async fn forty_operations_with_faults_from_a_fixed_seed_break_no_invariant() {
         ops: 40,
         max_time: Duration::from_secs(240),
         fault_percent: 70,
+        only_faults: Vec::new(),
     })
     .await;
     println!("{summary:?}");

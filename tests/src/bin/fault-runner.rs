@@ -3,6 +3,7 @@
 //!   cargo build --release --workspace --bins
 //!   target/release/fault-runner --seed 42 --ops 300 --minutes 60
 //! Without `--seed`, one is drawn from the clock and printed first. Exit 1 on any violation.
+//! `--faults "SIGSTOP agent,garbage"` draws only faults whose name contains one of those words.
 use bluegreen_tests::chaos::{run, RunConfig};
 use std::time::Duration;
 
@@ -30,12 +31,16 @@ async fn main() {
         flag(&args, "--minutes").map_or(60, |s| s.parse().expect("--minutes takes a number"));
     let fault_percent = flag(&args, "--fault-percent")
         .map_or(70, |s| s.parse().expect("--fault-percent takes 0..100"));
+    let only_faults: Vec<String> = flag(&args, "--faults")
+        .map(|s| s.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
     println!("fault-runner: seed {seed}, up to {ops} operations or {minutes} min, faults on {fault_percent}% of them");
     let summary = run(RunConfig {
         seed,
         ops,
         max_time: Duration::from_secs(minutes * 60),
         fault_percent,
+        only_faults,
     })
     .await;
     println!(

@@ -238,14 +238,23 @@ pub async fn processes_match_releases(
                 let health: Option<HealthRecord> =
                     get(client, &keys().health(&host.host, color)).await;
                 if let (Some(r), Some(h)) = (release, health) {
-                    if r.desired == Desired::Running
-                        && h.state == HealthState::Healthy
-                        && h.version != r.version
-                    {
-                        problems.push(format!(
-                            "{} {color}: serves {} but its release is {}",
-                            host.host, h.version, r.version
-                        ));
+                    if r.desired == Desired::Running && h.state == HealthState::Healthy {
+                        // What the process itself says it is, not only what the agent reports.
+                        let url = host.url(color, "/api/v1/status");
+                        let served = crate::procs::get_json(&url)
+                            .await
+                            .and_then(|v| v["version"].as_str().map(str::to_string));
+                        for (who, version) in [
+                            ("its agent reports", Some(h.version.clone())),
+                            ("the app answers", served),
+                        ] {
+                            if let Some(v) = version.filter(|v| v != &r.version) {
+                                problems.push(format!(
+                                    "{} {color}: {who} {v} but its release is {}",
+                                    host.host, r.version
+                                ));
+                            }
+                        }
                     }
                 }
             }

@@ -33,6 +33,8 @@ pub struct RunConfig {
     pub max_time: Duration,
     /// Percent of operations with a fault.
     pub fault_percent: u64,
+    /// Only faults whose name contains one of these (all when empty): to reproduce one class.
+    pub only_faults: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -115,14 +117,28 @@ pub async fn run(config: RunConfig) -> Summary {
                 (2, Op::Switch(Color::Green)),
             ])
             .clone();
-        let fault = rng.chance(config.fault_percent).then(|| {
-            Fault::draw(
-                &mut rng,
-                fleet.hosts.len(),
-                fleet.lbs.len(),
-                fleet.etcd.member_count(),
-            )
-        });
+        let wanted = |f: &Fault| {
+            config.only_faults.is_empty()
+                || config
+                    .only_faults
+                    .iter()
+                    .any(|o| f.name().contains(o.as_str()))
+        };
+        let fault = if rng.chance(config.fault_percent) {
+            // With `only_faults`, draw again until one of those comes up (bounded).
+            (0..200)
+                .map(|_| {
+                    let (h, l, m) = (
+                        fleet.hosts.len(),
+                        fleet.lbs.len(),
+                        fleet.etcd.member_count(),
+                    );
+                    Fault::draw(&mut rng, h, l, m)
+                })
+                .find(|f| wanted(f))
+        } else {
+            None
+        };
         let during = rng.chance(50);
         let delay = Duration::from_millis(rng.below(1500));
         let hold = Duration::from_millis(rng.below(20_000));
