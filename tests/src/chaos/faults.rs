@@ -124,6 +124,12 @@ impl Fault {
     pub fn excuses_timeouts(&self) -> bool {
         matches!(self, Fault::AgentCutOff(_) | Fault::AgentLossy(_))
     }
+
+    /// An app process killed with -9 takes the requests it was answering with it: nginx has
+    /// sent the headers and cannot retry, the client gets a truncated answer.
+    pub fn excuses_in_flight(&self) -> bool {
+        matches!(self, Fault::AppKill(..))
+    }
 }
 
 /// What must be undone after the operation, remembered at injection.

@@ -230,6 +230,9 @@ async fn step_once(
     if fault.is_some_and(Fault::excuses_timeouts) {
         traffic.excuse_timeouts();
     }
+    if fault.is_some_and(Fault::excuses_in_flight) {
+        traffic.excuse_in_flight();
+    }
     let mut injected = Injected::default();
     if let Some(f) = fault.filter(|f| !during && !f.hits_coordinator()) {
         injected = faults::inject(fleet, f).await;
@@ -279,7 +282,8 @@ async fn step_once(
     let mut killed = false;
     if let Some(f) = fault.filter(|f| during || f.hits_coordinator()) {
         // When in the command's life the fault strikes: part of the drawn fault, not a wait.
-        tokio::time::sleep(delay).await;
+        let strike_deadline = began + delay;
+        tokio::time::sleep_until(strike_deadline).await;
         match f {
             Fault::CoordinatorKill => {
                 let _ = nix::sys::signal::kill(
@@ -294,7 +298,8 @@ async fn step_once(
                     nix::sys::signal::Signal::SIGSTOP,
                 );
                 // The pause's length, drawn from the seed: the fault, not a synchronisation.
-                tokio::time::sleep(hold).await;
+                let resume_deadline = Instant::now() + hold;
+                tokio::time::sleep_until(resume_deadline).await;
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGCONT,

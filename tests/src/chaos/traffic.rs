@@ -3,7 +3,9 @@
 //! timeouts while a host it routes to is cut off (a request already sent to that host, or sent
 //! on a pooled connection to it, waits for nginx's `proxy_read_timeout`: the LB cannot reach
 //! every host of the color it serves). A request is excused when the excuse held at its start
-//! or at its end. Excused failures are counted apart and never reported as violations.
+//! or at its end. Likewise a truncated answer while an app process was killed with -9 (the
+//! requests it was answering die with it). Excused failures are counted apart and never
+//! reported as violations.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,6 +17,7 @@ struct Counters {
     excused_failed: AtomicU64,
     excused: AtomicBool,
     timeouts_excused: AtomicBool,
+    in_flight_excused: AtomicBool,
     errors: Mutex<Vec<String>>,
 }
 
@@ -51,20 +54,27 @@ impl Traffic {
                         .unwrap();
                     while !stop.load(Ordering::Relaxed) {
                         let all_at_start = counters.excused.load(Ordering::Relaxed);
+                        let in_flight_at_start = counters.in_flight_excused.load(Ordering::Relaxed);
                         let timeouts_at_start = counters.timeouts_excused.load(Ordering::Relaxed);
                         let outcome = crate::load::once(&http, &url).await;
                         let all = all_at_start || counters.excused.load(Ordering::Relaxed);
                         let timeouts =
                             timeouts_at_start || counters.timeouts_excused.load(Ordering::Relaxed);
+                        let in_flight = in_flight_at_start
+                            || counters.in_flight_excused.load(Ordering::Relaxed);
                         match outcome {
                             Ok(_) => {
                                 counters.ok.fetch_add(1, Ordering::Relaxed);
                             }
-                            Err(e) if all || (timeouts && e.contains("TimedOut")) => {
+                            Err(e)
+                                if all
+                                    || (timeouts && e.contains("TimedOut"))
+                                    || (in_flight && e.starts_with("body:")) =>
+                            {
                                 counters.excused_failed.fetch_add(1, Ordering::Relaxed);
                                 // A stopped LB refuses at once: do not spin on it.
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                                // backoff
+                                let backoff = Duration::from_millis(20);
+                                tokio::time::sleep(backoff).await;
                             }
                             Err(e) => {
                                 counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -93,6 +103,13 @@ impl Traffic {
         }
     }
 
+    /// From now on, truncated answers through every LB are the fault's (an app was killed).
+    pub fn excuse_in_flight(&self) {
+        for c in &self.lbs {
+            c.in_flight_excused.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// The counts since the last call, per LB; clears every excuse.
     pub fn take_step(&self) -> Vec<StepCount> {
         self.lbs
@@ -100,6 +117,7 @@ impl Traffic {
             .map(|c| {
                 c.excused.store(false, Ordering::Relaxed);
                 c.timeouts_excused.store(false, Ordering::Relaxed);
+                c.in_flight_excused.store(false, Ordering::Relaxed);
                 StepCount {
                     ok: c.ok.swap(0, Ordering::Relaxed),
                     failed: c.failed.swap(0, Ordering::Relaxed),
