@@ -80,10 +80,10 @@ pub fn staging(status: &AppStatus, hosts: &[String], color: Color, version: &str
 pub fn missing_acks(status: &AppStatus, lbs: &[String], revision: i64) -> Vec<String> {
     lbs.iter()
         .filter(|name| {
-            !status
+            status
                 .lbs
                 .get(*name)
-                .is_some_and(|a| a.applied_revision >= revision)
+                .is_none_or(|a| a.applied_revision < revision)
         })
         .map(
             |name| match status.lbs.get(name).and_then(|a| a.error.clone()) {

@@ -74,9 +74,6 @@ impl Fleet {
     pub async fn start_netns_members(hosts: u8, lbs: usize, members: usize) -> Fleet {
         let net = crate::netns::Net::new();
         let etcd = Etcd::start_at(&net.etcd_address(), members).await;
-        let client = etcd.client().await;
-        let artifacts = Artifacts::default();
-        let app = artifacts.demo_app();
         let hosts = (1..=hosts)
             .map(|n| AgentProc::start_in(&etcd, n, 5, "", Some(&net.ns(n))))
             .collect();
@@ -88,29 +85,14 @@ impl Fleet {
             .enumerate()
             .map(|(i, n)| SidecarProc::start(&etcd, &format!("lb-{i}"), n, ""))
             .collect();
-        for s in &sidecars {
-            crate::lb::wait_ack(&client, &s.name, "registration", |_| true).await;
-        }
-        Fleet {
-            etcd,
-            client,
-            artifacts,
-            app,
-            hosts,
-            lbs,
-            sidecars,
-            coordinator_env: Vec::new(),
-            dir: tempfile::tempdir().unwrap(),
-            net: Some(net),
-        }
+        let mut fleet = Fleet::assemble(etcd, hosts, lbs, sidecars, Vec::new()).await;
+        fleet.net = Some(net);
+        fleet
     }
 
     /// A fleet on `setup.etcd` with per-component settings (TLS, users, run_as, keys).
     pub async fn start_setup(hosts: u8, lbs: usize, setup: Setup<'_>) -> Fleet {
         let etcd = setup.etcd;
-        let client = etcd.client().await;
-        let artifacts = Artifacts::default();
-        let app = artifacts.demo_app();
         let hosts = (1..=hosts)
             .map(|n| AgentProc::start(&etcd, n, 5, &(setup.agent_extra)(n)))
             .collect();
@@ -124,10 +106,24 @@ impl Fleet {
                 SidecarProc::start(&etcd, &name, n, &extra)
             })
             .collect();
-        // Every LB registers before any traffic decision, so the first deploy waits for all of them.
+        Fleet::assemble(etcd, hosts, lbs, sidecars, setup.coordinator_env).await
+    }
+
+    /// The fleet of started components, once every LB has registered: before any traffic
+    /// decision, so the first deploy waits for all of them.
+    async fn assemble(
+        etcd: Etcd,
+        hosts: Vec<AgentProc>,
+        lbs: Vec<Nginx>,
+        sidecars: Vec<SidecarProc>,
+        coordinator_env: Vec<(String, String)>,
+    ) -> Fleet {
+        let client = etcd.client().await;
         for s in &sidecars {
             crate::lb::wait_ack(&client, &s.name, "registration", |_| true).await;
         }
+        let artifacts = Artifacts::default();
+        let app = artifacts.demo_app();
         Fleet {
             etcd,
             client,
@@ -136,7 +132,7 @@ impl Fleet {
             hosts,
             lbs,
             sidecars,
-            coordinator_env: setup.coordinator_env,
+            coordinator_env,
             dir: tempfile::tempdir().unwrap(),
             net: None,
         }
@@ -278,6 +274,17 @@ impl Fleet {
     pub fn lb_urls(&self) -> Vec<String> {
         self.lbs.iter().map(|l| l.url("/api/v1/status")).collect()
     }
+}
+
+/// Waits for a running coordinator to exit, panicking if it still runs after `deadline`.
+pub async fn finished_within(
+    child: tokio::process::Child,
+    deadline: std::time::Duration,
+) -> Output {
+    tokio::time::timeout(deadline, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("the command still ran after {deadline:?}"))
+        .expect("coordinator output")
 }
 
 /// stdout and stderr of a finished coordinator, for assertions and failure messages.

@@ -125,6 +125,32 @@ pub async fn requests(url: &str, count: u64) -> LoadReport {
     report
 }
 
+/// One fresh-connection request loop per URL, all stopped by the returned flag.
+pub fn spawn_each(
+    urls: Vec<String>,
+) -> (Arc<AtomicBool>, Vec<tokio::task::JoinHandle<LoadReport>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let loops = urls
+        .into_iter()
+        .map(|url| spawn(url, false, stop.clone()))
+        .collect();
+    (stop, loops)
+}
+
+impl LoadReport {
+    /// Panics naming the first failures unless requests went through and none failed.
+    pub fn assert_none_failed(&self) {
+        assert!(self.ok > 0, "no request went through");
+        assert!(
+            self.failed.is_empty(),
+            "{} of {} requests failed: {:?}",
+            self.failed.len(),
+            self.ok + self.failed.len() as u64,
+            &self.failed[..self.failed.len().min(5)]
+        );
+    }
+}
+
 /// Stops the loops started with `stop` and adds up their reports.
 pub async fn finish(
     stop: Arc<AtomicBool>,

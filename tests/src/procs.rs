@@ -179,6 +179,26 @@ pub async fn put_raw(client: &etcd_client::Client, key: &str, value: &str) {
 
 /// The value at `key`, `None` when the key does not exist. A failed read is not "absent": it is
 /// retried (a loaded 2-core machine can drop an idle client connection), then a panic naming it.
+/// The current `active`, when it is set and reads.
+pub async fn active(client: &etcd_client::Client) -> Option<proto::records::ActiveRecord> {
+    let key = keys().active();
+    decode(&key, &get_raw(client, &key).await?).ok()
+}
+
+/// `releases/<color>`, when it is set and reads.
+pub async fn release(client: &etcd_client::Client, color: Color) -> Option<ReleaseRecord> {
+    let key = keys().release(color);
+    decode(&key, &get_raw(client, &key).await?).ok()
+}
+
+/// `Some` once `color`'s release is `version` (a deploy has staged it).
+pub async fn staged(client: &etcd_client::Client, color: Color, version: &str) -> Option<()> {
+    release(client, color)
+        .await
+        .filter(|r| r.version == version)
+        .map(|_| ())
+}
+
 pub async fn get_raw(client: &etcd_client::Client, key: &str) -> Option<Vec<u8>> {
     let mut last_error = None;
     for attempt in 1..=4u64 {

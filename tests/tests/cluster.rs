@@ -2,15 +2,20 @@
 //! endpoint): a follower killed, the leader killed mid-deploy, quorum lost for 10 s, and a member
 //! replaced with an empty data dir. Traffic through the LB never fails, commands end, and the
 //! fleet deploys again afterwards.
-use bluegreen_tests::fleet::{text, Fleet};
-use bluegreen_tests::load::{self, LoadReport};
-use bluegreen_tests::procs::{get_raw, keys};
+use bluegreen_tests::fleet::{finished_within, text, Fleet};
+use bluegreen_tests::load;
+use bluegreen_tests::procs::{keys, staged};
 use bluegreen_tests::{wait_for, Etcd};
-use proto::records::{decode, ActiveRecord, ReleaseRecord};
+use proto::records::{decode, ActiveRecord};
 use proto::Color;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
+
+async fn active_color(client: &etcd_client::Client) -> Color {
+    bluegreen_tests::procs::active(client)
+        .await
+        .expect("active is set")
+        .color
+}
 
 async fn serving_blue() -> Fleet {
     let fleet = Fleet::start_on(Etcd::start_members(3).await, 2, 1).await;
@@ -18,40 +23,6 @@ async fn serving_blue() -> Fleet {
     let out = fleet.deploy(&spec, "v1", &[]).await;
     assert!(out.status.success(), "{}", text(&out));
     fleet
-}
-
-async fn active_color(client: &etcd_client::Client) -> Color {
-    let key = keys().active();
-    let bytes = get_raw(client, &key).await.expect("active is set");
-    decode::<ActiveRecord>(&key, &bytes).unwrap().color
-}
-
-async fn staged(client: &etcd_client::Client, color: Color, version: &str) -> Option<()> {
-    let key = keys().release(color);
-    let bytes = get_raw(client, &key).await?;
-    let release = decode::<ReleaseRecord>(&key, &bytes).ok()?;
-    (release.version == version).then_some(())
-}
-
-fn under_load(fleet: &Fleet) -> (Arc<AtomicBool>, Vec<tokio::task::JoinHandle<LoadReport>>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let loops = fleet
-        .lb_urls()
-        .into_iter()
-        .map(|url| load::spawn(url, false, stop.clone()))
-        .collect();
-    (stop, loops)
-}
-
-fn assert_no_failures(report: &LoadReport) {
-    assert!(report.ok > 0, "no request went through");
-    assert!(
-        report.failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        report.failed.len(),
-        report.ok + report.failed.len() as u64,
-        &report.failed[..report.failed.len().min(5)]
-    );
 }
 
 async fn a_follower(etcd: &Etcd) -> usize {
@@ -64,13 +35,13 @@ async fn a_killed_follower_changes_nothing() {
     let mut fleet = serving_blue().await;
     let follower = a_follower(&fleet.etcd).await;
     fleet.etcd.kill_member(follower);
-    let (stop, loops) = under_load(&fleet);
+    let (stop, loops) = load::spawn_each(fleet.lb_urls());
     let spec = fleet.spec("good", &[]);
     let out = fleet.deploy(&spec, "v2", &[]).await;
     assert!(out.status.success(), "{}", text(&out));
     let back = fleet.run(&["rollback"]).await;
     assert!(back.status.success(), "{}", text(&back));
-    assert_no_failures(&load::finish(stop, loops).await);
+    load::finish(stop, loops).await.assert_none_failed();
     assert_eq!(
         active_color(&fleet.etcd.live_client().await).await,
         Color::Blue
@@ -80,7 +51,7 @@ async fn a_killed_follower_changes_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_leader_killed_mid_deploy_does_not_fail_it() {
     let mut fleet = serving_blue().await;
-    let (stop, loops) = under_load(&fleet);
+    let (stop, loops) = load::spawn_each(fleet.lb_urls());
     let spec = fleet.spec("good", &[]);
     let child = fleet
         .deploy_command(&spec, "v2", &[])
@@ -95,12 +66,9 @@ async fn the_leader_killed_mid_deploy_does_not_fail_it() {
     .await;
     let leader = wait_for("a leader", Duration::from_secs(20), || fleet.etcd.leader()).await;
     fleet.etcd.kill_member(leader);
-    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
-        .await
-        .expect("the deploy ends")
-        .unwrap();
+    let out = finished_within(child, Duration::from_secs(90)).await;
     assert!(out.status.success(), "{}", text(&out));
-    assert_no_failures(&load::finish(stop, loops).await);
+    load::finish(stop, loops).await.assert_none_failed();
     assert_eq!(
         active_color(&fleet.etcd.live_client().await).await,
         Color::Green
@@ -117,7 +85,7 @@ async fn the_leader_killed_mid_deploy_does_not_fail_it() {
 async fn quorum_lost_for_ten_seconds_loses_no_request_and_no_process() {
     let mut fleet = serving_blue().await;
     let app_pids: Vec<Option<u32>> = fleet.hosts.iter().map(|h| h.app_pid(Color::Blue)).collect();
-    let (stop, loops) = under_load(&fleet);
+    let (stop, loops) = load::spawn_each(fleet.lb_urls());
     let leader = wait_for("a leader", Duration::from_secs(20), || fleet.etcd.leader()).await;
     let (a, b) = ((leader + 1) % 3, (leader + 2) % 3);
     fleet.etcd.kill_member(a);
@@ -134,7 +102,7 @@ async fn quorum_lost_for_ten_seconds_loses_no_request_and_no_process() {
     fleet.etcd.start_member(a);
     fleet.etcd.start_member(b);
     let report = load::finish(stop, loops).await;
-    assert_no_failures(&report);
+    report.assert_none_failed();
     for (host, pid) in fleet.hosts.iter_mut().zip(app_pids) {
         assert!(host.exit_status().is_none(), "{}'s agent exited", host.host);
         assert_eq!(

@@ -2,17 +2,21 @@
 //! `bluegreen_tests::netns`): an agent cut off from etcd during staging and after the switch, an
 //! LB cut off from etcd during a switch, and a coordinator cut off while it holds the lock.
 //! Cuts drop packets silently, as a real partition does.
-use bluegreen_tests::fleet::{text, Fleet};
+use bluegreen_tests::fleet::{finished_within as finished, text, Fleet};
 use bluegreen_tests::lb::wait_ack;
-use bluegreen_tests::load::{self, LoadReport};
-use bluegreen_tests::procs::{get_raw, keys};
+use bluegreen_tests::load::{self, spawn_each as load_through};
+use bluegreen_tests::procs::{get_raw, keys, staged};
 use bluegreen_tests::wait_for;
-use proto::records::{decode, ActiveRecord, ReleaseRecord};
+use proto::records::ActiveRecord;
 use proto::Color;
 use std::process::Stdio;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
+
+async fn active(client: &etcd_client::Client) -> ActiveRecord {
+    bluegreen_tests::procs::active(client)
+        .await
+        .expect("active is set")
+}
 
 async fn serving_blue(hosts: u8, lbs: usize) -> Fleet {
     let fleet = Fleet::start_netns(hosts, lbs).await;
@@ -20,46 +24,6 @@ async fn serving_blue(hosts: u8, lbs: usize) -> Fleet {
     let out = fleet.deploy(&spec, "v1", &[]).await;
     assert!(out.status.success(), "{}", text(&out));
     fleet
-}
-
-async fn active(client: &etcd_client::Client) -> ActiveRecord {
-    let key = keys().active();
-    let bytes = get_raw(client, &key).await.expect("active is set");
-    decode::<ActiveRecord>(&key, &bytes).unwrap()
-}
-
-async fn staged(client: &etcd_client::Client, color: Color, version: &str) -> Option<()> {
-    let key = keys().release(color);
-    let bytes = get_raw(client, &key).await?;
-    let release = decode::<ReleaseRecord>(&key, &bytes).ok()?;
-    (release.version == version).then_some(())
-}
-
-fn load_through(urls: Vec<String>) -> (Arc<AtomicBool>, Vec<tokio::task::JoinHandle<LoadReport>>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let loops = urls
-        .into_iter()
-        .map(|url| load::spawn(url, false, stop.clone()))
-        .collect();
-    (stop, loops)
-}
-
-fn assert_no_failures(report: &LoadReport) {
-    assert!(report.ok > 0, "no request went through");
-    assert!(
-        report.failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        report.failed.len(),
-        report.ok + report.failed.len() as u64,
-        &report.failed[..report.failed.len().min(5)]
-    );
-}
-
-async fn finished(child: tokio::process::Child, deadline: Duration) -> std::process::Output {
-    tokio::time::timeout(deadline, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("the command still ran after {deadline:?}"))
-        .expect("coordinator output")
 }
 
 fn etcd_address(fleet: &Fleet) -> String {
@@ -91,7 +55,7 @@ async fn an_agent_cut_off_from_etcd_while_staging() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("host-2"), "{}", text(&out));
     cut.heal();
-    assert_no_failures(&load::finish(stop, loops).await);
+    load::finish(stop, loops).await.assert_none_failed();
     assert_eq!(active(client).await.color, Color::Blue);
     let host_key = keys().host("host-2");
     wait_for("host-2 back in etcd", Duration::from_secs(30), || async {
@@ -134,7 +98,7 @@ async fn an_agent_cut_off_from_etcd_after_the_switch() {
         got == all
     })
     .await;
-    assert_no_failures(&load::finish(stop, loops).await);
+    load::finish(stop, loops).await.assert_none_failed();
 }
 
 /// An LB loses etcd, then a rollback runs: the rollback cannot verify that LB and exits 4
@@ -153,7 +117,7 @@ async fn an_lb_cut_off_from_etcd_during_a_switch() {
     assert_eq!(back.status.code(), Some(4), "{}", text(&back));
     assert!(text(&back).contains("lb-1"), "{}", text(&back));
     let report_cut = load::finish(stop, loops).await;
-    assert_no_failures(&report_cut);
+    report_cut.assert_none_failed();
     cut.heal();
     wait_ack(&fleet.client, "lb-1", "blue after healing", |a| {
         a.color == Some(Color::Blue)
@@ -225,6 +189,6 @@ async fn a_lossy_host_link_loses_no_request_and_no_deploy() {
     let out = fleet.deploy(&spec, "v2", &[]).await;
     lossy.heal();
     assert!(out.status.success(), "{}", text(&out));
-    assert_no_failures(&load::finish(stop, loops).await);
+    load::finish(stop, loops).await.assert_none_failed();
     assert_eq!(active(&fleet.client).await.version, "v2");
 }

@@ -11,9 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Every write of `active` seen since the run began: (revision, operation id, color).
+/// One write of `active`: its revision, the operation id and color it names (empty and `None`
+/// for a value that does not read).
+type ActiveWrite = (i64, String, Option<Color>);
+
+/// Every write of `active` seen since the run began.
 #[derive(Default, Clone)]
-pub struct ActiveWrites(Arc<Mutex<Vec<(i64, String, Option<Color>)>>>);
+pub struct ActiveWrites(Arc<Mutex<Vec<ActiveWrite>>>);
 
 impl ActiveWrites {
     /// Watches `active` from `revision` on, re-opening the watch (on a live member) when it
@@ -60,7 +64,7 @@ impl ActiveWrites {
         (writes, task)
     }
 
-    fn snapshot(&self) -> Vec<(i64, String, Option<Color>)> {
+    fn snapshot(&self) -> Vec<ActiveWrite> {
         self.0.lock().unwrap().clone()
     }
 }
@@ -147,10 +151,7 @@ async fn get<T: serde::de::DeserializeOwned + proto::records::Validate>(
     decode::<T>(key, kv.value()).ok()
 }
 
-/// The current `active`, when it reads.
-pub async fn active(client: &etcd_client::Client) -> Option<ActiveRecord> {
-    get(client, &keys().active()).await
-}
+pub use crate::procs::active;
 
 /// The live color's release is the version `active` names: a live color is never restaged.
 pub async fn live_color_kept(client: &etcd_client::Client) -> Vec<String> {

@@ -6,7 +6,7 @@ impl Rng {
         Rng(seed)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -16,7 +16,7 @@ impl Rng {
 
     /// A number in `0..n`.
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 
     /// True with probability `percent`/100.
@@ -45,9 +45,9 @@ mod tests {
     #[test]
     fn the_same_seed_gives_the_same_sequence() {
         let (mut a, mut b) = (Rng::new(7), Rng::new(7));
-        let xs: Vec<u64> = (0..5).map(|_| a.next()).collect();
-        let ys: Vec<u64> = (0..5).map(|_| b.next()).collect();
+        let xs: Vec<u64> = (0..5).map(|_| a.next_u64()).collect();
+        let ys: Vec<u64> = (0..5).map(|_| b.next_u64()).collect();
         assert_eq!(xs, ys);
-        assert_ne!(Rng::new(8).next(), xs[0]);
+        assert_ne!(Rng::new(8).next_u64(), xs[0]);
     }
 }
