@@ -281,3 +281,97 @@ async fn a_watch_resuming_behind_a_backlog_over_four_mib_catches_up() {
         "the watch never caught up with the backlog"
     );
 }
+
+/// An app whose `/health` answers 64 KiB: the agent publishes only the contract's fields and a
+/// note that it cut the rest, so its writes stay far below etcd's request limit and every
+/// watcher is spared the bulk. Before, the whole document went into `health/`; past 1.5 MiB
+/// every write of it failed, forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_health_document_is_summarized_before_it_reaches_etcd() {
+    use bluegreen_tests::artifacts::release;
+    use bluegreen_tests::procs::{put_release, wait_healthy};
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let artifacts = bluegreen_tests::Artifacts::default();
+    let app = artifacts.demo_app();
+    let _host = AgentProc::start(&etcd, 1, 5, "");
+    let padded = release("v1", &app, &[("DEMO_HEALTH_PADDING", "65536")]);
+    put_release(&client, Color::Blue, &padded).await;
+    let record = wait_healthy(&client, "host-1", Color::Blue, "v1").await;
+    let stored = get_raw(&client, &keys().health("host-1", Color::Blue))
+        .await
+        .expect("health record");
+    assert!(
+        stored.len() <= 9 * 1024,
+        "health record of {} bytes in etcd",
+        stored.len()
+    );
+    assert!(
+        record.health["bluegreen_truncated"].is_string(),
+        "{:?}",
+        record.health
+    );
+    assert_eq!(record.health["version"], "v1");
+}
+
+/// The app's prefix grows past etcd's 4 MiB response size (60 records of 100 KiB): `status`
+/// still reads it, a restarted sidecar still starts and acks, and a deploy still goes through.
+/// Before, one unpaginated read over the client's 4 MiB limit failed all three.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prefix_over_four_mib_is_still_read_by_everyone() {
+    let mut fleet = Fleet::start(1, 1).await;
+    let spec = fleet.spec("good", &[]);
+    let out = fleet.deploy(&spec, "v1", &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let filler = "x".repeat(100 * 1024);
+    for i in 0..60 {
+        let record = format!(
+            "{{\"kind\":\"deploy\",\"deploy_id\":\"filler-{i}\",\"outcome\":\"done\",\"at\":\"t\",\"reason\":\"{filler}\"}}"
+        );
+        put_raw(&fleet.client, &keys().history(1_000_000 + i), &record).await;
+    }
+    let status = fleet.run(&["status"]).await;
+    assert!(status.status.success(), "{}", text(&status));
+    let before = bluegreen_tests::lb::ack(&fleet.client, "lb-0")
+        .await
+        .expect("ack");
+    fleet.sidecars[0].kill9();
+    fleet.sidecars[0].restart();
+    wait_ack(&fleet.client, "lb-0", "from the restarted sidecar", |a| {
+        a.reloaded_at != before.reloaded_at
+    })
+    .await;
+    let out = fleet.deploy(&spec, "v2", &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// `active` holding garbage while the LBs serve blue: deploy refuses (it cannot know which color
+/// is live) without staging anything, requests keep succeeding, and `switch blue` is the way out,
+/// after which the deploy goes through. Before, the deploy took garbage for "no traffic yet",
+/// staged onto blue under the LBs, and most requests failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_active_stops_a_deploy_and_switch_repairs_it() {
+    let fleet = Fleet::start(2, 1).await;
+    let spec = fleet.spec("good", &[]);
+    let out = fleet.deploy(&spec, "v1", &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let (stop, loops) = load::spawn_each(fleet.lb_urls());
+    put_raw(&fleet.client, &keys().active(), "{\"color\": \"purple\"").await;
+    let refused = fleet.deploy(&spec, "v2", &[]).await;
+    assert_ne!(refused.status.code(), Some(0), "{}", text(&refused));
+    assert!(text(&refused).contains("active"), "{}", text(&refused));
+    assert!(text(&refused).contains("switch"), "{}", text(&refused));
+    let blue = bluegreen_tests::procs::release(&fleet.client, Color::Blue).await;
+    assert_eq!(
+        blue.map(|r| r.version).as_deref(),
+        Some("v1"),
+        "blue was restaged"
+    );
+    let green = bluegreen_tests::procs::release(&fleet.client, Color::Green).await;
+    assert!(green.is_none(), "green was staged: {green:?}");
+    let repaired = fleet.run(&["switch", "blue"]).await;
+    assert!(repaired.status.success(), "{}", text(&repaired));
+    let out = fleet.deploy(&spec, "v2", &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    load::finish(stop, loops).await.assert_none_failed();
+}

@@ -16,6 +16,9 @@ pub struct Config {
     pub fail_smoke: bool,
     pub start_delay: Duration,
     pub crash_after: Option<Duration>,
+    /// Bytes of filler in the `/health` answer (`DEMO_HEALTH_PADDING`): an app whose health
+    /// document is larger than anything etcd would take as a value.
+    pub health_padding: usize,
     /// Create the `items` table at start when missing (off when migrations own the schema).
     pub auto_schema: bool,
 }
@@ -57,6 +60,12 @@ impl Config {
                 "HEALTH_CHECK_PATH={health_path:?} must start with '/'"
             ));
         }
+        let health_padding = match var("DEMO_HEALTH_PADDING") {
+            Some(n) => n
+                .parse()
+                .map_err(|_| format!("DEMO_HEALTH_PADDING={n:?} is not a number of bytes"))?,
+            None => 0,
+        };
         Ok(Config {
             color,
             host,
@@ -67,6 +76,7 @@ impl Config {
             feature_new_api: flag("FEATURE_FLAG_NEW_API"),
             health_path,
             log_level: var("LOG_LEVEL").unwrap_or_else(|| "info".into()),
+            health_padding,
             fail_health: failing_here && flag("DEMO_FAIL_HEALTH"),
             fail_smoke: failing_here && flag("DEMO_FAIL_SMOKE"),
             start_delay: if failing_here {

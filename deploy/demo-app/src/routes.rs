@@ -61,7 +61,7 @@ async fn database_connected(pool: &AnyPool) -> bool {
 async fn health(State(s): Shared) -> Response {
     let db = database_connected(&s.pool).await;
     let healthy = !s.config.fail_health && db;
-    let body = json!({
+    let mut body = json!({
         "status": if healthy { "healthy" } else { "unhealthy" },
         "environment": s.config.color,
         "version": s.config.version,
@@ -70,6 +70,9 @@ async fn health(State(s): Shared) -> Response {
         "hostname": s.hostname,
         "database_connected": db,
     });
+    if s.config.health_padding > 0 {
+        body["padding"] = Value::String("x".repeat(s.config.health_padding));
+    }
     let code = if healthy {
         StatusCode::OK
     } else {
