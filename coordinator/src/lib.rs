@@ -64,19 +64,32 @@ impl Global {
             Some(app) => Keys::new(&self.prefix, app)?.lock(),
             None => format!("{}/", self.prefix),
         };
-        let mut probe_client = client.clone();
-        let probe = probe_client.get(
-            probe_key,
-            Some(etcd_client::GetOptions::new().with_count_only()),
-        );
-        match tokio::time::timeout(Duration::from_secs(5), probe).await {
-            Ok(Ok(_)) => Ok(client),
-            Ok(Err(e)) => Err(CoordinatorError::Unreachable(
-                proto::ProtoError::etcd(endpoints, e).brief(),
-            )),
-            Err(_) => Err(CoordinatorError::Unreachable(format!(
-                "etcd {endpoints}: no answer in 5s"
-            ))),
+        // A moment without a leader (an election) is asked again, for a few seconds.
+        let until = tokio::time::Instant::now() + history::TRANSIENT_BUDGET;
+        let probe = proto::retry::transient("reach etcd", until, |_| {
+            let (mut probe_client, key) = (client.clone(), probe_key.clone());
+            let endpoints = endpoints.clone();
+            async move {
+                let count_only = etcd_client::GetOptions::new().with_count_only();
+                match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    probe_client.get(key, Some(count_only)),
+                )
+                .await
+                {
+                    Ok(answer) => answer
+                        .map(|_| ())
+                        .map_err(|e| proto::ProtoError::etcd(endpoints, e)),
+                    // No answer at all: not worth asking again (the caller reports it).
+                    Err(_) => Err(proto::ProtoError::Setting(format!(
+                        "etcd {endpoints}: no answer in 5s"
+                    ))),
+                }
+            }
+        });
+        match probe.await {
+            Ok(()) => Ok(client),
+            Err(e) => Err(CoordinatorError::Unreachable(e.brief())),
         }
     }
 }

@@ -29,10 +29,16 @@ impl DeployLock {
         wait: Duration,
         progress: &Progress,
     ) -> Result<DeployLock, CoordinatorError> {
-        let session = Session::grant(client, LOCK_TTL).await?;
+        // A leader election or a restarting member answers "unavailable" for a moment: ride it out
+        // (a lease granted whose answer was lost simply expires).
+        let until = Instant::now() + crate::history::TRANSIENT_BUDGET;
+        let session = proto::retry::transient("grant the lock's lease", until, |_| {
+            Session::grant(client, LOCK_TTL)
+        })
+        .await?;
         let key = keys.lock();
         let deadline = Instant::now() + wait;
-        let mut client = client.clone();
+        let client = client.clone();
         loop {
             let txn = Txn::new()
                 .when(vec![Compare::create_revision(
@@ -46,12 +52,32 @@ impl DeployLock {
                     Some(PutOptions::new().with_lease(session.lease_id())),
                 )])
                 .or_else(vec![TxnOp::get(key.as_str(), None)]);
-            let resp = client
-                .txn(txn)
-                .await
-                .map_err(|e| ProtoError::etcd(format!("acquire {key}"), e))?;
-            let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-            if resp.succeeded() {
+            let until = Instant::now() + crate::history::TRANSIENT_BUDGET;
+            let resp = proto::retry::transient("acquire the deploy lock", until, |_| {
+                let (mut client, txn) = (client.clone(), txn.clone());
+                let key = &key;
+                async move {
+                    client
+                        .txn(txn)
+                        .await
+                        .map_err(|e| ProtoError::etcd(format!("acquire {key}"), e))
+                }
+            })
+            .await?;
+            let current = match resp.op_responses().into_iter().next() {
+                Some(etcd_client::TxnOpResponse::Get(get)) => get.kvs().first().cloned(),
+                _ => None,
+            };
+            // A retried acquire whose first answer was lost finds the lock under our own lease.
+            let ours = current
+                .as_ref()
+                .filter(|kv| kv.lease() == session.lease_id())
+                .map(|kv| kv.create_revision());
+            let revision = match ours {
+                Some(token) => token,
+                None => resp.header().map(|h| h.revision()).unwrap_or(0),
+            };
+            if resp.succeeded() || ours.is_some() {
                 progress.event("lock", None, "acquired", &format!("token {revision}"));
                 let fence = Fence {
                     lock_key: key,
@@ -63,13 +89,9 @@ impl DeployLock {
                     client,
                 });
             }
-            let holder = match resp.op_responses().into_iter().next() {
-                Some(etcd_client::TxnOpResponse::Get(get)) => {
-                    get.kvs().first().map(|kv| holder_text(&key, kv.value()))
-                }
-                _ => None,
-            };
-            let holder = holder.unwrap_or_else(|| "unknown".into());
+            let holder = current
+                .map(|kv| holder_text(&key, kv.value()))
+                .unwrap_or_else(|| "unknown".into());
             if Instant::now() >= deadline {
                 session.revoke().await;
                 return Err(CoordinatorError::LockTimeout(format!(

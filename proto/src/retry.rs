@@ -27,7 +27,7 @@ where
         match attempt(tries).await {
             Err(e) if e.is_transient() && Instant::now() + delay < until => {
                 if tries == 0 {
-                    tracing::warn!(what, error = %e.brief(), "etcd did not answer; retrying");
+                    tracing::info!(what, error = %e.brief(), "etcd did not answer; retrying");
                 }
                 tokio::time::sleep(delay).await; // backoff between attempts, bounded by `until`
                 delay = (delay * 2).min(MAX_DELAY);

@@ -155,3 +155,22 @@ async fn a_member_replaced_with_an_empty_data_dir_catches_up() {
     )
     .await;
 }
+
+/// The leader killed just before a command starts: the election takes a moment, during which the
+/// surviving members answer "no leader". The command asks again instead of giving up (the fault
+/// runner saw rollbacks and deploys exit 5 here).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_started_during_a_leader_election_waits_it_out() {
+    let mut fleet = serving_blue().await;
+    let spec = fleet.spec("good", &[]);
+    let out = fleet.deploy(&spec, "v2", &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let leader = wait_for("a leader", Duration::from_secs(20), || fleet.etcd.leader()).await;
+    fleet.etcd.kill_member(leader);
+    let back = fleet.run(&["rollback"]).await;
+    assert!(back.status.success(), "{}", text(&back));
+    assert_eq!(
+        active_color(&fleet.etcd.live_client().await).await,
+        Color::Blue
+    );
+}
