@@ -256,7 +256,7 @@ async fn a_watch_resuming_behind_a_backlog_over_four_mib_catches_up() {
     }
     let last_key = keys.active();
     put_raw(&client, &last_key, "the last change").await;
-    let mut watch = PrefixWatch::from_revision(&client, &prefix, from);
+    let mut watch = PrefixWatch::from_revision(&client, prefix, from);
     let mut seen = 0usize;
     let caught_up = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
