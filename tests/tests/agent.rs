@@ -446,3 +446,45 @@ async fn logs_stream_returns_the_apps_last_lines() {
         .unwrap_err();
     assert!(bad.message().contains("\"red\""), "{}", bad.message());
 }
+
+/// Installing a large artifact (the debug demo-app, packed uncompressed: tens of MB) never holds
+/// it in memory: the agent's resident size stays far below the artifact's size throughout.
+/// Before, the whole download was read into memory (a 300 MB artifact took the agent from 10 MB
+/// to 317 MB).
+#[tokio::test(flavor = "multi_thread")]
+async fn installing_a_large_artifact_keeps_the_agent_small() {
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let artifacts = Artifacts::default();
+    let app = artifacts.demo_app();
+    let path = app.url.trim_start_matches("file://").to_string();
+    let size_kib = std::fs::metadata(&path).unwrap().len() / 1024;
+    assert!(
+        size_kib > 40 * 1024,
+        "the artifact must be large for this test: {size_kib} KiB"
+    );
+    let host = AgentProc::start(&etcd, 1, 5, "");
+    put_release(&client, Color::Blue, &release("v1", &app, &[])).await;
+    let peak = std::sync::atomic::AtomicU64::new(0);
+    let (peak_ref, client_ref, pid) = (&peak, &client, host.pid());
+    bluegreen_tests::poll_until(
+        "v1 installed and healthy",
+        Duration::from_secs(60),
+        Duration::from_millis(5),
+        || async move {
+            if let Some(rss) = bluegreen_tests::rss_kib(pid) {
+                peak_ref.fetch_max(rss, std::sync::atomic::Ordering::Relaxed);
+            }
+            health(client_ref, "host-1", Color::Blue)
+                .await
+                .filter(|h| h.version == "v1" && h.state == HealthState::Healthy)
+        },
+    )
+    .await;
+    let peak = peak.into_inner();
+    println!("agent peak RSS {peak} KiB while installing a {size_kib} KiB artifact");
+    assert!(
+        peak < size_kib / 2,
+        "agent peak RSS {peak} KiB for a {size_kib} KiB artifact"
+    );
+}
