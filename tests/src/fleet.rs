@@ -67,18 +67,30 @@ impl Fleet {
     /// A fleet whose every host (agent and apps) and every LB (nginx and sidecar) runs in a
     /// network namespace of its own on one bridge; etcd, the coordinator and the test stay here.
     pub async fn start_netns(hosts: u8, lbs: usize) -> Fleet {
-        Fleet::start_netns_members(hosts, lbs, 1).await
+        Fleet::start_netns_members(hosts, lbs, 1, false).await
     }
 
-    /// [`Fleet::start_netns`] on an etcd of `members` members.
-    pub async fn start_netns_members(hosts: u8, lbs: usize, members: usize) -> Fleet {
+    /// [`Fleet::start_netns`] on an etcd of `members` members; with `small_disks`, every agent's
+    /// state dir and every LB's include-file directory is a small tmpfs a test can fill.
+    pub async fn start_netns_members(
+        hosts: u8,
+        lbs: usize,
+        members: usize,
+        small_disks: bool,
+    ) -> Fleet {
+        // The debug demo-app artifact is ~100 MB; a state dir holds it packed and unpacked.
+        let (state_mib, include_mib) = if small_disks {
+            (Some(400), Some(2))
+        } else {
+            (None, None)
+        };
         let net = crate::netns::Net::new();
         let etcd = Etcd::start_at(&net.etcd_address(), members).await;
         let hosts = (1..=hosts)
-            .map(|n| AgentProc::start_in(&etcd, n, 5, "", Some(&net.ns(n))))
+            .map(|n| AgentProc::start_in(&etcd, n, 5, "", Some(&net.ns(n)), state_mib))
             .collect();
         let lbs: Vec<Nginx> = (0..lbs)
-            .map(|i| Nginx::start_in(&net.ns(100 + i as u8)))
+            .map(|i| Nginx::start_in(&net.ns(100 + i as u8), include_mib))
             .collect();
         let sidecars: Vec<SidecarProc> = lbs
             .iter()

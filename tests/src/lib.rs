@@ -7,6 +7,7 @@ pub mod artifacts;
 pub mod chaos;
 pub mod daemon;
 pub mod db;
+pub mod disk;
 pub mod etcd;
 pub mod fleet;
 pub mod lb;

@@ -23,6 +23,8 @@ pub struct Nginx {
     pub address: String,
     /// The network namespace nginx (and its sidecar) run in, if any.
     pub ns: Option<crate::netns::Ns>,
+    /// A small disk under the include file's directory, if asked for.
+    pub disk: Option<crate::disk::SmallDisk>,
     _tmp: tempfile::TempDir,
 }
 
@@ -30,16 +32,17 @@ impl Nginx {
     /// Starts nginx in the foreground (`daemon off`, so the child is the master) with an empty
     /// include file: nothing listens on the public port until a sidecar renders it.
     pub fn start() -> Nginx {
-        Nginx::start_at(None)
+        Nginx::start_at(None, None)
     }
 
-    /// [`Nginx::start`] inside network namespace `ns`, listening on its address.
-    pub fn start_in(ns: &crate::netns::Ns) -> Nginx {
-        Nginx::start_at(Some(ns))
+    /// [`Nginx::start`] inside network namespace `ns`, listening on its address; with
+    /// `include_disk_mib`, the include file's directory is a tmpfs of that size.
+    pub fn start_in(ns: &crate::netns::Ns, include_disk_mib: Option<u64>) -> Nginx {
+        Nginx::start_at(Some(ns), include_disk_mib)
     }
 
-    fn start_at(ns: Option<&crate::netns::Ns>) -> Nginx {
-        Nginx::start_placed(true, ns, |dir, include, pid| {
+    fn start_at(ns: Option<&crate::netns::Ns>, include_disk_mib: Option<u64>) -> Nginx {
+        Nginx::start_placed(true, ns, include_disk_mib, |dir, include, pid| {
             format!(
                 "daemon off;\nworker_processes 2;\npid {pid};\nerror_log {dir}/error.log warn;\n\
                  worker_shutdown_timeout 10s;\nevents {{ worker_connections 4096; }}\n\
@@ -74,12 +77,13 @@ impl Nginx {
         own_prefix: bool,
         main: impl Fn(&std::path::Path, &std::path::Path, &std::path::Path) -> String,
     ) -> Nginx {
-        Nginx::start_placed(own_prefix, None, main)
+        Nginx::start_placed(own_prefix, None, None, main)
     }
 
     fn start_placed(
         own_prefix: bool,
         ns: Option<&crate::netns::Ns>,
+        include_disk_mib: Option<u64>,
         main: impl Fn(&std::path::Path, &std::path::Path, &std::path::Path) -> String,
     ) -> Nginx {
         let address = ns.map_or("127.0.0.1".to_string(), |n| n.address.clone());
@@ -87,6 +91,8 @@ impl Nginx {
         let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+        let disk =
+            include_disk_mib.map(|mib| crate::disk::SmallDisk::mount(&dir.join("conf.d"), mib));
         let include_file = dir.join("conf.d").join(format!("bluegreen-{APP}.conf"));
         let (listen, preview, status) = (
             free_port("127.0.0.1"),
@@ -115,6 +121,7 @@ impl Nginx {
             own_prefix,
             address,
             ns: ns.cloned(),
+            disk,
             _tmp: tmp,
         };
         nginx.spawn();

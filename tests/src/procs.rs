@@ -22,23 +22,27 @@ pub struct AgentProc {
     pub state_dir: PathBuf,
     /// The network namespace it runs in, if any.
     pub ns: Option<crate::netns::Ns>,
+    /// A small disk under `state_dir`, if asked for (to be filled by a fault).
+    pub disk: Option<crate::disk::SmallDisk>,
     _dir: tempfile::TempDir,
 }
 
 impl AgentProc {
     /// Starts the agent of host number `n` (address 127.0.0.{10+n}) with lease TTL `ttl_secs`.
     pub fn start(etcd: &Etcd, n: u8, ttl_secs: u64, extra: &str) -> AgentProc {
-        AgentProc::start_in(etcd, n, ttl_secs, extra, None)
+        AgentProc::start_in(etcd, n, ttl_secs, extra, None, None)
     }
 
     /// [`AgentProc::start`] inside network namespace `ns` (its apps too), at the namespace's
-    /// address; etcd must listen where the namespace reaches it.
+    /// address; etcd must listen where the namespace reaches it. With `state_disk_mib`, the
+    /// state dir is a tmpfs of that size.
     pub fn start_in(
         etcd: &Etcd,
         n: u8,
         ttl_secs: u64,
         extra: &str,
         ns: Option<&crate::netns::Ns>,
+        state_disk_mib: Option<u64>,
     ) -> AgentProc {
         let dir = tempfile::tempdir().expect("agent dir");
         let address = match ns {
@@ -57,6 +61,7 @@ impl AgentProc {
         };
         let grpc = format!("{address}:{}", free_port(port_on));
         let state_dir = dir.path().join("state");
+        let disk = state_disk_mib.map(|mib| crate::disk::SmallDisk::mount(&state_dir, mib));
         let config_path = dir.path().join("agent.toml");
         let host = format!("host-{n}");
         // The demo app writes its SQLite file in root-owned test directories: root, explicitly,
@@ -94,6 +99,7 @@ impl AgentProc {
             grpc,
             state_dir,
             ns: ns.cloned(),
+            disk,
             _dir: dir,
         }
     }

@@ -23,6 +23,8 @@ pub enum Fault {
     CoordinatorKill,
     CoordinatorPause,
     Garbage(GarbageKey),
+    AgentDiskFull(usize),
+    IncludeDiskFull(usize),
     CorruptArtifact,
     StalledArtifact,
 }
@@ -73,6 +75,8 @@ impl Fault {
             (5, Fault::CoordinatorKill),
             (2, Fault::CoordinatorPause),
             (6, Fault::Garbage(garbage)),
+            (3, Fault::AgentDiskFull(h)),
+            (3, Fault::IncludeDiskFull(l)),
             (3, Fault::CorruptArtifact),
             (1, Fault::StalledArtifact),
         ])
@@ -96,6 +100,8 @@ impl Fault {
             Fault::CoordinatorKill => "kill -9 coordinator",
             Fault::CoordinatorPause => "SIGSTOP coordinator",
             Fault::Garbage(_) => "garbage in a key",
+            Fault::AgentDiskFull(_) => "agent state dir disk full",
+            Fault::IncludeDiskFull(_) => "LB include dir disk full",
             Fault::CorruptArtifact => "corrupt artifact",
             Fault::StalledArtifact => "stalled artifact",
         }
@@ -166,6 +172,8 @@ pub async fn inject(fleet: &mut Fleet, fault: &Fault) -> Injected {
             ns.cut_from(&etcd_ip.unwrap());
         }
         Fault::NginxStop(l) => fleet.lbs[*l].stop(),
+        Fault::AgentDiskFull(h) => fleet.hosts[*h].disk.as_ref().expect("small disk").fill(),
+        Fault::IncludeDiskFull(l) => fleet.lbs[*l].disk.as_ref().expect("small disk").fill(),
         Fault::EtcdMemberKill(m) => {
             fleet.etcd.kill_member(*m);
             done.etcd_member = Some(*m);
@@ -215,6 +223,8 @@ pub async fn heal(fleet: &mut Fleet, fault: &Fault, injected: &Injected) {
         Fault::SidecarPause(l) => fleet.sidecars[*l].resume(),
         Fault::SidecarCutFromEtcd(l) => fleet.lbs[*l].ns.clone().unwrap().heal(),
         Fault::NginxStop(l) => fleet.lbs[*l].spawn(),
+        Fault::AgentDiskFull(h) => fleet.hosts[*h].disk.as_ref().expect("small disk").free(),
+        Fault::IncludeDiskFull(l) => fleet.lbs[*l].disk.as_ref().expect("small disk").free(),
         _ => {}
     }
     if let Some(m) = injected.etcd_member {

@@ -83,7 +83,7 @@ async fn stalled_server(address: &str) -> String {
 }
 
 pub async fn run(config: RunConfig) -> Summary {
-    let mut fleet = Fleet::start_netns_members(2, 2, 3).await;
+    let mut fleet = Fleet::start_netns_members(2, 2, 3, true).await;
     let mut summary = Summary {
         seed: config.seed,
         ..Default::default()
