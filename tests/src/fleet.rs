@@ -262,7 +262,18 @@ impl Fleet {
         version: &str,
         extra: &[&str],
     ) -> tokio::process::Command {
-        let mut cmd = self.coordinator();
+        self.deploy_command_in(None, spec, version, extra)
+    }
+
+    /// [`Fleet::deploy_command`] run inside network namespace `ns`.
+    pub fn deploy_command_in(
+        &self,
+        ns: Option<&crate::netns::Ns>,
+        spec: &PathBuf,
+        version: &str,
+        extra: &[&str],
+    ) -> tokio::process::Command {
+        let mut cmd = self.coordinator_in(ns);
         cmd.arg("deploy").arg("--spec").arg(spec).args([
             "--version",
             version,
@@ -286,6 +297,14 @@ impl Fleet {
     pub fn lb_urls(&self) -> Vec<String> {
         self.lbs.iter().map(|l| l.url("/api/v1/status")).collect()
     }
+}
+
+/// Starts `cmd` with its output captured, for [`finished_within`] to collect.
+pub fn spawn_piped(mut cmd: tokio::process::Command) -> tokio::process::Child {
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start coordinator")
 }
 
 /// Waits for a running coordinator to exit, panicking if it still runs after `deadline`.

@@ -18,6 +18,16 @@ pub struct LoadReport {
     pub slowest: Duration,
 }
 
+/// A client that opens a new connection per request (as many separate clients would), with a
+/// whole-request `timeout`.
+pub fn fresh_connections(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
 /// GETs `url` in a loop until `stop` is set.
 pub fn spawn(
     url: String,
@@ -25,11 +35,14 @@ pub fn spawn(
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<LoadReport> {
     tokio::spawn(async move {
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
-        if !keep_alive {
-            builder = builder.pool_max_idle_per_host(0);
-        }
-        let http = builder.build().unwrap();
+        let http = if keep_alive {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap()
+        } else {
+            fresh_connections(Duration::from_secs(5))
+        };
         let mut report = LoadReport::default();
         while !stop.load(Ordering::Relaxed) {
             let mut outcome = once(&http, &url).await;
@@ -53,11 +66,7 @@ pub fn spawn(
 /// `base` (an LB's URL), each counted; `colors` counts the environment that answered.
 pub fn spawn_items(base: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<LoadReport> {
     tokio::spawn(async move {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap();
+        let http = fresh_connections(Duration::from_secs(10));
         let url = format!("{base}/api/v1/items");
         let mut report = LoadReport::default();
         let mut n = 0u64;
@@ -107,11 +116,7 @@ async fn answer(request: reqwest::RequestBuilder) -> Result<String, String> {
 
 /// Sends `count` requests over fresh connections, one after another.
 pub async fn requests(url: &str, count: u64) -> LoadReport {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+    let http = fresh_connections(Duration::from_secs(5));
     let mut report = LoadReport::default();
     for _ in 0..count {
         match once(&http, url).await {

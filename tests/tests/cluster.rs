@@ -2,7 +2,7 @@
 //! endpoint): a follower killed, the leader killed mid-deploy, quorum lost for 10 s, and a member
 //! replaced with an empty data dir. Traffic through the LB never fails, commands end, and the
 //! fleet deploys again afterwards.
-use bluegreen_tests::fleet::{finished_within, text, Fleet};
+use bluegreen_tests::fleet::{finished_within, spawn_piped, text, Fleet};
 use bluegreen_tests::load;
 use bluegreen_tests::procs::{keys, staged};
 use bluegreen_tests::{wait_for, Etcd};
@@ -53,12 +53,7 @@ async fn the_leader_killed_mid_deploy_does_not_fail_it() {
     let mut fleet = serving_blue().await;
     let (stop, loops) = load::spawn_each(fleet.lb_urls());
     let spec = fleet.spec("good", &[]);
-    let child = fleet
-        .deploy_command(&spec, "v2", &[])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start deploy");
+    let child = spawn_piped(fleet.deploy_command(&spec, "v2", &[]));
     let client = fleet.etcd.live_client().await;
     wait_for("v2 staged on green", Duration::from_secs(30), || {
         staged(&client, Color::Green, "v2")

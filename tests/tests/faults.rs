@@ -1,6 +1,6 @@
 //! Single faults of issue 11 (reliability) on real processes: a paused LB sidecar, keys deleted
 //! or claimed by someone else. Each test failed on the code before its fix.
-use bluegreen_tests::fleet::{finished_within, text, Fleet};
+use bluegreen_tests::fleet::{finished_within, spawn_piped, text, Fleet};
 use bluegreen_tests::lb::wait_ack;
 use bluegreen_tests::load;
 use bluegreen_tests::procs::{get_raw, keys, put_raw};
@@ -172,12 +172,7 @@ async fn a_paused_agent_cannot_hold_a_deploy_past_its_health_timeout() {
     let spec = fleet.spec("good", &[]);
     let out = fleet.deploy(&spec, "v1", &[]).await;
     assert!(out.status.success(), "{}", text(&out));
-    let child = fleet
-        .deploy_command(&spec, "v2", &["--health-timeout", "4s"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start deploy");
+    let child = spawn_piped(fleet.deploy_command(&spec, "v2", &["--health-timeout", "4s"]));
     let client = &fleet.client;
     wait_for("v2 staged on green", Duration::from_secs(30), || {
         bluegreen_tests::procs::staged(client, Color::Green, "v2")
@@ -204,12 +199,7 @@ async fn a_deploy_rides_out_a_three_second_etcd_outage_while_staging() {
     let spec = fleet.spec("good", &[]);
     let out = fleet.deploy(&spec, "v1", &[]).await;
     assert!(out.status.success(), "{}", text(&out));
-    let child = fleet
-        .deploy_command(&spec, "v2", &["--health-timeout", "60s"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start deploy");
+    let child = spawn_piped(fleet.deploy_command(&spec, "v2", &["--health-timeout", "60s"]));
     let client = fleet.client.clone();
     wait_for("v2 staged on green", Duration::from_secs(30), || {
         bluegreen_tests::procs::staged(&client, Color::Green, "v2")

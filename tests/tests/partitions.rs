@@ -2,14 +2,13 @@
 //! `bluegreen_tests::netns`): an agent cut off from etcd during staging and after the switch, an
 //! LB cut off from etcd during a switch, and a coordinator cut off while it holds the lock.
 //! Cuts drop packets silently, as a real partition does.
-use bluegreen_tests::fleet::{finished_within as finished, text, Fleet};
+use bluegreen_tests::fleet::{finished_within as finished, spawn_piped, text, Fleet};
 use bluegreen_tests::lb::wait_ack;
 use bluegreen_tests::load::{self, spawn_each as load_through};
 use bluegreen_tests::procs::{get_raw, keys, staged};
 use bluegreen_tests::wait_for;
 use proto::records::ActiveRecord;
 use proto::Color;
-use std::process::Stdio;
 use std::time::Duration;
 
 async fn active(client: &etcd_client::Client) -> ActiveRecord {
@@ -38,12 +37,7 @@ async fn an_agent_cut_off_from_etcd_while_staging() {
     let fleet = serving_blue(2, 1).await;
     let (stop, loops) = load_through(fleet.lb_urls());
     let spec = fleet.spec("good", &[]);
-    let child = fleet
-        .deploy_command(&spec, "v2", &["--health-timeout", "8s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(fleet.deploy_command(&spec, "v2", &["--health-timeout", "8s"]));
     let client = &fleet.client;
     wait_for("v2 staged", Duration::from_secs(30), || {
         staged(client, Color::Green, "v2")
@@ -134,23 +128,12 @@ async fn a_coordinator_cut_off_while_holding_the_lock_is_fenced_out() {
     let fleet = serving_blue(2, 1).await;
     let runner = fleet.net.as_ref().unwrap().ns(50);
     let spec = fleet.spec("good", &[]);
-    let mut first = fleet.coordinator_in(Some(&runner));
-    first
-        .arg("deploy")
-        .arg("--spec")
-        .arg(&spec)
-        .args([
-            "--version",
-            "v2",
-            "--artifact",
-            &fleet.app.url,
-            "--sha256",
-            &fleet.app.sha256,
-        ])
-        .args(["--health-timeout", "120s", "--verify-for", "60s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let first = first.spawn().unwrap();
+    let first = spawn_piped(fleet.deploy_command_in(
+        Some(&runner),
+        &spec,
+        "v2",
+        &["--health-timeout", "120s", "--verify-for", "60s"],
+    ));
     let client = &fleet.client;
     wait_for("v2 staged", Duration::from_secs(30), || {
         staged(client, Color::Green, "v2")

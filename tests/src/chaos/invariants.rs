@@ -178,11 +178,7 @@ pub async fn lbs_converge(
     let Some(active) = active(client).await else {
         return Vec::new();
     };
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+    let http = crate::load::fresh_connections(Duration::from_secs(2));
     let mut problems = Vec::new();
     for (i, lb) in fleet.lbs.iter().enumerate() {
         let url = lb.url("/api/v1/status");

@@ -274,10 +274,8 @@ async fn step_once(
             cmd.args(["switch", color.as_str(), "--lock-wait", "30s"]);
         }
     }
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
     let began = Instant::now();
-    let child = cmd.spawn().expect("start coordinator");
+    let child = crate::fleet::spawn_piped(cmd);
     let pid = child.id().unwrap_or(0) as i32;
     let mut killed = false;
     if let Some(f) = fault.filter(|f| during || f.hits_coordinator()) {

@@ -47,11 +47,7 @@ impl Traffic {
             .map(|(url, counters)| {
                 let stop = stop.clone();
                 tokio::spawn(async move {
-                    let http = reqwest::Client::builder()
-                        .timeout(Duration::from_secs(5))
-                        .pool_max_idle_per_host(0)
-                        .build()
-                        .unwrap();
+                    let http = crate::load::fresh_connections(Duration::from_secs(5));
                     while !stop.load(Ordering::Relaxed) {
                         let all_at_start = counters.excused.load(Ordering::Relaxed);
                         let in_flight_at_start = counters.in_flight_excused.load(Ordering::Relaxed);
