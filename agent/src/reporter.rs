@@ -37,13 +37,22 @@ impl Reporter {
         let _ = holder.await;
     }
 
-    /// The host key (this agent's claim on its host name) and every known color's health record.
+    /// The host key (this agent's claim on its host name), the host's durable membership (it
+    /// outlives a silent agent, so a deploy can tell "cut off" from "never existed"), and every
+    /// known color's health record.
     fn puts(&mut self) -> Vec<HeldKey> {
-        let mut puts = vec![HeldKey::new(
-            self.keys.host(&self.host.host),
-            encode(&self.host),
-            Hold::Claim,
-        )];
+        let mut puts = vec![
+            HeldKey::new(
+                self.keys.host(&self.host.host),
+                encode(&self.host),
+                Hold::Claim,
+            ),
+            HeldKey::new(
+                self.keys.host_member(&self.host.host),
+                encode(&self.host),
+                Hold::Durable,
+            ),
+        ];
         for rx in &mut self.statuses {
             if let Some(status) = rx.borrow_and_update().as_ref() {
                 puts.push(HeldKey::new(

@@ -314,6 +314,29 @@ async fn a_silent_lb_keeps_the_color_it_last_acked_from_being_restaged() {
     assert_eq!(store.snapshot().releases[&Color::Blue].version, "v1");
 }
 
+/// Seed 104 of the fault runner: a host cut off from etcd past its lease dropped out of the
+/// deploy's view, the deploy switched the live color onto the one host left, and killing that
+/// host's app was an outage. A registered host whose agent is silent now stops the deploy before
+/// anything is written, naming it and the way out.
+#[tokio::test(start_paused = true)]
+async fn a_silent_registered_host_stops_the_deploy_before_anything_is_written() {
+    let store = fleet().serving(Color::Blue, "v1");
+    store.silence_host("b");
+    let writes_before = store.writes().len();
+    let err = deploy(&store, &FakeProbes::default(), &args("v2"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 1, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("host b is registered but its agent is silent")
+            && text.contains("coordinator host remove"),
+        "{text}"
+    );
+    assert_eq!(store.writes().len(), writes_before, "nothing written");
+    assert_eq!(store.snapshot().active.unwrap().version, "v1");
+}
+
 #[tokio::test(start_paused = true)]
 async fn lbs_that_ack_but_do_not_serve_are_unsafe() {
     let store = fleet().serving(Color::Blue, "v1");

@@ -6,8 +6,7 @@ use crate::error::CoordinatorError;
 use crate::history;
 use crate::lock::DeployLock;
 use crate::status::{self, AppStatus};
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-use proto::{Keys, Operation, Outcome, ProtoError};
+use proto::{Keys, Operation, Outcome};
 use serde::Serialize;
 
 /// One registered LB as `lb list` shows it.
@@ -81,35 +80,14 @@ pub async fn remove(
             keys.lb_alive(name)
         )));
     }
-    let record_key = keys.lb(name);
-    let alive_key = keys.lb_alive(name);
-    let mut c = client.clone();
-    let record = c
-        .get(record_key.as_str(), None)
-        .await
-        .map_err(|e| ProtoError::etcd(format!("read {record_key}"), e))?;
-    let Some(kv) = record.kvs().first() else {
-        return Err(CoordinatorError::Usage(format!(
-            "lb {name}: removed meanwhile"
-        )));
-    };
-    // Fenced, and only if the LB neither came back nor acked again since we looked.
-    let txn = Txn::new()
-        .when(vec![
-            lock.fence.compare(),
-            Compare::mod_revision(record_key.as_str(), CompareOp::Equal, kv.mod_revision()),
-            Compare::create_revision(alive_key.as_str(), CompareOp::Equal, 0),
-        ])
-        .and_then(vec![TxnOp::delete(record_key.as_str(), None)]);
-    let resp = c
-        .txn(txn)
-        .await
-        .map_err(|e| ProtoError::etcd(format!("delete {record_key}"), e))?;
-    if !resp.succeeded() {
-        return Err(CoordinatorError::Failed(format!(
-            "lb {name} not removed: it came back, acked again, or the lock was lost meanwhile"
-        )));
-    }
+    crate::membership::forget(
+        client,
+        lock,
+        &format!("lb {name}"),
+        &keys.lb(name),
+        &keys.lb_alive(name),
+    )
+    .await?;
     let mut record = history::record(Operation::LbRemove, op_id, Outcome::Removed);
     record.from = ack.color;
     record.reason = Some(format!(

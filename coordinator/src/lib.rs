@@ -10,8 +10,10 @@ mod deploy_tests;
 pub mod error;
 pub mod fleet;
 pub mod history;
+pub mod hosts;
 pub mod lbs;
 pub mod lock;
+pub mod membership;
 pub mod migrate;
 pub mod pipeline;
 pub mod probes;
@@ -360,6 +362,51 @@ pub async fn lb_remove(
     )
     .await?;
     let result = lbs::remove(&client, &keys, &lock, name, &id).await;
+    lock.release().await;
+    result
+}
+
+/// `coordinator host list`: every registered host, alive or not.
+pub async fn host_list(global: &Global) -> Result<String, CoordinatorError> {
+    let keys = global.keys()?;
+    let client = global.connect().await?;
+    let state = status::read(&client, &keys).await?;
+    let views = hosts::views(&state);
+    Ok(if global.json {
+        serde_json::to_string_pretty(&views).expect("views serialize") + "\n"
+    } else {
+        hosts::render_text(&views)
+    })
+}
+
+/// `coordinator host remove NAME --yes`: forgets a host that is gone for good.
+pub async fn host_remove(
+    global: &Global,
+    host: &str,
+    confirmed: bool,
+    lock_wait: Duration,
+) -> Result<String, CoordinatorError> {
+    proto::check_name("host", host).map_err(CoordinatorError::Usage)?;
+    if !confirmed {
+        return Err(CoordinatorError::Usage(format!(
+            "host remove forgets {host}, and deploys stop waiting for it; repeat with --yes to confirm"
+        )));
+    }
+    let keys = global.keys()?;
+    let client = global.connect().await?;
+    let progress = Progress::new(global.json);
+    let id = format!("host-remove-{}", uuid::Uuid::new_v4());
+    let lock = acquire(
+        &client,
+        &keys,
+        &id,
+        Operation::HostRemove,
+        None,
+        lock_wait,
+        &progress,
+    )
+    .await?;
+    let result = hosts::remove(&client, &keys, &lock, host, &id).await;
     lock.release().await;
     result
 }

@@ -147,6 +147,11 @@ enum Command {
         #[command(subcommand)]
         action: LbAction,
     },
+    /// Host membership: every registered host, alive or not, and removing one that is gone for good.
+    Host {
+        #[command(subcommand)]
+        action: HostAction,
+    },
     /// The last log lines of one color on one host (through its agent).
     Logs {
         #[arg(long)]
@@ -197,6 +202,20 @@ enum LockAction {
     Break {
         #[arg(long)]
         yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum HostAction {
+    /// Every registered host: alive or not, its address, each color's version and state.
+    List,
+    /// Forget a host whose agent is gone for good (refused while it is alive).
+    Remove {
+        name: String,
+        #[arg(long)]
+        yes: bool,
+        #[arg(long, default_value = "30s")]
+        lock_wait: String,
     },
 }
 
@@ -288,6 +307,17 @@ async fn dispatch(global: &Global, command: Command) -> Result<String, Coordinat
                     lock_wait,
                 },
         } => coordinator::lb_remove(global, &name, yes, dur("--lock-wait", &lock_wait)?).await,
+        Command::Host {
+            action: HostAction::List,
+        } => coordinator::host_list(global).await,
+        Command::Host {
+            action:
+                HostAction::Remove {
+                    name,
+                    yes,
+                    lock_wait,
+                },
+        } => coordinator::host_remove(global, &name, yes, dur("--lock-wait", &lock_wait)?).await,
         Command::Logs {
             host,
             color: c,

@@ -51,6 +51,16 @@ pub fn preflight(state: &AppStatus, intent: &Intent) -> Preflight {
     if hosts.is_empty() {
         return Preflight::Refuse("no host is registered: start the agents first".into());
     }
+    let silent = state.silent_hosts();
+    if !silent.is_empty() {
+        // Its agent cannot stage it; switching without it would leave the live color on fewer
+        // hosts and the silent one on a version nobody checked when it comes back.
+        return Preflight::Refuse(format!(
+            "host {} is registered but its agent is silent (cut off, stopped or dead): wait for \
+             it to come back, or remove a host that is gone for good with `coordinator host remove NAME`",
+            silent.join(", ")
+        ));
+    }
     let lbs: Vec<String> = state.lbs.keys().cloned().collect();
     if lbs.is_empty() && !intent.allow_no_lb {
         return Preflight::Refuse(

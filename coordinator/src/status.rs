@@ -18,6 +18,8 @@ pub struct AppStatus {
     pub deploy: Option<DeployRecord>,
     pub releases: BTreeMap<Color, ReleaseRecord>,
     pub hosts: BTreeMap<String, HostRecord>,
+    /// Every registered host (durable, its last host record), alive or not.
+    pub host_members: BTreeMap<String, HostRecord>,
     pub health: BTreeMap<String, BTreeMap<Color, HealthRecord>>,
     /// Every registered LB (durable) with its last ack, alive or not.
     pub lbs: BTreeMap<String, LbRecord>,
@@ -31,6 +33,16 @@ pub struct AppStatus {
 }
 
 impl AppStatus {
+    /// The registered hosts whose agent is silent (no live `hosts/<host>`): cut off, stopped or
+    /// dead. Their apps may still run whatever they ran; no deploy may leave them behind.
+    pub fn silent_hosts(&self) -> Vec<String> {
+        self.host_members
+            .keys()
+            .filter(|host| !self.hosts.contains_key(*host))
+            .cloned()
+            .collect()
+    }
+
     /// The registered LBs that last acked serving `color`: that color must not be restaged or
     /// stopped while any of them does, alive or not (a silent sidecar's nginx may still serve it).
     pub fn lbs_serving(&self, color: Color) -> Vec<String> {
@@ -76,6 +88,9 @@ pub async fn read(
             }),
             Some(AppKey::Host(h)) => decode(key, value).map(|r| {
                 status.hosts.insert(h, r);
+            }),
+            Some(AppKey::HostMember(h)) => decode(key, value).map(|r| {
+                status.host_members.insert(h, r);
             }),
             Some(AppKey::Health { host, color }) => decode(key, value).map(|r| {
                 status.health.entry(host).or_default().insert(color, r);
@@ -182,6 +197,11 @@ pub fn render_text(app: &str, s: &AppStatus) -> String {
                 )),
             }
         }
+    }
+    for host in s.silent_hosts() {
+        out.push_str(&format!(
+            "host {host}: registered, agent silent (see `coordinator host list`)\n"
+        ));
     }
     for (name, lb) in &s.lbs {
         let color = lb.color.map_or("none".to_string(), |c| c.to_string());

@@ -61,6 +61,10 @@ impl MemoryStore {
                 .state
                 .hosts
                 .insert(name.to_string(), host_record(name, i));
+            inner
+                .state
+                .host_members
+                .insert(name.to_string(), host_record(name, i));
             inner.agents.insert(name.to_string(), agent.clone());
         }
         for name in lbs {
@@ -144,6 +148,15 @@ impl MemoryStore {
         let mut inner = self.inner.lock().unwrap();
         inner.following_lbs.remove(name);
         inner.state.lbs_alive.remove(name);
+    }
+
+    /// A host whose agent lost its lease: its `hosts/` and health keys expire, its membership
+    /// stays.
+    pub fn silence_host(&self, host: &str) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.state.hosts.remove(host);
+        inner.state.health.remove(host);
+        self.bump(&mut inner);
     }
 
     /// What a host reports for a color, as an agent's write would change it.

@@ -17,6 +17,7 @@ pub enum AppKey {
     Deploy,
     History(i64),
     Host(String),
+    HostMember(String),
     Health { host: String, color: Color },
     Lb(String),
     LbAlive(String),
@@ -85,6 +86,13 @@ impl Keys {
         format!("{}hosts/", self.base)
     }
 
+    /// A host's durable membership, written by its agent beside the leased `hosts/<host>`: a host
+    /// whose agent falls silent (cut off, stopped, dead) stays a member, and a deploy refuses to
+    /// shrink the fleet behind its back until it comes back or an operator removes it.
+    pub fn host_member(&self, host: &str) -> String {
+        format!("{}host-members/{host}", self.base)
+    }
+
     pub fn health(&self, host: &str, color: Color) -> String {
         format!("{}health/{host}/{color}", self.base)
     }
@@ -119,6 +127,7 @@ impl Keys {
             ["releases", color] => color.parse().ok().map(AppKey::Release),
             ["history", rev] => rev.parse().ok().map(AppKey::History),
             ["hosts", host] if is_name(host) => Some(AppKey::Host(host.to_string())),
+            ["host-members", host] if is_name(host) => Some(AppKey::HostMember(host.to_string())),
             ["health", host, color] if is_name(host) => {
                 color.parse().ok().map(|color| AppKey::Health {
                     host: host.to_string(),
@@ -137,7 +146,7 @@ impl Keys {
         let rest = key.strip_prefix(&self.base)?;
         let parts: Vec<&str> = rest.split('/').collect();
         let (what, name) = match parts.as_slice() {
-            ["hosts", host] | ["health", host, _] => ("host", *host),
+            ["hosts", host] | ["host-members", host] | ["health", host, _] => ("host", *host),
             ["lbs", name] | ["lb-alive", name] => ("LB name", *name),
             _ => return None,
         };
@@ -183,6 +192,7 @@ mod tests {
         );
         assert_eq!(k.lb("lb-1"), "/bluegreen/shop/lbs/lb-1");
         assert_eq!(k.lb_alive("lb-1"), "/bluegreen/shop/lb-alive/lb-1");
+        assert_eq!(k.host_member("h1"), "/bluegreen/shop/host-members/h1");
     }
 
     #[test]
@@ -203,6 +213,10 @@ mod tests {
         );
         assert_eq!(k.parse(&k.history(7)), Some(AppKey::History(7)));
         assert_eq!(k.parse(&k.host("h1")), Some(AppKey::Host("h1".into())));
+        assert_eq!(
+            k.parse(&k.host_member("h1")),
+            Some(AppKey::HostMember("h1".into()))
+        );
         assert_eq!(
             k.parse(&k.health("h1", Color::Green)),
             Some(AppKey::Health {

@@ -19,6 +19,8 @@ pub enum Operation {
     LockBreak,
     /// An operator removed an LB's membership (`coordinator lb remove`).
     LbRemove,
+    /// An operator removed a host's membership (`coordinator host remove`).
+    HostRemove,
 }
 
 impl Operation {
@@ -32,6 +34,7 @@ impl Operation {
             Operation::Reconcile => "reconcile",
             Operation::LockBreak => "lock-break",
             Operation::LbRemove => "lb-remove",
+            Operation::HostRemove => "host-remove",
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Single faults of issue 11 (reliability) on real processes: a paused LB sidecar, keys deleted
+//! Single faults of issue 11 (reliability) on real processes: a paused LB sidecar or agent, keys deleted
 //! or claimed by someone else. Each test failed on the code before its fix.
 use bluegreen_tests::fleet::{finished_within, spawn_piped, text, Fleet};
 use bluegreen_tests::lb::wait_ack;
@@ -84,6 +84,70 @@ async fn a_paused_sidecar_keeps_its_lb_a_member_and_its_color_protected() {
     let fourth = fleet.deploy(&spec, "v3", &[]).await;
     assert!(fourth.status.success(), "{}", text(&fourth));
     assert_eq!(active_color(&fleet).await, Color::Blue);
+}
+
+/// A host whose agent falls silent (paused past its lease: the same as cut off from etcd) stays a
+/// member. A deploy now stops before writing anything, naming the host; before, the host simply
+/// dropped out of the deploy's view and the live color was switched onto the hosts left (the
+/// fault runner's seed 104, where killing the one app left was an outage). The way out is
+/// `host remove`, fenced and recorded; the agent registers again when it wakes up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_agent_keeps_its_host_a_member_and_stops_deploys() {
+    let fleet = Fleet::start(2, 1).await;
+    let spec = fleet.spec("good", &[]);
+    let out = fleet.deploy(&spec, "v1", &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let silent = &fleet.hosts[1];
+    silent.pause();
+    let client = &fleet.client;
+    let host_key = keys().host(&silent.host);
+    wait_for(
+        "the paused agent's lease to expire",
+        Duration::from_secs(30),
+        || async { get_raw(client, &host_key).await.is_none().then_some(()) },
+    )
+    .await;
+    let listed = text(&fleet.run(&["host", "list"]).await);
+    assert!(
+        listed.contains("host-2") && listed.contains("NO"),
+        "{listed}"
+    );
+    let status = text(&fleet.run(&["status"]).await);
+    assert!(
+        status.contains("host host-2: registered, agent silent"),
+        "{status}"
+    );
+
+    let refused = fleet.deploy(&spec, "v2", &[]).await;
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("host host-2 is registered but its agent is silent"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(active_color(&fleet).await, Color::Blue);
+    assert!(get_raw(client, &keys().release(Color::Green))
+        .await
+        .is_none());
+
+    let alive = fleet.run(&["host", "remove", "host-1", "--yes"]).await;
+    assert_eq!(alive.status.code(), Some(2), "{}", text(&alive));
+    assert!(text(&alive).contains("alive"), "{}", text(&alive));
+    let removed = fleet.run(&["host", "remove", "host-2", "--yes"]).await;
+    assert!(removed.status.success(), "{}", text(&removed));
+    let history = text(&fleet.run(&["history"]).await);
+    assert!(history.contains("host-remove"), "{history}");
+    let after = fleet.deploy(&spec, "v2", &[]).await;
+    assert!(after.status.success(), "{}", text(&after));
+
+    silent.resume();
+    let member = keys().host_member(&silent.host);
+    wait_for(
+        "host-2 registered again",
+        Duration::from_secs(30),
+        || async { get_raw(client, &member).await.map(|_| ()) },
+    )
+    .await;
 }
 
 async fn host_record(client: &etcd_client::Client, host: &str) -> Option<HostRecord> {

@@ -1,0 +1,45 @@
+//! The one fenced deletion behind `lb remove` and `host remove`: a member's durable record goes
+//! only under the lock, only if it did not change since the operator looked, and only while its
+//! process is still silent (its leased key absent), so a member that came back is never forgotten.
+use crate::error::CoordinatorError;
+use crate::lock::DeployLock;
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use proto::ProtoError;
+
+/// Deletes `record_key` if `alive_key` is absent and the record is unchanged. `what` names the
+/// member in errors ("lb lb-2", "host host-1").
+pub async fn forget(
+    client: &etcd_client::Client,
+    lock: &DeployLock,
+    what: &str,
+    record_key: &str,
+    alive_key: &str,
+) -> Result<(), CoordinatorError> {
+    let mut c = client.clone();
+    let record = c
+        .get(record_key, None)
+        .await
+        .map_err(|e| ProtoError::etcd(format!("read {record_key}"), e))?;
+    let Some(kv) = record.kvs().first() else {
+        return Err(CoordinatorError::Usage(format!(
+            "{what}: removed meanwhile"
+        )));
+    };
+    let txn = Txn::new()
+        .when(vec![
+            lock.fence.compare(),
+            Compare::mod_revision(record_key, CompareOp::Equal, kv.mod_revision()),
+            Compare::create_revision(alive_key, CompareOp::Equal, 0),
+        ])
+        .and_then(vec![TxnOp::delete(record_key, None)]);
+    let resp = c
+        .txn(txn)
+        .await
+        .map_err(|e| ProtoError::etcd(format!("delete {record_key}"), e))?;
+    if !resp.succeeded() {
+        return Err(CoordinatorError::Failed(format!(
+            "{what} not removed: it came back, changed, or the lock was lost meanwhile"
+        )));
+    }
+    Ok(())
+}
