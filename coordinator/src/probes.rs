@@ -282,7 +282,14 @@ async fn smoke_once(
         .timeout(check.timeout)
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            // "error sending request" alone does not tell a dead port from a silent host.
+            if e.is_timeout() {
+                format!("no answer within {:?}", check.timeout)
+            } else {
+                proto::error::root_cause(&e)
+            }
+        })?;
     let status = resp.status().as_u16();
     if status != check.status {
         return Err(format!("HTTP {status}, expected {}", check.status));

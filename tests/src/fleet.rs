@@ -170,7 +170,7 @@ impl Fleet {
         let mut env = env.to_vec();
         env.push(("DEMO_AUTO_SCHEMA", "0"));
         let extra = format!(
-            "[[smoke]]\npath = \"/api/v1/items\"\nstatus = 200\nretries = 2\n\
+            "[[smoke]]\npath = \"/api/v1/items\"\nstatus = 200\nretries = 2\ntimeout = \"5s\"\n\
              [migrations]\ndir = \"{}\"\ndatabase_url = \"{database_url}\"\nlock_wait = \"2s\"\n",
             dir.display()
         );
@@ -191,7 +191,7 @@ impl Fleet {
         let text = format!(
             "app = \"{APP}\"\n[run]\ncommand = [\"./demo-app\"]\nenv = {{ {env_line} }}\nstop_timeout = \"5s\"\n\
              [health]\npath = \"/health\"\ninterval = \"500ms\"\ntimeout = \"1s\"\nstartup_timeout = \"20s\"\n\
-             [[smoke]]\npath = \"/api/v1/status\"\nstatus = 200\njson = {{ environment = \"{{color}}\", version = \"{{version}}\" }}\nretries = 2\n{extra}"
+             [[smoke]]\npath = \"/api/v1/status\"\nstatus = 200\njson = {{ environment = \"{{color}}\", version = \"{{version}}\" }}\nretries = 2\ntimeout = \"5s\"\n{extra}"
         );
         let path = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
