@@ -213,6 +213,86 @@ pub async fn lbs_converge(
     problems
 }
 
+/// After a fault heals, the fleet is whole again within `bound`: every host's agent is back in
+/// etcd, the live color is healthy at the live version on every host, and every LB routes the
+/// live color to every host. The runner waits for this before the next step, so one step's
+/// fault never overlaps the next one's (an app killed while its host's twin was still out of the
+/// upstream is two faults, not one), and the step's excuses last until it holds.
+pub async fn fleet_settles(
+    fleet: &Fleet,
+    client: &etcd_client::Client,
+    bound: Duration,
+) -> Vec<String> {
+    let Some(live) = active(client).await else {
+        return Vec::new();
+    };
+    let mut wanted: Vec<String> = fleet
+        .hosts
+        .iter()
+        .map(|h| format!("{}:{}", h.address, h.ports.of(live.color)))
+        .collect();
+    wanted.sort();
+    let settle_deadline = Instant::now() + bound;
+    loop {
+        let unsettled = unsettled(fleet, client, &live, &wanted).await;
+        if unsettled.is_empty() {
+            return Vec::new();
+        }
+        if Instant::now() >= settle_deadline {
+            return vec![format!(
+                "the fleet did not settle within {bound:?} after the fault healed: {}",
+                unsettled.join("; ")
+            )];
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await; // poll until the deadline
+    }
+}
+
+/// What still keeps the fleet from being whole (empty when it is).
+async fn unsettled(
+    fleet: &Fleet,
+    client: &etcd_client::Client,
+    live: &ActiveRecord,
+    wanted: &[String],
+) -> Vec<String> {
+    let k = keys();
+    let mut problems = Vec::new();
+    for h in &fleet.hosts {
+        if crate::procs::get_raw(client, &k.host(&h.host))
+            .await
+            .is_none()
+        {
+            problems.push(format!("{} not in etcd", h.host));
+            continue;
+        }
+        let key = k.health(&h.host, live.color);
+        let health = crate::procs::get_raw(client, &key)
+            .await
+            .and_then(|b| decode::<HealthRecord>(&key, &b).ok());
+        match health {
+            Some(r) if r.state == HealthState::Healthy && r.version == live.version => {}
+            other => problems.push(format!(
+                "{} {}: {:?}",
+                h.host,
+                live.color,
+                other.map(|r| (r.state, r.version))
+            )),
+        }
+    }
+    for s in &fleet.sidecars {
+        let key = k.lb(&s.name);
+        let ack = crate::procs::get_raw(client, &key)
+            .await
+            .and_then(|b| decode::<proto::records::LbRecord>(&key, &b).ok());
+        let mut upstreams = ack.map(|a| a.upstreams).unwrap_or_default();
+        upstreams.sort();
+        if upstreams != wanted {
+            problems.push(format!("{} routes to {upstreams:?}", s.name));
+        }
+    }
+    problems
+}
+
 /// No app process of a host other than the one its pid files name per color, and no healthy
 /// color running another version than its release; both allowed `bound` to settle.
 pub async fn processes_match_releases(

@@ -358,6 +358,7 @@ async fn step_once(
     violations.extend(invariants::lock_freed(&client, LOCK_BOUND).await);
     violations.extend(invariants::live_color_kept(&client).await);
     violations.extend(invariants::lbs_converge(fleet, &client, CONVERGENCE_BOUND).await);
+    violations.extend(invariants::fleet_settles(fleet, &client, CONVERGENCE_BOUND).await);
     violations.extend(
         invariants::processes_match_releases(fleet, &client, Duration::from_secs(30)).await,
     );
