@@ -13,9 +13,38 @@ fn flag(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
+const USAGE: &str = "usage: fault-runner [--seed N] [--ops N] [--minutes N] [--fault-percent 0..100] [--faults \"word,word\"]
+  --seed           the run is reproducible by seed (default: drawn from the clock, printed first)
+  --ops            stop after this many operations (default 100)
+  --minutes        or after this long (default 60)
+  --fault-percent  share of operations with a fault (default 70)
+  --faults         draw only faults whose name contains one of these words
+Runs as root (network namespaces, tmpfs); exit 1 on any invariant violation.";
+
+const KNOWN: [&str; 5] = [
+    "--seed",
+    "--ops",
+    "--minutes",
+    "--fault-percent",
+    "--faults",
+];
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return;
+    }
+    let unknown = args
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .find(|a| !KNOWN.contains(&a.as_str()));
+    if let Some(a) = unknown {
+        eprintln!("fault-runner: unknown argument {a:?}\n{USAGE}");
+        std::process::exit(2);
+    }
     let seed = flag(&args, "--seed").map_or_else(
         || {
             std::time::SystemTime::now()
