@@ -7,7 +7,8 @@
 #   deploy/etcd-auth.sh --app shop --hosts "host-a host-b" --lbs "lb-1 lb-2" --out /root/bluegreen-etcd-users
 #
 # Roles and users (user name = role name, so a client certificate whose CN is that name works too):
-#   bluegreen-<app>-agent-<host>   read <prefix>/<app>/, write only hosts/<host> and health/<host>/
+#   bluegreen-<app>-agent-<host>   read <prefix>/<app>/, write only hosts/<host>, host-members/<host>
+#                                  and health/<host>/
 #   bluegreen-<app>-sidecar-<lb>   read <prefix>/<app>/, write only lbs/<lb> and lb-alive/<lb>
 #   bluegreen-<app>-coordinator    read and write <prefix>/<app>/
 #   bluegreen-<app>-auditor        read <prefix>/<app>/
@@ -82,6 +83,7 @@ for host in $HOSTS; do
     role "$r"
     etcdctl role grant-permission --prefix=true "$r" read "$BASE" >/dev/null
     etcdctl role grant-permission "$r" readwrite "${BASE}hosts/$host" >/dev/null
+    etcdctl role grant-permission "$r" readwrite "${BASE}host-members/$host" >/dev/null
     etcdctl role grant-permission --prefix=true "$r" readwrite "${BASE}health/$host/" >/dev/null
     user "$r"
 done

@@ -109,6 +109,8 @@ pub async fn hold_keys(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut conflict_logged = false;
+    // A write refused every round (a role without the key) must not log twice a second forever.
+    let mut repeats = crate::repeats::Repeats::new(Duration::from_secs(30));
     loop {
         let session = tokio::select! {
             s = grant(&client, ttl) => s,
@@ -123,7 +125,7 @@ pub async fn hold_keys(
         loop {
             if dirty {
                 let held = keys.borrow_and_update().clone();
-                match write_all(&client, session.lease_id(), &instance, &held).await {
+                match write_all(&client, session.lease_id(), &instance, &held, &mut repeats).await {
                     Written::All(revision) => {
                         dirty = false;
                         conflict_logged = false;
@@ -275,11 +277,23 @@ enum Written {
     Failed,
 }
 
-/// Writes every key; claims first, so that a refused claim writes nothing else.
-async fn write_all(client: &Client, lease_id: i64, instance: &str, held: &[HeldKey]) -> Written {
-    let mut ordered: Vec<&HeldKey> = held.iter().filter(|h| h.hold == Hold::Claim).collect();
-    ordered.extend(held.iter().filter(|h| h.hold != Hold::Claim));
+/// Writes every key: claims first, so that a claim not held writes nothing else; then the leased
+/// keys, then the durable ones. A leased or durable key that fails does not keep the others from
+/// etcd (a role that lacks one key, e.g. a membership key added by a newer version, must not take
+/// the host's health down with it); it is retried with the next round.
+async fn write_all(
+    client: &Client,
+    lease_id: i64,
+    instance: &str,
+    held: &[HeldKey],
+    repeats: &mut crate::repeats::Repeats,
+) -> Written {
+    let mut ordered: Vec<&HeldKey> = Vec::new();
+    for hold in [Hold::Claim, Hold::Leased, Hold::Durable] {
+        ordered.extend(held.iter().filter(|h| h.hold == hold));
+    }
     let mut revision = 0;
+    let mut failed = false;
     for h in ordered {
         let written = match h.hold {
             Hold::Claim => claim(client, lease_id, instance, h).await,
@@ -292,12 +306,22 @@ async fn write_all(client: &Client, lease_id: i64, instance: &str, held: &[HeldK
             Ok(Err(holder)) if holder.is_empty() => return Written::Failed,
             Ok(Err(holder)) => return Written::Conflict(h.key.clone(), holder),
             Err(e) => {
-                tracing::warn!(key = %h.key, error = %e, "etcd write failed, will retry");
-                return Written::Failed;
+                let line = format!("{}: {e}", h.key);
+                if let Some(held_back) = repeats.admit(&line, tokio::time::Instant::now()) {
+                    tracing::warn!(key = %h.key, error = %e, held_back, "etcd write failed, will retry");
+                }
+                if h.hold == Hold::Claim {
+                    return Written::Failed;
+                }
+                failed = true;
             }
         }
     }
-    Written::All(revision)
+    if failed {
+        Written::Failed
+    } else {
+        Written::All(revision)
+    }
 }
 
 type WriteResult = Result<Result<i64, String>, String>;

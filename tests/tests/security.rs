@@ -117,6 +117,14 @@ async fn tls_and_auth_fleet_deploys_under_load_and_every_role_is_confined() {
     let key = keys().active();
     let active: ActiveRecord = decode(&key, &get_raw(&fleet.client, &key).await.unwrap()).unwrap();
     assert_eq!(active.color, Color::Blue);
+    // Every agent's role lets it register its host's membership (a durable key beside its lease).
+    for host in &fleet.hosts {
+        let member = keys().host_member(&host.host);
+        assert!(
+            get_raw(&fleet.client, &member).await.is_some(),
+            "{member} missing: the agent's role must grant it"
+        );
+    }
 
     // Each role can write its own keys and nothing else; a refusal names the permission.
     let as_user = |user: String| {
