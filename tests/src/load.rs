@@ -107,10 +107,16 @@ async fn answer(request: reqwest::RequestBuilder) -> Result<String, String> {
         .await
         .map_err(|e| format!("connection: {e:?}"))?;
     let status = resp.status();
-    let body: serde_json::Value = resp.json().await.map_err(|e| format!("body: {e}"))?;
+    // The status first: an nginx error page is not JSON, and "body: …" is kept for answers cut
+    // short (the fault runner excuses those on an app killed with -9, never an error status).
+    let bytes = resp.bytes().await.map_err(|e| format!("body: {e}"))?;
     if !status.is_success() {
-        return Err(format!("HTTP {status}: {body}"));
+        let text = String::from_utf8_lossy(&bytes);
+        let shown: String = text.chars().take(120).collect();
+        return Err(format!("HTTP {status}: {}", shown.replace('\n', " ")));
     }
+    let body: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("body: not JSON: {e}"))?;
     Ok(body["environment"].as_str().unwrap_or("?").to_string())
 }
 

@@ -197,10 +197,17 @@ impl Nginx {
     }
 }
 
+impl Nginx {
+    /// nginx's error log so far.
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();
+            let log = self.error_log();
             eprintln!("--- last lines of nginx on port {} ---", self.listen);
             for line in log.lines().rev().take(15).collect::<Vec<_>>().iter().rev() {
                 eprintln!("{line}");
@@ -220,6 +227,11 @@ pub struct SidecarProc {
 }
 
 impl SidecarProc {
+    /// Everything the sidecar logged so far.
+    pub fn log(&self) -> String {
+        self.daemon.log()
+    }
+
     /// SIGSTOP: the sidecar freezes (its lease expires) while its nginx keeps serving.
     pub fn pause(&self) {
         self.daemon.signal("STOP");

@@ -196,6 +196,9 @@ pub async fn run(config: RunConfig) -> Summary {
                 fault
             );
         }
+        if !found.is_empty() {
+            print_logs(&fleet);
+        }
         summary.violations.extend(
             found
                 .into_iter()
@@ -393,4 +396,22 @@ async fn step_once(
         );
     }
     violations
+}
+
+/// The last lines each agent, sidecar and nginx logged: what a violation is read against.
+fn print_logs(fleet: &Fleet) {
+    let tail = |label: &str, log: String| {
+        println!("  --- last lines of {label} ---");
+        let lines: Vec<&str> = log.lines().collect();
+        for line in &lines[lines.len().saturating_sub(25)..] {
+            println!("  {line}");
+        }
+    };
+    for h in &fleet.hosts {
+        tail(&format!("{}'s agent", h.host), h.log());
+    }
+    for (s, lb) in fleet.sidecars.iter().zip(&fleet.lbs) {
+        tail(&format!("sidecar {}", s.name), s.log());
+        tail(&format!("nginx of {}", s.name), lb.error_log());
+    }
 }
