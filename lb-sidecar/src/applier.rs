@@ -62,6 +62,8 @@ impl Applier {
             version: version.to_string(),
             live: state.upstream(color, Some(version)),
             preview: state.upstream(color.other(), None),
+            live_fallback: state.registered(color),
+            preview_fallback: state.registered(color.other()),
         }
     }
 

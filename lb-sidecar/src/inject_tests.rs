@@ -125,6 +125,8 @@ fn no_etcd_value_adds_a_block_or_directive_to_the_config() {
             version: a.version.clone(),
             live: state.upstream(Color::Green, Some(&a.version)),
             preview: state.upstream(Color::Blue, None),
+            live_fallback: state.registered(Color::Green),
+            preview_fallback: state.registered(Color::Blue),
         };
         let Ok(config) = render(BUILTIN_TEMPLATE, &view) else {
             continue;
@@ -140,6 +142,16 @@ fn no_etcd_value_adds_a_block_or_directive_to_the_config() {
                 .collect(),
             preview: view
                 .preview
+                .iter()
+                .map(|_| "127.0.0.11:8080".to_string())
+                .collect(),
+            live_fallback: view
+                .live_fallback
+                .iter()
+                .map(|_| "127.0.0.11:8081".to_string())
+                .collect(),
+            preview_fallback: view
+                .preview_fallback
                 .iter()
                 .map(|_| "127.0.0.11:8080".to_string())
                 .collect(),

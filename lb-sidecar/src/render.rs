@@ -76,8 +76,16 @@ pub struct View {
     pub status_listen: String,
     pub color: Color,
     pub version: String,
+    /// The hosts that serve the live color: nginx's normal choice.
     pub live: Vec<String>,
     pub preview: Vec<String>,
+    /// Every registered host's address for the live (preview) color: backup servers, tried only
+    /// when every primary has failed. The sidecar's view of health lags the hosts (agent probes,
+    /// debounce, the reload rate limit), so a host that just came back may be missing from the
+    /// primaries while the only primary left is dying; nginx then finds it here instead of
+    /// answering 502.
+    pub live_fallback: Vec<String>,
+    pub preview_fallback: Vec<String>,
 }
 
 /// Renders with [`REVISION_TOKEN`] in place of the revision. Refuses an empty live upstream.
@@ -97,19 +105,34 @@ pub fn render(template: &str, view: &View) -> Result<String, String> {
         .replace("{{preview_color}}", view.color.other().as_str())
         .replace("{{version}}", &view.version)
         .replace("{{revision}}", REVISION_TOKEN)
-        .replace("{{live_servers}}", &servers(&view.live))
-        .replace("{{preview_servers}}", &servers(&view.preview)))
+        .replace(
+            "{{live_servers}}",
+            &servers(&view.live, &view.live_fallback),
+        )
+        .replace(
+            "{{preview_servers}}",
+            &servers(&view.preview, &view.preview_fallback),
+        ))
 }
 
-/// One `server` line per host; an empty preview gets a placeholder marked down (nginx answers 502).
-fn servers(addresses: &[String]) -> String {
-    if addresses.is_empty() {
+/// The primaries, each set aside by nginx for 2 s after a failed attempt (a dead host costs one
+/// refused connection, not one per request), then every registered host as a backup that is never
+/// set aside. nginx tries backups only when every primary is set aside: without them, two hosts
+/// failing within 2 s of each other (an app restarted on one, then on the other), or a primary list
+/// that still names only the host that just died, left nginx answering 502 ("no live upstreams")
+/// while another host already served again. The fault runner found both (seed 557659). An empty
+/// preview gets a placeholder marked down (nginx answers 502).
+fn servers(primaries: &[String], fallback: &[String]) -> String {
+    if primaries.is_empty() {
         return "    server 127.0.0.1:9 down;\n".to_string();
     }
-    addresses
+    let primary = primaries
         .iter()
-        .map(|a| format!("    server {a} max_fails=1 fail_timeout=2s;\n"))
-        .collect()
+        .map(|a| format!("    server {a} max_fails=1 fail_timeout=2s;\n"));
+    let backup = fallback
+        .iter()
+        .map(|a| format!("    server {a} backup max_fails=0;\n"));
+    primary.chain(backup).collect()
 }
 
 /// The final text for `revision`.
@@ -129,16 +152,24 @@ mod tests {
             status_listen: "127.0.0.1:9902".into(),
             color: Color::Green,
             version: "v2".into(),
-            live: vec!["127.0.0.11:8081".into(), "127.0.0.12:8081".into()],
+            live: vec!["127.0.0.11:8081".into()],
             preview: vec![],
+            live_fallback: vec!["127.0.0.11:8081".into(), "127.0.0.12:8081".into()],
+            preview_fallback: vec![],
         }
     }
 
     #[test]
     fn renders_live_preview_and_status() {
         let text = with_revision(&render(BUILTIN_TEMPLATE, &view()).unwrap(), 42);
-        assert!(text.contains("server 127.0.0.11:8081 max_fails=1"));
-        assert!(text.contains("server 127.0.0.12:8081 max_fails=1"));
+        assert!(text.contains("server 127.0.0.11:8081 max_fails=1 fail_timeout=2s;"));
+        assert!(
+            !text.contains("server 127.0.0.12:8081 max_fails=1"),
+            "a host that does not serve is no primary"
+        );
+        // Every registered host is a backup: nginx's last resort before a 502.
+        assert!(text.contains("server 127.0.0.11:8081 backup max_fails=0;"));
+        assert!(text.contains("server 127.0.0.12:8081 backup max_fails=0;"));
         assert!(
             text.contains("server 127.0.0.1:9 down;"),
             "empty preview is a down placeholder"

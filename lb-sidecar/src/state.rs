@@ -86,6 +86,15 @@ impl LbState {
         }
     }
 
+    /// Every registered host's `address:port` for `color`, serving or not: the backups nginx
+    /// falls back to when every primary has failed.
+    pub fn registered(&self, color: Color) -> Vec<String> {
+        self.hosts
+            .values()
+            .map(|h| format!("{}:{}", h.address, h.ports.of(color)))
+            .collect()
+    }
+
     /// The `address:port` list for `color`: the hosts that serve it (for the live color, at the
     /// live version: the same rule the coordinator switched on), or, when none does, every
     /// registered host (a fleet-wide health blip must not empty the upstream; nginx's own passive

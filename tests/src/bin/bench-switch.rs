@@ -163,6 +163,12 @@ async fn floor_of_one(
     switches: usize,
 ) -> Vec<(Duration, Duration)> {
     let floor_status_port = nginx.status;
+    let addresses = |color: Color| -> Vec<String> {
+        hosts
+            .iter()
+            .map(|h| format!("{}:{}", h.address, h.ports.of(color)))
+            .collect()
+    };
     let variant = |color: Color| {
         let view = View {
             app: "shop".into(),
@@ -171,14 +177,10 @@ async fn floor_of_one(
             status_listen: format!("127.0.0.1:{floor_status_port}"),
             color,
             version: "floor".into(),
-            live: hosts
-                .iter()
-                .map(|h| format!("{}:{}", h.address, h.ports.of(color)))
-                .collect(),
-            preview: hosts
-                .iter()
-                .map(|h| format!("{}:{}", h.address, h.ports.of(color.other())))
-                .collect(),
+            live: addresses(color),
+            preview: addresses(color.other()),
+            live_fallback: addresses(color),
+            preview_fallback: addresses(color.other()),
         };
         with_revision(&render(BUILTIN_TEMPLATE, &view).unwrap(), 1)
     };
