@@ -37,15 +37,25 @@ pub struct Net {
 
 impl Net {
     pub fn new() -> Net {
-        // Distinct per test process and per test in it (tests of one binary run in parallel).
-        let k = (std::process::id() * 7 + NEXT.fetch_add(1, Ordering::Relaxed)) % 250 + 1;
+        // A subnet number no other Net on this machine holds: creating the bridge is the claim
+        // (it fails while another test or fault runner owns that number). Taking an existing
+        // bridge over instead cut a concurrently running fleet off from its etcd.
+        let start = std::process::id() * 7 + NEXT.fetch_add(1, Ordering::Relaxed);
+        let k = (0..250)
+            .map(|i| (start + i) % 250 + 1)
+            .find(|k| {
+                Command::new("ip")
+                    .args(["link", "add", &format!("bg{k}b"), "type", "bridge"])
+                    .output()
+                    .is_ok_and(|out| out.status.success())
+            })
+            .expect("a free bridge name bg1b..bg250b");
         let net = Net {
             k,
             namespaces: Default::default(),
         };
+        net.remove_leftovers();
         let bridge = net.bridge();
-        let _ = Command::new("ip").args(["link", "del", &bridge]).output();
-        run(&["link", "add", &bridge, "type", "bridge"]);
         run(&[
             "addr",
             "add",
@@ -62,6 +72,40 @@ impl Net {
         ]);
         run(&["link", "set", &bridge, "up"]);
         net
+    }
+
+    /// Namespaces and veths of this number left by a run that died without cleaning up: no live
+    /// Net owns them, since their bridge did not exist until we created it.
+    fn remove_leftovers(&self) {
+        let prefix = format!("bg{}", self.k);
+        let listed = Command::new("ip").args(["netns", "list"]).output();
+        let names = listed.map(|o| String::from_utf8_lossy(&o.stdout).to_string());
+        for line in names.unwrap_or_default().lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if name
+                .strip_prefix(&prefix)
+                .is_some_and(|r| r.starts_with('n'))
+            {
+                let _ = Command::new("ip").args(["netns", "del", name]).output();
+            }
+        }
+        let links = Command::new("ip").args(["-o", "link", "show"]).output();
+        let text = links.map(|o| String::from_utf8_lossy(&o.stdout).to_string());
+        for line in text.unwrap_or_default().lines() {
+            let name = line
+                .split(": ")
+                .nth(1)
+                .unwrap_or("")
+                .split('@')
+                .next()
+                .unwrap_or("");
+            if name
+                .strip_prefix(&prefix)
+                .is_some_and(|r| r.starts_with('v'))
+            {
+                let _ = Command::new("ip").args(["link", "del", name]).output();
+            }
+        }
     }
 
     fn bridge(&self) -> String {
