@@ -28,6 +28,7 @@ pub mod switch;
 mod testkit;
 
 use lock::DeployLock;
+pub use membership::Member;
 use probes::{HttpProbes, Probes};
 use progress::Progress;
 use proto::records::{validate_artifact_url, validate_sha256, Artifact, LockRecord};
@@ -321,92 +322,58 @@ pub async fn stop(
     result
 }
 
-/// `coordinator lb list`.
-pub async fn lb_list(global: &Global) -> Result<String, CoordinatorError> {
+/// `coordinator host list` and `coordinator lb list`: every registered member, alive or not.
+pub async fn member_list(global: &Global, kind: Member) -> Result<String, CoordinatorError> {
     let keys = global.keys()?;
     let client = global.connect().await?;
     let state = status::read(&client, &keys).await?;
-    let views = lbs::views(&state);
-    Ok(if global.json {
-        serde_json::to_string_pretty(&views).expect("views serialize") + "\n"
-    } else {
-        lbs::render_text(&views)
+    Ok(match (kind, global.json) {
+        (Member::Host, true) => pretty_json(&hosts::views(&state)),
+        (Member::Host, false) => hosts::render_text(&hosts::views(&state)),
+        (Member::Lb, true) => pretty_json(&lbs::views(&state)),
+        (Member::Lb, false) => lbs::render_text(&lbs::views(&state)),
     })
 }
 
-/// `coordinator lb remove NAME --yes`: forgets an LB that is gone for good.
-pub async fn lb_remove(
+fn pretty_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).expect("views serialize") + "\n"
+}
+
+/// `coordinator host remove NAME --yes` and `coordinator lb remove NAME --yes`: forgets a member
+/// that is gone for good, under the deploy lock.
+pub async fn member_remove(
     global: &Global,
+    kind: Member,
     name: &str,
     confirmed: bool,
     lock_wait: Duration,
 ) -> Result<String, CoordinatorError> {
-    proto::check_name("lb name", name).map_err(CoordinatorError::Usage)?;
+    proto::check_name(kind.noun(), name).map_err(CoordinatorError::Usage)?;
     if !confirmed {
         return Err(CoordinatorError::Usage(format!(
-            "lb remove forgets {name} and the color it last served; repeat with --yes to confirm"
+            "{} remove forgets {name}{}; repeat with --yes to confirm",
+            kind.command(),
+            kind.consequence()
         )));
     }
     let keys = global.keys()?;
     let client = global.connect().await?;
     let progress = Progress::new(global.json);
-    let id = format!("lb-remove-{}", uuid::Uuid::new_v4());
+    let id = format!("{}-remove-{}", kind.command(), uuid::Uuid::new_v4());
     let lock = acquire(
         &client,
         &keys,
         &id,
-        Operation::LbRemove,
+        kind.operation(),
         None,
         lock_wait,
         &progress,
     )
     .await?;
-    let result = lbs::remove(&client, &keys, &lock, name, &id).await;
-    lock.release().await;
-    result
-}
-
-/// `coordinator host list`: every registered host, alive or not.
-pub async fn host_list(global: &Global) -> Result<String, CoordinatorError> {
-    let keys = global.keys()?;
-    let client = global.connect().await?;
-    let state = status::read(&client, &keys).await?;
-    let views = hosts::views(&state);
-    Ok(if global.json {
-        serde_json::to_string_pretty(&views).expect("views serialize") + "\n"
-    } else {
-        hosts::render_text(&views)
-    })
-}
-
-/// `coordinator host remove NAME --yes`: forgets a host that is gone for good.
-pub async fn host_remove(
-    global: &Global,
-    host: &str,
-    confirmed: bool,
-    lock_wait: Duration,
-) -> Result<String, CoordinatorError> {
-    proto::check_name("host", host).map_err(CoordinatorError::Usage)?;
-    if !confirmed {
-        return Err(CoordinatorError::Usage(format!(
-            "host remove forgets {host}, and deploys stop waiting for it; repeat with --yes to confirm"
-        )));
-    }
-    let keys = global.keys()?;
-    let client = global.connect().await?;
-    let progress = Progress::new(global.json);
-    let id = format!("host-remove-{}", uuid::Uuid::new_v4());
-    let lock = acquire(
-        &client,
-        &keys,
-        &id,
-        Operation::HostRemove,
-        None,
-        lock_wait,
-        &progress,
-    )
-    .await?;
-    let result = hosts::remove(&client, &keys, &lock, host, &id).await;
+    let result = match kind {
+        Member::Host => hosts::remove(&client, &keys, &lock, name, &id).await,
+        Member::Lb => lbs::remove(&client, &keys, &lock, name, &id).await,
+    };
     lock.release().await;
     result
 }

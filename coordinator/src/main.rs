@@ -1,7 +1,7 @@
 //! `coordinator`: parses the command line and calls the library; exit codes per DESIGN.md §5.
 #![forbid(unsafe_code)]
 use clap::{Parser, Subcommand, ValueEnum};
-use coordinator::{CoordinatorError, Global};
+use coordinator::{CoordinatorError, Global, Member};
 use proto::Color;
 use std::path::PathBuf;
 
@@ -145,12 +145,12 @@ enum Command {
     /// LB membership: every registered LB, alive or not, and removing one that is gone for good.
     Lb {
         #[command(subcommand)]
-        action: LbAction,
+        action: MemberAction,
     },
     /// Host membership: every registered host, alive or not, and removing one that is gone for good.
     Host {
         #[command(subcommand)]
-        action: HostAction,
+        action: MemberAction,
     },
     /// The last log lines of one color on one host (through its agent).
     Logs {
@@ -206,24 +206,12 @@ enum LockAction {
 }
 
 #[derive(Subcommand)]
-enum HostAction {
-    /// Every registered host: alive or not, its address, each color's version and state.
+enum MemberAction {
+    /// Every registered one, alive or not: for a host its address and each color's version and
+    /// state, for an LB the color it last acked and its error.
     List,
-    /// Forget a host whose agent is gone for good (refused while it is alive).
-    Remove {
-        name: String,
-        #[arg(long)]
-        yes: bool,
-        #[arg(long, default_value = "30s")]
-        lock_wait: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum LbAction {
-    /// Every registered LB: alive or not, the color it last acked, its error.
-    List,
-    /// Forget an LB whose sidecar is gone for good (refused while it is alive).
+    /// Forget one whose agent or sidecar is gone for good (refused while it runs); fenced by the
+    /// deploy lock and recorded in history.
     Remove {
         name: String,
         #[arg(long)]
@@ -296,33 +284,31 @@ async fn dispatch(global: &Global, command: Command) -> Result<String, Coordinat
         Command::Lock {
             action: LockAction::Break { yes },
         } => coordinator::lock_break(global, yes).await,
-        Command::Lb {
-            action: LbAction::List,
-        } => coordinator::lb_list(global).await,
-        Command::Lb {
-            action:
-                LbAction::Remove {
-                    name,
-                    yes,
-                    lock_wait,
-                },
-        } => coordinator::lb_remove(global, &name, yes, dur("--lock-wait", &lock_wait)?).await,
-        Command::Host {
-            action: HostAction::List,
-        } => coordinator::host_list(global).await,
-        Command::Host {
-            action:
-                HostAction::Remove {
-                    name,
-                    yes,
-                    lock_wait,
-                },
-        } => coordinator::host_remove(global, &name, yes, dur("--lock-wait", &lock_wait)?).await,
+        Command::Host { action } => member(global, Member::Host, action).await,
+        Command::Lb { action } => member(global, Member::Lb, action).await,
         Command::Logs {
             host,
             color: c,
             tail,
         } => coordinator::logs(global, &host, color(&c)?, tail).await,
+    }
+}
+
+async fn member(
+    global: &Global,
+    kind: Member,
+    action: MemberAction,
+) -> Result<String, CoordinatorError> {
+    match action {
+        MemberAction::List => coordinator::member_list(global, kind).await,
+        MemberAction::Remove {
+            name,
+            yes,
+            lock_wait,
+        } => {
+            let lock_wait = coordinator::parse_duration("--lock-wait", &lock_wait)?;
+            coordinator::member_remove(global, kind, &name, yes, lock_wait).await
+        }
     }
 }
 

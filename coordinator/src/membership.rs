@@ -4,7 +4,47 @@
 use crate::error::CoordinatorError;
 use crate::lock::DeployLock;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-use proto::ProtoError;
+use proto::{Operation, ProtoError};
+
+/// The two kinds of durable members: hosts (their agents) and LBs (their sidecars).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Member {
+    Host,
+    Lb,
+}
+
+impl Member {
+    /// The CLI command: `coordinator host …`, `coordinator lb …`.
+    pub fn command(self) -> &'static str {
+        match self {
+            Member::Host => "host",
+            Member::Lb => "lb",
+        }
+    }
+
+    /// What the name is, for the name rule's error.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Member::Host => "host",
+            Member::Lb => "lb name",
+        }
+    }
+
+    /// What removing one gives up, said before asking for `--yes`.
+    pub fn consequence(self) -> &'static str {
+        match self {
+            Member::Host => ", and deploys stop waiting for it",
+            Member::Lb => " and the color it last served",
+        }
+    }
+
+    pub fn operation(self) -> Operation {
+        match self {
+            Member::Host => Operation::HostRemove,
+            Member::Lb => Operation::LbRemove,
+        }
+    }
+}
 
 /// Deletes `record_key` if `alive_key` is absent and the record is unchanged. `what` names the
 /// member in errors ("lb lb-2", "host host-1").
