@@ -79,7 +79,7 @@ async fn main() {
     println!("outcomes: {:?}", summary.exits);
     println!("faults: {:?}", summary.faults);
     println!(
-        "requests through the LBs: {} ok, {} failed, {} failed while the fault itself stopped that LB's nginx (excused)",
+        "requests through the LBs: {} ok, {} failed, {} failed and excused (the step's fault stopped that LB's nginx, cut off or made lossy a host it routes to, or killed the app answering)",
         summary.requests_ok, summary.requests_failed, summary.requests_excused
     );
     println!("invariant violations: {}", summary.violations.len());
