@@ -183,6 +183,12 @@ impl AppProcess {
         exit
     }
 
+    /// SIGKILL to the process group at once, for a process that must not run at all (tokio reaps
+    /// the dropped child).
+    pub fn kill_now(self) {
+        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+    }
+
     /// SIGTERM to the process group, up to `timeout` for it to exit, then SIGKILL.
     pub async fn stop(&mut self, timeout: Duration) -> Exit {
         if self.exit.is_some() {

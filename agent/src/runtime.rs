@@ -165,7 +165,12 @@ impl AppRuntime for ProcessRuntime {
             restarts,
         };
         if let Err(e) = pid_file.write(&self.pid_path(color)) {
-            tracing::warn!(%color, error = %e, "cannot write pid file; a restarted agent will not adopt this app");
+            // An app no pid file names is one a restarted agent cannot adopt or stop: it would hold
+            // the color's port for good. The fault runner found one on a full state disk.
+            process.kill_now();
+            return Err(format!(
+                "cannot record the app's pid ({e}); not leaving running an app the agent could lose track of"
+            ));
         }
         Ok(process)
     }

@@ -30,8 +30,11 @@ impl SmallDisk {
     pub fn fill(&self) {
         use std::io::Write;
         let mut file = std::fs::File::create(self.filler()).expect("filler file");
-        let chunk = vec![0u8; 64 * 1024];
-        while file.write_all(&chunk).is_ok() {}
+        // Down to the last byte: a pid file or a config fits in what 64 KiB chunks leave.
+        for size in [64 * 1024, 4096, 512, 1] {
+            let chunk = vec![0u8; size];
+            while file.write_all(&chunk).is_ok() {}
+        }
         let _ = file.sync_all();
     }
 

@@ -194,6 +194,31 @@ async fn a_stalled_download_holds_neither_the_other_color_nor_a_newer_release() 
     assert_still_serving(&host, "v4", Some("v5")).await;
 }
 
+/// A release whose pid file cannot be written (the fault runner's seed 135720 hit it on a full
+/// state disk; here a directory stands where the file goes, which fails the same write every
+/// time): the app would run with no pid file naming it, so a restarted agent could neither adopt
+/// nor stop it, and it would hold the color's port for good. The agent now kills it and fails the
+/// release naming the cause; blue keeps serving, and once the write works again the next release
+/// runs. Before, the app ran untracked.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_whose_pid_cannot_be_recorded_is_not_left_running() {
+    let (_etcd, client, artifacts, host) = blue_v1_green_v2("").await;
+    let app = artifacts.demo_app();
+    let blocker = host.state_dir.join("green.pid.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    put_release(&client, Color::Green, &release("v3", &app, &[])).await;
+    expect_green_failure(&client, &host, "v3", "cannot record the app's pid").await;
+    let green = host.url(Color::Green, "/health");
+    assert!(
+        get_json(&green).await.is_none(),
+        "an app runs on green with no pid file naming it"
+    );
+    assert_still_serving(&host, "v1", None).await;
+    std::fs::remove_dir(&blocker).unwrap();
+    put_release(&client, Color::Green, &release("v4", &app, &[])).await;
+    wait_healthy(&client, &host.host, Color::Green, "v4").await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tarball_escaping_its_directory_is_refused() {
     let (_etcd, client, artifacts, host) = blue_v1_green_v2("").await;
