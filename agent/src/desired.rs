@@ -21,21 +21,33 @@ pub struct DesiredFeed {
 }
 
 impl DesiredFeed {
+    /// Follows `active` and `releases/` with one watch each, never the whole app prefix: every
+    /// host's health report would otherwise reach every agent, which at thousands of hosts is
+    /// millions of events per deploy. The two watches may deliver out of step; the only effect is
+    /// a pin (refusing to touch a color believed live) lifted when `active` arrives.
     pub async fn run(self) {
-        // One watch over the app prefix, filtered to the keys the agent cares about: it keeps a
-        // single revision for releases and active, so they are seen in the order they were written.
+        let active = self.keys.active();
+        let releases = self.keys.releases_prefix();
+        tokio::join!(self.follow(&active), self.follow(&releases));
+    }
+
+    /// Reads `prefix`, applies it, then applies every change, re-reading after a compaction or a
+    /// cancelled watch.
+    async fn follow(&self, prefix: &str) {
         let mut delay = Duration::from_millis(100);
-        let (snapshot, mut watch) = loop {
-            match PrefixWatch::start(&self.client, self.keys.app_prefix()).await {
-                Ok(pair) => break pair,
+        let mut watch = loop {
+            match PrefixWatch::start(&self.client, prefix).await {
+                Ok((snapshot, watch)) => {
+                    self.apply_snapshot(prefix, &snapshot.entries);
+                    break watch;
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, ?delay, "cannot read releases from etcd, retrying");
+                    tracing::warn!(%prefix, error = %e, ?delay, "cannot read releases from etcd, retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
             }
         };
-        self.apply_snapshot(&snapshot.entries);
         loop {
             match watch.next().await {
                 Ok(WatchEvent::Changes { changes, .. }) => {
@@ -43,16 +55,16 @@ impl DesiredFeed {
                         self.apply(&change.key, change.value.as_deref());
                     }
                 }
-                Ok(WatchEvent::Resync(snapshot)) => self.apply_snapshot(&snapshot.entries),
+                Ok(WatchEvent::Resync(snapshot)) => self.apply_snapshot(prefix, &snapshot.entries),
                 Err(e) => {
-                    tracing::warn!(error = %e, "watch canceled, starting over");
-                    match PrefixWatch::start(&self.client, self.keys.app_prefix()).await {
+                    tracing::warn!(%prefix, error = %e, "watch canceled, starting over");
+                    match PrefixWatch::start(&self.client, prefix).await {
                         Ok((snapshot, w)) => {
-                            self.apply_snapshot(&snapshot.entries);
+                            self.apply_snapshot(prefix, &snapshot.entries);
                             watch = w;
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "re-read failed");
+                            tracing::warn!(%prefix, error = %e, "re-read failed");
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
                     }
@@ -61,24 +73,18 @@ impl DesiredFeed {
         }
     }
 
-    fn apply_snapshot(&self, entries: &[(String, Vec<u8>)]) {
-        let mut seen_release = [false, false];
-        let mut seen_active = false;
+    /// Applies a full read of `prefix`: every key it holds, and "absent" for each key the agent
+    /// follows under `prefix` that the read did not return.
+    fn apply_snapshot(&self, prefix: &str, entries: &[(String, Vec<u8>)]) {
+        let mut followed: Vec<String> = Color::ALL.map(|c| self.keys.release(c)).to_vec();
+        followed.push(self.keys.active());
         for (key, value) in entries {
-            match self.keys.parse(key) {
-                Some(AppKey::Release(c)) => seen_release[c as usize] = true,
-                Some(AppKey::Active) => seen_active = true,
-                _ => {}
-            }
             self.apply(key, Some(value));
         }
-        for color in Color::ALL {
-            if !seen_release[color as usize] {
-                self.apply(&self.keys.release(color), None);
+        for key in followed.iter().filter(|k| k.starts_with(prefix)) {
+            if !entries.iter().any(|(seen, _)| seen == key) {
+                self.apply(key, None);
             }
-        }
-        if !seen_active {
-            self.apply(&self.keys.active(), None);
         }
     }
 

@@ -106,8 +106,8 @@ pub async fn wait_healthy<S: Store>(
 ) -> Result<Result<(), Failures>, CoordinatorError> {
     let deadline = Instant::now() + timeout;
     let mut shown: BTreeMap<String, String> = BTreeMap::new();
+    let mut status = store.read().await?;
     loop {
-        let status = store.read().await?;
         for host in hosts {
             let (state, error) = host_progress(&status, host, color, version);
             if shown.get(host) != Some(&state) {
@@ -124,7 +124,7 @@ pub async fn wait_healthy<S: Store>(
                     .map(|(h, s)| (h, format!("not healthy at {version} in time: {s}")))
                     .collect()))
             }
-            Staging::Pending(_) => store.changed_after(status.revision, deadline).await?,
+            Staging::Pending(_) => store.follow(&mut status, deadline).await?,
         }
     }
 }
@@ -137,8 +137,8 @@ pub async fn wait_acks<S: Store>(
     timeout: Duration,
 ) -> Result<Result<BTreeMap<String, LbRecord>, String>, CoordinatorError> {
     let deadline = Instant::now() + timeout;
+    let mut status = store.read().await?;
     loop {
-        let status = store.read().await?;
         let missing = missing_acks(&status, lbs, revision);
         if missing.is_empty() {
             return Ok(Ok(status.lbs));
@@ -146,7 +146,7 @@ pub async fn wait_acks<S: Store>(
         if Instant::now() >= deadline {
             return Ok(Err(missing.join("; ")));
         }
-        store.changed_after(status.revision, deadline).await?;
+        store.follow(&mut status, deadline).await?;
     }
 }
 
@@ -160,8 +160,8 @@ pub async fn watch_serving<S: Store>(
     duration: Duration,
 ) -> Result<Result<(), String>, CoordinatorError> {
     let end = Instant::now() + duration;
+    let mut status = store.read().await?;
     loop {
-        let status = store.read().await?;
         for host in hosts {
             let h = status.health_of(host, color);
             if !serves(h, version) {
@@ -178,7 +178,7 @@ pub async fn watch_serving<S: Store>(
         if Instant::now() >= end {
             return Ok(Ok(()));
         }
-        store.changed_after(status.revision, end).await?;
+        store.follow(&mut status, end).await?;
     }
 }
 

@@ -197,11 +197,7 @@ pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
         keep_failed: req.keep_failed,
         allow_no_lb: req.allow_no_lb,
     };
-    let store = EtcdStore {
-        client: &client,
-        keys: &keys,
-        lock: &lock,
-    };
+    let store = EtcdStore::new(&client, &keys, &lock);
     let probes = HttpProbes::new(global.grpc_tls.clone());
     let migrator = migrations
         .as_ref()
@@ -277,11 +273,7 @@ pub async fn switch(
         &client, &keys, &op_id, operation, None, lock_wait, &progress,
     )
     .await?;
-    let store = EtcdStore {
-        client: &client,
-        keys: &keys,
-        lock: &lock,
-    };
+    let store = EtcdStore::new(&client, &keys, &lock);
     let request = switch::SwitchRequest {
         operation,
         target,

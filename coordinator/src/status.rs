@@ -1,9 +1,9 @@
 //! `coordinator status`: one consistent read of the app's prefix, shown as a table or JSON.
 use proto::records::{
     decode, ActiveRecord, DeployRecord, HealthRecord, HostRecord, LbRecord, LockRecord,
-    ReleaseRecord,
+    ReleaseRecord, Validate,
 };
-use proto::watch::read_prefix;
+use proto::watch::{prefix_end, read_range, Change};
 use proto::{AppKey, Color, Keys};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -30,6 +30,9 @@ pub struct AppStatus {
     /// guess the live color then.
     pub active_invalid: Option<String>,
     pub problems: Vec<String>,
+    /// The problems by the key they are about, so that a key's next change replaces its problem.
+    #[serde(skip)]
+    pub problem_keys: BTreeMap<String, String>,
 }
 
 impl AppStatus {
@@ -68,69 +71,116 @@ impl AppStatus {
     }
 }
 
+/// One consistent read of everything a command decides on: the app's prefix without its history
+/// (which only grows, and is read page by page by `history` itself), at a single revision.
 pub async fn read(
     client: &etcd_client::Client,
     keys: &Keys,
 ) -> Result<AppStatus, proto::ProtoError> {
-    let snapshot = read_prefix(client, keys.app_prefix()).await?;
+    let app = keys.app_prefix();
+    let history = keys.history_prefix();
+    let (revision, mut kvs) = read_range(client, app.as_bytes(), history.as_bytes(), 0).await?;
+    let (_, after) = read_range(client, &prefix_end(&history), &prefix_end(app), revision).await?;
+    kvs.extend(after);
     let mut status = AppStatus {
-        revision: snapshot.revision,
+        revision,
         ..Default::default()
     };
-    for (key, value) in &snapshot.entries {
-        let result = match keys.parse(key) {
-            Some(AppKey::Active) => decode(key, value)
-                .map(|a| status.active = Some(a))
-                .inspect_err(|e| status.active_invalid = Some(e.to_string())),
-            Some(AppKey::Deploy) => decode(key, value).map(|d| status.deploy = Some(d)),
-            Some(AppKey::Release(c)) => decode(key, value).map(|r| {
-                status.releases.insert(c, r);
-            }),
-            Some(AppKey::Host(h)) => decode(key, value).map(|r| {
-                status.hosts.insert(h, r);
-            }),
-            Some(AppKey::HostMember(h)) => decode(key, value).map(|r| {
-                status.host_members.insert(h, r);
-            }),
-            Some(AppKey::Health { host, color }) => decode(key, value).map(|r| {
-                status.health.entry(host).or_default().insert(color, r);
-            }),
-            Some(AppKey::Lb(name)) => decode(key, value).map(|r| {
-                status.lbs.insert(name, r);
-            }),
-            Some(AppKey::LbAlive(name)) => {
+    for change in &kvs {
+        status.apply(keys, change);
+    }
+    status.revision = revision;
+    Ok(status)
+}
+
+impl AppStatus {
+    /// Applies one key's change (from a read or a watch): the status then is what a fresh read
+    /// at `change.mod_revision` would show. A value that does not parse is kept as a problem
+    /// naming its key, replaced by the key's next change.
+    pub fn apply(&mut self, keys: &Keys, change: &Change) {
+        let key = change.key.as_str();
+        self.revision = self.revision.max(change.mod_revision);
+        self.problem_keys.remove(key);
+        let result = match (keys.parse(key), change.value.as_deref()) {
+            (Some(AppKey::Active), None) => {
+                (self.active, self.active_invalid, self.active_mod_revision) = (None, None, 0);
+                Ok(())
+            }
+            (Some(AppKey::Active), Some(value)) => {
+                self.active_mod_revision = change.mod_revision;
+                match decode(key, value) {
+                    Ok(a) => {
+                        (self.active, self.active_invalid) = (Some(a), None);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        (self.active, self.active_invalid) = (None, Some(e.to_string()));
+                        Err(e)
+                    }
+                }
+            }
+            (Some(AppKey::Deploy), value) => set(&mut self.deploy, key, value),
+            (Some(AppKey::Lock), value) => set(&mut self.lock, key, value),
+            (Some(AppKey::Release(c)), value) => set_in(&mut self.releases, c, key, value),
+            (Some(AppKey::Host(h)), value) => set_in(&mut self.hosts, h, key, value),
+            (Some(AppKey::HostMember(h)), value) => set_in(&mut self.host_members, h, key, value),
+            (Some(AppKey::Health { host, color }), value) => {
+                let colors = self.health.entry(host.clone()).or_default();
+                let result = set_in(colors, color, key, value);
+                if colors.is_empty() {
+                    self.health.remove(&host);
+                }
+                result
+            }
+            (Some(AppKey::Lb(name)), value) => set_in(&mut self.lbs, name, key, value),
+            (Some(AppKey::LbAlive(name)), None) => {
+                self.lbs_alive.remove(&name);
+                Ok(())
+            }
+            (Some(AppKey::LbAlive(name)), Some(value)) => {
                 decode::<proto::records::LbAliveRecord>(key, value).map(|_| {
-                    status.lbs_alive.insert(name);
+                    self.lbs_alive.insert(name);
                 })
             }
-            Some(AppKey::Lock) => decode(key, value).map(|r| status.lock = Some(r)),
-            _ => {
+            (Some(AppKey::History(_)), _) => Ok(()),
+            (None, value) => {
                 // A host or LB key whose name breaks the name rule is reported, never used.
-                if let Some(problem) = keys.bad_name(key) {
-                    status.problems.push(problem);
+                if let (Some(problem), Some(_)) = (keys.bad_name(key), value) {
+                    self.problem_keys.insert(key.to_string(), problem);
                 }
                 Ok(())
             }
         };
         if let Err(e) = result {
-            status.problems.push(e.to_string());
+            self.problem_keys.insert(key.to_string(), e.to_string());
         }
+        self.problems = self.problem_keys.values().cloned().collect();
     }
-    status.active_mod_revision = active_mod_revision(client, keys).await?;
-    Ok(status)
 }
 
-async fn active_mod_revision(
-    client: &etcd_client::Client,
-    keys: &Keys,
-) -> Result<i64, proto::ProtoError> {
-    let key = keys.active();
-    let resp = client
-        .clone()
-        .get(key.as_str(), None)
-        .await
-        .map_err(|e| proto::ProtoError::etcd(format!("read {key}"), e))?;
-    Ok(resp.kvs().first().map_or(0, |kv| kv.mod_revision()))
+/// Sets (or with `None`, clears) a single record from its key's value.
+fn set<T: serde::de::DeserializeOwned + Validate>(
+    slot: &mut Option<T>,
+    key: &str,
+    value: Option<&[u8]>,
+) -> Result<(), proto::ProtoError> {
+    *slot = value.map(|v| decode(key, v)).transpose()?;
+    Ok(())
+}
+
+/// Inserts (or with `None`, removes) one entry of a map of records. An unparsable value removes
+/// the entry: what the key held before is no longer what etcd says.
+fn set_in<K: Ord, T: serde::de::DeserializeOwned + Validate>(
+    map: &mut BTreeMap<K, T>,
+    name: K,
+    key: &str,
+    value: Option<&[u8]>,
+) -> Result<(), proto::ProtoError> {
+    map.remove(&name);
+    if let Some(value) = value {
+        map.insert(name, decode(key, value)?);
+    }
+    Ok(())
 }
 
 /// The text form: active color, releases, then one line per host and color.
@@ -244,4 +294,91 @@ pub fn render_text(app: &str, s: &AppStatus) -> String {
         out.push_str(&format!("problem: {p}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{host_record, release};
+    use proto::records::{encode, Desired};
+
+    fn put(key: String, value: &str, revision: i64) -> Change {
+        Change {
+            key,
+            value: Some(value.as_bytes().to_vec()),
+            mod_revision: revision,
+        }
+    }
+
+    fn delete(key: String, revision: i64) -> Change {
+        Change {
+            key,
+            value: None,
+            mod_revision: revision,
+        }
+    }
+
+    /// Waits apply watch events to the status in hand instead of re-reading: every event kind
+    /// must leave it as a fresh read would.
+    #[test]
+    fn watch_events_applied_in_order_give_what_a_fresh_read_would() {
+        let keys = Keys::new("/bluegreen", "shop").unwrap();
+        let mut status = AppStatus::default();
+        let host = encode(&host_record("h1", 0));
+        let running = encode(&release("v2", Desired::Running));
+        for change in [
+            put(keys.host("h1"), &host, 5),
+            put(keys.host_member("h1"), &host, 5),
+            put(keys.release(Color::Green), &running, 6),
+            put(keys.active(), "not json", 7),
+            put(
+                keys.lb_alive("lb-1"),
+                r#"{"instance":"i","started_at":"t"}"#,
+                8,
+            ),
+        ] {
+            status.apply(&keys, &change);
+        }
+        assert_eq!(status.revision, 8);
+        assert!(status.hosts.contains_key("h1") && status.host_members.contains_key("h1"));
+        assert_eq!(status.releases[&Color::Green].version, "v2");
+        assert!(status.active.is_none() && status.active_invalid.is_some());
+        assert_eq!(status.active_mod_revision, 7);
+        assert_eq!(status.problems.len(), 1, "{:?}", status.problems);
+
+        // The lease expires; `active` is repaired; an LB's liveness goes.
+        let active = proto::records::ActiveRecord {
+            color: Color::Green,
+            version: "v2".into(),
+            deploy_id: "d".into(),
+            token: 1,
+            switched_at: "t".into(),
+        };
+        for change in [
+            delete(keys.host("h1"), 9),
+            put(keys.active(), &encode(&active), 10),
+            delete(keys.lb_alive("lb-1"), 11),
+            put(keys.release(Color::Blue), "{", 12),
+        ] {
+            status.apply(&keys, &change);
+        }
+        assert!(!status.hosts.contains_key("h1"), "an expired host is gone");
+        assert_eq!(status.silent_hosts(), vec!["h1".to_string()]);
+        assert_eq!(status.active.as_ref().map(|a| a.color), Some(Color::Green));
+        assert!(status.active_invalid.is_none());
+        assert_eq!(status.active_mod_revision, 10);
+        assert!(status.lbs_alive.is_empty());
+        assert!(!status.releases.contains_key(&Color::Blue));
+        assert_eq!(
+            status.problems.len(),
+            1,
+            "only the broken release: {:?}",
+            status.problems
+        );
+        assert!(
+            status.problems[0].contains("releases/blue"),
+            "{:?}",
+            status.problems
+        );
+    }
 }

@@ -5,8 +5,9 @@ use crate::error::CoordinatorError;
 use crate::history;
 use crate::lock::DeployLock;
 use crate::status::{self, AppStatus};
-use etcd_client::{Compare, CompareOp, WatchOptions};
+use etcd_client::{Compare, CompareOp};
 use proto::records::{encode, ActiveRecord, DeployRecord, HistoryRecord, ReleaseRecord};
+use proto::watch::{PrefixWatch, WatchEvent};
 use proto::{Color, Keys, ProtoError};
 use tokio::time::Instant;
 
@@ -33,10 +34,15 @@ pub trait Store {
     ) -> Result<i64, CoordinatorError>;
     /// Appends an immutable, fenced history record; returns its revision.
     async fn append_history(&self, record: &HistoryRecord) -> Result<i64, CoordinatorError>;
-    /// Returns once anything under the app changed after `revision`, or at `deadline`, whichever
-    /// comes first. Waits are driven by this (a watch), never by re-reading in a timed loop.
-    async fn changed_after(&self, revision: i64, deadline: Instant)
-        -> Result<(), CoordinatorError>;
+    /// Brings `status` up to date with what changed after its revision, once anything has, or
+    /// returns it unchanged at `deadline`. Waits are driven by this: a watch whose events are
+    /// applied to the status in hand, never a re-read of the app per change or per tick (at
+    /// thousands of hosts each re-read is megabytes).
+    async fn follow(
+        &self,
+        status: &mut AppStatus,
+        deadline: Instant,
+    ) -> Result<(), CoordinatorError>;
     /// Why the lock is lost, once it is: the caller must stop writing.
     fn lock_lost(&self) -> Option<String>;
     /// The fencing token of the held lock.
@@ -48,9 +54,20 @@ pub struct EtcdStore<'a> {
     pub client: &'a etcd_client::Client,
     pub keys: &'a Keys,
     pub lock: &'a DeployLock,
+    /// The app's watch, kept open across waits and resumed where the last one stopped.
+    watch: tokio::sync::Mutex<Option<PrefixWatch>>,
 }
 
-impl EtcdStore<'_> {
+impl<'a> EtcdStore<'a> {
+    pub fn new(client: &'a etcd_client::Client, keys: &'a Keys, lock: &'a DeployLock) -> Self {
+        EtcdStore {
+            client,
+            keys,
+            lock,
+            watch: tokio::sync::Mutex::new(None),
+        }
+    }
+
     /// Until when a call etcd did not answer is retried (see [`history::TRANSIENT_BUDGET`]).
     fn retry_until(&self) -> Instant {
         Instant::now() + history::TRANSIENT_BUDGET
@@ -133,34 +150,35 @@ impl Store for EtcdStore<'_> {
         history::append(self.client, self.keys, Some(&self.lock.fence), record).await
     }
 
-    async fn changed_after(
+    async fn follow(
         &self,
-        revision: i64,
+        status: &mut AppStatus,
         deadline: Instant,
     ) -> Result<(), CoordinatorError> {
-        let prefix = self.keys.app_prefix();
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1);
-        let mut client = self.client.clone();
-        let opened = tokio::time::timeout_at(deadline, client.watch(prefix, Some(options))).await;
-        let Ok(opened) = opened else { return Ok(()) };
-        let mut stream = match opened.map_err(|e| ProtoError::etcd(format!("watch {prefix}"), e)) {
-            Ok(stream) => stream,
-            // etcd did not answer: pause, then let the caller re-read (its read retries).
-            Err(e) if e.is_transient() => {
-                let pause = Instant::now() + std::time::Duration::from_millis(500);
-                tokio::time::sleep_until(pause.min(deadline)).await;
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
+        let mut slot = self.watch.lock().await;
+        let from = status.revision + 1;
+        let watch = match slot.as_mut() {
+            Some(watch) if watch.next_revision() == from => watch,
+            _ => slot.insert(PrefixWatch::from_revision(
+                self.client,
+                self.keys.app_prefix(),
+                from,
+            )),
         };
-        loop {
-            match tokio::time::timeout_at(deadline, stream.message()).await {
-                Err(_) => return Ok(()),
-                Ok(Ok(Some(m))) if m.events().is_empty() && !m.canceled() => continue,
-                // Any event, a cancel (compaction) or a broken stream: the caller re-reads.
-                Ok(_) => return Ok(()),
+        // The watch itself reconnects for as long as etcd is away; the deadline bounds the wait.
+        match tokio::time::timeout_at(deadline, watch.next()).await {
+            Err(_) => Ok(()),
+            Ok(Ok(WatchEvent::Changes { changes, .. })) => {
+                for change in &changes {
+                    status.apply(self.keys, change);
+                }
+                Ok(())
+            }
+            // Compacted past, or cancelled: one fresh read replaces what the events would have said.
+            Ok(Ok(WatchEvent::Resync(_)) | Err(_)) => {
+                *slot = None;
+                *status = self.read().await?;
+                Ok(())
             }
         }
     }

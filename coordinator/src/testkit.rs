@@ -326,13 +326,19 @@ impl Store for MemoryStore {
         Ok(self.bump(&mut inner))
     }
 
-    async fn changed_after(
+    async fn follow(
         &self,
-        revision: i64,
+        status: &mut AppStatus,
         deadline: Instant,
     ) -> Result<(), CoordinatorError> {
         let mut changes = self.changed.subscribe();
-        let _ = tokio::time::timeout_at(deadline, changes.wait_for(|r| *r > revision)).await;
+        let revision = status.revision;
+        if tokio::time::timeout_at(deadline, changes.wait_for(|r| *r > revision))
+            .await
+            .is_ok()
+        {
+            *status = self.read().await?;
+        }
         Ok(())
     }
 
@@ -464,7 +470,7 @@ fn set(
         .insert(color, record);
 }
 
-fn host_record(name: &str, i: usize) -> HostRecord {
+pub fn host_record(name: &str, i: usize) -> HostRecord {
     HostRecord {
         host: name.into(),
         address: format!("127.0.0.{}", 11 + i),

@@ -55,16 +55,32 @@ pub const MAX_DECODE_BYTES: usize = 256 << 20;
 /// Reads every key under `prefix` as of one revision, page by page (a single response for a
 /// large prefix would exceed etcd's and the client's message limits).
 pub async fn read_prefix(client: &Client, prefix: &str) -> Result<Snapshot, ProtoError> {
+    let (revision, kvs) = read_range(client, prefix.as_bytes(), &prefix_end(prefix), 0).await?;
+    let entries = kvs
+        .into_iter()
+        .map(|c| (c.key, c.value.unwrap_or_default()))
+        .collect();
+    Ok(Snapshot { revision, entries })
+}
+
+/// Every key in `[from, end)` as of `revision` (0: the current one), page by page, each as a
+/// [`Change`] carrying its value and mod revision. Returns the revision read at, so that several
+/// ranges can be read at one revision.
+pub async fn read_range(
+    client: &Client,
+    from: &[u8],
+    end: &[u8],
+    mut revision: i64,
+) -> Result<(i64, Vec<Change>), ProtoError> {
     let mut kv = client
         .kv_client()
         .max_decoding_message_size(MAX_DECODE_BYTES);
-    let end = prefix_end(prefix);
-    let mut from = prefix.as_bytes().to_vec();
-    let mut revision = 0;
+    let what = || format!("read {}", String::from_utf8_lossy(from));
+    let mut from = from.to_vec();
     let mut entries = Vec::new();
     loop {
         let mut options = GetOptions::new()
-            .with_range(end.clone())
+            .with_range(end.to_vec())
             .with_limit(PAGE_KEYS);
         if revision > 0 {
             options = options.with_revision(revision);
@@ -72,28 +88,29 @@ pub async fn read_prefix(client: &Client, prefix: &str) -> Result<Snapshot, Prot
         let resp = kv
             .get(from.clone(), Some(options))
             .await
-            .map_err(|e| ProtoError::etcd(format!("read {prefix}"), e))?;
+            .map_err(|e| ProtoError::etcd(what(), e))?;
         if revision == 0 {
             revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         }
         for kv in resp.kvs() {
-            entries.push((
-                String::from_utf8_lossy(kv.key()).into_owned(),
-                kv.value().to_vec(),
-            ));
+            entries.push(Change {
+                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                value: Some(kv.value().to_vec()),
+                mod_revision: kv.mod_revision(),
+            });
         }
         match resp.kvs().last() {
             Some(last) if resp.more() => {
                 from = last.key().to_vec();
                 from.push(0);
             }
-            _ => return Ok(Snapshot { revision, entries }),
+            _ => return Ok((revision, entries)),
         }
     }
 }
 
 /// The end of the key range holding every key that starts with `prefix`.
-fn prefix_end(prefix: &str) -> Vec<u8> {
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
