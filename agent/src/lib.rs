@@ -9,6 +9,7 @@ pub mod desired;
 pub mod error;
 pub mod grpc;
 pub mod health;
+pub mod hollow;
 pub mod lifecycle;
 pub mod logs;
 pub mod process;
@@ -89,37 +90,6 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         download: config.download,
     });
 
-    let (active_tx, active_rx) = watch::channel(None);
-    let mut desired_txs = Vec::new();
-    let mut status_rxs = Vec::new();
-    let mut tasks = Vec::new();
-    for color in Color::ALL {
-        let (desired_tx, desired_rx) = watch::channel(DesiredRelease::Unknown);
-        let (status_tx, status_rx) = watch::channel(None);
-        let supervisor = Supervisor::new(
-            color,
-            runtime.clone(),
-            config.max_restarts,
-            desired_rx,
-            active_rx.clone(),
-            status_tx,
-        );
-        tasks.push(tokio::spawn(supervisor.run(shutdown.clone())));
-        desired_txs.push(desired_tx);
-        status_rxs.push(status_rx);
-    }
-    let green = desired_txs.pop().expect("two colors");
-    let blue = desired_txs.pop().expect("two colors");
-    let feed = desired::DesiredFeed {
-        client: client.clone(),
-        keys: keys.clone(),
-        blue,
-        green,
-        active: active_tx,
-        trusted,
-    };
-    let feed_task = tokio::spawn(feed.run());
-
     let host = HostRecord {
         host: config.host.clone(),
         address: config.address.clone(),
@@ -129,14 +99,21 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         started_at: proto::time::now_rfc3339(),
         instance: Some(instance),
     };
-    let reporter = reporter::Reporter {
-        client,
-        keys,
-        host,
-        lease_ttl: config.lease_ttl,
-        statuses: status_rxs.clone(),
-    };
-    tasks.push(tokio::spawn(reporter.run(shutdown.clone())));
+    let plane = ControlPlane::spawn(
+        ControlPlaneSettings {
+            client,
+            keys,
+            host,
+            lease_ttl: config.lease_ttl,
+            max_restarts: config.max_restarts,
+            trusted,
+        },
+        runtime,
+        shutdown.clone(),
+    );
+    let status_rxs = plane.statuses.clone();
+    let mut tasks = plane.tasks;
+    let feed_task = plane.feed;
     tasks.push(tokio::spawn(cap_logs(config.clone(), shutdown.clone())));
 
     let service = grpc::AgentService {
@@ -179,6 +156,81 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         let _ = task.await;
     }
     Ok(())
+}
+
+/// What the control plane of one host needs besides its app runtime.
+pub struct ControlPlaneSettings {
+    pub client: etcd_client::Client,
+    pub keys: Keys,
+    /// This host's registration (its claim on the host name, and its membership).
+    pub host: HostRecord,
+    pub lease_ttl: Duration,
+    pub max_restarts: u32,
+    pub trusted: proto::signing::TrustedKeys,
+}
+
+/// An agent's control plane, running: a supervisor per color, the feed of what etcd wants, and
+/// the reporter holding this host's keys under its lease. The real agent runs it over processes,
+/// a hollow host over the in-memory runtime; it is the same code either way.
+pub struct ControlPlane {
+    /// Supervisors and reporter: they end at shutdown.
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The desired feed: it follows etcd until aborted.
+    pub feed: tokio::task::JoinHandle<()>,
+    /// Each color's status, as the reporter writes it.
+    pub statuses: Vec<watch::Receiver<Option<status::ColorStatus>>>,
+}
+
+impl ControlPlane {
+    pub fn spawn<R: runtime::AppRuntime>(
+        settings: ControlPlaneSettings,
+        runtime: Arc<R>,
+        shutdown: watch::Receiver<bool>,
+    ) -> ControlPlane {
+        let (active_tx, active_rx) = watch::channel(None);
+        let mut desired_txs = Vec::new();
+        let mut statuses = Vec::new();
+        let mut tasks = Vec::new();
+        for color in Color::ALL {
+            let (desired_tx, desired_rx) = watch::channel(DesiredRelease::Unknown);
+            let (status_tx, status_rx) = watch::channel(None);
+            let supervisor = Supervisor::new(
+                color,
+                runtime.clone(),
+                settings.max_restarts,
+                desired_rx,
+                active_rx.clone(),
+                status_tx,
+            );
+            tasks.push(tokio::spawn(supervisor.run(shutdown.clone())));
+            desired_txs.push(desired_tx);
+            statuses.push(status_rx);
+        }
+        let green = desired_txs.pop().expect("two colors");
+        let blue = desired_txs.pop().expect("two colors");
+        let feed = desired::DesiredFeed {
+            client: settings.client.clone(),
+            keys: settings.keys.clone(),
+            blue,
+            green,
+            active: active_tx,
+            trusted: settings.trusted,
+        };
+        let feed = tokio::spawn(feed.run());
+        let reporter = reporter::Reporter {
+            client: settings.client,
+            keys: settings.keys,
+            host: settings.host,
+            lease_ttl: settings.lease_ttl,
+            statuses: statuses.clone(),
+        };
+        tasks.push(tokio::spawn(reporter.run(shutdown)));
+        ControlPlane {
+            tasks,
+            feed,
+            statuses,
+        }
+    }
 }
 
 /// Mutual TLS for the gRPC API: our certificate, and only clients whose certificate the

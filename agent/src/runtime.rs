@@ -8,17 +8,18 @@ use crate::{artifact, logs};
 use proto::records::{Artifact, Ports, ReleaseRecord};
 use proto::Color;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A started (or adopted) app process.
-#[allow(async_fn_in_trait)]
-pub trait RunningApp {
+/// A started (or adopted) app process. The futures are `Send` so that an agent over any runtime
+/// (processes, or the in-memory one of hollow hosts) runs its supervisors as spawned tasks.
+pub trait RunningApp: Send + 'static {
     fn pid(&self) -> u32;
     /// Resolves when the process exits, saying how (cancel-safe).
-    async fn exited(&mut self) -> String;
+    fn exited(&mut self) -> impl Future<Output = String> + Send;
     /// Stops it gracefully: SIGTERM, up to `timeout`, then SIGKILL. Says how it ended.
-    async fn stop(&mut self, timeout: Duration) -> String;
+    fn stop(&mut self, timeout: Duration) -> impl Future<Output = String> + Send;
 }
 
 /// What a previous agent left running on a color.
@@ -29,11 +30,10 @@ pub struct Adopted<P> {
     pub restarts: u32,
 }
 
-#[allow(async_fn_in_trait)]
-pub trait AppRuntime {
+pub trait AppRuntime: Send + Sync + 'static {
     type Process: RunningApp;
     /// Downloads, verifies and unpacks `artifact`; returns the directory to run in.
-    async fn fetch(&self, artifact: &Artifact) -> Result<PathBuf, String>;
+    fn fetch(&self, artifact: &Artifact) -> impl Future<Output = Result<PathBuf, String>> + Send;
     /// Starts `release` on `color` from `dir`, and records it for a later agent to adopt.
     fn launch(
         &self,
@@ -47,7 +47,7 @@ pub trait AppRuntime {
     /// Forgets the adoption record of `color` (its process is stopped or gone).
     fn forget(&self, color: Color);
     /// Probes `color` running `release` once.
-    async fn probe(&self, color: Color, release: &ReleaseRecord) -> Probe;
+    fn probe(&self, color: Color, release: &ReleaseRecord) -> impl Future<Output = Probe> + Send;
     /// The last line the app of `color` logged, for exit reports.
     fn last_log_line(&self, color: Color) -> String;
 }

@@ -4,7 +4,7 @@
 //! (it keeps its old config silently) is caught by polling the status location, and the last good
 //! file is put back.
 use crate::error::SidecarError;
-use crate::nginx::Nginx;
+use crate::nginx::{Nginx, NginxControl};
 use crate::render::{self, View};
 use crate::state::LbState;
 use proto::records::LbRecord;
@@ -16,8 +16,8 @@ use std::time::Duration;
 /// How long nginx gets to start serving a new config before the reload counts as refused.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub struct Applier {
-    pub nginx: Nginx,
+pub struct Applier<N: NginxControl = Nginx> {
+    pub nginx: N,
     template: String,
     app: String,
     listen: String,
@@ -32,14 +32,14 @@ fn sha256(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-impl Applier {
+impl<N: NginxControl> Applier<N> {
     pub fn new(
-        nginx: Nginx,
+        nginx: N,
         template: Option<String>,
         app: &str,
         listen: String,
         preview_listen: String,
-    ) -> Applier {
+    ) -> Applier<N> {
         let template = template.unwrap_or_else(|| render::BUILTIN_TEMPLATE.to_string());
         Applier {
             nginx,

@@ -11,12 +11,14 @@ mod inject_tests;
 pub mod metrics;
 pub mod nginx;
 pub mod render;
+pub mod standin;
 pub mod state;
 
 use applier::Applier;
 use config::Config;
 use error::SidecarError;
 use metrics::Metrics;
+use nginx::NginxControl;
 use proto::leased::{HeldKey, Hold};
 use proto::records::{encode, LbAliveRecord, LbRecord};
 use proto::watch::{PrefixWatch, WatchEvent};
@@ -30,7 +32,8 @@ use tokio::time::Instant;
 
 /// Runs until `shutdown` becomes true. nginx keeps serving whatever it was last given.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), SidecarError> {
-    let keys = Keys::new(&config.prefix, &config.app)?;
+    // A bad prefix or app name fails before anything is bound.
+    Keys::new(&config.prefix, &config.app)?;
     let metrics = Arc::new(Metrics::default());
     let listener = tokio::net::TcpListener::bind(config.status_listen)
         .await
@@ -49,14 +52,40 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     tokio::spawn(async move { server.await });
 
     let client = proto::connect(&config.etcd).await?;
-    std::fs::create_dir_all(&config.state_dir)
-        .map_err(|e| SidecarError::io(&config.state_dir, e))?;
     let nginx = nginx::Nginx::new(
         config.nginx.clone(),
         config.listen,
         config.public_url.clone(),
         config.state_dir.clone(),
     );
+    follow(config, client, nginx, metrics, shutdown).await
+}
+
+/// A hollow LB for scale benchmarks: the real follower and applier over the nginx stand-in, on a
+/// shared etcd client, without a status server.
+pub async fn run_hollow(
+    config: Config,
+    client: etcd_client::Client,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), SidecarError> {
+    let metrics = Arc::new(Metrics::default());
+    let nginx = standin::NginxStandIn::start()
+        .await
+        .map_err(|e| SidecarError::Setting(format!("hollow LB listener: {e}")))?;
+    follow(config, client, nginx, metrics, shutdown).await
+}
+
+/// Claims the LB name, then keeps `nginx` serving what etcd says until `shutdown`.
+async fn follow<N: NginxControl>(
+    config: Config,
+    client: etcd_client::Client,
+    nginx: N,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), SidecarError> {
+    let keys = Keys::new(&config.prefix, &config.app)?;
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| SidecarError::io(&config.state_dir, e))?;
     let applier = Applier::new(
         nginx,
         config.template.clone(),
@@ -111,10 +140,10 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     Ok(())
 }
 
-struct Follower {
+struct Follower<N: NginxControl> {
     keys: Keys,
     client: etcd_client::Client,
-    applier: Applier,
+    applier: Applier<N>,
     metrics: Arc<Metrics>,
     config: Config,
     /// Our liveness and claim on the LB name (leased), held beside the durable ack.
@@ -165,7 +194,7 @@ impl Retry {
     }
 }
 
-impl Follower {
+impl<N: NginxControl> Follower<N> {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut watch = loop {
             tokio::select! {
@@ -179,7 +208,7 @@ impl Follower {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 },
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = shutdown_requested(&mut shutdown) => return,
             }
         };
         let mut debounce_until: Option<Instant> = None;
@@ -248,7 +277,7 @@ impl Follower {
                     }
                     retry.after(self.failed);
                 }
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = shutdown_requested(&mut shutdown) => return,
             }
         }
     }
@@ -362,4 +391,10 @@ impl Follower {
         let _ = self.ack_tx.send(vec![self.alive.clone(), ack_key]);
         self.ack = Some(LbRecord { error: None, ..ack });
     }
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone). The borrow of the value ends
+/// here, so the futures that select on it stay `Send` (hollow LBs run as spawned tasks).
+async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }

@@ -12,6 +12,35 @@ const DEFAULT_MAIN_CONFIG: &str = "/etc/nginx/nginx.conf";
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// What the sidecar needs from nginx, as a seam: [`Nginx`] drives a real one; hollow LBs (scale
+/// benchmarks) run the same follower and applier over [`crate::standin::NginxStandIn`].
+pub trait NginxControl: Send + Sync + 'static {
+    /// nginx's loopback-only status listener.
+    fn status_listen(&self) -> std::net::SocketAddr;
+    /// The public listener as a URL reachable from this host.
+    fn public_url(&self) -> String;
+    /// `nginx -t` of `text` in place of the include file; Err carries nginx's complaint.
+    fn validate(&self, text: &str) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    /// What nginx was last given, if anything.
+    fn current(&self) -> Option<String>;
+    /// Replaces the include file atomically.
+    fn install(&self, text: &str) -> Result<(), SidecarError>;
+    /// Asks nginx to load the installed file; returns the workers of the generation before.
+    fn reload(&self) -> Result<Vec<i32>, SidecarError>;
+    /// Waits until no worker of `old` still accepts connections; false after `timeout`.
+    fn wait_old_workers(
+        &self,
+        old: &[i32],
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = bool> + Send;
+    /// Waits until nginx answers `expected` ("<revision> <color>"); false after `timeout`.
+    fn wait_serving(
+        &self,
+        expected: &str,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = bool> + Send;
+}
+
 pub struct Nginx {
     config: NginxConfig,
     public_url: String,
@@ -57,16 +86,6 @@ impl Nginx {
         }
     }
 
-    /// nginx's loopback-only status listener.
-    pub fn status_listen(&self) -> std::net::SocketAddr {
-        self.config.status_listen
-    }
-
-    /// The public listener as a URL reachable from this host (an unspecified address becomes loopback).
-    pub fn public_url(&self) -> String {
-        self.public_url.clone()
-    }
-
     fn sibling(&self, suffix: &str) -> PathBuf {
         let mut name = self
             .config
@@ -76,60 +95,6 @@ impl Nginx {
             .to_os_string();
         name.push(suffix);
         self.config.include_file.with_file_name(name)
-    }
-
-    /// Runs `nginx -t` against the main config with `text` in place of the include file. When the
-    /// main config does not name the include file literally (a glob, say), the candidate is checked
-    /// inside a minimal main config instead, which still catches every error of the file itself.
-    pub async fn validate(&self, text: &str) -> Result<(), String> {
-        let candidate = self.state_dir.join("candidate.include");
-        let test_main = self.state_dir.join("test-main.nginx");
-        std::fs::write(&candidate, text).map_err(|e| format!("{}: {e}", candidate.display()))?;
-        let include = self.config.include_file.display().to_string();
-        let main = std::fs::read_to_string(&self.config.main_config).unwrap_or_default();
-        let main = if !main.is_empty() && main.contains(&include) {
-            main.replace(&include, &candidate.display().to_string())
-        } else {
-            format!(
-                "events {{}}\nhttp {{\n    include {};\n}}\n",
-                candidate.display()
-            )
-        };
-        std::fs::write(&test_main, main).map_err(|e| format!("{}: {e}", test_main.display()))?;
-        let output = tokio::process::Command::new(&self.config.binary)
-            .arg("-t")
-            .arg("-q")
-            .arg("-e")
-            .arg("stderr")
-            .arg("-c")
-            .arg(&test_main)
-            .output()
-            .await
-            .map_err(|e| format!("cannot run {}: {e}", self.config.binary.display()))?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            Err(stderr
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .collect::<Vec<_>>()
-                .join("; ")
-                .replace(&candidate.display().to_string(), &include))
-        }
-    }
-
-    /// What nginx was last given (the file on disk), if anything.
-    pub fn current(&self) -> Option<String> {
-        std::fs::read_to_string(&self.config.include_file).ok()
-    }
-
-    /// Replaces the include file atomically (write beside it, rename over it).
-    pub fn install(&self, text: &str) -> Result<(), SidecarError> {
-        let tmp = self.sibling(".tmp");
-        std::fs::write(&tmp, text).map_err(|e| SidecarError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &self.config.include_file)
-            .map_err(|e| SidecarError::io(&self.config.include_file, e))
     }
 
     /// Only our nginx gets a signal: the pid must be an nginx master running `main_config` (its
@@ -170,45 +135,6 @@ impl Nginx {
         })
     }
 
-    /// SIGHUP to the master: nginx re-reads its config, starts new workers and lets the old ones
-    /// finish their in-flight requests. Returns the workers that ran before, which must stop
-    /// accepting before the switch is complete (see [`Nginx::wait_old_workers`]).
-    pub fn reload(&self) -> Result<Vec<i32>, SidecarError> {
-        let pid = self.master_pid()?;
-        self.check_master(pid)?;
-        let old = workers_of(pid);
-        kill(Pid::from_raw(pid), Signal::SIGHUP)
-            .map_err(|e| SidecarError::Reload(format!("SIGHUP to nginx master {pid}: {e}")))?;
-        Ok(old)
-    }
-
-    /// Waits until every worker of the old generation has left its accept loop (its title says
-    /// "shutting down", set right before it closes its listening sockets) or exited. Until then an
-    /// old worker may still accept a new connection and serve it with the old config, so a new
-    /// revision answering on one connection does not yet mean every connection gets it.
-    pub async fn wait_old_workers(&self, old: &[i32], timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            if old.iter().all(|&pid| !accepting_worker(pid)) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        false
-    }
-
-    /// Polls the status location until it answers `expected`; false after `timeout`.
-    pub async fn wait_serving(&self, expected: &str, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            if self.status().await.as_deref() == Some(expected) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        false
-    }
-
     /// What the status location answers now ("<revision> <color>"), if anything.
     pub async fn status(&self) -> Option<String> {
         let resp = self
@@ -222,6 +148,111 @@ impl Nginx {
             return None;
         }
         resp.text().await.ok().map(|t| t.trim().to_string())
+    }
+}
+
+impl NginxControl for Nginx {
+    /// nginx's loopback-only status listener.
+    fn status_listen(&self) -> std::net::SocketAddr {
+        self.config.status_listen
+    }
+
+    /// The public listener as a URL reachable from this host (an unspecified address becomes loopback).
+    fn public_url(&self) -> String {
+        self.public_url.clone()
+    }
+
+    /// Runs `nginx -t` against the main config with `text` in place of the include file. When the
+    /// main config does not name the include file literally (a glob, say), the candidate is checked
+    /// inside a minimal main config instead, which still catches every error of the file itself.
+    async fn validate(&self, text: &str) -> Result<(), String> {
+        let candidate = self.state_dir.join("candidate.include");
+        let test_main = self.state_dir.join("test-main.nginx");
+        std::fs::write(&candidate, text).map_err(|e| format!("{}: {e}", candidate.display()))?;
+        let include = self.config.include_file.display().to_string();
+        let main = std::fs::read_to_string(&self.config.main_config).unwrap_or_default();
+        let main = if !main.is_empty() && main.contains(&include) {
+            main.replace(&include, &candidate.display().to_string())
+        } else {
+            format!(
+                "events {{}}\nhttp {{\n    include {};\n}}\n",
+                candidate.display()
+            )
+        };
+        std::fs::write(&test_main, main).map_err(|e| format!("{}: {e}", test_main.display()))?;
+        let output = tokio::process::Command::new(&self.config.binary)
+            .arg("-t")
+            .arg("-q")
+            .arg("-e")
+            .arg("stderr")
+            .arg("-c")
+            .arg(&test_main)
+            .output()
+            .await
+            .map_err(|e| format!("cannot run {}: {e}", self.config.binary.display()))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            Err(stderr
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+                .replace(&candidate.display().to_string(), &include))
+        }
+    }
+
+    /// What nginx was last given (the file on disk), if anything.
+    fn current(&self) -> Option<String> {
+        std::fs::read_to_string(&self.config.include_file).ok()
+    }
+
+    /// Replaces the include file atomically (write beside it, rename over it).
+    fn install(&self, text: &str) -> Result<(), SidecarError> {
+        let tmp = self.sibling(".tmp");
+        std::fs::write(&tmp, text).map_err(|e| SidecarError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &self.config.include_file)
+            .map_err(|e| SidecarError::io(&self.config.include_file, e))
+    }
+
+    /// SIGHUP to the master: nginx re-reads its config, starts new workers and lets the old ones
+    /// finish their in-flight requests. Returns the workers that ran before, which must stop
+    /// accepting before the switch is complete (see [`Nginx::wait_old_workers`]).
+    fn reload(&self) -> Result<Vec<i32>, SidecarError> {
+        let pid = self.master_pid()?;
+        self.check_master(pid)?;
+        let old = workers_of(pid);
+        kill(Pid::from_raw(pid), Signal::SIGHUP)
+            .map_err(|e| SidecarError::Reload(format!("SIGHUP to nginx master {pid}: {e}")))?;
+        Ok(old)
+    }
+
+    /// Waits until every worker of the old generation has left its accept loop (its title says
+    /// "shutting down", set right before it closes its listening sockets) or exited. Until then an
+    /// old worker may still accept a new connection and serve it with the old config, so a new
+    /// revision answering on one connection does not yet mean every connection gets it.
+    async fn wait_old_workers(&self, old: &[i32], timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if old.iter().all(|&pid| !accepting_worker(pid)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        false
+    }
+
+    /// Polls the status location until it answers `expected`; false after `timeout`.
+    async fn wait_serving(&self, expected: &str, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.status().await.as_deref() == Some(expected) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        false
     }
 }
 

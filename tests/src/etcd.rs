@@ -297,6 +297,11 @@ impl Etcd {
         self.spawn_member(i, &cluster, "existing");
     }
 
+    /// The first member's process id, while it runs (benchmarks read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.members[0].child.as_ref().map(|c| c.id())
+    }
+
     /// How many members the cluster has.
     pub fn member_count(&self) -> usize {
         self.members.len()

@@ -16,6 +16,7 @@ pub mod netns;
 pub mod nginx;
 pub mod pki;
 pub mod procs;
+pub mod scale;
 pub mod wait;
 
 pub use artifacts::Artifacts;

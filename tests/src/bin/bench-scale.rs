@@ -1,0 +1,280 @@
+//! Scale benchmark (not a test): the control plane at 10, 1,000 and 5,000 hollow hosts with 1, 10
+//! and 50 LBs (up to 5 of them real nginx, the rest hollow). Hollow hosts and LBs are the real
+//! agent and sidecar code over their in-memory seams, in this process; the coordinator is the
+//! real binary, talking to etcd through a byte-counting proxy.
+//!   cargo build --release --workspace --bins && target/release/bench-scale
+//! Options: --hosts 10,1000,5000  --lbs 1,10,50  --real-lbs 5  --rollbacks 20  --start-delay 2s
+use bluegreen_tests::rss_kib;
+use bluegreen_tests::scale::{coordinator, hollow_spec, metrics, proxy, HollowFleet};
+use std::path::Path;
+use std::time::Duration;
+use tokio::time::Instant;
+
+struct Options {
+    hosts: Vec<usize>,
+    lbs: Vec<usize>,
+    real_lbs: usize,
+    rollbacks: usize,
+    start_delay: Duration,
+}
+
+impl Options {
+    fn parse() -> Options {
+        let mut o = Options {
+            hosts: vec![10, 1000, 5000],
+            lbs: vec![1, 10, 50],
+            real_lbs: 5,
+            rollbacks: 20,
+            start_delay: Duration::from_secs(2),
+        };
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let list = |v: &str| -> Vec<usize> {
+            v.split(',').map(|n| n.parse().expect("a number")).collect()
+        };
+        for pair in args.chunks(2) {
+            let value = pair
+                .get(1)
+                .map(String::as_str)
+                .unwrap_or_else(|| usage(&pair[0]));
+            match pair[0].as_str() {
+                "--hosts" => o.hosts = list(value),
+                "--lbs" => o.lbs = list(value),
+                "--real-lbs" => o.real_lbs = value.parse().expect("--real-lbs N"),
+                "--rollbacks" => o.rollbacks = value.parse().expect("--rollbacks N"),
+                "--start-delay" => {
+                    o.start_delay = humantime::parse_duration(value).expect("--start-delay 2s")
+                }
+                other => usage(other),
+            }
+        }
+        o
+    }
+}
+
+fn usage(arg: &str) -> ! {
+    eprintln!("bench-scale: unknown or incomplete argument {arg:?}\nusage: bench-scale [--hosts 10,1000,5000] [--lbs 1,10,50] [--real-lbs 5] [--rollbacks 20] [--start-delay 2s]");
+    std::process::exit(2)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Largest resident set of any child that has exited so far (the coordinator runs), in KiB.
+fn children_max_rss_kib() -> i64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_CHILDREN).map_or(0, |u| u.max_rss())
+}
+
+/// Every `<field>=<ms>` a sidecar logged in its "reload timings" lines.
+fn logged_ms(log: &str, field: &str) -> Vec<f64> {
+    let marker = format!("{field}=");
+    log.lines()
+        .filter(|l| l.contains("reload timings"))
+        .filter_map(|l| {
+            let rest = &l[l.find(&marker)? + marker.len()..];
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
+
+/// etcd's requests per second and CPU share over `window` with nothing deploying.
+async fn steady_state(fleet: &HollowFleet, hosts: usize, window: Duration) {
+    let pid = fleet.etcd.pid().expect("etcd runs");
+    let before = metrics::received_by_method(&fleet.etcd.endpoint).await;
+    let cpu_before = metrics::cpu_seconds(pid);
+    tokio::time::sleep(window).await; // the measuring window itself, not a synchronisation
+    let after = metrics::received_by_method(&fleet.etcd.endpoint).await;
+    let cpu = metrics::cpu_seconds(pid) - cpu_before;
+    let secs = window.as_secs_f64();
+    let mut total = 0.0;
+    let mut parts = Vec::new();
+    for (method, n) in &after {
+        let rate = (n - before.get(method).copied().unwrap_or(0.0)) / secs;
+        if rate > 0.0 {
+            total += rate;
+            parts.push(format!("{method} {rate:.0}/s"));
+        }
+    }
+    println!(
+        "  steady state, {hosts} hosts: etcd receives {total:.0} req/s ({:.3} per host per s: {}), etcd CPU {:.0} % of one core",
+        total / hosts as f64,
+        parts.join(", "),
+        cpu / secs * 100.0
+    );
+}
+
+/// `nginx -t` of a real LB's current config, and a bare reload of it (SIGHUP until every old
+/// worker stopped accepting): the floor a switch is compared against.
+async fn nginx_floor(fleet: &HollowFleet) -> Option<(f64, f64)> {
+    let (nginx, _) = fleet.real_lbs.first()?;
+    let mut tests = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let ok = std::process::Command::new("nginx")
+            .args(["-t", "-q", "-c"])
+            .arg(&nginx.main_config)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "nginx -t of {}", nginx.main_config.display());
+        tests.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut reloads = Vec::new();
+    for _ in 0..5 {
+        let master = nginx.master_pid() as i32;
+        let old = lb_sidecar::nginx::workers_of(master);
+        let started = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(master),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("SIGHUP nginx");
+        bluegreen_tests::poll_until(
+            "old nginx workers to stop accepting",
+            Duration::from_secs(30),
+            Duration::from_millis(1),
+            || async {
+                old.iter()
+                    .all(|&p| !lb_sidecar::nginx::accepting_worker(p))
+                    .then_some(())
+            },
+        )
+        .await;
+        reloads.push(started.elapsed().as_secs_f64() * 1000.0);
+        // Let the old generation exit before the next reload is timed.
+        bluegreen_tests::wait_for(
+            "old nginx workers to exit",
+            Duration::from_secs(30),
+            || async {
+                old.iter()
+                    .all(|&p| !Path::new(&format!("/proc/{p}")).exists())
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    Some((median(tests), median(reloads)))
+}
+
+#[tokio::main]
+async fn main() {
+    let o = Options::parse();
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, artifact_url) = hollow_spec(dir.path());
+    println!(
+        "bench-scale: hollow hosts start their app in {:?}; {} rollbacks per row; up to {} real nginx LBs",
+        o.start_delay, o.rollbacks, o.real_lbs
+    );
+    println!(
+        "{:>6} {:>4} {:>5} | {:>9} {:>9} | {:>8} {:>8} | {:>9} {:>7} {:>7} | {:>8} {:>8} | {:>8} {:>8}",
+        "hosts", "LBs", "real", "deploy", "overhead", "rb p50", "rb p99", "B/host", "calls", "KB rx",
+        "coordMB", "agentKB", "switch", "valid."
+    );
+    for &hosts in &o.hosts {
+        let mut fleet = HollowFleet::start().await;
+        let me = std::process::id();
+        let rss_before = rss_kib(me).unwrap_or(0);
+        let started = Instant::now();
+        fleet.grow_hosts(hosts, o.start_delay).await;
+        let agent_kib = (rss_kib(me).unwrap_or(0).saturating_sub(rss_before)) as f64 / hosts as f64;
+        eprintln!(
+            "  {hosts} hollow hosts registered in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let upstream = fleet
+            .etcd
+            .endpoint
+            .trim_start_matches("http://")
+            .to_string();
+        let (proxy_address, counters) = proxy::start(upstream).await;
+        let etcd = format!("http://{proxy_address}");
+        // One deploy before the measured ones, so that both colors run and rollback has a target.
+        fleet.grow_lbs(o.lbs[0], o.real_lbs).await;
+        let deploy_args = |v: &str| -> Vec<String> {
+            [
+                "deploy",
+                "--spec",
+                spec.to_str().unwrap(),
+                "--version",
+                v,
+                "--artifact",
+                &artifact_url,
+            ]
+            .map(String::from)
+            .to_vec()
+        };
+        let args = deploy_args("v0");
+        coordinator(&etcd, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        let mut version = 0;
+        let mut steady_measured = false;
+        for &lbs in &o.lbs {
+            fleet.grow_lbs(lbs, o.real_lbs).await;
+            version += 1;
+            let v = format!("v{version}");
+            let before = counters.now();
+            let args = deploy_args(&v);
+            let deploy =
+                coordinator(&etcd, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+            let traffic = counters.now().since(before);
+            if !steady_measured {
+                steady_state(&fleet, hosts, Duration::from_secs(10)).await;
+                steady_measured = true;
+            }
+            let mut rollbacks = Vec::new();
+            for _ in 0..o.rollbacks {
+                rollbacks.push(coordinator(&etcd, &["rollback"]).await);
+            }
+            rollbacks.sort();
+            let logs: Vec<String> = fleet.real_lbs.iter().map(|(_, s)| s.log()).collect();
+            let switch_ms = median(logs.iter().flat_map(|l| logged_ms(l, "done_ms")).collect());
+            let validated_ms = median(
+                logs.iter()
+                    .flat_map(|l| logged_ms(l, "validated_ms"))
+                    .collect(),
+            );
+            println!(
+                "{:>6} {:>4} {:>5} | {:>7.0}ms {:>7.0}ms | {:>6.0}ms {:>6.0}ms | {:>9.0} {:>7} {:>7.0} | {:>8.1} {:>8.1} | {:>6.1}ms {:>6.1}ms",
+                hosts,
+                lbs,
+                fleet.real_lbs.len(),
+                ms(deploy),
+                ms(deploy.saturating_sub(o.start_delay)),
+                ms(percentile(&rollbacks, 0.5)),
+                ms(percentile(&rollbacks, 0.99)),
+                traffic.received as f64 / hosts as f64,
+                traffic.calls,
+                traffic.received as f64 / 1024.0,
+                children_max_rss_kib() as f64 / 1024.0,
+                agent_kib,
+                switch_ms,
+                validated_ms,
+            );
+        }
+        let sidecar_mib: Vec<String> = fleet
+            .real_lbs
+            .iter()
+            .filter_map(|(_, s)| rss_kib(s.pid()))
+            .map(|k| format!("{:.1}", k as f64 / 1024.0))
+            .collect();
+        if let Some((test_ms, reload_ms)) = nginx_floor(&fleet).await {
+            println!(
+                "  {hosts} hosts, real LB: nginx -t {test_ms:.0} ms, bare reload {reload_ms:.1} ms; real sidecars' RSS MiB: {}",
+                sidecar_mib.join(" ")
+            );
+        }
+    }
+}

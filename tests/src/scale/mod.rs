@@ -1,0 +1,258 @@
+//! The scale benchmark's fleet: hollow hosts and hollow LBs (the real agent and sidecar code over
+//! their in-memory seams, thousands in this process) next to a few real nginx LBs, on one etcd.
+pub mod metrics;
+pub mod proxy;
+
+use crate::nginx::{Nginx, SidecarProc};
+use crate::procs::{APP, PREFIX};
+use crate::{binary, Etcd};
+use agent::hollow::{HollowHost, HollowRuntime, Script};
+use proto::Keys;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How many etcd connections the hollow hosts share: one HTTP/2 connection per thousand or so
+/// hosts' streams, as real hosts would each have their own.
+const CLIENTS: usize = 8;
+
+pub struct HollowFleet {
+    pub etcd: Etcd,
+    clients: Vec<etcd_client::Client>,
+    shutdown: watch::Sender<bool>,
+    hosts: Vec<agent::ControlPlane>,
+    /// Real nginx LBs with their sidecar processes.
+    pub real_lbs: Vec<(Nginx, SidecarProc)>,
+    hollow_lbs: usize,
+    dir: tempfile::TempDir,
+    /// Hosts start their apps up to this much later than the start delay, in 20 steps, as a real
+    /// fleet's hosts never all become healthy at the same instant (zero: all at once).
+    pub start_spread: Duration,
+}
+
+impl HollowFleet {
+    pub async fn start() -> HollowFleet {
+        let etcd = Etcd::start().await;
+        let mut clients = Vec::new();
+        for _ in 0..CLIENTS {
+            clients.push(etcd.client().await);
+        }
+        HollowFleet {
+            etcd,
+            clients,
+            shutdown: watch::channel(false).0,
+            hosts: Vec::new(),
+            real_lbs: Vec::new(),
+            hollow_lbs: 0,
+            dir: tempfile::tempdir().expect("scale dir"),
+            start_spread: Duration::ZERO,
+        }
+    }
+
+    pub fn keys(&self) -> Keys {
+        Keys::new(PREFIX, APP).expect("keys")
+    }
+
+    pub fn lb_count(&self) -> usize {
+        self.real_lbs.len() + self.hollow_lbs
+    }
+
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// Adds hollow hosts until there are `total`, each at its own loopback address, and waits
+    /// until every one is registered in etcd.
+    pub async fn grow_hosts(&mut self, total: usize, start_delay: Duration) {
+        let first = self.hosts.len();
+        let starting: Vec<_> = (first..total)
+            .map(|i| self.spawn_host(i, self.clients[i % CLIENTS].clone(), start_delay))
+            .collect();
+        for started in starting {
+            let plane = started
+                .await
+                .expect("hollow host task")
+                .expect("hollow host");
+            self.hosts.push(plane);
+        }
+        let keys = self.keys();
+        let client = self.clients[0].clone();
+        crate::wait_for(
+            &format!("{total} hollow hosts to register"),
+            Duration::from_secs(300),
+            || at_least(&client, keys.hosts_prefix(), total),
+        )
+        .await;
+    }
+
+    /// Adds one hollow host whose etcd traffic goes through `client` (one a test counts), and
+    /// waits until it is registered. Returns its name.
+    pub async fn add_host_on(&mut self, client: etcd_client::Client) -> String {
+        let i = self.hosts.len();
+        let plane = self
+            .spawn_host(i, client, Duration::ZERO)
+            .await
+            .expect("hollow host task")
+            .expect("hollow host");
+        self.hosts.push(plane);
+        let name = host_name(i);
+        let (keys, client) = (self.keys(), self.clients[0].clone());
+        crate::wait_for(
+            &format!("{name} to register"),
+            Duration::from_secs(30),
+            || {
+                let (key, client) = (keys.host(&name), client.clone());
+                async move {
+                    client
+                        .clone()
+                        .get(key, None)
+                        .await
+                        .ok()?
+                        .kvs()
+                        .first()
+                        .map(|_| ())
+                }
+            },
+        )
+        .await;
+        name
+    }
+
+    fn spawn_host(
+        &self,
+        i: usize,
+        client: etcd_client::Client,
+        start_delay: Duration,
+    ) -> tokio::task::JoinHandle<Result<agent::ControlPlane, String>> {
+        let host = HollowHost {
+            name: host_name(i),
+            address: format!("127.1.{}.{}", i / 250, i % 250 + 1),
+        };
+        tokio::spawn(agent::hollow::spawn(
+            client,
+            self.keys(),
+            host,
+            Duration::from_secs(10),
+            HollowRuntime::new(
+                start_delay + self.start_spread * (i % 20) as u32 / 20,
+                Script::Healthy,
+            ),
+            self.shutdown.subscribe(),
+        ))
+    }
+
+    /// Adds LBs until there are `total`: real nginx ones first (up to `real`), hollow ones after.
+    /// Waits until every one has registered.
+    pub async fn grow_lbs(&mut self, total: usize, real: usize) {
+        while self.lb_count() < total {
+            let n = self.lb_count();
+            let name = format!("lb-{n:02}");
+            if self.real_lbs.len() < real {
+                let nginx = Nginx::start();
+                let sidecar = SidecarProc::start(&self.etcd, &name, &nginx, "");
+                self.real_lbs.push((nginx, sidecar));
+            } else {
+                let config = self.hollow_lb_config(&name);
+                let client = self.clients[n % CLIENTS].clone();
+                let shutdown = self.shutdown.subscribe();
+                tokio::spawn(async move {
+                    if let Err(e) = lb_sidecar::run_hollow(config, client, shutdown).await {
+                        eprintln!("hollow LB failed: {e}");
+                    }
+                });
+                self.hollow_lbs += 1;
+            }
+        }
+        let keys = self.keys();
+        let client = self.clients[0].clone();
+        crate::wait_for(
+            &format!("{total} LBs to register"),
+            Duration::from_secs(120),
+            || at_least(&client, keys.lbs_prefix(), total),
+        )
+        .await;
+    }
+
+    fn hollow_lb_config(&self, name: &str) -> lb_sidecar::config::Config {
+        let loopback = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        lb_sidecar::config::Config {
+            etcd: Default::default(),
+            prefix: PREFIX.into(),
+            app: APP.into(),
+            name: name.into(),
+            listen: loopback(1),
+            preview_listen: loopback(2),
+            status_listen: loopback(3),
+            public_url: None,
+            lease_ttl: Duration::from_secs(5),
+            debounce: Duration::from_millis(200),
+            min_reload_interval: Duration::from_secs(1),
+            template: None,
+            nginx: lb_sidecar::config::NginxConfig {
+                binary: "nginx".into(),
+                main_config: "/nonexistent".into(),
+                include_file: "/nonexistent".into(),
+                pid_file: "/nonexistent".into(),
+                status_listen: loopback(4),
+            },
+            state_dir: self.dir.path().join(name),
+        }
+    }
+}
+
+impl Drop for HollowFleet {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        for plane in &self.hosts {
+            plane.feed.abort();
+        }
+    }
+}
+
+fn host_name(i: usize) -> String {
+    format!("hollow-{i:05}")
+}
+
+/// Some once at least `n` keys are under `prefix` (a count-only read).
+async fn at_least(client: &etcd_client::Client, prefix: String, n: usize) -> Option<()> {
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_count_only();
+    let resp = client.clone().get(prefix, Some(options)).await.ok()?;
+    (resp.count() as usize >= n).then_some(())
+}
+
+/// A spec for hollow apps (no smoke checks: nothing listens) and an artifact URL the coordinator
+/// can hash (hollow hosts never fetch it).
+pub fn hollow_spec(dir: &Path) -> (PathBuf, String) {
+    let path = dir.join("scale.toml");
+    let text = format!(
+        "app = \"{APP}\"\n[run]\ncommand = [\"./hollow\"]\n[health]\ninterval = \"1s\"\nstartup_timeout = \"60s\"\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    let artifact = dir.join("hollow.tar.gz");
+    std::fs::write(&artifact, b"hollow").unwrap();
+    (path, format!("file://{}", artifact.display()))
+}
+
+/// Runs the coordinator with `args` against `etcd` (an endpoint URL); panics with its output on
+/// failure. Returns the wall time, process start to exit.
+pub async fn coordinator(etcd: &str, args: &[&str]) -> Duration {
+    let started = Instant::now();
+    let out = tokio::process::Command::new(binary("coordinator"))
+        .env("BLUEGREEN_ETCD", etcd)
+        .env("BLUEGREEN_APP", APP)
+        .args(args)
+        .output()
+        .await
+        .expect("run coordinator");
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "coordinator {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}

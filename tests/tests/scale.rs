@@ -1,0 +1,133 @@
+//! The control plane's etcd traffic with a few hundred hollow hosts (the real agent and sidecar
+//! code over their in-memory seams, in this process), counted by a proxy in front of etcd. These
+//! are the faults that make a large fleet fall over, not speed figures (`bench-scale` has those):
+//! an agent that receives every other host's health, and a deploy that re-reads the whole app on
+//! every change.
+use bluegreen_tests::scale::{coordinator, hollow_spec, proxy, HollowFleet};
+use std::time::Duration;
+
+const HOSTS: usize = 300;
+
+/// Bytes of every key and value under `prefix` now.
+async fn stored_bytes(client: &etcd_client::Client, prefix: &str) -> u64 {
+    let snapshot = proto::watch::read_prefix(client, prefix).await.unwrap();
+    snapshot
+        .entries
+        .iter()
+        .map(|(k, v)| (k.len() + v.len()) as u64)
+        .sum()
+}
+
+/// A fleet of `HOSTS` hollow hosts and one hollow LB, serving v1 on blue.
+async fn serving_fleet(dir: &std::path::Path) -> (HollowFleet, std::path::PathBuf, String) {
+    let mut fleet = HollowFleet::start().await;
+    fleet.start_spread = Duration::from_secs(2);
+    fleet.grow_hosts(HOSTS, Duration::from_millis(300)).await;
+    fleet.grow_lbs(1, 0).await;
+    let (spec, artifact) = hollow_spec(dir);
+    deploy(&fleet, &fleet.etcd.endpoint, &spec, &artifact, "v1").await;
+    (fleet, spec, artifact)
+}
+
+async fn deploy(
+    fleet: &HollowFleet,
+    etcd: &str,
+    spec: &std::path::Path,
+    artifact: &str,
+    version: &str,
+) {
+    let _ = fleet;
+    let spec = spec.to_str().unwrap();
+    coordinator(
+        etcd,
+        &[
+            "deploy",
+            "--spec",
+            spec,
+            "--version",
+            version,
+            "--artifact",
+            artifact,
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_receives_its_releases_and_active_but_not_other_hosts_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut fleet, spec, artifact) = serving_fleet(dir.path()).await;
+    let upstream = fleet
+        .etcd
+        .endpoint
+        .trim_start_matches("http://")
+        .to_string();
+    let (through, counters) = proxy::start(upstream).await;
+    let client = etcd_client::Client::connect([format!("http://{through}")], None)
+        .await
+        .unwrap();
+    let observed = fleet.add_host_on(client).await;
+    // It joins a fleet serving v1 on blue, and must serve it too before the next deploy.
+    let admin = fleet.etcd.client().await;
+    let key = fleet.keys().health(&observed, proto::Color::Blue);
+    bluegreen_tests::wait_for(
+        &format!("{observed} to serve v1"),
+        Duration::from_secs(30),
+        || {
+            let (admin, key) = (admin.clone(), key.clone());
+            async move {
+                let resp = admin.clone().get(key.as_str(), None).await.ok()?;
+                let kv = resp.kvs().first()?;
+                let record: proto::records::HealthRecord =
+                    proto::records::decode(&key, kv.value()).ok()?;
+                proto::records::serves(Some(&record), "v1").then_some(())
+            }
+        },
+    )
+    .await;
+
+    let before = counters.now();
+    deploy(&fleet, &fleet.etcd.endpoint, &spec, &artifact, "v2").await;
+    deploy(&fleet, &fleet.etcd.endpoint, &spec, &artifact, "v3").await;
+    let received = counters.now().since(before).received;
+
+    let health = stored_bytes(&admin, &fleet.keys().health_prefix()).await;
+    eprintln!("{observed} received {received} bytes over two deploys; the fleet's health records alone are {health} bytes");
+    // Two deploys rewrite every host's health several times over; an agent that watched the
+    // app prefix received all of it (several times `health`). Its own keys, two releases and two
+    // switches are a small fraction of one copy.
+    assert!(
+        received < health / 2,
+        "{observed} received {received} bytes during two deploys, more than half of all the fleet's health records ({health} bytes): it follows other hosts' keys"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_reads_the_app_a_few_times_not_once_per_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, spec, artifact) = serving_fleet(dir.path()).await;
+    let upstream = fleet
+        .etcd
+        .endpoint
+        .trim_start_matches("http://")
+        .to_string();
+    let (through, counters) = proxy::start(upstream).await;
+
+    let admin = fleet.etcd.client().await;
+    let one_read = stored_bytes(&admin, fleet.keys().app_prefix()).await;
+    let before = counters.now();
+    deploy(&fleet, &format!("http://{through}"), &spec, &artifact, "v2").await;
+    let traffic = counters.now().since(before);
+    let reads = traffic.received as f64 / one_read as f64;
+    eprintln!(
+        "one deploy over {HOSTS} hosts: the coordinator received {} bytes in {} calls, {reads:.1} times the app's {one_read} bytes",
+        traffic.received, traffic.calls
+    );
+    // The waits read the app once each and then follow the watch's events: a handful of reads in
+    // all. Re-reading the app on every change is one read per batch of health reports, and the
+    // hosts here become healthy at 20 different moments.
+    assert!(
+        reads < 14.0,
+        "the coordinator received {reads:.1} times the app's size during one deploy: it re-reads the app on changes"
+    );
+}
