@@ -122,16 +122,25 @@ pub async fn hold_keys(
         );
         let mut dirty = true;
         let mut guard: Option<Guard> = None;
+        // What this session has written and etcd holds: a change rewrites only the keys whose
+        // value changed (one write per health change, not one per held key: at thousands of
+        // hosts every write is an fsync and an event to every watcher).
+        let mut in_etcd = BTreeMap::new();
+        let mut last_revision = 0;
         loop {
             if dirty {
                 let held = keys.borrow_and_update().clone();
-                match write_all(&client, session.lease_id(), &instance, &held, &mut repeats).await {
+                let lease = session.lease_id();
+                let written =
+                    write_all(&client, lease, &instance, &held, &mut in_etcd, &mut repeats);
+                match written.await {
                     Written::All(revision) => {
                         dirty = false;
                         conflict_logged = false;
+                        last_revision = last_revision.max(revision);
                         let watched: Vec<String> = held.iter().map(|h| h.key.clone()).collect();
                         if guard.as_ref().is_none_or(|g| g.keys != watched) {
-                            guard = Guard::open(&client, watched, revision + 1).await;
+                            guard = Guard::open(&client, watched, last_revision + 1).await;
                         }
                         if let Some(g) = guard.as_mut() {
                             g.remember(&held);
@@ -159,10 +168,20 @@ pub async fn hold_keys(
                     if changed.is_err() { return; }
                     dirty = true;
                 }
-                _ = retry => { dirty = true; }
+                _ = retry => {
+                    // Without a guard watch nothing says what etcd holds now: check every key.
+                    if guard.is_none() {
+                        in_etcd.clear();
+                    }
+                    dirty = true;
+                }
                 tampered = next_tamper(&mut guard) => {
-                    if let Some(key) = tampered {
-                        tracing::warn!(%key, "own key deleted or changed by someone else; writing it back");
+                    match tampered {
+                        Some(key) => {
+                            tracing::warn!(%key, "own key deleted or changed by someone else; writing it back");
+                            in_etcd.remove(&key);
+                        }
+                        None => in_etcd.clear(),
                     }
                     dirty = true;
                 }
@@ -277,15 +296,17 @@ enum Written {
     Failed,
 }
 
-/// Writes every key: claims first, so that a claim not held writes nothing else; then the leased
-/// keys, then the durable ones. A leased or durable key that fails does not keep the others from
-/// etcd (a role that lacks one key, e.g. a membership key added by a newer version, must not take
-/// the host's health down with it); it is retried with the next round.
+/// Writes every key not already in etcd with its value (`in_etcd`, updated here): claims first,
+/// so that a claim not held writes nothing else; then the leased keys, then the durable ones. A
+/// leased or durable key that fails does not keep the others from etcd (a role that lacks one
+/// key, e.g. a membership key added by a newer version, must not take the host's health down
+/// with it); it is retried with the next round.
 async fn write_all(
     client: &Client,
     lease_id: i64,
     instance: &str,
     held: &[HeldKey],
+    in_etcd: &mut BTreeMap<String, String>,
     repeats: &mut crate::repeats::Repeats,
 ) -> Written {
     let mut ordered: Vec<&HeldKey> = Vec::new();
@@ -295,13 +316,19 @@ async fn write_all(
     let mut revision = 0;
     let mut failed = false;
     for h in ordered {
+        if in_etcd.get(&h.key) == Some(&h.value) {
+            continue;
+        }
         let written = match h.hold {
             Hold::Claim => claim(client, lease_id, instance, h).await,
             Hold::Leased => put(client, h, Some(lease_id)).await,
             Hold::Durable => put(client, h, None).await,
         };
         match written {
-            Ok(Ok(rev)) => revision = revision.max(rev),
+            Ok(Ok(rev)) => {
+                revision = revision.max(rev);
+                in_etcd.insert(h.key.clone(), h.value.clone());
+            }
             // Raced with a deletion or a concurrent claim: the next round decides.
             Ok(Err(holder)) if holder.is_empty() => return Written::Failed,
             Ok(Err(holder)) => return Written::Conflict(h.key.clone(), holder),

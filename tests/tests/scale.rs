@@ -131,3 +131,27 @@ async fn a_deploy_reads_the_app_a_few_times_not_once_per_change() {
         "the coordinator received {reads:.1} times the app's size during one deploy: it re-reads the app on changes"
     );
 }
+
+/// etcd's current revision.
+async fn revision(client: &etcd_client::Client) -> i64 {
+    let resp = client.clone().get("/", None).await.unwrap();
+    resp.header().unwrap().revision()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_health_change_rewrites_one_key_not_every_key_the_agent_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, spec, artifact) = serving_fleet(dir.path()).await;
+    let admin = fleet.etcd.client().await;
+    let before = revision(&admin).await;
+    deploy(&fleet, &fleet.etcd.endpoint, &spec, &artifact, "v2").await;
+    let per_host = (revision(&admin).await - before) as f64 / HOSTS as f64;
+    eprintln!("one deploy over {HOSTS} hosts: {per_host:.1} etcd writes per host");
+    // A deploy changes a host's staged color a few times (fetching, starting, healthy). Each
+    // change rewrote all four keys an agent holds (its claim, membership and both colors'
+    // health): every write is an fsync in etcd and an event to every watcher of the app.
+    assert!(
+        per_host < 6.0,
+        "{per_host:.1} etcd writes per host for one deploy: agents rewrite keys that did not change"
+    );
+}

@@ -237,7 +237,8 @@ pub fn hollow_spec(dir: &Path) -> (PathBuf, String) {
 }
 
 /// Runs the coordinator with `args` against `etcd` (an endpoint URL); panics with its output on
-/// failure. Returns the wall time, process start to exit.
+/// failure. Returns the wall time, process start to exit (with `BENCH_SHOW` set, its progress
+/// lines go to stderr).
 pub async fn coordinator(etcd: &str, args: &[&str]) -> Duration {
     let started = Instant::now();
     let out = tokio::process::Command::new(binary("coordinator"))
@@ -248,6 +249,13 @@ pub async fn coordinator(etcd: &str, args: &[&str]) -> Duration {
         .await
         .expect("run coordinator");
     let took = started.elapsed();
+    if std::env::var_os("BENCH_SHOW").is_some() {
+        eprintln!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     assert!(
         out.status.success(),
         "coordinator {args:?}: {}{}",
