@@ -92,7 +92,4 @@ fn bounded_error(error: &str) -> String {
     format!("{}… ({} bytes, cut)", &error[..end], error.len())
 }
 
-/// Resolves once the shutdown flag is set (or its sender is gone), holding no lock across awaits.
-pub async fn shutdown_requested(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await.map(|_| ());
-}
+pub use proto::daemon::shutdown_requested;

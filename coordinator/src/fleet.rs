@@ -106,7 +106,7 @@ pub async fn wait_healthy<S: Store>(
 ) -> Result<Result<(), Failures>, CoordinatorError> {
     let deadline = Instant::now() + timeout;
     let mut shown: BTreeMap<String, String> = BTreeMap::new();
-    let mut status = store.read().await?;
+    let mut status = store.latest().await?;
     loop {
         for host in hosts {
             let (state, error) = host_progress(&status, host, color, version);
@@ -115,17 +115,20 @@ pub async fn wait_healthy<S: Store>(
                 shown.insert(host.clone(), state);
             }
         }
-        match staging(&status, hosts, color, version) {
-            Staging::Ready => return Ok(Ok(())),
-            Staging::Failed(failed) => return Ok(Err(failed)),
-            Staging::Pending(pending) if Instant::now() >= deadline => {
-                return Ok(Err(pending
-                    .into_iter()
-                    .map(|(h, s)| (h, format!("not healthy at {version} in time: {s}")))
-                    .collect()))
+        let verdict = match staging(&status, hosts, color, version) {
+            Staging::Ready => Ok(()),
+            Staging::Failed(failed) => Err(failed),
+            Staging::Pending(pending) if Instant::now() >= deadline => Err(pending
+                .into_iter()
+                .map(|(h, s)| (h, format!("not healthy at {version} in time: {s}")))
+                .collect()),
+            Staging::Pending(_) => {
+                store.follow(&mut status, deadline).await?;
+                continue;
             }
-            Staging::Pending(_) => store.follow(&mut status, deadline).await?,
-        }
+        };
+        store.remember(status);
+        return Ok(verdict);
     }
 }
 
@@ -137,13 +140,16 @@ pub async fn wait_acks<S: Store>(
     timeout: Duration,
 ) -> Result<Result<BTreeMap<String, LbRecord>, String>, CoordinatorError> {
     let deadline = Instant::now() + timeout;
-    let mut status = store.read().await?;
+    let mut status = store.latest().await?;
     loop {
         let missing = missing_acks(&status, lbs, revision);
         if missing.is_empty() {
-            return Ok(Ok(status.lbs));
+            let acks = status.lbs.clone();
+            store.remember(status);
+            return Ok(Ok(acks));
         }
         if Instant::now() >= deadline {
+            store.remember(status);
             return Ok(Err(missing.join("; ")));
         }
         store.follow(&mut status, deadline).await?;
@@ -160,7 +166,7 @@ pub async fn watch_serving<S: Store>(
     duration: Duration,
 ) -> Result<Result<(), String>, CoordinatorError> {
     let end = Instant::now() + duration;
-    let mut status = store.read().await?;
+    let mut status = store.latest().await?;
     loop {
         for host in hosts {
             let h = status.health_of(host, color);
@@ -172,10 +178,13 @@ pub async fn watch_serving<S: Store>(
                         h.error.clone().unwrap_or_default()
                     )
                 });
-                return Ok(Err(format!("{host} {color}: {}", what.trim_end())));
+                let why = format!("{host} {color}: {}", what.trim_end());
+                store.remember(status);
+                return Ok(Err(why));
             }
         }
         if Instant::now() >= end {
+            store.remember(status);
             return Ok(Ok(()));
         }
         store.follow(&mut status, end).await?;

@@ -34,6 +34,12 @@ pub trait Store {
     ) -> Result<i64, CoordinatorError>;
     /// Appends an immutable, fenced history record; returns its revision.
     async fn append_history(&self, record: &HistoryRecord) -> Result<i64, CoordinatorError>;
+    /// The newest status this store has read or been handed back by a wait, taken (a fresh read
+    /// when there is none). Waits start here: the watch replays everything after its revision,
+    /// so a wait right after a read or another wait does not read the whole app again.
+    async fn latest(&self) -> Result<AppStatus, CoordinatorError>;
+    /// Hands a status back when a wait ends, for the next wait to start from.
+    fn remember(&self, status: AppStatus);
     /// Brings `status` up to date with what changed after its revision, once anything has, or
     /// returns it unchanged at `deadline`. Waits are driven by this: a watch whose events are
     /// applied to the status in hand, never a re-read of the app per change or per tick (at
@@ -56,6 +62,8 @@ pub struct EtcdStore<'a> {
     pub lock: &'a DeployLock,
     /// The app's watch, kept open across waits and resumed where the last one stopped.
     watch: tokio::sync::Mutex<Option<PrefixWatch>>,
+    /// See [`Store::latest`].
+    latest: std::sync::Mutex<Option<AppStatus>>,
 }
 
 impl<'a> EtcdStore<'a> {
@@ -65,6 +73,7 @@ impl<'a> EtcdStore<'a> {
             keys,
             lock,
             watch: tokio::sync::Mutex::new(None),
+            latest: std::sync::Mutex::new(None),
         }
     }
 
@@ -107,7 +116,21 @@ impl Store for EtcdStore<'_> {
         let read = proto::retry::transient("read the app", self.retry_until(), |_| {
             status::read(self.client, self.keys)
         });
-        Ok(read.await?)
+        let status = read.await?;
+        self.remember(status.clone());
+        Ok(status)
+    }
+
+    async fn latest(&self) -> Result<AppStatus, CoordinatorError> {
+        let taken = self.latest.lock().unwrap().take();
+        match taken {
+            Some(status) => Ok(status),
+            None => self.read().await,
+        }
+    }
+
+    fn remember(&self, status: AppStatus) {
+        *self.latest.lock().unwrap() = Some(status);
     }
 
     async fn put(

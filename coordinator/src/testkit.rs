@@ -326,6 +326,12 @@ impl Store for MemoryStore {
         Ok(self.bump(&mut inner))
     }
 
+    async fn latest(&self) -> Result<AppStatus, CoordinatorError> {
+        self.read().await
+    }
+
+    fn remember(&self, _status: AppStatus) {}
+
     async fn follow(
         &self,
         status: &mut AppStatus,

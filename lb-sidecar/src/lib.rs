@@ -46,7 +46,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let mut server_shutdown = shutdown.clone();
     let server = axum::serve(listener, metrics::router(metrics.clone())).with_graceful_shutdown(
         async move {
-            let _ = server_shutdown.wait_for(|s| *s).await.map(|_| ());
+            proto::daemon::shutdown_requested(&mut server_shutdown).await;
         },
     );
     tokio::spawn(async move { server.await });
@@ -208,7 +208,7 @@ impl<N: NginxControl> Follower<N> {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 },
-                _ = shutdown_requested(&mut shutdown) => return,
+                _ = proto::daemon::shutdown_requested(&mut shutdown) => return,
             }
         };
         let mut debounce_until: Option<Instant> = None;
@@ -277,7 +277,7 @@ impl<N: NginxControl> Follower<N> {
                     }
                     retry.after(self.failed);
                 }
-                _ = shutdown_requested(&mut shutdown) => return,
+                _ = proto::daemon::shutdown_requested(&mut shutdown) => return,
             }
         }
     }
@@ -391,10 +391,4 @@ impl<N: NginxControl> Follower<N> {
         let _ = self.ack_tx.send(vec![self.alive.clone(), ack_key]);
         self.ack = Some(LbRecord { error: None, ..ack });
     }
-}
-
-/// Resolves once `shutdown` turns true (or its sender is gone). The borrow of the value ends
-/// here, so the futures that select on it stay `Send` (hollow LBs run as spawned tasks).
-async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
 }

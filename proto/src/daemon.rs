@@ -33,3 +33,9 @@ pub fn shutdown_on_signal() -> watch::Receiver<bool> {
     });
     rx
 }
+
+/// Resolves once the shutdown flag is set (or its sender is gone). The borrow of the flag ends
+/// here, so futures that select on it stay `Send` and can be spawned.
+pub async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}

@@ -114,7 +114,7 @@ pub async fn hold_keys(
     loop {
         let session = tokio::select! {
             s = grant(&client, ttl) => s,
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = crate::daemon::shutdown_requested(&mut shutdown) => return,
         };
         tracing::info!(
             lease_id = session.lease_id(),
@@ -127,6 +127,11 @@ pub async fn hold_keys(
         // hosts every write is an fsync and an event to every watcher).
         let mut in_etcd = BTreeMap::new();
         let mut last_revision = 0;
+        // The keys and values last written in full, and how long to wait before reopening a
+        // guard watch that could not be opened (an overloaded etcd must not be answered with
+        // more load: before, every holder without a guard rewrote every key every 5 s).
+        let mut held_last: Vec<HeldKey> = Vec::new();
+        let mut reopen_delay = GUARD_REOPEN_MIN;
         loop {
             if dirty {
                 let held = keys.borrow_and_update().clone();
@@ -145,6 +150,7 @@ pub async fn hold_keys(
                         if let Some(g) = guard.as_mut() {
                             g.remember(&held);
                         }
+                        held_last = held;
                     }
                     Written::Conflict(key, holder) => {
                         if !conflict_logged {
@@ -158,8 +164,7 @@ pub async fn hold_keys(
             let retry = tokio::time::sleep(if dirty {
                 Duration::from_millis(500)
             } else if guard.is_none() {
-                // No guard watch: re-check our keys now and then instead.
-                Duration::from_secs(5)
+                reopen_delay
             } else {
                 Duration::from_secs(86_400)
             });
@@ -168,28 +173,43 @@ pub async fn hold_keys(
                     if changed.is_err() { return; }
                     dirty = true;
                 }
-                _ = retry => {
-                    // Without a guard watch nothing says what etcd holds now: check every key.
-                    if guard.is_none() {
-                        in_etcd.clear();
+                _ = retry, if dirty || guard.is_none() => {
+                    if dirty {
+                        continue; // the write is retried at the top
                     }
-                    dirty = true;
+                    // Resume the guard where the last write left off: etcd replays anything
+                    // written to our keys since, so nothing needs rewriting.
+                    let watched: Vec<String> = held_last.iter().map(|h| h.key.clone()).collect();
+                    guard = Guard::open(&client, watched, last_revision + 1).await;
+                    match guard.as_mut() {
+                        Some(g) => {
+                            g.remember(&held_last);
+                            reopen_delay = GUARD_REOPEN_MIN;
+                        }
+                        None => reopen_delay = (reopen_delay * 2).min(GUARD_REOPEN_MAX),
+                    }
                 }
                 tampered = next_tamper(&mut guard) => {
                     match tampered {
-                        Some(key) => {
+                        Tamper::Key(key) => {
                             tracing::warn!(%key, "own key deleted or changed by someone else; writing it back");
                             in_etcd.remove(&key);
+                            dirty = true;
                         }
-                        None => in_etcd.clear(),
+                        // Reopened from the last write's revision after a pause.
+                        Tamper::Broken => {}
+                        // What happened to our keys since the last write is gone: check them all.
+                        Tamper::Compacted => {
+                            in_etcd.clear();
+                            dirty = true;
+                        }
                     }
-                    dirty = true;
                 }
                 lost = session.lost() => {
                     tracing::warn!(error = %lost, "lease lost; writing every key again under a new one");
                     break;
                 }
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = crate::daemon::shutdown_requested(&mut shutdown) => return,
             }
         }
     }
@@ -244,14 +264,32 @@ impl Guard {
     }
 }
 
-/// Resolves with a key whose value in etcd is no longer ours (`None` when the guard broke and
-/// every key should be checked by a rewrite). Pending forever without a guard.
-async fn next_tamper(guard: &mut Option<Guard>) -> Option<String> {
+/// What the guard watch saw.
+enum Tamper {
+    /// A key whose value in etcd is no longer ours.
+    Key(String),
+    /// The watch broke; it can resume from the last write's revision.
+    Broken,
+    /// The watch cannot resume (its revision was compacted, or etcd cancelled it).
+    Compacted,
+}
+
+/// Bounds of the pause before a guard watch that broke or could not be opened is reopened.
+const GUARD_REOPEN_MIN: Duration = Duration::from_secs(5);
+const GUARD_REOPEN_MAX: Duration = Duration::from_secs(60);
+
+/// Resolves with what the guard saw; the guard is dropped when it broke. Pending forever
+/// without a guard.
+async fn next_tamper(guard: &mut Option<Guard>) -> Tamper {
     let Some(g) = guard.as_mut() else {
         return std::future::pending().await;
     };
     loop {
         match g.stream.message().await {
+            Ok(Some(message)) if message.compact_revision() > 0 || message.canceled() => {
+                *guard = None;
+                return Tamper::Compacted;
+            }
             Ok(Some(message)) => {
                 for event in message.events() {
                     let Some(kv) = event.kv() else { continue };
@@ -261,13 +299,13 @@ async fn next_tamper(guard: &mut Option<Guard>) -> Option<String> {
                         EventType::Put => !g.is_ours(&key, kv.value()),
                     };
                     if foreign {
-                        return Some(key);
+                        return Tamper::Key(key);
                     }
                 }
             }
             Ok(None) | Err(_) => {
                 *guard = None;
-                return None;
+                return Tamper::Broken;
             }
         }
     }

@@ -65,12 +65,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Largest resident set of any child that has exited so far (the coordinator runs), in KiB.
-fn children_max_rss_kib() -> i64 {
-    use nix::sys::resource::{getrusage, UsageWho};
-    getrusage(UsageWho::RUSAGE_CHILDREN).map_or(0, |u| u.max_rss())
-}
-
 /// Every `<field>=<ms>` a sidecar logged in its "reload timings" lines.
 fn logged_ms(log: &str, field: &str) -> Vec<f64> {
     let marker = format!("{field}=");
@@ -226,9 +220,19 @@ async fn main() {
             version += 1;
             let v = format!("v{version}");
             let before = counters.now();
+            let etcd_pid = fleet.etcd.pid().expect("etcd runs");
+            let cpu_before = (metrics::cpu_seconds(etcd_pid), metrics::cpu_seconds(me));
             let args = deploy_args(&v);
             let deploy =
                 coordinator(&etcd, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+            let mut coordinator_kib = deploy.peak_rss_kib;
+            let cpu = format!(
+                "etcd {:.1}, hollow fleet {:.1}, coordinator {:.1} CPU-s",
+                metrics::cpu_seconds(etcd_pid) - cpu_before.0,
+                metrics::cpu_seconds(me) - cpu_before.1,
+                deploy.cpu_seconds
+            );
+            let deploy = deploy.took;
             let traffic = counters.now().since(before);
             if !steady_measured {
                 steady_state(&fleet, hosts, Duration::from_secs(10)).await;
@@ -236,9 +240,14 @@ async fn main() {
             }
             let mut rollbacks = Vec::new();
             for _ in 0..o.rollbacks {
-                rollbacks.push(coordinator(&etcd, &["rollback"]).await);
+                let run = coordinator(&etcd, &["rollback"]).await;
+                coordinator_kib = coordinator_kib.max(run.peak_rss_kib);
+                rollbacks.push(run.took);
             }
             rollbacks.sort();
+            let status = coordinator(&etcd, &["status", "--output", "json"])
+                .await
+                .took;
             let logs: Vec<String> = fleet.real_lbs.iter().map(|(_, s)| s.log()).collect();
             let switch_ms = median(logs.iter().flat_map(|l| logged_ms(l, "done_ms")).collect());
             let validated_ms = median(
@@ -258,10 +267,16 @@ async fn main() {
                 traffic.received as f64 / hosts as f64,
                 traffic.calls,
                 traffic.received as f64 / 1024.0,
-                children_max_rss_kib() as f64 / 1024.0,
+                coordinator_kib as f64 / 1024.0,
                 agent_kib,
                 switch_ms,
                 validated_ms,
+            );
+            println!(
+                "         deploy {:.1} s used {cpu} of {:.1} on 2 cores; `status` {:.0} ms",
+                deploy.as_secs_f64(),
+                deploy.as_secs_f64() * 2.0,
+                ms(status)
             );
         }
         let sidecar_mib: Vec<String> = fleet

@@ -236,31 +236,56 @@ pub fn hollow_spec(dir: &Path) -> (PathBuf, String) {
     (path, format!("file://{}", artifact.display()))
 }
 
+/// What one coordinator run took.
+pub struct Run {
+    /// Process start to exit.
+    pub took: Duration,
+    /// Its peak resident set (VmHWM, sampled every 10 ms while it runs), in KiB.
+    pub peak_rss_kib: u64,
+    /// CPU seconds it used, as of its last sample.
+    pub cpu_seconds: f64,
+}
+
 /// Runs the coordinator with `args` against `etcd` (an endpoint URL); panics with its output on
-/// failure. Returns the wall time, process start to exit (with `BENCH_SHOW` set, its progress
-/// lines go to stderr).
-pub async fn coordinator(etcd: &str, args: &[&str]) -> Duration {
+/// failure. With `BENCH_SHOW` set, its progress lines go to stderr.
+pub async fn coordinator(etcd: &str, args: &[&str]) -> Run {
     let started = Instant::now();
-    let out = tokio::process::Command::new(binary("coordinator"))
+    let mut child = tokio::process::Command::new(binary("coordinator"))
         .env("BLUEGREEN_ETCD", etcd)
         .env("BLUEGREEN_APP", APP)
         .args(args)
-        .output()
-        .await
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
         .expect("run coordinator");
+    let pid = child.id().expect("coordinator pid");
+    let (mut peak_rss_kib, mut cpu_seconds) = (0, 0.0);
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let read_out = tokio::io::AsyncReadExt::read_to_end(&mut stdout, &mut out);
+    let read_err = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut err);
+    let exited = async {
+        loop {
+            peak_rss_kib = peak_rss_kib.max(crate::hwm_kib(pid).unwrap_or(0));
+            cpu_seconds = f64::max(cpu_seconds, metrics::cpu_seconds(pid));
+            tokio::select! {
+                status = child.wait() => return status.expect("coordinator exit"),
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {} // the sampling period
+            }
+        }
+    };
+    let (status, _, _) = tokio::join!(exited, read_out, read_err);
     let took = started.elapsed();
+    let (out, err) = (String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
     if std::env::var_os("BENCH_SHOW").is_some() {
-        eprintln!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        eprintln!("{out}{err}");
     }
-    assert!(
-        out.status.success(),
-        "coordinator {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    took
+    assert!(status.success(), "coordinator {args:?}: {out}{err}");
+    Run {
+        took,
+        peak_rss_kib,
+        cpu_seconds,
+    }
 }
