@@ -52,21 +52,40 @@ pub fn host_progress(
     }
 }
 
+/// Where one host stands in staging.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostStaging {
+    Ready,
+    /// It reported the release `failed`, with its error.
+    Failed(String),
+    /// Still on its way, with what it reports.
+    Pending(String),
+}
+
+/// Judges one host's staging of `color` at `version`.
+pub fn judge(status: &AppStatus, host: &str, color: Color, version: &str) -> HostStaging {
+    let record = status.health_of(host, color);
+    if serves(record, version) {
+        return HostStaging::Ready;
+    }
+    let (state, error) = host_progress(status, host, color, version);
+    match record {
+        Some(h) if h.version == version && h.state == HealthState::Failed => {
+            HostStaging::Failed(error)
+        }
+        _ => HostStaging::Pending(state),
+    }
+}
+
 /// Judges staging of `color` at `version` on `hosts`.
 pub fn staging(status: &AppStatus, hosts: &[String], color: Color, version: &str) -> Staging {
     let mut pending = Vec::new();
     let mut failed = Vec::new();
     for host in hosts {
-        let record = status.health_of(host, color);
-        if serves(record, version) {
-            continue;
-        }
-        let (state, error) = host_progress(status, host, color, version);
-        match record {
-            Some(h) if h.version == version && h.state == HealthState::Failed => {
-                failed.push((host.clone(), error))
-            }
-            _ => pending.push((host.clone(), state)),
+        match judge(status, host, color, version) {
+            HostStaging::Ready => {}
+            HostStaging::Failed(error) => failed.push((host.clone(), error)),
+            HostStaging::Pending(state) => pending.push((host.clone(), state)),
         }
     }
     match (failed.is_empty(), pending.is_empty()) {
@@ -96,6 +115,9 @@ pub fn missing_acks(status: &AppStatus, lbs: &[String], revision: i64) -> Vec<St
 
 /// Waits until every host in `hosts` serves `color` at `version`. Err as soon as one reports
 /// `failed`, or with every laggard at the deadline. Progress is shown per host as it changes.
+/// Each change re-judges only the hosts not yet seen ready (at thousands of hosts, re-judging
+/// all of them on every batch of events was the coordinator's main CPU cost), and once none is
+/// left one full pass confirms that no host regressed meanwhile.
 pub async fn wait_healthy<S: Store>(
     store: &S,
     hosts: &[String],
@@ -107,29 +129,43 @@ pub async fn wait_healthy<S: Store>(
     let deadline = Instant::now() + timeout;
     let mut shown: BTreeMap<String, String> = BTreeMap::new();
     let mut status = store.latest().await?;
-    loop {
-        for host in hosts {
-            let (state, error) = host_progress(&status, host, color, version);
-            if shown.get(host) != Some(&state) {
-                progress.event("stage", Some(host), &state, &error);
+    let mut pending: Vec<String> = hosts.to_vec();
+    let verdict = loop {
+        let mut waiting = Vec::new();
+        let mut failed = Vec::new();
+        for host in pending {
+            let (state, error) = host_progress(&status, &host, color, version);
+            if shown.get(&host) != Some(&state) {
+                progress.event("stage", Some(&host), &state, &error);
                 shown.insert(host.clone(), state);
             }
+            match judge(&status, &host, color, version) {
+                HostStaging::Ready => {}
+                HostStaging::Failed(error) => failed.push((host, error)),
+                HostStaging::Pending(state) => waiting.push((host, state)),
+            }
         }
-        let verdict = match staging(&status, hosts, color, version) {
-            Staging::Ready => Ok(()),
-            Staging::Failed(failed) => Err(failed),
-            Staging::Pending(pending) if Instant::now() >= deadline => Err(pending
+        if !failed.is_empty() {
+            break Err(failed);
+        }
+        if waiting.is_empty() {
+            match staging(&status, hosts, color, version) {
+                Staging::Ready => break Ok(()),
+                Staging::Failed(failed) => break Err(failed),
+                Staging::Pending(regressed) => waiting = regressed,
+            }
+        }
+        if Instant::now() >= deadline {
+            break Err(waiting
                 .into_iter()
                 .map(|(h, s)| (h, format!("not healthy at {version} in time: {s}")))
-                .collect()),
-            Staging::Pending(_) => {
-                store.follow(&mut status, deadline).await?;
-                continue;
-            }
-        };
-        store.remember(status);
-        return Ok(verdict);
-    }
+                .collect());
+        }
+        pending = waiting.into_iter().map(|(host, _)| host).collect();
+        store.follow(&mut status, deadline).await?;
+    };
+    store.remember(status);
+    Ok(verdict)
 }
 
 /// Waits until every LB in `lbs` acks `revision` (or later). Err names the LBs that did not.

@@ -135,6 +135,17 @@ pub async fn hold_keys(
         loop {
             if dirty {
                 let held = keys.borrow_and_update().clone();
+                // The guard opens before the write, at etcd's current revision, and knows the
+                // values about to be written: their echoes are ours. (Opened after the write, from
+                // its revision, it would start in the past and have to catch up inside etcd: at
+                // thousands of holders that stalls etcd's apply loop.)
+                let watched: Vec<String> = held.iter().map(|h| h.key.clone()).collect();
+                if guard.as_ref().is_none_or(|g| g.keys != watched) {
+                    guard = Guard::open(&client, watched, None).await;
+                }
+                if let Some(g) = guard.as_mut() {
+                    g.remember(&held);
+                }
                 let lease = session.lease_id();
                 let written =
                     write_all(&client, lease, &instance, &held, &mut in_etcd, &mut repeats);
@@ -143,13 +154,6 @@ pub async fn hold_keys(
                         dirty = false;
                         conflict_logged = false;
                         last_revision = last_revision.max(revision);
-                        let watched: Vec<String> = held.iter().map(|h| h.key.clone()).collect();
-                        if guard.as_ref().is_none_or(|g| g.keys != watched) {
-                            guard = Guard::open(&client, watched, last_revision + 1).await;
-                        }
-                        if let Some(g) = guard.as_mut() {
-                            g.remember(&held);
-                        }
                         held_last = held;
                     }
                     Written::Conflict(key, holder) => {
@@ -180,7 +184,7 @@ pub async fn hold_keys(
                     // Resume the guard where the last write left off: etcd replays anything
                     // written to our keys since, so nothing needs rewriting.
                     let watched: Vec<String> = held_last.iter().map(|h| h.key.clone()).collect();
-                    guard = Guard::open(&client, watched, last_revision + 1).await;
+                    guard = Guard::open(&client, watched, Some(last_revision + 1)).await;
                     match guard.as_mut() {
                         Some(g) => {
                             g.remember(&held_last);
@@ -224,9 +228,15 @@ struct Guard {
 }
 
 impl Guard {
-    async fn open(client: &Client, keys: Vec<String>, from: i64) -> Option<Guard> {
+    /// Watches `keys` from revision `from`, or from etcd's current revision with `None`.
+    async fn open(client: &Client, keys: Vec<String>, from: Option<i64>) -> Option<Guard> {
         let mut c = client.clone();
-        let options = || Some(WatchOptions::new().with_start_revision(from));
+        let options = || {
+            Some(match from {
+                Some(revision) => WatchOptions::new().with_start_revision(revision),
+                None => WatchOptions::new(),
+            })
+        };
         let first = keys.first()?.clone();
         let open = async {
             let mut stream = c.watch(first.as_str(), options()).await?;

@@ -127,9 +127,55 @@ impl PrefixWatch {
         client: &Client,
         prefix: &str,
     ) -> Result<(Snapshot, PrefixWatch), ProtoError> {
-        let snapshot = read_prefix(client, prefix).await?;
-        let watch = PrefixWatch::from_revision(client, prefix, snapshot.revision + 1);
+        let mut watch = PrefixWatch::from_revision(client, prefix, 0);
+        let snapshot = watch.watch_then_read().await?;
         Ok((snapshot, watch))
+    }
+
+    /// Opens the watch at etcd's current revision, then reads the prefix; events the read
+    /// already holds are skipped by [`PrefixWatch::next`]. The other order (read, then watch
+    /// from the read's revision) creates a watcher that starts in the past and must catch up from
+    /// etcd's backend, under the lock etcd's apply loop needs: thousands of them at once (hollow
+    /// hosts starting or re-reading together) stalled etcd past its lease renewals.
+    async fn watch_then_read(&mut self) -> Result<Snapshot, ProtoError> {
+        self.next_revision = 0;
+        self.stream = None;
+        let mut stream = self.open().await?;
+        let what = || format!("watch {}", self.prefix);
+        let created = async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(m)) if m.canceled() => {
+                        return Err(ProtoError::WatchCanceled {
+                            prefix: self.prefix.clone(),
+                            reason: m.cancel_reason().to_string(),
+                        })
+                    }
+                    Ok(Some(m)) if m.created() => return Ok(()),
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {
+                        return Err(ProtoError::WatchCanceled {
+                            prefix: self.prefix.clone(),
+                            reason: "closed before it was created".into(),
+                        })
+                    }
+                    Err(e) => return Err(ProtoError::etcd(what(), e)),
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(5), created).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(ProtoError::WatchCanceled {
+                    prefix: self.prefix.clone(),
+                    reason: "not created within 5s".into(),
+                })
+            }
+        }
+        let snapshot = read_prefix(&self.client, &self.prefix).await?;
+        self.stream = Some(stream);
+        self.next_revision = snapshot.revision + 1;
+        Ok(snapshot)
     }
 
     /// A watch that delivers every change from `revision` on (inclusive).
@@ -177,11 +223,14 @@ impl PrefixWatch {
                     tracing::warn!(prefix = %self.prefix, revision = self.next_revision, breaks = self.broken_in_row, ?delay, "etcd watch broken, resuming");
                     tokio::time::sleep(delay).await;
                     if self.broken_in_row >= RELIST_AFTER_BREAKS {
-                        if let Ok(snapshot) = read_prefix(&self.client, &self.prefix).await {
-                            tracing::warn!(prefix = %self.prefix, revision = snapshot.revision, "watch kept breaking at the same revision; re-read the prefix instead");
-                            self.broken_in_row = 0;
-                            self.next_revision = snapshot.revision + 1;
-                            return Ok(WatchEvent::Resync(snapshot));
+                        let resume_from = self.next_revision;
+                        match self.watch_then_read().await {
+                            Ok(snapshot) => {
+                                tracing::warn!(prefix = %self.prefix, revision = snapshot.revision, "watch kept breaking at the same revision; re-read the prefix instead");
+                                self.broken_in_row = 0;
+                                return Ok(WatchEvent::Resync(snapshot));
+                            }
+                            Err(_) => self.next_revision = resume_from,
                         }
                     }
                     continue;
@@ -189,18 +238,18 @@ impl PrefixWatch {
             };
             if message.compact_revision() > 0 {
                 tracing::warn!(prefix = %self.prefix, compacted = message.compact_revision(), "watch revision compacted, re-reading");
-                self.stream = None;
-                let snapshot = match read_prefix(&self.client, &self.prefix).await {
-                    Ok(s) => s,
+                let resume_from = self.next_revision;
+                match self.watch_then_read().await {
+                    Ok(snapshot) => return Ok(WatchEvent::Resync(snapshot)),
                     Err(e) => {
                         tracing::warn!(prefix = %self.prefix, error = %e, "re-read after compaction failed, retrying");
-                        tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(2))).await;
                         // Force another compaction answer (or success) on the next open.
+                        self.next_revision = resume_from;
+                        self.stream = None;
+                        tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(2))).await;
                         continue;
                     }
-                };
-                self.next_revision = snapshot.revision + 1;
-                return Ok(WatchEvent::Resync(snapshot));
+                }
             }
             if message.canceled() {
                 self.stream = None;
@@ -212,7 +261,7 @@ impl PrefixWatch {
             if message.events().is_empty() {
                 continue; // created / progress notifications
             }
-            let changes: Vec<Change> = message
+            let mut changes: Vec<Change> = message
                 .events()
                 .iter()
                 .filter_map(|ev| {
@@ -227,6 +276,11 @@ impl PrefixWatch {
                     })
                 })
                 .collect();
+            // Already delivered, or held by the read a watch-then-read started with.
+            changes.retain(|c| c.mod_revision >= self.next_revision);
+            if changes.is_empty() {
+                continue;
+            }
             let revision = changes
                 .iter()
                 .map(|c| c.mod_revision)
@@ -237,10 +291,12 @@ impl PrefixWatch {
         }
     }
 
+    /// Opens the stream from `next_revision` (0: from etcd's current revision).
     async fn open(&mut self) -> Result<WatchStream, ProtoError> {
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(self.next_revision);
+        let mut options = WatchOptions::new().with_prefix();
+        if self.next_revision > 0 {
+            options = options.with_start_revision(self.next_revision);
+        }
         let mut client = self
             .client
             .watch_client()
