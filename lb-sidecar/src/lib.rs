@@ -198,7 +198,7 @@ impl<N: NginxControl> Follower<N> {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut watch = loop {
             tokio::select! {
-                started = PrefixWatch::start(&self.client, self.keys.app_prefix()) => match started {
+                started = self.watch_view() => match started {
                     Ok((snapshot, watch)) => {
                         self.resync(snapshot).await;
                         break watch;
@@ -257,7 +257,7 @@ impl<N: NginxControl> Follower<N> {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "watch canceled; re-reading");
-                        if let Ok((snapshot, w)) = PrefixWatch::start(&self.client, self.keys.app_prefix()).await {
+                        if let Ok((snapshot, w)) = self.watch_view().await {
                             watch = w;
                             self.resync(snapshot).await;
                         }
@@ -280,6 +280,12 @@ impl<N: NginxControl> Follower<N> {
                 _ = proto::daemon::shutdown_requested(&mut shutdown) => return,
             }
         }
+    }
+
+    /// Reads and watches the keys this LB renders from (see `Keys::lb_view_range`).
+    async fn watch_view(&self) -> Result<(proto::watch::Snapshot, PrefixWatch), proto::ProtoError> {
+        let (from, end) = self.keys.lb_view_range();
+        PrefixWatch::start_range(&self.client, &from, &end).await
     }
 
     /// Rebuilds the state from a full read (start, compaction) and applies it.

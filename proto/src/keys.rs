@@ -115,6 +115,15 @@ impl Keys {
         format!("{}lb-alive/{name}", self.base)
     }
 
+    /// The range an LB renders from, `[active, lb-alive/)`: `active`, `health/` and `hosts/`,
+    /// with only low-volume keys between them (`deploy`, `history/`, `host-members/`). One range
+    /// keeps one revision order for the sidecar's acks, and leaves out the other LBs' acks (each
+    /// carries its upstream list: with 50 LBs at 5,000 hosts, megabytes per switch to every
+    /// sidecar) and `releases/`.
+    pub fn lb_view_range(&self) -> (String, String) {
+        (self.active(), self.lb_alive(""))
+    }
+
     /// Classifies a key of this app; `None` for keys outside the app or of an unknown shape
     /// (forward compatibility: newer writers may add keys).
     pub fn parse(&self, key: &str) -> Option<AppKey> {
@@ -192,6 +201,24 @@ mod tests {
         );
         assert_eq!(k.lb("lb-1"), "/bluegreen/shop/lbs/lb-1");
         assert_eq!(k.lb_alive("lb-1"), "/bluegreen/shop/lb-alive/lb-1");
+        let (from, end) = k.lb_view_range();
+        let inside = |key: &str| from.as_str() <= key && key < end.as_str();
+        for rendered in [
+            k.active(),
+            k.health("h-1", Color::Blue),
+            k.host("h-1"),
+            k.host("~"),
+        ] {
+            assert!(inside(&rendered), "{rendered} must be in the LB's range");
+        }
+        for other in [
+            k.lb("lb-1"),
+            k.lb_alive("lb-1"),
+            k.release(Color::Green),
+            k.lock(),
+        ] {
+            assert!(!inside(&other), "{other} must not be in the LB's range");
+        }
         assert_eq!(k.host_member("h1"), "/bluegreen/shop/host-members/h1");
     }
 

@@ -32,7 +32,10 @@ pub enum WatchEvent {
 
 pub struct PrefixWatch {
     client: Client,
+    /// Where the watched range starts (named after the common case: a prefix).
     prefix: String,
+    /// Where it ends (exclusive).
+    end: Vec<u8>,
     /// The first revision not yet delivered.
     next_revision: i64,
     stream: Option<WatchStream>,
@@ -172,7 +175,13 @@ impl PrefixWatch {
                 })
             }
         }
-        let snapshot = read_prefix(&self.client, &self.prefix).await?;
+        let (revision, kvs) =
+            read_range(&self.client, self.prefix.as_bytes(), &self.end, 0).await?;
+        let entries = kvs
+            .into_iter()
+            .map(|c| (c.key, c.value.unwrap_or_default()))
+            .collect();
+        let snapshot = Snapshot { revision, entries };
         self.stream = Some(stream);
         self.next_revision = snapshot.revision + 1;
         Ok(snapshot)
@@ -183,10 +192,24 @@ impl PrefixWatch {
         PrefixWatch {
             client: client.clone(),
             prefix: prefix.to_string(),
+            end: prefix_end(prefix),
             next_revision: revision,
             stream: None,
             broken_in_row: 0,
         }
+    }
+
+    /// [`PrefixWatch::start`] over the keys in `[from, end)`: one range, so one revision orders
+    /// every change in it.
+    pub async fn start_range(
+        client: &Client,
+        from: &str,
+        end: &str,
+    ) -> Result<(Snapshot, PrefixWatch), ProtoError> {
+        let mut watch = PrefixWatch::from_revision(client, from, 0);
+        watch.end = end.as_bytes().to_vec();
+        let snapshot = watch.watch_then_read().await?;
+        Ok((snapshot, watch))
     }
 
     pub fn next_revision(&self) -> i64 {
@@ -293,7 +316,7 @@ impl PrefixWatch {
 
     /// Opens the stream from `next_revision` (0: from etcd's current revision).
     async fn open(&mut self) -> Result<WatchStream, ProtoError> {
-        let mut options = WatchOptions::new().with_prefix();
+        let mut options = WatchOptions::new().with_range(self.end.clone());
         if self.next_revision > 0 {
             options = options.with_start_revision(self.next_revision);
         }

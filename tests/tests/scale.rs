@@ -155,3 +155,39 @@ async fn a_health_change_rewrites_one_key_not_every_key_the_agent_holds() {
         "{per_host:.1} etcd writes per host for one deploy: agents rewrite keys that did not change"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_lb_receives_active_and_health_but_not_the_other_lbs_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut fleet, spec, artifact) = serving_fleet(dir.path()).await;
+    fleet.grow_lbs(10, 0).await;
+    // Green runs too, so that rollbacks have somewhere to go.
+    deploy(&fleet, &fleet.etcd.endpoint, &spec, &artifact, "v2").await;
+    let upstream = fleet
+        .etcd
+        .endpoint
+        .trim_start_matches("http://")
+        .to_string();
+    let (through, counters) = proxy::start(upstream).await;
+    let client = etcd_client::Client::connect([format!("http://{through}")], None)
+        .await
+        .unwrap();
+    let observed = fleet.add_lb_on(client).await;
+
+    let before = counters.now();
+    for _ in 0..4 {
+        coordinator(&fleet.etcd.endpoint, &["rollback"]).await;
+    }
+    let received = counters.now().since(before).received;
+    let admin = fleet.etcd.client().await;
+    let acks = stored_bytes(&admin, &fleet.keys().lbs_prefix()).await;
+    eprintln!(
+        "{observed} received {received} bytes over four switches; the LBs' acks are {acks} bytes"
+    );
+    // Every switch makes every LB write its ack, and each ack lists the live upstream (300
+    // servers here): a sidecar that watched the app prefix received all of them four times.
+    assert!(
+        received < acks,
+        "{observed} received {received} bytes during four switches, more than all the LBs' acks ({acks} bytes): it follows keys it does not render"
+    );
+}

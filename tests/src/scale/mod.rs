@@ -153,15 +153,8 @@ impl HollowFleet {
                 let sidecar = SidecarProc::start(&self.etcd, &name, &nginx, "");
                 self.real_lbs.push((nginx, sidecar));
             } else {
-                let config = self.hollow_lb_config(&name);
                 let client = self.clients[n % CLIENTS].clone();
-                let shutdown = self.shutdown.subscribe();
-                tokio::spawn(async move {
-                    if let Err(e) = lb_sidecar::run_hollow(config, client, shutdown).await {
-                        eprintln!("hollow LB failed: {e}");
-                    }
-                });
-                self.hollow_lbs += 1;
+                self.spawn_hollow_lb(&name, client);
             }
         }
         let keys = self.keys();
@@ -172,6 +165,44 @@ impl HollowFleet {
             || at_least(&client, keys.lbs_prefix(), total),
         )
         .await;
+    }
+
+    /// Adds one hollow LB whose etcd traffic goes through `client` (one a test counts), and
+    /// waits until it has registered. Returns its name.
+    pub async fn add_lb_on(&mut self, client: etcd_client::Client) -> String {
+        let name = format!("lb-{:02}", self.lb_count());
+        self.spawn_hollow_lb(&name, client);
+        let (key, admin) = (self.keys().lb(&name), self.clients[0].clone());
+        crate::wait_for(
+            &format!("{name} to register"),
+            Duration::from_secs(30),
+            || {
+                let (key, admin) = (key.clone(), admin.clone());
+                async move {
+                    admin
+                        .clone()
+                        .get(key, None)
+                        .await
+                        .ok()?
+                        .kvs()
+                        .first()
+                        .map(|_| ())
+                }
+            },
+        )
+        .await;
+        name
+    }
+
+    fn spawn_hollow_lb(&mut self, name: &str, client: etcd_client::Client) {
+        let config = self.hollow_lb_config(name);
+        let shutdown = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            if let Err(e) = lb_sidecar::run_hollow(config, client, shutdown).await {
+                eprintln!("hollow LB failed: {e}");
+            }
+        });
+        self.hollow_lbs += 1;
     }
 
     fn hollow_lb_config(&self, name: &str) -> lb_sidecar::config::Config {
