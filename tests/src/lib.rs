@@ -67,10 +67,20 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// A TCP port that is free on `address` right now.
+/// Never the same port twice in one test process: a port handed out is bound only later (by an
+/// agent, an app, nginx), and until then the kernel may hand it out again, which once gave an
+/// agent's gRPC port to its own app's green color.
 pub fn free_port(address: &str) -> u16 {
-    std::net::TcpListener::bind((address, 0))
-        .expect("bind for a free port")
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind((address, 0))
+            .expect("bind for a free port")
+            .local_addr()
+            .unwrap()
+            .port();
+        if HANDED_OUT.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
