@@ -130,10 +130,19 @@ pub async fn wait_healthy<S: Store>(
     let mut shown: BTreeMap<String, String> = BTreeMap::new();
     let mut status = store.latest().await?;
     let mut pending: Vec<String> = hosts.to_vec();
+    let mut last_state: BTreeMap<String, String> = BTreeMap::new();
     let verdict = loop {
         let mut waiting = Vec::new();
         let mut failed = Vec::new();
+        // Only hosts whose records changed since the last pass can have moved.
+        let touched = status.touched.replace(Default::default());
         for host in pending {
+            if let (Some(touched), Some(state)) = (&touched, last_state.get(&host)) {
+                if !touched.contains(&host) {
+                    waiting.push((host.clone(), state.clone()));
+                    continue;
+                }
+            }
             let (state, error) = host_progress(&status, &host, color, version);
             if shown.get(&host) != Some(&state) {
                 progress.event("stage", Some(&host), &state, &error);
@@ -142,7 +151,10 @@ pub async fn wait_healthy<S: Store>(
             match judge(&status, &host, color, version) {
                 HostStaging::Ready => {}
                 HostStaging::Failed(error) => failed.push((host, error)),
-                HostStaging::Pending(state) => waiting.push((host, state)),
+                HostStaging::Pending(state) => {
+                    last_state.insert(host.clone(), state.clone());
+                    waiting.push((host, state));
+                }
             }
         }
         if !failed.is_empty() {
@@ -164,6 +176,7 @@ pub async fn wait_healthy<S: Store>(
         pending = waiting.into_iter().map(|(host, _)| host).collect();
         store.follow(&mut status, deadline).await?;
     };
+    status.touched = None;
     store.remember(status);
     Ok(verdict)
 }

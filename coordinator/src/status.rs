@@ -33,6 +33,10 @@ pub struct AppStatus {
     /// The problems by the key they are about, so that a key's next change replaces its problem.
     #[serde(skip)]
     pub problem_keys: BTreeMap<String, String>,
+    /// The hosts whose records changed since a waiter started recording (`Some`), so that it
+    /// re-judges only those; `None` (a fresh read) means anything may have changed.
+    #[serde(skip)]
+    pub touched: Option<std::collections::BTreeSet<String>>,
 }
 
 impl AppStatus {
@@ -100,6 +104,11 @@ impl AppStatus {
     pub fn apply(&mut self, keys: &Keys, change: &Change) {
         let key = change.key.as_str();
         self.revision = self.revision.max(change.mod_revision);
+        if let (Some(touched), Some(AppKey::Health { host, .. } | AppKey::Host(host))) =
+            (self.touched.as_mut(), keys.parse(key))
+        {
+            touched.insert(host);
+        }
         self.problem_keys.remove(key);
         let result = match (keys.parse(key), change.value.as_deref()) {
             (Some(AppKey::Active), None) => {

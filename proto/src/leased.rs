@@ -111,7 +111,19 @@ pub async fn hold_keys(
     let mut conflict_logged = false;
     // A write refused every round (a role without the key) must not log twice a second forever.
     let mut repeats = crate::repeats::Repeats::new(Duration::from_secs(30));
+    let mut lost_before = false;
     loop {
+        if lost_before {
+            // Leases are lost together when etcd is overloaded past their TTL; thousands of
+            // holders granting and rewriting every key at the same instant keep it overloaded.
+            // A random pause of up to half the TTL spreads them out.
+            let pause = jitter(ttl / 2);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = crate::daemon::shutdown_requested(&mut shutdown) => return,
+            }
+        }
+        lost_before = true;
         let session = tokio::select! {
             s = grant(&client, ttl) => s,
             _ = crate::daemon::shutdown_requested(&mut shutdown) => return,
@@ -319,6 +331,16 @@ async fn next_tamper(guard: &mut Option<Guard>) -> Tamper {
             }
         }
     }
+}
+
+/// A pseudo-random duration in `[0, max)`, from the clock's nanoseconds: enough to spread
+/// processes apart, no more.
+fn jitter(max: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos()) as u64;
+    let spread = (nanos.wrapping_mul(6_364_136_223_846_793_005) >> 11) % 1_000_000;
+    max.mul_f64(spread as f64 / 1_000_000.0)
 }
 
 async fn grant(client: &Client, ttl: Duration) -> Session {

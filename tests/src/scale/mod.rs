@@ -17,6 +17,9 @@ use tokio::time::Instant;
 /// hosts' streams, as real hosts would each have their own.
 const CLIENTS: usize = 8;
 
+/// Hollow hosts started at once (see [`HollowFleet::grow_hosts`]).
+const HOSTS_PER_WAVE: usize = 250;
+
 pub struct HollowFleet {
     pub etcd: Etcd,
     clients: Vec<etcd_client::Client>,
@@ -65,25 +68,30 @@ impl HollowFleet {
     /// Adds hollow hosts until there are `total`, each at its own loopback address, and waits
     /// until every one is registered in etcd.
     pub async fn grow_hosts(&mut self, total: usize, start_delay: Duration) {
-        let first = self.hosts.len();
-        let starting: Vec<_> = (first..total)
-            .map(|i| self.spawn_host(i, self.clients[i % CLIENTS].clone(), start_delay))
-            .collect();
-        for started in starting {
-            let plane = started
-                .await
-                .expect("hollow host task")
-                .expect("hollow host");
-            self.hosts.push(plane);
-        }
+        // In waves, as a real fleet's hosts come up: 5,000 agents registering in the same second
+        // is a storm no fleet sees, and it measures etcd's overload, not the control plane.
         let keys = self.keys();
         let client = self.clients[0].clone();
-        crate::wait_for(
-            &format!("{total} hollow hosts to register"),
-            Duration::from_secs(300),
-            || at_least(&client, keys.hosts_prefix(), total),
-        )
-        .await;
+        while self.hosts.len() < total {
+            let first = self.hosts.len();
+            let wave_end = (first + HOSTS_PER_WAVE).min(total);
+            let starting: Vec<_> = (first..wave_end)
+                .map(|i| self.spawn_host(i, self.clients[i % CLIENTS].clone(), start_delay))
+                .collect();
+            for started in starting {
+                let plane = started
+                    .await
+                    .expect("hollow host task")
+                    .expect("hollow host");
+                self.hosts.push(plane);
+            }
+            crate::wait_for(
+                &format!("{wave_end} hollow hosts to register"),
+                Duration::from_secs(300),
+                || at_least(&client, keys.hosts_prefix(), wave_end),
+            )
+            .await;
+        }
     }
 
     /// Adds one hollow host whose etcd traffic goes through `client` (one a test counts), and
