@@ -289,7 +289,20 @@ pub struct Run {
 /// failure. With `BENCH_SHOW` set, its progress lines go to stderr.
 pub async fn coordinator(etcd: &str, args: &[&str]) -> Run {
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(binary("coordinator"))
+    // With BENCH_PERF=<file>, every deploy runs under `perf record` (the last one is kept).
+    let perf = std::env::var("BENCH_PERF")
+        .ok()
+        .filter(|_| args.first() == Some(&"deploy"));
+    let mut command = match &perf {
+        Some(file) => {
+            let mut c = tokio::process::Command::new("perf");
+            c.args(["record", "-F", "999", "-g", "-o", file, "--"])
+                .arg(binary("coordinator"));
+            c
+        }
+        None => tokio::process::Command::new(binary("coordinator")),
+    };
+    let mut child = command
         .env("BLUEGREEN_ETCD", etcd)
         .env("BLUEGREEN_APP", APP)
         .args(args)
