@@ -3,7 +3,7 @@
 //! are the faults that make a large fleet fall over, not speed figures (`bench-scale` has those):
 //! an agent that receives every other host's health, and a deploy that re-reads the whole app on
 //! every change.
-use bluegreen_tests::scale::{coordinator, hollow_spec, proxy, HollowFleet};
+use bluegreen_tests::scale::{coordinator, hollow_spec, HollowFleet};
 use std::time::Duration;
 
 const HOSTS: usize = 300;
@@ -57,15 +57,7 @@ async fn deploy(
 async fn an_agent_receives_its_releases_and_active_but_not_other_hosts_health() {
     let dir = tempfile::tempdir().unwrap();
     let (mut fleet, spec, artifact) = serving_fleet(dir.path()).await;
-    let upstream = fleet
-        .etcd
-        .endpoint
-        .trim_start_matches("http://")
-        .to_string();
-    let (through, counters) = proxy::start(upstream).await;
-    let client = etcd_client::Client::connect([format!("http://{through}")], None)
-        .await
-        .unwrap();
+    let (client, counters) = fleet.counted_client().await;
     let observed = fleet.add_host_on(client).await;
     // It joins a fleet serving v1 on blue, and must serve it too before the next deploy.
     let admin = fleet.etcd.client().await;
@@ -106,17 +98,12 @@ async fn an_agent_receives_its_releases_and_active_but_not_other_hosts_health() 
 async fn a_deploy_reads_the_app_a_few_times_not_once_per_change() {
     let dir = tempfile::tempdir().unwrap();
     let (fleet, spec, artifact) = serving_fleet(dir.path()).await;
-    let upstream = fleet
-        .etcd
-        .endpoint
-        .trim_start_matches("http://")
-        .to_string();
-    let (through, counters) = proxy::start(upstream).await;
+    let (through, counters) = fleet.counted_endpoint().await;
 
     let admin = fleet.etcd.client().await;
     let one_read = stored_bytes(&admin, fleet.keys().app_prefix()).await;
     let before = counters.now();
-    deploy(&fleet, &format!("http://{through}"), &spec, &artifact, "v2").await;
+    deploy(&fleet, &through, &spec, &artifact, "v2").await;
     let traffic = counters.now().since(before);
     let reads = traffic.received as f64 / one_read as f64;
     eprintln!(
@@ -163,15 +150,7 @@ async fn an_lb_receives_active_and_health_but_not_the_other_lbs_acks() {
     fleet.grow_lbs(10, 0).await;
     // Green runs too, so that rollbacks have somewhere to go.
     deploy(&fleet, &fleet.etcd.endpoint, &spec, &artifact, "v2").await;
-    let upstream = fleet
-        .etcd
-        .endpoint
-        .trim_start_matches("http://")
-        .to_string();
-    let (through, counters) = proxy::start(upstream).await;
-    let client = etcd_client::Client::connect([format!("http://{through}")], None)
-        .await
-        .unwrap();
+    let (client, counters) = fleet.counted_client().await;
     let observed = fleet.add_lb_on(client).await;
 
     let before = counters.now();

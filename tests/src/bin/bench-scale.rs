@@ -5,7 +5,7 @@
 //!   cargo build --release --workspace --bins && target/release/bench-scale
 //! Options: --hosts 10,1000,5000  --lbs 1,10,50  --real-lbs 5  --rollbacks 20  --start-delay 2s
 use bluegreen_tests::rss_kib;
-use bluegreen_tests::scale::{coordinator, hollow_spec, metrics, proxy, HollowFleet};
+use bluegreen_tests::scale::{coordinator, hollow_spec, metrics, HollowFleet};
 use std::path::Path;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -90,7 +90,7 @@ async fn steady_state(fleet: &HollowFleet, hosts: usize, window: Duration) {
     let pid = fleet.etcd.pid().expect("etcd runs");
     let before = metrics::received_by_method(&fleet.etcd.endpoint).await;
     let cpu_before = metrics::cpu_seconds(pid);
-    tokio::time::sleep(window).await; // the measuring window itself, not a synchronisation
+    tokio::time::sleep(window).await; // the measuring window, not a wait: nothing to poll for
     let after = metrics::received_by_method(&fleet.etcd.endpoint).await;
     let cpu = metrics::cpu_seconds(pid) - cpu_before;
     let secs = window.as_secs_f64();
@@ -189,13 +189,7 @@ async fn main() {
             "  {hosts} hollow hosts registered in {:.1} s",
             started.elapsed().as_secs_f64()
         );
-        let upstream = fleet
-            .etcd
-            .endpoint
-            .trim_start_matches("http://")
-            .to_string();
-        let (proxy_address, counters) = proxy::start(upstream).await;
-        let etcd = format!("http://{proxy_address}");
+        let (etcd, counters) = fleet.counted_endpoint().await;
         // One deploy before the measured ones, so that both colors run and rollback has a target.
         fleet.grow_lbs(o.lbs[0], o.real_lbs).await;
         let deploy_args = |v: &str| -> Vec<String> {

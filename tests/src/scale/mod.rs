@@ -105,12 +105,18 @@ impl HollowFleet {
             .expect("hollow host");
         self.hosts.push(plane);
         let name = host_name(i);
-        let (keys, client) = (self.keys(), self.clients[0].clone());
+        self.await_key(&name, self.keys().host(&name)).await;
+        name
+    }
+
+    /// Waits until `key` exists: `name` has registered.
+    async fn await_key(&self, name: &str, key: String) {
+        let client = self.clients[0].clone();
         crate::wait_for(
             &format!("{name} to register"),
             Duration::from_secs(30),
             || {
-                let (key, client) = (keys.host(&name), client.clone());
+                let (key, client) = (key.clone(), client.clone());
                 async move {
                     client
                         .clone()
@@ -124,7 +130,22 @@ impl HollowFleet {
             },
         )
         .await;
-        name
+    }
+
+    /// A proxy in front of this fleet's etcd: its endpoint URL, and what goes through it.
+    pub async fn counted_endpoint(&self) -> (String, std::sync::Arc<proxy::Counters>) {
+        let upstream = self.etcd.endpoint.trim_start_matches("http://").to_string();
+        let (address, counters) = proxy::start(upstream).await;
+        (format!("http://{address}"), counters)
+    }
+
+    /// An etcd client whose traffic a proxy counts.
+    pub async fn counted_client(&self) -> (etcd_client::Client, std::sync::Arc<proxy::Counters>) {
+        let (endpoint, counters) = self.counted_endpoint().await;
+        let client = etcd_client::Client::connect([endpoint], None)
+            .await
+            .expect("etcd through the proxy");
+        (client, counters)
     }
 
     fn spawn_host(
@@ -180,25 +201,7 @@ impl HollowFleet {
     pub async fn add_lb_on(&mut self, client: etcd_client::Client) -> String {
         let name = format!("lb-{:02}", self.lb_count());
         self.spawn_hollow_lb(&name, client);
-        let (key, admin) = (self.keys().lb(&name), self.clients[0].clone());
-        crate::wait_for(
-            &format!("{name} to register"),
-            Duration::from_secs(30),
-            || {
-                let (key, admin) = (key.clone(), admin.clone());
-                async move {
-                    admin
-                        .clone()
-                        .get(key, None)
-                        .await
-                        .ok()?
-                        .kvs()
-                        .first()
-                        .map(|_| ())
-                }
-            },
-        )
-        .await;
+        self.await_key(&name, self.keys().lb(&name)).await;
         name
     }
 
@@ -324,7 +327,7 @@ pub async fn coordinator(etcd: &str, args: &[&str]) -> Run {
             cpu_seconds = f64::max(cpu_seconds, metrics::cpu_seconds(pid));
             tokio::select! {
                 status = child.wait() => return status.expect("coordinator exit"),
-                _ = tokio::time::sleep(Duration::from_millis(10)) => {} // the sampling period
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {} // poll period of the sampling
             }
         }
     };
