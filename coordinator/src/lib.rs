@@ -56,6 +56,35 @@ impl Global {
         Ok(Keys::new(&self.prefix, app)?)
     }
 
+    /// Keys and a client for an app that exists: a query about an app with nothing in etcd is a
+    /// typo far more often than a question, so it is bad input (exit 2) naming the known apps.
+    async fn existing_app(&self) -> Result<(Keys, etcd_client::Client), CoordinatorError> {
+        let keys = self.keys()?;
+        let client = self.connect().await?;
+        let options = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_count_only();
+        let found = client
+            .clone()
+            .get(keys.app_prefix(), Some(options))
+            .await
+            .map_err(|e| proto::ProtoError::etcd(format!("read {}", keys.app_prefix()), e))?;
+        if found.count() > 0 {
+            return Ok((keys, client));
+        }
+        let apps = proto::watch::list_apps(&client, &self.prefix).await?;
+        let app = self.app.as_deref().unwrap_or_default();
+        let known = if apps.is_empty() {
+            format!("there is no app under {} yet", self.prefix)
+        } else {
+            format!("known apps: {}", apps.join(", "))
+        };
+        Err(CoordinatorError::Usage(format!(
+            "--app {app:?}: nothing under {}; {known}",
+            keys.app_prefix()
+        )))
+    }
+
     async fn connect(&self) -> Result<etcd_client::Client, CoordinatorError> {
         let endpoints = self.etcd.endpoints.join(",");
         let client = proto::connect_live(&self.etcd).await.map_err(|e| {
@@ -316,8 +345,7 @@ pub async fn stop(
 
 /// `coordinator host list` and `coordinator lb list`: every registered member, alive or not.
 pub async fn member_list(global: &Global, kind: Member) -> Result<String, CoordinatorError> {
-    let keys = global.keys()?;
-    let client = global.connect().await?;
+    let (keys, client) = global.existing_app().await?;
     let state = status::read(&client, &keys).await?;
     Ok(match (kind, global.json) {
         (Member::Host, true) => pretty_json(&hosts::views(&state)),
@@ -372,8 +400,7 @@ pub async fn member_remove(
 
 /// `coordinator status`.
 pub async fn status(global: &Global) -> Result<String, CoordinatorError> {
-    let keys = global.keys()?;
-    let client = global.connect().await?;
+    let (keys, client) = global.existing_app().await?;
     let mut status = status::read(&client, &keys).await?;
     for release in status.releases.values_mut() {
         release.run.env = proto::secrets::mask_env(&release.run.env);
@@ -385,10 +412,20 @@ pub async fn status(global: &Global) -> Result<String, CoordinatorError> {
     })
 }
 
+/// `coordinator apps`: the apps that have keys under the prefix, one per line (JSON: an array).
+pub async fn apps(global: &Global) -> Result<String, CoordinatorError> {
+    let client = global.connect().await?;
+    let apps = proto::watch::list_apps(&client, &global.prefix).await?;
+    Ok(if global.json {
+        serde_json::json!(apps).to_string() + "\n"
+    } else {
+        apps.iter().map(|a| format!("{a}\n")).collect()
+    })
+}
+
 /// `coordinator history --limit N`.
 pub async fn history(global: &Global, limit: usize) -> Result<String, CoordinatorError> {
-    let keys = global.keys()?;
-    let client = global.connect().await?;
+    let (keys, client) = global.existing_app().await?;
     let records = history::list(&client, &keys, limit).await?;
     let mut out = String::new();
     for (key, r) in records {
@@ -420,8 +457,7 @@ pub async fn history(global: &Global, limit: usize) -> Result<String, Coordinato
 
 /// `coordinator lock status`.
 pub async fn lock_status(global: &Global) -> Result<String, CoordinatorError> {
-    let keys = global.keys()?;
-    let client = global.connect().await?;
+    let (keys, client) = global.existing_app().await?;
     Ok(match lock::status(&client, &keys).await? {
         None => "lock: free\n".into(),
         Some(held) => format!(
@@ -467,8 +503,7 @@ pub async fn logs(
     color: Color,
     tail: u32,
 ) -> Result<String, CoordinatorError> {
-    let keys = global.keys()?;
-    let client = global.connect().await?;
+    let (keys, client) = global.existing_app().await?;
     let state = status::read(&client, &keys).await?;
     let record = state.hosts.get(host).ok_or_else(|| {
         CoordinatorError::Usage(format!(

@@ -127,6 +127,8 @@ enum Command {
     },
     /// Active color, releases, every host's health, every LB's ack, lock holder, last deploy.
     Status,
+    /// The apps under the prefix (no --app needed).
+    Apps,
     /// The audit trail, newest last.
     History {
         #[arg(long, default_value = "20")]
@@ -276,6 +278,7 @@ async fn dispatch(global: &Global, command: Command) -> Result<String, Coordinat
         } => coordinator::stop(global, color(&c)?, dur("--lock-wait", &lock_wait)?).await,
         Command::Keygen { out_dir, name } => coordinator::keygen(&out_dir, &name),
         Command::Status => coordinator::status(global).await,
+        Command::Apps => coordinator::apps(global).await,
         Command::History { limit } => coordinator::history(global, limit).await,
         Command::Migrate { action } => migrate(global, action).await,
         Command::Lock {

@@ -23,6 +23,18 @@ pub enum AppKey {
     LbAlive(String),
 }
 
+/// Where every app under `prefix` lives: `<prefix>/`.
+pub fn apps_prefix(prefix: &str) -> String {
+    format!("{}/", prefix.trim_end_matches('/'))
+}
+
+/// The app a key under [`apps_prefix`] belongs to (its first segment), if it has one.
+pub fn app_of(prefix: &str, key: &str) -> Option<String> {
+    let rest = key.strip_prefix(&apps_prefix(prefix))?;
+    let app = rest.split('/').next()?;
+    (!app.is_empty() && rest.len() > app.len()).then(|| app.to_string())
+}
+
 /// Width of the zero-padded revision in history keys, so keys sort like revisions.
 const HISTORY_WIDTH: usize = 20;
 
@@ -201,6 +213,13 @@ mod tests {
         );
         assert_eq!(k.lb("lb-1"), "/bluegreen/shop/lbs/lb-1");
         assert_eq!(k.lb_alive("lb-1"), "/bluegreen/shop/lb-alive/lb-1");
+        assert_eq!(app_of("/bluegreen", &k.active()).as_deref(), Some("shop"));
+        assert_eq!(
+            app_of("/bluegreen/", "/bluegreen/shop/hosts/a").as_deref(),
+            Some("shop")
+        );
+        assert_eq!(app_of("/bluegreen", "/bluegreen/loose-key"), None);
+        assert_eq!(app_of("/bluegreen", "/other/shop/active"), None);
         let (from, end) = k.lb_view_range();
         let inside = |key: &str| from.as_str() <= key && key < end.as_str();
         for rendered in [

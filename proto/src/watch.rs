@@ -112,6 +112,41 @@ pub async fn read_range(
     }
 }
 
+/// The apps that have keys under `prefix`, in order: one keys-only read of a single key per app
+/// (it skips from each app to the end of its range), so a fleet of thousands costs nothing here.
+pub async fn list_apps(client: &Client, prefix: &str) -> Result<Vec<String>, ProtoError> {
+    let apps_prefix = crate::keys::apps_prefix(prefix);
+    let end = prefix_end(&apps_prefix);
+    let mut from = apps_prefix.as_bytes().to_vec();
+    let mut apps: Vec<String> = Vec::new();
+    loop {
+        let options = GetOptions::new()
+            .with_range(end.clone())
+            .with_keys_only()
+            .with_limit(1);
+        let resp = client
+            .clone()
+            .get(from.clone(), Some(options))
+            .await
+            .map_err(|e| ProtoError::etcd(format!("list apps under {apps_prefix}"), e))?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(apps);
+        };
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        match crate::keys::app_of(prefix, &key) {
+            Some(app) => {
+                from = prefix_end(&format!("{apps_prefix}{app}/"));
+                apps.push(app);
+            }
+            // A key right under the prefix that is no app's: step over it.
+            None => {
+                from = kv.key().to_vec();
+                from.push(0);
+            }
+        }
+    }
+}
+
 /// The end of the key range holding every key that starts with `prefix`.
 pub fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();

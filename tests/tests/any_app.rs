@@ -143,6 +143,32 @@ async fn html_root_app_deploys_rolls_back_and_switches_on_two_hosts_and_two_lbs(
     let history = history(&fleet).await;
     let switch_id = &history[3].deploy_id;
     assert!(switch_id.starts_with("switch-"), "{switch_id}");
+
+    // A mistyped --app is bad input naming the apps that exist, not an empty status; `apps`
+    // lists them.
+    for query in [
+        &["status"][..],
+        &["history"],
+        &["lock", "status"],
+        &["host", "list"],
+    ] {
+        let out = fleet
+            .coordinator()
+            .args(["--app", "shpo"])
+            .args(query)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{query:?}: {}", text(&out));
+        let expected = format!("known apps: {}", bluegreen_tests::procs::APP);
+        assert!(text(&out).contains(&expected), "{query:?}: {}", text(&out));
+    }
+    let out = fleet.run(&["apps"]).await;
+    assert_ok(&out, "apps");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        bluegreen_tests::procs::APP
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
