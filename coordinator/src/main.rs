@@ -112,6 +112,8 @@ enum Command {
     },
     /// Manual switch to a color, with the same safety checks as rollback.
     Switch {
+        /// The color to send traffic to.
+        #[arg(value_parser = ["blue", "green"])]
         color: String,
         #[arg(long, default_value = "30s")]
         lock_wait: String,
@@ -121,6 +123,8 @@ enum Command {
     },
     /// Stop the idle color on every host (never the active one); gives up the instant rollback.
     Stop {
+        /// The idle color to stop.
+        #[arg(value_parser = ["blue", "green"])]
         color: String,
         #[arg(long, default_value = "30s")]
         lock_wait: String,
@@ -156,10 +160,12 @@ enum Command {
     },
     /// The last log lines of one color on one host (through its agent).
     Logs {
+        /// The host, as `host list` names it.
         #[arg(long)]
         host: String,
-        #[arg(long)]
+        #[arg(long, value_parser = ["blue", "green"])]
         color: String,
+        /// How many of the last lines.
         #[arg(long, default_value = "50")]
         tail: u32,
     },

@@ -329,3 +329,25 @@ async fn unreachable_etcd_is_exit_5_in_one_line_and_bad_names_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+#[test]
+fn demo_app_and_color_arguments_explain_themselves() {
+    let run = |program: &str, args: &[&str]| {
+        std::process::Command::new(bluegreen_tests::binary(program))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let help = run("demo-app", &["--help"]);
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("APPLICATION_PORT"));
+    let bogus = run("demo-app", &["--bogus"]);
+    assert_eq!(bogus.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bogus.stderr).contains("--bogus"));
+    // The colors are listed, and anything else is bad usage before etcd is asked anything.
+    let switch = run("coordinator", &["switch", "--help"]);
+    assert!(String::from_utf8_lossy(&switch.stdout).contains("possible values: blue, green"));
+    let purple = run("coordinator", &["switch", "purple"]);
+    assert_eq!(purple.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&purple.stderr).contains("possible values: blue, green"));
+}

@@ -8,8 +8,37 @@ use config::Config;
 use sqlx::any::AnyPoolOptions;
 use std::time::Duration;
 
+/// What `demo-app --help` prints: it takes no arguments, only the environment the agent sets.
+const HELP: &str =
+    "demo-app: the example app bluegreen deploys. It takes no arguments; it reads the
+environment the agent sets:
+  APPLICATION_HOST, APPLICATION_PORT   where to listen (default 127.0.0.1:8080)
+  ENVIRONMENT_COLOR, APP_VERSION       reported by /health and /api/v1/status
+  HEALTH_CHECK_PATH                    the health route (default /health)
+  DATABASE_URL                         sqlite:// or postgres:// (default sqlite://demo-app.db)
+  LOG_LEVEL                            default info
+and knobs for tests and demos:
+  FEATURE_FLAG_NEW_API, DEMO_AUTO_SCHEMA, DEMO_FAIL_HEALTH, DEMO_FAIL_SMOKE, DEMO_FAIL_HOSTS,
+  DEMO_HEALTH_PADDING, DEMO_START_DELAY_MS, DEMO_CRASH_AFTER_MS
+";
+
 #[tokio::main]
 async fn main() {
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("--help" | "-h") => {
+            print!("{HELP}");
+            return;
+        }
+        Some("--version" | "-V") => {
+            println!("demo-app {}", env!("CARGO_PKG_VERSION"));
+            return;
+        }
+        Some(other) => {
+            eprintln!("demo-app: unknown argument {other:?} (it is configured through its environment; see --help)");
+            std::process::exit(2);
+        }
+    }
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
