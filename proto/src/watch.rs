@@ -58,7 +58,12 @@ pub const MAX_DECODE_BYTES: usize = 256 << 20;
 /// Reads every key under `prefix` as of one revision, page by page (a single response for a
 /// large prefix would exceed etcd's and the client's message limits).
 pub async fn read_prefix(client: &Client, prefix: &str) -> Result<Snapshot, ProtoError> {
-    let (revision, kvs) = read_range(client, prefix.as_bytes(), &prefix_end(prefix), 0).await?;
+    read_snapshot(client, prefix.as_bytes(), &prefix_end(prefix)).await
+}
+
+/// Every key in `[from, end)` as one [`Snapshot`].
+async fn read_snapshot(client: &Client, from: &[u8], end: &[u8]) -> Result<Snapshot, ProtoError> {
+    let (revision, kvs) = read_range(client, from, end, 0).await?;
     let entries = kvs
         .into_iter()
         .map(|c| (c.key, c.value.unwrap_or_default()))
@@ -210,13 +215,7 @@ impl PrefixWatch {
                 })
             }
         }
-        let (revision, kvs) =
-            read_range(&self.client, self.prefix.as_bytes(), &self.end, 0).await?;
-        let entries = kvs
-            .into_iter()
-            .map(|c| (c.key, c.value.unwrap_or_default()))
-            .collect();
-        let snapshot = Snapshot { revision, entries };
+        let snapshot = read_snapshot(&self.client, self.prefix.as_bytes(), &self.end).await?;
         self.stream = Some(stream);
         self.next_revision = snapshot.revision + 1;
         Ok(snapshot)

@@ -25,18 +25,11 @@ async fn serving_fleet(dir: &std::path::Path) -> (HollowFleet, std::path::PathBu
     fleet.grow_hosts(HOSTS, Duration::from_millis(300)).await;
     fleet.grow_lbs(1, 0).await;
     let (spec, artifact) = hollow_spec(dir);
-    deploy(&fleet, &fleet.etcd.endpoint, &spec, &artifact, "v1").await;
+    deploy(&fleet.etcd.endpoint, &spec, &artifact, "v1").await;
     (fleet, spec, artifact)
 }
 
-async fn deploy(
-    fleet: &HollowFleet,
-    etcd: &str,
-    spec: &std::path::Path,
-    artifact: &str,
-    version: &str,
-) {
-    let _ = fleet;
+async fn deploy(etcd: &str, spec: &std::path::Path, artifact: &str, version: &str) {
     let spec = spec.to_str().unwrap();
     coordinator(
         etcd,
@@ -79,8 +72,8 @@ async fn an_agent_receives_its_releases_and_active_but_not_other_hosts_health() 
     .await;
 
     let before = counters.now();
-    deploy(&fleet, &fleet.etcd.endpoint, &spec, &artifact, "v2").await;
-    deploy(&fleet, &fleet.etcd.endpoint, &spec, &artifact, "v3").await;
+    deploy(&fleet.etcd.endpoint, &spec, &artifact, "v2").await;
+    deploy(&fleet.etcd.endpoint, &spec, &artifact, "v3").await;
     let received = counters.now().since(before).received;
 
     let health = stored_bytes(&admin, &fleet.keys().health_prefix()).await;
@@ -103,7 +96,7 @@ async fn a_deploy_reads_the_app_a_few_times_not_once_per_change() {
     let admin = fleet.etcd.client().await;
     let one_read = stored_bytes(&admin, fleet.keys().app_prefix()).await;
     let before = counters.now();
-    deploy(&fleet, &through, &spec, &artifact, "v2").await;
+    deploy(&through, &spec, &artifact, "v2").await;
     let traffic = counters.now().since(before);
     let reads = traffic.received as f64 / one_read as f64;
     eprintln!(
@@ -131,7 +124,7 @@ async fn a_health_change_rewrites_one_key_not_every_key_the_agent_holds() {
     let (fleet, spec, artifact) = serving_fleet(dir.path()).await;
     let admin = fleet.etcd.client().await;
     let before = revision(&admin).await;
-    deploy(&fleet, &fleet.etcd.endpoint, &spec, &artifact, "v2").await;
+    deploy(&fleet.etcd.endpoint, &spec, &artifact, "v2").await;
     let per_host = (revision(&admin).await - before) as f64 / HOSTS as f64;
     eprintln!("one deploy over {HOSTS} hosts: {per_host:.1} etcd writes per host");
     // A deploy changes a host's staged color a few times (fetching, starting, healthy). Each
@@ -149,7 +142,7 @@ async fn an_lb_receives_active_and_health_but_not_the_other_lbs_acks() {
     let (mut fleet, spec, artifact) = serving_fleet(dir.path()).await;
     fleet.grow_lbs(10, 0).await;
     // Green runs too, so that rollbacks have somewhere to go.
-    deploy(&fleet, &fleet.etcd.endpoint, &spec, &artifact, "v2").await;
+    deploy(&fleet.etcd.endpoint, &spec, &artifact, "v2").await;
     let (client, counters) = fleet.counted_client().await;
     let observed = fleet.add_lb_on(client).await;
 
