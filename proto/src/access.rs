@@ -114,11 +114,17 @@ impl EtcdAccess {
         self.endpoints.iter().any(|e| e.starts_with("https://"))
     }
 
+    /// HTTP/2 pings every 2 s find a dead connection in about 4 s, but only while a request or
+    /// stream is open: etcd counts a ping on a connection with nothing open as abuse and closes
+    /// the connection at the third ("too_many_pings"), failing whatever request races the close.
+    /// Every daemon's lease keep-alive stream keeps its connection pinged; an idle client has
+    /// nothing to lose, and its next request has its own timeout.
     fn options(&self) -> Result<etcd_client::ConnectOptions, ProtoError> {
         let mut options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(false);
         if self.uses_tls() {
             let mut tls = etcd_client::TlsOptions::new();
             if let Some(ca) = &self.cacert {

@@ -259,6 +259,25 @@ impl Etcd {
             .expect("connect to test etcd")
     }
 
+    /// The local addresses of this machine's established TCP connections to the first member's
+    /// client port (from `ss`), to see whether a connection survived or was replaced.
+    pub fn client_connections(&self) -> std::collections::BTreeSet<String> {
+        let port = self.endpoints()[0]
+            .rsplit(':')
+            .next()
+            .expect("endpoint with a port")
+            .to_string();
+        let filter = format!("( dport = :{port} )");
+        let out = Command::new("ss")
+            .args(["-Htn", "state", "established", &filter])
+            .output()
+            .expect("run ss");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(2).map(str::to_string))
+            .collect()
+    }
+
     /// A client of the members that answer now (after a member was killed).
     pub async fn live_client(&self) -> etcd_client::Client {
         proto::connect_live(&self.admin_access())

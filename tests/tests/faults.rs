@@ -500,3 +500,24 @@ async fn an_unreadable_active_stops_a_deploy_and_switch_repairs_it() {
     assert!(out.status.success(), "{}", text(&out));
     load::finish(stop, loops).await.assert_none_failed();
 }
+
+/// etcd's gRPC server enforces a keepalive policy: a client that pings with no request in flight,
+/// or more often than `--grpc-keepalive-min-time` (5 s by default), collects a strike per ping,
+/// and at the third etcd sends GOAWAY "too_many_pings" and closes the connection. A request sent
+/// as it closes fails ("broken pipe"); CI hit it in a test whose client sat idle for 8 s while an
+/// agent worked. Every bluegreen process keeps connections that sit idle between events, so a
+/// connection made the way they all make it must still be open after three times etcd's minimum.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_etcd_connection_is_not_closed_by_etcds_keepalive_policy() {
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    put_raw(&client, "idle-probe", "before").await;
+    let open_before = etcd.client_connections();
+    assert!(!open_before.is_empty(), "no connection to etcd seen");
+    let idle_deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    tokio::time::sleep_until(idle_deadline).await;
+    let open_after = etcd.client_connections();
+    let closed: Vec<_> = open_before.difference(&open_after).collect();
+    assert!(closed.is_empty(), "etcd closed idle connections from {closed:?}");
+    put_raw(&client, "idle-probe", "after").await;
+}
