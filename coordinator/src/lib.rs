@@ -16,12 +16,14 @@ pub mod lock;
 pub mod membership;
 pub mod migrate;
 pub mod pipeline;
+pub mod preview;
 pub mod probes;
 pub mod progress;
 pub mod reconcile;
 pub mod spec;
 pub mod status;
 pub mod stop;
+pub mod validate;
 pub mod store;
 pub mod switch;
 #[cfg(test)]
@@ -131,10 +133,13 @@ pub(crate) fn holder() -> String {
     format!("{}:{}", host.trim(), std::process::id())
 }
 
-/// The app spec, checked against `--app` when both name the app.
-fn load_spec(global: &Global, path: &std::path::Path) -> Result<spec::AppSpec, CoordinatorError> {
+/// The app spec, checked against `--app` (`app`) when both name the app.
+fn load_spec(
+    app: Option<&str>,
+    path: &std::path::Path,
+) -> Result<spec::AppSpec, CoordinatorError> {
     let spec = spec::AppSpec::load(path)?;
-    if let Some(app) = &global.app {
+    if let Some(app) = app {
         if app != &spec.app {
             return Err(CoordinatorError::Usage(format!(
                 "--app {app} does not match app {:?} in {}",
@@ -178,25 +183,82 @@ pub struct DeployRequest {
     pub signing_key: Option<std::path::PathBuf>,
 }
 
-/// `coordinator deploy`. Input is checked completely before etcd is touched (exit 2).
-pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, CoordinatorError> {
-    let spec = load_spec(global, &req.spec)?;
+/// `deploy`'s input, checked completely before etcd is touched (every error is exit 2).
+struct CheckedDeploy {
+    spec: spec::AppSpec,
+    /// `None` until computed: `--plan` does not fetch the artifact to hash it.
+    sha256: Option<String>,
+    signing_key: Option<proto::signing::SigningKey>,
+}
+
+fn check_deploy_input(
+    global: &Global,
+    req: &DeployRequest,
+) -> Result<CheckedDeploy, CoordinatorError> {
+    let spec = load_spec(global.app.as_deref(), &req.spec)?;
     proto::check_name("--version", &req.version).map_err(CoordinatorError::Usage)?;
     validate_artifact_url(&req.artifact)
         .map_err(|e| CoordinatorError::Usage(format!("--artifact: {e}")))?;
-    let sha256 = match &req.sha256 {
-        Some(hex) => {
-            validate_sha256(hex).map_err(|e| CoordinatorError::Usage(format!("--sha256: {e}")))?;
-            hex.to_ascii_lowercase()
-        }
-        None => sha256_of(&req.artifact).await?,
-    };
+    let sha256 = req
+        .sha256
+        .as_deref()
+        .map(|hex| {
+            validate_sha256(hex)
+                .map(|()| hex.to_ascii_lowercase())
+                .map_err(|e| CoordinatorError::Usage(format!("--sha256: {e}")))
+        })
+        .transpose()?;
     let signing_key = req
         .signing_key
         .as_deref()
         .map(proto::signing::SigningKey::load)
         .transpose()
         .map_err(|e| CoordinatorError::Usage(format!("--signing-key: {e}")))?;
+    Ok(CheckedDeploy {
+        spec,
+        sha256,
+        signing_key,
+    })
+}
+
+/// `coordinator deploy --plan`: the preview document and the exit code the deploy would have.
+pub async fn deploy_plan(
+    global: &Global,
+    req: DeployRequest,
+) -> Result<(String, i32), CoordinatorError> {
+    let CheckedDeploy { spec, .. } = check_deploy_input(global, &req)?;
+    let migrations = migrate::runner::Migrations::load(&spec, &Progress::silent())?;
+    let pending = preview::pending_migrations(migrations.as_ref()).await;
+    let keys = Keys::new(&global.prefix, &spec.app)?;
+    let client = global.connect().await?;
+    let state = status::read(&client, &keys).await?;
+    let holder = lock::status(&client, &keys).await?.map(|held| held.holder());
+    let intent = pipeline::Intent {
+        version: req.version.clone(),
+        allow_no_lb: req.allow_no_lb,
+        migrations: migrations.is_some(),
+        verify_for: req.verify_for.unwrap_or(spec.switch.verify_for),
+    };
+    let preview = preview::judge(&spec.app, &state, &intent, holder, pending);
+    let text = if global.json {
+        pretty_json(&preview)
+    } else {
+        preview.render_text()
+    };
+    Ok((text, preview.exit))
+}
+
+/// `coordinator deploy`. Input is checked completely before etcd is touched (exit 2).
+pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, CoordinatorError> {
+    let CheckedDeploy {
+        spec,
+        sha256,
+        signing_key,
+    } = check_deploy_input(global, &req)?;
+    let sha256 = match sha256 {
+        Some(hex) => hex,
+        None => sha256_of(&req.artifact).await?,
+    };
     let progress = Progress::new(global.json);
     let migrations = migrate::runner::Migrations::load(&spec, &progress)?;
     if let Some(m) = &migrations {
@@ -258,7 +320,7 @@ pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
 }
 
 /// The artifact's sha256 when `--sha256` was not given: the coordinator fetches it once itself.
-async fn sha256_of(url: &str) -> Result<String, CoordinatorError> {
+pub(crate) async fn sha256_of(url: &str) -> Result<String, CoordinatorError> {
     let bytes = if let Some(path) = url.strip_prefix("file://") {
         tokio::fs::read(path)
             .await

@@ -93,6 +93,24 @@ enum Command {
         /// trusted_keys run only signed releases.
         #[arg(long, env = "BLUEGREEN_SIGNING_KEY_FILE")]
         signing_key: Option<PathBuf>,
+        /// Show what the deploy would do now (target color, hosts, LBs that must ack, pending
+        /// migrations, lock holder) and exit with the code it would have; writes nothing.
+        #[arg(long)]
+        plan: bool,
+    },
+    /// Check a spec, its migrations (parsed and linted) and optionally the artifact, without
+    /// etcd or the database: exit 0 when a deploy would accept them, 2 naming what is wrong.
+    Validate {
+        #[arg(long)]
+        spec: PathBuf,
+        /// Check the version's format too.
+        #[arg(long)]
+        version: Option<String>,
+        /// Fetch the artifact once and hash it (it is reachable, and is --sha256 when given).
+        #[arg(long)]
+        artifact: Option<String>,
+        #[arg(long, requires = "artifact")]
+        sha256: Option<String>,
     },
     /// Make an ed25519 key pair for signing releases: NAME.key (keep it in CI's secrets) and
     /// NAME.pub (list it in every agent's trusted_keys).
@@ -235,9 +253,11 @@ fn color(value: &str) -> Result<Color, CoordinatorError> {
         .map_err(|e: proto::ProtoError| CoordinatorError::Usage(e.to_string()))
 }
 
-async fn dispatch(global: &Global, command: Command) -> Result<String, CoordinatorError> {
+/// The command's output and exit code (0 unless the command reports a verdict, as `validate` and
+/// `deploy --plan` do).
+async fn dispatch(global: &Global, command: Command) -> Result<(String, i32), CoordinatorError> {
     use coordinator::parse_duration as dur;
-    match command {
+    let text = match command {
         Command::Deploy {
             spec,
             version,
@@ -249,6 +269,7 @@ async fn dispatch(global: &Global, command: Command) -> Result<String, Coordinat
             keep_failed,
             allow_no_lb,
             signing_key,
+            plan,
         } => {
             let req = coordinator::DeployRequest {
                 spec,
@@ -264,7 +285,30 @@ async fn dispatch(global: &Global, command: Command) -> Result<String, Coordinat
                 allow_no_lb,
                 signing_key,
             };
+            if plan {
+                return coordinator::deploy_plan(global, req).await;
+            }
             coordinator::deploy(global, req).await
+        }
+        Command::Validate {
+            spec,
+            version,
+            artifact,
+            sha256,
+        } => {
+            let req = coordinator::validate::ValidateRequest {
+                spec,
+                version,
+                artifact,
+                sha256,
+            };
+            let report = coordinator::validate::validate(global.app.as_deref(), &req).await;
+            let text = if global.json {
+                serde_json::to_string_pretty(&report).expect("report serializes") + "\n"
+            } else {
+                report.render_text()
+            };
+            return Ok((text, if report.valid { 0 } else { 2 }));
         }
         Command::Rollback {
             lock_wait,
@@ -300,7 +344,8 @@ async fn dispatch(global: &Global, command: Command) -> Result<String, Coordinat
             color: c,
             tail,
         } => coordinator::logs(global, &host, color(&c)?, tail).await,
-    }
+    };
+    text.map(|t| (t, 0))
 }
 
 async fn member(
@@ -383,7 +428,7 @@ async fn main() {
         json,
     };
     match dispatch(&global, cli.command).await {
-        Ok(text) => {
+        Ok((text, exit)) => {
             if global.json && !text.trim_start().starts_with(['{', '[']) && !text.is_empty() {
                 println!(
                     "{}",
@@ -395,6 +440,7 @@ async fn main() {
                     println!();
                 }
             }
+            std::process::exit(exit);
         }
         Err(e) => fail(global.json, e),
     }

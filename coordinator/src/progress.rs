@@ -4,6 +4,8 @@ use tokio::time::Instant;
 
 pub struct Progress {
     json: bool,
+    /// Prints nothing (a check run for its verdict only).
+    quiet: bool,
     start: Instant,
 }
 
@@ -11,12 +13,24 @@ impl Progress {
     pub fn new(json: bool) -> Progress {
         Progress {
             json,
+            quiet: false,
             start: Instant::now(),
+        }
+    }
+
+    /// A progress that prints nothing.
+    pub fn silent() -> Progress {
+        Progress {
+            quiet: true,
+            ..Progress::new(false)
         }
     }
 
     /// Prints one step; `detail` is masked (it may carry app log lines or database URLs).
     pub fn event(&self, step: &str, host: Option<&str>, state: &str, detail: &str) {
+        if self.quiet {
+            return;
+        }
         let elapsed_ms = self.start.elapsed().as_millis() as u64;
         let detail = &proto::secrets::mask_text(detail);
         if self.json {

@@ -35,7 +35,7 @@ fn load(
     spec: &std::path::Path,
     progress: &Progress,
 ) -> Result<(crate::spec::AppSpec, Migrations), CoordinatorError> {
-    let spec_file = load_spec(global, spec)?;
+    let spec_file = load_spec(global.app.as_deref(), spec)?;
     let migrations = Migrations::load(&spec_file, progress)?.ok_or_else(|| {
         CoordinatorError::Usage(format!(
             "spec {}: has no [migrations] section",

@@ -37,6 +37,13 @@ pub enum Db {
 }
 
 impl Db {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Db::Sqlite => "SQLite",
+            Db::Postgres => "PostgreSQL",
+        }
+    }
+
     pub fn of_url(url: &str) -> Result<Db, String> {
         if url.starts_with("sqlite:") {
             Ok(Db::Sqlite)
