@@ -140,7 +140,7 @@ fn load_spec(
 ) -> Result<spec::AppSpec, CoordinatorError> {
     let spec = spec::AppSpec::load(path)?;
     if let Some(app) = app {
-        if app != &spec.app {
+        if app != spec.app {
             return Err(CoordinatorError::Usage(format!(
                 "--app {app} does not match app {:?} in {}",
                 spec.app,
