@@ -8,6 +8,7 @@ use crate::history;
 use crate::pipeline::{self, Intent, Next, Plan, Preflight, Step};
 use crate::probes::Probes;
 use crate::progress::Progress;
+use crate::report::Side;
 use crate::reconcile;
 use crate::spec::AppSpec;
 use crate::status::AppStatus;
@@ -94,6 +95,16 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             Preflight::Refuse(why) => return Err(CoordinatorError::Failed(why)),
             Preflight::Go(plan) => plan,
         };
+        self.progress.record().movement(
+            state.active.as_ref().map(|a| Side {
+                color: a.color,
+                version: Some(a.version.clone()),
+            }),
+            Side {
+                color: plan.to,
+                version: Some(args.version.clone()),
+            },
+        );
         let shown_from = plan.from.map_or("none".into(), |c| c.to_string());
         self.progress.event(
             "preflight",

@@ -116,35 +116,88 @@ async fn try_append(
     )))
 }
 
-/// The newest `limit` records, oldest first.
+/// Which records `history` shows; every field set must match.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub kind: Option<Operation>,
+    pub version: Option<String>,
+    /// A part of the actor (`alice` matches `alice via https://…`).
+    pub actor: Option<String>,
+    /// RFC 3339 times (UTC, as records are written), inclusive.
+    pub since: Option<String>,
+    pub until: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, r: &HistoryRecord) -> bool {
+        self.kind.is_none_or(|k| r.kind == k)
+            && self.version.as_ref().is_none_or(|v| r.version.as_ref() == Some(v))
+            && self
+                .actor
+                .as_ref()
+                .is_none_or(|a| r.actor.as_deref().is_some_and(|x| x.contains(a.as_str())))
+            && self.since.as_ref().is_none_or(|t| r.at.as_str() >= t.as_str())
+            && self.until.as_ref().is_none_or(|t| r.at.as_str() <= t.as_str())
+    }
+}
+
+/// A `--since`/`--until` value: an RFC 3339 time, or a duration meaning that long ago (`2h`),
+/// as the RFC 3339 UTC text records carry, so that times compare as strings.
+pub fn parse_time(flag: &str, value: &str) -> Result<String, CoordinatorError> {
+    let at = match humantime::parse_rfc3339_weak(value) {
+        Ok(at) => at,
+        Err(_) => {
+            let ago = humantime::parse_duration(value).map_err(|_| {
+                CoordinatorError::Usage(format!(
+                    "{flag} {value:?}: neither an RFC 3339 time (2026-12-04T10:00:00Z) nor a duration ago (2h)"
+                ))
+            })?;
+            std::time::SystemTime::now() - ago
+        }
+    };
+    Ok(humantime::format_rfc3339_millis(at).to_string())
+}
+
+/// How many history keys one read asks for while looking for matches.
+const PAGE: i64 = 500;
+
+/// The newest `limit` records that match `filter`, oldest first. Reads newest first, page by
+/// page, and stops as soon as it has `limit`: an unfiltered listing reads one page.
 pub async fn list(
     client: &etcd_client::Client,
     keys: &Keys,
     limit: usize,
+    filter: &Filter,
 ) -> Result<Vec<(String, HistoryRecord)>, CoordinatorError> {
     let prefix = keys.history_prefix();
-    let options = GetOptions::new()
-        .with_prefix()
-        .with_sort(
-            etcd_client::SortTarget::Key,
-            etcd_client::SortOrder::Descend,
-        )
-        .with_limit(limit as i64);
-    let resp = client
-        .clone()
-        .get(prefix.as_str(), Some(options))
-        .await
-        .map_err(|e| ProtoError::etcd(format!("read {prefix}"), e))?;
-    let mut out: Vec<(String, HistoryRecord)> = resp
-        .kvs()
-        .iter()
-        .filter_map(|kv| {
+    let mut end = proto::watch::prefix_end(&prefix);
+    let mut out: Vec<(String, HistoryRecord)> = Vec::new();
+    while out.len() < limit {
+        let options = GetOptions::new()
+            .with_range(end.clone())
+            .with_sort(
+                etcd_client::SortTarget::Key,
+                etcd_client::SortOrder::Descend,
+            )
+            .with_limit(PAGE);
+        let resp = client
+            .clone()
+            .get(prefix.as_str(), Some(options))
+            .await
+            .map_err(|e| ProtoError::etcd(format!("read {prefix}"), e))?;
+        for kv in resp.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
-            decode::<HistoryRecord>(&key, kv.value())
-                .ok()
-                .map(|r| (key, r))
-        })
-        .collect();
+            if let Ok(record) = decode::<HistoryRecord>(&key, kv.value()) {
+                if filter.matches(&record) && out.len() < limit {
+                    out.push((key, record));
+                }
+            }
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => end = last.key().to_vec(),
+            _ => break,
+        }
+    }
     out.reverse();
     Ok(out)
 }
@@ -160,5 +213,7 @@ pub fn record(kind: Operation, op_id: &str, outcome: Outcome) -> HistoryRecord {
         version: None,
         reason: None,
         details: serde_json::Value::Null,
+        actor: Some(crate::actor::current()),
+        command: Some(crate::actor::command_line()),
     }
 }

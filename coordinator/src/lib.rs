@@ -4,6 +4,8 @@
 
 pub use error::CoordinatorError;
 
+pub mod actor;
+pub mod cli;
 pub mod deploy;
 #[cfg(test)]
 mod deploy_tests;
@@ -20,6 +22,7 @@ pub mod preview;
 pub mod probes;
 pub mod progress;
 pub mod reconcile;
+pub mod report;
 pub mod spec;
 pub mod status;
 pub mod stop;
@@ -48,9 +51,16 @@ pub struct Global {
     pub prefix: String,
     pub app: Option<String>,
     pub json: bool,
+    /// What the command learned about its operation, for the `result` event.
+    pub recorder: report::Recorder,
 }
 
 impl Global {
+    /// Progress output for this command, recording into [`Global::recorder`].
+    pub fn progress(&self) -> Progress {
+        Progress::recording(self.json, &self.recorder)
+    }
+
     fn keys(&self) -> Result<Keys, CoordinatorError> {
         let app = self.app.as_deref().ok_or_else(|| {
             CoordinatorError::Usage("--app (or BLUEGREEN_APP) is required".into())
@@ -160,6 +170,7 @@ async fn acquire(
     wait: Duration,
     progress: &Progress,
 ) -> Result<DeployLock, CoordinatorError> {
+    progress.record().operation(op_id, keys.app());
     let record = LockRecord {
         deploy_id: op_id.into(),
         holder: holder(),
@@ -259,7 +270,7 @@ pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
         Some(hex) => hex,
         None => sha256_of(&req.artifact).await?,
     };
-    let progress = Progress::new(global.json);
+    let progress = global.progress();
     let migrations = migrate::runner::Migrations::load(&spec, &progress)?;
     if let Some(m) = &migrations {
         m.precheck().await?;
@@ -353,7 +364,7 @@ pub async fn switch(
 ) -> Result<String, CoordinatorError> {
     let keys = global.keys()?;
     let client = global.connect().await?;
-    let progress = Progress::new(global.json);
+    let progress = global.progress();
     let operation = if target.is_some() {
         Operation::Switch
     } else {
@@ -388,7 +399,7 @@ pub async fn stop(
 ) -> Result<String, CoordinatorError> {
     let keys = global.keys()?;
     let client = global.connect().await?;
-    let progress = Progress::new(global.json);
+    let progress = global.progress();
     let id = format!("stop-{}", uuid::Uuid::new_v4());
     let lock = acquire(
         &client,
@@ -417,7 +428,7 @@ pub async fn member_list(global: &Global, kind: Member) -> Result<String, Coordi
     })
 }
 
-fn pretty_json<T: serde::Serialize>(value: &T) -> String {
+pub fn pretty_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string_pretty(value).expect("views serialize") + "\n"
 }
 
@@ -440,7 +451,7 @@ pub async fn member_remove(
     }
     let keys = global.keys()?;
     let client = global.connect().await?;
-    let progress = Progress::new(global.json);
+    let progress = global.progress();
     let id = format!("{}-remove-{}", kind.command(), uuid::Uuid::new_v4());
     let lock = acquire(
         &client,
@@ -479,40 +490,47 @@ pub async fn apps(global: &Global) -> Result<String, CoordinatorError> {
     let client = global.connect().await?;
     let apps = proto::watch::list_apps(&client, &global.prefix).await?;
     Ok(if global.json {
-        serde_json::json!(apps).to_string() + "\n"
+        pretty_json(&apps)
     } else {
         apps.iter().map(|a| format!("{a}\n")).collect()
     })
 }
 
-/// `coordinator history --limit N`.
-pub async fn history(global: &Global, limit: usize) -> Result<String, CoordinatorError> {
+/// `coordinator history --limit N`: one line per record (JSON: one array, oldest first).
+pub async fn history(
+    global: &Global,
+    limit: usize,
+    filter: &history::Filter,
+) -> Result<String, CoordinatorError> {
     let (keys, client) = global.existing_app().await?;
-    let records = history::list(&client, &keys, limit).await?;
+    let records = history::list(&client, &keys, limit, filter).await?;
+    if global.json {
+        let list: Vec<serde_json::Value> = records
+            .into_iter()
+            .map(|(key, record)| serde_json::json!({"key": key, "record": record}))
+            .collect();
+        return Ok(pretty_json(&list));
+    }
     let mut out = String::new();
-    for (key, r) in records {
-        if global.json {
-            out.push_str(&serde_json::json!({"key": key, "record": r}).to_string());
-        } else {
-            let arrow = match (r.from, r.to) {
-                (Some(f), Some(t)) => format!("{f} -> {t}"),
-                (None, Some(t)) => format!("-> {t}"),
-                _ => String::new(),
-            };
-            let reason = r
-                .reason
-                .map(|x| format!(": {}", x.lines().next().unwrap_or("")))
-                .unwrap_or_default();
-            out.push_str(&format!(
-                "{} {:<10} {:<12} {} {} {arrow}{reason}",
-                r.at,
-                r.kind.as_str(),
-                r.outcome.as_str(),
-                r.deploy_id,
-                r.version.unwrap_or_default()
-            ));
-        }
-        out.push('\n');
+    for (_, r) in records {
+        let arrow = match (r.from, r.to) {
+            (Some(f), Some(t)) => format!("{f} -> {t}"),
+            (None, Some(t)) => format!("-> {t}"),
+            _ => String::new(),
+        };
+        let reason = r
+            .reason
+            .map(|x| format!(": {}", x.lines().next().unwrap_or("")))
+            .unwrap_or_default();
+        let actor = r.actor.map(|a| format!(" by {a}")).unwrap_or_default();
+        out.push_str(&format!(
+            "{} {:<10} {:<12} {} {} {arrow}{actor}{reason}\n",
+            r.at,
+            r.kind.as_str(),
+            r.outcome.as_str(),
+            r.deploy_id,
+            r.version.unwrap_or_default()
+        ));
     }
     Ok(out)
 }
@@ -520,7 +538,22 @@ pub async fn history(global: &Global, limit: usize) -> Result<String, Coordinato
 /// `coordinator lock status`.
 pub async fn lock_status(global: &Global) -> Result<String, CoordinatorError> {
     let (keys, client) = global.existing_app().await?;
-    Ok(match lock::status(&client, &keys).await? {
+    let held = lock::status(&client, &keys).await?;
+    if global.json {
+        let doc = match &held {
+            None => serde_json::json!({"held": false}),
+            Some(h) => serde_json::json!({
+                "held": true,
+                "holder": h.holder(),
+                "token": h.token,
+                "lease": format!("{:x}", h.lease),
+                "record": h.record.as_ref().ok(),
+                "problem": h.record.as_ref().err(),
+            }),
+        };
+        return Ok(pretty_json(&doc));
+    }
+    Ok(match held {
         None => "lock: free\n".into(),
         Some(held) => format!(
             "lock: held by {}; token {}, lease {:x}\n",
@@ -577,10 +610,15 @@ pub async fn logs(
         .logs(record, color, tail)
         .await
         .map_err(CoordinatorError::Failed)?;
-    Ok(lines
-        .into_iter()
-        .map(|l| proto::secrets::mask_text(&l) + "\n")
-        .collect())
+    let lines: Vec<String> = lines
+        .iter()
+        .map(|l| proto::secrets::mask_text(l))
+        .collect();
+    if global.json {
+        let doc = serde_json::json!({"host": host, "color": color, "lines": lines});
+        return Ok(pretty_json(&doc));
+    }
+    Ok(lines.into_iter().map(|l| l + "\n").collect())
 }
 
 /// `coordinator keygen`: writes `<name>.key` (mode 0600) and `<name>.pub` into `dir`, refusing to

@@ -7,6 +7,7 @@ use crate::fleet;
 use crate::history;
 use crate::probes::Probes;
 use crate::progress::Progress;
+use crate::report::Side;
 use crate::reconcile;
 use crate::store::{Store, Write};
 use proto::records::{ActiveRecord, DeployRecord, Desired, LbRecord};
@@ -29,6 +30,7 @@ pub async fn write_active<S: Store>(
     let writes = [Write::Active(active.clone()), Write::Deploy(deploy.clone())];
     match store.put(&writes, Some(seen_active_revision)).await {
         Ok(revision) => {
+            progress.record().revision(revision);
             progress.event(
                 "switch",
                 None,
@@ -170,6 +172,16 @@ pub async fn switch_command<S: Store, P: Probes>(
         .ok_or_else(|| {
             CoordinatorError::Failed(format!("{target} has no running release to switch to"))
         })?;
+    progress.record().movement(
+        state.active.as_ref().map(|a| Side {
+            color: a.color,
+            version: Some(a.version.clone()),
+        }),
+        Side {
+            color: target,
+            version: Some(release.version.clone()),
+        },
+    );
     let stays = current.map_or("nothing".into(), |c| c.to_string());
     let unhealthy = fleet::unhealthy(&state, target, &release.version);
     if !unhealthy.is_empty() {

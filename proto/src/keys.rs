@@ -53,6 +53,12 @@ impl Keys {
         })
     }
 
+    /// The app's name (the last segment of its prefix).
+    pub fn app(&self) -> &str {
+        let base = self.base.trim_end_matches('/');
+        base.rsplit('/').next().unwrap_or(base)
+    }
+
     /// Everything of this app: the range sidecars and `status` read.
     pub fn app_prefix(&self) -> &str {
         &self.base

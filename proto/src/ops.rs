@@ -24,6 +24,19 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// Every kind, in the order `history --kind` lists them.
+    pub const ALL: [Operation; 9] = [
+        Operation::Deploy,
+        Operation::Rollback,
+        Operation::Switch,
+        Operation::Stop,
+        Operation::Migrate,
+        Operation::Reconcile,
+        Operation::LockBreak,
+        Operation::LbRemove,
+        Operation::HostRemove,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Operation::Deploy => "deploy",

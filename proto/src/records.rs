@@ -307,6 +307,13 @@ pub struct HistoryRecord {
     pub reason: Option<String>,
     #[serde(default)]
     pub details: serde_json::Value,
+    /// Who ran the command (`BLUEGREEN_ACTOR`, else the CI user and job, else user@host); absent
+    /// in records written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// The command line that made the record (masked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
 }
 impl Validate for HistoryRecord {}
 

@@ -51,7 +51,7 @@ pub async fn change(
     req: MigrateRequest,
     direction: Direction,
 ) -> Result<String, CoordinatorError> {
-    let progress = Progress::new(global.json);
+    let progress = global.progress();
     let (spec, migrations) = load(global, &req.spec, &progress)?;
     let keys = proto::Keys::new(&global.prefix, &spec.app)?;
     let client = global.connect().await?;
@@ -180,7 +180,12 @@ async fn down(
 /// `migrate status`: every migration's state, what stops a migrator, and whether each pending
 /// contract migration may run now. Read-only; takes no lock.
 pub async fn show(global: &Global, spec: &std::path::Path) -> Result<String, CoordinatorError> {
-    let progress = Progress::new(global.json);
+    // A query prints one JSON document: lint notes go to text output only.
+    let progress = if global.json {
+        Progress::silent()
+    } else {
+        global.progress()
+    };
     let (spec_file, migrations) = load(global, spec, &progress)?;
     let mut store = migrations.connect().await?;
     let plan = migrations.plan(&mut store).await;
@@ -221,11 +226,11 @@ pub async fn show(global: &Global, spec: &std::path::Path) -> Result<String, Coo
                 })
             })
             .collect();
-        return Ok(serde_json::json!({
+        let doc = serde_json::json!({
             "database": database, "dir": migrations.dir, "migrations": list,
             "orphans": plan.orphans, "problems": plan.problems, "failures": plan.failures,
-        })
-        .to_string());
+        });
+        return Ok(crate::pretty_json(&doc));
     }
     let mut out = format!(
         "migrations of {} in {} ({})\n",
