@@ -173,3 +173,152 @@ async fn deploy_plan_shows_what_a_deploy_would_do_and_writes_nothing() {
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
     assert!(text(&refused).contains("no LB"), "{}", text(&refused));
 }
+
+/// The documented schemas (docs/schemas), by name.
+struct Schemas {
+    dir: std::path::PathBuf,
+}
+
+impl Schemas {
+    fn new() -> Schemas {
+        Schemas {
+            dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schemas"),
+        }
+    }
+
+    fn check(&self, name: &str, value: &serde_json::Value, context: &str) {
+        let path = self.dir.join(format!("{name}.schema.json"));
+        let schema: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let validator = jsonschema::validator_for(&schema).expect("a valid schema");
+        let errors: Vec<String> = validator
+            .iter_errors(value)
+            .map(|e| format!("{} at {}", e, e.instance_path))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{context}: does not match {name}.schema.json: {errors:#?}\n{value:#}"
+        );
+    }
+
+    /// A query: one JSON document matching `name`.
+    fn query(&self, name: &str, out: &Output, context: &str) -> serde_json::Value {
+        let doc = json_doc(out);
+        self.check(name, &doc, context);
+        doc
+    }
+
+    /// An action: progress events, then exactly one result event, last; returns it.
+    fn action(&self, out: &Output, context: &str) -> serde_json::Value {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let events: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("{context}: not one JSON event per line ({e}): {l}"))
+            })
+            .collect();
+        let (result, progress) = events
+            .split_last()
+            .unwrap_or_else(|| panic!("{context}: no output: {}", text(out)));
+        for event in progress {
+            self.check("progress-event", event, context);
+        }
+        self.check("result-event", result, context);
+        assert_eq!(
+            result["exit"].as_i64(),
+            out.status.code().map(i64::from),
+            "{context}: the result event's exit is the process's"
+        );
+        result.clone()
+    }
+}
+
+/// Every command's `--output json` against the schemas in docs/schemas: queries print one
+/// document, actions print progress events and end in one result event, and usage and input
+/// errors end in a result event too.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_command_speaks_the_documented_json() {
+    let schemas = Schemas::new();
+    let fleet = Fleet::start(2, 1).await;
+    let spec = fleet.spec("good", &[]);
+    let json = |args: &[&str]| {
+        let mut cmd = fleet.coordinator();
+        cmd.args(["--output", "json"]).args(args);
+        async move { cmd.output().await.expect("run coordinator") }
+    };
+
+    let v1 = fleet.deploy(&spec, "v1", &["--output", "json"]).await;
+    let result = schemas.action(&v1, "deploy v1");
+    assert_eq!(result["outcome"], "done", "{}", text(&v1));
+    assert_eq!(result["command"], "deploy");
+    assert_eq!(result["to"]["color"], "blue");
+    assert_eq!(result["to"]["version"], "v1");
+    assert!(result["op_id"].is_string() && result["revision"].is_i64(), "{result}");
+    let v2 = fleet.deploy(&spec, "v2", &["--output", "json"]).await;
+    let result = schemas.action(&v2, "deploy v2");
+    assert_eq!(result["from"]["version"], "v1");
+    assert_eq!(result["to"]["color"], "green");
+
+    let rollback = json(&["rollback"]).await;
+    let result = schemas.action(&rollback, "rollback");
+    assert_eq!(result["exit"], 0, "{}", text(&rollback));
+    assert_eq!(result["from"]["color"], "green");
+    assert_eq!(result["to"]["color"], "blue");
+    let switch = json(&["switch", "green"]).await;
+    schemas.action(&switch, "switch green");
+
+    let plan = fleet.deploy(&spec, "v3", &["--plan", "--output", "json"]).await;
+    schemas.query("deploy-plan", &plan, "deploy --plan");
+    schemas.query("status", &json(&["status"]).await, "status");
+    schemas.query("apps", &json(&["apps"]).await, "apps");
+    let history = schemas.query("history", &json(&["history"]).await, "history");
+    assert!(history.as_array().unwrap().len() >= 4, "{history:#}");
+    schemas.query("lock-status", &json(&["lock", "status"]).await, "lock status");
+    schemas.query("host-list", &json(&["host", "list"]).await, "host list");
+    schemas.query("lb-list", &json(&["lb", "list"]).await, "lb list");
+    let logs = json(&["logs", "--host", "host-1", "--color", "green", "--tail", "5"]).await;
+    schemas.query("logs", &logs, "logs");
+    let validate = json(&["validate", "--spec", &spec.display().to_string()]).await;
+    schemas.query("validate", &validate, "validate");
+
+    let dir = tempfile::tempdir().unwrap();
+    let migrating = example_spec_in(dir.path());
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("shop.db").display());
+    let spec_text = std::fs::read_to_string(&migrating).unwrap();
+    std::fs::write(
+        &migrating,
+        spec_text.replace("sqlite:///var/lib/shop/shop.db?mode=rwc", &db),
+    )
+    .unwrap();
+    let migrate = json(&["migrate", "status", "--spec", &migrating.display().to_string()]).await;
+    schemas.query("migrate-status", &migrate, "migrate status");
+
+    let stop = json(&["stop", "blue"]).await;
+    schemas.action(&stop, "stop blue");
+    let keygen = json(&["keygen", "--out-dir", &dir.path().display().to_string()]).await;
+    schemas.action(&keygen, "keygen");
+    let lock_break = json(&["lock", "break", "--yes"]).await;
+    schemas.action(&lock_break, "lock break");
+
+    // Errors end in a result event: a refused action, bad input, a usage error clap rejects, a
+    // query about an unknown app (BLUEGREEN_OUTPUT instead of the flag).
+    let refused = json(&["switch", "blue"]).await;
+    let result = schemas.action(&refused, "switch to a stopped color");
+    assert_eq!(result["outcome"], "failed");
+    let not_confirmed = json(&["host", "remove", "host-9"]).await;
+    assert_eq!(schemas.action(&not_confirmed, "host remove")["exit"], 2);
+    let usage = json(&["deploy", "--version", "v4"]).await;
+    let result = schemas.action(&usage, "missing --spec");
+    assert_eq!(result["outcome"], "rejected");
+    assert!(result["detail"].as_str().unwrap().contains("--spec"), "{result}");
+    let unknown = fleet
+        .coordinator()
+        .env("BLUEGREEN_OUTPUT", "json")
+        .args(["--app", "shpo", "status"])
+        .output()
+        .await
+        .unwrap();
+    let result = schemas.action(&unknown, "status of an unknown app");
+    assert!(result["detail"].as_str().unwrap().contains("shop"), "{result}");
+}
