@@ -322,3 +322,73 @@ async fn every_command_speaks_the_documented_json() {
     let result = schemas.action(&unknown, "status of an unknown app");
     assert!(result["detail"].as_str().unwrap().contains("shop"), "{result}");
 }
+
+/// Every history record names who ran the command and how; `history` filters by kind, version,
+/// actor and time.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_names_the_actor_and_filters() {
+    let fleet = Fleet::start(1, 1).await;
+    let spec = fleet.spec("good", &[]);
+    for (actor, version) in [("alice", "v1"), ("bob", "v2")] {
+        let out = fleet
+            .deploy_command(&spec, version, &[])
+            .env("BLUEGREEN_ACTOR", actor)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let rollback = fleet
+        .coordinator()
+        .env("BLUEGREEN_ACTOR", "carol")
+        .env("GITHUB_ACTIONS", "true")
+        .arg("rollback")
+        .output()
+        .await
+        .unwrap();
+    assert!(rollback.status.success(), "{}", text(&rollback));
+    let history = |args: &[&str]| {
+        let mut cmd = fleet.coordinator();
+        cmd.args(["--output", "json", "history"]).args(args);
+        let shown = format!("{args:?}");
+        async move {
+            let out = cmd.output().await.unwrap();
+            assert!(out.status.success(), "{shown}: {}", text(&out));
+            let records = json_doc(&out);
+            records
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["record"].clone())
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = history(&[]).await;
+    assert_eq!(all.len(), 3, "{all:#?}");
+    let actors: Vec<&str> = all.iter().map(|r| r["actor"].as_str().unwrap()).collect();
+    assert_eq!(actors, ["alice", "bob", "carol"]);
+    assert!(
+        all[0]["command"].as_str().unwrap().contains("deploy"),
+        "{:#}",
+        all[0]
+    );
+
+    let bobs = history(&["--actor", "bob"]).await;
+    assert_eq!(bobs.len(), 1);
+    assert_eq!(bobs[0]["version"], "v2");
+    let rollbacks = history(&["--kind", "rollback"]).await;
+    assert_eq!(rollbacks.len(), 1);
+    assert_eq!(rollbacks[0]["actor"], "carol");
+    // The rollback went back to v1: it is a record of v1 too.
+    let v1 = history(&["--version", "v1"]).await;
+    let v1_actors: Vec<&str> = v1.iter().map(|r| r["actor"].as_str().unwrap()).collect();
+    assert_eq!(v1_actors, ["alice", "carol"]);
+    assert!(history(&["--since", "2099-01-01T00:00:00Z"]).await.is_empty());
+    assert_eq!(history(&["--since", "1h"]).await.len(), 3);
+    assert!(history(&["--until", "1h"]).await.is_empty());
+    assert_eq!(history(&["--limit", "1", "--kind", "deploy"]).await[0]["actor"], "bob");
+
+    let bad = fleet.run(&["history", "--since", "yesterday-ish"]).await;
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad).contains("--since"), "{}", text(&bad));
+}
