@@ -121,6 +121,37 @@ enum Command {
         /// migrations, lock holder) and exit with the code it would have; writes nothing.
         #[arg(long)]
         plan: bool,
+        /// Stop after staging and the checks: the new color runs on every host and the LBs'
+        /// preview listener serves it, but traffic stays; `coordinator promote` switches.
+        #[arg(long, conflicts_with = "plan")]
+        no_switch: bool,
+    },
+    /// Switch to the version `deploy --no-switch` staged, after its checks again (health on every
+    /// host, the active color still serving, the smoke checks).
+    Promote {
+        /// The app spec (its smoke checks and verification settings).
+        #[arg(long)]
+        spec: PathBuf,
+        /// How long to wait for another operation's deploy lock (0s: give up at once, exit 3).
+        #[arg(long, default_value = "0s")]
+        lock_wait: String,
+        /// How long the staged color may take to be healthy on every host [default: the spec's
+        /// health.startup_timeout + 30s].
+        #[arg(long)]
+        health_timeout: Option<String>,
+        /// After the switch, watch the new color this long and switch back if it turns
+        /// unhealthy [default: the spec's switch.verify_for].
+        #[arg(long)]
+        verify_for: Option<String>,
+        /// Leave the staged color running if its checks fail, instead of stopping it.
+        #[arg(long)]
+        keep_failed: bool,
+        /// Switch even when no LB is registered.
+        #[arg(long)]
+        allow_no_lb: bool,
+        /// ed25519 private key to sign the release records promote writes (a stop on failure).
+        #[arg(long, env = "BLUEGREEN_SIGNING_KEY_FILE")]
+        signing_key: Option<PathBuf>,
     },
     /// Check a spec, its migrations (parsed and linted) and optionally the artifact, without
     /// etcd or the database: exit 0 when a deploy would accept them, 2 naming what is wrong.
@@ -338,6 +369,7 @@ async fn dispatch(global: &Global, command: Command) -> Result<(String, i32), Co
             allow_no_lb,
             signing_key,
             plan,
+            no_switch,
         } => {
             let req = crate::DeployRequest {
                 spec,
@@ -352,11 +384,34 @@ async fn dispatch(global: &Global, command: Command) -> Result<(String, i32), Co
                 keep_failed,
                 allow_no_lb,
                 signing_key,
+                no_switch,
             };
             if plan {
                 return crate::deploy_plan(global, req).await;
             }
             crate::deploy(global, req).await
+        }
+        Command::Promote {
+            spec,
+            lock_wait,
+            health_timeout,
+            verify_for,
+            keep_failed,
+            allow_no_lb,
+            signing_key,
+        } => {
+            let req = crate::PromoteRequest {
+                spec,
+                lock_wait: dur("--lock-wait", &lock_wait)?,
+                health_timeout: health_timeout
+                    .map(|d| dur("--health-timeout", &d))
+                    .transpose()?,
+                verify_for: verify_for.map(|d| dur("--verify-for", &d)).transpose()?,
+                keep_failed,
+                allow_no_lb,
+                signing_key,
+            };
+            crate::promote(global, req).await
         }
         Command::Validate {
             spec,
@@ -489,7 +544,9 @@ impl Command {
     fn name(&self) -> String {
         let name = match self {
             Command::Deploy { plan: true, .. } => "deploy --plan",
+            Command::Deploy { no_switch: true, .. } => "deploy --no-switch",
             Command::Deploy { .. } => "deploy",
+            Command::Promote { .. } => "promote",
             Command::Validate { .. } => "validate",
             Command::Keygen { .. } => "keygen",
             Command::Rollback { .. } => "rollback",
@@ -545,6 +602,7 @@ impl Command {
                 matches!(action, MemberAction::List)
             }
             Command::Keygen { .. }
+            | Command::Promote { .. }
             | Command::Rollback { .. }
             | Command::Switch { .. }
             | Command::Stop { .. } => false,

@@ -28,6 +28,16 @@ pub struct DeployArgs {
     pub verify_for: Option<Duration>,
     pub keep_failed: bool,
     pub allow_no_lb: bool,
+    /// Stop once staged and checked; `promote` switches.
+    pub no_switch: bool,
+}
+
+/// What `promote` takes from its command line (the version comes from the staged deploy).
+pub struct PromoteArgs {
+    pub health_timeout: Option<Duration>,
+    pub verify_for: Option<Duration>,
+    pub keep_failed: bool,
+    pub allow_no_lb: bool,
 }
 
 /// The schema seam: applies pending expand migrations after staging and proves the old color on
@@ -89,6 +99,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             allow_no_lb: args.allow_no_lb,
             migrations: self.migrator.is_some(),
             verify_for: args.verify_for.unwrap_or(self.spec.switch.verify_for),
+            no_switch: args.no_switch,
         };
         let plan = match pipeline::preflight(&state, &intent) {
             Preflight::AlreadyActive(message) => return Ok(message),
@@ -146,7 +157,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             "written",
             &format!("releases/{} = {}", plan.to, args.version),
         );
-        let mut run = Run {
+        let run = Run {
             plan,
             state,
             record,
@@ -155,6 +166,91 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             acks: BTreeMap::new(),
             failures: Vec::new(),
         };
+        self.drive(run).await
+    }
+
+    /// `coordinator promote`: switches to the version a `deploy --no-switch` staged, after the
+    /// same checks again (the fleet may have changed since): every host healthy on it, the
+    /// active color still serving, the smoke checks. Migrations ran when it was staged.
+    pub async fn promote(&self, promote: &PromoteArgs) -> Result<String, CoordinatorError> {
+        let state = self.store.read().await?;
+        reconcile::previous(self.store, &state, &self.op_id, self.progress).await?;
+        let staged = staged_deploy(&state)?;
+        let release = state.releases.get(&staged.to).cloned().expect("checked");
+        let args = DeployArgs {
+            version: staged.version.clone(),
+            artifact: release.artifact.clone(),
+            health_timeout: promote.health_timeout,
+            verify_for: promote.verify_for,
+            keep_failed: promote.keep_failed,
+            allow_no_lb: promote.allow_no_lb,
+            no_switch: false,
+        };
+        let intent = Intent {
+            version: args.version.clone(),
+            allow_no_lb: args.allow_no_lb,
+            migrations: false,
+            verify_for: args.verify_for.unwrap_or(self.spec.switch.verify_for),
+            no_switch: false,
+        };
+        let plan = match pipeline::preflight(&state, &intent) {
+            Preflight::AlreadyActive(message) => return Ok(message),
+            Preflight::Refuse(why) => return Err(CoordinatorError::Failed(why)),
+            Preflight::Go(plan) if plan.to != staged.to => {
+                return Err(CoordinatorError::Failed(format!(
+                    "{} was staged on {} but traffic has moved since; deploy it again",
+                    staged.version, staged.to
+                )))
+            }
+            Preflight::Go(plan) => plan,
+        };
+        self.progress.record().movement(
+            state.active.as_ref().map(|a| Side {
+                color: a.color,
+                version: Some(a.version.clone()),
+            }),
+            Side {
+                color: plan.to,
+                version: Some(args.version.clone()),
+            },
+        );
+        self.progress.event(
+            "preflight",
+            None,
+            "ok",
+            &format!(
+                "promoting {} on {} (staged by {})",
+                staged.version, staged.to, staged.deploy_id
+            ),
+        );
+        let now = proto::time::now_rfc3339();
+        let record = DeployRecord {
+            deploy_id: self.op_id.clone(),
+            operation: Operation::Promote,
+            phase: Phase::Staging,
+            from: plan.from,
+            to: plan.to,
+            version: args.version.clone(),
+            token: self.store.token(),
+            started_at: now.clone(),
+            updated_at: now,
+            error: None,
+        };
+        self.put_record(&record).await?;
+        let run = Run {
+            plan,
+            state,
+            record,
+            args: &args,
+            switched_at: None,
+            acks: BTreeMap::new(),
+            failures: Vec::new(),
+        };
+        self.drive(run).await
+    }
+
+    /// Runs the steps after staging until the pipeline says where it ends.
+    async fn drive(&self, mut run: Run<'_>) -> Result<String, CoordinatorError> {
         let mut step = Step::AwaitHealthy;
         loop {
             let passed = match self.step(&mut run, step).await {
@@ -168,6 +264,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
                 Next::Unsafe => return self.unsafe_end(&mut run, step).await,
                 Next::SwitchBack => return self.switch_back(&mut run).await,
                 Next::Finish => return self.finish(&mut run).await,
+                Next::Staged => return self.staged(&mut run).await,
             }
         }
     }
@@ -326,7 +423,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
         outcome: Outcome,
         reason: Option<String>,
     ) -> Result<(), CoordinatorError> {
-        let mut record = history::record(Operation::Deploy, &self.op_id, outcome);
+        let mut record = history::record(run.record.operation, &self.op_id, outcome);
         record.from = run.plan.from;
         record.to = Some(run.plan.to);
         record.version = Some(run.args.version.clone());
@@ -360,6 +457,19 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             run.plan.to,
             run.plan.hosts.len(),
             run.plan.to
+        ))
+    }
+
+    /// `--no-switch`: the new color is staged and checked on every host; traffic never moved.
+    async fn staged(&self, run: &mut Run<'_>) -> Result<String, CoordinatorError> {
+        self.close(run, Phase::Staged, Outcome::Staged, None).await?;
+        Ok(format!(
+            "staged {} on {} on {} host(s) and checked it; traffic stays on {}. The LBs' preview \
+             listener serves it; `coordinator promote --spec …` switches traffic to it",
+            run.args.version,
+            run.plan.to,
+            run.plan.hosts.len(),
+            run.plan.from.map_or("nothing".into(), |c| c.to_string())
         ))
     }
 
@@ -495,6 +605,30 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             "{} on {to} turned unhealthy during --verify-for ({why}); switched back to {from}",
             run.args.version
         )))
+    }
+}
+
+/// The deploy `promote` finishes: the last operation ended `staged`, and its color still runs
+/// what it staged.
+fn staged_deploy(state: &AppStatus) -> Result<DeployRecord, CoordinatorError> {
+    let Some(staged) = state.deploy.clone().filter(|d| d.phase == Phase::Staged) else {
+        let last = state.deploy.as_ref().map_or("no deploy yet".into(), |d| {
+            format!("the last operation, {} {}, is {}", d.operation, d.deploy_id, d.phase)
+        });
+        return Err(CoordinatorError::Failed(format!(
+            "nothing is staged to promote ({last}): run `coordinator deploy --no-switch` first"
+        )));
+    };
+    match state.releases.get(&staged.to) {
+        Some(r) if r.version == staged.version && r.desired == Desired::Running => Ok(staged),
+        other => Err(CoordinatorError::Failed(format!(
+            "{} was staged on {} by {}, but releases/{} is now {}; deploy it again",
+            staged.version,
+            staged.to,
+            staged.deploy_id,
+            staged.to,
+            other.map_or("gone".into(), |r| format!("{} ({:?})", r.version, r.desired))
+        ))),
     }
 }
 

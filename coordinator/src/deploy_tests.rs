@@ -21,6 +21,7 @@ fn args(version: &str) -> DeployArgs {
         verify_for: None,
         keep_failed: false,
         allow_no_lb: false,
+        no_switch: false,
     }
 }
 
@@ -595,6 +596,7 @@ fn next_follows_the_pipeline_and_its_failure_branches() {
         lbs: vec!["lb".into()],
         migrations: false,
         verify_for: Duration::ZERO,
+        no_switch: false,
     };
     let mut step = Step::AwaitHealthy;
     let mut path = vec![step];
@@ -624,6 +626,11 @@ fn next_follows_the_pipeline_and_its_failure_branches() {
         Next::Run(Migrate)
     );
     assert_eq!(pipeline::next(&with, VerifyLbs, true), Next::Run(VerifyFor));
+    let staged_only = Plan {
+        no_switch: true,
+        ..plan.clone()
+    };
+    assert_eq!(pipeline::next(&staged_only, Smoke, true), Next::Staged);
     for before in [AwaitHealthy, Migrate, RecheckActive, Smoke] {
         assert_eq!(pipeline::next(&plan, before, false), Next::FailBeforeSwitch);
     }

@@ -192,6 +192,66 @@ pub struct DeployRequest {
     pub keep_failed: bool,
     pub allow_no_lb: bool,
     pub signing_key: Option<std::path::PathBuf>,
+    /// Stop after staging and checks; `promote` switches.
+    pub no_switch: bool,
+}
+
+pub struct PromoteRequest {
+    pub spec: std::path::PathBuf,
+    pub lock_wait: Duration,
+    pub health_timeout: Option<Duration>,
+    pub verify_for: Option<Duration>,
+    pub keep_failed: bool,
+    pub allow_no_lb: bool,
+    pub signing_key: Option<std::path::PathBuf>,
+}
+
+/// `coordinator promote`: switches to what `deploy --no-switch` staged, after its checks again.
+pub async fn promote(global: &Global, req: PromoteRequest) -> Result<String, CoordinatorError> {
+    let spec = load_spec(global.app.as_deref(), &req.spec)?;
+    let signing_key = req
+        .signing_key
+        .as_deref()
+        .map(proto::signing::SigningKey::load)
+        .transpose()
+        .map_err(|e| CoordinatorError::Usage(format!("--signing-key: {e}")))?;
+    let progress = global.progress();
+    let keys = Keys::new(&global.prefix, &spec.app)?;
+    let client = global.connect().await?;
+    let op_id = format!("promote-{}", uuid::Uuid::new_v4());
+    let lock = acquire(
+        &client,
+        &keys,
+        &op_id,
+        Operation::Promote,
+        None,
+        req.lock_wait,
+        &progress,
+    )
+    .await?;
+    let store = EtcdStore::new(&client, &keys, &lock);
+    let probes = HttpProbes::new(global.grpc_tls.clone());
+    let pipeline: deploy::Deploy<'_, _, _, deploy::NoMigrations> = deploy::Deploy {
+        store: &store,
+        probes: &probes,
+        migrator: None,
+        spec: &spec,
+        progress: &progress,
+        op_id: op_id.clone(),
+        signing_key: signing_key.as_ref(),
+    };
+    let args = deploy::PromoteArgs {
+        health_timeout: req.health_timeout,
+        verify_for: req.verify_for,
+        keep_failed: req.keep_failed,
+        allow_no_lb: req.allow_no_lb,
+    };
+    let result = tokio::select! {
+        r = pipeline.promote(&args) => r,
+        lost = lock.session.lost() => Err(CoordinatorError::Failed(format!("lock lost mid-promote ({lost}); stopped, the fence rejects anything further"))),
+    };
+    lock.release().await;
+    result
 }
 
 /// `deploy`'s input, checked completely before etcd is touched (every error is exit 2).
@@ -249,6 +309,7 @@ pub async fn deploy_plan(
         allow_no_lb: req.allow_no_lb,
         migrations: migrations.is_some(),
         verify_for: req.verify_for.unwrap_or(spec.switch.verify_for),
+        no_switch: req.no_switch,
     };
     let preview = preview::judge(&spec.app, &state, &intent, holder, pending);
     let text = if global.json {
@@ -298,6 +359,7 @@ pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
         verify_for: req.verify_for,
         keep_failed: req.keep_failed,
         allow_no_lb: req.allow_no_lb,
+        no_switch: req.no_switch,
     };
     let store = EtcdStore::new(&client, &keys, &lock);
     let probes = HttpProbes::new(global.grpc_tls.clone());

@@ -17,6 +17,8 @@ pub struct Plan {
     pub lbs: Vec<String>,
     pub migrations: bool,
     pub verify_for: Duration,
+    /// `deploy --no-switch`: stop once staged and checked.
+    pub no_switch: bool,
 }
 
 /// Preflight's verdict.
@@ -36,6 +38,7 @@ pub struct Intent {
     pub allow_no_lb: bool,
     pub migrations: bool,
     pub verify_for: Duration,
+    pub no_switch: bool,
 }
 
 /// Decides whether and where a deploy of `intent.version` goes.
@@ -104,6 +107,7 @@ pub fn preflight(state: &AppStatus, intent: &Intent) -> Preflight {
         lbs,
         migrations: intent.migrations,
         verify_for: intent.verify_for,
+        no_switch: intent.no_switch,
     })
 }
 
@@ -184,6 +188,8 @@ pub enum Next {
     SwitchBack,
     /// Record success.
     Finish,
+    /// `--no-switch`: staged and checked; record it and leave the switch to `promote`.
+    Staged,
 }
 
 /// The pipeline's transition function: the step that ran and whether it passed → what comes next.
@@ -193,6 +199,7 @@ pub fn next(plan: &Plan, done: Step, passed: bool) -> Next {
         (AwaitHealthy, true) if plan.migrations => Next::Run(Migrate),
         (AwaitHealthy, true) | (Migrate, true) => Next::Run(RecheckActive),
         (RecheckActive, true) => Next::Run(Smoke),
+        (Smoke, true) if plan.no_switch => Next::Staged,
         (Smoke, true) => Next::Run(Switch),
         (AwaitHealthy | Migrate | RecheckActive | Smoke, false) => Next::FailBeforeSwitch,
         (Switch, true) => Next::Run(AwaitAcks),

@@ -165,6 +165,16 @@ pub async fn switch_command<S: Store, P: Probes>(
     if current == Some(target) {
         return Ok(format!("{target} is already active"));
     }
+    if let Some(staged) = state.deploy.as_ref().filter(|d| {
+        req.target.is_none() && d.phase == Phase::Staged && d.to == target
+    }) {
+        // The other color no longer holds the previous version: a rollback would go forward.
+        return Err(CoordinatorError::Failed(format!(
+            "{target} holds {}, staged by {} and never promoted, not the previous version: \
+             `coordinator promote` switches to it, `coordinator switch {target}` if that is what you mean",
+            staged.version, staged.deploy_id
+        )));
+    }
     let release = state
         .releases
         .get(&target)

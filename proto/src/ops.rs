@@ -21,11 +21,13 @@ pub enum Operation {
     LbRemove,
     /// An operator removed a host's membership (`coordinator host remove`).
     HostRemove,
+    /// `coordinator promote`: the switch to a version `deploy --no-switch` staged.
+    Promote,
 }
 
 impl Operation {
     /// Every kind, in the order `history --kind` lists them.
-    pub const ALL: [Operation; 9] = [
+    pub const ALL: [Operation; 10] = [
         Operation::Deploy,
         Operation::Rollback,
         Operation::Switch,
@@ -35,6 +37,7 @@ impl Operation {
         Operation::LockBreak,
         Operation::LbRemove,
         Operation::HostRemove,
+        Operation::Promote,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +51,7 @@ impl Operation {
             Operation::LockBreak => "lock-break",
             Operation::LbRemove => "lb-remove",
             Operation::HostRemove => "host-remove",
+            Operation::Promote => "promote",
         }
     }
 }
@@ -86,6 +90,9 @@ pub enum Outcome {
     RevertFailed,
     #[serde(rename = "removed")]
     Removed,
+    /// `deploy --no-switch`: staged and checked, waiting for `promote`.
+    #[serde(rename = "staged")]
+    Staged,
 }
 
 impl Outcome {
@@ -101,6 +108,7 @@ impl Outcome {
             Outcome::Applied => "applied",
             Outcome::Reverted => "reverted",
             Outcome::RevertFailed => "revert-failed",
+            Outcome::Staged => "staged",
             Outcome::Removed => "removed",
         }
     }
@@ -126,12 +134,18 @@ pub enum Phase {
     Done,
     Failed,
     RolledBack,
+    /// `deploy --no-switch` ended here: the new color is staged and checked, and the preview
+    /// listener serves it; `promote` switches to it. Nothing is left to reconcile.
+    Staged,
 }
 
 impl Phase {
     /// True when the operation ended and nothing is left to reconcile.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Phase::Done | Phase::Failed | Phase::RolledBack)
+        matches!(
+            self,
+            Phase::Done | Phase::Failed | Phase::RolledBack | Phase::Staged
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -142,6 +156,7 @@ impl Phase {
             Phase::Done => "done",
             Phase::Failed => "failed",
             Phase::RolledBack => "rolled_back",
+            Phase::Staged => "staged",
         }
     }
 }

@@ -392,3 +392,68 @@ async fn history_names_the_actor_and_filters() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad).contains("--since"), "{}", text(&bad));
 }
+
+/// The version nginx answers with at `url` (the demo app's `/api/v1/status`).
+async fn served_version(url: &str) -> Option<String> {
+    let body = bluegreen_tests::procs::get_json(url).await?;
+    body["version"].as_str().map(str::to_string)
+}
+
+/// `deploy --no-switch` stages and checks the new version and leaves traffic where it was, with
+/// the preview listener serving the new version; `promote` runs the checks again and switches.
+/// A rollback in between would go forward to the unpromoted version, so it is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_switch_stages_and_promote_switches() {
+    let fleet = Fleet::start(2, 1).await;
+    let spec = fleet.spec("good", &[]);
+    let v1 = fleet.deploy(&spec, "v1", &[]).await;
+    assert!(v1.status.success(), "{}", text(&v1));
+    let lb = &fleet.lbs[0];
+    let (live, preview) = (lb.url("/api/v1/status"), lb.preview_url("/api/v1/status"));
+
+    let staged = fleet.deploy(&spec, "v2", &["--no-switch"]).await;
+    assert!(staged.status.success(), "{}", text(&staged));
+    assert!(text(&staged).contains("promote"), "{}", text(&staged));
+    let active = bluegreen_tests::procs::active(&fleet.client).await.unwrap();
+    assert_eq!((active.color, active.version.as_str()), (proto::Color::Blue, "v1"));
+    assert_eq!(served_version(&live).await.as_deref(), Some("v1"));
+    assert_eq!(served_version(&preview).await.as_deref(), Some("v2"));
+
+    let rollback = fleet.run(&["rollback"]).await;
+    assert_eq!(rollback.status.code(), Some(1), "{}", text(&rollback));
+    assert!(text(&rollback).contains("never promoted"), "{}", text(&rollback));
+
+    let promote = fleet
+        .coordinator()
+        .args(["--output", "json", "promote", "--spec"])
+        .arg(&spec)
+        .output()
+        .await
+        .unwrap();
+    assert!(promote.status.success(), "{}", text(&promote));
+    let result = Schemas::new().action(&promote, "promote");
+    assert_eq!(result["command"], "promote");
+    assert_eq!(result["to"]["version"], "v2");
+    let active = bluegreen_tests::procs::active(&fleet.client).await.unwrap();
+    assert_eq!((active.color, active.version.as_str()), (proto::Color::Green, "v2"));
+    assert_eq!(served_version(&live).await.as_deref(), Some("v2"));
+
+    let again = fleet.run(&["promote", "--spec", &spec.display().to_string()]).await;
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert!(text(&again).contains("nothing is staged"), "{}", text(&again));
+
+    let history = fleet.run(&["--output", "json", "history"]).await;
+    let kinds: Vec<(String, String)> = json_doc(&history)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let r = &r["record"];
+            (r["kind"].as_str().unwrap().into(), r["outcome"].as_str().unwrap().into())
+        })
+        .collect();
+    let expected = [("deploy", "done"), ("deploy", "staged"), ("promote", "done")];
+    let expected: Vec<(String, String)> =
+        expected.iter().map(|(k, o)| (k.to_string(), o.to_string())).collect();
+    assert_eq!(kinds, expected);
+}
