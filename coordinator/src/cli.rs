@@ -187,6 +187,9 @@ enum Command {
         /// Write `active` even when no LB is registered.
         #[arg(long)]
         allow_no_lb: bool,
+        /// The app spec, for its hooks (post_switch, post_rollback, on_failure) and webhooks.
+        #[arg(long)]
+        spec: Option<PathBuf>,
     },
     /// Manual switch to a color, with the same safety checks as rollback.
     Switch {
@@ -199,6 +202,9 @@ enum Command {
         /// Write `active` even when no LB is registered.
         #[arg(long)]
         allow_no_lb: bool,
+        /// The app spec, for its hooks (post_switch, post_rollback, on_failure) and webhooks.
+        #[arg(long)]
+        spec: Option<PathBuf>,
     },
     /// Stop the idle color on every host (never the active one); gives up the instant rollback.
     Stop {
@@ -342,6 +348,14 @@ enum MemberAction {
     },
 }
 
+/// Loads `--spec` of a command that takes it only for its hooks and webhooks.
+fn remember_spec(global: &Global, spec: Option<&std::path::Path>) -> Result<(), CoordinatorError> {
+    if let Some(path) = spec {
+        global.recorder.spec(&crate::load_spec(global.app.as_deref(), path)?);
+    }
+    Ok(())
+}
+
 fn operation_kinds() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(Operation::ALL.map(Operation::as_str))
 }
@@ -436,12 +450,18 @@ async fn dispatch(global: &Global, command: Command) -> Result<(String, i32), Co
         Command::Rollback {
             lock_wait,
             allow_no_lb,
-        } => crate::switch(global, None, dur("--lock-wait", &lock_wait)?, allow_no_lb).await,
+            spec,
+        } => {
+            remember_spec(global, spec.as_deref())?;
+            crate::switch(global, None, dur("--lock-wait", &lock_wait)?, allow_no_lb).await
+        }
         Command::Switch {
             color: c,
             lock_wait,
             allow_no_lb,
+            spec,
         } => {
+            remember_spec(global, spec.as_deref())?;
             let target = Some(color(&c)?);
             crate::switch(global, target, dur("--lock-wait", &lock_wait)?, allow_no_lb).await
         }
@@ -659,31 +679,39 @@ pub async fn main() -> ! {
         json,
         recorder: report::Recorder::default(),
     };
+    global.recorder.command(&name);
     let global = match (access, grpc_tls) {
         (Ok(etcd), Ok(grpc_tls)) => Global {
             etcd,
             grpc_tls,
             ..global
         },
-        (Err(e), _) | (_, Err(e)) => fail(&global, &name, CoordinatorError::Usage(e), started),
+        (Err(e), _) | (_, Err(e)) => {
+            fail(&global, &name, CoordinatorError::Usage(e), started).await
+        }
     };
     match dispatch(&global, cli.command).await {
         Ok((text, exit)) => {
-            if json && !query {
+            if !query {
                 let facts = global.recorder.facts();
                 let app = global.app.as_deref();
                 let elapsed = started.elapsed();
                 let event =
                     report::result_event(Some(&name), &facts, app, exit, text.trim(), elapsed);
-                emit(&format!("{event}\n"));
-            } else if text.ends_with('\n') || text.is_empty() {
+                crate::aftermath::run(&facts, exit, &event, &global.progress()).await;
+                if json {
+                    emit(&format!("{event}\n"));
+                    std::process::exit(exit);
+                }
+            }
+            if text.ends_with('\n') || text.is_empty() {
                 emit(&text);
             } else {
                 emit(&format!("{text}\n"));
             }
             std::process::exit(exit);
         }
-        Err(e) => fail(&global, &name, e, started),
+        Err(e) => fail(&global, &name, e, started).await,
     }
 }
 
@@ -708,19 +736,25 @@ fn usage_error(e: clap::Error, started: std::time::Instant) -> ! {
     e.exit()
 }
 
-fn fail(global: &Global, command: &str, e: CoordinatorError, started: std::time::Instant) -> ! {
+async fn fail(
+    global: &Global,
+    command: &str,
+    e: CoordinatorError,
+    started: std::time::Instant,
+) -> ! {
     // Errors may quote app log lines or URLs: never print a password.
     let shown = proto::secrets::mask_text(&e.to_string());
+    let facts = global.recorder.facts();
+    let event = report::result_event(
+        Some(command),
+        &facts,
+        global.app.as_deref(),
+        e.exit_code(),
+        &shown,
+        started.elapsed(),
+    );
+    crate::aftermath::run(&facts, e.exit_code(), &event, &global.progress()).await;
     if global.json {
-        let facts = global.recorder.facts();
-        let event = report::result_event(
-            Some(command),
-            &facts,
-            global.app.as_deref(),
-            e.exit_code(),
-            &shown,
-            started.elapsed(),
-        );
         emit(&format!("{event}\n"));
     }
     eprintln!("coordinator: {shown}");

@@ -7,6 +7,7 @@ use crate::fleet::{self, Failures};
 use crate::history;
 use crate::pipeline::{self, Intent, Next, Plan, Preflight, Step};
 use crate::probes::Probes;
+use crate::hooks::{self, Hook, HookContext};
 use crate::progress::Progress;
 use crate::report::Side;
 use crate::reconcile;
@@ -117,6 +118,10 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             },
         );
         let shown_from = plan.from.map_or("none".into(), |c| c.to_string());
+        let pre_deploy = self.hook(&state, &plan, &args.version, Hook::PreDeploy).await;
+        pre_deploy.map_err(|why| {
+            CoordinatorError::Failed(format!("{why}\nnothing was changed; traffic stays on {shown_from}"))
+        })?;
         self.progress.event(
             "preflight",
             None,
@@ -299,7 +304,13 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
                     .probes
                     .smoke(&hosts, &self.spec.smoke, to, &version)
                     .await;
-                fleet::report_smoke(results, self.progress)
+                match fleet::report_smoke(results, self.progress) {
+                    Ok(()) => self
+                        .hook(&run.state, &run.plan, &version, Hook::PostStage)
+                        .await
+                        .map_err(|why| vec![("post_stage hook".to_string(), why)]),
+                    Err(failures) => Err(failures),
+                }
             }
             Step::Switch => {
                 run.record.phase = Phase::Switching;
@@ -360,6 +371,39 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
         };
         run.failures = outcome.err().unwrap_or_default();
         Ok(run.failures.is_empty())
+    }
+
+    /// Runs a gate hook of the spec, reporting it as a progress event; Err is its failure.
+    async fn hook(
+        &self,
+        state: &AppStatus,
+        plan: &Plan,
+        version: &str,
+        hook: Hook,
+    ) -> Result<(), String> {
+        let context = HookContext {
+            app: self.spec.app.clone(),
+            operation: self.progress.record().facts().command.unwrap_or_default(),
+            op_id: Some(self.op_id.clone()),
+            version: Some(version.to_string()),
+            color: Some(plan.to.to_string()),
+            from_color: plan.from.map(|c| c.to_string()),
+            from_version: state.active.as_ref().map(|a| a.version.clone()),
+            outcome: None,
+            exit: None,
+        };
+        let ran = hooks::run(self.spec.hooks.as_ref(), hook, &self.spec.base_dir, &context).await;
+        match &ran {
+            Ok(Some(took)) => self.progress.event(
+                "hook",
+                None,
+                "ok",
+                &format!("{} in {} ms", hook.as_str(), took.as_millis()),
+            ),
+            Ok(None) => {}
+            Err(why) => self.progress.event("hook", None, "failed", why),
+        }
+        ran.map(|_| ())
     }
 
     /// The active color must still serve on every host after staging (and migrations).

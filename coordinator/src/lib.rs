@@ -5,6 +5,7 @@
 pub use error::CoordinatorError;
 
 pub mod actor;
+pub mod aftermath;
 pub mod cli;
 pub mod deploy;
 #[cfg(test)]
@@ -12,11 +13,13 @@ mod deploy_tests;
 pub mod error;
 pub mod fleet;
 pub mod history;
+pub mod hooks;
 pub mod hosts;
 pub mod lbs;
 pub mod lock;
 pub mod membership;
 pub mod migrate;
+pub mod notify;
 pub mod pipeline;
 pub mod preview;
 pub mod probes;
@@ -144,7 +147,7 @@ pub(crate) fn holder() -> String {
 }
 
 /// The app spec, checked against `--app` (`app`) when both name the app.
-fn load_spec(
+pub(crate) fn load_spec(
     app: Option<&str>,
     path: &std::path::Path,
 ) -> Result<spec::AppSpec, CoordinatorError> {
@@ -209,6 +212,7 @@ pub struct PromoteRequest {
 /// `coordinator promote`: switches to what `deploy --no-switch` staged, after its checks again.
 pub async fn promote(global: &Global, req: PromoteRequest) -> Result<String, CoordinatorError> {
     let spec = load_spec(global.app.as_deref(), &req.spec)?;
+    global.recorder.spec(&spec);
     let signing_key = req
         .signing_key
         .as_deref()
@@ -327,6 +331,7 @@ pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
         sha256,
         signing_key,
     } = check_deploy_input(global, &req)?;
+    global.recorder.spec(&spec);
     let sha256 = match sha256 {
         Some(hex) => hex,
         None => sha256_of(&req.artifact).await?,

@@ -17,12 +17,16 @@ pub struct Side {
 /// What a command has learned about its own operation so far.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
+    /// The command as typed (`deploy`, `promote`, …).
+    pub command: Option<String>,
     pub op_id: Option<String>,
     pub app: Option<String>,
     pub from: Option<Side>,
     pub to: Option<Side>,
     /// The etcd revision of the write that moved traffic (or of the operation's last write).
     pub revision: Option<i64>,
+    /// The spec the command loaded: its post hooks and webhooks run after the outcome.
+    pub spec: Option<crate::spec::AppSpec>,
 }
 
 /// Shared by the command's [`crate::progress::Progress`] and `main`.
@@ -32,6 +36,10 @@ pub struct Recorder(Arc<Mutex<Facts>>);
 impl Recorder {
     fn with(&self, change: impl FnOnce(&mut Facts)) {
         change(&mut self.0.lock().expect("recorder lock"));
+    }
+
+    pub fn command(&self, name: &str) {
+        self.with(|f| f.command = Some(name.to_string()));
     }
 
     pub fn operation(&self, op_id: &str, app: &str) {
@@ -46,6 +54,10 @@ impl Recorder {
             f.from = from;
             f.to = Some(to);
         });
+    }
+
+    pub fn spec(&self, spec: &crate::spec::AppSpec) {
+        self.with(|f| f.spec = Some(spec.clone()));
     }
 
     pub fn revision(&self, revision: i64) {

@@ -20,6 +20,10 @@ pub struct AppSpec {
     pub switch: SwitchSection,
     #[serde(default)]
     pub migrations: Option<MigrationsSection>,
+    #[serde(default)]
+    pub hooks: Option<crate::hooks::HooksSection>,
+    #[serde(default)]
+    pub notify: Vec<crate::notify::NotifyTarget>,
     /// The spec file's directory: `[migrations] dir` is relative to it, like the repository it
     /// lives in.
     #[serde(skip)]
@@ -189,6 +193,12 @@ impl AppSpec {
                     smoke.path
                 ));
             }
+        }
+        if let Some(hooks) = &self.hooks {
+            hooks.validate()?;
+        }
+        for (i, target) in self.notify.iter().enumerate() {
+            target.validate(i)?;
         }
         if let Some(m) = &self.migrations {
             if !m.database_url.starts_with("env:") {

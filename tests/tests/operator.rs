@@ -457,3 +457,128 @@ async fn no_switch_stages_and_promote_switches() {
         expected.iter().map(|(k, o)| (k.to_string(), o.to_string())).collect();
     assert_eq!(kinds, expected);
 }
+
+/// A webhook receiver: every POSTed JSON body, in arrival order.
+struct Receiver {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        use axum::routing::post;
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                let kept = kept.clone();
+                async move {
+                    kept.lock().unwrap().push(body);
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { url, bodies }
+    }
+
+    fn last(&self) -> serde_json::Value {
+        self.bodies.lock().unwrap().last().cloned().expect("a notification")
+    }
+}
+
+/// Spec `[hooks]` run at their points with the operation's facts; a failing pre_deploy aborts
+/// with nothing written, a failing post_stage fails before the switch; `[[notify]]` receives
+/// each result event, and a receiver that is down changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn hooks_gate_and_report_and_webhooks_receive_each_result() {
+    let fleet = Fleet::start(2, 1).await;
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("hooks.log");
+    let script = dir.path().join("hook.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$BLUEGREEN_HOOK $BLUEGREEN_OPERATION $BLUEGREEN_VERSION $BLUEGREEN_COLOR ${{BLUEGREEN_OUTCOME:--}}\" >> {}\n[ \"$BLUEGREEN_HOOK\" != \"$FAIL_HOOK\" ]\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    let base = std::fs::read_to_string(fleet.spec("good", &[])).unwrap();
+    let hooks: String = ["pre_deploy", "post_stage", "post_switch", "post_rollback", "on_failure"]
+        .iter()
+        .map(|h| format!("{h} = [\"{}\"]\n", script.display()))
+        .collect();
+    let spec = fleet.raw_spec(
+        "hooked",
+        &format!(
+            "{base}\n[hooks]\n{hooks}timeout = \"30s\"\n\n[[notify]]\nurl = \"{}\"\n\n\
+             [[notify]]\nurl = \"http://127.0.0.1:1/down\"\ntimeout = \"1s\"\nretries = 0\n",
+            receiver.url
+        ),
+    );
+    let logged = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        std::fs::remove_file(&log).ok();
+        text.lines().map(str::to_string).collect::<Vec<_>>()
+    };
+
+    let v1 = fleet.deploy(&spec, "v1", &["--output", "json"]).await;
+    let result = Schemas::new().action(&v1, "deploy with hooks");
+    assert_eq!(result["exit"], 0, "a receiver that is down changes nothing: {}", text(&v1));
+    assert!(text(&v1).contains("127.0.0.1:1/down"), "{}", text(&v1));
+    assert_eq!(
+        logged(),
+        [
+            "pre_deploy deploy v1 blue -",
+            "post_stage deploy v1 blue -",
+            "post_switch deploy v1 blue done"
+        ]
+    );
+    let sent = receiver.last();
+    assert_eq!((sent["command"].clone(), sent["outcome"].clone()), ("deploy".into(), "done".into()));
+    assert_eq!(sent["op_id"], result["op_id"]);
+
+    let v2 = fleet.deploy(&spec, "v2", &[]).await;
+    assert!(v2.status.success(), "{}", text(&v2));
+    logged();
+    let rollback = fleet.run(&["rollback", "--spec", &spec.display().to_string()]).await;
+    assert!(rollback.status.success(), "{}", text(&rollback));
+    assert_eq!(logged(), ["post_rollback rollback v1 blue done"]);
+    assert_eq!(receiver.last()["command"], "rollback");
+
+    // A failing pre_deploy: nothing written (no release for v3, history unchanged).
+    let history_before = json_doc(&fleet.run(&["--output", "json", "history"]).await);
+    let refused = fleet
+        .deploy_command(&spec, "v3", &[])
+        .env("FAIL_HOOK", "pre_deploy")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(text(&refused).contains("hooks.pre_deploy"), "{}", text(&refused));
+    assert_eq!(logged(), ["pre_deploy deploy v3 green -", "on_failure deploy v3 green failed"]);
+    let green = bluegreen_tests::procs::release(&fleet.client, proto::Color::Green).await;
+    assert_eq!(green.map(|r| r.version).as_deref(), Some("v2"), "pre_deploy wrote a release");
+    let history_after = json_doc(&fleet.run(&["--output", "json", "history"]).await);
+    assert_eq!(history_before, history_after, "pre_deploy wrote history");
+    assert_eq!(receiver.last()["exit"], 1);
+
+    // A failing post_stage fails the deploy before the switch.
+    let failed = fleet
+        .deploy_command(&spec, "v3", &[])
+        .env("FAIL_HOOK", "post_stage")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+    assert!(text(&failed).contains("post_stage"), "{}", text(&failed));
+    let active = bluegreen_tests::procs::active(&fleet.client).await.unwrap();
+    assert_eq!((active.color, active.version.as_str()), (proto::Color::Blue, "v1"));
+}
