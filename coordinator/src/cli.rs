@@ -216,7 +216,12 @@ enum Command {
         lock_wait: String,
     },
     /// Active color, releases, every host's health, every LB's ack, lock holder, last deploy.
-    Status,
+    Status {
+        /// Keep watching: redraw on every change (from an etcd watch, no polling) until Ctrl-C.
+        /// JSON: one status document per line.
+        #[arg(long)]
+        watch: bool,
+    },
     /// The apps under the prefix (no --app needed).
     Apps,
     /// The audit trail, newest last.
@@ -279,6 +284,9 @@ enum Command {
         /// How many of the last lines.
         #[arg(long, default_value = "50")]
         tail: u32,
+        /// Keep streaming new lines until Ctrl-C. JSON: one {"host","color","line"} per line.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
 }
 
@@ -470,7 +478,8 @@ async fn dispatch(global: &Global, command: Command) -> Result<(String, i32), Co
             lock_wait,
         } => crate::stop(global, color(&c)?, dur("--lock-wait", &lock_wait)?).await,
         Command::Keygen { out_dir, name } => crate::keygen(&out_dir, &name),
-        Command::Status => crate::status(global).await,
+        Command::Status { watch: true } => crate::live::watch_status(global).await,
+        Command::Status { watch: false } => crate::status(global).await,
         Command::Apps => crate::apps(global).await,
         Command::History {
             limit,
@@ -506,6 +515,13 @@ async fn dispatch(global: &Global, command: Command) -> Result<(String, i32), Co
             host,
             color: c,
             tail,
+            follow: true,
+        } => crate::live::follow_logs(global, &host, color(&c)?, tail).await,
+        Command::Logs {
+            host,
+            color: c,
+            tail,
+            follow: false,
         } => crate::logs(global, &host, color(&c)?, tail).await,
         Command::Completions { shell } => {
             let mut out = Vec::new();
@@ -572,7 +588,7 @@ impl Command {
             Command::Rollback { .. } => "rollback",
             Command::Switch { .. } => "switch",
             Command::Stop { .. } => "stop",
-            Command::Status => "status",
+            Command::Status { .. } => "status",
             Command::Apps => "apps",
             Command::History { .. } => "history",
             Command::Migrate { action } => match action {
@@ -610,7 +626,7 @@ impl Command {
         match self {
             Command::Deploy { plan, .. } => *plan,
             Command::Validate { .. }
-            | Command::Status
+            | Command::Status { .. }
             | Command::Apps
             | Command::History { .. }
             | Command::Logs { .. }

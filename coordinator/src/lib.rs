@@ -16,6 +16,7 @@ pub mod history;
 pub mod hooks;
 pub mod hosts;
 pub mod lbs;
+pub mod live;
 pub mod lock;
 pub mod membership;
 pub mod migrate;

@@ -163,6 +163,35 @@ impl Probes for HttpProbes {
         color: Color,
         tail: u32,
     ) -> Result<Vec<String>, String> {
+        // A frozen agent accepts the connection (the kernel does) and then never answers: the
+        // whole exchange has a deadline, or a failed deploy's report would wait for it forever.
+        let exchange = async {
+            let (endpoint, mut stream) = self.log_stream(host, color, tail, false).await?;
+            let mut lines = Vec::new();
+            loop {
+                match stream.message().await {
+                    Ok(Some(line)) => lines.push(line.line),
+                    Ok(None) => return Ok(lines),
+                    Err(e) => return Err(format!("{endpoint}: {}", e.message())),
+                }
+            }
+        };
+        tokio::time::timeout(LOGS_DEADLINE, exchange)
+            .await
+            .map_err(|_| format!("{}: no answer in {LOGS_DEADLINE:?}", host.grpc))?
+    }
+}
+
+impl HttpProbes {
+    /// The agent's log stream of `color`: the last `tail` lines, then (with `follow`) each line
+    /// appended, for as long as the stream is read.
+    async fn log_stream(
+        &self,
+        host: &HostRecord,
+        color: Color,
+        tail: u32,
+        follow: bool,
+    ) -> Result<(String, tonic::Streaming<proto::agent_api::LogLine>), String> {
         use proto::agent_api::{agent_client::AgentClient, LogsRequest};
         let scheme = if self.grpc_tls.is_some() {
             "https"
@@ -182,29 +211,35 @@ impl Probes for HttpProbes {
             .await
             .map_err(|_| format!("{endpoint}: timed out"))?
             .map_err(|e| format!("{endpoint}: {}", proto::error::root_cause(&e)))?;
-        let mut api = AgentClient::new(channel);
         let request = LogsRequest {
             color: color.to_string(),
             tail,
-            follow: false,
+            follow,
         };
-        // A frozen agent accepts the connection (the kernel does) and then never answers: the
-        // whole exchange has a deadline, or a failed deploy's report would wait for it forever.
-        let exchange = async {
-            let mut stream = api
-                .logs(request)
-                .await
-                .map_err(|e| format!("{endpoint}: {}", e.message()))?
-                .into_inner();
-            let mut lines = Vec::new();
-            while let Ok(Some(line)) = stream.message().await {
-                lines.push(line.line);
-            }
-            Ok(lines)
-        };
-        tokio::time::timeout(LOGS_DEADLINE, exchange)
+        let answer = tokio::time::timeout(LOGS_DEADLINE, AgentClient::new(channel).logs(request))
             .await
             .map_err(|_| format!("{endpoint}: no answer in {LOGS_DEADLINE:?}"))?
+            .map_err(|e| format!("{endpoint}: {}", e.message()))?;
+        Ok((endpoint, answer.into_inner()))
+    }
+
+    /// `logs --follow`: hands each line to `line` until the agent ends the stream (it stopped or
+    /// went away), which is an error naming the agent.
+    pub async fn follow_logs(
+        &self,
+        host: &HostRecord,
+        color: Color,
+        tail: u32,
+        mut line: impl FnMut(String),
+    ) -> Result<(), String> {
+        let (endpoint, mut stream) = self.log_stream(host, color, tail, true).await?;
+        loop {
+            match stream.message().await {
+                Ok(Some(l)) => line(l.line),
+                Ok(None) => return Err(format!("{endpoint}: the agent ended the log stream")),
+                Err(e) => return Err(format!("{endpoint}: {}", e.message())),
+            }
+        }
     }
 }
 

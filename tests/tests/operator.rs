@@ -582,3 +582,87 @@ async fn hooks_gate_and_report_and_webhooks_receive_each_result() {
     let active = bluegreen_tests::procs::active(&fleet.client).await.unwrap();
     assert_eq!((active.color, active.version.as_str()), (proto::Color::Blue, "v1"));
 }
+
+/// Lines of a running command's stdout, read with a deadline.
+struct LiveOutput {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl LiveOutput {
+    fn spawn(mut cmd: tokio::process::Command) -> LiveOutput {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn coordinator");
+        let stdout = child.stdout.take().unwrap();
+        LiveOutput {
+            child,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+        }
+    }
+
+    /// The first line (as JSON) that satisfies `wanted`, within 60 s.
+    async fn wait_for(&mut self, what: &str, wanted: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no line with {what} within 60 s"))
+                .expect("read stdout")
+                .unwrap_or_else(|| panic!("the command ended before {what}"));
+            let value: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            if wanted(&value) {
+                return;
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit code.
+    async fn stop(mut self) -> Option<i32> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id().expect("running") as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        self.child.wait().await.unwrap().code()
+    }
+}
+
+/// `status --watch` shows each change as it happens (here a deploy's switch), and
+/// `logs --follow` streams lines the app writes after it started; both end cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_watch_and_logs_follow_show_changes_as_they_happen() {
+    let fleet = Fleet::start(1, 1).await;
+    let spec = fleet.spec("good", &[]);
+    for version in ["v1", "v2"] {
+        let out = fleet.deploy(&spec, version, &[]).await;
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let mut watch = fleet.coordinator();
+    watch.args(["--output", "json", "status", "--watch"]);
+    let mut status = LiveOutput::spawn(watch);
+    status
+        .wait_for("green v2 active", |s| s["active"]["version"] == "v2")
+        .await;
+    let mut follow = fleet.coordinator();
+    follow.args(["--output", "json", "logs", "--host", "host-1", "--color", "blue"]);
+    follow.args(["--tail", "1", "--follow"]);
+    let mut logs = LiveOutput::spawn(follow);
+    logs.wait_for("the last line of blue's log", |l| l["line"].is_string())
+        .await;
+
+    let v3 = fleet.deploy(&spec, "v3", &[]).await;
+    assert!(v3.status.success(), "{}", text(&v3));
+    status
+        .wait_for("blue v3 active", |s| {
+            s["active"]["color"] == "blue" && s["active"]["version"] == "v3"
+        })
+        .await;
+    logs.wait_for("v3 starting on blue", |l| {
+        l["line"].as_str().is_some_and(|line| line.contains("v3"))
+    })
+    .await;
+    assert_eq!(status.stop().await, Some(0));
+    assert_eq!(logs.stop().await, Some(0));
+}
