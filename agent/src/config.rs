@@ -37,8 +37,13 @@ pub struct Cli {
     pub address: Option<String>,
     #[arg(long, env = "BLUEGREEN_AGENT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The gRPC API (app logs for `coordinator logs`) [default: ADDRESS:7070].
     #[arg(long, env = "BLUEGREEN_AGENT_GRPC_LISTEN")]
     pub grpc_listen: Option<String>,
+    /// Prometheus /metrics, on a loopback address [default: ADDRESS:7071 when ADDRESS is
+    /// loopback, else 127.0.0.1:7071]; "off" serves none.
+    #[arg(long, env = "BLUEGREEN_AGENT_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Lease TTL, e.g. "10s": how fast a dead agent's keys disappear.
     #[arg(long, env = "BLUEGREEN_AGENT_LEASE_TTL")]
     pub lease_ttl: Option<String>,
@@ -110,6 +115,7 @@ struct FileConfig {
     address: Option<String>,
     state_dir: Option<PathBuf>,
     grpc_listen: Option<String>,
+    metrics_listen: Option<String>,
     lease_ttl: Option<String>,
     ports: Option<FilePorts>,
     max_restarts: Option<u32>,
@@ -148,6 +154,8 @@ pub struct Config {
     pub address: String,
     pub state_dir: PathBuf,
     pub grpc_listen: SocketAddr,
+    /// `None`: no /metrics.
+    pub metrics_listen: Option<SocketAddr>,
     pub lease_ttl: Duration,
     pub ports: Ports,
     pub max_restarts: u32,
@@ -164,6 +172,32 @@ pub struct Config {
     /// for (the agent listens on loopback instead, and says so at start).
     pub grpc_downgraded_from: Option<SocketAddr>,
     pub download: crate::artifact::DownloadLimits,
+}
+
+/// `metrics_listen`: "off", or a loopback address:port (metrics say which versions run where,
+/// which is nobody's business off the host); the default follows the agent's own address.
+fn metrics_address(asked: Option<String>, address: &str) -> Result<Option<SocketAddr>, AgentError> {
+    let asked = match asked.as_deref() {
+        Some("off") => return Ok(None),
+        Some(a) => a.to_string(),
+        None => {
+            let loopback = address
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+            let ip = if loopback { address } else { "127.0.0.1" };
+            format!("{ip}:7071")
+        }
+    };
+    let parsed: SocketAddr = asked.parse().map_err(|_| {
+        AgentError::Setting(format!("metrics_listen: {asked:?} is not an address:port or \"off\""))
+    })?;
+    if !parsed.ip().is_loopback() {
+        return Err(AgentError::Setting(format!(
+            "metrics_listen: {asked} is not a loopback address; scrape it through a local \
+             Prometheus agent or a proxy"
+        )));
+    }
+    Ok(Some(parsed))
 }
 
 impl Config {
@@ -202,6 +236,10 @@ impl Config {
             .grpc_listen
             .or(file.grpc_listen)
             .unwrap_or_else(|| format!("{address}:7070"));
+        let metrics_listen = metrics_address(
+            cli.metrics_listen.or(file.metrics_listen),
+            &address,
+        )?;
         let lease_ttl = cli
             .lease_ttl
             .or(file.lease_ttl)
@@ -259,6 +297,7 @@ impl Config {
             grpc_listen: grpc.parse().map_err(|_| {
                 AgentError::Setting(format!("grpc_listen: {grpc:?} is not an address:port"))
             })?,
+            metrics_listen,
             lease_ttl: humantime::parse_duration(&lease_ttl)
                 .map_err(|e| AgentError::Setting(format!("lease_ttl: {lease_ttl:?}: {e}")))?,
             ports: Ports {

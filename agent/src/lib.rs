@@ -12,6 +12,7 @@ pub mod health;
 pub mod hollow;
 pub mod lifecycle;
 pub mod logs;
+pub mod metrics;
 pub mod process;
 pub mod reporter;
 pub mod runtime;
@@ -61,6 +62,18 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
                 config.grpc_listen
             ))
         })?;
+    let metrics = Arc::new(metrics::AgentMetrics::default());
+    let metrics_listener = match config.metrics_listen {
+        // A port taken (two agents on one address) costs the metrics, not the control plane.
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "metrics_listen: cannot listen; serving no /metrics");
+                None
+            }
+        },
+        None => None,
+    };
     let client = proto::connect(&config.etcd).await?;
     // One agent per host name: a second one (a cloned image, a copy-pasted config) must not
     // overwrite the first one's record. Our own previous run is taken over at once; a dead
@@ -88,6 +101,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         secrets_dir: config.secrets_dir.clone(),
         run_as: config.run_as.clone(),
         download: config.download,
+        metrics: metrics.clone(),
     });
 
     let host = HostRecord {
@@ -112,7 +126,15 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         shutdown.clone(),
     );
     let status_rxs = plane.statuses.clone();
+    metrics.watch_statuses(plane.statuses.clone());
     let mut tasks = plane.tasks;
+    if let Some(listener) = metrics_listener {
+        tasks.push(tokio::spawn(metrics::serve(
+            listener,
+            metrics.clone(),
+            shutdown.clone(),
+        )));
+    }
     let feed_task = plane.feed;
     tasks.push(tokio::spawn(cap_logs(config.clone(), shutdown.clone())));
 

@@ -64,6 +64,8 @@ pub struct ProcessRuntime {
     /// The user apps run as (`None`: the agent's own, only when configured as "root").
     pub run_as: Option<crate::process::RunAs>,
     pub download: artifact::DownloadLimits,
+    /// Where probe latencies go.
+    pub metrics: std::sync::Arc<crate::metrics::AgentMetrics>,
 }
 
 impl ProcessRuntime {
@@ -201,7 +203,8 @@ impl AppRuntime for ProcessRuntime {
 
     async fn probe(&self, color: Color, release: &ReleaseRecord) -> Probe {
         let port = self.ports.of(color);
-        health::probe(
+        let started = std::time::Instant::now();
+        let probe = health::probe(
             &self.http,
             &release.health,
             &self.address,
@@ -209,7 +212,9 @@ impl AppRuntime for ProcessRuntime {
             color,
             &release.version,
         )
-        .await
+        .await;
+        self.metrics.observe_probe(color, started.elapsed());
+        probe
     }
 
     fn last_log_line(&self, color: Color) -> String {

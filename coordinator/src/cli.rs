@@ -658,14 +658,7 @@ fn json_requested() -> bool {
 /// Runs the command line and exits with its code.
 pub async fn main() -> ! {
     let started = std::time::Instant::now();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BLUEGREEN_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    proto::daemon::init_logging("warn");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => usage_error(e, started),

@@ -24,7 +24,6 @@ use proto::records::{encode, LbAliveRecord, LbRecord};
 use proto::watch::{PrefixWatch, WatchEvent};
 use proto::Keys;
 use state::{Effect, LbState};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -346,11 +345,8 @@ impl<N: NginxControl> Follower<N> {
         match self.applier.apply(&self.state, self.revision, force).await {
             Ok(Some(ack)) => {
                 tracing::info!(revision = ack.applied_revision, color = ?ack.color, upstreams = ?ack.upstreams, "nginx serving");
-                self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+                self.metrics.reloaded(ack.applied_revision);
                 self.last_reload = Some(Instant::now());
-                self.metrics
-                    .applied_revision
-                    .store(ack.applied_revision, Ordering::Relaxed);
                 *self.metrics.color.lock().unwrap() = ack.color.map(|c| c.to_string());
                 *self.metrics.error.lock().unwrap() = None;
                 self.publish(ack);
@@ -358,7 +354,7 @@ impl<N: NginxControl> Follower<N> {
             }
             Ok(None) => true,
             Err(e) => {
-                self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+                self.metrics.reload_failed();
                 self.report_error(e.to_string());
                 false
             }

@@ -1,25 +1,88 @@
-//! The sidecar's own status listener: Prometheus `/metrics` and `/healthz` (JSON).
+//! The sidecar's own status listener: Prometheus `/metrics` (prometheus-client, the same
+//! exposition as the agent's) and `/healthz` (JSON).
 use axum::routing::get;
 use axum::Router;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Upper bounds (seconds) of the switch latency histogram: etcd event seen → new color verified.
 const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
-#[derive(Default)]
 pub struct Metrics {
-    pub applied_revision: AtomicI64,
+    registry: Registry,
+    applied_revision: Gauge,
     last_event_ms: AtomicU64,
-    pub reloads: AtomicU64,
-    pub reload_failures: AtomicU64,
-    switch_buckets: [AtomicU64; BUCKETS.len()],
-    switch_count: AtomicU64,
-    switch_sum_us: AtomicU64,
+    seconds_since_event: Gauge<f64, AtomicU64>,
+    reloads: Counter,
+    reload_failures: Counter,
+    switch_seconds: Histogram,
+    last_etcd_write: Gauge<f64, AtomicU64>,
+    resident_bytes: Gauge,
     /// Color served and the last error, for /healthz.
     pub color: Mutex<Option<String>>,
     pub error: Mutex<Option<String>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("bluegreen_lb");
+        let applied_revision = Gauge::default();
+        registry.register(
+            "applied_revision",
+            "etcd revision nginx serves",
+            applied_revision.clone(),
+        );
+        let seconds_since_event = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "seconds_since_etcd_event",
+            "seconds since the last etcd event (-1: none yet)",
+            seconds_since_event.clone(),
+        );
+        let reloads = Counter::default();
+        registry.register("reloads", "nginx reloads that took effect", reloads.clone());
+        let reload_failures = Counter::default();
+        registry.register(
+            "reload_failures",
+            "renders, validations or reloads that failed",
+            reload_failures.clone(),
+        );
+        let switch_seconds = Histogram::new(BUCKETS);
+        registry.register(
+            "switch_seconds",
+            "etcd active change seen -> nginx serving it",
+            switch_seconds.clone(),
+        );
+        let last_etcd_write = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "last_etcd_write_timestamp_seconds",
+            "when etcd last confirmed this sidecar's keys (a write or a lease renewal); 0: never",
+            last_etcd_write.clone(),
+        );
+        let resident_bytes = Gauge::default();
+        registry.register(
+            "resident_memory_bytes",
+            "the sidecar process's resident memory",
+            resident_bytes.clone(),
+        );
+        Metrics {
+            registry,
+            applied_revision,
+            last_event_ms: AtomicU64::new(0),
+            seconds_since_event,
+            reloads,
+            reload_failures,
+            switch_seconds,
+            last_etcd_write,
+            resident_bytes,
+            color: Mutex::new(None),
+            error: Mutex::new(None),
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -35,15 +98,17 @@ impl Metrics {
     }
 
     pub fn observe_switch(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        for (bucket, bound) in self.switch_buckets.iter().zip(BUCKETS) {
-            if secs <= bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.switch_count.fetch_add(1, Ordering::Relaxed);
-        self.switch_sum_us
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.switch_seconds.observe(took.as_secs_f64());
+    }
+
+    /// nginx now serves `revision`.
+    pub fn reloaded(&self, revision: i64) {
+        self.reloads.inc();
+        self.applied_revision.set(revision);
+    }
+
+    pub fn reload_failed(&self) {
+        self.reload_failures.inc();
     }
 
     fn seconds_since_event(&self) -> f64 {
@@ -54,58 +119,21 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            ));
-        };
-        gauge(
-            "bluegreen_lb_applied_revision",
-            "etcd revision nginx serves",
-            "gauge",
-            self.applied_revision.load(Ordering::Relaxed).to_string(),
-        );
-        gauge(
-            "bluegreen_lb_seconds_since_etcd_event",
-            "seconds since the last etcd event (-1: none yet)",
-            "gauge",
-            format!("{:.3}", self.seconds_since_event()),
-        );
-        gauge(
-            "bluegreen_lb_reloads_total",
-            "nginx reloads that took effect",
-            "counter",
-            self.reloads.load(Ordering::Relaxed).to_string(),
-        );
-        gauge(
-            "bluegreen_lb_reload_failures_total",
-            "renders, validations or reloads that failed",
-            "counter",
-            self.reload_failures.load(Ordering::Relaxed).to_string(),
-        );
-        out.push_str("# HELP bluegreen_lb_switch_seconds etcd active change seen -> nginx serving it\n# TYPE bluegreen_lb_switch_seconds histogram\n");
-        for (bucket, bound) in self.switch_buckets.iter().zip(BUCKETS) {
-            out.push_str(&format!(
-                "bluegreen_lb_switch_seconds_bucket{{le=\"{bound}\"}} {}\n",
-                bucket.load(Ordering::Relaxed)
-            ));
+        self.seconds_since_event.set(self.seconds_since_event());
+        self.last_etcd_write
+            .set(proto::leased::last_confirmed_seconds().unwrap_or(0.0));
+        if let Some(bytes) = proto::daemon::resident_bytes() {
+            self.resident_bytes.set(bytes as i64);
         }
-        let count = self.switch_count.load(Ordering::Relaxed);
-        out.push_str(&format!(
-            "bluegreen_lb_switch_seconds_bucket{{le=\"+Inf\"}} {count}\n"
-        ));
-        out.push_str(&format!(
-            "bluegreen_lb_switch_seconds_sum {:.6}\n",
-            self.switch_sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        ));
-        out.push_str(&format!("bluegreen_lb_switch_seconds_count {count}\n"));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding into a String cannot fail");
         out
     }
 
     fn healthz(&self) -> String {
         serde_json::json!({
-            "applied_revision": self.applied_revision.load(Ordering::Relaxed),
+            "applied_revision": self.applied_revision.get(),
             "color": *self.color.lock().unwrap(),
             "error": *self.error.lock().unwrap(),
             "seconds_since_etcd_event": self.seconds_since_event(),
@@ -117,7 +145,16 @@ impl Metrics {
 pub fn router(metrics: Arc<Metrics>) -> Router {
     let m = metrics.clone();
     Router::new()
-        .route("/metrics", get(move || async move { m.render() }))
+        .route(
+            "/metrics",
+            get(move || async move {
+                let content_type = [(
+                    axum::http::header::CONTENT_TYPE,
+                    proto::daemon::OPENMETRICS_CONTENT_TYPE,
+                )];
+                (content_type, m.render())
+            }),
+        )
         .route("/healthz", get(move || async move { metrics.healthz() }))
 }
 

@@ -99,6 +99,26 @@ pub async fn await_claim(
     }
 }
 
+/// When etcd last confirmed this process's held keys (milliseconds since the epoch, 0: never):
+/// a write of them, or a renewal of their lease. The daemons' `/metrics` report it as the last
+/// successful etcd write, so an alert can fire on an agent that runs but no longer reaches etcd.
+static LAST_CONFIRMED_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Seconds since the epoch of the last confirmation, if there was one.
+pub fn last_confirmed_seconds() -> Option<f64> {
+    match LAST_CONFIRMED_MS.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        ms => Some(ms as f64 / 1000.0),
+    }
+}
+
+pub(crate) fn confirmed() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    LAST_CONFIRMED_MS.store(now, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Holds `keys` (the full desired set) until `shutdown` becomes true. On shutdown the lease is
 /// left to expire, so a restarted process can take the keys over seamlessly.
 pub async fn hold_keys(
@@ -163,6 +183,7 @@ pub async fn hold_keys(
                     write_all(&client, lease, &instance, &held, &mut in_etcd, &mut repeats);
                 match written.await {
                     Written::All(revision) => {
+                        confirmed();
                         dirty = false;
                         conflict_logged = false;
                         last_revision = last_revision.max(revision);

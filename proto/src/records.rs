@@ -397,6 +397,15 @@ pub enum HealthState {
 }
 
 impl HealthState {
+    /// Every state, for metrics that export one series per state.
+    pub const ALL: [HealthState; 5] = [
+        HealthState::Starting,
+        HealthState::Healthy,
+        HealthState::Unhealthy,
+        HealthState::Failed,
+        HealthState::Stopped,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             HealthState::Starting => "starting",

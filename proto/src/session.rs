@@ -120,6 +120,7 @@ async fn keep_alive(
         match tokio::time::timeout_at(deadline, renewed).await {
             Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
                 last_ack = Instant::now();
+                crate::leased::confirmed();
                 tokio::time::sleep(period).await;
             }
             Ok(Ok(Some(_))) => {

@@ -9,6 +9,8 @@ pub struct Daemon {
     label: String,
     program: PathBuf,
     args: Vec<OsString>,
+    /// Extra environment for the next start.
+    env: Vec<(String, String)>,
     pub log_path: PathBuf,
 }
 
@@ -19,6 +21,7 @@ impl Daemon {
             label: label.to_string(),
             program,
             args,
+            env: Vec::new(),
             log_path,
         };
         daemon.spawn();
@@ -34,6 +37,7 @@ impl Daemon {
         let child = Command::new(&self.program)
             .args(&self.args)
             .env("BLUEGREEN_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -72,6 +76,12 @@ impl Daemon {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// Restarts with `key=value` added to the environment (and kept for later restarts).
+    pub fn restart_with_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
+        self.restart();
     }
 
     pub fn log(&self) -> String {

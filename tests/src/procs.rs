@@ -131,6 +131,16 @@ impl AgentProc {
         self.daemon.restart();
     }
 
+    /// Restarts with `key=value` added to the agent's environment.
+    pub fn restart_with_env(&mut self, key: &str, value: &str) {
+        self.daemon.restart_with_env(key, value);
+    }
+
+    /// The agent's `/metrics` (its default `metrics_listen`: this host's address, port 7071).
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}:7071/metrics", self.address)
+    }
+
     pub fn url(&self, color: Color, path: &str) -> String {
         format!("http://{}:{}{path}", self.address, self.ports.of(color))
     }

@@ -666,3 +666,65 @@ async fn status_watch_and_logs_follow_show_changes_as_they_happen() {
     assert_eq!(status.stop().await, Some(0));
     assert_eq!(logs.stop().await, Some(0));
 }
+
+/// A metric's value from an OpenMetrics exposition (the first series whose name and labels start
+/// with `series`).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).filter(|rest| rest.starts_with(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The agent serves /metrics (per color state, version, restarts, probe latency; the last etcd
+/// write; memory) and the sidecar its own, both through prometheus-client; the agent logs JSON
+/// lines with BLUEGREEN_LOG_FORMAT=json.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_serves_metrics_and_logs_json_when_asked() {
+    let mut fleet = Fleet::start(1, 1).await;
+    let v1 = fleet.deploy(&fleet.spec("good", &[]), "v1", &[]).await;
+    assert!(v1.status.success(), "{}", text(&v1));
+    let url = fleet.hosts[0].metrics_url();
+    let answer = reqwest::get(&url).await.expect("agent /metrics");
+    let content_type = answer.headers()[reqwest::header::CONTENT_TYPE].clone();
+    assert!(content_type.to_str().unwrap().contains("openmetrics"), "{content_type:?}");
+    let body = answer.text().await.unwrap();
+    let state = |state: &str| {
+        let series = format!("bluegreen_agent_color_state{{color=\"blue\",state=\"{state}\"}}");
+        metric(&body, &series)
+    };
+    assert_eq!(state("healthy"), Some(1.0), "{body}");
+    assert_eq!(state("failed"), Some(0.0), "{body}");
+    let version = "bluegreen_agent_color_version{color=\"blue\",version=\"v1\"}";
+    assert_eq!(metric(&body, version), Some(1.0), "{body}");
+    let probes = metric(&body, "bluegreen_agent_probe_seconds_count{color=\"blue\"}");
+    assert!(probes.is_some_and(|n| n >= 1.0), "{body}");
+    let written = metric(&body, "bluegreen_agent_last_etcd_write_timestamp_seconds");
+    assert!(written.is_some_and(|t| t > 1.7e9), "{body}");
+    assert!(metric(&body, "bluegreen_agent_resident_memory_bytes").is_some_and(|b| b > 0.0));
+
+    let sidecar = &fleet.sidecars[0];
+    let sidecar_url = format!("http://{}:{}/metrics", sidecar.status_address, sidecar.status_port);
+    let body = reqwest::get(&sidecar_url).await.unwrap().text().await.unwrap();
+    assert!(metric(&body, "bluegreen_lb_reloads_total").is_some_and(|n| n >= 1.0), "{body}");
+    let written = metric(&body, "bluegreen_lb_last_etcd_write_timestamp_seconds");
+    assert!(written.is_some_and(|t| t > 1.7e9), "{body}");
+    assert!(body.contains("bluegreen_lb_switch_seconds_bucket{le=\"0.1\"}"), "{body}");
+
+    let agent = &mut fleet.hosts[0];
+    let before = agent.log().lines().count();
+    agent.restart_with_env("BLUEGREEN_LOG_FORMAT", "json");
+    bluegreen_tests::wait_for("the restarted agent's JSON log", std::time::Duration::from_secs(30), || {
+        let log = agent.log();
+        let lines: Vec<&str> = log.lines().skip(before).collect();
+        let parsed: Vec<serde_json::Value> = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let running = parsed
+            .iter()
+            .any(|v| v["fields"]["message"] == "agent running" && v["level"] == "INFO");
+        let all_json = parsed.len() == lines.len();
+        async move { (running && all_json).then_some(()) }
+    })
+    .await;
+}
