@@ -728,3 +728,51 @@ async fn the_agent_serves_metrics_and_logs_json_when_asked() {
     })
     .await;
 }
+
+/// Every series the shipped Grafana dashboard queries is one the agent or the sidecar exposes
+/// (read from their own expositions' TYPE lines), so a renamed metric breaks this, not a panel.
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_that_exist() {
+    let mut exposed = std::collections::BTreeSet::new();
+    let expositions = [
+        agent::metrics::AgentMetrics::default().render(),
+        lb_sidecar::metrics::Metrics::default().render(),
+    ];
+    for text in &expositions {
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("# TYPE ") else {
+                continue;
+            };
+            let (name, kind) = rest.split_once(' ').unwrap();
+            let suffixes: &[&str] = match kind {
+                "histogram" => &["_bucket", "_count", "_sum"],
+                "counter" => &["_total"],
+                _ => &[""],
+            };
+            for suffix in suffixes {
+                exposed.insert(format!("{name}{suffix}"));
+            }
+        }
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/bluegreen-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("bluegreen_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                queried.push(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    let unknown: Vec<&String> = queried.iter().filter(|q| !exposed.contains(*q)).collect();
+    assert!(unknown.is_empty(), "not exposed: {unknown:?}; exposed: {exposed:?}");
+}
