@@ -189,7 +189,9 @@ fn metrics_address(asked: Option<String>, address: &str) -> Result<Option<Socket
         }
     };
     let parsed: SocketAddr = asked.parse().map_err(|_| {
-        AgentError::Setting(format!("metrics_listen: {asked:?} is not an address:port or \"off\""))
+        AgentError::Setting(format!(
+            "metrics_listen: {asked:?} is not an address:port or \"off\""
+        ))
     })?;
     if !parsed.ip().is_loopback() {
         return Err(AgentError::Setting(format!(
@@ -236,10 +238,7 @@ impl Config {
             .grpc_listen
             .or(file.grpc_listen)
             .unwrap_or_else(|| format!("{address}:7070"));
-        let metrics_listen = metrics_address(
-            cli.metrics_listen.or(file.metrics_listen),
-            &address,
-        )?;
+        let metrics_listen = metrics_address(cli.metrics_listen.or(file.metrics_listen), &address)?;
         let lease_ttl = cli
             .lease_ttl
             .or(file.lease_ttl)

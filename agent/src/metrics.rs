@@ -205,6 +205,9 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
-        assert!(text.contains("bluegreen_agent_resident_memory_bytes "), "{text}");
+        assert!(
+            text.contains("bluegreen_agent_resident_memory_bytes "),
+            "{text}"
+        );
     }
 }

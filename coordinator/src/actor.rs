@@ -102,7 +102,10 @@ mod tests {
     #[test]
     fn an_explicit_actor_wins() {
         assert_eq!(
-            with(&[("BLUEGREEN_ACTOR", "release-bot"), ("GITHUB_ACTIONS", "true")]),
+            with(&[
+                ("BLUEGREEN_ACTOR", "release-bot"),
+                ("GITHUB_ACTIONS", "true")
+            ]),
             "release-bot"
         );
     }
@@ -116,7 +119,10 @@ mod tests {
             ("GITHUB_REPOSITORY", "acme/shop"),
             ("GITHUB_RUN_ID", "42"),
         ]);
-        assert_eq!(github, "alice via https://github.com/acme/shop/actions/runs/42");
+        assert_eq!(
+            github,
+            "alice via https://github.com/acme/shop/actions/runs/42"
+        );
         let gitlab = with(&[
             ("GITLAB_CI", "true"),
             ("GITLAB_USER_LOGIN", "bob"),

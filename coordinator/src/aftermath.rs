@@ -59,7 +59,12 @@ pub async fn run(facts: &Facts, exit: i32, event: &serde_json::Value, progress: 
                 "sent",
                 &format!("{} answered {status}", delivery.url),
             ),
-            Err(why) => progress.event("notify", None, "failed", &format!("{}: {why}", delivery.url)),
+            Err(why) => progress.event(
+                "notify",
+                None,
+                "failed",
+                &format!("{}: {why}", delivery.url),
+            ),
         }
     }
 }

@@ -359,7 +359,9 @@ enum MemberAction {
 /// Loads `--spec` of a command that takes it only for its hooks and webhooks.
 fn remember_spec(global: &Global, spec: Option<&std::path::Path>) -> Result<(), CoordinatorError> {
     if let Some(path) = spec {
-        global.recorder.spec(&crate::load_spec(global.app.as_deref(), path)?);
+        global
+            .recorder
+            .spec(&crate::load_spec(global.app.as_deref(), path)?);
     }
     Ok(())
 }
@@ -580,7 +582,9 @@ impl Command {
     fn name(&self) -> String {
         let name = match self {
             Command::Deploy { plan: true, .. } => "deploy --plan",
-            Command::Deploy { no_switch: true, .. } => "deploy --no-switch",
+            Command::Deploy {
+                no_switch: true, ..
+            } => "deploy --no-switch",
             Command::Deploy { .. } => "deploy",
             Command::Promote { .. } => "promote",
             Command::Validate { .. } => "validate",
@@ -650,7 +654,9 @@ impl Command {
 /// still gets its `result` event.
 fn json_requested() -> bool {
     let args: Vec<String> = std::env::args().collect();
-    let flagged = args.windows(2).any(|w| w[0] == "--output" && w[1] == "json")
+    let flagged = args
+        .windows(2)
+        .any(|w| w[0] == "--output" && w[1] == "json")
         || args.iter().any(|a| a == "--output=json");
     flagged || std::env::var("BLUEGREEN_OUTPUT").is_ok_and(|v| v == "json")
 }
@@ -675,11 +681,8 @@ pub async fn main() -> ! {
         password_file: cli.etcd_password_file,
         password_env: std::env::var("BLUEGREEN_ETCD_PASSWORD").ok(),
     });
-    let grpc_tls = crate::probes::GrpcClientTls::from_parts(
-        cli.grpc_cacert,
-        cli.grpc_cert,
-        cli.grpc_key,
-    );
+    let grpc_tls =
+        crate::probes::GrpcClientTls::from_parts(cli.grpc_cacert, cli.grpc_cert, cli.grpc_key);
     let global = Global {
         etcd: proto::EtcdAccess::default(),
         grpc_tls: None,
@@ -728,8 +731,7 @@ pub async fn main() -> ! {
 /// bad usage (exit 2), reported as a `result` event too when JSON was asked for.
 fn usage_error(e: clap::Error, started: std::time::Instant) -> ! {
     use clap::error::ErrorKind;
-    if !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) && json_requested()
-    {
+    if !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) && json_requested() {
         // clap's message up to its usage block, on one line.
         let rendered = e.render().to_string();
         let message: Vec<&str> = rendered

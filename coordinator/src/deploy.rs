@@ -5,12 +5,12 @@
 use crate::error::CoordinatorError;
 use crate::fleet::{self, Failures};
 use crate::history;
+use crate::hooks::{self, Hook, HookContext};
 use crate::pipeline::{self, Intent, Next, Plan, Preflight, Step};
 use crate::probes::Probes;
-use crate::hooks::{self, Hook, HookContext};
 use crate::progress::Progress;
-use crate::report::Side;
 use crate::reconcile;
+use crate::report::Side;
 use crate::spec::AppSpec;
 use crate::status::AppStatus;
 use crate::store::{Store, Write};
@@ -118,9 +118,13 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             },
         );
         let shown_from = plan.from.map_or("none".into(), |c| c.to_string());
-        let pre_deploy = self.hook(&state, &plan, &args.version, Hook::PreDeploy).await;
+        let pre_deploy = self
+            .hook(&state, &plan, &args.version, Hook::PreDeploy)
+            .await;
         pre_deploy.map_err(|why| {
-            CoordinatorError::Failed(format!("{why}\nnothing was changed; traffic stays on {shown_from}"))
+            CoordinatorError::Failed(format!(
+                "{why}\nnothing was changed; traffic stays on {shown_from}"
+            ))
         })?;
         self.progress.event(
             "preflight",
@@ -392,7 +396,13 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             outcome: None,
             exit: None,
         };
-        let ran = hooks::run(self.spec.hooks.as_ref(), hook, &self.spec.base_dir, &context).await;
+        let ran = hooks::run(
+            self.spec.hooks.as_ref(),
+            hook,
+            &self.spec.base_dir,
+            &context,
+        )
+        .await;
         match &ran {
             Ok(Some(took)) => self.progress.event(
                 "hook",
@@ -506,7 +516,8 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
 
     /// `--no-switch`: the new color is staged and checked on every host; traffic never moved.
     async fn staged(&self, run: &mut Run<'_>) -> Result<String, CoordinatorError> {
-        self.close(run, Phase::Staged, Outcome::Staged, None).await?;
+        self.close(run, Phase::Staged, Outcome::Staged, None)
+            .await?;
         Ok(format!(
             "staged {} on {} on {} host(s) and checked it; traffic stays on {}. The LBs' preview \
              listener serves it; `coordinator promote --spec …` switches traffic to it",
@@ -657,7 +668,10 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
 fn staged_deploy(state: &AppStatus) -> Result<DeployRecord, CoordinatorError> {
     let Some(staged) = state.deploy.clone().filter(|d| d.phase == Phase::Staged) else {
         let last = state.deploy.as_ref().map_or("no deploy yet".into(), |d| {
-            format!("the last operation, {} {}, is {}", d.operation, d.deploy_id, d.phase)
+            format!(
+                "the last operation, {} {}, is {}",
+                d.operation, d.deploy_id, d.phase
+            )
         });
         return Err(CoordinatorError::Failed(format!(
             "nothing is staged to promote ({last}): run `coordinator deploy --no-switch` first"
@@ -671,7 +685,10 @@ fn staged_deploy(state: &AppStatus) -> Result<DeployRecord, CoordinatorError> {
             staged.to,
             staged.deploy_id,
             staged.to,
-            other.map_or("gone".into(), |r| format!("{} ({:?})", r.version, r.desired))
+            other.map_or("gone".into(), |r| format!(
+                "{} ({:?})",
+                r.version, r.desired
+            ))
         ))),
     }
 }

@@ -131,13 +131,22 @@ pub struct Filter {
 impl Filter {
     fn matches(&self, r: &HistoryRecord) -> bool {
         self.kind.is_none_or(|k| r.kind == k)
-            && self.version.as_ref().is_none_or(|v| r.version.as_ref() == Some(v))
+            && self
+                .version
+                .as_ref()
+                .is_none_or(|v| r.version.as_ref() == Some(v))
             && self
                 .actor
                 .as_ref()
                 .is_none_or(|a| r.actor.as_deref().is_some_and(|x| x.contains(a.as_str())))
-            && self.since.as_ref().is_none_or(|t| r.at.as_str() >= t.as_str())
-            && self.until.as_ref().is_none_or(|t| r.at.as_str() <= t.as_str())
+            && self
+                .since
+                .as_ref()
+                .is_none_or(|t| r.at.as_str() >= t.as_str())
+            && self
+                .until
+                .as_ref()
+                .is_none_or(|t| r.at.as_str() <= t.as_str())
     }
 }
 

@@ -30,11 +30,11 @@ pub mod report;
 pub mod spec;
 pub mod status;
 pub mod stop;
-pub mod validate;
 pub mod store;
 pub mod switch;
 #[cfg(test)]
 mod testkit;
+pub mod validate;
 
 use lock::DeployLock;
 pub use membership::Member;
@@ -308,7 +308,9 @@ pub async fn deploy_plan(
     let keys = Keys::new(&global.prefix, &spec.app)?;
     let client = global.connect().await?;
     let state = status::read(&client, &keys).await?;
-    let holder = lock::status(&client, &keys).await?.map(|held| held.holder());
+    let holder = lock::status(&client, &keys)
+        .await?
+        .map(|held| held.holder());
     let intent = pipeline::Intent {
         version: req.version.clone(),
         allow_no_lb: req.allow_no_lb,
@@ -678,10 +680,7 @@ pub async fn logs(
         .logs(record, color, tail)
         .await
         .map_err(CoordinatorError::Failed)?;
-    let lines: Vec<String> = lines
-        .iter()
-        .map(|l| proto::secrets::mask_text(l))
-        .collect();
+    let lines: Vec<String> = lines.iter().map(|l| proto::secrets::mask_text(l)).collect();
     if global.json {
         let doc = serde_json::json!({"host": host, "color": color, "lines": lines});
         return Ok(pretty_json(&doc));

@@ -67,7 +67,10 @@ fn show(global: &Global, keys: &Keys, status: &AppStatus) {
         status.revision,
         proto::time::now_rfc3339()
     );
-    emit(&format!("{clear}{header}{}", status::render_text(keys.app(), &status)));
+    emit(&format!(
+        "{clear}{header}{}",
+        status::render_text(keys.app(), &status)
+    ));
 }
 
 /// `logs --follow`: the last `tail` lines, then every new one (JSON: one

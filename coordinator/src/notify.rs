@@ -42,8 +42,9 @@ impl NotifyTarget {
 
     fn resolved_url(&self) -> Result<String, String> {
         match self.url.strip_prefix("env:") {
-            Some(name) => std::env::var(name)
-                .map_err(|_| format!("environment variable {name} is not set")),
+            Some(name) => {
+                std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))
+            }
             None => Ok(self.url.clone()),
         }
     }

@@ -83,7 +83,8 @@ pub fn judge(
         Err(e) => return preview.stop("refused", e.exit_code(), e.to_string()),
     }
     if let Some(holder) = &preview.lock_holder {
-        let why = format!("the deploy lock is held by {holder}; the deploy waits --lock-wait for it");
+        let why =
+            format!("the deploy lock is held by {holder}; the deploy waits --lock-wait for it");
         return preview.stop("lock-held", 3, why);
     }
     if let Some(previous) = &state.deploy {
@@ -161,7 +162,10 @@ impl DeployPreview {
         out.push_str(&hosts::render_text(&self.hosts));
         out.push_str("\nLBs that must ack:\n");
         out.push_str(&lbs::render_text(&self.lbs));
-        out.push_str(&format!("\nexit code the deploy would have: {}\n", self.exit));
+        out.push_str(&format!(
+            "\nexit code the deploy would have: {}\n",
+            self.exit
+        ));
         out
     }
 }

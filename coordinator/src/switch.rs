@@ -7,8 +7,8 @@ use crate::fleet;
 use crate::history;
 use crate::probes::Probes;
 use crate::progress::Progress;
-use crate::report::Side;
 use crate::reconcile;
+use crate::report::Side;
 use crate::store::{Store, Write};
 use proto::records::{ActiveRecord, DeployRecord, Desired, LbRecord};
 use proto::{Color, Operation, Outcome, Phase, ProtoError};
@@ -165,9 +165,11 @@ pub async fn switch_command<S: Store, P: Probes>(
     if current == Some(target) {
         return Ok(format!("{target} is already active"));
     }
-    if let Some(staged) = state.deploy.as_ref().filter(|d| {
-        req.target.is_none() && d.phase == Phase::Staged && d.to == target
-    }) {
+    if let Some(staged) = state
+        .deploy
+        .as_ref()
+        .filter(|d| req.target.is_none() && d.phase == Phase::Staged && d.to == target)
+    {
         // The other color no longer holds the previous version: a rollback would go forward.
         return Err(CoordinatorError::Failed(format!(
             "{target} holds {}, staged by {} and never promoted, not the previous version: \

@@ -105,7 +105,10 @@ fn describe_spec(spec: &AppSpec) -> String {
     let mut parts = vec![
         format!("app {}", spec.app),
         format!("runs {}", spec.run.command.join(" ")),
-        format!("health {} every {:?}", spec.health.path, spec.health.interval),
+        format!(
+            "health {} every {:?}",
+            spec.health.path, spec.health.interval
+        ),
         format!("{} smoke check(s)", spec.smoke.len()),
     ];
     if !spec.switch.verify_for.is_zero() {

@@ -57,4 +57,5 @@ pub fn resident_bytes() -> Option<u64> {
 }
 
 /// The content type of the OpenMetrics text both daemons' `/metrics` answer with.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -518,6 +518,9 @@ async fn an_idle_etcd_connection_is_not_closed_by_etcds_keepalive_policy() {
     tokio::time::sleep_until(idle_deadline).await;
     let open_after = etcd.client_connections();
     let closed: Vec<_> = open_before.difference(&open_after).collect();
-    assert!(closed.is_empty(), "etcd closed idle connections from {closed:?}");
+    assert!(
+        closed.is_empty(),
+        "etcd closed idle connections from {closed:?}"
+    );
     put_raw(&client, "idle-probe", "after").await;
 }

@@ -76,7 +76,11 @@ async fn validate_checks_spec_migrations_and_artifact_without_etcd_or_a_database
     ])
     .await;
     assert_eq!(wrong_sha.status.code(), Some(2), "{}", text(&wrong_sha));
-    assert!(text(&wrong_sha).contains(&app.sha256), "{}", text(&wrong_sha));
+    assert!(
+        text(&wrong_sha).contains(&app.sha256),
+        "{}",
+        text(&wrong_sha)
+    );
 
     let missing_artifact = run(vec!["--artifact".into(), format!("{}-gone", app.url)]).await;
     assert_eq!(missing_artifact.status.code(), Some(2));
@@ -110,7 +114,11 @@ async fn validate_checks_spec_migrations_and_artifact_without_etcd_or_a_database
 
     // A typo in the spec names the field; --app must match the spec's app.
     let spec_text = std::fs::read_to_string(&spec).unwrap();
-    std::fs::write(&spec, spec_text.replace("[health]", "[health]\nintervall = \"1s\"")).unwrap();
+    std::fs::write(
+        &spec,
+        spec_text.replace("[health]", "[health]\nintervall = \"1s\""),
+    )
+    .unwrap();
     let typo = run(vec![]).await;
     assert_eq!(typo.status.code(), Some(2));
     assert!(text(&typo).contains("intervall"), "{}", text(&typo));
@@ -152,7 +160,9 @@ async fn deploy_plan_shows_what_a_deploy_would_do_and_writes_nothing() {
     assert_eq!(doc["lock_holder"], serde_json::Value::Null);
     assert_eq!(etcd_revision(&fleet).await, before, "--plan wrote to etcd");
 
-    let same = fleet.deploy(&spec, "v1", &["--plan", "--output", "json"]).await;
+    let same = fleet
+        .deploy(&spec, "v1", &["--plan", "--output", "json"])
+        .await;
     assert_eq!(same.status.code(), Some(0), "{}", text(&same));
     assert_eq!(json_doc(&same)["verdict"], "already-active");
 
@@ -163,7 +173,12 @@ async fn deploy_plan_shows_what_a_deploy_would_do_and_writes_nothing() {
     let held = fleet.deploy(&spec, "v2", &["--plan"]).await;
     assert_eq!(held.status.code(), Some(3), "{}", text(&held));
     assert!(text(&held).contains("ci-runner-7:42"), "{}", text(&held));
-    fleet.client.clone().delete(keys().lock(), None).await.unwrap();
+    fleet
+        .client
+        .clone()
+        .delete(keys().lock(), None)
+        .await
+        .unwrap();
 
     // No LB to follow the switch: refused, as the deploy would be (exit 1).
     let lb_less = Fleet::start(1, 0).await;
@@ -254,7 +269,10 @@ async fn every_command_speaks_the_documented_json() {
     assert_eq!(result["command"], "deploy");
     assert_eq!(result["to"]["color"], "blue");
     assert_eq!(result["to"]["version"], "v1");
-    assert!(result["op_id"].is_string() && result["revision"].is_i64(), "{result}");
+    assert!(
+        result["op_id"].is_string() && result["revision"].is_i64(),
+        "{result}"
+    );
     let v2 = fleet.deploy(&spec, "v2", &["--output", "json"]).await;
     let result = schemas.action(&v2, "deploy v2");
     assert_eq!(result["from"]["version"], "v1");
@@ -268,16 +286,25 @@ async fn every_command_speaks_the_documented_json() {
     let switch = json(&["switch", "green"]).await;
     schemas.action(&switch, "switch green");
 
-    let plan = fleet.deploy(&spec, "v3", &["--plan", "--output", "json"]).await;
+    let plan = fleet
+        .deploy(&spec, "v3", &["--plan", "--output", "json"])
+        .await;
     schemas.query("deploy-plan", &plan, "deploy --plan");
     schemas.query("status", &json(&["status"]).await, "status");
     schemas.query("apps", &json(&["apps"]).await, "apps");
     let history = schemas.query("history", &json(&["history"]).await, "history");
     assert!(history.as_array().unwrap().len() >= 4, "{history:#}");
-    schemas.query("lock-status", &json(&["lock", "status"]).await, "lock status");
+    schemas.query(
+        "lock-status",
+        &json(&["lock", "status"]).await,
+        "lock status",
+    );
     schemas.query("host-list", &json(&["host", "list"]).await, "host list");
     schemas.query("lb-list", &json(&["lb", "list"]).await, "lb list");
-    let logs = json(&["logs", "--host", "host-1", "--color", "green", "--tail", "5"]).await;
+    let logs = json(&[
+        "logs", "--host", "host-1", "--color", "green", "--tail", "5",
+    ])
+    .await;
     schemas.query("logs", &logs, "logs");
     let validate = json(&["validate", "--spec", &spec.display().to_string()]).await;
     schemas.query("validate", &validate, "validate");
@@ -291,7 +318,13 @@ async fn every_command_speaks_the_documented_json() {
         spec_text.replace("sqlite:///var/lib/shop/shop.db?mode=rwc", &db),
     )
     .unwrap();
-    let migrate = json(&["migrate", "status", "--spec", &migrating.display().to_string()]).await;
+    let migrate = json(&[
+        "migrate",
+        "status",
+        "--spec",
+        &migrating.display().to_string(),
+    ])
+    .await;
     schemas.query("migrate-status", &migrate, "migrate status");
 
     let stop = json(&["stop", "blue"]).await;
@@ -311,7 +344,10 @@ async fn every_command_speaks_the_documented_json() {
     let usage = json(&["deploy", "--version", "v4"]).await;
     let result = schemas.action(&usage, "missing --spec");
     assert_eq!(result["outcome"], "rejected");
-    assert!(result["detail"].as_str().unwrap().contains("--spec"), "{result}");
+    assert!(
+        result["detail"].as_str().unwrap().contains("--spec"),
+        "{result}"
+    );
     let unknown = fleet
         .coordinator()
         .env("BLUEGREEN_OUTPUT", "json")
@@ -320,7 +356,10 @@ async fn every_command_speaks_the_documented_json() {
         .await
         .unwrap();
     let result = schemas.action(&unknown, "status of an unknown app");
-    assert!(result["detail"].as_str().unwrap().contains("shop"), "{result}");
+    assert!(
+        result["detail"].as_str().unwrap().contains("shop"),
+        "{result}"
+    );
 }
 
 /// Every history record names who ran the command and how; `history` filters by kind, version,
@@ -383,10 +422,15 @@ async fn history_names_the_actor_and_filters() {
     let v1 = history(&["--version", "v1"]).await;
     let v1_actors: Vec<&str> = v1.iter().map(|r| r["actor"].as_str().unwrap()).collect();
     assert_eq!(v1_actors, ["alice", "carol"]);
-    assert!(history(&["--since", "2099-01-01T00:00:00Z"]).await.is_empty());
+    assert!(history(&["--since", "2099-01-01T00:00:00Z"])
+        .await
+        .is_empty());
     assert_eq!(history(&["--since", "1h"]).await.len(), 3);
     assert!(history(&["--until", "1h"]).await.is_empty());
-    assert_eq!(history(&["--limit", "1", "--kind", "deploy"]).await[0]["actor"], "bob");
+    assert_eq!(
+        history(&["--limit", "1", "--kind", "deploy"]).await[0]["actor"],
+        "bob"
+    );
 
     let bad = fleet.run(&["history", "--since", "yesterday-ish"]).await;
     assert_eq!(bad.status.code(), Some(2));
@@ -415,13 +459,20 @@ async fn no_switch_stages_and_promote_switches() {
     assert!(staged.status.success(), "{}", text(&staged));
     assert!(text(&staged).contains("promote"), "{}", text(&staged));
     let active = bluegreen_tests::procs::active(&fleet.client).await.unwrap();
-    assert_eq!((active.color, active.version.as_str()), (proto::Color::Blue, "v1"));
+    assert_eq!(
+        (active.color, active.version.as_str()),
+        (proto::Color::Blue, "v1")
+    );
     assert_eq!(served_version(&live).await.as_deref(), Some("v1"));
     assert_eq!(served_version(&preview).await.as_deref(), Some("v2"));
 
     let rollback = fleet.run(&["rollback"]).await;
     assert_eq!(rollback.status.code(), Some(1), "{}", text(&rollback));
-    assert!(text(&rollback).contains("never promoted"), "{}", text(&rollback));
+    assert!(
+        text(&rollback).contains("never promoted"),
+        "{}",
+        text(&rollback)
+    );
 
     let promote = fleet
         .coordinator()
@@ -435,12 +486,21 @@ async fn no_switch_stages_and_promote_switches() {
     assert_eq!(result["command"], "promote");
     assert_eq!(result["to"]["version"], "v2");
     let active = bluegreen_tests::procs::active(&fleet.client).await.unwrap();
-    assert_eq!((active.color, active.version.as_str()), (proto::Color::Green, "v2"));
+    assert_eq!(
+        (active.color, active.version.as_str()),
+        (proto::Color::Green, "v2")
+    );
     assert_eq!(served_version(&live).await.as_deref(), Some("v2"));
 
-    let again = fleet.run(&["promote", "--spec", &spec.display().to_string()]).await;
+    let again = fleet
+        .run(&["promote", "--spec", &spec.display().to_string()])
+        .await;
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
-    assert!(text(&again).contains("nothing is staged"), "{}", text(&again));
+    assert!(
+        text(&again).contains("nothing is staged"),
+        "{}",
+        text(&again)
+    );
 
     let history = fleet.run(&["--output", "json", "history"]).await;
     let kinds: Vec<(String, String)> = json_doc(&history)
@@ -449,12 +509,21 @@ async fn no_switch_stages_and_promote_switches() {
         .iter()
         .map(|r| {
             let r = &r["record"];
-            (r["kind"].as_str().unwrap().into(), r["outcome"].as_str().unwrap().into())
+            (
+                r["kind"].as_str().unwrap().into(),
+                r["outcome"].as_str().unwrap().into(),
+            )
         })
         .collect();
-    let expected = [("deploy", "done"), ("deploy", "staged"), ("promote", "done")];
-    let expected: Vec<(String, String)> =
-        expected.iter().map(|(k, o)| (k.to_string(), o.to_string())).collect();
+    let expected = [
+        ("deploy", "done"),
+        ("deploy", "staged"),
+        ("promote", "done"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(k, o)| (k.to_string(), o.to_string()))
+        .collect();
     assert_eq!(kinds, expected);
 }
 
@@ -486,7 +555,12 @@ impl Receiver {
     }
 
     fn last(&self) -> serde_json::Value {
-        self.bodies.lock().unwrap().last().cloned().expect("a notification")
+        self.bodies
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a notification")
     }
 }
 
@@ -508,13 +582,18 @@ async fn hooks_gate_and_report_and_webhooks_receive_each_result() {
         ),
     )
     .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let base = std::fs::read_to_string(fleet.spec("good", &[])).unwrap();
-    let hooks: String = ["pre_deploy", "post_stage", "post_switch", "post_rollback", "on_failure"]
-        .iter()
-        .map(|h| format!("{h} = [\"{}\"]\n", script.display()))
-        .collect();
+    let hooks: String = [
+        "pre_deploy",
+        "post_stage",
+        "post_switch",
+        "post_rollback",
+        "on_failure",
+    ]
+    .iter()
+    .map(|h| format!("{h} = [\"{}\"]\n", script.display()))
+    .collect();
     let spec = fleet.raw_spec(
         "hooked",
         &format!(
@@ -531,7 +610,12 @@ async fn hooks_gate_and_report_and_webhooks_receive_each_result() {
 
     let v1 = fleet.deploy(&spec, "v1", &["--output", "json"]).await;
     let result = Schemas::new().action(&v1, "deploy with hooks");
-    assert_eq!(result["exit"], 0, "a receiver that is down changes nothing: {}", text(&v1));
+    assert_eq!(
+        result["exit"],
+        0,
+        "a receiver that is down changes nothing: {}",
+        text(&v1)
+    );
     assert!(text(&v1).contains("127.0.0.1:1/down"), "{}", text(&v1));
     assert_eq!(
         logged(),
@@ -542,13 +626,18 @@ async fn hooks_gate_and_report_and_webhooks_receive_each_result() {
         ]
     );
     let sent = receiver.last();
-    assert_eq!((sent["command"].clone(), sent["outcome"].clone()), ("deploy".into(), "done".into()));
+    assert_eq!(
+        (sent["command"].clone(), sent["outcome"].clone()),
+        ("deploy".into(), "done".into())
+    );
     assert_eq!(sent["op_id"], result["op_id"]);
 
     let v2 = fleet.deploy(&spec, "v2", &[]).await;
     assert!(v2.status.success(), "{}", text(&v2));
     logged();
-    let rollback = fleet.run(&["rollback", "--spec", &spec.display().to_string()]).await;
+    let rollback = fleet
+        .run(&["rollback", "--spec", &spec.display().to_string()])
+        .await;
     assert!(rollback.status.success(), "{}", text(&rollback));
     assert_eq!(logged(), ["post_rollback rollback v1 blue done"]);
     assert_eq!(receiver.last()["command"], "rollback");
@@ -562,10 +651,24 @@ async fn hooks_gate_and_report_and_webhooks_receive_each_result() {
         .await
         .unwrap();
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
-    assert!(text(&refused).contains("hooks.pre_deploy"), "{}", text(&refused));
-    assert_eq!(logged(), ["pre_deploy deploy v3 green -", "on_failure deploy v3 green failed"]);
+    assert!(
+        text(&refused).contains("hooks.pre_deploy"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(
+        logged(),
+        [
+            "pre_deploy deploy v3 green -",
+            "on_failure deploy v3 green failed"
+        ]
+    );
     let green = bluegreen_tests::procs::release(&fleet.client, proto::Color::Green).await;
-    assert_eq!(green.map(|r| r.version).as_deref(), Some("v2"), "pre_deploy wrote a release");
+    assert_eq!(
+        green.map(|r| r.version).as_deref(),
+        Some("v2"),
+        "pre_deploy wrote a release"
+    );
     let history_after = json_doc(&fleet.run(&["--output", "json", "history"]).await);
     assert_eq!(history_before, history_after, "pre_deploy wrote history");
     assert_eq!(receiver.last()["exit"], 1);
@@ -580,7 +683,10 @@ async fn hooks_gate_and_report_and_webhooks_receive_each_result() {
     assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
     assert!(text(&failed).contains("post_stage"), "{}", text(&failed));
     let active = bluegreen_tests::procs::active(&fleet.client).await.unwrap();
-    assert_eq!((active.color, active.version.as_str()), (proto::Color::Blue, "v1"));
+    assert_eq!(
+        (active.color, active.version.as_str()),
+        (proto::Color::Blue, "v1")
+    );
 }
 
 /// Lines of a running command's stdout, read with a deadline.
@@ -613,8 +719,8 @@ impl LiveOutput {
                 .unwrap_or_else(|_| panic!("no line with {what} within 60 s"))
                 .expect("read stdout")
                 .unwrap_or_else(|| panic!("the command ended before {what}"));
-            let value: serde_json::Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            let value: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
             if wanted(&value) {
                 return;
             }
@@ -646,7 +752,9 @@ async fn status_watch_and_logs_follow_show_changes_as_they_happen() {
         .wait_for("green v2 active", |s| s["active"]["version"] == "v2")
         .await;
     let mut follow = fleet.coordinator();
-    follow.args(["--output", "json", "logs", "--host", "host-1", "--color", "blue"]);
+    follow.args([
+        "--output", "json", "logs", "--host", "host-1", "--color", "blue",
+    ]);
     follow.args(["--tail", "1", "--follow"]);
     let mut logs = LiveOutput::spawn(follow);
     logs.wait_for("the last line of blue's log", |l| l["line"].is_string())
@@ -686,7 +794,10 @@ async fn the_agent_serves_metrics_and_logs_json_when_asked() {
     let url = fleet.hosts[0].metrics_url();
     let answer = reqwest::get(&url).await.expect("agent /metrics");
     let content_type = answer.headers()[reqwest::header::CONTENT_TYPE].clone();
-    assert!(content_type.to_str().unwrap().contains("openmetrics"), "{content_type:?}");
+    assert!(
+        content_type.to_str().unwrap().contains("openmetrics"),
+        "{content_type:?}"
+    );
     let body = answer.text().await.unwrap();
     let state = |state: &str| {
         let series = format!("bluegreen_agent_color_state{{color=\"blue\",state=\"{state}\"}}");
@@ -703,29 +814,47 @@ async fn the_agent_serves_metrics_and_logs_json_when_asked() {
     assert!(metric(&body, "bluegreen_agent_resident_memory_bytes").is_some_and(|b| b > 0.0));
 
     let sidecar = &fleet.sidecars[0];
-    let sidecar_url = format!("http://{}:{}/metrics", sidecar.status_address, sidecar.status_port);
-    let body = reqwest::get(&sidecar_url).await.unwrap().text().await.unwrap();
-    assert!(metric(&body, "bluegreen_lb_reloads_total").is_some_and(|n| n >= 1.0), "{body}");
+    let sidecar_url = format!(
+        "http://{}:{}/metrics",
+        sidecar.status_address, sidecar.status_port
+    );
+    let body = reqwest::get(&sidecar_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metric(&body, "bluegreen_lb_reloads_total").is_some_and(|n| n >= 1.0),
+        "{body}"
+    );
     let written = metric(&body, "bluegreen_lb_last_etcd_write_timestamp_seconds");
     assert!(written.is_some_and(|t| t > 1.7e9), "{body}");
-    assert!(body.contains("bluegreen_lb_switch_seconds_bucket{le=\"0.1\"}"), "{body}");
+    assert!(
+        body.contains("bluegreen_lb_switch_seconds_bucket{le=\"0.1\"}"),
+        "{body}"
+    );
 
     let agent = &mut fleet.hosts[0];
     let before = agent.log().lines().count();
     agent.restart_with_env("BLUEGREEN_LOG_FORMAT", "json");
-    bluegreen_tests::wait_for("the restarted agent's JSON log", std::time::Duration::from_secs(30), || {
-        let log = agent.log();
-        let lines: Vec<&str> = log.lines().skip(before).collect();
-        let parsed: Vec<serde_json::Value> = lines
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        let running = parsed
-            .iter()
-            .any(|v| v["fields"]["message"] == "agent running" && v["level"] == "INFO");
-        let all_json = parsed.len() == lines.len();
-        async move { (running && all_json).then_some(()) }
-    })
+    bluegreen_tests::wait_for(
+        "the restarted agent's JSON log",
+        std::time::Duration::from_secs(30),
+        || {
+            let log = agent.log();
+            let lines: Vec<&str> = log.lines().skip(before).collect();
+            let parsed: Vec<serde_json::Value> = lines
+                .iter()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            let running = parsed
+                .iter()
+                .any(|v| v["fields"]["message"] == "agent running" && v["level"] == "INFO");
+            let all_json = parsed.len() == lines.len();
+            async move { (running && all_json).then_some(()) }
+        },
+    )
     .await;
 }
 
@@ -754,7 +883,8 @@ fn the_grafana_dashboard_queries_only_metrics_that_exist() {
             }
         }
     }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/bluegreen-dashboard.json");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/bluegreen-dashboard.json");
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let mut queried = Vec::new();
@@ -774,5 +904,66 @@ fn the_grafana_dashboard_queries_only_metrics_that_exist() {
     }
     assert!(queried.len() >= 10, "{queried:?}");
     let unknown: Vec<&String> = queried.iter().filter(|q| !exposed.contains(*q)).collect();
-    assert!(unknown.is_empty(), "not exposed: {unknown:?}; exposed: {exposed:?}");
+    assert!(
+        unknown.is_empty(),
+        "not exposed: {unknown:?}; exposed: {exposed:?}"
+    );
+}
+
+/// The example CI pipelines in deploy/ci call `coordinator` only with commands and flags it
+/// accepts: each invocation, its variables filled with placeholders, gets past the command-line
+/// parser (whatever it then says about the placeholders).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_pipelines_use_real_commands_and_flags() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/ci");
+    let mut checked = 0;
+    for file in ["github-actions.yml", "gitlab-ci.yml"] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        let mut joined = String::new();
+        for line in text.lines() {
+            let line = line
+                .trim()
+                .trim_start_matches("- ")
+                .trim_start_matches("run: ");
+            if line.starts_with("coordinator ") || !joined.is_empty() {
+                joined.push_str(line.trim_end_matches('\\'));
+                joined.push(' ');
+                if line.ends_with('\\') {
+                    continue;
+                }
+            } else {
+                continue;
+            }
+            let command = std::mem::take(&mut joined);
+            let command = command.split(" | ").next().unwrap();
+            let args: Vec<String> = command
+                .split_whitespace()
+                .skip(1)
+                .map(|a| {
+                    if a.contains('$') {
+                        "placeholder".to_string()
+                    } else {
+                        a.trim_matches('"').to_string()
+                    }
+                })
+                .collect();
+            let out = offline_coordinator()
+                .env("BLUEGREEN_OUTPUT", "json")
+                .args(&args)
+                .output()
+                .await
+                .unwrap();
+            let rejected = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|v| v["step"] == "result" && v["command"].is_null());
+            assert!(
+                !rejected,
+                "{file}: `{command}` is not a valid command line: {}",
+                text(&out)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} coordinator invocations found");
 }
