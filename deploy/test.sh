@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (idempotent), starts a throwaway PostgreSQL
 # cluster for the migration tests (stopped again on exit), builds every binary the integration
-# tests drive as processes, and runs all unit and integration tests.
+# tests drive as processes, and runs all unit and integration tests. Then it builds the .deb
+# packages from those binaries and checks them with dpkg.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -16,3 +17,5 @@ echo "test.sh: throwaway PostgreSQL at $BLUEGREEN_TEST_POSTGRES_URL"
 
 cargo build --workspace --bins
 cargo test --workspace
+PROFILE=dev bash deploy/packages/build.sh
+bash deploy/packages/check.sh

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds the three .deb packages (bluegreen-agent, bluegreen-lb-sidecar, bluegreen-coordinator)
+# into target/debian/ with cargo-deb (installed from crates.io when missing).
+#
+#   deploy/packages/build.sh            release build (what you ship)
+#   PROFILE=dev deploy/packages/build.sh  from the debug build (CI checks the packaging, not
+#                                        the optimizer; cargo-deb warns that dev is unusual)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+profile="${PROFILE:-release}"
+if ! command -v cargo-deb >/dev/null; then
+    echo "build.sh: installing cargo-deb"
+    cargo install --locked cargo-deb --version 3.8.0
+fi
+cargo build --profile "$profile" --bins -p agent -p lb-sidecar -p coordinator
+dir=release
+[ "$profile" = dev ] && dir=debug
+bin="target/$dir"
+# The coordinator's man page and completions come from its own command-line definition.
+mkdir -p target/packaging
+"$bin/coordinator" man | gzip -9n > target/packaging/coordinator.1.gz
+"$bin/coordinator" completions bash > target/packaging/coordinator.bash
+"$bin/coordinator" completions zsh > target/packaging/_coordinator
+"$bin/coordinator" completions fish > target/packaging/coordinator.fish
+for crate in agent lb-sidecar coordinator; do
+    cargo deb --no-build --profile "$profile" -p "$crate" --output target/debian/
+done
+ls -l target/debian/*.deb
