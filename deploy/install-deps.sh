@@ -5,7 +5,21 @@
 # (policy-rc.d), and any that start anyway during this install are stopped again: the
 # project's own scripts start their own copies on free ports. Servers that were already
 # running before the script are never touched.
+#
+#   deploy/install-deps.sh              on any machine: installs, starts nothing, stops nothing
+#                                       that ran before
+#   deploy/install-deps.sh --throwaway  on a CI or test machine: also disables the systemd units
+#                                       this install enabled, so they do not start at the next boot
 set -euo pipefail
+throwaway=0
+case "${1:-}" in
+    --throwaway) throwaway=1 ;;
+    "") ;;
+    *) echo "install-deps: unknown option $1 (only --throwaway)" >&2; exit 2 ;;
+esac
+UNITS=(etcd.service nginx.service postgresql.service)
+unit_enabled() { systemctl is-enabled --quiet "$1" 2>/dev/null; }
+have_systemd() { command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; }
 
 # libprotobuf-dev carries google/protobuf/*.proto, which etcd-client's build imports; openssl
 # makes the tests' throwaway certificate authorities (TLS etcd, agents' gRPC, PostgreSQL);
@@ -35,6 +49,10 @@ if ((${#missing[@]})); then
         chmod +x "$policy"
         created_policy=1
     fi
+    enabled_before=()
+    if have_systemd; then
+        for unit in "${UNITS[@]}"; do unit_enabled "$unit" && enabled_before+=("$unit"); done
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     if ((created_policy)); then rm -f "$policy"; fi
@@ -42,6 +60,14 @@ if ((${#missing[@]})); then
         echo "install-deps: stopping $(ps -o comm= -p "$pid" 2>/dev/null) (pid $pid), started by this install"
         kill "$pid" 2>/dev/null || true
     done
+    if ((throwaway)) && have_systemd; then
+        for unit in "${UNITS[@]}"; do
+            if unit_enabled "$unit" && [[ " ${enabled_before[*]} " != *" $unit "* ]]; then
+                echo "install-deps: disabling $unit, enabled by this install (--throwaway)"
+                systemctl disable --quiet "$unit" || true
+            fi
+        done
+    fi
 else
     echo "install-deps: all packages present"
 fi

@@ -6,7 +6,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-bash deploy/install-deps.sh
+bash deploy/install-deps.sh --throwaway
 
 PG_DIR=$(mktemp -d /tmp/bluegreen-test-pg.XXXXXX)
 trap 'bash "$ROOT/deploy/test-postgres.sh" stop "$PG_DIR/cluster"; rm -rf "$PG_DIR"' EXIT
