@@ -3,12 +3,15 @@
 //! OS account; elsewhere the OS user and host. Every history record carries it, with the command
 //! line that made it.
 
+/// Reads one environment variable (`None` when unset or empty).
+type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 /// How one CI system names the person and the job.
 struct CiSystem {
     /// Set (to anything) when running under this system.
     marker: &'static str,
     user: &'static [&'static str],
-    job_url: fn(&dyn Fn(&str) -> Option<String>) -> Option<String>,
+    job_url: fn(Env) -> Option<String>,
 }
 
 const CI_SYSTEMS: &[CiSystem] = &[
@@ -42,7 +45,7 @@ const CI_SYSTEMS: &[CiSystem] = &[
 ];
 
 /// The actor as read from `env` (a variable's value, `None` when unset or empty).
-pub fn resolve(env: &dyn Fn(&str) -> Option<String>) -> String {
+pub fn resolve(env: Env) -> String {
     if let Some(actor) = env("BLUEGREEN_ACTOR") {
         return actor;
     }

@@ -96,27 +96,8 @@ enum Command {
         /// Computed from the artifact when omitted.
         #[arg(long)]
         sha256: Option<String>,
-        /// How long to wait for another operation's deploy lock (0s: give up at once, exit 3).
-        #[arg(long, default_value = "0s")]
-        lock_wait: String,
-        /// How long the new color may take to be healthy on every host [default: the spec's
-        /// health.startup_timeout + 30s].
-        #[arg(long)]
-        health_timeout: Option<String>,
-        /// After the switch, watch the new color this long and switch back if it turns
-        /// unhealthy [default: the spec's switch.verify_for].
-        #[arg(long)]
-        verify_for: Option<String>,
-        /// Leave a failed color running for debugging instead of stopping it.
-        #[arg(long)]
-        keep_failed: bool,
-        /// Switch even when no LB is registered (nothing can follow or verify the switch).
-        #[arg(long)]
-        allow_no_lb: bool,
-        /// ed25519 private key (`coordinator keygen`) to sign the release with; agents with
-        /// trusted_keys run only signed releases.
-        #[arg(long, env = "BLUEGREEN_SIGNING_KEY_FILE")]
-        signing_key: Option<PathBuf>,
+        #[command(flatten)]
+        checks: CheckFlags,
         /// Show what the deploy would do now (target color, hosts, LBs that must ack, pending
         /// migrations, lock holder) and exit with the code it would have; writes nothing.
         #[arg(long)]
@@ -132,26 +113,8 @@ enum Command {
         /// The app spec (its smoke checks and verification settings).
         #[arg(long)]
         spec: PathBuf,
-        /// How long to wait for another operation's deploy lock (0s: give up at once, exit 3).
-        #[arg(long, default_value = "0s")]
-        lock_wait: String,
-        /// How long the staged color may take to be healthy on every host [default: the spec's
-        /// health.startup_timeout + 30s].
-        #[arg(long)]
-        health_timeout: Option<String>,
-        /// After the switch, watch the new color this long and switch back if it turns
-        /// unhealthy [default: the spec's switch.verify_for].
-        #[arg(long)]
-        verify_for: Option<String>,
-        /// Leave the staged color running if its checks fail, instead of stopping it.
-        #[arg(long)]
-        keep_failed: bool,
-        /// Switch even when no LB is registered.
-        #[arg(long)]
-        allow_no_lb: bool,
-        /// ed25519 private key to sign the release records promote writes (a stop on failure).
-        #[arg(long, env = "BLUEGREEN_SIGNING_KEY_FILE")]
-        signing_key: Option<PathBuf>,
+        #[command(flatten)]
+        checks: CheckFlags,
     },
     /// Check a spec, its migrations (parsed and linted) and optionally the artifact, without
     /// etcd or the database: exit 0 when a deploy would accept them, 2 naming what is wrong.
@@ -290,6 +253,53 @@ enum Command {
     },
 }
 
+/// What `deploy` and `promote` share: the lock wait, the checks before and after the switch, and
+/// the release-signing key.
+#[derive(clap::Args)]
+struct CheckFlags {
+    /// How long to wait for another operation's deploy lock (0s: give up at once, exit 3).
+    #[arg(long, default_value = "0s")]
+    lock_wait: String,
+    /// How long the new color may take to be healthy on every host [default: the spec's
+    /// health.startup_timeout + 30s].
+    #[arg(long)]
+    health_timeout: Option<String>,
+    /// After the switch, watch the new color this long and switch back if it turns unhealthy
+    /// [default: the spec's switch.verify_for].
+    #[arg(long)]
+    verify_for: Option<String>,
+    /// Leave a color that failed its checks running for debugging instead of stopping it.
+    #[arg(long)]
+    keep_failed: bool,
+    /// Switch even when no LB is registered (nothing can follow or verify the switch).
+    #[arg(long)]
+    allow_no_lb: bool,
+    /// ed25519 private key (`coordinator keygen`) to sign the releases written; agents with
+    /// trusted_keys run only signed releases.
+    #[arg(long, env = "BLUEGREEN_SIGNING_KEY_FILE")]
+    signing_key: Option<PathBuf>,
+}
+
+impl CheckFlags {
+    fn parse(self) -> Result<crate::Checks, CoordinatorError> {
+        use crate::parse_duration as dur;
+        Ok(crate::Checks {
+            lock_wait: dur("--lock-wait", &self.lock_wait)?,
+            health_timeout: self
+                .health_timeout
+                .map(|d| dur("--health-timeout", &d))
+                .transpose()?,
+            verify_for: self
+                .verify_for
+                .map(|d| dur("--verify-for", &d))
+                .transpose()?,
+            keep_failed: self.keep_failed,
+            allow_no_lb: self.allow_no_lb,
+            signing_key: self.signing_key,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum MigrateAction {
     /// Every migration's state, problems, and whether pending contract migrations may run.
@@ -386,12 +396,7 @@ async fn dispatch(global: &Global, command: Command) -> Result<(String, i32), Co
             version,
             artifact,
             sha256,
-            lock_wait,
-            health_timeout,
-            verify_for,
-            keep_failed,
-            allow_no_lb,
-            signing_key,
+            checks,
             plan,
             no_switch,
         } => {
@@ -400,14 +405,7 @@ async fn dispatch(global: &Global, command: Command) -> Result<(String, i32), Co
                 version,
                 artifact,
                 sha256,
-                lock_wait: dur("--lock-wait", &lock_wait)?,
-                health_timeout: health_timeout
-                    .map(|d| dur("--health-timeout", &d))
-                    .transpose()?,
-                verify_for: verify_for.map(|d| dur("--verify-for", &d)).transpose()?,
-                keep_failed,
-                allow_no_lb,
-                signing_key,
+                checks: checks.parse()?,
                 no_switch,
             };
             if plan {
@@ -415,25 +413,10 @@ async fn dispatch(global: &Global, command: Command) -> Result<(String, i32), Co
             }
             crate::deploy(global, req).await
         }
-        Command::Promote {
-            spec,
-            lock_wait,
-            health_timeout,
-            verify_for,
-            keep_failed,
-            allow_no_lb,
-            signing_key,
-        } => {
+        Command::Promote { spec, checks } => {
             let req = crate::PromoteRequest {
                 spec,
-                lock_wait: dur("--lock-wait", &lock_wait)?,
-                health_timeout: health_timeout
-                    .map(|d| dur("--health-timeout", &d))
-                    .transpose()?,
-                verify_for: verify_for.map(|d| dur("--verify-for", &d)).transpose()?,
-                keep_failed,
-                allow_no_lb,
-                signing_key,
+                checks: checks.parse()?,
             };
             crate::promote(global, req).await
         }
@@ -619,7 +602,7 @@ impl Command {
             }
             Command::Logs { .. } => "logs",
             Command::Completions { .. } => "completions",
-            Command::Man { .. } => "man",
+            Command::Man => "man",
         };
         name.to_string()
     }
@@ -635,7 +618,7 @@ impl Command {
             | Command::History { .. }
             | Command::Logs { .. }
             | Command::Completions { .. }
-            | Command::Man { .. } => true,
+            | Command::Man => true,
             Command::Migrate { action } => matches!(action, MigrateAction::Status { .. }),
             Command::Lock { action } => matches!(action, LockAction::Status),
             Command::Host { action } | Command::Lb { action } => {

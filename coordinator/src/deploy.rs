@@ -107,16 +107,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             Preflight::Refuse(why) => return Err(CoordinatorError::Failed(why)),
             Preflight::Go(plan) => plan,
         };
-        self.progress.record().movement(
-            state.active.as_ref().map(|a| Side {
-                color: a.color,
-                version: Some(a.version.clone()),
-            }),
-            Side {
-                color: plan.to,
-                version: Some(args.version.clone()),
-            },
-        );
+        self.record_movement(&state, &plan, &args.version);
         let shown_from = plan.from.map_or("none".into(), |c| c.to_string());
         let pre_deploy = self
             .hook(&state, &plan, &args.version, Hook::PreDeploy)
@@ -137,19 +128,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
                 plan.to
             ),
         );
-        let now = proto::time::now_rfc3339();
-        let record = DeployRecord {
-            deploy_id: self.op_id.clone(),
-            operation: Operation::Deploy,
-            phase: Phase::Staging,
-            from: plan.from,
-            to: plan.to,
-            version: args.version.clone(),
-            token: self.store.token(),
-            started_at: now.clone(),
-            updated_at: now,
-            error: None,
-        };
+        let record = self.open_record(Operation::Deploy, &plan, &args.version);
         let release = self.release(args, Desired::Running);
         self.store
             .put(
@@ -213,16 +192,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             }
             Preflight::Go(plan) => plan,
         };
-        self.progress.record().movement(
-            state.active.as_ref().map(|a| Side {
-                color: a.color,
-                version: Some(a.version.clone()),
-            }),
-            Side {
-                color: plan.to,
-                version: Some(args.version.clone()),
-            },
-        );
+        self.record_movement(&state, &plan, &args.version);
         self.progress.event(
             "preflight",
             None,
@@ -232,19 +202,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
                 staged.version, staged.to, staged.deploy_id
             ),
         );
-        let now = proto::time::now_rfc3339();
-        let record = DeployRecord {
-            deploy_id: self.op_id.clone(),
-            operation: Operation::Promote,
-            phase: Phase::Staging,
-            from: plan.from,
-            to: plan.to,
-            version: args.version.clone(),
-            token: self.store.token(),
-            started_at: now.clone(),
-            updated_at: now,
-            error: None,
-        };
+        let record = self.open_record(Operation::Promote, &plan, &args.version);
         self.put_record(&record).await?;
         let run = Run {
             plan,
@@ -375,6 +333,37 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
         };
         run.failures = outcome.err().unwrap_or_default();
         Ok(run.failures.is_empty())
+    }
+
+    /// Where this operation sends traffic, for its `result` event.
+    fn record_movement(&self, state: &AppStatus, plan: &Plan, version: &str) {
+        self.progress.record().movement(
+            state.active.as_ref().map(|a| Side {
+                color: a.color,
+                version: Some(a.version.clone()),
+            }),
+            Side {
+                color: plan.to,
+                version: Some(version.to_string()),
+            },
+        );
+    }
+
+    /// The `deploy` record an operation starts with (phase staging).
+    fn open_record(&self, operation: Operation, plan: &Plan, version: &str) -> DeployRecord {
+        let now = proto::time::now_rfc3339();
+        DeployRecord {
+            deploy_id: self.op_id.clone(),
+            operation,
+            phase: Phase::Staging,
+            from: plan.from,
+            to: plan.to,
+            version: version.to_string(),
+            token: self.store.token(),
+            started_at: now.clone(),
+            updated_at: now,
+            error: None,
+        }
     }
 
     /// Runs a gate hook of the spec, reporting it as a progress event; Err is its failure.

@@ -185,41 +185,46 @@ async fn acquire(
     DeployLock::acquire(client, keys, &record, wait, progress).await
 }
 
-pub struct DeployRequest {
-    pub spec: std::path::PathBuf,
-    pub version: String,
-    pub artifact: String,
-    pub sha256: Option<String>,
+/// What `deploy` and `promote` share: the lock wait, the checks, the signing key.
+pub struct Checks {
     pub lock_wait: Duration,
     pub health_timeout: Option<Duration>,
     pub verify_for: Option<Duration>,
     pub keep_failed: bool,
     pub allow_no_lb: bool,
     pub signing_key: Option<std::path::PathBuf>,
+}
+
+impl Checks {
+    fn signing_key(&self) -> Result<Option<proto::signing::SigningKey>, CoordinatorError> {
+        self.signing_key
+            .as_deref()
+            .map(proto::signing::SigningKey::load)
+            .transpose()
+            .map_err(|e| CoordinatorError::Usage(format!("--signing-key: {e}")))
+    }
+}
+
+pub struct DeployRequest {
+    pub spec: std::path::PathBuf,
+    pub version: String,
+    pub artifact: String,
+    pub sha256: Option<String>,
+    pub checks: Checks,
     /// Stop after staging and checks; `promote` switches.
     pub no_switch: bool,
 }
 
 pub struct PromoteRequest {
     pub spec: std::path::PathBuf,
-    pub lock_wait: Duration,
-    pub health_timeout: Option<Duration>,
-    pub verify_for: Option<Duration>,
-    pub keep_failed: bool,
-    pub allow_no_lb: bool,
-    pub signing_key: Option<std::path::PathBuf>,
+    pub checks: Checks,
 }
 
 /// `coordinator promote`: switches to what `deploy --no-switch` staged, after its checks again.
 pub async fn promote(global: &Global, req: PromoteRequest) -> Result<String, CoordinatorError> {
     let spec = load_spec(global.app.as_deref(), &req.spec)?;
     global.recorder.spec(&spec);
-    let signing_key = req
-        .signing_key
-        .as_deref()
-        .map(proto::signing::SigningKey::load)
-        .transpose()
-        .map_err(|e| CoordinatorError::Usage(format!("--signing-key: {e}")))?;
+    let signing_key = req.checks.signing_key()?;
     let progress = global.progress();
     let keys = Keys::new(&global.prefix, &spec.app)?;
     let client = global.connect().await?;
@@ -230,7 +235,7 @@ pub async fn promote(global: &Global, req: PromoteRequest) -> Result<String, Coo
         &op_id,
         Operation::Promote,
         None,
-        req.lock_wait,
+        req.checks.lock_wait,
         &progress,
     )
     .await?;
@@ -246,10 +251,10 @@ pub async fn promote(global: &Global, req: PromoteRequest) -> Result<String, Coo
         signing_key: signing_key.as_ref(),
     };
     let args = deploy::PromoteArgs {
-        health_timeout: req.health_timeout,
-        verify_for: req.verify_for,
-        keep_failed: req.keep_failed,
-        allow_no_lb: req.allow_no_lb,
+        health_timeout: req.checks.health_timeout,
+        verify_for: req.checks.verify_for,
+        keep_failed: req.checks.keep_failed,
+        allow_no_lb: req.checks.allow_no_lb,
     };
     let result = tokio::select! {
         r = pipeline.promote(&args) => r,
@@ -284,12 +289,7 @@ fn check_deploy_input(
                 .map_err(|e| CoordinatorError::Usage(format!("--sha256: {e}")))
         })
         .transpose()?;
-    let signing_key = req
-        .signing_key
-        .as_deref()
-        .map(proto::signing::SigningKey::load)
-        .transpose()
-        .map_err(|e| CoordinatorError::Usage(format!("--signing-key: {e}")))?;
+    let signing_key = req.checks.signing_key()?;
     Ok(CheckedDeploy {
         spec,
         sha256,
@@ -313,9 +313,9 @@ pub async fn deploy_plan(
         .map(|held| held.holder());
     let intent = pipeline::Intent {
         version: req.version.clone(),
-        allow_no_lb: req.allow_no_lb,
+        allow_no_lb: req.checks.allow_no_lb,
         migrations: migrations.is_some(),
-        verify_for: req.verify_for.unwrap_or(spec.switch.verify_for),
+        verify_for: req.checks.verify_for.unwrap_or(spec.switch.verify_for),
         no_switch: req.no_switch,
     };
     let preview = preview::judge(&spec.app, &state, &intent, holder, pending);
@@ -353,7 +353,7 @@ pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
         &op_id,
         Operation::Deploy,
         Some(&req.version),
-        req.lock_wait,
+        req.checks.lock_wait,
         &progress,
     )
     .await?;
@@ -363,10 +363,10 @@ pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
             url: req.artifact.clone(),
             sha256,
         },
-        health_timeout: req.health_timeout,
-        verify_for: req.verify_for,
-        keep_failed: req.keep_failed,
-        allow_no_lb: req.allow_no_lb,
+        health_timeout: req.checks.health_timeout,
+        verify_for: req.checks.verify_for,
+        keep_failed: req.checks.keep_failed,
+        allow_no_lb: req.checks.allow_no_lb,
         no_switch: req.no_switch,
     };
     let store = EtcdStore::new(&client, &keys, &lock);
@@ -668,16 +668,9 @@ pub async fn logs(
     color: Color,
     tail: u32,
 ) -> Result<String, CoordinatorError> {
-    let (keys, client) = global.existing_app().await?;
-    let state = status::read(&client, &keys).await?;
-    let record = state.hosts.get(host).ok_or_else(|| {
-        CoordinatorError::Usage(format!(
-            "--host {host}: not registered under {}",
-            keys.hosts_prefix()
-        ))
-    })?;
+    let record = registered_host(global, host).await?;
     let lines = HttpProbes::new(global.grpc_tls.clone())
-        .logs(record, color, tail)
+        .logs(&record, color, tail)
         .await
         .map_err(CoordinatorError::Failed)?;
     let lines: Vec<String> = lines.iter().map(|l| proto::secrets::mask_text(l)).collect();
@@ -686,6 +679,21 @@ pub async fn logs(
         return Ok(pretty_json(&doc));
     }
     Ok(lines.into_iter().map(|l| l + "\n").collect())
+}
+
+/// The live host `--host` names, as its agent registered it (exit 2 when none does).
+pub(crate) async fn registered_host(
+    global: &Global,
+    host: &str,
+) -> Result<proto::records::HostRecord, CoordinatorError> {
+    let (keys, client) = global.existing_app().await?;
+    let state = status::read(&client, &keys).await?;
+    state.hosts.get(host).cloned().ok_or_else(|| {
+        CoordinatorError::Usage(format!(
+            "--host {host}: not registered under {}",
+            keys.hosts_prefix()
+        ))
+    })
 }
 
 /// `coordinator keygen`: writes `<name>.key` (mode 0600) and `<name>.pub` into `dir`, refusing to

@@ -81,14 +81,7 @@ pub async fn follow_logs(
     color: Color,
     tail: u32,
 ) -> Result<String, CoordinatorError> {
-    let (keys, client) = global.existing_app().await?;
-    let state = status::read(&client, &keys).await?;
-    let record = state.hosts.get(host).ok_or_else(|| {
-        CoordinatorError::Usage(format!(
-            "--host {host}: not registered under {}",
-            keys.hosts_prefix()
-        ))
-    })?;
+    let record = crate::registered_host(global, host).await?;
     let mut shutdown = proto::daemon::shutdown_on_signal();
     let json = global.json;
     let print = |line: String| {
@@ -103,7 +96,7 @@ pub async fn follow_logs(
     let probes = HttpProbes::new(global.grpc_tls.clone());
     tokio::select! {
         _ = proto::daemon::shutdown_requested(&mut shutdown) => Ok(String::new()),
-        followed = probes.follow_logs(record, color, tail, print) => {
+        followed = probes.follow_logs(&record, color, tail, print) => {
             followed.map(|()| String::new()).map_err(CoordinatorError::Unreachable)
         }
     }

@@ -918,9 +918,9 @@ async fn the_example_pipelines_use_real_commands_and_flags() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/ci");
     let mut checked = 0;
     for file in ["github-actions.yml", "gitlab-ci.yml"] {
-        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        let pipeline = std::fs::read_to_string(dir.join(file)).unwrap();
         let mut joined = String::new();
-        for line in text.lines() {
+        for line in pipeline.lines() {
             let line = line
                 .trim()
                 .trim_start_matches("- ")
