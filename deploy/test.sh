@@ -16,6 +16,6 @@ export BLUEGREEN_TEST_POSTGRES_URL BLUEGREEN_TEST_POSTGRES_CA
 echo "test.sh: throwaway PostgreSQL at $BLUEGREEN_TEST_POSTGRES_URL"
 
 cargo build --workspace --bins
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 PROFILE=dev bash deploy/packages/build.sh
 bash deploy/packages/check.sh

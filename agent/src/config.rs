@@ -22,19 +22,23 @@ pub struct Cli {
     /// TOML config file (see deploy/examples/agent.toml).
     #[arg(long, env = "BLUEGREEN_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// etcd endpoints, comma separated.
+    /// etcd endpoints, comma separated [default: http://127.0.0.1:2379].
     #[arg(long, env = "BLUEGREEN_AGENT_ETCD", value_delimiter = ',')]
     pub etcd: Option<Vec<String>>,
+    /// The etcd key prefix every app lives under [default: /bluegreen].
     #[arg(long, env = "BLUEGREEN_AGENT_PREFIX")]
     pub prefix: Option<String>,
+    /// The app this agent runs (required).
     #[arg(long, env = "BLUEGREEN_AGENT_APP")]
     pub app: Option<String>,
     /// This host's name in etcd (default: the machine's hostname).
     #[arg(long, env = "BLUEGREEN_AGENT_HOST")]
     pub host: Option<String>,
-    /// The address load balancers use to reach this host's apps; the apps listen on it.
+    /// The address load balancers use to reach this host's apps; the apps listen on it
+    /// [default: 127.0.0.1].
     #[arg(long, env = "BLUEGREEN_AGENT_ADDRESS")]
     pub address: Option<String>,
+    /// Artifacts, pid files and app logs [default: /var/lib/bluegreen/agent].
     #[arg(long, env = "BLUEGREEN_AGENT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// The gRPC API (app logs for `coordinator logs`) [default: ADDRESS:7070].
@@ -44,20 +48,22 @@ pub struct Cli {
     /// loopback, else 127.0.0.1:7071]; "off" serves none.
     #[arg(long, env = "BLUEGREEN_AGENT_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
-    /// Lease TTL, e.g. "10s": how fast a dead agent's keys disappear.
+    /// How fast a dead agent's keys disappear [default: 10s].
     #[arg(long, env = "BLUEGREEN_AGENT_LEASE_TTL")]
     pub lease_ttl: Option<String>,
+    /// The blue copy's port [default: 8080].
     #[arg(long, env = "BLUEGREEN_AGENT_BLUE_PORT")]
     pub blue_port: Option<u16>,
+    /// The green copy's port [default: 8081].
     #[arg(long, env = "BLUEGREEN_AGENT_GREEN_PORT")]
     pub green_port: Option<u16>,
-    /// Crashes in a row (without staying healthy) before a color is declared failed.
+    /// Crashes in a row (without staying healthy) before a color is declared failed [default: 3].
     #[arg(long, env = "BLUEGREEN_AGENT_MAX_RESTARTS")]
     pub max_restarts: Option<u32>,
-    /// Per-color log file size before it is rotated, in bytes.
+    /// Per-color log file size before it is rotated, in bytes [default: 4194304].
     #[arg(long, env = "BLUEGREEN_AGENT_LOG_MAX_BYTES")]
     pub log_max_bytes: Option<u64>,
-    /// LOG_LEVEL handed to the apps.
+    /// LOG_LEVEL handed to the apps [default: info].
     #[arg(long, env = "BLUEGREEN_AGENT_APP_LOG_LEVEL")]
     pub app_log_level: Option<String>,
     /// CA that signed etcd's server certificate (https:// endpoints).
@@ -66,16 +72,19 @@ pub struct Cli {
     /// Client certificate for etcd (with --etcd-key).
     #[arg(long, env = "BLUEGREEN_AGENT_ETCD_CERT")]
     pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key.
     #[arg(long, env = "BLUEGREEN_AGENT_ETCD_KEY")]
     pub etcd_key: Option<PathBuf>,
     /// etcd user; its password from --etcd-password-file or BLUEGREEN_AGENT_ETCD_PASSWORD.
     #[arg(long, env = "BLUEGREEN_AGENT_ETCD_USER")]
     pub etcd_user: Option<String>,
+    /// A file holding the etcd user's password.
     #[arg(long, env = "BLUEGREEN_AGENT_ETCD_PASSWORD_FILE")]
     pub etcd_password_file: Option<PathBuf>,
     /// Server certificate and key of the gRPC API (with --tls-client-ca: mutual TLS).
     #[arg(long, env = "BLUEGREEN_AGENT_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert.
     #[arg(long, env = "BLUEGREEN_AGENT_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// CA whose client certificates the gRPC API accepts (required with --tls-cert).

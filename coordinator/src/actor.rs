@@ -64,14 +64,18 @@ pub fn resolve(env: Env) -> String {
     }
     let user = env("USER")
         .or_else(|| env("LOGNAME"))
-        .unwrap_or_else(|| format!("uid {}", nix_uid()));
+        .unwrap_or_else(os_user);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{user}@{}", host.trim())
 }
 
-fn nix_uid() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map_or(0, |m| m.uid())
+/// The name of the user this process runs as (a CI container often sets no `USER`).
+fn os_user() -> String {
+    let uid = nix::unistd::Uid::current();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => user.name,
+        _ => format!("uid {uid}"),
+    }
 }
 
 /// The actor of this process.

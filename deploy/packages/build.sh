@@ -13,12 +13,16 @@ if ! command -v cargo-deb >/dev/null; then
     cargo install --locked cargo-deb --version 3.8.0
 fi
 cargo build --profile "$profile" --bins -p agent -p lb-sidecar -p coordinator
+cargo build --profile "$profile" -p bluegreen-tests --bin man-pages
 dir=release
 [ "$profile" = dev ] && dir=debug
 bin="target/$dir"
-# The coordinator's man page and completions come from its own command-line definition.
+# Man pages and completions come from the binaries' own command-line definitions.
 mkdir -p target/packaging
-"$bin/coordinator" man | gzip -9n > target/packaging/coordinator.1.gz
+"$bin/man-pages" target/packaging >/dev/null
+for page in agent lb-sidecar coordinator; do
+    gzip -9nf "target/packaging/$page.1"
+done
 "$bin/coordinator" completions bash > target/packaging/coordinator.bash
 "$bin/coordinator" completions zsh > target/packaging/_coordinator
 "$bin/coordinator" completions fish > target/packaging/coordinator.fish

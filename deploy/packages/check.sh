@@ -18,7 +18,8 @@ expect() { [ -e "$root/$1" ] || [ -e "$root/$1.dpkg-new" ] || fail "$1 is not in
 for f in usr/bin/agent usr/bin/lb-sidecar usr/bin/coordinator \
          etc/bluegreen/agent.toml etc/bluegreen/sidecar.toml \
          usr/lib/systemd/system/bluegreen-agent.service usr/lib/systemd/system/bluegreen-lb-sidecar.service \
-         usr/share/man/man1/coordinator.1.gz usr/share/bash-completion/completions/coordinator \
+         usr/share/man/man1/coordinator.1.gz usr/share/man/man1/agent.1.gz usr/share/man/man1/lb-sidecar.1.gz \
+         usr/share/bash-completion/completions/coordinator \
          usr/share/zsh/vendor-completions/_coordinator usr/share/fish/vendor_completions.d/coordinator.fish \
          usr/share/doc/bluegreen-agent/copyright; do
     expect "$f"

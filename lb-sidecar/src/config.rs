@@ -17,52 +17,63 @@ pub struct Cli {
     /// TOML config file (see deploy/examples/sidecar.toml).
     #[arg(long, env = "BLUEGREEN_SIDECAR_CONFIG")]
     pub config: Option<PathBuf>,
+    /// etcd endpoints, comma separated [default: http://127.0.0.1:2379].
     #[arg(long, env = "BLUEGREEN_SIDECAR_ETCD", value_delimiter = ',')]
     pub etcd: Option<Vec<String>>,
+    /// The etcd key prefix every app lives under [default: /bluegreen].
     #[arg(long, env = "BLUEGREEN_SIDECAR_PREFIX")]
     pub prefix: Option<String>,
+    /// The app this load balancer serves (required).
     #[arg(long, env = "BLUEGREEN_SIDECAR_APP")]
     pub app: Option<String>,
-    /// This load balancer's name in etcd (`lbs/<name>`).
+    /// This load balancer's name in etcd (`lbs/<name>`) [default: the hostname].
     #[arg(long, env = "BLUEGREEN_SIDECAR_NAME")]
     pub name: Option<String>,
-    /// Public traffic, e.g. 0.0.0.0:80.
+    /// Public traffic [default: 0.0.0.0:80].
     #[arg(long, env = "BLUEGREEN_SIDECAR_LISTEN")]
     pub listen: Option<String>,
-    /// The idle color, for checks before a switch.
+    /// The idle color, for checks before a switch [default: 127.0.0.1:8088].
     #[arg(long, env = "BLUEGREEN_SIDECAR_PREVIEW_LISTEN")]
     pub preview_listen: Option<String>,
-    /// The sidecar's own /metrics and /healthz.
+    /// The sidecar's own /metrics and /healthz [default: 127.0.0.1:9901].
     #[arg(long, env = "BLUEGREEN_SIDECAR_STATUS_LISTEN")]
     pub status_listen: Option<String>,
     /// The URL other machines reach this LB at (e.g. https://lb-1.example.com); carried in the
     /// ack so a coordinator elsewhere can verify through it. Default: http://<listen address>.
     #[arg(long, env = "BLUEGREEN_SIDECAR_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// How fast a dead sidecar's liveness key disappears [default: 10s].
     #[arg(long, env = "BLUEGREEN_SIDECAR_LEASE_TTL")]
     pub lease_ttl: Option<String>,
-    /// How long health churn is collected before one reload (a switch never waits).
+    /// How long health churn is collected before one reload (a switch never waits)
+    /// [default: 250ms].
     #[arg(long, env = "BLUEGREEN_SIDECAR_DEBOUNCE")]
     pub debounce: Option<String>,
-    /// The least time between two reloads caused by health churn (a switch never waits).
+    /// The least time between two reloads caused by health churn (a switch never waits)
+    /// [default: 2s].
     #[arg(long, env = "BLUEGREEN_SIDECAR_MIN_RELOAD_INTERVAL")]
     pub min_reload_interval: Option<String>,
+    /// The nginx binary run for `-t` and `-s reload` [default: nginx].
     #[arg(long, env = "BLUEGREEN_SIDECAR_NGINX_BINARY")]
     pub nginx_binary: Option<PathBuf>,
+    /// nginx's main config, which includes the sidecar's file [default: /etc/nginx/nginx.conf].
     #[arg(long, env = "BLUEGREEN_SIDECAR_NGINX_MAIN_CONFIG")]
     pub nginx_main_config: Option<PathBuf>,
+    /// The file the sidecar writes [default: /etc/nginx/conf.d/bluegreen-<app>.conf].
     #[arg(long, env = "BLUEGREEN_SIDECAR_NGINX_INCLUDE_FILE")]
     pub nginx_include_file: Option<PathBuf>,
+    /// nginx's master pid file [default: /run/nginx.pid].
     #[arg(long, env = "BLUEGREEN_SIDECAR_NGINX_PID_FILE")]
     pub nginx_pid_file: Option<PathBuf>,
-    /// Loopback address where nginx answers the applied revision to this sidecar (never public).
+    /// Loopback address where nginx answers the applied revision to this sidecar (never public)
+    /// [default: 127.0.0.1:9902].
     #[arg(long, env = "BLUEGREEN_SIDECAR_NGINX_STATUS_LISTEN")]
     pub nginx_status_listen: Option<String>,
     /// A template replacing the built-in one (placeholders: see the README).
     #[arg(long, env = "BLUEGREEN_SIDECAR_TEMPLATE")]
     pub template: Option<PathBuf>,
     /// Where candidate and test configs are written: never next to the include file, where an
-    /// `include conf.d/*.conf` glob would pick them up.
+    /// `include conf.d/*.conf` glob would pick them up [default: /var/lib/bluegreen/sidecar-<name>].
     #[arg(long, env = "BLUEGREEN_SIDECAR_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// CA that signed etcd's server certificate (https:// endpoints).
@@ -71,11 +82,13 @@ pub struct Cli {
     /// Client certificate for etcd (with --etcd-key).
     #[arg(long, env = "BLUEGREEN_SIDECAR_ETCD_CERT")]
     pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key.
     #[arg(long, env = "BLUEGREEN_SIDECAR_ETCD_KEY")]
     pub etcd_key: Option<PathBuf>,
     /// etcd user; its password from --etcd-password-file or BLUEGREEN_SIDECAR_ETCD_PASSWORD.
     #[arg(long, env = "BLUEGREEN_SIDECAR_ETCD_USER")]
     pub etcd_user: Option<String>,
+    /// A file holding the etcd user's password.
     #[arg(long, env = "BLUEGREEN_SIDECAR_ETCD_PASSWORD_FILE")]
     pub etcd_password_file: Option<PathBuf>,
 }

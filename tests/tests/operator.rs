@@ -967,3 +967,39 @@ async fn the_example_pipelines_use_real_commands_and_flags() {
     }
     assert!(checked >= 5, "only {checked} coordinator invocations found");
 }
+
+/// Every flag and argument of every binary says what it is for, and every subcommand too (the
+/// man pages and `--help` are built from these).
+#[test]
+fn every_flag_of_every_binary_has_help() {
+    fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id != "help" && id != "version" && arg.get_help().is_none() {
+                missing.push(format!("{path} --{id}"));
+            }
+        }
+        for sub in command.get_subcommands() {
+            if sub.get_about().is_none() {
+                missing.push(format!("{path} {} (no about)", sub.get_name()));
+            }
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+    let mut missing = Vec::new();
+    for (name, command) in [
+        (
+            "agent",
+            <agent::config::Cli as clap::CommandFactory>::command(),
+        ),
+        (
+            "lb-sidecar",
+            <lb_sidecar::config::Cli as clap::CommandFactory>::command(),
+        ),
+        ("coordinator", coordinator::cli::command()),
+    ] {
+        assert!(command.get_version().is_some(), "{name} has no --version");
+        walk(&command, name, &mut missing);
+    }
+    assert!(missing.is_empty(), "no help text: {missing:#?}");
+}

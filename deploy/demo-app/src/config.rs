@@ -21,6 +21,8 @@ pub struct Config {
     pub health_padding: usize,
     /// Create the `items` table at start when missing (off when migrations own the schema).
     pub auto_schema: bool,
+    /// Errors and latency on every route but health (`DEMO_ERROR_RATE`, `DEMO_LATENCY_MS`).
+    pub faults: crate::faults::Faults,
 }
 
 impl Config {
@@ -90,6 +92,11 @@ impl Config {
                 None
             },
             auto_schema: var("DEMO_AUTO_SCHEMA").is_none_or(|v| v != "0"),
+            faults: if failing_here {
+                crate::faults::Faults::from_vars(var)?
+            } else {
+                crate::faults::Faults::default()
+            },
         })
     }
 }

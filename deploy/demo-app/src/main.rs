@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod faults;
 mod routes;
 
 use config::Config;
@@ -19,7 +20,9 @@ environment the agent sets:
   LOG_LEVEL                            default info
 and knobs for tests and demos:
   FEATURE_FLAG_NEW_API, DEMO_AUTO_SCHEMA, DEMO_FAIL_HEALTH, DEMO_FAIL_SMOKE, DEMO_FAIL_HOSTS,
-  DEMO_HEALTH_PADDING, DEMO_START_DELAY_MS, DEMO_CRASH_AFTER_MS
+  DEMO_HEALTH_PADDING, DEMO_START_DELAY_MS, DEMO_CRASH_AFTER_MS,
+  DEMO_ERROR_RATE (fraction of requests answered 500), DEMO_LATENCY_MS and DEMO_LATENCY_JITTER_PCT
+  (added latency, spread either way); these three spare the health route
 ";
 
 #[tokio::main]

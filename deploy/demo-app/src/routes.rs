@@ -26,6 +26,7 @@ pub fn router(config: Config, pool: AnyPool) -> Router {
         .trim()
         .to_string();
     let health_path = config.health_path.clone();
+    let faults = config.faults;
     let state = Arc::new(AppState {
         config,
         pool,
@@ -36,6 +37,14 @@ pub fn router(config: Config, pool: AnyPool) -> Router {
         .route("/", get(index))
         .route("/api/v1/status", get(status))
         .route("/api/v1/items", get(list_items).post(create_item));
+    if !faults.is_none() {
+        // Layered before the health routes are added: health is never slowed or failed.
+        router = router.layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                crate::faults::inject(faults, request, next)
+            },
+        ));
+    }
     router = router.route(&health_path, get(health));
     if health_path != "/health" {
         router = router.route("/health", get(health));
