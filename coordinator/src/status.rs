@@ -1,7 +1,7 @@
 //! `coordinator status`: one consistent read of the app's prefix, shown as a table or JSON.
 use proto::records::{
     decode, ActiveRecord, DeployRecord, HealthRecord, HostRecord, LbRecord, LockRecord,
-    ReleaseRecord, Validate,
+    ReleaseRecord, TrafficRecord, Validate,
 };
 use proto::watch::{prefix_end, read_range, Change};
 use proto::{AppKey, Color, Keys};
@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 pub struct AppStatus {
     pub revision: i64,
     pub active: Option<ActiveRecord>,
+    /// A canary's split (`active/traffic`), when one is set.
+    pub traffic: Option<TrafficRecord>,
     /// mod revision of `active` (0 when missing): what a switch must compare against.
     pub active_mod_revision: i64,
     pub deploy: Option<DeployRecord>,
@@ -129,6 +131,7 @@ impl AppStatus {
                 }
             }
             (Some(AppKey::Deploy), value) => set(&mut self.deploy, key, value),
+            (Some(AppKey::Traffic), value) => set(&mut self.traffic, key, value),
             (Some(AppKey::Lock), value) => set(&mut self.lock, key, value),
             (Some(AppKey::Release(c)), value) => set_in(&mut self.releases, c, key, value),
             (Some(AppKey::Host(h)), value) => set_in(&mut self.hosts, h, key, value),
@@ -205,6 +208,17 @@ pub fn render_text(app: &str, s: &AppStatus) -> String {
         "app {app} at revision {}\nactive: {active}\n",
         s.revision
     ));
+    if let Some(t) = s.traffic.as_ref().filter(|t| t.weight > 0) {
+        out.push_str(&format!(
+            "traffic: {}.{:02} % to canary {} (step {}, by {:?}), the rest to {}\n",
+            t.weight / 100,
+            t.weight % 100,
+            t.canary,
+            t.step,
+            t.sticky,
+            t.stable
+        ));
+    }
     for color in Color::ALL {
         match s.releases.get(&color) {
             Some(r) => {

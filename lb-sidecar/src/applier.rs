@@ -32,6 +32,22 @@ fn sha256(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
+/// The canary split to render with `color` live: only a record whose stable color is that color
+/// (one left from before a switch describes traffic that no longer exists).
+fn split(state: &LbState, color: Color) -> Option<render::Split> {
+    let traffic = state.traffic.as_ref()?;
+    if traffic.stable != color || traffic.weight == 0 {
+        return None;
+    }
+    Some(render::Split {
+        canary: traffic.canary,
+        weight: traffic.weight,
+        sticky: traffic.sticky.clone(),
+        servers: state.upstream(traffic.canary, None),
+        fallback: state.registered(traffic.canary),
+    })
+}
+
 impl<N: NginxControl> Applier<N> {
     pub fn new(
         nginx: N,
@@ -64,6 +80,7 @@ impl<N: NginxControl> Applier<N> {
             preview: state.upstream(color.other(), None),
             live_fallback: state.registered(color),
             preview_fallback: state.registered(color.other()),
+            split: split(state, color),
         }
     }
 

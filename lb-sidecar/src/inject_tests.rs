@@ -127,6 +127,7 @@ fn no_etcd_value_adds_a_block_or_directive_to_the_config() {
             preview: state.upstream(Color::Blue, None),
             live_fallback: state.registered(Color::Green),
             preview_fallback: state.registered(Color::Blue),
+            split: None,
         };
         let Ok(config) = render(BUILTIN_TEMPLATE, &view) else {
             continue;

@@ -1,13 +1,15 @@
 //! What the sidecar knows of the app's prefix: the active record, the registered hosts and their
 //! health. Pure: fed key changes, it says whether they matter and which hosts each color's upstream
 //! gets, so the rules (never an empty upstream, garbage ignored) are unit-tested.
-use proto::records::{decode, ActiveRecord, HealthRecord, HealthState, HostRecord};
+use proto::records::{decode, ActiveRecord, HealthRecord, HealthState, HostRecord, TrafficRecord};
 use proto::{AppKey, Color, Keys};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Default, Clone)]
 pub struct LbState {
     pub active: Option<ActiveRecord>,
+    /// A canary's split (`active/traffic`), when one is set.
+    pub traffic: Option<TrafficRecord>,
     pub hosts: BTreeMap<String, HostRecord>,
     /// What each host reports per color, without the app's body (which changes every probe).
     pub health: BTreeMap<(String, Color), HealthRecord>,
@@ -42,6 +44,14 @@ impl LbState {
                     Ok(Effect::Switch)
                 }
             },
+            // A traffic change is applied at once, like a switch (and acked the same way).
+            Some(AppKey::Traffic) => {
+                self.traffic = match value {
+                    None => None,
+                    Some(bytes) => Some(decode(key, bytes).map_err(|e| e.to_string())?),
+                };
+                Ok(Effect::Switch)
+            }
             Some(AppKey::Host(host)) => {
                 match value {
                     None => self.hosts.remove(&host).map(|_| ()).unwrap_or(()),

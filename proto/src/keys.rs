@@ -13,6 +13,7 @@ pub struct Keys {
 pub enum AppKey {
     Lock,
     Active,
+    Traffic,
     Release(Color),
     Deploy,
     History(i64),
@@ -70,6 +71,13 @@ impl Keys {
 
     pub fn active(&self) -> String {
         format!("{}active", self.base)
+    }
+
+    /// `active/traffic`: the canary split beside `active`. Its name sorts right after `active`,
+    /// inside [`Keys::lb_view_range`], so a sidecar sees it in the same revision order as
+    /// everything else it renders, and acks its revision the same way.
+    pub fn traffic(&self) -> String {
+        format!("{}active/traffic", self.base)
     }
 
     pub fn release(&self, color: Color) -> String {
@@ -150,6 +158,7 @@ impl Keys {
         match parts.as_slice() {
             ["lock"] => Some(AppKey::Lock),
             ["active"] => Some(AppKey::Active),
+            ["active", "traffic"] => Some(AppKey::Traffic),
             ["deploy"] => Some(AppKey::Deploy),
             ["releases", color] => color.parse().ok().map(AppKey::Release),
             ["history", rev] => rev.parse().ok().map(AppKey::History),

@@ -66,6 +66,75 @@ impl Validate for ActiveRecord {
     }
 }
 
+/// The full weight: 100 % in hundredths of a percent.
+pub const FULL_WEIGHT: u32 = 10_000;
+
+/// `<p>/<app>/active/traffic`: during a canary, the share of requests every LB sends to the
+/// canary color instead of the stable one (the color `active` names). Absent, or weight 0, is
+/// ordinary blue-green. Fenced like `active`; sidecars ack its revision the same way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrafficRecord {
+    pub stable: Color,
+    pub canary: Color,
+    /// The canary's share in hundredths of a percent: 0 ..= 10000.
+    pub weight: u32,
+    /// Which step of the canary this is (0 before the first).
+    pub step: u32,
+    /// What keeps a user on one color while the weight grows.
+    #[serde(default)]
+    pub sticky: Sticky,
+    pub deploy_id: String,
+    pub token: i64,
+    pub set_at: String,
+}
+
+impl Validate for TrafficRecord {
+    fn validate(&self) -> Result<(), String> {
+        if self.stable == self.canary {
+            return Err(format!("stable and canary are both {}", self.stable));
+        }
+        if self.weight > FULL_WEIGHT {
+            return Err(format!(
+                "weight {} is more than {FULL_WEIGHT} (100 %)",
+                self.weight
+            ));
+        }
+        self.sticky.validate()
+    }
+}
+
+/// What the LBs hash to split requests, so that one user stays on one color: with the canary's
+/// share growing from the bottom of the hash range, a user on the canary stays there.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "by", content = "name")]
+pub enum Sticky {
+    /// A cookie the LB sets when the request has none (a random id).
+    #[default]
+    Cookie,
+    /// A request header the app's clients send (a user id).
+    Header(String),
+    /// The client's address.
+    Address,
+}
+
+impl Sticky {
+    /// A header name goes into nginx's config as `$http_<name>`: letters, digits and `-` only.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Sticky::Header(name)
+                if name.is_empty()
+                    || name.len() > 64
+                    || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+            {
+                Err(format!(
+                    "sticky header {name:?}: letters, digits and '-' only, at most 64"
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Artifact {
     pub url: String,
@@ -492,5 +561,46 @@ pub struct LbAliveRecord {
 impl Validate for LbAliveRecord {}
 
 #[cfg(test)]
-#[path = "records_tests.rs"]
-mod tests;
+mod traffic_tests {
+    use super::*;
+
+    #[test]
+    fn a_traffic_record_names_what_is_wrong() {
+        let good = TrafficRecord {
+            stable: Color::Blue,
+            canary: Color::Green,
+            weight: 500,
+            step: 1,
+            sticky: Sticky::Header("X-User-Id".into()),
+            deploy_id: "d".into(),
+            token: 1,
+            set_at: "t".into(),
+        };
+        assert!(good.validate().is_ok());
+        let same = TrafficRecord {
+            canary: Color::Blue,
+            ..good.clone()
+        };
+        assert!(same.validate().unwrap_err().contains("both blue"));
+        let heavy = TrafficRecord {
+            weight: 10_001,
+            ..good.clone()
+        };
+        assert!(heavy.validate().unwrap_err().contains("10001"));
+        // A header name becomes `$http_<name>` in nginx's config: nothing else gets through.
+        for nasty in ["", "x;", "x y", "x{", "a\nb", "$x", "x_y", &"x".repeat(65)] {
+            let bad = TrafficRecord {
+                sticky: Sticky::Header(nasty.into()),
+                ..good.clone()
+            };
+            assert!(bad.validate().is_err(), "{nasty:?} accepted");
+        }
+        let json = encode(&good);
+        assert!(
+            json.contains("\"sticky\":{\"by\":\"header\",\"name\":\"X-User-Id\"}"),
+            "{json}"
+        );
+        let cookie: TrafficRecord = decode("k", br#"{"stable":"blue","canary":"green","weight":1,"step":0,"deploy_id":"d","token":1,"set_at":"t"}"#).unwrap();
+        assert_eq!(cookie.sticky, Sticky::Cookie);
+    }
+}

@@ -134,6 +134,17 @@ impl Fleet {
         for s in &sidecars {
             crate::lb::wait_ack(&client, &s.name, "registration", |_| true).await;
         }
+        // Every agent registered before the first command: on a loaded machine a deploy started
+        // at once could find no host yet ("no host is registered", seen in CI).
+        for h in &hosts {
+            let key = crate::procs::keys().host(&h.host);
+            let what = format!("{}'s registration", h.host);
+            crate::wait_for(&what, std::time::Duration::from_secs(60), || {
+                let (client, key) = (&client, key.clone());
+                async move { crate::procs::get_raw(client, &key).await.map(|_| ()) }
+            })
+            .await;
+        }
         let artifacts = Artifacts::default();
         let app = artifacts.demo_app();
         Fleet {

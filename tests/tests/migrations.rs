@@ -364,11 +364,12 @@ async fn old_color_failing_on_the_expanded_schema_reverts_it(backend: Backend) {
     let out = fleet.run(&["--output", "json", "history"]).await;
     let records: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("one JSON document");
+    // The migration's recorded reason is in its history record's details.
     let reasons: Vec<&str> = records
         .as_array()
         .expect("an array of records")
         .iter()
-        .filter_map(|r| r["record"]["reason"].as_str())
+        .filter_map(|r| r["record"]["details"]["reason"].as_str())
         .collect();
     assert!(
         reasons.contains(&"believed unused by v1 (it is not)"),

@@ -181,6 +181,7 @@ async fn floor_of_one(
             preview: addresses(color.other()),
             live_fallback: addresses(color),
             preview_fallback: addresses(color.other()),
+            split: None,
         };
         with_revision(&render(BUILTIN_TEMPLATE, &view).unwrap(), 1)
     };
