@@ -84,3 +84,19 @@ pub fn free_port(address: &str) -> u16 {
         }
     }
 }
+
+/// The three binaries' command-line definitions, by name: for their man pages and the test that
+/// every flag has help.
+pub fn command_lines() -> Vec<(&'static str, clap::Command)> {
+    vec![
+        (
+            "agent",
+            <agent::config::Cli as clap::CommandFactory>::command(),
+        ),
+        (
+            "lb-sidecar",
+            <lb_sidecar::config::Cli as clap::CommandFactory>::command(),
+        ),
+        ("coordinator", coordinator::cli::command()),
+    ]
+}

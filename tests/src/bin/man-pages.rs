@@ -8,17 +8,7 @@ fn main() {
         std::process::exit(2);
     }));
     std::fs::create_dir_all(&dir).expect("create the output directory");
-    for (name, command) in [
-        (
-            "agent",
-            <agent::config::Cli as clap::CommandFactory>::command(),
-        ),
-        (
-            "lb-sidecar",
-            <lb_sidecar::config::Cli as clap::CommandFactory>::command(),
-        ),
-        ("coordinator", coordinator::cli::command()),
-    ] {
+    for (name, command) in bluegreen_tests::command_lines() {
         let path = dir.join(format!("{name}.1"));
         std::fs::write(&path, coordinator::cli::man_page(command))
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
