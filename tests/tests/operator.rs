@@ -987,17 +987,7 @@ fn every_flag_of_every_binary_has_help() {
         }
     }
     let mut missing = Vec::new();
-    for (name, command) in [
-        (
-            "agent",
-            <agent::config::Cli as clap::CommandFactory>::command(),
-        ),
-        (
-            "lb-sidecar",
-            <lb_sidecar::config::Cli as clap::CommandFactory>::command(),
-        ),
-        ("coordinator", coordinator::cli::command()),
-    ] {
+    for (name, command) in bluegreen_tests::command_lines() {
         assert!(command.get_version().is_some(), "{name} has no --version");
         walk(&command, name, &mut missing);
     }
