@@ -297,9 +297,13 @@ impl SidecarProc {
 /// that reads as a time (`60s`) renders valid config, any other valid name (`v9`) is refused by
 /// `nginx -t`. Tests use it to render config that passes every check but nginx's own.
 pub fn lb_template_with_version_as_timeout() -> String {
-    lb_sidecar_template().replace(
-        "add_header X-Bluegreen-Color {{color}} always;",
-        "add_header X-Bluegreen-Color {{color}} always;\n        keepalive_timeout {{version}};",
+    let anchor = "add_header X-Bluegreen-Revision {{revision}} always;";
+    let template = lb_sidecar_template();
+    // Fail here, not later with a template that silently stayed valid.
+    assert!(template.contains(anchor), "the built-in template lost {anchor:?}");
+    template.replace(
+        anchor,
+        &format!("{anchor}\n        keepalive_timeout {{{{version}}}};"),
     )
 }
 
