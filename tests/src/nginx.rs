@@ -300,7 +300,10 @@ pub fn lb_template_with_version_as_timeout() -> String {
     let anchor = "add_header X-Bluegreen-Revision {{revision}} always;";
     let template = lb_sidecar_template();
     // Fail here, not later with a template that silently stayed valid.
-    assert!(template.contains(anchor), "the built-in template lost {anchor:?}");
+    assert!(
+        template.contains(anchor),
+        "the built-in template lost {anchor:?}"
+    );
     template.replace(
         anchor,
         &format!("{anchor}\n        keepalive_timeout {{{{version}}}};"),

@@ -19,6 +19,9 @@ pub struct AgentProc {
     pub address: String,
     pub ports: Ports,
     pub grpc: String,
+    /// Its `/metrics` listener: a port of its own, since parallel tests put agents of different
+    /// fleets on the same address.
+    pub metrics: String,
     pub state_dir: PathBuf,
     /// The network namespace it runs in, if any.
     pub ns: Option<crate::netns::Ns>,
@@ -60,6 +63,8 @@ impl AgentProc {
             green: free_port(port_on),
         };
         let grpc = format!("{address}:{}", free_port(port_on));
+        // metrics_listen must be loopback: inside a namespace, the namespace's own.
+        let metrics = format!("{port_on}:{}", free_port(port_on));
         let state_dir = dir.path().join("state");
         let disk = state_disk_mib.map(|mib| crate::disk::SmallDisk::mount(&state_dir, mib));
         let config_path = dir.path().join("agent.toml");
@@ -73,7 +78,7 @@ impl AgentProc {
         };
         let config = format!(
             "etcd = [{}]\nprefix = \"{PREFIX}\"\napp = \"{APP}\"\nhost = \"{host}\"\naddress = \"{address}\"\n\
-             state_dir = \"{}\"\ngrpc_listen = \"{grpc}\"\nlease_ttl = \"{ttl_secs}s\"\n{run_as}{extra}\n[ports]\nblue = {}\ngreen = {}\n",
+             state_dir = \"{}\"\ngrpc_listen = \"{grpc}\"\nmetrics_listen = \"{metrics}\"\nlease_ttl = \"{ttl_secs}s\"\n{run_as}{extra}\n[ports]\nblue = {}\ngreen = {}\n",
             etcd.endpoints_toml(),
             state_dir.display(),
             ports.blue,
@@ -97,6 +102,7 @@ impl AgentProc {
             address,
             ports,
             grpc,
+            metrics,
             state_dir,
             ns: ns.cloned(),
             disk,
@@ -136,9 +142,9 @@ impl AgentProc {
         self.daemon.restart_with_env(key, value);
     }
 
-    /// The agent's `/metrics` (its default `metrics_listen`: this host's address, port 7071).
+    /// The agent's `/metrics`.
     pub fn metrics_url(&self) -> String {
-        format!("http://{}:7071/metrics", self.address)
+        format!("http://{}/metrics", self.metrics)
     }
 
     pub fn url(&self, color: Color, path: &str) -> String {
