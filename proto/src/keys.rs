@@ -22,6 +22,8 @@ pub enum AppKey {
     Health { host: String, color: Color },
     Lb(String),
     LbAlive(String),
+    LbStats(String),
+    CanaryRequest,
 }
 
 /// Where every app under `prefix` lives: `<prefix>/`.
@@ -141,6 +143,23 @@ impl Keys {
         format!("{}lb-alive/{name}", self.base)
     }
 
+    /// An LB's request counts per color, from nginx's access log, under its sidecar's lease: what
+    /// a canary's analysis compares. Outside [`Keys::lb_view_range`], so no sidecar receives
+    /// another's counts.
+    pub fn lb_stats(&self, name: &str) -> String {
+        format!("{}lb-stats/{name}", self.base)
+    }
+
+    pub fn lb_stats_prefix(&self) -> String {
+        format!("{}lb-stats/", self.base)
+    }
+
+    /// An operator's request to the running canary (pause, resume, promote, abort). Outside
+    /// [`Keys::lb_view_range`]: the sidecars have no use for it.
+    pub fn canary_request(&self) -> String {
+        format!("{}operator/canary", self.base)
+    }
+
     /// The range an LB renders from, `[active, lb-alive/)`: `active`, `health/` and `hosts/`,
     /// with only low-volume keys between them (`deploy`, `history/`, `host-members/`). One range
     /// keeps one revision order for the sidecar's acks, and leaves out the other LBs' acks (each
@@ -172,6 +191,8 @@ impl Keys {
             }
             ["lbs", name] if is_name(name) => Some(AppKey::Lb(name.to_string())),
             ["lb-alive", name] if is_name(name) => Some(AppKey::LbAlive(name.to_string())),
+            ["lb-stats", name] if is_name(name) => Some(AppKey::LbStats(name.to_string())),
+            ["operator", "canary"] => Some(AppKey::CanaryRequest),
             _ => None,
         }
     }
@@ -183,7 +204,7 @@ impl Keys {
         let parts: Vec<&str> = rest.split('/').collect();
         let (what, name) = match parts.as_slice() {
             ["hosts", host] | ["host-members", host] | ["health", host, _] => ("host", *host),
-            ["lbs", name] | ["lb-alive", name] => ("LB name", *name),
+            ["lbs", name] | ["lb-alive", name] | ["lb-stats", name] => ("LB name", *name),
             _ => return None,
         };
         crate::names::check_name(what, name)
@@ -248,6 +269,8 @@ mod tests {
         for other in [
             k.lb("lb-1"),
             k.lb_alive("lb-1"),
+            k.lb_stats("lb-1"),
+            k.canary_request(),
             k.release(Color::Green),
             k.lock(),
         ] {
@@ -290,6 +313,11 @@ mod tests {
             k.parse(&k.lb_alive("lb")),
             Some(AppKey::LbAlive("lb".into()))
         );
+        assert_eq!(
+            k.parse(&k.lb_stats("lb")),
+            Some(AppKey::LbStats("lb".into()))
+        );
+        assert_eq!(k.parse(&k.canary_request()), Some(AppKey::CanaryRequest));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod names;
 pub mod ops;
 pub mod records;
 pub mod repeats;
+pub mod requests;
 pub mod retry;
 pub mod secrets;
 pub mod session;

@@ -23,11 +23,14 @@ pub enum Operation {
     HostRemove,
     /// `coordinator promote`: the switch to a version `deploy --no-switch` staged.
     Promote,
+    /// One decision of a canary's analysis or of an operator about it (a step passed, a
+    /// criterion failed, paused, promoted, aborted), with its numbers in `details`.
+    CanaryStep,
 }
 
 impl Operation {
     /// Every kind, in the order `history --kind` lists them.
-    pub const ALL: [Operation; 10] = [
+    pub const ALL: [Operation; 11] = [
         Operation::Deploy,
         Operation::Rollback,
         Operation::Switch,
@@ -38,6 +41,7 @@ impl Operation {
         Operation::LbRemove,
         Operation::HostRemove,
         Operation::Promote,
+        Operation::CanaryStep,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +56,7 @@ impl Operation {
             Operation::LbRemove => "lb-remove",
             Operation::HostRemove => "host-remove",
             Operation::Promote => "promote",
+            Operation::CanaryStep => "canary-step",
         }
     }
 }
@@ -93,6 +98,19 @@ pub enum Outcome {
     /// `deploy --no-switch`: staged and checked, waiting for `promote`.
     #[serde(rename = "staged")]
     Staged,
+    /// A canary step whose every check passed.
+    #[serde(rename = "passed")]
+    Passed,
+    /// A canary an operator paused, resumed or promoted.
+    #[serde(rename = "paused")]
+    Paused,
+    #[serde(rename = "resumed")]
+    Resumed,
+    #[serde(rename = "promoted")]
+    Promoted,
+    /// A canary sent back to weight 0 (a failed criterion, no data by the deadline, an operator).
+    #[serde(rename = "aborted")]
+    Aborted,
 }
 
 impl Outcome {
@@ -110,6 +128,11 @@ impl Outcome {
             Outcome::RevertFailed => "revert-failed",
             Outcome::Staged => "staged",
             Outcome::Removed => "removed",
+            Outcome::Passed => "passed",
+            Outcome::Paused => "paused",
+            Outcome::Resumed => "resumed",
+            Outcome::Promoted => "promoted",
+            Outcome::Aborted => "aborted",
         }
     }
 }
@@ -137,6 +160,9 @@ pub enum Phase {
     /// `deploy --no-switch` ended here: the new color is staged and checked, and the preview
     /// listener serves it; `promote` switches to it. Nothing is left to reconcile.
     Staged,
+    /// `deploy --canary`: part of the traffic goes to the new color (`active/traffic`). A death
+    /// here is reconciled by sending everyone back to the stable color.
+    Canary,
 }
 
 impl Phase {
@@ -157,6 +183,7 @@ impl Phase {
             Phase::Failed => "failed",
             Phase::RolledBack => "rolled_back",
             Phase::Staged => "staged",
+            Phase::Canary => "canary",
         }
     }
 }
@@ -207,9 +234,7 @@ mod tests {
     #[test]
     fn as_str_matches_serde_for_every_variant() {
         use Operation::*;
-        for op in [
-            Deploy, Rollback, Switch, Stop, Migrate, Reconcile, LockBreak,
-        ] {
+        for op in Operation::ALL {
             assert_eq!(serde_json::to_string(&op).unwrap(), format!("\"{op}\""));
         }
         for o in [
@@ -223,6 +248,8 @@ mod tests {
             Outcome::Applied,
             Outcome::Reverted,
             Outcome::RevertFailed,
+            Outcome::Passed,
+            Outcome::Aborted,
         ] {
             assert_eq!(serde_json::to_string(&o).unwrap(), format!("\"{o}\""));
         }
@@ -233,6 +260,7 @@ mod tests {
             Phase::Done,
             Phase::Failed,
             Phase::RolledBack,
+            Phase::Canary,
         ] {
             assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{p}\""));
         }

@@ -551,6 +551,75 @@ pub struct LbRecord {
 }
 impl Validate for LbRecord {}
 
+/// `lb-stats/<name>`: what this LB's nginx answered per color since its sidecar started (under
+/// the sidecar's lease). Running totals: a window is the difference of two readings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LbStatsRecord {
+    /// The sidecar process (see [`crate::leased::instance_id`] and `started_at`): totals only
+    /// compare within one.
+    pub instance: String,
+    pub started_at: String,
+    /// When these totals were taken.
+    pub at: String,
+    pub colors: BTreeMap<Color, crate::requests::ColorCounts>,
+    /// The same counts over only the last `recent_seconds` before `at`: what a deploy compares a
+    /// newly switched color with (the old color's answers just before the switch).
+    #[serde(default)]
+    pub recent: BTreeMap<Color, crate::requests::ColorCounts>,
+    #[serde(default)]
+    pub recent_seconds: u32,
+    /// Log lines naming an upstream the sidecar could not place (a host it does not know yet).
+    #[serde(default)]
+    pub unattributed: u64,
+}
+
+impl Validate for LbStatsRecord {
+    fn validate(&self) -> Result<(), String> {
+        for (color, counts) in &self.colors {
+            counts.validate().map_err(|e| format!("colors.{color}: {e}"))?;
+        }
+        for (color, counts) in &self.recent {
+            counts.validate().map_err(|e| format!("recent.{color}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// What an operator asks of a running canary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CanaryAction {
+    /// Hold the current weight: no further step (the analysis still aborts on a failure).
+    Pause,
+    Resume,
+    /// Skip the remaining steps: switch to the canary now.
+    Promote,
+    /// Send every user back to the stable color and fail the canary.
+    Abort,
+}
+
+impl CanaryAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CanaryAction::Pause => "pause",
+            CanaryAction::Resume => "resume",
+            CanaryAction::Promote => "promote",
+            CanaryAction::Abort => "abort",
+        }
+    }
+}
+
+/// `operator/canary`: the last request to the canary `deploy_id`, written by
+/// `coordinator canary pause|resume|promote|abort` and acted on by the coordinator running it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryRequest {
+    pub deploy_id: String,
+    pub action: CanaryAction,
+    pub actor: String,
+    pub at: String,
+}
+impl Validate for CanaryRequest {}
+
 /// `lb-alive/<name>`: the LB's sidecar is running (held under its lease).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LbAliveRecord {
