@@ -9,7 +9,8 @@
 # Roles and users (user name = role name, so a client certificate whose CN is that name works too):
 #   bluegreen-<app>-agent-<host>   read <prefix>/<app>/, write only hosts/<host>, host-members/<host>
 #                                  and health/<host>/
-#   bluegreen-<app>-sidecar-<lb>   read <prefix>/<app>/, write only lbs/<lb> and lb-alive/<lb>
+#   bluegreen-<app>-sidecar-<lb>   read <prefix>/<app>/, write only lbs/<lb>, lb-alive/<lb> and
+#                                  lb-stats/<lb> (its request counts, for canaries)
 #   bluegreen-<app>-coordinator    read and write <prefix>/<app>/
 #   bluegreen-<app>-auditor        read <prefix>/<app>/
 # Each user's password is written to <out>/<user>.password (mode 0600): give the agent of
@@ -27,7 +28,7 @@ while [[ $# -gt 0 ]]; do
         --lbs) LBS=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --no-passwords) NO_PASSWORDS=1; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "etcd-auth.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -94,6 +95,7 @@ for lb in $LBS; do
     etcdctl role grant-permission --prefix=true "$r" read "$BASE" >/dev/null
     etcdctl role grant-permission "$r" readwrite "${BASE}lbs/$lb" >/dev/null
     etcdctl role grant-permission "$r" readwrite "${BASE}lb-alive/$lb" >/dev/null
+    etcdctl role grant-permission "$r" readwrite "${BASE}lb-stats/$lb" >/dev/null
     user "$r"
 done
 

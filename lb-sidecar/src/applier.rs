@@ -26,6 +26,8 @@ pub struct Applier<N: NginxControl = Nginx> {
     validated: HashSet<String>,
     /// What nginx serves, before the revision was swapped in: to skip reloads that change nothing.
     served: Option<String>,
+    /// Where nginx sends its request log (see [`crate::requests`]); `None`: no log.
+    request_log: Option<String>,
 }
 
 fn sha256(text: &str) -> String {
@@ -65,7 +67,14 @@ impl<N: NginxControl> Applier<N> {
             preview_listen,
             validated: HashSet::new(),
             served: None,
+            request_log: None,
         }
+    }
+
+    /// Has nginx log every public request to the sidecar's socket at `path`.
+    pub fn with_request_log(mut self, path: String) -> Self {
+        self.request_log = Some(path);
+        self
     }
 
     fn view(&self, state: &LbState, color: Color, version: &str) -> View {
@@ -81,6 +90,7 @@ impl<N: NginxControl> Applier<N> {
             live_fallback: state.registered(color),
             preview_fallback: state.registered(color.other()),
             split: split(state, color),
+            request_log: self.request_log.clone(),
         }
     }
 

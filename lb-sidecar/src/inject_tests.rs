@@ -128,6 +128,7 @@ fn no_etcd_value_adds_a_block_or_directive_to_the_config() {
             live_fallback: state.registered(Color::Green),
             preview_fallback: state.registered(Color::Blue),
             split: None,
+            request_log: None,
         };
         let Ok(config) = render(BUILTIN_TEMPLATE, &view) else {
             continue;

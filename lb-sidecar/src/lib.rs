@@ -11,6 +11,7 @@ mod inject_tests;
 pub mod metrics;
 pub mod nginx;
 pub mod render;
+pub mod requests;
 pub mod standin;
 pub mod state;
 
@@ -23,8 +24,9 @@ use proto::leased::{HeldKey, Hold};
 use proto::records::{encode, LbAliveRecord, LbRecord};
 use proto::watch::{PrefixWatch, WatchEvent};
 use proto::Keys;
+use requests::Tally;
 use state::{Effect, LbState};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -50,6 +52,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     );
     tokio::spawn(async move { server.await });
 
+    let request_log = start_request_log(&config, metrics.clone());
     let client = proto::connect(&config.etcd).await?;
     let nginx = nginx::Nginx::new(
         config.nginx.clone(),
@@ -57,7 +60,33 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         config.public_url.clone(),
         config.state_dir.clone(),
     );
-    follow(config, client, nginx, metrics, shutdown).await
+    follow(config, client, nginx, metrics, request_log, shutdown).await
+}
+
+/// Where nginx logs requests to, and the tally they go into: the socket in the state directory.
+/// Without it (a path nginx cannot take, a socket that cannot be bound) the LB still serves;
+/// only a canary's analysis has no numbers from it, which it reports as insufficient data.
+type RequestLog = Option<(String, Arc<Mutex<Tally>>)>;
+
+fn start_request_log(config: &Config, metrics: Arc<Metrics>) -> RequestLog {
+    let path = requests::socket_path(&config.state_dir);
+    let shown = path.display().to_string();
+    if shown.len() > 100 || shown.contains(|c: char| c.is_whitespace() || ",;{}'\"".contains(c)) {
+        tracing::warn!(path = %shown, "request log off: nginx cannot take this socket path (a shorter state_dir without spaces or ,;{{}} fixes it)");
+        return None;
+    }
+    if let Err(e) = std::fs::create_dir_all(&config.state_dir) {
+        tracing::warn!(path = %shown, error = %e, "request log off: no state directory");
+        return None;
+    }
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    match requests::listen(&path, tally.clone(), metrics) {
+        Ok(_task) => Some((shown, tally)),
+        Err(e) => {
+            tracing::warn!(path = %shown, error = %e, "request log off: cannot bind its socket");
+            None
+        }
+    }
 }
 
 /// A hollow LB for scale benchmarks: the real follower and applier over the nginx stand-in, on a
@@ -71,7 +100,7 @@ pub async fn run_hollow(
     let nginx = standin::NginxStandIn::start()
         .await
         .map_err(|e| SidecarError::Setting(format!("hollow LB listener: {e}")))?;
-    follow(config, client, nginx, metrics, shutdown).await
+    follow(config, client, nginx, metrics, None, shutdown).await
 }
 
 /// Claims the LB name, then keeps `nginx` serving what etcd says until `shutdown`.
@@ -80,26 +109,35 @@ async fn follow<N: NginxControl>(
     client: etcd_client::Client,
     nginx: N,
     metrics: Arc<Metrics>,
+    request_log: RequestLog,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), SidecarError> {
     let keys = Keys::new(&config.prefix, &config.app)?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| SidecarError::io(&config.state_dir, e))?;
-    let applier = Applier::new(
+    let mut applier = Applier::new(
         nginx,
         config.template.clone(),
         &config.app,
         config.listen.to_string(),
         config.preview_listen.to_string(),
     );
+    let tally = match request_log {
+        Some((path, tally)) => {
+            applier = applier.with_request_log(path);
+            Some(tally)
+        }
+        None => None,
+    };
     // One sidecar per LB name: a second one must not overwrite the first one's acks. Our own
     // previous run is taken over at once; a dead stranger's lease expires within its TTL.
     let instance = proto::leased::instance_id(&config.state_dir);
+    let started_at = proto::time::now_rfc3339();
     let alive = HeldKey::new(
         keys.lb_alive(&config.name),
         encode(&LbAliveRecord {
             instance: instance.clone(),
-            started_at: proto::time::now_rfc3339(),
+            started_at: started_at.clone(),
         }),
         Hold::Claim,
     );
@@ -115,7 +153,7 @@ async fn follow<N: NginxControl>(
     let holder = tokio::spawn(proto::leased::hold_keys(
         client.clone(),
         config.lease_ttl,
-        instance,
+        instance.clone(),
         ack_rx,
         shutdown.clone(),
     ));
@@ -127,6 +165,14 @@ async fn follow<N: NginxControl>(
         config,
         ack_tx,
         alive,
+        ack_key: None,
+        stats: tally.map(|tally| Stats {
+            tally,
+            instance,
+            started_at,
+            key: None,
+            published: None,
+        }),
         repeats: proto::repeats::Repeats::new(Duration::from_secs(30)),
         state: LbState::default(),
         ack: None,
@@ -148,6 +194,10 @@ struct Follower<N: NginxControl> {
     /// Our liveness and claim on the LB name (leased), held beside the durable ack.
     ack_tx: watch::Sender<Vec<HeldKey>>,
     alive: HeldKey,
+    /// The durable ack, once written.
+    ack_key: Option<HeldKey>,
+    /// nginx's request counts, when it logs to this sidecar.
+    stats: Option<Stats>,
     /// Holds back identical error lines while a failed apply is retried.
     repeats: proto::repeats::Repeats,
     state: LbState,
@@ -160,6 +210,21 @@ struct Follower<N: NginxControl> {
     /// When nginx last reloaded (any cause): health churn waits `min_reload_interval` after it.
     last_reload: Option<Instant>,
 }
+
+/// The request tally and the leased `lb-stats/<name>` key it is published to.
+struct Stats {
+    tally: Arc<Mutex<Tally>>,
+    instance: String,
+    started_at: String,
+    key: Option<HeldKey>,
+    published: Option<Instant>,
+}
+
+/// How often changed request counts are published while an operation or a canary may read them
+/// (its analysis looks about as often), and otherwise: every publication is an etcd revision kept
+/// until compaction, so an idle fleet must not write one per LB per second.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+const IDLE_STATS_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Backoff for re-applying after a failure: 500 ms doubling to 10 s, reset by a success.
 #[derive(Debug)]
@@ -217,6 +282,8 @@ impl<N: NginxControl> Follower<N> {
         if self.failed {
             retry.schedule();
         }
+        let mut stats_tick = tokio::time::interval(STATS_INTERVAL);
+        stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let debounce = tokio::time::sleep_until(
                 debounce_until.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
@@ -276,9 +343,62 @@ impl<N: NginxControl> Follower<N> {
                     }
                     retry.after(self.failed);
                 }
+                _ = stats_tick.tick(), if self.stats.is_some() => self.publish_stats(),
                 _ = proto::daemon::shutdown_requested(&mut shutdown) => return,
             }
         }
+    }
+
+    /// Publishes the request counts if they changed, every second while they are read, every
+    /// minute otherwise.
+    fn publish_stats(&mut self) {
+        let wanted = self.state.counts_wanted();
+        let Some(stats) = self.stats.as_mut() else {
+            return;
+        };
+        if !wanted && stats.published.is_some_and(|t| t.elapsed() < IDLE_STATS_INTERVAL) {
+            return;
+        }
+        let changed = stats
+            .tally
+            .lock()
+            .unwrap()
+            .take_changed(&stats.instance, &stats.started_at);
+        if let Some(record) = changed {
+            stats.published = Some(Instant::now());
+            stats.key = Some(HeldKey::new(
+                self.keys.lb_stats(&self.config.name),
+                encode(&record),
+                Hold::Leased,
+            ));
+            self.send_held();
+        }
+    }
+
+    /// Tells the key holder what this LB holds now: liveness, its ack, its request counts.
+    fn send_held(&self) {
+        let held = std::iter::once(self.alive.clone())
+            .chain(self.ack_key.clone())
+            .chain(self.stats.as_ref().and_then(|s| s.key.clone()))
+            .collect();
+        let _ = self.ack_tx.send(held);
+    }
+
+    /// Which color each upstream address serves, for attributing logged requests.
+    fn update_addresses(&self) {
+        let Some(stats) = &self.stats else {
+            return;
+        };
+        let addresses = self
+            .state
+            .hosts
+            .values()
+            .flat_map(|h| {
+                [proto::Color::Blue, proto::Color::Green]
+                    .map(|c| (format!("{}:{}", h.address, h.ports.of(c)), c))
+            })
+            .collect();
+        stats.tally.lock().unwrap().set_addresses(addresses);
     }
 
     /// Reads and watches the keys this LB renders from (see `Keys::lb_view_range`).
@@ -347,6 +467,7 @@ impl<N: NginxControl> Follower<N> {
                 tracing::info!(revision = ack.applied_revision, color = ?ack.color, upstreams = ?ack.upstreams, "nginx serving");
                 self.metrics.reloaded(ack.applied_revision);
                 self.last_reload = Some(Instant::now());
+                self.update_addresses();
                 *self.metrics.color.lock().unwrap() = ack.color.map(|c| c.to_string());
                 *self.metrics.error.lock().unwrap() = None;
                 self.publish(ack);
@@ -389,8 +510,12 @@ impl<N: NginxControl> Follower<N> {
     fn publish(&mut self, ack: LbRecord) {
         // The ack is durable: a silent LB stays a member, and the color it last acked stays
         // protected until it acks another one or an operator removes it.
-        let ack_key = HeldKey::new(self.keys.lb(&self.config.name), encode(&ack), Hold::Durable);
-        let _ = self.ack_tx.send(vec![self.alive.clone(), ack_key]);
+        self.ack_key = Some(HeldKey::new(
+            self.keys.lb(&self.config.name),
+            encode(&ack),
+            Hold::Durable,
+        ));
+        self.send_held();
         self.ack = Some(LbRecord { error: None, ..ack });
     }
 }

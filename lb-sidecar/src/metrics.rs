@@ -3,12 +3,21 @@
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The `color` label of the per-color request series.
+type ColorLabel = Vec<(&'static str, &'static str)>;
+
+/// Upper bounds (seconds) of the upstream answer time histogram.
+const ANSWER_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 /// Upper bounds (seconds) of the switch latency histogram: etcd event seen → new color verified.
 const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
@@ -23,6 +32,9 @@ pub struct Metrics {
     switch_seconds: Histogram,
     last_etcd_write: Gauge<f64, AtomicU64>,
     resident_bytes: Gauge,
+    upstream_requests: Family<ColorLabel, Counter>,
+    upstream_errors: Family<ColorLabel, Counter>,
+    upstream_seconds: Family<ColorLabel, Histogram>,
     /// Color served and the last error, for /healthz.
     pub color: Mutex<Option<String>>,
     pub error: Mutex<Option<String>>,
@@ -69,8 +81,30 @@ impl Default for Metrics {
             "the sidecar process's resident memory",
             resident_bytes.clone(),
         );
+        let upstream_requests = Family::<ColorLabel, Counter>::default();
+        registry.register(
+            "upstream_requests",
+            "attempts answered by an upstream of this color (nginx's request log; retries count per upstream)",
+            upstream_requests.clone(),
+        );
+        let upstream_errors = Family::<ColorLabel, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "attempts of this color answered 5xx or not at all",
+            upstream_errors.clone(),
+        );
+        let upstream_seconds =
+            Family::<ColorLabel, Histogram>::new_with_constructor(|| Histogram::new(ANSWER_BUCKETS));
+        registry.register(
+            "upstream_response_seconds",
+            "upstream answer time per color",
+            upstream_seconds.clone(),
+        );
         Metrics {
             registry,
+            upstream_requests,
+            upstream_errors,
+            upstream_seconds,
             applied_revision,
             last_event_ms: AtomicU64::new(0),
             seconds_since_event,
@@ -105,6 +139,18 @@ impl Metrics {
     pub fn reloaded(&self, revision: i64) {
         self.reloads.inc();
         self.applied_revision.set(revision);
+    }
+
+    /// One upstream attempt from nginx's request log.
+    pub fn observe_upstream(&self, color: proto::Color, ms: f64, error: bool) {
+        let label = vec![("color", color.as_str())];
+        self.upstream_requests.get_or_create(&label).inc();
+        if error {
+            self.upstream_errors.get_or_create(&label).inc();
+        }
+        self.upstream_seconds
+            .get_or_create(&label)
+            .observe(ms / 1000.0);
     }
 
     pub fn reload_failed(&self) {

@@ -1,7 +1,9 @@
 //! What the sidecar knows of the app's prefix: the active record, the registered hosts and their
 //! health. Pure: fed key changes, it says whether they matter and which hosts each color's upstream
 //! gets, so the rules (never an empty upstream, garbage ignored) are unit-tested.
-use proto::records::{decode, ActiveRecord, HealthRecord, HealthState, HostRecord, TrafficRecord};
+use proto::records::{
+    decode, ActiveRecord, DeployRecord, HealthRecord, HealthState, HostRecord, TrafficRecord,
+};
 use proto::{AppKey, Color, Keys};
 use std::collections::BTreeMap;
 
@@ -13,6 +15,9 @@ pub struct LbState {
     pub hosts: BTreeMap<String, HostRecord>,
     /// What each host reports per color, without the app's body (which changes every probe).
     pub health: BTreeMap<(String, Color), HealthRecord>,
+    /// An operation is under way (the `deploy` record's phase is not final): a canary or a
+    /// deploy's verification may be reading this LB's request counts.
+    pub operation_running: bool,
 }
 
 /// How much a change matters to nginx.
@@ -26,6 +31,12 @@ pub enum Effect {
 }
 
 impl LbState {
+    /// Whether request counts are being read now: during an operation, or while a canary split
+    /// is set.
+    pub fn counts_wanted(&self) -> bool {
+        self.operation_running || self.traffic.as_ref().is_some_and(|t| t.weight > 0)
+    }
+
     /// Applies one key's new value (`None` = deleted). An invalid value is returned as an error
     /// naming the key, and leaves the state as it was.
     pub fn apply(
@@ -44,6 +55,14 @@ impl LbState {
                     Ok(Effect::Switch)
                 }
             },
+            // Only whether an operation runs; a record this sidecar cannot read is not its problem
+            // (the coordinator reports it), and never a reason to stop counting.
+            Some(AppKey::Deploy) => {
+                self.operation_running = value
+                    .and_then(|bytes| decode::<DeployRecord>(key, bytes).ok())
+                    .is_some_and(|d| !d.phase.is_terminal());
+                Ok(Effect::None)
+            }
             // A traffic change is applied at once, like a switch (and acked the same way).
             Some(AppKey::Traffic) => {
                 self.traffic = match value {
@@ -236,6 +255,32 @@ mod tests {
         }
         assert_eq!(s.apply(&keys(), &keys().active(), None), Ok(Effect::None));
         assert!(s.active.is_some());
+    }
+
+    #[test]
+    fn counts_are_wanted_while_an_operation_runs_or_a_canary_splits() {
+        let mut s = LbState::default();
+        assert!(!s.counts_wanted());
+        let deploy = |phase: &str| {
+            format!(
+                r#"{{"deploy_id":"d","phase":"{phase}","from":"blue","to":"green","version":"v2","token":1,"started_at":"t","updated_at":"t"}}"#
+            )
+        };
+        s.apply(&keys(), &keys().deploy(), Some(deploy("staging").as_bytes()))
+            .unwrap();
+        assert!(s.counts_wanted());
+        s.apply(&keys(), &keys().deploy(), Some(deploy("done").as_bytes()))
+            .unwrap();
+        assert!(!s.counts_wanted());
+        assert_eq!(
+            s.apply(&keys(), &keys().deploy(), Some(b"garbage")),
+            Ok(Effect::None),
+            "not the sidecar's to report"
+        );
+        let split = r#"{"stable":"blue","canary":"green","weight":100,"step":1,"deploy_id":"d","token":1,"set_at":"t"}"#;
+        s.apply(&keys(), &keys().traffic(), Some(split.as_bytes()))
+            .unwrap();
+        assert!(s.counts_wanted());
     }
 
     #[test]

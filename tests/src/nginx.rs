@@ -89,6 +89,10 @@ impl Nginx {
         let address = ns.map_or("127.0.0.1".to_string(), |n| n.address.clone());
         let tmp = tempfile::tempdir().expect("nginx dir");
         let dir = tmp.path().to_path_buf();
+        // nginx's workers (user nobody) reach the sidecar's request-log socket inside, as they
+        // reach /var/lib/bluegreen (0711) on an LB.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         std::fs::create_dir_all(dir.join("conf.d")).unwrap();
         let disk =

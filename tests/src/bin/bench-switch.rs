@@ -182,6 +182,7 @@ async fn floor_of_one(
             live_fallback: addresses(color),
             preview_fallback: addresses(color.other()),
             split: None,
+            request_log: None,
         };
         with_revision(&render(BUILTIN_TEMPLATE, &view).unwrap(), 1)
     };
