@@ -106,6 +106,17 @@ enum Command {
         /// preview listener serves it, but traffic stays; `coordinator promote` switches.
         #[arg(long, conflicts_with = "plan")]
         no_switch: bool,
+        /// After staging and the checks, send a growing share of requests to the new version
+        /// (the spec's [canary] steps), judge it against the stable version from the LBs' request
+        /// counts, then switch, or send everyone back and fail (exit 1).
+        #[arg(long, conflicts_with = "no_switch")]
+        canary: bool,
+    },
+    /// A running canary: its status, or an operator's decision about it (carried out by the
+    /// coordinator running the canary, recorded in history).
+    Canary {
+        #[command(subcommand)]
+        action: CanaryCommand,
     },
     /// Switch to the version `deploy --no-switch` staged, after its checks again (health on every
     /// host, the active color still serving, the smoke checks).
@@ -264,8 +275,9 @@ struct CheckFlags {
     /// health.startup_timeout + 30s].
     #[arg(long)]
     health_timeout: Option<String>,
-    /// After the switch, watch the new color this long and switch back if it turns unhealthy
-    /// [default: the spec's switch.verify_for].
+    /// After the switch, watch the new color this long and switch back if it turns unhealthy or
+    /// its answers through the LBs turn worse than the old color's before the switch (errors,
+    /// p99 latency: the [canary] criteria) [default: the spec's switch.verify_for].
     #[arg(long)]
     verify_for: Option<String>,
     /// Leave a color that failed its checks running for debugging instead of stopping it.
@@ -298,6 +310,28 @@ impl CheckFlags {
             signing_key: self.signing_key,
         })
     }
+}
+
+#[derive(Subcommand)]
+enum CanaryCommand {
+    /// The split, the step, the canary's coordinator, and what the LBs counted per color.
+    Status,
+    /// Hold the current weight (the analysis still aborts on a failure).
+    Pause(CanaryFlags),
+    /// Go on from the current step.
+    Resume(CanaryFlags),
+    /// Skip the remaining steps and switch to the canary now.
+    Promote(CanaryFlags),
+    /// Send every user back to the stable color and fail the canary; for a canary whose
+    /// coordinator died, take the lock and do it.
+    Abort(CanaryFlags),
+}
+
+#[derive(clap::Args)]
+struct CanaryFlags {
+    /// abort of a canary whose coordinator died: how long to wait for its lock (exit 3).
+    #[arg(long, default_value = "30s")]
+    lock_wait: String,
 }
 
 #[derive(Subcommand)]
@@ -399,6 +433,7 @@ async fn dispatch(global: &Global, command: Command) -> Result<(String, i32), Co
             checks,
             plan,
             no_switch,
+            canary,
         } => {
             let req = crate::DeployRequest {
                 spec,
@@ -407,6 +442,7 @@ async fn dispatch(global: &Global, command: Command) -> Result<(String, i32), Co
                 sha256,
                 checks: checks.parse()?,
                 no_switch,
+                canary,
             };
             if plan {
                 return crate::deploy_plan(global, req).await;
@@ -488,6 +524,7 @@ async fn dispatch(global: &Global, command: Command) -> Result<(String, i32), Co
             crate::history(global, limit, &filter).await
         }
         Command::Migrate { action } => migrate(global, action).await,
+        Command::Canary { action } => canary(global, action).await,
         Command::Lock {
             action: LockAction::Status,
         } => crate::lock_status(global).await,
@@ -536,6 +573,20 @@ async fn member(
     }
 }
 
+async fn canary(global: &Global, action: CanaryCommand) -> Result<String, CoordinatorError> {
+    use crate::canary::control;
+    use proto::records::CanaryAction;
+    let (action, flags) = match action {
+        CanaryCommand::Status => return control::status(global).await,
+        CanaryCommand::Pause(f) => (CanaryAction::Pause, f),
+        CanaryCommand::Resume(f) => (CanaryAction::Resume, f),
+        CanaryCommand::Promote(f) => (CanaryAction::Promote, f),
+        CanaryCommand::Abort(f) => (CanaryAction::Abort, f),
+    };
+    let lock_wait = crate::parse_duration("--lock-wait", &flags.lock_wait)?;
+    control::request(global, action, lock_wait).await
+}
+
 async fn migrate(global: &Global, action: MigrateAction) -> Result<String, CoordinatorError> {
     use crate::migrate::commands::{self, Direction, MigrateRequest};
     let request = |flags: MigrateFlags, force: bool| -> Result<MigrateRequest, CoordinatorError> {
@@ -568,6 +619,14 @@ impl Command {
             Command::Deploy {
                 no_switch: true, ..
             } => "deploy --no-switch",
+            Command::Deploy { canary: true, .. } => "deploy --canary",
+            Command::Canary { action } => match action {
+                CanaryCommand::Status => "canary status",
+                CanaryCommand::Pause(_) => "canary pause",
+                CanaryCommand::Resume(_) => "canary resume",
+                CanaryCommand::Promote(_) => "canary promote",
+                CanaryCommand::Abort(_) => "canary abort",
+            },
             Command::Deploy { .. } => "deploy",
             Command::Promote { .. } => "promote",
             Command::Validate { .. } => "validate",
@@ -621,6 +680,7 @@ impl Command {
             | Command::Man => true,
             Command::Migrate { action } => matches!(action, MigrateAction::Status { .. }),
             Command::Lock { action } => matches!(action, LockAction::Status),
+            Command::Canary { action } => matches!(action, CanaryCommand::Status),
             Command::Host { action } | Command::Lb { action } => {
                 matches!(action, MemberAction::List)
             }

@@ -17,6 +17,7 @@ use crate::store::{Store, Write};
 use crate::switch;
 use proto::records::{
     ActiveRecord, Artifact, DeployRecord, Desired, LbRecord, ReleaseRecord, RunSpec,
+    TrafficRecord,
 };
 use proto::{Color, Operation, Outcome, Phase};
 use std::collections::BTreeMap;
@@ -31,6 +32,8 @@ pub struct DeployArgs {
     pub allow_no_lb: bool,
     /// Stop once staged and checked; `promote` switches.
     pub no_switch: bool,
+    /// Ramp traffic to the new color by the spec's `[canary]` steps before the switch.
+    pub canary: bool,
 }
 
 /// What `promote` takes from its command line (the version comes from the staged deploy).
@@ -101,6 +104,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             migrations: self.migrator.is_some(),
             verify_for: args.verify_for.unwrap_or(self.spec.switch.verify_for),
             no_switch: args.no_switch,
+            canary: args.canary,
         };
         let plan = match pipeline::preflight(&state, &intent) {
             Preflight::AlreadyActive(message) => return Ok(message),
@@ -173,6 +177,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             keep_failed: promote.keep_failed,
             allow_no_lb: promote.allow_no_lb,
             no_switch: false,
+            canary: false,
         };
         let intent = Intent {
             version: args.version.clone(),
@@ -180,6 +185,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             migrations: false,
             verify_for: args.verify_for.unwrap_or(self.spec.switch.verify_for),
             no_switch: false,
+            canary: false,
         };
         let plan = match pipeline::preflight(&state, &intent) {
             Preflight::AlreadyActive(message) => return Ok(message),
@@ -274,15 +280,36 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
                     Err(failures) => Err(failures),
                 }
             }
+            Step::Canary => self.canary(run).await?,
             Step::Switch => {
                 run.record.phase = Phase::Switching;
                 self.put_record(&run.record).await?;
                 run.record.phase = Phase::Switched;
                 run.record.updated_at = proto::time::now_rfc3339();
                 let active = self.active_record(to, &version);
-                let seen = run.state.active_mod_revision;
-                match switch::write_active(self.store, &active, &run.record, seen, self.progress)
-                    .await?
+                // After a canary, the split goes with the switch: the new color is stable now.
+                let split_done = run.plan.canary.then(|| {
+                    Write::Traffic(TrafficRecord {
+                        stable: to,
+                        canary: to.other(),
+                        weight: 0,
+                        step: 0,
+                        sticky: Default::default(),
+                        deploy_id: self.op_id.clone(),
+                        token: self.store.token(),
+                        set_at: proto::time::now_rfc3339(),
+                    })
+                });
+                let seen_revision = run.state.active_mod_revision;
+                match switch::write_active(
+                    self.store,
+                    &active,
+                    &run.record,
+                    split_done.as_slice(),
+                    seen_revision,
+                    self.progress,
+                )
+                .await?
                 {
                     Ok(revision) => {
                         run.switched_at = Some(revision);
@@ -326,13 +353,69 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
                     "watching",
                     &humantime::format_duration(duration).to_string(),
                 );
-                fleet::watch_serving(self.store, &run.plan.hosts, to, &version, duration)
-                    .await?
+                // Besides health: the new color's answers against the old color's in the minute
+                // before the switch, from the LBs' request counts (nothing to compare with on a
+                // first deploy).
+                let at_switch = self.store.latest().await?;
+                let section = self.spec.canary.clone().unwrap_or_default();
+                let mut regression = run.plan.from.map(|from| {
+                    crate::canary::Regression::new(&at_switch.lb_stats, from, to, &section)
+                });
+                self.store.remember(at_switch);
+                fleet::watch_serving(
+                    self.store,
+                    &run.plan.hosts,
+                    to,
+                    &version,
+                    duration,
+                    |status| match regression.as_mut() {
+                        Some(r) => r.check(status),
+                        None => Ok(()),
+                    },
+                )
+                .await?
                     .map_err(|why| vec![(to.to_string(), why)])
             }
         };
         run.failures = outcome.err().unwrap_or_default();
         Ok(run.failures.is_empty())
+    }
+
+    /// `--canary`: the ramp, and on its failure every LB back to the stable color before the
+    /// failure is reported (which then stops the canary color unless `--keep-failed`).
+    async fn canary(&self, run: &mut Run<'_>) -> Result<Result<(), Failures>, CoordinatorError> {
+        let from = run.plan.from.expect("preflight refuses a canary without a stable color");
+        let section = self.spec.canary.clone().unwrap_or_default();
+        let sticky = section.sticky().map_err(CoordinatorError::Usage)?;
+        run.record.phase = Phase::Canary;
+        run.record.updated_at = proto::time::now_rfc3339();
+        self.put_record(&run.record).await?;
+        let mut ramp = crate::canary::Ramp {
+            store: self.store,
+            progress: self.progress,
+            section: &section,
+            sticky,
+            op_id: &self.op_id,
+            lbs: &run.plan.lbs,
+            stable: from,
+            canary: run.plan.to,
+            version: &run.args.version,
+            active_seen: run.state.active_mod_revision,
+            looks: 0,
+            handled: None,
+        };
+        let why = match ramp.run().await? {
+            // Every weight was written guarded by `active` as preflight saw it: the switch's
+            // guard still holds.
+            crate::canary::RampEnd::Promote => return Ok(Ok(())),
+            crate::canary::RampEnd::Abort(why) => why,
+        };
+        match ramp.set_weight(0, 0).await? {
+            Ok(()) => Ok(Err(vec![("canary".into(), why)])),
+            Err(back) => Err(CoordinatorError::Unsafe(format!(
+                "{why}; sending every user back to {from} failed: {back}"
+            ))),
+        }
     }
 
     /// Where this operation sends traffic, for its `result` event.

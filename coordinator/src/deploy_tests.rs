@@ -6,6 +6,7 @@ use crate::pipeline::{self, Intent, Next, Plan, Preflight, Step};
 use crate::progress::Progress;
 use crate::switch::{switch_command, SwitchRequest};
 use crate::testkit::{spec, Agent, FakeMigrator, FakeProbes, MemoryStore};
+use crate::store::Write;
 use proto::records::{Artifact, DeployRecord, Desired, HealthState};
 use proto::{Color, Operation, Outcome, Phase};
 use std::time::Duration;
@@ -22,6 +23,7 @@ fn args(version: &str) -> DeployArgs {
         keep_failed: false,
         allow_no_lb: false,
         no_switch: false,
+        canary: false,
     }
 }
 
@@ -597,6 +599,7 @@ fn next_follows_the_pipeline_and_its_failure_branches() {
         migrations: false,
         verify_for: Duration::ZERO,
         no_switch: false,
+        canary: false,
     };
     let mut step = Step::AwaitHealthy;
     let mut path = vec![step];
@@ -631,6 +634,17 @@ fn next_follows_the_pipeline_and_its_failure_branches() {
         ..plan.clone()
     };
     assert_eq!(pipeline::next(&staged_only, Smoke, true), Next::Staged);
+    let canary = Plan {
+        canary: true,
+        ..plan.clone()
+    };
+    assert_eq!(pipeline::next(&canary, Smoke, true), Next::Run(Canary));
+    assert_eq!(pipeline::next(&canary, Canary, true), Next::Run(Switch));
+    assert_eq!(
+        pipeline::next(&canary, Canary, false),
+        Next::FailBeforeSwitch,
+        "a failed canary is back on the stable color: nothing switched"
+    );
     for before in [AwaitHealthy, Migrate, RecheckActive, Smoke] {
         assert_eq!(pipeline::next(&plan, before, false), Next::FailBeforeSwitch);
     }
@@ -676,4 +690,58 @@ async fn a_rollback_whose_record_fails_after_the_switch_is_unsafe_not_unreachabl
     assert_eq!(err.exit_code(), 4, "{err}");
     assert!(err.to_string().contains("traffic moved to blue"), "{err}");
     assert_eq!(store.snapshot().active.unwrap().color, Color::Blue);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_without_numbers_is_sent_back_at_its_deadline_and_its_color_stopped() {
+    let store = fleet();
+    deploy(&store, &FakeProbes::default(), &args("v1"))
+        .await
+        .unwrap();
+    let canary = DeployArgs {
+        canary: true,
+        ..args("v2")
+    };
+    let err = deploy(&store, &FakeProbes::default(), &canary)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 1, "{err}");
+    assert!(err.to_string().contains("insufficient data at step 1"), "{err}");
+    let s = store.snapshot();
+    let split = s.traffic.expect("the split was written");
+    assert_eq!((split.stable, split.canary, split.weight), (Color::Blue, Color::Green, 0));
+    assert_eq!(s.active.unwrap().color, Color::Blue, "traffic never switched");
+    assert_eq!(release_desired(&store, Color::Green), Some(Desired::Stopped));
+    assert_eq!(s.deploy.unwrap().phase, Phase::Failed);
+    assert_eq!(
+        outcomes(&store),
+        vec![
+            (Operation::Deploy, Outcome::Done),
+            (Operation::CanaryStep, Outcome::Aborted),
+            (Operation::Deploy, Outcome::Failed)
+        ]
+    );
+    let weights: Vec<u32> = store
+        .writes()
+        .iter()
+        .filter_map(|w| match w {
+            Write::Traffic(t) => Some(t.weight),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(weights, vec![100, 0], "1 % first, then everyone back");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_deploy_cannot_be_a_canary() {
+    let store = fleet();
+    let canary = DeployArgs {
+        canary: true,
+        ..args("v1")
+    };
+    let err = deploy(&store, &FakeProbes::default(), &canary)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("a canary needs a stable color"), "{err}");
+    assert!(store.writes().is_empty(), "nothing written");
 }

@@ -211,17 +211,22 @@ pub async fn wait_acks<S: Store>(
 }
 
 /// Watches `color` on `hosts` for `duration`; Err describes the first host that stopped serving
-/// `version`.
+/// `version`, or what `also` found wrong (it sees the status after every change).
 pub async fn watch_serving<S: Store>(
     store: &S,
     hosts: &[String],
     color: Color,
     version: &str,
     duration: Duration,
+    mut also: impl FnMut(&crate::status::AppStatus) -> Result<(), String>,
 ) -> Result<Result<(), String>, CoordinatorError> {
     let end = Instant::now() + duration;
     let mut status = store.latest().await?;
     loop {
+        if let Err(why) = also(&status) {
+            store.remember(status);
+            return Ok(Err(why));
+        }
         for host in hosts {
             let h = status.health_of(host, color);
             if !serves(h, version) {

@@ -6,6 +6,7 @@ pub use error::CoordinatorError;
 
 pub mod actor;
 pub mod aftermath;
+pub mod canary;
 pub mod cli;
 pub mod deploy;
 #[cfg(test)]
@@ -213,6 +214,8 @@ pub struct DeployRequest {
     pub checks: Checks,
     /// Stop after staging and checks; `promote` switches.
     pub no_switch: bool,
+    /// Ramp traffic to the new version by the spec's `[canary]` steps before the switch.
+    pub canary: bool,
 }
 
 pub struct PromoteRequest {
@@ -317,6 +320,7 @@ pub async fn deploy_plan(
         migrations: migrations.is_some(),
         verify_for: req.checks.verify_for.unwrap_or(spec.switch.verify_for),
         no_switch: req.no_switch,
+        canary: req.canary,
     };
     let preview = preview::judge(&spec.app, &state, &intent, holder, pending);
     let text = if global.json {
@@ -368,6 +372,7 @@ pub async fn deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
         keep_failed: req.checks.keep_failed,
         allow_no_lb: req.checks.allow_no_lb,
         no_switch: req.no_switch,
+        canary: req.canary,
     };
     let store = EtcdStore::new(&client, &keys, &lock);
     let probes = HttpProbes::new(global.grpc_tls.clone());

@@ -19,6 +19,8 @@ pub struct Plan {
     pub verify_for: Duration,
     /// `deploy --no-switch`: stop once staged and checked.
     pub no_switch: bool,
+    /// `deploy --canary`: ramp a share of the traffic to the new color before the switch.
+    pub canary: bool,
 }
 
 /// Preflight's verdict.
@@ -39,6 +41,7 @@ pub struct Intent {
     pub migrations: bool,
     pub verify_for: Duration,
     pub no_switch: bool,
+    pub canary: bool,
 }
 
 /// Decides whether and where a deploy of `intent.version` goes.
@@ -73,6 +76,13 @@ pub fn preflight(state: &AppStatus, intent: &Intent) -> Preflight {
         );
     }
     let from = state.active.as_ref().map(|a| a.color);
+    if intent.canary && from.is_none() {
+        return Preflight::Refuse(
+            "a canary needs a stable color to compare with, and nothing serves yet: the first \
+             deploy of an app is a plain deploy"
+                .into(),
+        );
+    }
     if let Some(active) = &state.active {
         let sick = unhealthy(state, active.color, &active.version);
         if active.version == intent.version && sick.is_empty() {
@@ -108,6 +118,7 @@ pub fn preflight(state: &AppStatus, intent: &Intent) -> Preflight {
         migrations: intent.migrations,
         verify_for: intent.verify_for,
         no_switch: intent.no_switch,
+        canary: intent.canary,
     })
 }
 
@@ -149,6 +160,9 @@ pub enum Step {
     /// The active color still serves everywhere (nothing broke it while staging).
     RecheckActive,
     Smoke,
+    /// `--canary`: growing shares of traffic to the new color, judged at each step; a failure
+    /// sends everyone back to the stable color before the step ends.
+    Canary,
     /// The fenced write of `active`.
     Switch,
     /// Every registered LB acks the switch revision.
@@ -166,6 +180,7 @@ impl Step {
             Step::Migrate => "migrate",
             Step::RecheckActive => "preflight",
             Step::Smoke => "smoke",
+            Step::Canary => "canary",
             Step::Switch => "switch",
             Step::AwaitAcks => "ack",
             Step::VerifyLbs => "verify",
@@ -200,8 +215,11 @@ pub fn next(plan: &Plan, done: Step, passed: bool) -> Next {
         (AwaitHealthy, true) | (Migrate, true) => Next::Run(RecheckActive),
         (RecheckActive, true) => Next::Run(Smoke),
         (Smoke, true) if plan.no_switch => Next::Staged,
-        (Smoke, true) => Next::Run(Switch),
-        (AwaitHealthy | Migrate | RecheckActive | Smoke, false) => Next::FailBeforeSwitch,
+        (Smoke, true) if plan.canary => Next::Run(Canary),
+        (Smoke, true) | (Canary, true) => Next::Run(Switch),
+        (AwaitHealthy | Migrate | RecheckActive | Smoke | Canary, false) => {
+            Next::FailBeforeSwitch
+        }
         (Switch, true) => Next::Run(AwaitAcks),
         (Switch, false) => Next::SwitchRefused,
         (AwaitAcks, true) => Next::Run(VerifyLbs),

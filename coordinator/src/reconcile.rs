@@ -8,7 +8,8 @@ use crate::pipeline;
 use crate::progress::Progress;
 use crate::status::AppStatus;
 use crate::store::{Store, Write};
-use proto::Operation;
+use proto::records::TrafficRecord;
+use proto::{Operation, Phase};
 
 pub async fn previous<S: Store>(
     store: &S,
@@ -39,6 +40,9 @@ pub async fn previous<S: Store>(
     ));
     finished.updated_at = proto::time::now_rfc3339();
     store.put(&[Write::Deploy(finished.clone())], None).await?;
+    if previous.phase == Phase::Canary {
+        back_to_stable(store, state, &previous.deploy_id, progress).await?;
+    }
     let mut record = history::record(Operation::Reconcile, &previous.deploy_id, decision.outcome);
     record.from = previous.from;
     record.to = Some(previous.to);
@@ -47,4 +51,46 @@ pub async fn previous<S: Store>(
     record.details =
         serde_json::json!({ "operation": decision.operation, "phase": previous.phase });
     store.append_history(&record).await.map(|_| ())
+}
+
+/// A canary whose coordinator died leaves part of the traffic on a color nobody judges any more:
+/// send everyone back to the stable color (fenced by this command's lock) and wait for every LB.
+async fn back_to_stable<S: Store>(
+    store: &S,
+    state: &AppStatus,
+    deploy_id: &str,
+    progress: &Progress,
+) -> Result<(), CoordinatorError> {
+    let Some(traffic) = state
+        .traffic
+        .as_ref()
+        .filter(|t| t.deploy_id == deploy_id && t.weight > 0)
+    else {
+        return Ok(());
+    };
+    let record = TrafficRecord {
+        weight: 0,
+        token: store.token(),
+        set_at: proto::time::now_rfc3339(),
+        ..traffic.clone()
+    };
+    let revision = store
+        .put(&[Write::Traffic(record)], Some(state.active_mod_revision))
+        .await?;
+    progress.event(
+        "reconcile",
+        None,
+        "weight 0",
+        &format!("canary {deploy_id}: every user back to {} at revision {revision}", traffic.stable),
+    );
+    let lbs: Vec<String> = state.lbs.keys().cloned().collect();
+    crate::switch::await_acks(store, &lbs, revision, progress)
+        .await?
+        .map(|_| ())
+        .map_err(|why| {
+            CoordinatorError::Unsafe(format!(
+                "canary {deploy_id} sent back to {} at revision {revision}, but not every LB followed: {why}",
+                traffic.stable
+            ))
+        })
 }

@@ -24,6 +24,9 @@ pub struct AppSpec {
     pub hooks: Option<crate::hooks::HooksSection>,
     #[serde(default)]
     pub notify: Vec<crate::notify::NotifyTarget>,
+    /// `[canary]`: the steps and criteria of `deploy --canary` (defaults without it).
+    #[serde(default)]
+    pub canary: Option<crate::canary::section::CanarySection>,
     /// The spec file's directory: `[migrations] dir` is relative to it, like the repository it
     /// lives in.
     #[serde(skip)]
@@ -199,6 +202,9 @@ impl AppSpec {
         }
         for (i, target) in self.notify.iter().enumerate() {
             target.validate(i)?;
+        }
+        if let Some(canary) = &self.canary {
+            canary.validate()?;
         }
         if let Some(m) = &self.migrations {
             if !m.database_url.starts_with("env:") {

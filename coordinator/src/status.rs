@@ -1,7 +1,7 @@
 //! `coordinator status`: one consistent read of the app's prefix, shown as a table or JSON.
 use proto::records::{
-    decode, ActiveRecord, DeployRecord, HealthRecord, HostRecord, LbRecord, LockRecord,
-    ReleaseRecord, TrafficRecord, Validate,
+    decode, ActiveRecord, CanaryRequest, DeployRecord, HealthRecord, HostRecord, LbRecord,
+    LbStatsRecord, LockRecord, ReleaseRecord, TrafficRecord, Validate,
 };
 use proto::watch::{prefix_end, read_range, Change};
 use proto::{AppKey, Color, Keys};
@@ -28,6 +28,10 @@ pub struct AppStatus {
     /// The LBs whose sidecar is running (holds `lb-alive/<name>` under its lease).
     pub lbs_alive: std::collections::BTreeSet<String>,
     pub lock: Option<LockRecord>,
+    /// Each LB's request counts per color (running totals; a canary compares differences).
+    pub lb_stats: BTreeMap<String, LbStatsRecord>,
+    /// The last operator request to a canary (`coordinator canary pause|resume|promote|abort`).
+    pub canary_request: Option<CanaryRequest>,
     /// Why `active` exists but cannot be used (garbage, a bad color or version): no command may
     /// guess the live color then.
     pub active_invalid: Option<String>,
@@ -154,6 +158,8 @@ impl AppStatus {
                     self.lbs_alive.insert(name);
                 })
             }
+            (Some(AppKey::LbStats(name)), value) => set_in(&mut self.lb_stats, name, key, value),
+            (Some(AppKey::CanaryRequest), value) => set(&mut self.canary_request, key, value),
             (Some(AppKey::History(_)), _) => Ok(()),
             (None, value) => {
                 // A host or LB key whose name breaks the name rule is reported, never used.

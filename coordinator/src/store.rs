@@ -6,7 +6,9 @@ use crate::history;
 use crate::lock::DeployLock;
 use crate::status::{self, AppStatus};
 use etcd_client::{Compare, CompareOp};
-use proto::records::{encode, ActiveRecord, DeployRecord, HistoryRecord, ReleaseRecord};
+use proto::records::{
+    encode, ActiveRecord, DeployRecord, HistoryRecord, ReleaseRecord, TrafficRecord,
+};
 use proto::watch::{PrefixWatch, WatchEvent};
 use proto::{Color, Keys, ProtoError};
 use tokio::time::Instant;
@@ -17,6 +19,8 @@ pub enum Write {
     Active(ActiveRecord),
     Release(Color, ReleaseRecord),
     Deploy(DeployRecord),
+    /// A canary's split (`active/traffic`).
+    Traffic(TrafficRecord),
 }
 
 /// What a coordinator command needs from the control plane while it holds the lock.
@@ -107,6 +111,7 @@ impl<'a> EtcdStore<'a> {
             Write::Active(a) => (self.keys.active(), encode(a)),
             Write::Release(color, r) => (self.keys.release(*color), encode(r)),
             Write::Deploy(d) => (self.keys.deploy(), encode(d)),
+            Write::Traffic(t) => (self.keys.traffic(), encode(t)),
         }
     }
 }

@@ -18,16 +18,18 @@ use std::time::Duration;
 /// How long LBs get to ack a switch before it counts as not made safe.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Writes `active` and the operation's `deploy` record in one fenced Txn. Ok(Err) when the guard
-/// failed (the lock or `active` changed since the decision): nothing was written.
+/// Writes `active`, the operation's `deploy` record and `also` in one fenced Txn. Ok(Err) when
+/// the guard failed (the lock or `active` changed since the decision): nothing was written.
 pub async fn write_active<S: Store>(
     store: &S,
     active: &ActiveRecord,
     deploy: &DeployRecord,
+    also: &[Write],
     seen_active_revision: i64,
     progress: &Progress,
 ) -> Result<Result<i64, String>, CoordinatorError> {
-    let writes = [Write::Active(active.clone()), Write::Deploy(deploy.clone())];
+    let mut writes = vec![Write::Active(active.clone()), Write::Deploy(deploy.clone())];
+    writes.extend_from_slice(also);
     match store.put(&writes, Some(seen_active_revision)).await {
         Ok(revision) => {
             progress.record().revision(revision);
@@ -106,7 +108,7 @@ pub async fn move_traffic<S: Store, P: Probes>(
     deploy: &DeployRecord,
     progress: &Progress,
 ) -> Result<i64, CoordinatorError> {
-    let revision = write_active(store, active, deploy, seen_active_revision, progress)
+    let revision = write_active(store, active, deploy, &[], seen_active_revision, progress)
         .await?
         .map_err(CoordinatorError::Failed)?;
     let unsafe_after = |why: String| {

@@ -241,6 +241,14 @@ impl MemoryStore {
                         .insert(lb, lb_record(revision, Some(a.color)));
                 }
             }
+            // A following LB acks a new split with the color it serves unchanged.
+            Write::Traffic(_) => {
+                let following: Vec<String> = inner.following_lbs.iter().cloned().collect();
+                for lb in following {
+                    let color = inner.state.lbs.get(&lb).and_then(|r| r.color);
+                    inner.state.lbs.insert(lb, lb_record(revision, color));
+                }
+            }
             Write::Deploy(_) => {}
         }
     }
@@ -291,6 +299,7 @@ impl Store for MemoryStore {
                     inner.state.releases.insert(*color, r.clone());
                 }
                 Write::Deploy(d) => inner.state.deploy = Some(d.clone()),
+                Write::Traffic(t) => inner.state.traffic = Some(t.clone()),
             }
             inner.writes.push(write.clone());
         }
