@@ -163,9 +163,14 @@ impl Fleet {
 
     /// Writes an app spec whose run env adds `env` (the DEMO_* knobs), and returns its path.
     pub fn spec(&self, name: &str, env: &[(&str, &str)]) -> PathBuf {
+        self.spec_with(name, env, "")
+    }
+
+    /// [`Fleet::spec`] with more spec text after the smoke check (a `[canary]` section, hooks).
+    pub fn spec_with(&self, name: &str, env: &[(&str, &str)], extra: &str) -> PathBuf {
         let db = self.dir.path().join("shop.db");
         let url = format!("sqlite://{}?mode=rwc", db.display());
-        self.write_spec(name, &url, env, "")
+        self.write_spec(name, &url, env, extra)
     }
 
     /// An app spec with `[migrations]`: the app and the migrator share `database_url`, the schema

@@ -207,6 +207,31 @@ pub async fn active(client: &etcd_client::Client) -> Option<proto::records::Acti
     decode(&key, &get_raw(client, &key).await?).ok()
 }
 
+/// Every history record of the app, oldest first.
+pub async fn history(client: &etcd_client::Client) -> Vec<proto::records::HistoryRecord> {
+    let prefix = keys().history_prefix();
+    let resp = client
+        .clone()
+        .get(
+            prefix.as_str(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .expect("read the history");
+    resp.kvs()
+        .iter()
+        .map(|kv| decode(&prefix, kv.value()).expect("history records parse"))
+        .collect()
+}
+
+/// `active/traffic` and its mod revision, when it is set and reads.
+pub async fn traffic(client: &etcd_client::Client) -> Option<(proto::records::TrafficRecord, i64)> {
+    let key = keys().traffic();
+    let resp = client.clone().get(key.as_str(), None).await.ok()?;
+    let kv = resp.kvs().first()?;
+    Some((decode(&key, kv.value()).ok()?, kv.mod_revision()))
+}
+
 /// `releases/<color>`, when it is set and reads.
 pub async fn release(client: &etcd_client::Client, color: Color) -> Option<ReleaseRecord> {
     let key = keys().release(color);

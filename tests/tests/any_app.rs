@@ -51,20 +51,7 @@ async fn active(fleet: &Fleet) -> ActiveRecord {
 }
 
 async fn history(fleet: &Fleet) -> Vec<HistoryRecord> {
-    let prefix = keys().history_prefix();
-    let resp = fleet
-        .client
-        .clone()
-        .get(
-            prefix.as_str(),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await
-        .unwrap();
-    resp.kvs()
-        .iter()
-        .map(|kv| decode(&prefix, kv.value()).unwrap())
-        .collect()
+    bluegreen_tests::procs::history(&fleet.client).await
 }
 
 fn assert_ok(out: &std::process::Output, what: &str) {

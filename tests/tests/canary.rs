@@ -1,13 +1,18 @@
-//! Canary traffic on real nginx: the `active/traffic` record splits the public listener's
-//! requests between the stable and the canary color on every LB, by a sticky key, and the LBs ack
-//! its revision as they ack `active`. (The coordinator's canary command and its analysis build on
-//! this; here the record is written as the coordinator will write it.)
+//! Canaries on real nginx. The `active/traffic` record splits the public listener's requests
+//! between the stable and the canary color on every LB, by a sticky key, and the LBs ack its
+//! revision as they ack `active`; `deploy --canary` ramps it by the spec's steps, judged from the
+//! LBs' own request logs, and promotes or sends everyone back.
 use bluegreen_tests::fleet::{text, Fleet};
 use bluegreen_tests::lb::wait_ack;
-use bluegreen_tests::procs::keys;
-use proto::records::{encode, Sticky, TrafficRecord};
-use proto::Color;
+use bluegreen_tests::load::{self, LoadReport};
+use bluegreen_tests::procs::{history, keys, traffic};
+use bluegreen_tests::wait_for;
+use proto::records::{encode, Desired, HistoryRecord, Sticky, TrafficRecord};
+use proto::{Color, Operation, Outcome};
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// A fleet with v1 live on blue and v2 staged and healthy on green.
 async fn staged_canary() -> Fleet {
@@ -109,10 +114,12 @@ async fn the_split_follows_the_weight_and_keeps_each_user_on_one_color() {
         }
         let (share, on_canary) = sample(&fleet, 10_000).await;
         let target = f64::from(weight) / 10_000.0;
-        // ±1 percentage point: more than 4 standard deviations at 10,000 clients.
+        // Each new client's id is random, so the share is binomial: 4.5 standard deviations
+        // (±0.45 points at 1 %, ±1.95 at 25 %) fail a correct split once in ~150,000 runs.
+        let tolerance = 4.5 * (target * (1.0 - target) / 10_000.0).sqrt();
         assert!(
-            (share - target).abs() < 0.01,
-            "weight {weight}: measured {share:.4}, target {target}"
+            (share - target).abs() < tolerance,
+            "weight {weight}: measured {share:.4}, target {target} ± {tolerance:.4}"
         );
         shares.insert(weight, share);
         sticky_users.extend(on_canary.into_iter().take(50));
@@ -161,4 +168,262 @@ async fn the_split_follows_the_weight_and_keeps_each_user_on_one_color() {
             "weight 0 still splits"
         );
     }
+}
+
+/// A `[canary]` section: `steps`, each at least `step_time` and at most `deadline`, judged every
+/// 500 ms with 100 requests per color at least and 0.5 points of error-rate increase at most.
+fn canary_section(steps: &str, step_time: &str, deadline: &str) -> String {
+    format!(
+        "[canary]\nsteps = {steps}\nstep_time = \"{step_time}\"\nstep_deadline = \"{deadline}\"\n\
+         interval = \"500ms\"\nmin_requests = 100\nmax_error_rate_increase = 0.5\n"
+    )
+}
+
+/// Three keep-alive request loops through each LB (new users every request: no cookie kept).
+fn load_through_every_lb(fleet: &Fleet) -> (Arc<AtomicBool>, Vec<tokio::task::JoinHandle<LoadReport>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let loops = fleet
+        .lb_urls()
+        .into_iter()
+        .flat_map(|url| std::iter::repeat_n(url, 3))
+        .map(|url| load::spawn(url, true, stop.clone()))
+        .collect();
+    (stop, loops)
+}
+
+fn canary_steps(records: &[HistoryRecord]) -> Vec<(Outcome, u64)> {
+    records
+        .iter()
+        .filter(|r| r.kind == Operation::CanaryStep)
+        .map(|r| (r.outcome, r.details["step"].as_u64().unwrap_or(0)))
+        .collect()
+}
+
+/// Every LB has acked `revision` or later.
+async fn every_lb_acked(fleet: &Fleet, revision: i64) {
+    for sidecar in &fleet.sidecars {
+        wait_ack(&fleet.client, &sidecar.name, &format!("revision {revision}"), |a| {
+            a.applied_revision >= revision
+        })
+        .await;
+    }
+}
+
+/// A healthy canary under load through both LBs: every step passes on the LBs' counts, the
+/// switch follows, no request fails, and the split is reset with the switch.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_healthy_canary_ramps_through_every_step_and_promotes_with_no_failed_request() {
+    let fleet = Fleet::start(3, 2).await;
+    let spec = fleet.spec_with("canary", &[], &canary_section("[1, 5, 25, 50]", "2s", "120s"));
+    let v1 = fleet.deploy(&spec, "v1", &[]).await;
+    assert!(v1.status.success(), "{}", text(&v1));
+    let (stop, loops) = load_through_every_lb(&fleet);
+    let v2 = fleet.deploy(&spec, "v2", &["--canary"]).await;
+    let report = load::finish(stop, loops).await;
+    assert!(v2.status.success(), "{}", text(&v2));
+    report.assert_none_failed();
+    println!("{} requests, by color: {:?}", report.ok, report.colors);
+    let active = bluegreen_tests::procs::active(&fleet.client).await.unwrap();
+    assert_eq!((active.color, active.version.as_str()), (Color::Green, "v2"));
+    let steps = canary_steps(&history(&fleet.client).await);
+    let passed: Vec<(Outcome, u64)> = (1..=4).map(|s| (Outcome::Passed, s)).collect();
+    assert_eq!(steps, passed, "{}", text(&v2));
+    let records = history(&fleet.client).await;
+    let last_step = records
+        .iter()
+        .rfind(|r| r.kind == Operation::CanaryStep)
+        .unwrap();
+    let checks = last_step.details["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 3, "{checks:?}");
+    assert!(checks.iter().all(|c| c["verdict"] == "pass"), "{checks:?}");
+    let (split, _) = traffic(&fleet.client).await.unwrap();
+    assert_eq!((split.stable, split.weight), (Color::Green, 0));
+    // Both LBs counted both colors from their request logs.
+    for sidecar in &fleet.sidecars {
+        let key = keys().lb_stats(&sidecar.name);
+        let stats: proto::records::LbStatsRecord = proto::records::decode(
+            &key,
+            &bluegreen_tests::procs::get_raw(&fleet.client, &key)
+                .await
+                .expect("the LB published its counts"),
+        )
+        .unwrap();
+        for color in [Color::Blue, Color::Green] {
+            assert!(
+                stats.colors.get(&color).is_some_and(|c| c.requests > 0),
+                "{} counted no {color} request: {stats:?}",
+                sidecar.name
+            );
+        }
+    }
+}
+
+/// A canary answering 5 % of its requests with errors at a 1 % step fails on its error rate:
+/// every LB goes back to weight 0, the canary color is stopped, the stable color keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_returning_errors_is_aborted_and_every_lb_goes_back_to_stable() {
+    let fleet = Fleet::start(3, 2).await;
+    let section = canary_section("[1, 50]", "5s", "240s");
+    let good = fleet.spec_with("good", &[], &section);
+    let v1 = fleet.deploy(&good, "v1", &[]).await;
+    assert!(v1.status.success(), "{}", text(&v1));
+    let bad = fleet.spec_with("bad", &[("DEMO_ERROR_RATE", "0.05")], &section);
+    let (stop, loops) = load_through_every_lb(&fleet);
+    let v2 = fleet.deploy(&bad, "v2", &["--canary"]).await;
+    let report = load::finish(stop, loops).await;
+    println!("{} requests ok, {} failed", report.ok, report.failed.len());
+    assert_eq!(v2.status.code(), Some(1), "{}", text(&v2));
+    assert!(
+        text(&v2).contains("canary failed at step 1 (1 %)") && text(&v2).contains("error rate"),
+        "{}",
+        text(&v2)
+    );
+    let (split, revision) = traffic(&fleet.client).await.unwrap();
+    assert_eq!((split.stable, split.canary, split.weight), (Color::Blue, Color::Green, 0));
+    every_lb_acked(&fleet, revision).await;
+    let active = bluegreen_tests::procs::active(&fleet.client).await.unwrap();
+    assert_eq!((active.color, active.version.as_str()), (Color::Blue, "v1"));
+    let green = bluegreen_tests::procs::release(&fleet.client, Color::Green).await.unwrap();
+    assert_eq!(green.desired, Desired::Stopped);
+    let records = history(&fleet.client).await;
+    assert_eq!(canary_steps(&records), vec![(Outcome::Aborted, 1)]);
+    let aborted = records.iter().rfind(|r| r.kind == Operation::CanaryStep).unwrap();
+    let error_check = aborted.details["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["criterion"] == "error rate")
+        .cloned()
+        .unwrap();
+    assert_eq!(error_check["verdict"], "fail", "{error_check}");
+    assert!(error_check["numbers"]["canary"]["errors"].as_u64().unwrap() > 0);
+    // Whatever failed was the canary's: afterwards nobody meets it.
+    let mut after = LoadReport::default();
+    for url in fleet.lb_urls() {
+        let r = load::requests(&url, 200).await;
+        after.ok += r.ok;
+        after.failed.extend(r.failed);
+        for (c, n) in r.colors {
+            *after.colors.entry(c).or_default() += n;
+        }
+    }
+    after.assert_none_failed();
+    assert_eq!(after.colors.keys().collect::<Vec<_>>(), vec!["blue"]);
+}
+
+/// Without traffic there is nothing to judge: the step ends "insufficient data" at its deadline,
+/// never "passed", and the canary fails with that reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_without_traffic_ends_with_insufficient_data_never_passed() {
+    let fleet = Fleet::start(2, 1).await;
+    let spec = fleet.spec_with("quiet", &[], &canary_section("[10]", "1s", "4s"));
+    let v1 = fleet.deploy(&spec, "v1", &[]).await;
+    assert!(v1.status.success(), "{}", text(&v1));
+    let v2 = fleet.deploy(&spec, "v2", &["--canary"]).await;
+    assert_eq!(v2.status.code(), Some(1), "{}", text(&v2));
+    assert!(text(&v2).contains("insufficient data at step 1"), "{}", text(&v2));
+    let records = history(&fleet.client).await;
+    assert_eq!(canary_steps(&records), vec![(Outcome::Aborted, 1)]);
+    let aborted = records.iter().rfind(|r| r.kind == Operation::CanaryStep).unwrap();
+    let verdicts: Vec<&str> = aborted.details["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["verdict"].as_str().unwrap())
+        .collect();
+    assert!(
+        verdicts.iter().all(|v| *v == "insufficient_data"),
+        "{verdicts:?}"
+    );
+    let (split, _) = traffic(&fleet.client).await.unwrap();
+    assert_eq!(split.weight, 0);
+    let active = bluegreen_tests::procs::active(&fleet.client).await.unwrap();
+    assert_eq!(active.version, "v1");
+}
+
+/// Operators steer a running canary: pause and resume are carried out and recorded by its
+/// coordinator; once that coordinator is killed, `canary abort` takes the lock and sends every
+/// LB back to the stable color.
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_pause_a_canary_and_abort_it_after_its_coordinator_died() {
+    let fleet = Fleet::start(2, 2).await;
+    let spec = fleet.spec_with("held", &[], &canary_section("[2, 20]", "1s", "600s"));
+    let v1 = fleet.deploy(&spec, "v1", &[]).await;
+    assert!(v1.status.success(), "{}", text(&v1));
+    let mut canary = fleet
+        .deploy_command(&spec, "v2", &["--canary"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let revision = wait_for("the canary's first step", Duration::from_secs(60), || async {
+        traffic(&fleet.client)
+            .await
+            .filter(|(t, _)| t.weight == 200)
+            .map(|(_, revision)| revision)
+    })
+    .await;
+    every_lb_acked(&fleet, revision).await;
+
+    let paused = fleet.run(&["canary", "pause"]).await;
+    assert!(paused.status.success(), "{}", text(&paused));
+    assert!(text(&paused).contains("pause requested by"), "{}", text(&paused));
+    let status = fleet.run(&["--output", "json", "canary", "status"]).await;
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(doc["running"], true, "{doc}");
+    assert_eq!(doc["traffic"]["weight"], 200, "{doc}");
+    let resumed = fleet.run(&["canary", "resume"]).await;
+    assert!(resumed.status.success(), "{}", text(&resumed));
+
+    canary.kill().await.unwrap();
+    let promote = fleet.run(&["canary", "promote"]).await;
+    assert_eq!(promote.status.code(), Some(1), "{}", text(&promote));
+    let aborted = fleet.run(&["canary", "abort", "--lock-wait", "60s"]).await;
+    assert!(aborted.status.success(), "{}", text(&aborted));
+    assert!(text(&aborted).contains("had no coordinator"), "{}", text(&aborted));
+    let (split, revision) = traffic(&fleet.client).await.unwrap();
+    assert_eq!((split.stable, split.weight), (Color::Blue, 0));
+    every_lb_acked(&fleet, revision).await;
+    let records = history(&fleet.client).await;
+    let outcomes: Vec<Outcome> = canary_steps(&records).into_iter().map(|(o, _)| o).collect();
+    assert_eq!(outcomes, vec![Outcome::Paused, Outcome::Resumed]);
+    assert!(
+        records.iter().any(|r| r.kind == Operation::Reconcile),
+        "the dead canary is reconciled"
+    );
+}
+
+/// `--verify-for` judges the new color on the LBs' numbers too: a version whose health probes
+/// pass but which answers 20 % of its requests with errors is switched back; while an incident is
+/// already under way (the old version answering as badly), a version no worse is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_for_switches_back_on_worse_answers_but_not_on_an_ongoing_incident() {
+    let fleet = Fleet::start(2, 2).await;
+    let section = canary_section("[1]", "1s", "60s");
+    let good = fleet.spec_with("good", &[], &section);
+    let failing = fleet.spec_with("failing", &[("DEMO_ERROR_RATE", "0.2")], &section);
+    let v1 = fleet.deploy(&good, "v1", &[]).await;
+    assert!(v1.status.success(), "{}", text(&v1));
+    let (stop, loops) = load_through_every_lb(&fleet);
+
+    let v2 = fleet.deploy(&failing, "v2", &["--verify-for", "30s"]).await;
+    assert_eq!(v2.status.code(), Some(1), "{}", text(&v2));
+    assert!(
+        text(&v2).contains("answers worse than the old color did before the switch")
+            && text(&v2).contains("switched back to blue"),
+        "{}",
+        text(&v2)
+    );
+    let active = bluegreen_tests::procs::active(&fleet.client).await.unwrap();
+    assert_eq!((active.color, active.version.as_str()), (Color::Blue, "v1"));
+
+    // The incident: v3 answers 20 % errors and takes the traffic (no verification).
+    let v3 = fleet.deploy(&failing, "v3", &[]).await;
+    assert!(v3.status.success(), "{}", text(&v3));
+    // A fix that is no worse than what runs is kept through its verification.
+    let v4 = fleet.deploy(&failing, "v4", &["--verify-for", "5s"]).await;
+    load::finish(stop, loops).await;
+    assert!(v4.status.success(), "{}", text(&v4));
+    let active = bluegreen_tests::procs::active(&fleet.client).await.unwrap();
+    assert_eq!(active.version, "v4");
 }

@@ -2,6 +2,7 @@
 //! audit's actor, shell completions and man pages. Real etcd, agents, nginx and sidecars where a
 //! command reads the fleet; `validate` needs none of them, and proves it.
 use bluegreen_tests::fleet::{text, Fleet};
+use bluegreen_tests::load;
 use bluegreen_tests::procs::{keys, put_raw};
 use bluegreen_tests::{binary, Artifacts};
 use std::path::Path;
@@ -301,6 +302,15 @@ async fn every_command_speaks_the_documented_json() {
     );
     schemas.query("host-list", &json(&["host", "list"]).await, "host list");
     schemas.query("lb-list", &json(&["lb", "list"]).await, "lb list");
+    let canary = schemas.query(
+        "canary-status",
+        &json(&["canary", "status"]).await,
+        "canary status",
+    );
+    assert_eq!(canary["running"], false, "{canary:#}");
+    let no_canary = json(&["canary", "abort"]).await;
+    let result = schemas.action(&no_canary, "canary abort without a canary");
+    assert_eq!(result["exit"], 1, "{}", text(&no_canary));
     let logs = json(&[
         "logs", "--host", "host-1", "--color", "green", "--tail", "5",
     ])
@@ -445,7 +455,8 @@ async fn served_version(url: &str) -> Option<String> {
 
 /// `deploy --no-switch` stages and checks the new version and leaves traffic where it was, with
 /// the preview listener serving the new version; `promote` runs the checks again and switches.
-/// A rollback in between would go forward to the unpromoted version, so it is refused.
+/// A rollback in between would go forward to the unpromoted version, so it is refused. Load runs
+/// through the LB the whole time and no request fails.
 #[tokio::test(flavor = "multi_thread")]
 async fn no_switch_stages_and_promote_switches() {
     let fleet = Fleet::start(2, 1).await;
@@ -454,6 +465,7 @@ async fn no_switch_stages_and_promote_switches() {
     assert!(v1.status.success(), "{}", text(&v1));
     let lb = &fleet.lbs[0];
     let (live, preview) = (lb.url("/api/v1/status"), lb.preview_url("/api/v1/status"));
+    let (stop, loops) = load::spawn_each(fleet.lb_urls());
 
     let staged = fleet.deploy(&spec, "v2", &["--no-switch"]).await;
     assert!(staged.status.success(), "{}", text(&staged));
@@ -491,6 +503,13 @@ async fn no_switch_stages_and_promote_switches() {
         (proto::Color::Green, "v2")
     );
     assert_eq!(served_version(&live).await.as_deref(), Some("v2"));
+    let report = load::finish(stop, loops).await;
+    report.assert_none_failed();
+    assert!(
+        report.colors.contains_key("blue") && report.colors.contains_key("green"),
+        "the load saw both colors through the switch: {:?}",
+        report.colors
+    );
 
     let again = fleet
         .run(&["promote", "--spec", &spec.display().to_string()])
