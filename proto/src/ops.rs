@@ -233,7 +233,6 @@ mod tests {
 
     #[test]
     fn as_str_matches_serde_for_every_variant() {
-        use Operation::*;
         for op in Operation::ALL {
             assert_eq!(serde_json::to_string(&op).unwrap(), format!("\"{op}\""));
         }

@@ -231,6 +231,11 @@ pub struct SidecarProc {
 }
 
 impl SidecarProc {
+    /// Its Prometheus endpoint.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}:{}/metrics", self.status_address, self.status_port)
+    }
+
     /// Everything the sidecar logged so far.
     pub fn log(&self) -> String {
         self.daemon.log()

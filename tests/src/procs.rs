@@ -207,20 +207,29 @@ pub async fn active(client: &etcd_client::Client) -> Option<proto::records::Acti
     decode(&key, &get_raw(client, &key).await?).ok()
 }
 
+/// Every key under `prefix` with its value, in key order; `None` when etcd did not answer.
+pub async fn read_prefix(
+    client: &etcd_client::Client,
+    prefix: &str,
+) -> Option<Vec<(String, Vec<u8>)>> {
+    let options = etcd_client::GetOptions::new().with_prefix();
+    let resp = client.clone().get(prefix, Some(options)).await.ok()?;
+    Some(
+        resp.kvs()
+            .iter()
+            .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec()))
+            .collect(),
+    )
+}
+
 /// Every history record of the app, oldest first.
 pub async fn history(client: &etcd_client::Client) -> Vec<proto::records::HistoryRecord> {
     let prefix = keys().history_prefix();
-    let resp = client
-        .clone()
-        .get(
-            prefix.as_str(),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
+    read_prefix(client, &prefix)
         .await
-        .expect("read the history");
-    resp.kvs()
+        .expect("read the history")
         .iter()
-        .map(|kv| decode(&prefix, kv.value()).expect("history records parse"))
+        .map(|(key, value)| decode(key, value).expect("history records parse"))
         .collect()
 }
 

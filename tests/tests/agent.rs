@@ -395,16 +395,8 @@ async fn killed_agent_keys_expire_apps_keep_serving_and_are_adopted_again() {
         "the dead agent's keys to expire",
         Duration::from_secs(5 + 10),
         || async {
-            let resp = client
-                .clone()
-                .get(
-                    k.app_prefix(),
-                    Some(etcd_client::GetOptions::new().with_prefix()),
-                )
-                .await
-                .ok()?;
-            let left = resp.kvs().iter().filter(|kv| {
-                let key = String::from_utf8_lossy(kv.key());
+            let kvs = bluegreen_tests::procs::read_prefix(&client, k.app_prefix()).await?;
+            let left = kvs.iter().filter(|(key, _)| {
                 key.starts_with(&k.hosts_prefix()) || key.starts_with(&k.health_prefix())
             });
             (left.count() == 0).then_some(())

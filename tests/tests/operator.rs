@@ -833,10 +833,7 @@ async fn the_agent_serves_metrics_and_logs_json_when_asked() {
     assert!(metric(&body, "bluegreen_agent_resident_memory_bytes").is_some_and(|b| b > 0.0));
 
     let sidecar = &fleet.sidecars[0];
-    let sidecar_url = format!(
-        "http://{}:{}/metrics",
-        sidecar.status_address, sidecar.status_port
-    );
+    let sidecar_url = sidecar.metrics_url();
     let body = reqwest::get(&sidecar_url)
         .await
         .unwrap()

@@ -65,19 +65,11 @@ async fn all_healthy(client: &etcd_client::Client, hosts: usize, color: Color, v
         &format!("{hosts} hosts healthy at {version}"),
         Duration::from_secs(120),
         || async {
-            let resp = client
-                .clone()
-                .get(
-                    prefix.as_str(),
-                    Some(etcd_client::GetOptions::new().with_prefix()),
-                )
-                .await
-                .ok()?;
-            let healthy = resp
-                .kvs()
+            let kvs = bluegreen_tests::procs::read_prefix(client, &prefix).await?;
+            let healthy = kvs
                 .iter()
-                .filter(|kv| String::from_utf8_lossy(kv.key()).ends_with(color.as_str()))
-                .filter_map(|kv| decode::<HealthRecord>("health", kv.value()).ok())
+                .filter(|(key, _)| key.ends_with(color.as_str()))
+                .filter_map(|(_, value)| decode::<HealthRecord>("health", value).ok())
                 .filter(|h| h.state == HealthState::Healthy && h.version == version)
                 .count();
             (healthy == hosts).then_some(())
