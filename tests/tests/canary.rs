@@ -418,6 +418,25 @@ async fn verify_for_switches_back_on_worse_answers_but_not_on_an_ongoing_inciden
     let v1 = fleet.deploy(&good, "v1", &[]).await;
     assert!(v1.status.success(), "{}", text(&v1));
     let (stop, loops) = load_through_every_lb(&fleet);
+    // What the verification compares with: each LB's last minute of blue answers, published
+    // (between operations a sidecar publishes once a minute).
+    wait_for(
+        "every LB to publish a baseline of blue answers",
+        Duration::from_secs(120),
+        || async {
+            for sidecar in &fleet.sidecars {
+                let key = keys().lb_stats(&sidecar.name);
+                let raw = bluegreen_tests::procs::get_raw(&fleet.client, &key).await?;
+                let stats: proto::records::LbStatsRecord =
+                    proto::records::decode(&key, &raw).ok()?;
+                if stats.recent.get(&Color::Blue).is_none_or(|c| c.requests < 300) {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
 
     let v2 = fleet.deploy(&failing, "v2", &["--verify-for", "30s"]).await;
     assert_eq!(v2.status.code(), Some(1), "{}", text(&v2));
