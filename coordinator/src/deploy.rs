@@ -16,8 +16,7 @@ use crate::status::AppStatus;
 use crate::store::{Store, Write};
 use crate::switch;
 use proto::records::{
-    ActiveRecord, Artifact, DeployRecord, Desired, LbRecord, ReleaseRecord, RunSpec,
-    TrafficRecord,
+    ActiveRecord, Artifact, DeployRecord, Desired, LbRecord, ReleaseRecord, RunSpec, TrafficRecord,
 };
 use proto::{Color, Operation, Outcome, Phase};
 use std::collections::BTreeMap;
@@ -374,7 +373,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
                     },
                 )
                 .await?
-                    .map_err(|why| vec![(to.to_string(), why)])
+                .map_err(|why| vec![(to.to_string(), why)])
             }
         };
         run.failures = outcome.err().unwrap_or_default();
@@ -384,7 +383,10 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
     /// `--canary`: the ramp, and on its failure every LB back to the stable color before the
     /// failure is reported (which then stops the canary color unless `--keep-failed`).
     async fn canary(&self, run: &mut Run<'_>) -> Result<Result<(), Failures>, CoordinatorError> {
-        let from = run.plan.from.expect("preflight refuses a canary without a stable color");
+        let from = run
+            .plan
+            .from
+            .expect("preflight refuses a canary without a stable color");
         let section = self.spec.canary.clone().unwrap_or_default();
         let sticky = section.sticky().map_err(CoordinatorError::Usage)?;
         run.record.phase = Phase::Canary;

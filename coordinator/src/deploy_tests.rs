@@ -4,9 +4,9 @@ use crate::deploy::{Deploy, DeployArgs, NoMigrations};
 use crate::error::CoordinatorError;
 use crate::pipeline::{self, Intent, Next, Plan, Preflight, Step};
 use crate::progress::Progress;
+use crate::store::Write;
 use crate::switch::{switch_command, SwitchRequest};
 use crate::testkit::{spec, Agent, FakeMigrator, FakeProbes, MemoryStore};
-use crate::store::Write;
 use proto::records::{Artifact, DeployRecord, Desired, HealthState};
 use proto::{Color, Operation, Outcome, Phase};
 use std::time::Duration;
@@ -706,12 +706,25 @@ async fn a_canary_without_numbers_is_sent_back_at_its_deadline_and_its_color_sto
         .await
         .unwrap_err();
     assert_eq!(err.exit_code(), 1, "{err}");
-    assert!(err.to_string().contains("insufficient data at step 1"), "{err}");
+    assert!(
+        err.to_string().contains("insufficient data at step 1"),
+        "{err}"
+    );
     let s = store.snapshot();
     let split = s.traffic.expect("the split was written");
-    assert_eq!((split.stable, split.canary, split.weight), (Color::Blue, Color::Green, 0));
-    assert_eq!(s.active.unwrap().color, Color::Blue, "traffic never switched");
-    assert_eq!(release_desired(&store, Color::Green), Some(Desired::Stopped));
+    assert_eq!(
+        (split.stable, split.canary, split.weight),
+        (Color::Blue, Color::Green, 0)
+    );
+    assert_eq!(
+        s.active.unwrap().color,
+        Color::Blue,
+        "traffic never switched"
+    );
+    assert_eq!(
+        release_desired(&store, Color::Green),
+        Some(Desired::Stopped)
+    );
     assert_eq!(s.deploy.unwrap().phase, Phase::Failed);
     assert_eq!(
         outcomes(&store),
@@ -742,6 +755,9 @@ async fn a_first_deploy_cannot_be_a_canary() {
     let err = deploy(&store, &FakeProbes::default(), &canary)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("a canary needs a stable color"), "{err}");
+    assert!(
+        err.to_string().contains("a canary needs a stable color"),
+        "{err}"
+    );
     assert!(store.writes().is_empty(), "nothing written");
 }

@@ -217,9 +217,7 @@ pub fn next(plan: &Plan, done: Step, passed: bool) -> Next {
         (Smoke, true) if plan.no_switch => Next::Staged,
         (Smoke, true) if plan.canary => Next::Run(Canary),
         (Smoke, true) | (Canary, true) => Next::Run(Switch),
-        (AwaitHealthy | Migrate | RecheckActive | Smoke | Canary, false) => {
-            Next::FailBeforeSwitch
-        }
+        (AwaitHealthy | Migrate | RecheckActive | Smoke | Canary, false) => Next::FailBeforeSwitch,
         (Switch, true) => Next::Run(AwaitAcks),
         (Switch, false) => Next::SwitchRefused,
         (AwaitAcks, true) => Next::Run(VerifyLbs),

@@ -81,7 +81,10 @@ async fn back_to_stable<S: Store>(
         "reconcile",
         None,
         "weight 0",
-        &format!("canary {deploy_id}: every user back to {} at revision {revision}", traffic.stable),
+        &format!(
+            "canary {deploy_id}: every user back to {} at revision {revision}",
+            traffic.stable
+        ),
     );
     let lbs: Vec<String> = state.lbs.keys().cloned().collect();
     crate::switch::await_acks(store, &lbs, revision, progress)

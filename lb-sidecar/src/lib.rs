@@ -356,7 +356,11 @@ impl<N: NginxControl> Follower<N> {
         let Some(stats) = self.stats.as_mut() else {
             return;
         };
-        if !wanted && stats.published.is_some_and(|t| t.elapsed() < IDLE_STATS_INTERVAL) {
+        if !wanted
+            && stats
+                .published
+                .is_some_and(|t| t.elapsed() < IDLE_STATS_INTERVAL)
+        {
             return;
         }
         let changed = stats

@@ -93,8 +93,9 @@ impl Default for Metrics {
             "attempts of this color answered 5xx or not at all",
             upstream_errors.clone(),
         );
-        let upstream_seconds =
-            Family::<ColorLabel, Histogram>::new_with_constructor(|| Histogram::new(ANSWER_BUCKETS));
+        let upstream_seconds = Family::<ColorLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(ANSWER_BUCKETS)
+        });
         registry.register(
             "upstream_response_seconds",
             "upstream answer time per color",

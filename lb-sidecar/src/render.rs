@@ -156,10 +156,7 @@ fn request_log(view: &View) -> (String, String) {
     };
     let format = format!("bluegreen_{}_requests", variable_name(&view.app));
     (
-        format!(
-            "log_format {format} '{}';\n\n",
-            crate::requests::FORMAT
-        ),
+        format!("log_format {format} '{}';\n\n", crate::requests::FORMAT),
         format!(
             "        access_log syslog:server=unix:{socket},tag={},nohostname {format};\n",
             crate::requests::TAG

@@ -227,7 +227,8 @@ mod tests {
                 },
             ]
         );
-        let redirect = parse("<190>x bluegreen: 10.0.0.1:80 : 10.0.0.2:80|504 : 200|5.000 : 0.010").unwrap();
+        let redirect =
+            parse("<190>x bluegreen: 10.0.0.1:80 : 10.0.0.2:80|504 : 200|5.000 : 0.010").unwrap();
         assert_eq!(redirect.len(), 2);
         assert_eq!(redirect[0].status, Some(504));
         assert_eq!(parse("<190>x bluegreen: -|-|-").unwrap(), vec![]);
@@ -243,7 +244,10 @@ mod tests {
             ("127.0.0.11:8080".to_string(), Color::Blue),
             ("127.0.0.11:8081".to_string(), Color::Green),
         ]));
-        tally.count(&parse("<1>x bluegreen: 127.0.0.11:8081, 127.0.0.11:8080|500, 200|0.002, 0.003").unwrap());
+        tally.count(
+            &parse("<1>x bluegreen: 127.0.0.11:8081, 127.0.0.11:8080|500, 200|0.002, 0.003")
+                .unwrap(),
+        );
         tally.count(&parse("<1>x bluegreen: 127.0.0.11:8081|-|-").unwrap());
         tally.count(&parse("<1>x bluegreen: 127.0.0.99:8081|200|0.002").unwrap());
         let green = &tally.totals()[&Color::Green];
@@ -252,8 +256,14 @@ mod tests {
         assert_eq!((blue.requests, blue.errors), (1, 0));
         let record = tally.take_changed("i", "t").unwrap();
         assert_eq!(record.unattributed, 1);
-        assert_eq!(record.recent, record.colors, "all of it within the last minute");
-        assert!(tally.take_changed("i", "t").is_none(), "unchanged: nothing new");
+        assert_eq!(
+            record.recent, record.colors,
+            "all of it within the last minute"
+        );
+        assert!(
+            tally.take_changed("i", "t").is_none(),
+            "unchanged: nothing new"
+        );
     }
 
     #[test]
@@ -266,8 +276,16 @@ mod tests {
         tally.count_at(&one, 1059);
         assert_eq!(tally.recent_sum()[&Color::Blue].requests, 3);
         tally.count_at(&one, 1061);
-        assert_eq!(tally.recent_sum()[&Color::Blue].requests, 3, "the first fell out");
-        assert_eq!(tally.totals()[&Color::Blue].requests, 4, "totals keep everything");
+        assert_eq!(
+            tally.recent_sum()[&Color::Blue].requests,
+            3,
+            "the first fell out"
+        );
+        assert_eq!(
+            tally.totals()[&Color::Blue].requests,
+            4,
+            "totals keep everything"
+        );
         assert!(tally.recent.len() <= RECENT_SECONDS as usize);
     }
 }

@@ -266,8 +266,12 @@ mod tests {
                 r#"{{"deploy_id":"d","phase":"{phase}","from":"blue","to":"green","version":"v2","token":1,"started_at":"t","updated_at":"t"}}"#
             )
         };
-        s.apply(&keys(), &keys().deploy(), Some(deploy("staging").as_bytes()))
-            .unwrap();
+        s.apply(
+            &keys(),
+            &keys().deploy(),
+            Some(deploy("staging").as_bytes()),
+        )
+        .unwrap();
         assert!(s.counts_wanted());
         s.apply(&keys(), &keys().deploy(), Some(deploy("done").as_bytes()))
             .unwrap();

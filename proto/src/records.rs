@@ -576,10 +576,14 @@ pub struct LbStatsRecord {
 impl Validate for LbStatsRecord {
     fn validate(&self) -> Result<(), String> {
         for (color, counts) in &self.colors {
-            counts.validate().map_err(|e| format!("colors.{color}: {e}"))?;
+            counts
+                .validate()
+                .map_err(|e| format!("colors.{color}: {e}"))?;
         }
         for (color, counts) in &self.recent {
-            counts.validate().map_err(|e| format!("recent.{color}: {e}"))?;
+            counts
+                .validate()
+                .map_err(|e| format!("recent.{color}: {e}"))?;
         }
         Ok(())
     }

@@ -60,7 +60,10 @@ impl ColorCounts {
                 .latency
                 .iter()
                 .any(|(b, n)| *n < earlier.latency.get(b).copied().unwrap_or(0))
-            || earlier.latency.keys().any(|b| !self.latency.contains_key(b));
+            || earlier
+                .latency
+                .keys()
+                .any(|b| !self.latency.contains_key(b));
         if restarted {
             return self.clone();
         }
@@ -111,9 +114,7 @@ impl ColorCounts {
             ));
         }
         if let Some(bucket) = self.latency.keys().find(|b| **b >= BUCKETS) {
-            return Err(format!(
-                "latency bucket {bucket} is not below {BUCKETS}"
-            ));
+            return Err(format!("latency bucket {bucket} is not below {BUCKETS}"));
         }
         Ok(())
     }
@@ -133,7 +134,10 @@ mod tests {
         assert_eq!(bucket_of(1e9), BUCKETS - 1);
         for ms in [1.5, 7.0, 99.0, 250.0, 3000.0] {
             let b = bucket_of(ms);
-            assert!(bucket_upper_ms(b) >= ms && bucket_upper_ms(b - 1) < ms, "{ms}");
+            assert!(
+                bucket_upper_ms(b) >= ms && bucket_upper_ms(b - 1) < ms,
+                "{ms}"
+            );
             assert!(bucket_upper_ms(b) / ms < 1.19 + 1e-9, "{ms}");
         }
     }

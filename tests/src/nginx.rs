@@ -233,7 +233,10 @@ pub struct SidecarProc {
 impl SidecarProc {
     /// Its Prometheus endpoint.
     pub fn metrics_url(&self) -> String {
-        format!("http://{}:{}/metrics", self.status_address, self.status_port)
+        format!(
+            "http://{}:{}/metrics",
+            self.status_address, self.status_port
+        )
     }
 
     /// Everything the sidecar logged so far.

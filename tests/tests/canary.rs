@@ -180,7 +180,9 @@ fn canary_section(steps: &str, step_time: &str, deadline: &str) -> String {
 }
 
 /// Three keep-alive request loops through each LB (new users every request: no cookie kept).
-fn load_through_every_lb(fleet: &Fleet) -> (Arc<AtomicBool>, Vec<tokio::task::JoinHandle<LoadReport>>) {
+fn load_through_every_lb(
+    fleet: &Fleet,
+) -> (Arc<AtomicBool>, Vec<tokio::task::JoinHandle<LoadReport>>) {
     let stop = Arc::new(AtomicBool::new(false));
     let loops = fleet
         .lb_urls()
@@ -202,9 +204,12 @@ fn canary_steps(records: &[HistoryRecord]) -> Vec<(Outcome, u64)> {
 /// Every LB has acked `revision` or later.
 async fn every_lb_acked(fleet: &Fleet, revision: i64) {
     for sidecar in &fleet.sidecars {
-        wait_ack(&fleet.client, &sidecar.name, &format!("revision {revision}"), |a| {
-            a.applied_revision >= revision
-        })
+        wait_ack(
+            &fleet.client,
+            &sidecar.name,
+            &format!("revision {revision}"),
+            |a| a.applied_revision >= revision,
+        )
         .await;
     }
 }
@@ -214,7 +219,11 @@ async fn every_lb_acked(fleet: &Fleet, revision: i64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_healthy_canary_ramps_through_every_step_and_promotes_with_no_failed_request() {
     let fleet = Fleet::start(3, 2).await;
-    let spec = fleet.spec_with("canary", &[], &canary_section("[1, 5, 25, 50]", "2s", "120s"));
+    let spec = fleet.spec_with(
+        "canary",
+        &[],
+        &canary_section("[1, 5, 25, 50]", "2s", "120s"),
+    );
     let v1 = fleet.deploy(&spec, "v1", &[]).await;
     assert!(v1.status.success(), "{}", text(&v1));
     let (stop, loops) = load_through_every_lb(&fleet);
@@ -224,7 +233,10 @@ async fn a_healthy_canary_ramps_through_every_step_and_promotes_with_no_failed_r
     report.assert_none_failed();
     println!("{} requests, by color: {:?}", report.ok, report.colors);
     let active = bluegreen_tests::procs::active(&fleet.client).await.unwrap();
-    assert_eq!((active.color, active.version.as_str()), (Color::Green, "v2"));
+    assert_eq!(
+        (active.color, active.version.as_str()),
+        (Color::Green, "v2")
+    );
     let steps = canary_steps(&history(&fleet.client).await);
     let passed: Vec<(Outcome, u64)> = (1..=4).map(|s| (Outcome::Passed, s)).collect();
     assert_eq!(steps, passed, "{}", text(&v2));
@@ -292,15 +304,23 @@ async fn a_canary_returning_errors_is_aborted_and_every_lb_goes_back_to_stable()
         text(&v2)
     );
     let (split, revision) = traffic(&fleet.client).await.unwrap();
-    assert_eq!((split.stable, split.canary, split.weight), (Color::Blue, Color::Green, 0));
+    assert_eq!(
+        (split.stable, split.canary, split.weight),
+        (Color::Blue, Color::Green, 0)
+    );
     every_lb_acked(&fleet, revision).await;
     let active = bluegreen_tests::procs::active(&fleet.client).await.unwrap();
     assert_eq!((active.color, active.version.as_str()), (Color::Blue, "v1"));
-    let green = bluegreen_tests::procs::release(&fleet.client, Color::Green).await.unwrap();
+    let green = bluegreen_tests::procs::release(&fleet.client, Color::Green)
+        .await
+        .unwrap();
     assert_eq!(green.desired, Desired::Stopped);
     let records = history(&fleet.client).await;
     assert_eq!(canary_steps(&records), vec![(Outcome::Aborted, 1)]);
-    let aborted = records.iter().rfind(|r| r.kind == Operation::CanaryStep).unwrap();
+    let aborted = records
+        .iter()
+        .rfind(|r| r.kind == Operation::CanaryStep)
+        .unwrap();
     let error_check = aborted.details["checks"]
         .as_array()
         .unwrap()
@@ -334,10 +354,17 @@ async fn a_canary_without_traffic_ends_with_insufficient_data_never_passed() {
     assert!(v1.status.success(), "{}", text(&v1));
     let v2 = fleet.deploy(&spec, "v2", &["--canary"]).await;
     assert_eq!(v2.status.code(), Some(1), "{}", text(&v2));
-    assert!(text(&v2).contains("insufficient data at step 1"), "{}", text(&v2));
+    assert!(
+        text(&v2).contains("insufficient data at step 1"),
+        "{}",
+        text(&v2)
+    );
     let records = history(&fleet.client).await;
     assert_eq!(canary_steps(&records), vec![(Outcome::Aborted, 1)]);
-    let aborted = records.iter().rfind(|r| r.kind == Operation::CanaryStep).unwrap();
+    let aborted = records
+        .iter()
+        .rfind(|r| r.kind == Operation::CanaryStep)
+        .unwrap();
     let verdicts: Vec<&str> = aborted.details["checks"]
         .as_array()
         .unwrap()
@@ -369,18 +396,26 @@ async fn operators_pause_a_canary_and_abort_it_after_its_coordinator_died() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let revision = wait_for("the canary's first step", Duration::from_secs(60), || async {
-        traffic(&fleet.client)
-            .await
-            .filter(|(t, _)| t.weight == 200)
-            .map(|(_, revision)| revision)
-    })
+    let revision = wait_for(
+        "the canary's first step",
+        Duration::from_secs(60),
+        || async {
+            traffic(&fleet.client)
+                .await
+                .filter(|(t, _)| t.weight == 200)
+                .map(|(_, revision)| revision)
+        },
+    )
     .await;
     every_lb_acked(&fleet, revision).await;
 
     let paused = fleet.run(&["canary", "pause"]).await;
     assert!(paused.status.success(), "{}", text(&paused));
-    assert!(text(&paused).contains("pause requested by"), "{}", text(&paused));
+    assert!(
+        text(&paused).contains("pause requested by"),
+        "{}",
+        text(&paused)
+    );
     let status = fleet.run(&["--output", "json", "canary", "status"]).await;
     let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(doc["running"], true, "{doc}");
@@ -393,7 +428,11 @@ async fn operators_pause_a_canary_and_abort_it_after_its_coordinator_died() {
     assert_eq!(promote.status.code(), Some(1), "{}", text(&promote));
     let aborted = fleet.run(&["canary", "abort", "--lock-wait", "60s"]).await;
     assert!(aborted.status.success(), "{}", text(&aborted));
-    assert!(text(&aborted).contains("had no coordinator"), "{}", text(&aborted));
+    assert!(
+        text(&aborted).contains("had no coordinator"),
+        "{}",
+        text(&aborted)
+    );
     let (split, revision) = traffic(&fleet.client).await.unwrap();
     assert_eq!((split.stable, split.weight), (Color::Blue, 0));
     every_lb_acked(&fleet, revision).await;
@@ -429,7 +468,11 @@ async fn verify_for_switches_back_on_worse_answers_but_not_on_an_ongoing_inciden
                 let raw = bluegreen_tests::procs::get_raw(&fleet.client, &key).await?;
                 let stats: proto::records::LbStatsRecord =
                     proto::records::decode(&key, &raw).ok()?;
-                if stats.recent.get(&Color::Blue).is_none_or(|c| c.requests < 300) {
+                if stats
+                    .recent
+                    .get(&Color::Blue)
+                    .is_none_or(|c| c.requests < 300)
+                {
                     return None;
                 }
             }

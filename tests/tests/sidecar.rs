@@ -461,7 +461,12 @@ async fn lb_serving_blue(etcd: &Etcd, client: &etcd_client::Client) -> (Nginx, S
 
 /// `bluegreen_lb_reloads_total` from the sidecar's /metrics.
 async fn reloads(sidecar: &SidecarProc) -> u64 {
-    let text = reqwest::get(sidecar.metrics_url()).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(sidecar.metrics_url())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix("bluegreen_lb_reloads_total "))
         .and_then(|v| v.trim().parse().ok())

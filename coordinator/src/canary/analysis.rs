@@ -128,7 +128,8 @@ pub fn overall(checks: &[Check]) -> Verdict {
 }
 
 fn enough(window: &Window, criteria: &CanarySection) -> bool {
-    window.canary.requests >= criteria.min_requests && window.stable.requests >= criteria.min_requests
+    window.canary.requests >= criteria.min_requests
+        && window.stable.requests >= criteria.min_requests
 }
 
 fn requests(window: &Window, criteria: &CanarySection) -> Check {
@@ -278,7 +279,12 @@ mod tests {
             stable: counts(4000, 0, 10.0),
         };
         let checks = judge(&few, &criteria(), 10);
-        assert_eq!(checks[1].verdict, Verdict::InsufficientData, "{:?}", checks[1]);
+        assert_eq!(
+            checks[1].verdict,
+            Verdict::InsufficientData,
+            "{:?}",
+            checks[1]
+        );
         let many = Window {
             canary: counts(300, 15, 10.0),
             stable: counts(30000, 0, 10.0),
@@ -294,7 +300,10 @@ mod tests {
             canary: counts(20, 0, 10.0),
             stable: counts(2000, 0, 10.0),
         };
-        assert_eq!(overall(&judge(&thin, &criteria(), 5)), Verdict::InsufficientData);
+        assert_eq!(
+            overall(&judge(&thin, &criteria(), 5)),
+            Verdict::InsufficientData
+        );
         let enough = Window {
             canary: counts(200, 0, 11.0),
             stable: counts(20000, 1, 10.0),
@@ -308,7 +317,12 @@ mod tests {
         let empty = Window::default();
         for look in [1, 100, 10_000] {
             let checks = judge(&empty, &criteria(), look);
-            assert!(checks.iter().all(|c| c.verdict == Verdict::InsufficientData), "{checks:#?}");
+            assert!(
+                checks
+                    .iter()
+                    .all(|c| c.verdict == Verdict::InsufficientData),
+                "{checks:#?}"
+            );
         }
     }
 

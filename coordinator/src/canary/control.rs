@@ -142,7 +142,11 @@ pub async fn request(
     };
     let written = client
         .clone()
-        .put(keys.canary_request(), proto::records::encode(&request), None)
+        .put(
+            keys.canary_request(),
+            proto::records::encode(&request),
+            None,
+        )
         .await
         .map_err(|e| proto::ProtoError::etcd(format!("write {}", keys.canary_request()), e))?;
     let revision = written.header().map_or(0, |h| h.revision());
@@ -215,7 +219,11 @@ async fn await_act(
                     "canary {deploy_id} did not {} within {}s{}",
                     action.as_str(),
                     ACT_TIMEOUT.as_secs(),
-                    if acted { " (it recorded the request)" } else { "" }
+                    if acted {
+                        " (it recorded the request)"
+                    } else {
+                        ""
+                    }
                 )))
             }
         };
@@ -305,6 +313,8 @@ async fn abort_orphan(
     Ok(format!(
         "canary {} had no coordinator; reconciled: every LB sends all requests to {}\n",
         canary.deploy_id,
-        canary.from.map_or("the stable color".into(), |c| c.to_string())
+        canary
+            .from
+            .map_or("the stable color".into(), |c| c.to_string())
     ))
 }

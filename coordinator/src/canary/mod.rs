@@ -88,7 +88,12 @@ pub struct Regression {
 
 impl Regression {
     /// `at_switch`: the LBs' counts as the switch was acked.
-    pub fn new(at_switch: &Baseline, old: Color, new: Color, section: &CanarySection) -> Regression {
+    pub fn new(
+        at_switch: &Baseline,
+        old: Color,
+        new: Color,
+        section: &CanarySection,
+    ) -> Regression {
         let mut baseline = ColorCounts::default();
         for stats in at_switch.values() {
             if let Some(recent) = stats.recent.get(&old) {
@@ -107,7 +112,10 @@ impl Regression {
 
     /// At most once per `interval`: Err when the new color is significantly worse.
     pub fn check(&mut self, status: &AppStatus) -> Result<(), String> {
-        if self.last.is_some_and(|t| t.elapsed() < self.section.interval) {
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < self.section.interval)
+        {
             return Ok(());
         }
         self.last = Some(Instant::now());
@@ -215,24 +223,49 @@ impl<S: Store> Ramp<'_, S> {
             if let Some(request) = self.new_request(&status) {
                 match request.action {
                     CanaryAction::Abort => {
-                        self.decision(step, weight, Outcome::Aborted, &request_reason(&request), None)
-                            .await?;
+                        self.decision(
+                            step,
+                            weight,
+                            Outcome::Aborted,
+                            &request_reason(&request),
+                            None,
+                        )
+                        .await?;
                         break StepEnd::Abort(request_reason(&request));
                     }
                     CanaryAction::Promote => {
-                        self.decision(step, weight, Outcome::Promoted, &request_reason(&request), None)
-                            .await?;
+                        self.decision(
+                            step,
+                            weight,
+                            Outcome::Promoted,
+                            &request_reason(&request),
+                            None,
+                        )
+                        .await?;
                         break StepEnd::Promoted;
                     }
                     CanaryAction::Pause if paused_since.is_none() => {
                         paused_since = Some(Instant::now());
-                        self.decision(step, weight, Outcome::Paused, &request_reason(&request), None)
-                            .await?;
+                        self.decision(
+                            step,
+                            weight,
+                            Outcome::Paused,
+                            &request_reason(&request),
+                            None,
+                        )
+                        .await?;
                     }
                     CanaryAction::Resume if paused_since.is_some() => {
-                        paused_total += paused_since.take().map(|p| p.elapsed()).unwrap_or_default();
-                        self.decision(step, weight, Outcome::Resumed, &request_reason(&request), None)
-                            .await?;
+                        paused_total +=
+                            paused_since.take().map(|p| p.elapsed()).unwrap_or_default();
+                        self.decision(
+                            step,
+                            weight,
+                            Outcome::Resumed,
+                            &request_reason(&request),
+                            None,
+                        )
+                        .await?;
                     }
                     _ => {}
                 }
@@ -278,7 +311,11 @@ impl<S: Store> Ramp<'_, S> {
                 continue;
             }
             if verdict == Verdict::Pass && running >= self.section.step_time {
-                let why = format!("step {step} ({}) passed: {}", percent(weight), summary(&checks));
+                let why = format!(
+                    "step {step} ({}) passed: {}",
+                    percent(weight),
+                    summary(&checks)
+                );
                 self.decision(step, weight, Outcome::Passed, &why, Some(&checks[..]))
                     .await?;
                 break StepEnd::Passed;
@@ -347,7 +384,8 @@ impl<S: Store> Ramp<'_, S> {
             "test": "Chernoff (binomial KL) bounds, α spent as α/(k(k+1)) over looks",
             "checks": checks,
         });
-        self.progress.event("canary", None, outcome.as_str(), reason);
+        self.progress
+            .event("canary", None, outcome.as_str(), reason);
         self.store.append_history(&record).await.map(|_| ())
     }
 }

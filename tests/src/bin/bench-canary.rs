@@ -19,7 +19,10 @@ fn flag(name: &str, default: u64) -> u64 {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}: {v:?} is not a number")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}: {v:?} is not a number"))
+        })
         .unwrap_or(default)
 }
 
@@ -79,7 +82,13 @@ fn paced_load(urls: Vec<String>, rate: u64, seen: Arc<Seen>, stop: Arc<AtomicBoo
     }
 }
 
-fn canary_spec(fleet: &Fleet, name: &str, env: &[(&str, &str)], steps: &str, step_time: &str) -> std::path::PathBuf {
+fn canary_spec(
+    fleet: &Fleet,
+    name: &str,
+    env: &[(&str, &str)],
+    steps: &str,
+    step_time: &str,
+) -> std::path::PathBuf {
     let section = format!(
         "[canary]\nsteps = {steps}\nstep_time = \"{step_time}\"\nstep_deadline = \"5m\"\n\
          interval = \"1s\"\nmin_requests = 50\nmax_error_rate_increase = 0.5\nmax_p99_ratio = 1.5\n\
@@ -118,7 +127,12 @@ async fn every_lb_back_at_zero(fleet: &Fleet) -> Instant {
 async fn reloads(fleet: &Fleet) -> Vec<f64> {
     let mut out = Vec::new();
     for sidecar in &fleet.sidecars {
-        let text = reqwest::get(sidecar.metrics_url()).await.unwrap().text().await.unwrap();
+        let text = reqwest::get(sidecar.metrics_url())
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         let value = text
             .lines()
             .find(|l| l.starts_with("bluegreen_lb_reloads_total "))
