@@ -221,53 +221,29 @@ impl<S: Store> Ramp<'_, S> {
                 self.store.follow(&mut status, tick).await?;
             }
             if let Some(request) = self.new_request(&status) {
-                match request.action {
-                    CanaryAction::Abort => {
-                        self.decision(
-                            step,
-                            weight,
-                            Outcome::Aborted,
-                            &request_reason(&request),
-                            None,
-                        )
-                        .await?;
-                        break StepEnd::Abort(request_reason(&request));
-                    }
-                    CanaryAction::Promote => {
-                        self.decision(
-                            step,
-                            weight,
-                            Outcome::Promoted,
-                            &request_reason(&request),
-                            None,
-                        )
-                        .await?;
-                        break StepEnd::Promoted;
-                    }
+                // An operator's request is recorded once, as the outcome it leads to.
+                let outcome = match request.action {
+                    CanaryAction::Abort => Some(Outcome::Aborted),
+                    CanaryAction::Promote => Some(Outcome::Promoted),
                     CanaryAction::Pause if paused_since.is_none() => {
                         paused_since = Some(Instant::now());
-                        self.decision(
-                            step,
-                            weight,
-                            Outcome::Paused,
-                            &request_reason(&request),
-                            None,
-                        )
-                        .await?;
+                        Some(Outcome::Paused)
                     }
                     CanaryAction::Resume if paused_since.is_some() => {
                         paused_total +=
                             paused_since.take().map(|p| p.elapsed()).unwrap_or_default();
-                        self.decision(
-                            step,
-                            weight,
-                            Outcome::Resumed,
-                            &request_reason(&request),
-                            None,
-                        )
-                        .await?;
+                        Some(Outcome::Resumed)
                     }
-                    _ => {}
+                    _ => None,
+                };
+                if let Some(outcome) = outcome {
+                    let why = request_reason(&request);
+                    self.decision(step, weight, outcome, &why, None).await?;
+                    match outcome {
+                        Outcome::Aborted => break StepEnd::Abort(why),
+                        Outcome::Promoted => break StepEnd::Promoted,
+                        _ => {}
+                    }
                 }
             }
             let window = self.window(&baseline, &status);
