@@ -45,7 +45,7 @@ pub struct Ramp<'a, S: Store> {
     /// `active`'s mod revision as the deploy decided on it: every weight is written guarded by
     /// it, so a canary never splits traffic that someone else has since switched.
     pub active_seen: i64,
-    /// Looks taken so far, over the whole canary: the analysis spends its budget by them.
+    /// Looks taken so far over the whole canary (recorded with each decision).
     pub looks: u64,
     /// The last operator request acted on (its `at`), so each is acted on once.
     pub handled: Option<String>,
@@ -82,7 +82,6 @@ pub struct Regression {
     since: Baseline,
     new: Color,
     section: CanarySection,
-    looks: u64,
     last: Option<Instant>,
 }
 
@@ -105,7 +104,6 @@ impl Regression {
             since: at_switch.clone(),
             new,
             section: section.clone(),
-            looks: 0,
             last: None,
         }
     }
@@ -119,12 +117,11 @@ impl Regression {
             return Ok(());
         }
         self.last = Some(Instant::now());
-        self.looks += 1;
         let window = Window {
             canary: counts_between(&self.since, &status.lb_stats, self.new),
             stable: self.baseline.clone(),
         };
-        let checks = analysis::judge(&window, &self.section, self.looks);
+        let checks = analysis::judge(&window, &self.section, self.section.false_abort_rate);
         if analysis::overall(&checks) != Verdict::Fail {
             return Ok(());
         }
@@ -248,7 +245,7 @@ impl<S: Store> Ramp<'_, S> {
             }
             let window = self.window(&baseline, &status);
             self.looks += 1;
-            let checks = analysis::judge(&window, self.section, self.looks);
+            let checks = analysis::judge(&window, self.section, analysis::step_alpha(self.section));
             let verdict = analysis::overall(&checks);
             let running = started
                 .elapsed()
@@ -357,7 +354,7 @@ impl<S: Store> Ramp<'_, S> {
             "weight": weight,
             "look": self.looks,
             "false_abort_rate": self.section.false_abort_rate,
-            "test": "Chernoff (binomial KL) bounds, α spent as α/(k(k+1)) over looks",
+            "test": "beta-binomial mixture confidence sequences (prior Beta(1/2, 10)), false_abort_rate split over the steps",
             "checks": checks,
         });
         self.progress

@@ -34,7 +34,7 @@ pub struct CanarySection {
     #[serde(default = "default_min_requests")]
     pub min_requests: u64,
     /// The probability, over a whole canary, that a canary as good as the stable color is
-    /// aborted by chance (the analysis spends it over its looks).
+    /// aborted by chance on a given check (split evenly over the steps; every look is covered).
     #[serde(default = "default_false_abort_rate")]
     pub false_abort_rate: f64,
     /// What keeps a user on one color: "cookie" (set by the LB when absent), "address", or
