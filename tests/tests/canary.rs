@@ -384,20 +384,21 @@ async fn a_canary_without_traffic_ends_with_insufficient_data_never_passed() {
 /// Operators steer a running canary: pause and resume are carried out and recorded by its
 /// coordinator; once that coordinator is killed, `canary abort` takes the lock and sends every
 /// LB back to the stable color.
-#[tokio::test(flavor = "multi_thread")]
-async fn operators_pause_a_canary_and_abort_it_after_its_coordinator_died() {
-    let fleet = Fleet::start(2, 2).await;
-    let spec = fleet.spec_with("held", &[], &canary_section("[2, 20]", "1s", "600s"));
-    let v1 = fleet.deploy(&spec, "v1", &[]).await;
-    assert!(v1.status.success(), "{}", text(&v1));
-    let mut canary = fleet
-        .deploy_command(&spec, "v2", &["--canary"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+/// Starts a canary of `version` in the background and waits until every LB serves its first
+/// step (weight 2 %).
+async fn canary_at_first_step(
+    fleet: &Fleet,
+    spec: &std::path::PathBuf,
+    version: &str,
+) -> tokio::process::Child {
+    let canary = fleet
+        .deploy_command(spec, version, &["--canary"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let revision = wait_for(
-        "the canary's first step",
+        &format!("the first step of {version}'s canary"),
         Duration::from_secs(60),
         || async {
             traffic(&fleet.client)
@@ -407,8 +408,22 @@ async fn operators_pause_a_canary_and_abort_it_after_its_coordinator_died() {
         },
     )
     .await;
-    every_lb_acked(&fleet, revision).await;
+    every_lb_acked(fleet, revision).await;
+    canary
+}
 
+/// The operator commands against a running canary (pause, resume, promote: its coordinator acts
+/// and records each), then against one whose coordinator was killed (promote refused, abort
+/// takes the lock and sends every LB back).
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_pause_and_promote_a_canary_and_abort_one_whose_coordinator_died() {
+    let fleet = Fleet::start(2, 2).await;
+    let spec = fleet.spec_with("held", &[], &canary_section("[2, 20]", "1s", "600s"));
+    let v1 = fleet.deploy(&spec, "v1", &[]).await;
+    assert!(v1.status.success(), "{}", text(&v1));
+
+    // A live canary: no traffic, so only an operator can move it on.
+    let canary = canary_at_first_step(&fleet, &spec, "v2").await;
     let paused = fleet.run(&["canary", "pause"]).await;
     assert!(paused.status.success(), "{}", text(&paused));
     assert!(
@@ -422,7 +437,29 @@ async fn operators_pause_a_canary_and_abort_it_after_its_coordinator_died() {
     assert_eq!(doc["traffic"]["weight"], 200, "{doc}");
     let resumed = fleet.run(&["canary", "resume"]).await;
     assert!(resumed.status.success(), "{}", text(&resumed));
+    let promoted = fleet.run(&["canary", "promote"]).await;
+    assert!(promoted.status.success(), "{}", text(&promoted));
+    let v2 = canary.wait_with_output().await.unwrap();
+    assert!(v2.status.success(), "{}", text(&v2));
+    let active = bluegreen_tests::procs::active(&fleet.client).await.unwrap();
+    assert_eq!(
+        (active.color, active.version.as_str()),
+        (Color::Green, "v2")
+    );
+    let (split, revision) = traffic(&fleet.client).await.unwrap();
+    assert_eq!((split.stable, split.weight), (Color::Green, 0));
+    every_lb_acked(&fleet, revision).await;
+    let outcomes: Vec<Outcome> = canary_steps(&history(&fleet.client).await)
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![Outcome::Paused, Outcome::Resumed, Outcome::Promoted]
+    );
 
+    // A canary whose coordinator died: promote is refused, abort reconciles.
+    let mut canary = canary_at_first_step(&fleet, &spec, "v3").await;
     canary.kill().await.unwrap();
     let promote = fleet.run(&["canary", "promote"]).await;
     assert_eq!(promote.status.code(), Some(1), "{}", text(&promote));
@@ -434,15 +471,20 @@ async fn operators_pause_a_canary_and_abort_it_after_its_coordinator_died() {
         text(&aborted)
     );
     let (split, revision) = traffic(&fleet.client).await.unwrap();
-    assert_eq!((split.stable, split.weight), (Color::Blue, 0));
+    assert_eq!((split.stable, split.weight), (Color::Green, 0));
     every_lb_acked(&fleet, revision).await;
     let records = history(&fleet.client).await;
-    let outcomes: Vec<Outcome> = canary_steps(&records).into_iter().map(|(o, _)| o).collect();
-    assert_eq!(outcomes, vec![Outcome::Paused, Outcome::Resumed]);
+    assert_eq!(
+        canary_steps(&records).len(),
+        3,
+        "no canary decision without its coordinator"
+    );
     assert!(
         records.iter().any(|r| r.kind == Operation::Reconcile),
         "the dead canary is reconciled"
     );
+    let active = bluegreen_tests::procs::active(&fleet.client).await.unwrap();
+    assert_eq!(active.version, "v2", "the stable version keeps the traffic");
 }
 
 /// `--verify-for` judges the new color on the LBs' numbers too: a version whose health probes
