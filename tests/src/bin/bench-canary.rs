@@ -4,7 +4,7 @@
 //! - false aborts over healthy canaries whose answers (both colors) carry ±20 % latency noise;
 //! - nginx reloads per canary step per LB.
 //!   cargo build --release --workspace --bins && target/release/bench-canary
-//!   options: --rate 500 (requests/s through the LBs) --abort-runs 5 --healthy-runs 50
+//!   options: --rate 500 (requests/s through the LBs) --abort-runs 10 --healthy-runs 50
 use bluegreen_tests::fleet::{text, Fleet};
 use bluegreen_tests::lb::ack;
 use bluegreen_tests::procs::traffic;
@@ -30,7 +30,10 @@ fn flag(name: &str, default: u64) -> u64 {
 #[derive(Default)]
 struct Seen {
     ok: AtomicU64,
-    failed: AtomicU64,
+    /// No answer at all, by what the client was told (a refused or closed connection, a timeout).
+    unanswered: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// An error status from the color that is not the canary now.
+    stable_errors: AtomicU64,
     canary_errors: AtomicU64,
     /// When a client first got an error from the canary color since the last reset.
     first_canary_error: Mutex<Option<Instant>>,
@@ -55,9 +58,17 @@ fn paced_load(urls: Vec<String>, rate: u64, seen: Arc<Seen>, stop: Arc<AtomicBoo
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
-                let Ok(answer) = http.get(&url).send().await else {
-                    seen.failed.fetch_add(1, Ordering::Relaxed);
-                    continue;
+                let answer = match http.get(&url).send().await {
+                    Ok(answer) => answer,
+                    Err(error) => {
+                        *seen
+                            .unanswered
+                            .lock()
+                            .unwrap()
+                            .entry(why(&error))
+                            .or_default() += 1;
+                        continue;
+                    }
                 };
                 let color = answer
                     .headers()
@@ -69,8 +80,9 @@ fn paced_load(urls: Vec<String>, rate: u64, seen: Arc<Seen>, stop: Arc<AtomicBoo
                     seen.ok.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                seen.failed.fetch_add(1, Ordering::Relaxed);
-                if seen.canary.lock().unwrap().as_deref() == Some(color.as_str()) {
+                if seen.canary.lock().unwrap().as_deref() != Some(color.as_str()) {
+                    seen.stable_errors.fetch_add(1, Ordering::Relaxed);
+                } else {
                     seen.canary_errors.fetch_add(1, Ordering::Relaxed);
                     seen.first_canary_error
                         .lock()
@@ -80,6 +92,15 @@ fn paced_load(urls: Vec<String>, rate: u64, seen: Arc<Seen>, stop: Arc<AtomicBoo
             }
         });
     }
+}
+
+/// The innermost cause of a failed request, which says what happened on the wire.
+fn why(error: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
 }
 
 fn canary_spec(
@@ -152,7 +173,7 @@ fn median(values: &mut [f64]) -> f64 {
 #[tokio::main]
 async fn main() {
     let rate = flag("--rate", 500);
-    let abort_runs = flag("--abort-runs", 5);
+    let abort_runs = flag("--abort-runs", 10);
     let healthy_runs = flag("--healthy-runs", 50);
     let fleet = Fleet::start(3, 2).await;
     let noise = [("DEMO_LATENCY_MS", "20"), ("DEMO_LATENCY_JITTER_PCT", "20")];
@@ -314,8 +335,11 @@ async fn main() {
         }
     }
     println!(
-        "requests through the LBs: {} ok, {} failed (the erroring canaries' answers among them)",
+        "requests through the LBs: {} ok; {} error answers from the erroring canaries; {} error \
+         answers not from the canary (the stable color's or nginx's own); without an answer: {:?}",
         seen.ok.load(Ordering::Relaxed),
-        seen.failed.load(Ordering::Relaxed)
+        seen.canary_errors.load(Ordering::Relaxed),
+        seen.stable_errors.load(Ordering::Relaxed),
+        seen.unanswered.lock().unwrap()
     );
 }
