@@ -283,7 +283,8 @@ mod tests {
 
     /// Ville's inequality, checked: over many sequences at a true rate, the share whose mixture
     /// ratio against that rate ever reaches 1/δ (the true rate leaves the bounds at some look)
-    /// stays at most δ. A per-look bound without a budget would leave it far more often.
+    /// stays at most δ. A Chernoff bound valid for one look, used at every look, lets it out of
+    /// about 20 % of these sequences (checked once by simulation).
     #[test]
     fn the_true_rate_is_ever_outside_the_bounds_at_most_delta_of_the_time() {
         let (delta, truth, sequences, length): (f64, f64, u32, u64) = (0.05, 0.05, 2000, 500);

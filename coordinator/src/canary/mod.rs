@@ -251,7 +251,7 @@ impl<S: Store> Ramp<'_, S> {
                 .elapsed()
                 .saturating_sub(paused_total)
                 .saturating_sub(paused_since.map(|p| p.elapsed()).unwrap_or_default());
-            if last_shown != Some(verdict) || self.looks % 10 == 0 {
+            if last_shown != Some(verdict) || self.looks.is_multiple_of(10) {
                 last_shown = Some(verdict);
                 self.progress.event(
                     "analysis",
@@ -380,7 +380,7 @@ fn request_reason(request: &CanaryRequest) -> String {
 
 /// A weight in hundredths of a percent, as people read it.
 pub fn percent(weight: u32) -> String {
-    if weight % 100 == 0 {
+    if weight.is_multiple_of(100) {
         format!("{} %", weight / 100)
     } else {
         format!("{}.{:02} %", weight / 100, weight % 100)

@@ -132,7 +132,7 @@ impl CanarySection {
         if self.max_p99_ratio.is_nan() || self.max_p99_ratio < 1.0 {
             return Err("canary.max_p99_ratio: at least 1".into());
         }
-        if !(self.p99_margin_ms >= 0.0) {
+        if self.p99_margin_ms.is_nan() || self.p99_margin_ms < 0.0 {
             return Err("canary.p99_margin_ms: at least 0".into());
         }
         if !(self.false_abort_rate > 0.0 && self.false_abort_rate < 0.5) {
