@@ -313,6 +313,41 @@ impl Fleet {
     pub fn lb_urls(&self) -> Vec<String> {
         self.lbs.iter().map(|l| l.url("/api/v1/status")).collect()
     }
+
+    /// Writes a canary split by hand (blue stable, green canary, sticky cookie; `weight` in
+    /// hundredths of a percent) and waits until every LB has applied it without error.
+    pub async fn set_split(&self, weight: u32, step: u32) {
+        let record = proto::records::TrafficRecord {
+            stable: proto::Color::Blue,
+            canary: proto::Color::Green,
+            weight,
+            step,
+            sticky: proto::records::Sticky::Cookie,
+            deploy_id: "canary-by-hand".into(),
+            token: 0,
+            set_at: proto::time::now_rfc3339(),
+        };
+        let put = self
+            .client
+            .clone()
+            .put(
+                crate::procs::keys().traffic(),
+                proto::records::encode(&record),
+                None,
+            )
+            .await
+            .expect("write active/traffic");
+        let revision = put.header().expect("header").revision();
+        for sidecar in &self.sidecars {
+            crate::lb::wait_ack(
+                &self.client,
+                &sidecar.name,
+                &format!("traffic at {revision}"),
+                |a| a.applied_revision >= revision && a.error.is_none(),
+            )
+            .await;
+        }
+    }
 }
 
 /// Starts `cmd` with its output captured, for [`finished_within`] to collect.

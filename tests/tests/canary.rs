@@ -7,7 +7,7 @@ use bluegreen_tests::lb::wait_ack;
 use bluegreen_tests::load::{self, LoadReport};
 use bluegreen_tests::procs::{history, keys, traffic};
 use bluegreen_tests::wait_for;
-use proto::records::{encode, Desired, HistoryRecord, Sticky, TrafficRecord};
+use proto::records::{Desired, HistoryRecord};
 use proto::{Color, Operation, Outcome};
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -23,35 +23,6 @@ async fn staged_canary() -> Fleet {
     let v2 = fleet.deploy(&spec, "v2", &["--no-switch"]).await;
     assert!(v2.status.success(), "{}", text(&v2));
     fleet
-}
-
-/// Writes the split and waits until the LB acks its revision.
-async fn set_weight(fleet: &Fleet, weight: u32, step: u32) {
-    let record = TrafficRecord {
-        stable: Color::Blue,
-        canary: Color::Green,
-        weight,
-        step,
-        sticky: Sticky::Cookie,
-        deploy_id: "canary-test".into(),
-        token: 0,
-        set_at: proto::time::now_rfc3339(),
-    };
-    let put = fleet
-        .client
-        .clone()
-        .put(keys().traffic(), encode(&record), None)
-        .await
-        .expect("write active/traffic");
-    let revision = put.header().expect("header").revision();
-    let name = fleet.sidecars[0].name.clone();
-    wait_ack(
-        &fleet.client,
-        &name,
-        &format!("traffic at {revision}"),
-        |a| a.applied_revision >= revision && a.error.is_none(),
-    )
-    .await;
 }
 
 /// One request through the LB: the color that answered and the sticky cookie it set, if any.
@@ -101,7 +72,7 @@ async fn the_split_follows_the_weight_and_keeps_each_user_on_one_color() {
     let mut shares = BTreeMap::new();
     let mut sticky_users: Vec<String> = Vec::new();
     for (step, weight) in [(1, 100u32), (2, 500), (3, 2500)] {
-        set_weight(&fleet, weight, step).await;
+        fleet.set_split(weight, step).await;
         // Users the canary got at an earlier step stay on it: the canary's range only grows.
         let client = reqwest::Client::new();
         let url = fleet.lbs[0].url("/api/v1/status");
@@ -156,7 +127,7 @@ async fn the_split_follows_the_weight_and_keeps_each_user_on_one_color() {
     }
 
     // Weight 0 is ordinary blue-green: everyone on the stable color, canary users included.
-    set_weight(&fleet, 0, 4).await;
+    fleet.set_split(0, 4).await;
     for cookie in sticky_users.iter().take(20) {
         assert_eq!(request(&client, &url, Some(cookie)).await.0, "blue");
     }

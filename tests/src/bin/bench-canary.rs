@@ -2,9 +2,11 @@
 //! - abort time: a canary answering 5 % errors at a 1 % step, from the first erroring canary
 //!   request a client sees to every LB acking weight 0;
 //! - false aborts over healthy canaries whose answers (both colors) carry ±20 % latency noise;
-//! - nginx reloads per canary step per LB.
+//! - nginx reloads per canary step per LB;
+//! - the canary's measured share of new clients at 1, 5 and 25 %.
 //!   cargo build --release --workspace --bins && target/release/bench-canary
 //!   options: --rate 500 (requests/s through the LBs) --abort-runs 10 --healthy-runs 50
+//!   --share-clients 100000 (new clients per weight)
 use bluegreen_tests::fleet::{text, Fleet};
 use bluegreen_tests::lb::ack;
 use bluegreen_tests::procs::traffic;
@@ -103,6 +105,30 @@ fn why(error: &reqwest::Error) -> String {
     cause.to_string()
 }
 
+/// The canary's (green's) share of `clients` new clients (no cookie) through every LB.
+async fn canary_share(urls: &[String], clients: u64) -> f64 {
+    let tasks = 16u64;
+    let http = reqwest::Client::new();
+    let mut counting = Vec::new();
+    for i in 0..tasks {
+        let (http, url) = (http.clone(), urls[i as usize % urls.len()].clone());
+        counting.push(tokio::spawn(async move {
+            let mut green = 0u64;
+            for _ in 0..clients / tasks {
+                let answer = http.get(&url).send().await.expect("request through the LB");
+                assert!(answer.status().is_success(), "{}", answer.status());
+                green += u64::from(answer.headers()["x-bluegreen-color"] == "green");
+            }
+            green
+        }));
+    }
+    let mut green = 0;
+    for task in counting {
+        green += task.await.unwrap();
+    }
+    green as f64 / (clients / tasks * tasks) as f64
+}
+
 fn canary_spec(
     fleet: &Fleet,
     name: &str,
@@ -193,6 +219,27 @@ async fn main() {
             bluegreen_tests::procs::get_json(&url)
         })
         .await;
+    }
+
+    // The split alone, written by hand over a staged green: measured share vs weight.
+    let share_clients = flag("--share-clients", 100_000);
+    if share_clients > 0 {
+        let staged = fleet.deploy(&plain, "v0-split", &["--no-switch"]).await;
+        assert!(staged.status.success(), "{}", text(&staged));
+        for (step, weight) in [(1, 100u32), (2, 500), (3, 2500)] {
+            fleet.set_split(weight, step).await;
+            let share = canary_share(&fleet.lb_urls(), share_clients).await;
+            let target = f64::from(weight) / 10_000.0;
+            println!(
+                "canary share at {:.0} %: {:.2} % of {share_clients} new clients through 2 LBs \
+                 ({:+.2} points; sampling alone ± {:.2} at 2σ; target within ±0.5)",
+                target * 100.0,
+                share * 100.0,
+                (share - target) * 100.0,
+                200.0 * (target * (1.0 - target) / share_clients as f64).sqrt()
+            );
+        }
+        fleet.set_split(0, 4).await;
     }
     let seen = Arc::new(Seen::default());
     let stop = Arc::new(AtomicBool::new(false));
