@@ -239,6 +239,20 @@ impl SidecarProc {
         )
     }
 
+    /// The value of one series on its /metrics (`name` with its labels, as exported), if
+    /// exported.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = reqwest::get(self.metrics_url())
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// Everything the sidecar logged so far.
     pub fn log(&self) -> String {
         self.daemon.log()

@@ -239,18 +239,9 @@ async fn a_healthy_canary_ramps_through_every_step_and_promotes_with_no_failed_r
             );
         }
         // The same counts on the sidecar's /metrics.
-        let metrics = reqwest::get(sidecar.metrics_url())
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let green = metrics
-            .lines()
-            .find(|l| l.starts_with("bluegreen_lb_upstream_requests_total{color=\"green\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok());
-        assert!(green.is_some_and(|n| n > 0.0), "{metrics}");
+        let series = "bluegreen_lb_upstream_requests_total{color=\"green\"}";
+        let green = sidecar.metric(series).await;
+        assert!(green.is_some_and(|n| n > 0.0), "{series}: {green:?}");
     }
 }
 

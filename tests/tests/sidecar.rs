@@ -461,16 +461,10 @@ async fn lb_serving_blue(etcd: &Etcd, client: &etcd_client::Client) -> (Nginx, S
 
 /// `bluegreen_lb_reloads_total` from the sidecar's /metrics.
 async fn reloads(sidecar: &SidecarProc) -> u64 {
-    let text = reqwest::get(sidecar.metrics_url())
+    sidecar
+        .metric("bluegreen_lb_reloads_total")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("bluegreen_lb_reloads_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("reloads metric")
+        .expect("reloads metric") as u64
 }
 
 /// A host whose health flaps 10 times a second for 6 s: the sidecar reloads nginx at most once

@@ -170,23 +170,12 @@ async fn every_lb_back_at_zero(fleet: &Fleet) -> Instant {
     .await
 }
 
-/// The sum of every sidecar's `bluegreen_lb_reloads_total`, per LB.
+/// Every sidecar's `bluegreen_lb_reloads_total`, per LB.
 async fn reloads(fleet: &Fleet) -> Vec<f64> {
     let mut out = Vec::new();
     for sidecar in &fleet.sidecars {
-        let text = reqwest::get(sidecar.metrics_url())
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let value = text
-            .lines()
-            .find(|l| l.starts_with("bluegreen_lb_reloads_total "))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        out.push(value);
+        let value = sidecar.metric("bluegreen_lb_reloads_total").await;
+        out.push(value.unwrap_or(0.0));
     }
     out
 }
