@@ -79,6 +79,9 @@ fn ln_beta(a: f64, b: f64) -> f64 {
 /// For the true rate this is a martingale with mean 1 (at or below 0 at q = hits/n).
 pub fn ln_mixture_ratio(hits: u64, n: u64, q: f64) -> f64 {
     let (a, b) = PRIOR;
+    // Counts come from the LBs' records: more hits than tries would be a corrupt record, not a
+    // reason to panic or to wrap around.
+    let hits = hits.min(n);
     let (x, misses) = (hits as f64, (n - hits) as f64);
     let term = |count: f64, probability: f64| {
         if count == 0.0 {
