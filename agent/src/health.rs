@@ -1,4 +1,4 @@
-//! The health rules of one color. In the default `contract` mode (DESIGN.md §4) a color is
+//! The health rules of one color. In the default `contract` mode a color is
 //! healthy when its health path answers HTTP 200 with JSON `status == "healthy"`, `environment ==`
 //! the color, `version ==` the release version and `database_connected` not false: checking
 //! color and version catches the classic blue-green mistake of a process answering on the wrong

@@ -1,5 +1,5 @@
 //! The per-host agent: runs the blue and green copies of an app side by side, converges them to
-//! `releases/<color>` in etcd, and reports host and health under its own lease (DESIGN.md §4).
+//! `releases/<color>` in etcd, and reports host and health under its own lease.
 //! It is control plane only: stopping it never stops the apps, and a restarted agent adopts them.
 #![forbid(unsafe_code)]
 

@@ -1,4 +1,4 @@
-//! Errors of the coordinator, each mapped to the exit code of DESIGN.md §5.
+//! Errors of the coordinator, each mapped to the documented exit code (README, "coordinator").
 use thiserror::Error;
 
 #[derive(Debug, Error)]

@@ -1,4 +1,4 @@
-//! The deploy lock of DESIGN.md §4: a key under the coordinator's lease, acquired with
+//! The deploy lock (docs/how-it-works.md, "A deploy, step by step"): a key under the coordinator's lease, acquired with
 //! `Txn If CreateRevision(lock)==0`; its create revision is the fencing token every later write is
 //! guarded by. Waiters watch the key for its delete rather than sleeping on the TTL.
 use crate::error::CoordinatorError;

@@ -69,7 +69,7 @@ impl Recorder {
     }
 }
 
-/// The word for an exit code (DESIGN's exit codes), so a consumer need not know the numbers.
+/// The word for an exit code (the documented exit codes), so a consumer need not know the numbers.
 pub fn outcome_of(exit: i32) -> &'static str {
     match exit {
         0 => "done",

@@ -1,5 +1,5 @@
 //! The lb-sidecar: one per load balancer. Follows the app's prefix in etcd and keeps nginx serving
-//! the active color's healthy hosts (DESIGN.md §4 "LB sidecar"). Fail static: while etcd is
+//! the active color's healthy hosts (docs/how-it-works.md, "The lb-sidecar"). Fail static: while etcd is
 //! unreachable nginx keeps its last good config and the sidecar keeps retrying.
 #![forbid(unsafe_code)]
 

@@ -1,4 +1,5 @@
-//! The only place an etcd key string is formed (DESIGN.md §3). Everything else asks [`Keys`].
+//! The only place an etcd key string is formed; everything else asks [`Keys`] (who reads which key:
+//! docs/architecture.md).
 use crate::{Color, ProtoError};
 
 /// Key builder for one app under one prefix, e.g. `/bluegreen` + `shop`.

@@ -1,5 +1,5 @@
 //! What crosses a process boundary in bluegreen: the agent's gRPC API and the Rust side of the etcd
-//! contract (DESIGN.md §3). Every etcd key string is formed in [`keys`], every value is a record in
+//! contract. Every etcd key string is formed in [`keys`], every value is a record in
 //! [`records`], so that the agent, the coordinator and the sidecars cannot drift apart.
 #![forbid(unsafe_code)]
 

@@ -1,4 +1,4 @@
-//! The JSON values stored under the keys of DESIGN.md §3. Unknown fields are ignored (forward
+//! The JSON values stored under the keys [`crate::keys`] forms. Unknown fields are ignored (forward
 //! compatible); invalid values are rejected by [`decode`] with an error naming the key.
 use crate::names::check_name;
 use crate::ops::{Operation, Outcome, Phase};

@@ -1,5 +1,5 @@
 //! The compatibility gate for expand migrations: every statement is parsed with a real SQL parser
-//! and refused if the old version of the app could break on the result (DESIGN.md §4 Migrations).
+//! and refused if the old version of the app could break on the result (docs/how-it-works.md, "Database migrations").
 use super::files::Db;
 use sqlparser::ast::{
     AlterColumnOperation, AlterTableOperation, ColumnOption, Statement, TableConstraint,

@@ -1,4 +1,4 @@
-//! Database migrations that keep rollback safe (DESIGN.md §4 "Migrations"): expand-only during a
+//! Database migrations that keep rollback safe (docs/how-it-works.md, "Database migrations"): expand-only during a
 //! deploy, linted statement by statement, recorded in `schema_migrations`, contract gated on what
 //! every running color's version can live with.
 pub mod commands;

@@ -1,4 +1,4 @@
-//! The demo app's settings, read once from the environment the agent injects (DESIGN.md §5).
+//! The demo app's settings, read once from the environment the agent injects (README, "Deploy your own app").
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
