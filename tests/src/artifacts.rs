@@ -23,7 +23,7 @@ impl Artifacts {
     /// Packs `(path, body, mode)` entries into `<name>` and returns its file:// artifact. Paths are
     /// written raw into the header, so hostile names (`../x`, `/x`) can be produced too.
     pub fn tarball(&self, name: &str, entries: &[(&str, &[u8], u32)]) -> Artifact {
-        // Stored, not compressed: still a real gzip stream, and packing an 80 MB debug binary stays fast.
+        // Stored, not compressed: still a real gzip stream, and packing a large debug binary stays fast.
         let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
             Vec::new(),
             flate2::Compression::none(),
@@ -45,6 +45,17 @@ impl Artifacts {
     pub fn demo_app(&self) -> Artifact {
         let body = std::fs::read(binary("demo-app")).expect("read demo-app binary");
         self.tarball("demo-app.tar.gz", &[("demo-app", &body, 0o755)])
+    }
+
+    /// The demo app with `padding_mib` MiB of zeros packed beside it (stored, so the artifact is
+    /// that large): for tests that need a large artifact whatever the build's debug info.
+    pub fn large_demo_app(&self, padding_mib: usize) -> Artifact {
+        let body = std::fs::read(binary("demo-app")).expect("read demo-app binary");
+        let padding = vec![0u8; padding_mib << 20];
+        self.tarball(
+            "demo-app-large.tar.gz",
+            &[("demo-app", &body, 0o755), ("padding", &padding, 0o644)],
+        )
     }
 
     /// The non-bluegreen test app (`plain-app`) as a single-executable artifact.

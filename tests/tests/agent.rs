@@ -473,7 +473,7 @@ async fn installing_a_large_artifact_keeps_the_agent_small() {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let artifacts = Artifacts::default();
-    let app = artifacts.demo_app();
+    let app = artifacts.large_demo_app(100);
     let path = app.url.trim_start_matches("file://").to_string();
     let size_kib = std::fs::metadata(&path).unwrap().len() / 1024;
     assert!(
