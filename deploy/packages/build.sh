@@ -5,6 +5,7 @@
 #   deploy/packages/build.sh            release build (what you ship)
 #   PROFILE=dev deploy/packages/build.sh  from the debug build (CI checks the packaging, not
 #                                        the optimizer; cargo-deb warns that dev is unusual)
+#   BLUEGREEN_PACKAGES_PREBUILT=1         pack the binaries already in target/ (deploy/test.sh)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 profile="${PROFILE:-release}"
@@ -12,11 +13,19 @@ if ! command -v cargo-deb >/dev/null; then
     echo "build.sh: installing cargo-deb"
     cargo install --locked cargo-deb --version 3.8.0
 fi
-cargo build --profile "$profile" --bins -p agent -p lb-sidecar -p coordinator
-cargo build --profile "$profile" -p bluegreen-tests --bin man-pages
 dir=release
 [ "$profile" = dev ] && dir=debug
 bin="target/$dir"
+if [ "${BLUEGREEN_PACKAGES_PREBUILT:-0}" = 1 ]; then
+    # deploy/test.sh built every target already; building these alone would compile the
+    # dependencies again with another feature set.
+    for b in agent lb-sidecar coordinator man-pages; do
+        [ -x "$bin/$b" ] || { echo "build.sh: $bin/$b missing (BLUEGREEN_PACKAGES_PREBUILT=1)" >&2; exit 1; }
+    done
+else
+    cargo build --profile "$profile" --bins -p agent -p lb-sidecar -p coordinator
+    cargo build --profile "$profile" -p bluegreen-tests --bin man-pages
+fi
 # Man pages and completions come from the binaries' own command-line definitions.
 mkdir -p target/packaging
 "$bin/man-pages" target/packaging >/dev/null
