@@ -44,8 +44,15 @@ impl Net {
         let k = (0..250)
             .map(|i| (start + i) % 250 + 1)
             .find(|k| {
+                // A fixed address: a bridge left to choose its own takes the lowest address of
+                // its ports and changes it whenever a port with a lower one is attached. The
+                // namespaces' neighbour caches then still hold the old address, and their replies
+                // to the test's side (a coordinator's smoke check) vanish until the entries
+                // expire: up to a minute of silence mid-test.
                 Command::new("ip")
-                    .args(["link", "add", &format!("bg{k}b"), "type", "bridge"])
+                    .args(["link", "add", &format!("bg{k}b")])
+                    .args(["address", &format!("02:62:67:00:00:{k:02x}")])
+                    .args(["type", "bridge"])
                     .output()
                     .is_ok_and(|out| out.status.success())
             })
@@ -112,6 +119,11 @@ impl Net {
         format!("bg{}b", self.k)
     }
 
+    /// The bridge's link-layer address, the one the namespaces reach the test's side by.
+    pub fn bridge_mac(&self) -> String {
+        link_mac(None, &self.bridge())
+    }
+
     /// The address of this (the test's) side of the bridge: the load generator's and the
     /// coordinator's packets come from here.
     pub fn gateway(&self) -> String {
@@ -164,6 +176,7 @@ impl Net {
             name,
             address,
             peer,
+            veth,
         }
     }
 }
@@ -193,6 +206,25 @@ pub struct Ns {
     pub address: String,
     /// Its end of the veth pair.
     peer: String,
+    /// The bridge's end of the veth pair.
+    veth: String,
+}
+
+/// The link-layer address of `link` (in namespace `ns`, or the test's own).
+fn link_mac(ns: Option<&str>, link: &str) -> String {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns]);
+    }
+    let out = cmd
+        .args(["-br", "link", "show", link])
+        .output()
+        .expect("run ip");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no address for {link}: {text}"))
+        .to_string()
 }
 
 impl Ns {
@@ -239,6 +271,11 @@ impl Ns {
                 self.peer
             ),
         );
+    }
+
+    /// Gives the bridge's end of this namespace's veth the link-layer address `mac`.
+    pub fn set_bridge_port_mac(&self, mac: &str) {
+        run(&["link", "set", &self.veth, "address", mac]);
     }
 
     /// Removes every cut and loss.
