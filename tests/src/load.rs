@@ -1,10 +1,94 @@
 //! A request loop through a load balancer, counting what a client would see. Keep-alive mode
 //! applies the single retry RFC 9112 §9.3.1 allows for an idempotent request whose reused
 //! connection was closed under it, and counts those raw resets separately.
-use std::collections::BTreeMap;
+//!
+//! Fresh-connection loops are paced ([`pace_fresh`]): every connection the client closes holds
+//! its local port in TIME_WAIT for a minute, and a loop that opened connections as fast as a
+//! release build can (about 700 a second to one LB) used up the ephemeral ports toward that LB
+//! within a minute; `connect` then failed in the client before any packet left. A failure of
+//! that kind is the harness's own ([`client_side`]): it is never counted as a failed request.
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::time::Instant;
+
+/// The most new connections per second the load loops of one process open to one address
+/// (host and port), all loops together. Linux keeps a closed connection's port in TIME_WAIT for
+/// 60 s and hands out ports 32768–60999 by default, so about 470 a second can be sustained per
+/// destination; this leaves room for the rest of the process.
+pub const FRESH_PER_SECOND: u32 = 250;
+
+/// Waits for the next slot to open a fresh connection to `url`'s address at `per_second` (at most
+/// [`FRESH_PER_SECOND`]). The slots of one address are shared by every loop in the process.
+pub async fn pace_fresh(url: &str, per_second: u32) {
+    static NEXT: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None);
+    let per_second = per_second.clamp(1, FRESH_PER_SECOND);
+    let gap = Duration::from_secs_f64(1.0 / f64::from(per_second));
+    let authority = url
+        .split("://")
+        .nth(1)
+        .unwrap_or(url)
+        .split('/')
+        .next()
+        .unwrap_or(url)
+        .to_string();
+    let slot = {
+        let mut next = NEXT.lock().unwrap();
+        let now = Instant::now();
+        let next = next
+            .get_or_insert_with(HashMap::new)
+            .entry(authority)
+            .or_insert(now);
+        let slot = (*next).max(now);
+        *next = slot + gap;
+        slot
+    };
+    // A pacing deadline, not a synchronisation: the slot is when this request may go.
+    tokio::time::sleep_until(slot).await;
+}
+
+/// The client's own failure before any packet was sent (no local port left, no file descriptor
+/// left): the harness's problem, never the product's. Names the cause.
+pub fn client_side(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    // errno values of Linux: EADDRNOTAVAIL, EADDRINUSE, EMFILE, ENFILE, ENOBUFS.
+    const LOCAL: [(i32, &str); 5] = [
+        (
+            99,
+            "no local address/port left to connect from (EADDRNOTAVAIL)",
+        ),
+        (98, "local address in use (EADDRINUSE)"),
+        (24, "the test process is out of file descriptors (EMFILE)"),
+        (23, "the machine is out of file descriptors (ENFILE)"),
+        (105, "no buffer space (ENOBUFS)"),
+    ];
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(code) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            if let Some((_, what)) = LOCAL.iter().find(|(c, _)| *c == code) {
+                return Some(format!("{what}: {e}"));
+            }
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// The prefix of an error [`once`] returns for a [`client_side`] failure.
+pub const CLIENT_SIDE: &str = "client:";
+
+/// Panics for a client-side failure: a test's load loop that cannot connect says so as the
+/// harness's fault instead of reporting failed requests the product never saw.
+fn harness_check(url: &str, outcome: &Result<String, String>) {
+    if let Err(e) = outcome {
+        if e.starts_with(CLIENT_SIDE) {
+            panic!("the test's own client failed before sending to {url}: {e}");
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct LoadReport {
@@ -28,7 +112,7 @@ pub fn fresh_connections(timeout: Duration) -> reqwest::Client {
         .unwrap()
 }
 
-/// GETs `url` in a loop until `stop` is set.
+/// GETs `url` in a loop until `stop` is set (fresh connections paced by [`pace_fresh`]).
 pub fn spawn(
     url: String,
     keep_alive: bool,
@@ -45,7 +129,11 @@ pub fn spawn(
         };
         let mut report = LoadReport::default();
         while !stop.load(Ordering::Relaxed) {
+            if !keep_alive {
+                pace_fresh(&url, FRESH_PER_SECOND).await;
+            }
             let mut outcome = once(&http, &url).await;
+            harness_check(&url, &outcome);
             if keep_alive && matches!(outcome, Err(ref e) if e.starts_with("connection:")) {
                 report.resets_retried += 1;
                 outcome = once(&http, &url).await;
@@ -73,6 +161,7 @@ pub fn spawn_items(base: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHand
         while !stop.load(Ordering::Relaxed) {
             n += 1;
             for write in [true, false] {
+                pace_fresh(&url, FRESH_PER_SECOND).await;
                 let started = std::time::Instant::now();
                 let request = if write {
                     http.post(&url)
@@ -80,7 +169,9 @@ pub fn spawn_items(base: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHand
                 } else {
                     http.get(&url)
                 };
-                match answer(request).await {
+                let outcome = answer(request).await;
+                harness_check(&url, &outcome);
+                match outcome {
                     Ok(color) => {
                         report.ok += 1;
                         report.slowest = report.slowest.max(started.elapsed());
@@ -102,10 +193,10 @@ pub async fn once(http: &reqwest::Client, url: &str) -> Result<String, String> {
 
 /// The `environment` of a successful JSON answer; Err describes anything else.
 async fn answer(request: reqwest::RequestBuilder) -> Result<String, String> {
-    let resp = request
-        .send()
-        .await
-        .map_err(|e| format!("connection: {e:?}"))?;
+    let resp = request.send().await.map_err(|e| match client_side(&e) {
+        Some(cause) => format!("{CLIENT_SIDE} {cause}"),
+        None => format!("connection: {e:?}"),
+    })?;
     let status = resp.status();
     // The status first: an nginx error page is not JSON, and "body: …" is kept for answers cut
     // short (the fault runner excuses those on an app killed with -9, never an error status).
@@ -125,7 +216,10 @@ pub async fn requests(url: &str, count: u64) -> LoadReport {
     let http = fresh_connections(Duration::from_secs(5));
     let mut report = LoadReport::default();
     for _ in 0..count {
-        match once(&http, url).await {
+        pace_fresh(url, FRESH_PER_SECOND).await;
+        let outcome = once(&http, url).await;
+        harness_check(url, &outcome);
+        match outcome {
             Ok(color) => {
                 report.ok += 1;
                 *report.colors.entry(color).or_default() += 1;

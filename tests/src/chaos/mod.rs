@@ -35,6 +35,10 @@ pub struct RunConfig {
     pub fault_percent: u64,
     /// Only faults whose name contains one of these (all when empty): to reproduce one class.
     pub only_faults: Vec<String>,
+    /// Requests per second through each LB, each on a fresh connection (at most
+    /// [`crate::load::FRESH_PER_SECOND`]): a fixed rate, so a release build's speed cannot use up
+    /// the client's local ports.
+    pub rate_per_lb: u32,
 }
 
 #[derive(Debug, Default)]
@@ -47,7 +51,15 @@ pub struct Summary {
     pub requests_ok: u64,
     pub requests_failed: u64,
     pub requests_excused: u64,
+    /// Requests per second per LB the traffic was paced at, and how long it ran.
+    pub rate_per_lb: u32,
+    /// Requests sent through each LB (ok, failed and excused).
+    pub requests_per_lb: Vec<u64>,
+    pub traffic_time: Duration,
     pub violations: Vec<String>,
+    /// The run stopped because the runner itself failed (its client ran out of local ports, …):
+    /// nothing after that was judged.
+    pub harness_error: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,7 +114,8 @@ pub async fn run(config: RunConfig) -> Summary {
         .await;
     assert!(first.status.success(), "first deploy: {}", text(&first));
     let stalled = stalled_server(&fleet.net.as_ref().unwrap().gateway()).await;
-    let traffic = traffic::Traffic::start(fleet.lb_urls());
+    let traffic = traffic::Traffic::start(fleet.lb_urls(), config.rate_per_lb);
+    summary.rate_per_lb = config.rate_per_lb;
     let mut reported = BTreeSet::new();
     let started = Instant::now();
     for step in 1..=config.ops {
@@ -166,8 +179,15 @@ pub async fn run(config: RunConfig) -> Summary {
                 .filter(|v| reported.insert(v.clone())),
         );
         found.extend(invariants::history_is_true(&client, &writes, &mut reported).await);
+        if let Some(e) = traffic.harness_error() {
+            println!("HARNESS ERROR seed={} step={step}: {e}", config.seed);
+            summary.harness_error = Some(format!("step {step}: {e}"));
+            break;
+        }
         let counts = traffic.take_step();
+        summary.requests_per_lb.resize(counts.len(), 0);
         for (i, c) in counts.iter().enumerate() {
+            summary.requests_per_lb[i] += c.ok + c.failed + c.excused_failed;
             summary.requests_ok += c.ok;
             summary.requests_failed += c.failed;
             summary.requests_excused += c.excused_failed;
@@ -205,6 +225,7 @@ pub async fn run(config: RunConfig) -> Summary {
                 .map(|v| format!("seed {} step {step}: {v}", config.seed)),
         );
     }
+    summary.traffic_time = started.elapsed();
     traffic.stop().await;
     watcher.abort();
     summary

@@ -5,7 +5,8 @@
 //! every host of the color it serves). A request is excused when the excuse held at its start
 //! or at its end. Likewise a truncated answer while an app process was killed with -9 (the
 //! requests it was answering die with it). Excused failures are counted apart and never
-//! reported as violations.
+//! reported as violations. A failure of the client itself before anything was sent (no local
+//! port left) is no request at all: it stops the traffic and ends the run as a harness error.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,21 +35,31 @@ pub struct Traffic {
     lbs: Vec<Arc<Counters>>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    harness_error: Arc<Mutex<Option<String>>>,
 }
 
 impl Traffic {
-    /// One request loop per URL (fresh connection per request, as many clients would).
-    pub fn start(urls: Vec<String>) -> Traffic {
+    /// One request loop per URL, a fresh connection per request (as many clients would), at
+    /// `per_second` requests per second per URL (at most [`crate::load::FRESH_PER_SECOND`]).
+    pub fn start(urls: Vec<String>, per_second: u32) -> Traffic {
+        let http = crate::load::fresh_connections(Duration::from_secs(5));
+        Traffic::start_with(urls, per_second, http)
+    }
+
+    /// [`Traffic::start`] with the client given.
+    pub fn start_with(urls: Vec<String>, per_second: u32, http: reqwest::Client) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
+        let harness_error: Arc<Mutex<Option<String>>> = Arc::default();
         let lbs: Vec<Arc<Counters>> = urls.iter().map(|_| Arc::default()).collect();
         let tasks = urls
             .into_iter()
             .zip(lbs.clone())
             .map(|(url, counters)| {
-                let stop = stop.clone();
+                let (stop, http, harness_error) =
+                    (stop.clone(), http.clone(), harness_error.clone());
                 tokio::spawn(async move {
-                    let http = crate::load::fresh_connections(Duration::from_secs(5));
                     while !stop.load(Ordering::Relaxed) {
+                        crate::load::pace_fresh(&url, per_second).await;
                         let all_at_start = counters.excused.load(Ordering::Relaxed);
                         let in_flight_at_start = counters.in_flight_excused.load(Ordering::Relaxed);
                         let timeouts_at_start = counters.timeouts_excused.load(Ordering::Relaxed);
@@ -59,6 +70,13 @@ impl Traffic {
                         let in_flight = in_flight_at_start
                             || counters.in_flight_excused.load(Ordering::Relaxed);
                         match outcome {
+                            Err(e) if e.starts_with(crate::load::CLIENT_SIDE) => {
+                                let mut first = harness_error.lock().unwrap();
+                                first.get_or_insert(format!(
+                                    "the runner's client toward {url}: {e}"
+                                ));
+                                stop.store(true, Ordering::Relaxed);
+                            }
                             Ok(_) => {
                                 counters.ok.fetch_add(1, Ordering::Relaxed);
                             }
@@ -84,7 +102,18 @@ impl Traffic {
                 })
             })
             .collect();
-        Traffic { lbs, stop, tasks }
+        Traffic {
+            lbs,
+            stop,
+            tasks,
+            harness_error,
+        }
+    }
+
+    /// The client's own failure that stopped the traffic, if one did: the run cannot judge the
+    /// product any more and must end as a harness error.
+    pub fn harness_error(&self) -> Option<String> {
+        self.harness_error.lock().unwrap().clone()
     }
 
     /// From now on, failures through LB `i` are the fault's, not the product's.
