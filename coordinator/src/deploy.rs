@@ -9,12 +9,11 @@ use crate::hooks::{self, Hook, HookContext};
 use crate::pipeline::{self, Intent, Next, Plan, Preflight, Step};
 use crate::probes::Probes;
 use crate::progress::Progress;
-use crate::reconcile;
 use crate::report::Side;
 use crate::spec::AppSpec;
 use crate::status::AppStatus;
 use crate::store::{Store, Write};
-use crate::switch;
+use crate::traffic;
 use proto::records::{
     ActiveRecord, Artifact, DeployRecord, Desired, LbRecord, ReleaseRecord, RunSpec, TrafficRecord,
 };
@@ -94,9 +93,13 @@ struct Run<'s> {
 }
 
 impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
-    pub async fn run(&self, args: &DeployArgs) -> Result<String, CoordinatorError> {
-        let state = self.store.read().await?;
-        reconcile::previous(self.store, &state, &self.op_id, self.progress).await?;
+    /// A deploy from `state`, the app as the lock holder found it after reconciling
+    /// ([`crate::locked::run_locked`]).
+    pub async fn run(
+        &self,
+        state: AppStatus,
+        args: &DeployArgs,
+    ) -> Result<String, CoordinatorError> {
         let intent = Intent {
             version: args.version.clone(),
             allow_no_lb: args.allow_no_lb,
@@ -163,9 +166,11 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
     /// `coordinator promote`: switches to the version a `deploy --no-switch` staged, after the
     /// same checks again (the fleet may have changed since): every host healthy on it, the
     /// active color still serving, the smoke checks. Migrations ran when it was staged.
-    pub async fn promote(&self, promote: &PromoteArgs) -> Result<String, CoordinatorError> {
-        let state = self.store.read().await?;
-        reconcile::previous(self.store, &state, &self.op_id, self.progress).await?;
+    pub async fn promote(
+        &self,
+        state: AppStatus,
+        promote: &PromoteArgs,
+    ) -> Result<String, CoordinatorError> {
         let staged = staged_deploy(&state)?;
         let release = state.releases.get(&staged.to).cloned().expect("checked");
         let args = DeployArgs {
@@ -267,6 +272,18 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             Step::RecheckActive => self.recheck_active(&run.state).await?,
             Step::Smoke => {
                 let hosts: Vec<_> = run.state.hosts.values().cloned().collect();
+                // Results come only once every host's checks and retries are done, which can take
+                // a while: say when the step began, so a slow smoke step is not read as a wait.
+                self.progress.event(
+                    "smoke",
+                    None,
+                    "started",
+                    &format!(
+                        "{} check(s) on {} host(s)",
+                        self.spec.smoke.len(),
+                        hosts.len()
+                    ),
+                );
                 let results = self
                     .probes
                     .smoke(&hosts, &self.spec.smoke, to, &version)
@@ -300,7 +317,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
                     })
                 });
                 let seen_revision = run.state.active_mod_revision;
-                match switch::write_active(
+                match traffic::write_active(
                     self.store,
                     &active,
                     &run.record,
@@ -319,7 +336,8 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             }
             Step::AwaitAcks => {
                 let revision = run.switched_at.expect("acks follow the switch");
-                match switch::await_acks(self.store, &run.plan.lbs, revision, self.progress).await?
+                match traffic::await_acks(self.store, &run.plan.lbs, revision, self.progress)
+                    .await?
                 {
                     Ok(acks) => {
                         run.acks = acks;
@@ -333,7 +351,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             }
             Step::VerifyLbs => {
                 let revision = run.switched_at.expect("verification follows the switch");
-                switch::verify(
+                traffic::verify(
                     self.probes,
                     &run.acks,
                     &run.plan.lbs,
@@ -712,7 +730,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
         run.record.phase = Phase::RolledBack;
         run.record.error = Some(why.clone());
         run.record.updated_at = proto::time::now_rfc3339();
-        switch::move_traffic(
+        traffic::move_traffic(
             self.store,
             self.probes,
             &run.plan.lbs,

@@ -1,5 +1,5 @@
 //! Closing the record of an operation whose coordinator died mid-way. Every lock-taking command
-//! runs this first, so a dead deploy is reported once, by whoever comes next, and a finished one
+//! runs this first ([`crate::locked::run_locked`]), so a dead deploy is reported once, by whoever comes next, and a finished one
 //! (any operation whose `deploy` record is terminal) never is. The decision is
 //! [`crate::pipeline::reconcile`]; this writes it.
 use crate::error::CoordinatorError;
@@ -11,17 +11,19 @@ use crate::store::{Store, Write};
 use proto::records::TrafficRecord;
 use proto::{Operation, Phase};
 
+/// Closes the operation `state` shows a dead coordinator left behind, if any; `true` when it
+/// wrote (the caller's `state` is stale then).
 pub async fn previous<S: Store>(
     store: &S,
     state: &AppStatus,
     op_id: &str,
     progress: &Progress,
-) -> Result<(), CoordinatorError> {
+) -> Result<bool, CoordinatorError> {
     let Some(previous) = &state.deploy else {
-        return Ok(());
+        return Ok(false);
     };
     let Some(decision) = pipeline::reconcile(Some(previous), state.active.as_ref()) else {
-        return Ok(());
+        return Ok(false);
     };
     progress.event(
         "reconcile",
@@ -50,7 +52,7 @@ pub async fn previous<S: Store>(
     record.reason = finished.error.clone();
     record.details =
         serde_json::json!({ "operation": decision.operation, "phase": previous.phase });
-    store.append_history(&record).await.map(|_| ())
+    store.append_history(&record).await.map(|_| true)
 }
 
 /// A canary whose coordinator died leaves part of the traffic on a color nobody judges any more:
@@ -87,7 +89,7 @@ async fn back_to_stable<S: Store>(
         ),
     );
     let lbs: Vec<String> = state.lbs.keys().cloned().collect();
-    crate::switch::await_acks(store, &lbs, revision, progress)
+    crate::traffic::await_acks(store, &lbs, revision, progress)
         .await?
         .map(|_| ())
         .map_err(|why| {

@@ -1,131 +1,17 @@
-//! Moving traffic: the fenced write of `active` (guarded by the lock token and by the `active`
-//! revision the decision was made on), then every registered LB's ack, then a check through each
-//! LB of what the sidecar says it serves. Used by deploy, `switch`, `rollback` and the automatic
-//! switch back of `--verify-for`.
+//! `coordinator switch <color>` and `rollback`: a pure preflight ([`preflight`]) decides from the
+//! app's state whether and where traffic may move; [`switch_command`] carries it out with the
+//! [`crate::traffic`] primitives and records the outcome.
 use crate::error::CoordinatorError;
 use crate::fleet;
 use crate::history;
 use crate::probes::Probes;
 use crate::progress::Progress;
-use crate::reconcile;
 use crate::report::Side;
+use crate::status::AppStatus;
 use crate::store::{Store, Write};
-use proto::records::{ActiveRecord, DeployRecord, Desired, LbRecord};
-use proto::{Color, Operation, Outcome, Phase, ProtoError};
-use std::collections::BTreeMap;
-use std::time::Duration;
-
-/// How long LBs get to ack a switch before it counts as not made safe.
-pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Writes `active`, the operation's `deploy` record and `also` in one fenced Txn. Ok(Err) when
-/// the guard failed (the lock or `active` changed since the decision): nothing was written.
-pub async fn write_active<S: Store>(
-    store: &S,
-    active: &ActiveRecord,
-    deploy: &DeployRecord,
-    also: &[Write],
-    seen_active_revision: i64,
-    progress: &Progress,
-) -> Result<Result<i64, String>, CoordinatorError> {
-    let mut writes = vec![Write::Active(active.clone()), Write::Deploy(deploy.clone())];
-    writes.extend_from_slice(also);
-    match store.put(&writes, Some(seen_active_revision)).await {
-        Ok(revision) => {
-            progress.record().revision(revision);
-            progress.event(
-                "switch",
-                None,
-                "written",
-                &format!(
-                    "active = {} {} at revision {revision}",
-                    active.color, active.version
-                ),
-            );
-            Ok(Ok(revision))
-        }
-        Err(CoordinatorError::Proto(e @ ProtoError::FenceLost { .. })) => Ok(Err(format!(
-            "switch to {} refused: the lock or `active` changed since this decision ({e})",
-            active.color
-        ))),
-        Err(e) => Err(e),
-    }
-}
-
-/// Waits for every LB in `lbs` to ack `revision`; Ok(Err) names those that did not in time.
-pub async fn await_acks<S: Store>(
-    store: &S,
-    lbs: &[String],
-    revision: i64,
-    progress: &Progress,
-) -> Result<Result<BTreeMap<String, LbRecord>, String>, CoordinatorError> {
-    let acks = fleet::wait_acks(store, lbs, revision, ACK_TIMEOUT).await?;
-    if acks.is_ok() {
-        for name in lbs {
-            progress.event(
-                "ack",
-                Some(name),
-                "applied",
-                &format!("revision {revision}"),
-            );
-        }
-    }
-    Ok(acks)
-}
-
-/// Checks through every acked LB that it serves `color` at `revision` or later.
-pub async fn verify<P: Probes>(
-    probes: &P,
-    acks: &BTreeMap<String, LbRecord>,
-    lbs: &[String],
-    color: Color,
-    revision: i64,
-    progress: &Progress,
-) -> Result<(), String> {
-    let ours: BTreeMap<String, LbRecord> = acks
-        .iter()
-        .filter(|(name, _)| lbs.contains(name))
-        .map(|(n, r)| (n.clone(), r.clone()))
-        .collect();
-    probes.verify_lbs(&ours, color, revision).await?;
-    progress.event(
-        "verify",
-        None,
-        "ok",
-        &format!("{} LB(s) serve {color}", ours.len()),
-    );
-    Ok(())
-}
-
-/// Write, acks, verification. Err(Failed) if the guard refused (nothing changed); Err(Unsafe)
-/// when traffic moved but an LB did not follow or does not serve it.
-pub async fn move_traffic<S: Store, P: Probes>(
-    store: &S,
-    probes: &P,
-    lbs: &[String],
-    seen_active_revision: i64,
-    active: &ActiveRecord,
-    deploy: &DeployRecord,
-    progress: &Progress,
-) -> Result<i64, CoordinatorError> {
-    let revision = write_active(store, active, deploy, &[], seen_active_revision, progress)
-        .await?
-        .map_err(CoordinatorError::Failed)?;
-    let unsafe_after = |why: String| {
-        CoordinatorError::Unsafe(format!(
-            "switched to {} at revision {revision} but {why}",
-            active.color
-        ))
-    };
-    let acks = await_acks(store, lbs, revision, progress)
-        .await
-        .map_err(|e| unsafe_after(e.to_string()))?
-        .map_err(|e| unsafe_after(format!("not every LB followed: {e}")))?;
-    verify(probes, &acks, lbs, active.color, revision, progress)
-        .await
-        .map_err(|e| unsafe_after(format!("the LBs do not serve it: {e}")))?;
-    Ok(revision)
-}
+use crate::traffic::move_traffic;
+use proto::records::{ActiveRecord, DeployRecord, Desired};
+use proto::{Color, Operation, Outcome, Phase};
 
 /// What `switch <color>` or `rollback` asks for.
 pub struct SwitchRequest {
@@ -142,80 +28,33 @@ pub struct SwitchRequest {
 /// mistakes a finished switch for a dead deploy.
 pub async fn switch_command<S: Store, P: Probes>(
     store: &S,
+    state: AppStatus,
     probes: &P,
     req: &SwitchRequest,
     progress: &Progress,
 ) -> Result<String, CoordinatorError> {
-    let state = store.read().await?;
-    reconcile::previous(store, &state, &req.op_id, progress).await?;
-    let current = state.active.as_ref().map(|a| a.color);
-    let target = match (req.target, current, &state.active_invalid) {
-        (Some(t), _, _) => t,
-        (None, _, Some(problem)) => {
-            return Err(CoordinatorError::Failed(format!(
-                "`active` is unreadable ({problem}): rollback cannot tell which color is the other one; \
-                 name it with `coordinator switch <color>`"
-            )))
+    let plan = match preflight(&state, req.target, req.allow_no_lb) {
+        SwitchPreflight::AlreadyActive(message) => return Ok(message),
+        SwitchPreflight::Refuse { movement, why } => {
+            if let Some((from, to)) = movement {
+                progress.record().movement(from, to);
+            }
+            return Err(CoordinatorError::Failed(why));
         }
-        (None, Some(c), None) => c.other(),
-        (None, None, None) => {
-            return Err(CoordinatorError::Failed(
-                "no active color yet: nothing to roll back".into(),
-            ))
-        }
+        SwitchPreflight::Go(plan) => plan,
     };
-    if current == Some(target) {
-        return Ok(format!("{target} is already active"));
-    }
-    if let Some(staged) = state
-        .deploy
-        .as_ref()
-        .filter(|d| req.target.is_none() && d.phase == Phase::Staged && d.to == target)
-    {
-        // The other color no longer holds the previous version: a rollback would go forward.
-        return Err(CoordinatorError::Failed(format!(
-            "{target} holds {}, staged by {} and never promoted, not the previous version: \
-             `coordinator promote` switches to it, `coordinator switch {target}` if that is what you mean",
-            staged.version, staged.deploy_id
-        )));
-    }
-    let release = state
-        .releases
-        .get(&target)
-        .filter(|r| r.desired == Desired::Running)
-        .ok_or_else(|| {
-            CoordinatorError::Failed(format!("{target} has no running release to switch to"))
-        })?;
-    progress.record().movement(
-        state.active.as_ref().map(|a| Side {
-            color: a.color,
-            version: Some(a.version.clone()),
-        }),
-        Side {
-            color: target,
-            version: Some(release.version.clone()),
-        },
-    );
-    let stays = current.map_or("nothing".into(), |c| c.to_string());
-    let unhealthy = fleet::unhealthy(&state, target, &release.version);
-    if !unhealthy.is_empty() {
-        return Err(CoordinatorError::Failed(format!(
-            "{target} ({}) is not healthy on {}: traffic stays on {stays}",
-            release.version,
-            unhealthy.join(", "),
-        )));
-    }
-    let lbs: Vec<String> = state.lbs.keys().cloned().collect();
-    if lbs.is_empty() && !req.allow_no_lb {
-        return Err(CoordinatorError::Failed(format!(
-            "no LB is registered, so nothing would follow the switch or verify it: traffic stays on {stays}; \
-             pass --allow-no-lb to write `active` anyway"
-        )));
-    }
+    let SwitchPlan {
+        current,
+        target,
+        version,
+        lbs,
+    } = plan;
+    let (from, to) = movement(&state, target, &version);
+    progress.record().movement(from, to);
     let now = proto::time::now_rfc3339();
     let active = ActiveRecord {
         color: target,
-        version: release.version.clone(),
+        version: version.clone(),
         deploy_id: req.op_id.clone(),
         token: store.token(),
         switched_at: now.clone(),
@@ -226,7 +65,7 @@ pub async fn switch_command<S: Store, P: Probes>(
         phase: Phase::Switched,
         from: current,
         to: target,
-        version: release.version.clone(),
+        version: version.clone(),
         token: store.token(),
         started_at: now.clone(),
         updated_at: now,
@@ -248,8 +87,7 @@ pub async fn switch_command<S: Store, P: Probes>(
     let after_move = |e: CoordinatorError| {
         if moved {
             CoordinatorError::Unsafe(format!(
-                "traffic moved to {target} ({}) but recording it failed: {e}",
-                release.version
+                "traffic moved to {target} ({version}) but recording it failed: {e}"
             ))
         } else {
             e
@@ -279,12 +117,129 @@ pub async fn switch_command<S: Store, P: Probes>(
     );
     record.from = current;
     record.to = Some(target);
-    record.version = Some(release.version.clone());
+    record.version = Some(version.clone());
     record.reason = result.as_ref().err().map(|e| e.to_string());
     store.append_history(&record).await.map_err(after_move)?;
     let revision = result?;
     Ok(format!(
-        "traffic on {target} ({}) at revision {revision}",
-        release.version
+        "traffic on {target} ({version}) at revision {revision}"
     ))
 }
+
+/// Where a switch or rollback goes, once [`preflight`] allowed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwitchPlan {
+    /// The active color before it (none on a fresh app).
+    pub current: Option<Color>,
+    pub target: Color,
+    /// The version `target` runs, which becomes the active one.
+    pub version: String,
+    /// Every registered LB: each must ack the switch.
+    pub lbs: Vec<String>,
+}
+
+/// What the state allows a switch or rollback to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SwitchPreflight {
+    /// The target already takes the traffic: nothing to do (exit 0).
+    AlreadyActive(String),
+    /// Refused; nothing changes (exit 1). `movement`: the move it would have been, once the
+    /// target and its version are known, for the result event.
+    Refuse {
+        movement: Option<(Option<Side>, Side)>,
+        why: String,
+    },
+    Go(SwitchPlan),
+}
+
+/// The refusals of `switch <target>` (`target` None: `rollback`, to the color that is not active),
+/// decided from the state alone: an unreadable or missing `active` for a rollback, a rollback onto
+/// a version that was staged and never promoted (that would go forward), a target with no
+/// running release or not healthy on every host, no LB to follow the switch.
+pub fn preflight(state: &AppStatus, target: Option<Color>, allow_no_lb: bool) -> SwitchPreflight {
+    let refuse = |why: String| SwitchPreflight::Refuse {
+        movement: None,
+        why,
+    };
+    let current = state.active.as_ref().map(|a| a.color);
+    let rollback = target.is_none();
+    let target = match (target, current, &state.active_invalid) {
+        (Some(t), _, _) => t,
+        (None, _, Some(problem)) => {
+            return refuse(format!(
+                "`active` is unreadable ({problem}): rollback cannot tell which color is the other one; \
+                 name it with `coordinator switch <color>`"
+            ))
+        }
+        (None, Some(c), None) => c.other(),
+        (None, None, None) => return refuse("no active color yet: nothing to roll back".into()),
+    };
+    if current == Some(target) {
+        return SwitchPreflight::AlreadyActive(format!("{target} is already active"));
+    }
+    if let Some(staged) = state
+        .deploy
+        .as_ref()
+        .filter(|d| rollback && d.phase == Phase::Staged && d.to == target)
+    {
+        // The other color no longer holds the previous version: a rollback would go forward.
+        return refuse(format!(
+            "{target} holds {}, staged by {} and never promoted, not the previous version: \
+             `coordinator promote` switches to it, `coordinator switch {target}` if that is what you mean",
+            staged.version, staged.deploy_id
+        ));
+    }
+    let Some(release) = state
+        .releases
+        .get(&target)
+        .filter(|r| r.desired == Desired::Running)
+    else {
+        return refuse(format!("{target} has no running release to switch to"));
+    };
+    let movement = movement(state, target, &release.version);
+    let stays = current.map_or("nothing".into(), |c| c.to_string());
+    let unhealthy = fleet::unhealthy(state, target, &release.version);
+    if !unhealthy.is_empty() {
+        return SwitchPreflight::Refuse {
+            movement: Some(movement),
+            why: format!(
+                "{target} ({}) is not healthy on {}: traffic stays on {stays}",
+                release.version,
+                unhealthy.join(", "),
+            ),
+        };
+    }
+    let lbs: Vec<String> = state.lbs.keys().cloned().collect();
+    if lbs.is_empty() && !allow_no_lb {
+        return SwitchPreflight::Refuse {
+            movement: Some(movement),
+            why: format!(
+                "no LB is registered, so nothing would follow the switch or verify it: traffic stays on {stays}; \
+                 pass --allow-no-lb to write `active` anyway"
+            ),
+        };
+    }
+    SwitchPreflight::Go(SwitchPlan {
+        current,
+        target,
+        version: release.version.clone(),
+        lbs,
+    })
+}
+
+/// The move from the active color to `target` running `version`, as the result event reports it.
+fn movement(state: &AppStatus, target: Color, version: &str) -> (Option<Side>, Side) {
+    let from = state.active.as_ref().map(|a| Side {
+        color: a.color,
+        version: Some(a.version.clone()),
+    });
+    let to = Side {
+        color: target,
+        version: Some(version.to_string()),
+    };
+    (from, to)
+}
+
+#[cfg(test)]
+#[path = "switch_tests.rs"]
+mod tests;

@@ -2,23 +2,24 @@
 //! requests to the new color through every LB (`active/traffic`), judges it against the stable
 //! color from the LBs' own request counts at each step, and either goes on to the normal switch or
 //! sends everyone back to the stable color. Operators steer a running canary through
-//! `operator/canary` (see [`control`]).
+//! `operator/canary` (`coordinator canary`, in the command layer).
 pub mod analysis;
-pub mod control;
 pub mod section;
+pub mod step;
 
 use crate::error::CoordinatorError;
 use crate::history;
 use crate::progress::Progress;
 use crate::status::AppStatus;
 use crate::store::{Store, Write};
-use crate::switch;
+use crate::traffic;
 use analysis::{Verdict, Window};
-use proto::records::{CanaryAction, CanaryRequest, Sticky, TrafficRecord};
+use proto::records::{CanaryRequest, Sticky, TrafficRecord};
 use proto::requests::ColorCounts;
-use proto::{Color, Operation, Outcome};
+use proto::{Color, Operation};
 use section::CanarySection;
 use std::collections::BTreeMap;
+use step::StepEnd;
 use tokio::time::Instant;
 
 /// How a ramp ended.
@@ -197,49 +198,32 @@ impl<S: Store> Ramp<'_, S> {
             ),
         );
         Ok(
-            switch::await_acks(self.store, self.lbs, revision, self.progress)
+            traffic::await_acks(self.store, self.lbs, revision, self.progress)
                 .await?
                 .map(|_| ())
                 .map_err(|why| format!("not every LB took weight {}: {why}", percent(weight))),
         )
     }
 
-    /// Judges one step until it passes, fails, runs out of time or an operator decides.
+    /// Judges one step until it passes, fails, runs out of time or an operator decides: a thin
+    /// loop that follows the fleet, takes a look every `interval` and carries out what
+    /// [`step::Step`] decides.
     async fn hold_step(&mut self, step: u32, weight: u32) -> Result<StepEnd, CoordinatorError> {
         let mut status = self.store.latest().await?;
         let baseline: Baseline = status.lb_stats.clone();
         let started = Instant::now();
-        let mut paused_since: Option<Instant> = None;
-        let mut paused_total = std::time::Duration::ZERO;
+        let mut judged = step::Step::new(self.section, step, weight);
         let mut last_shown: Option<Verdict> = None;
-        let end = loop {
+        let end = 'step: loop {
             let tick = Instant::now() + self.section.interval;
             while Instant::now() < tick {
                 self.store.follow(&mut status, tick).await?;
             }
             if let Some(request) = self.new_request(&status) {
-                // An operator's request is recorded once, as the outcome it leads to.
-                let outcome = match request.action {
-                    CanaryAction::Abort => Some(Outcome::Aborted),
-                    CanaryAction::Promote => Some(Outcome::Promoted),
-                    CanaryAction::Pause if paused_since.is_none() => {
-                        paused_since = Some(Instant::now());
-                        Some(Outcome::Paused)
-                    }
-                    CanaryAction::Resume if paused_since.is_some() => {
-                        paused_total +=
-                            paused_since.take().map(|p| p.elapsed()).unwrap_or_default();
-                        Some(Outcome::Resumed)
-                    }
-                    _ => None,
-                };
-                if let Some(outcome) = outcome {
-                    let why = request_reason(&request);
-                    self.decision(step, weight, outcome, &why, None).await?;
-                    match outcome {
-                        Outcome::Aborted => break StepEnd::Abort(why),
-                        Outcome::Promoted => break StepEnd::Promoted,
-                        _ => {}
+                if let Some(decision) = judged.request(started.elapsed(), &request) {
+                    self.decision(step, weight, &decision, &[]).await?;
+                    if let Some(end) = decision.end {
+                        break 'step end;
                     }
                 }
             }
@@ -247,10 +231,7 @@ impl<S: Store> Ramp<'_, S> {
             self.looks += 1;
             let checks = analysis::judge(&window, self.section, analysis::step_alpha(self.section));
             let verdict = analysis::overall(&checks);
-            let running = started
-                .elapsed()
-                .saturating_sub(paused_total)
-                .saturating_sub(paused_since.map(|p| p.elapsed()).unwrap_or_default());
+            let elapsed = started.elapsed();
             if last_shown != Some(verdict) || self.looks.is_multiple_of(10) {
                 last_shown = Some(verdict);
                 self.progress.event(
@@ -260,54 +241,16 @@ impl<S: Store> Ramp<'_, S> {
                     &format!(
                         "step {step} ({}), {}s: {}",
                         percent(weight),
-                        running.as_secs(),
-                        summary(&checks)
+                        judged.running(elapsed).as_secs(),
+                        step::summary(&checks)
                     ),
                 );
             }
-            if verdict == Verdict::Fail {
-                let failed: Vec<String> = checks
-                    .iter()
-                    .filter(|c| c.verdict == Verdict::Fail)
-                    .map(|c| format!("{}: {}", c.criterion, c.detail))
-                    .collect();
-                let why = format!(
-                    "canary failed at step {step} ({}): {}",
-                    percent(weight),
-                    failed.join("; ")
-                );
-                self.decision(step, weight, Outcome::Aborted, &why, Some(&checks[..]))
-                    .await?;
-                break StepEnd::Abort(why);
-            }
-            if paused_since.is_some() {
-                continue;
-            }
-            if verdict == Verdict::Pass && running >= self.section.step_time {
-                let why = format!(
-                    "step {step} ({}) passed: {}",
-                    percent(weight),
-                    summary(&checks)
-                );
-                self.decision(step, weight, Outcome::Passed, &why, Some(&checks[..]))
-                    .await?;
-                break StepEnd::Passed;
-            }
-            if running >= self.section.step_deadline {
-                let waiting: Vec<String> = checks
-                    .iter()
-                    .filter(|c| c.verdict != Verdict::Pass)
-                    .map(|c| format!("{}: {}", c.criterion, c.detail))
-                    .collect();
-                let why = format!(
-                    "insufficient data at step {step} ({}) after {}: {}",
-                    percent(weight),
-                    humantime::format_duration(self.section.step_deadline),
-                    waiting.join("; ")
-                );
-                self.decision(step, weight, Outcome::Aborted, &why, Some(&checks[..]))
-                    .await?;
-                break StepEnd::Abort(why);
+            if let Some(decision) = judged.look(elapsed, &checks) {
+                self.decision(step, weight, &decision, &checks).await?;
+                if let Some(end) = decision.end {
+                    break 'step end;
+                }
             }
         };
         self.store.remember(status);
@@ -340,42 +283,26 @@ impl<S: Store> Ramp<'_, S> {
         &self,
         step: u32,
         weight: u32,
-        outcome: Outcome,
-        reason: &str,
-        checks: Option<&[analysis::Check]>,
+        decision: &step::Decision,
+        checks: &[analysis::Check],
     ) -> Result<(), CoordinatorError> {
-        let mut record = history::record(Operation::CanaryStep, self.op_id, outcome);
+        let mut record = history::record(Operation::CanaryStep, self.op_id, decision.outcome);
         record.from = Some(self.stable);
         record.to = Some(self.canary);
         record.version = Some(self.version.to_string());
-        record.reason = Some(reason.to_string());
+        record.reason = Some(decision.reason.clone());
         record.details = serde_json::json!({
             "step": step,
             "weight": weight,
             "look": self.looks,
             "false_abort_rate": self.section.false_abort_rate,
             "test": "beta-binomial mixture confidence sequences (prior Beta(1/2, 10)), false_abort_rate split over the steps",
-            "checks": checks,
+            "checks": decision.with_checks.then_some(checks),
         });
         self.progress
-            .event("canary", None, outcome.as_str(), reason);
+            .event("canary", None, decision.outcome.as_str(), &decision.reason);
         self.store.append_history(&record).await.map(|_| ())
     }
-}
-
-enum StepEnd {
-    Passed,
-    Promoted,
-    Abort(String),
-}
-
-fn request_reason(request: &CanaryRequest) -> String {
-    format!(
-        "{} requested by {} at {}",
-        request.action.as_str(),
-        request.actor,
-        request.at
-    )
 }
 
 /// A weight in hundredths of a percent, as people read it.
@@ -385,12 +312,4 @@ pub fn percent(weight: u32) -> String {
     } else {
         format!("{}.{:02} %", weight / 100, weight % 100)
     }
-}
-
-fn summary(checks: &[analysis::Check]) -> String {
-    checks
-        .iter()
-        .map(|c| format!("{} {}", c.criterion, c.verdict.as_str()))
-        .collect::<Vec<_>>()
-        .join(", ")
 }

@@ -1,0 +1,128 @@
+//! Every refusal of `switch` and `rollback`, decided by [`super::preflight`] from a state alone.
+use super::{preflight, SwitchPlan, SwitchPreflight};
+use crate::status::AppStatus;
+use crate::testkit::{Agent, MemoryStore};
+use proto::records::{DeployRecord, HealthState};
+use proto::{Color, Operation, Phase};
+
+/// Two healthy hosts and two LBs, blue serving v1 and green running v2, healthy.
+fn both_running() -> MemoryStore {
+    let store = MemoryStore::new(
+        &[("a", Agent::Healthy), ("b", Agent::Healthy)],
+        &["lb-1", "lb-2"],
+    )
+    .serving(Color::Green, "v2");
+    store.serving_as("earlier", Color::Blue, "v1");
+    store
+}
+
+fn why(decision: SwitchPreflight) -> String {
+    match decision {
+        SwitchPreflight::Refuse { why, .. } => why,
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+#[test]
+fn rollback_goes_to_the_other_color_and_every_lb_must_ack() {
+    let state = both_running().snapshot();
+    assert_eq!(
+        preflight(&state, None, false),
+        SwitchPreflight::Go(SwitchPlan {
+            current: Some(Color::Blue),
+            target: Color::Green,
+            version: "v2".into(),
+            lbs: vec!["lb-1".into(), "lb-2".into()],
+        })
+    );
+}
+
+#[test]
+fn the_active_color_is_already_done() {
+    let state = both_running().snapshot();
+    assert!(matches!(
+        preflight(&state, Some(Color::Blue), false),
+        SwitchPreflight::AlreadyActive(_)
+    ));
+}
+
+#[test]
+fn rollback_needs_a_readable_active_color() {
+    let store = both_running();
+    store.set_active_invalid("not JSON");
+    let why = why(preflight(&store.snapshot(), None, false));
+    assert!(why.contains("`active` is unreadable (not JSON)"), "{why}");
+    // A named color needs no `active`.
+    assert!(matches!(
+        preflight(&store.snapshot(), Some(Color::Green), false),
+        SwitchPreflight::Go(_)
+    ));
+    let empty = AppStatus::default();
+    assert!(why_of(&empty).contains("nothing to roll back"));
+}
+
+fn why_of(state: &AppStatus) -> String {
+    why(preflight(state, None, false))
+}
+
+#[test]
+fn rollback_onto_a_staged_never_promoted_version_is_refused() {
+    let store = both_running();
+    store.set_deploy(DeployRecord {
+        deploy_id: "d-1".into(),
+        operation: Operation::Deploy,
+        phase: Phase::Staged,
+        from: Some(Color::Blue),
+        to: Color::Green,
+        version: "v2".into(),
+        token: 1,
+        started_at: "t".into(),
+        updated_at: "t".into(),
+        error: None,
+    });
+    let why = why_of(&store.snapshot());
+    assert!(why.contains("staged by d-1 and never promoted"), "{why}");
+    // Naming the color is what the operator means: allowed.
+    assert!(matches!(
+        preflight(&store.snapshot(), Some(Color::Green), false),
+        SwitchPreflight::Go(_)
+    ));
+}
+
+#[test]
+fn a_target_without_a_running_release_is_refused() {
+    let store = MemoryStore::new(&[("a", Agent::Healthy)], &["lb-1"]).serving(Color::Blue, "v1");
+    let why = why(preflight(&store.snapshot(), Some(Color::Green), false));
+    assert!(why.contains("green has no running release"), "{why}");
+}
+
+#[test]
+fn an_unhealthy_target_is_refused_naming_the_host_and_reporting_the_move() {
+    let store = both_running();
+    store.set_health("b", Color::Green, HealthState::Unhealthy, "v2");
+    match preflight(&store.snapshot(), None, false) {
+        SwitchPreflight::Refuse { movement, why } => {
+            assert!(why.contains("green (v2) is not healthy on b"), "{why}");
+            assert!(why.contains("traffic stays on blue"), "{why}");
+            let (from, to) = movement.expect("the move it would have been");
+            assert_eq!(from.map(|s| s.color), Some(Color::Blue));
+            assert_eq!(
+                (to.color, to.version.as_deref()),
+                (Color::Green, Some("v2"))
+            );
+        }
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+#[test]
+fn no_lb_is_refused_unless_allowed() {
+    let store = MemoryStore::new(&[("a", Agent::Healthy)], &[]).serving(Color::Green, "v2");
+    store.serving_as("earlier", Color::Blue, "v1");
+    let why = why(preflight(&store.snapshot(), None, false));
+    assert!(why.contains("pass --allow-no-lb"), "{why}");
+    assert!(matches!(
+        preflight(&store.snapshot(), None, true),
+        SwitchPreflight::Go(SwitchPlan { ref lbs, .. }) if lbs.is_empty()
+    ));
+}
