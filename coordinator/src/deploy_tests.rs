@@ -51,7 +51,10 @@ async fn deploy_with<M: crate::deploy::Migrator>(
         op_id: "op-1".into(),
         signing_key: None,
     };
-    d.run(args).await
+    crate::locked::run_locked(store, "op-1", &progress, async |_, state| {
+        d.run(state, args).await
+    })
+    .await
 }
 
 async fn deploy(
@@ -528,7 +531,11 @@ async fn switch_op(
         op_id: format!("{operation}-1"),
         allow_no_lb: false,
     };
-    switch_command(store, &FakeProbes::default(), &req, &Progress::new(true)).await
+    let progress = Progress::new(true);
+    crate::locked::run_locked(store, &req.op_id, &progress, async |store, state| {
+        switch_command(store, state, &FakeProbes::default(), &req, &progress).await
+    })
+    .await
 }
 
 #[tokio::test(start_paused = true)]

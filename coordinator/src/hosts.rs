@@ -5,9 +5,9 @@
 //! removes it here.
 use crate::error::CoordinatorError;
 use crate::history;
-use crate::lock::DeployLock;
-use crate::status::{self, AppStatus};
-use proto::{Color, Keys, Operation, Outcome};
+use crate::status::AppStatus;
+use crate::store::EtcdStore;
+use proto::{Color, Operation, Outcome};
 use serde::Serialize;
 
 /// One registered host as `host list` shows it.
@@ -77,13 +77,12 @@ pub fn render_text(views: &[HostView]) -> String {
 /// Removes `host`'s membership under the deploy lock. A live host is refused: its agent would
 /// write the record straight back, and removing a serving host is never what was meant.
 pub async fn remove(
-    client: &etcd_client::Client,
-    keys: &Keys,
-    lock: &DeployLock,
+    store: &EtcdStore<'_>,
+    state: AppStatus,
     host: &str,
     op_id: &str,
 ) -> Result<String, CoordinatorError> {
-    let state = status::read(client, keys).await?;
+    let (client, keys, lock) = (store.client, store.keys, store.lock);
     let Some(member) = state.host_members.get(host) else {
         return Err(CoordinatorError::Usage(format!(
             "host {host}: not registered under {} (see `coordinator host list`)",
@@ -108,7 +107,7 @@ pub async fn remove(
     record.reason = Some(format!(
         "host {host} ({}) removed by {}",
         member.address,
-        crate::holder()
+        crate::context::holder()
     ));
     history::append(client, keys, Some(&lock.fence), &record).await?;
     Ok(format!(

@@ -4,9 +4,9 @@
 //! verified without it, until an operator removes it here.
 use crate::error::CoordinatorError;
 use crate::history;
-use crate::lock::DeployLock;
-use crate::status::{self, AppStatus};
-use proto::{Keys, Operation, Outcome};
+use crate::status::AppStatus;
+use crate::store::EtcdStore;
+use proto::{Operation, Outcome};
 use serde::Serialize;
 
 /// One registered LB as `lb list` shows it.
@@ -61,13 +61,12 @@ pub fn render_text(views: &[LbView]) -> String {
 /// Removes `name`'s membership under the deploy lock. A live LB is refused: its sidecar would
 /// write its record straight back, and removing a serving LB is never what was meant.
 pub async fn remove(
-    client: &etcd_client::Client,
-    keys: &Keys,
-    lock: &DeployLock,
+    store: &EtcdStore<'_>,
+    state: AppStatus,
     name: &str,
     op_id: &str,
 ) -> Result<String, CoordinatorError> {
-    let state = status::read(client, keys).await?;
+    let (client, keys, lock) = (store.client, store.keys, store.lock);
     let Some(ack) = state.lbs.get(name) else {
         return Err(CoordinatorError::Usage(format!(
             "lb {name}: not registered under {} (see `coordinator lb list`)",
@@ -94,7 +93,7 @@ pub async fn remove(
         "lb {name} removed (last acked {} at revision {}) by {}",
         ack.color.map_or("none".into(), |c| c.to_string()),
         ack.applied_revision,
-        crate::holder()
+        crate::context::holder()
     ));
     history::append(client, keys, Some(&lock.fence), &record).await?;
     Ok(format!(

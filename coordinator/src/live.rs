@@ -1,11 +1,11 @@
 //! Live views for operators: `status --watch` redraws from one etcd watch of the app (no
 //! polling: nothing is read between changes), and `logs --follow` streams a color's log from its
 //! agent. Both run until Ctrl-C or SIGTERM.
+use crate::context::Global;
 use crate::error::CoordinatorError;
 use crate::probes::HttpProbes;
 use crate::progress::emit;
 use crate::status::{self, AppStatus};
-use crate::Global;
 use proto::watch::{PrefixWatch, WatchEvent};
 use proto::{AppKey, Color, Keys};
 use std::io::IsTerminal;
@@ -81,7 +81,7 @@ pub async fn follow_logs(
     color: Color,
     tail: u32,
 ) -> Result<String, CoordinatorError> {
-    let record = crate::registered_host(global, host).await?;
+    let record = crate::context::registered_host(global, host).await?;
     let mut shutdown = proto::daemon::shutdown_on_signal();
     let json = global.json;
     let print = |line: String| {

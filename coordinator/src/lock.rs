@@ -1,6 +1,7 @@
-//! The deploy lock (docs/how-it-works.md, "A deploy, step by step"): a key under the coordinator's lease, acquired with
-//! `Txn If CreateRevision(lock)==0`; its create revision is the fencing token every later write is
-//! guarded by. Waiters watch the key for its delete rather than sleeping on the TTL.
+//! The deploy lock (docs/how-it-works.md, "A deploy, step by step"): a key under the
+//! coordinator's lease, acquired with `Txn If CreateRevision(lock)==0`; its create revision is the
+//! fencing token every later write is guarded by. Waiters watch the key for its delete rather than
+//! sleeping on the TTL. Commands take it through [`crate::locked::with_lock`], never directly.
 use crate::error::CoordinatorError;
 use crate::progress::Progress;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, WatchOptions};
@@ -11,8 +12,26 @@ use proto::{Keys, ProtoError};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// TTL of the coordinator's lease: renewed every 5 s, lost 10 s after the last renewal.
+/// Default TTL of the coordinator's lease (`--lock-ttl`): renewed every third of it, declared lost
+/// by the coordinator itself two thirds after the last acknowledged renewal, so a paused or
+/// partitioned coordinator stops before etcd hands the lock to another.
 pub const LOCK_TTL: Duration = Duration::from_secs(15);
+
+/// The shortest `--lock-ttl`: below it, a renewal delayed by a busy machine (a CI runner on two
+/// cores) would look like a partition and stop a healthy deploy with "lock lost".
+pub const MIN_LOCK_TTL: Duration = Duration::from_secs(5);
+
+/// `--lock-ttl`, checked against [`MIN_LOCK_TTL`].
+pub fn check_ttl(ttl: Duration) -> Result<Duration, CoordinatorError> {
+    if ttl < MIN_LOCK_TTL {
+        return Err(CoordinatorError::Usage(format!(
+            "--lock-ttl {}: shorter than the minimum {}",
+            humantime::format_duration(ttl),
+            humantime::format_duration(MIN_LOCK_TTL)
+        )));
+    }
+    Ok(ttl)
+}
 
 pub struct DeployLock {
     pub session: Session,
@@ -21,11 +40,13 @@ pub struct DeployLock {
 }
 
 impl DeployLock {
-    /// Acquires the lock, waiting up to `wait` for the current holder to release it (exit 3 after).
+    /// Acquires the lock under a lease of `ttl`, waiting up to `wait` for the current holder to
+    /// release it (exit 3 after).
     pub async fn acquire(
         client: &etcd_client::Client,
         keys: &Keys,
         record: &LockRecord,
+        ttl: Duration,
         wait: Duration,
         progress: &Progress,
     ) -> Result<DeployLock, CoordinatorError> {
@@ -33,7 +54,7 @@ impl DeployLock {
         // (a lease granted whose answer was lost simply expires).
         let until = Instant::now() + crate::history::TRANSIENT_BUDGET;
         let session = proto::retry::transient("grant the lock's lease", until, |_| {
-            Session::grant(client, LOCK_TTL)
+            Session::grant(client, ttl)
         })
         .await?;
         let key = keys.lock();
@@ -106,7 +127,7 @@ impl DeployLock {
 
     /// Releases the lock if it is still ours (guarded by the token) and revokes the lease. etcd
     /// that does not answer is asked again for [`RELEASE_BUDGET`], so a command that ends during a
-    /// short outage does not leave the lock to expire with its lease (up to [`LOCK_TTL`]).
+    /// short outage does not leave the lock to expire with its lease.
     pub async fn release(self) {
         let until = Instant::now() + RELEASE_BUDGET;
         let released = proto::retry::transient("release the deploy lock", until, |_| {
@@ -130,7 +151,7 @@ impl DeployLock {
         })
         .await;
         if let Err(e) = released {
-            tracing::warn!(error = %e.brief(), "deploy lock not released; it expires with its lease within {LOCK_TTL:?}");
+            tracing::warn!(error = %e.brief(), "deploy lock not released; it expires with its lease within {:?}", self.session.ttl());
         }
         self.session.revoke().await;
     }

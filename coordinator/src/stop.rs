@@ -4,9 +4,9 @@
 //! deployed again; the command says so.
 use crate::error::CoordinatorError;
 use crate::history;
-use crate::lock::DeployLock;
 use crate::progress::Progress;
 use crate::status::{self, AppStatus};
+use crate::store::EtcdStore;
 use etcd_client::{Compare, CompareOp};
 use proto::records::{encode, Desired};
 use proto::{Color, Keys};
@@ -14,14 +14,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub async fn stop_color(
-    client: &etcd_client::Client,
-    keys: &Keys,
-    lock: &DeployLock,
+    store: &EtcdStore<'_>,
+    state: AppStatus,
     color: Color,
     stop_id: &str,
     progress: &Progress,
 ) -> Result<String, CoordinatorError> {
-    let state = status::read(client, keys).await?;
+    let (client, keys, lock) = (store.client, store.keys, store.lock);
     if let Some(active) = state.active.as_ref().filter(|a| a.color == color) {
         return Err(CoordinatorError::Usage(format!(
             "refusing to stop {color}: it is the active color ({}) and takes the traffic",

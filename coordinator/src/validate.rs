@@ -67,7 +67,7 @@ pub async fn validate(app: Option<&str>, req: &ValidateRequest) -> Validation {
         valid: true,
         checks: Vec::new(),
     };
-    let spec = match crate::load_spec(app, &req.spec) {
+    let spec = match crate::context::load_spec(app, &req.spec) {
         Ok(spec) => spec,
         Err(e) => {
             report.push("spec", Err(e));
@@ -146,7 +146,7 @@ async fn check_artifact(url: &str, sha256: Option<&str>) -> Result<String, Coord
                 .map_err(|e| CoordinatorError::Usage(format!("--sha256: {e}")))
         })
         .transpose()?;
-    let actual = crate::sha256_of(url).await?;
+    let actual = crate::context::sha256_of(url).await?;
     match expected {
         Some(expected) if expected != actual => Err(CoordinatorError::Usage(format!(
             "--artifact {url}: its sha256 is {actual}, not the {expected} given with --sha256"

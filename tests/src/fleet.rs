@@ -257,8 +257,11 @@ impl Fleet {
             }
             None => tokio::process::Command::new(binary("coordinator")),
         };
+        // The shortest lock lease the coordinator allows: a test that kills or cuts off a lock
+        // holder waits for it to expire, and nothing here needs the default's margin.
         cmd.env("BLUEGREEN_ETCD", self.etcd.endpoints().join(","))
             .env("BLUEGREEN_APP", APP)
+            .env("BLUEGREEN_LOCK_TTL", "5s")
             .envs(self.coordinator_env.iter().map(|(k, v)| (k, v)))
             .kill_on_drop(true);
         cmd

@@ -4,16 +4,67 @@
 //! canary's coordinator to record that it acted (every act is a fenced write of that coordinator
 //! and a history record). When the canary's coordinator is gone, `abort` takes the lock and
 //! reconciles: every LB back to the stable color.
+use crate::context::{parse_duration, pretty_json, Global};
 use crate::error::CoordinatorError;
+use crate::lock;
+use crate::locked::{with_lock, LockFor, OnLeaseLoss};
 use crate::status::{self, AppStatus};
-use crate::store::EtcdStore;
-use crate::{acquire, lock, reconcile, Global};
 use proto::records::{decode, CanaryAction, CanaryRequest, DeployRecord, HistoryRecord};
 use proto::watch::{PrefixWatch, WatchEvent};
 use proto::{AppKey, Keys, Operation, Outcome, Phase};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+#[derive(clap::Subcommand)]
+pub enum Action {
+    /// The split, the step, the canary's coordinator, and what the LBs counted per color.
+    Status,
+    /// Hold the current weight (the analysis still aborts on a failure).
+    Pause(Flags),
+    /// Go on from the current step.
+    Resume(Flags),
+    /// Skip the remaining steps and switch to the canary now.
+    Promote(Flags),
+    /// Send every user back to the stable color and fail the canary; for a canary whose
+    /// coordinator died, take the lock and do it.
+    Abort(Flags),
+}
+
+#[derive(clap::Args)]
+pub struct Flags {
+    /// abort of a canary whose coordinator died: how long to wait for its lock (exit 3).
+    #[arg(long, default_value = "30s")]
+    lock_wait: String,
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Status => "canary status",
+            Action::Pause(_) => "canary pause",
+            Action::Resume(_) => "canary resume",
+            Action::Promote(_) => "canary promote",
+            Action::Abort(_) => "canary abort",
+        }
+    }
+
+    pub fn is_query(&self) -> bool {
+        matches!(self, Action::Status)
+    }
+
+    pub async fn run(self, global: &Global) -> Result<String, CoordinatorError> {
+        let (action, flags) = match self {
+            Action::Status => return status(global).await,
+            Action::Pause(f) => (CanaryAction::Pause, f),
+            Action::Resume(f) => (CanaryAction::Resume, f),
+            Action::Promote(f) => (CanaryAction::Promote, f),
+            Action::Abort(f) => (CanaryAction::Abort, f),
+        };
+        let lock_wait = parse_duration("--lock-wait", &flags.lock_wait)?;
+        request(global, action, lock_wait).await
+    }
+}
 
 /// How long an operator's request waits for the canary's coordinator to act on it: a few of its
 /// looks, then the weight change and every LB's ack (or, for promote, the whole switch).
@@ -53,7 +104,7 @@ pub async fn status(global: &Global) -> Result<String, CoordinatorError> {
         totals,
     };
     if global.json {
-        return Ok(crate::pretty_json(&doc));
+        return Ok(pretty_json(&doc));
     }
     Ok(render_text(&doc))
 }
@@ -66,7 +117,7 @@ fn render_text(doc: &CanaryStatus) -> String {
             d.deploy_id,
             d.version,
             t.step,
-            super::percent(t.weight),
+            crate::canary::percent(t.weight),
             t.canary,
             t.stable,
             d.phase,
@@ -292,24 +343,23 @@ async fn abort_orphan(
 ) -> Result<String, CoordinatorError> {
     let progress = global.progress();
     let op_id = format!("canary-abort-{}", uuid::Uuid::new_v4());
-    let lock = acquire(
+    let op = LockFor {
+        op_id: &op_id,
+        operation: Operation::CanaryStep,
+        version: None,
+        wait: lock_wait,
+    };
+    // Taking the lock reconciles the dead canary, which sends every LB back to the stable color.
+    with_lock(
+        global,
         client,
         keys,
-        &op_id,
-        Operation::CanaryStep,
-        None,
-        lock_wait,
+        op,
+        OnLeaseLoss::Stop,
         &progress,
+        async |_, _| Ok(()),
     )
     .await?;
-    let store = EtcdStore::new(client, keys, &lock);
-    let result = async {
-        let state = crate::store::Store::read(&store).await?;
-        reconcile::previous(&store, &state, &op_id, &progress).await
-    }
-    .await;
-    lock.release().await;
-    result?;
     Ok(format!(
         "canary {} had no coordinator; reconciled: every LB sends all requests to {}\n",
         canary.deploy_id,

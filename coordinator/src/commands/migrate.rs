@@ -1,15 +1,92 @@
 //! `coordinator migrate status|up|contract|down --spec FILE`: the operator's handle on an app's
 //! migrations. Changes run under the etcd deploy lock (so never during a deploy) and the
 //! database's own lock, and each apply or revert is a `history` record.
-use super::files::Phase;
-use super::gate::{contract_blockers, natural_cmp, running_versions};
-use super::plan::{Plan, State};
-use super::runner::{self, Migrations, Recorder};
+use crate::context::{load_spec, parse_duration, pretty_json, Global};
+use crate::error::CoordinatorError;
+use crate::locked::{with_lock, LockFor, OnLeaseLoss};
+use crate::migrate::files::Phase;
+use crate::migrate::gate::{contract_blockers, natural_cmp, running_versions};
+use crate::migrate::plan::{Plan, State};
+use crate::migrate::runner::{self, Migrations, Recorder};
 use crate::progress::Progress;
-use crate::{acquire, load_spec, status, CoordinatorError, Global};
+use crate::status;
 use std::cmp::Ordering;
 use std::path::PathBuf;
 use std::time::Duration;
+
+#[derive(clap::Subcommand)]
+pub enum Action {
+    /// Every migration's state, problems, and whether pending contract migrations may run.
+    Status {
+        /// The app spec naming the migrations and the database.
+        #[arg(long)]
+        spec: PathBuf,
+    },
+    /// Apply pending expand migrations (up to the first contract one).
+    Up(Flags),
+    /// Apply every pending migration; contract ones only if every running color is new enough.
+    Contract(Flags),
+    /// Revert the newest applied migration with its down script.
+    Down {
+        #[command(flatten)]
+        flags: Flags,
+        /// Revert an expand migration even while a color runs the version it came with.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct Flags {
+    /// The app spec naming the migrations and the database.
+    #[arg(long)]
+    spec: PathBuf,
+    /// How long to wait for another operation's deploy lock before giving up (exit 3).
+    #[arg(long, default_value = "30s")]
+    lock_wait: String,
+    /// The app version these migrations come with, recorded in schema_migrations.
+    #[arg(long)]
+    version: Option<String>,
+}
+
+impl Flags {
+    fn request(self, force: bool) -> Result<MigrateRequest, CoordinatorError> {
+        Ok(MigrateRequest {
+            spec: self.spec,
+            lock_wait: parse_duration("--lock-wait", &self.lock_wait)?,
+            app_version: self.version,
+            force,
+        })
+    }
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Status { .. } => "migrate status",
+            Action::Up(_) => "migrate up",
+            Action::Contract(_) => "migrate contract",
+            Action::Down { .. } => "migrate down",
+        }
+    }
+
+    pub fn is_query(&self) -> bool {
+        matches!(self, Action::Status { .. })
+    }
+
+    pub async fn run(self, global: &Global) -> Result<String, CoordinatorError> {
+        match self {
+            Action::Status { spec } => show(global, &spec).await,
+            Action::Up(flags) => change(global, flags.request(false)?, Direction::Up).await,
+            Action::Contract(flags) => {
+                change(global, flags.request(false)?, Direction::Contract).await
+            }
+            Action::Down { flags, force } => {
+                change(global, flags.request(force)?, Direction::Down).await
+            }
+        }
+    }
+}
 
 pub struct MigrateRequest {
     pub spec: PathBuf,
@@ -56,45 +133,46 @@ pub async fn change(
     let keys = proto::Keys::new(&global.prefix, &spec.app)?;
     let client = global.connect().await?;
     let id = format!("migrate-{}", uuid::Uuid::new_v4());
-    let lock = acquire(
+    let op = LockFor {
+        op_id: &id,
+        operation: proto::Operation::Migrate,
+        version: req.app_version.as_deref(),
+        wait: req.lock_wait,
+    };
+    with_lock(
+        global,
         &client,
         &keys,
-        &id,
-        proto::Operation::Migrate,
-        req.app_version.as_deref(),
-        req.lock_wait,
+        op,
+        OnLeaseLoss::Finish,
         &progress,
+        async |locked, running| {
+            let (mut store, plan) = migrations.open_locked(direction != Direction::Down).await?;
+            let database = store.shown_url.clone();
+            let rec = Recorder {
+                client: &client,
+                keys: &keys,
+                fence: &locked.lock.fence,
+                progress: &progress,
+                deploy_id: &id,
+                app_version: req.app_version.as_deref().unwrap_or(""),
+                database: &database,
+            };
+            let outcome = match direction {
+                Direction::Down => {
+                    down(&mut store, &migrations, &plan, &running, &rec, req.force).await
+                }
+                _ => forward(&mut store, &plan, &running, &rec, direction).await,
+            };
+            store.close().await;
+            outcome
+        },
     )
-    .await?;
-    let result = async {
-        let (mut store, plan) = migrations.open_locked(direction != Direction::Down).await?;
-        let running = status::read(&client, &keys).await?;
-        let database = store.shown_url.clone();
-        let rec = Recorder {
-            client: &client,
-            keys: &keys,
-            fence: &lock.fence,
-            progress: &progress,
-            deploy_id: &id,
-            app_version: req.app_version.as_deref().unwrap_or(""),
-            database: &database,
-        };
-        let outcome = match direction {
-            Direction::Down => {
-                down(&mut store, &migrations, &plan, &running, &rec, req.force).await
-            }
-            _ => forward(&mut store, &plan, &running, &rec, direction).await,
-        };
-        store.close().await;
-        outcome
-    }
-    .await;
-    lock.release().await;
-    result
+    .await
 }
 
 async fn forward(
-    store: &mut super::store::Store,
+    store: &mut crate::migrate::store::Store,
     plan: &Plan,
     running: &status::AppStatus,
     rec: &Recorder<'_>,
@@ -143,7 +221,7 @@ async fn forward(
 }
 
 async fn down(
-    store: &mut super::store::Store,
+    store: &mut crate::migrate::store::Store,
     migrations: &Migrations,
     plan: &Plan,
     running: &status::AppStatus,
@@ -230,7 +308,7 @@ pub async fn show(global: &Global, spec: &std::path::Path) -> Result<String, Coo
             "database": database, "dir": migrations.dir, "migrations": list,
             "orphans": plan.orphans, "problems": plan.problems, "failures": plan.failures,
         });
-        return Ok(crate::pretty_json(&doc));
+        return Ok(pretty_json(&doc));
     }
     let mut out = format!(
         "migrations of {} in {} ({})\n",

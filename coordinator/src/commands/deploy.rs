@@ -1,0 +1,231 @@
+//! `coordinator deploy`: stage a version on the idle color of every host, check it, switch (or
+//! stop after the checks with `--no-switch`, or ramp a canary with `--canary`); `--plan` shows
+//! what it would do and the exit code it would have, writing nothing.
+use super::checks::{CheckFlags, Checks};
+use crate::context::{load_spec, pretty_json, sha256_of, Global};
+use crate::error::CoordinatorError;
+use crate::locked::{with_lock, LockFor, OnLeaseLoss};
+use crate::probes::HttpProbes;
+use crate::progress::Progress;
+use crate::{deploy, lock, migrate, pipeline, preview, spec, status};
+use proto::records::{validate_artifact_url, validate_sha256, Artifact};
+use proto::{Keys, Operation};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The app spec (bluegreen.toml in the app's repository).
+    #[arg(long)]
+    spec: PathBuf,
+    /// The version being deployed (letters, digits, '.', '_', '-').
+    #[arg(long)]
+    version: String,
+    /// file://, http:// or https:// URL of a tar.gz or a single executable.
+    #[arg(long)]
+    artifact: String,
+    /// Computed from the artifact when omitted.
+    #[arg(long)]
+    sha256: Option<String>,
+    #[command(flatten)]
+    checks: CheckFlags,
+    /// Show what the deploy would do now (target color, hosts, LBs that must ack, pending
+    /// migrations, lock holder) and exit with the code it would have; writes nothing.
+    #[arg(long)]
+    plan: bool,
+    /// Stop after staging and the checks: the new color runs on every host and the LBs'
+    /// preview listener serves it, but traffic stays; `coordinator promote` switches.
+    #[arg(long, conflicts_with = "plan")]
+    no_switch: bool,
+    /// After staging and the checks, send a growing share of requests to the new version
+    /// (the spec's [canary] steps), judge it against the stable version from the LBs' request
+    /// counts, then switch, or send everyone back and fail (exit 1).
+    #[arg(long, conflicts_with = "no_switch")]
+    canary: bool,
+}
+
+impl Args {
+    pub fn name(&self) -> &'static str {
+        if self.plan {
+            "deploy --plan"
+        } else if self.no_switch {
+            "deploy --no-switch"
+        } else if self.canary {
+            "deploy --canary"
+        } else {
+            "deploy"
+        }
+    }
+
+    /// `--plan` is a query; a deploy is an action.
+    pub fn is_query(&self) -> bool {
+        self.plan
+    }
+
+    pub async fn run(self, global: &Global) -> Result<(String, i32), CoordinatorError> {
+        let plan = self.plan;
+        let req = DeployRequest {
+            spec: self.spec,
+            version: self.version,
+            artifact: self.artifact,
+            sha256: self.sha256,
+            checks: self.checks.parse()?,
+            no_switch: self.no_switch,
+            canary: self.canary,
+        };
+        if plan {
+            return deploy_plan(global, req).await;
+        }
+        run_deploy(global, req).await.map(|text| (text, 0))
+    }
+}
+
+struct DeployRequest {
+    spec: std::path::PathBuf,
+    version: String,
+    artifact: String,
+    sha256: Option<String>,
+    checks: Checks,
+    /// Stop after staging and checks; `promote` switches.
+    no_switch: bool,
+    /// Ramp traffic to the new version by the spec's `[canary]` steps before the switch.
+    canary: bool,
+}
+
+/// `deploy`'s input, checked completely before etcd is touched (every error is exit 2).
+struct CheckedDeploy {
+    spec: spec::AppSpec,
+    /// `None` until computed: `--plan` does not fetch the artifact to hash it.
+    sha256: Option<String>,
+    signing_key: Option<proto::signing::SigningKey>,
+}
+
+fn check_deploy_input(
+    global: &Global,
+    req: &DeployRequest,
+) -> Result<CheckedDeploy, CoordinatorError> {
+    let spec = load_spec(global.app.as_deref(), &req.spec)?;
+    proto::check_name("--version", &req.version).map_err(CoordinatorError::Usage)?;
+    validate_artifact_url(&req.artifact)
+        .map_err(|e| CoordinatorError::Usage(format!("--artifact: {e}")))?;
+    let sha256 = req
+        .sha256
+        .as_deref()
+        .map(|hex| {
+            validate_sha256(hex)
+                .map(|()| hex.to_ascii_lowercase())
+                .map_err(|e| CoordinatorError::Usage(format!("--sha256: {e}")))
+        })
+        .transpose()?;
+    let signing_key = req.checks.signing_key()?;
+    Ok(CheckedDeploy {
+        spec,
+        sha256,
+        signing_key,
+    })
+}
+
+/// `coordinator deploy --plan`: the preview document and the exit code the deploy would have.
+async fn deploy_plan(
+    global: &Global,
+    req: DeployRequest,
+) -> Result<(String, i32), CoordinatorError> {
+    let CheckedDeploy { spec, .. } = check_deploy_input(global, &req)?;
+    let migrations = migrate::runner::Migrations::load(&spec, &Progress::silent())?;
+    let pending = preview::pending_migrations(migrations.as_ref()).await;
+    let keys = Keys::new(&global.prefix, &spec.app)?;
+    let client = global.connect().await?;
+    let state = status::read(&client, &keys).await?;
+    let holder = lock::status(&client, &keys)
+        .await?
+        .map(|held| held.holder());
+    let intent = pipeline::Intent {
+        version: req.version.clone(),
+        allow_no_lb: req.checks.allow_no_lb,
+        migrations: migrations.is_some(),
+        verify_for: req.checks.verify_for.unwrap_or(spec.switch.verify_for),
+        no_switch: req.no_switch,
+        canary: req.canary,
+    };
+    let preview = preview::judge(&spec.app, &state, &intent, holder, pending);
+    let text = if global.json {
+        pretty_json(&preview)
+    } else {
+        preview.render_text()
+    };
+    Ok((text, preview.exit))
+}
+
+/// `coordinator deploy`. Input is checked completely before etcd is touched (exit 2).
+async fn run_deploy(global: &Global, req: DeployRequest) -> Result<String, CoordinatorError> {
+    let CheckedDeploy {
+        spec,
+        sha256,
+        signing_key,
+    } = check_deploy_input(global, &req)?;
+    global.recorder.spec(&spec);
+    let sha256 = match sha256 {
+        Some(hex) => hex,
+        None => sha256_of(&req.artifact).await?,
+    };
+    let progress = global.progress();
+    let migrations = migrate::runner::Migrations::load(&spec, &progress)?;
+    if let Some(m) = &migrations {
+        m.precheck().await?;
+    }
+    let keys = Keys::new(&global.prefix, &spec.app)?;
+    let client = global.connect().await?;
+    let op_id = uuid::Uuid::new_v4().to_string();
+    let args = deploy::DeployArgs {
+        version: req.version.clone(),
+        artifact: Artifact {
+            url: req.artifact.clone(),
+            sha256,
+        },
+        health_timeout: req.checks.health_timeout,
+        verify_for: req.checks.verify_for,
+        keep_failed: req.checks.keep_failed,
+        allow_no_lb: req.checks.allow_no_lb,
+        no_switch: req.no_switch,
+        canary: req.canary,
+    };
+    let probes = HttpProbes::new(global.grpc_tls.clone());
+    let op = LockFor {
+        op_id: &op_id,
+        operation: Operation::Deploy,
+        version: Some(&req.version),
+        wait: req.checks.lock_wait,
+    };
+    with_lock(
+        global,
+        &client,
+        &keys,
+        op,
+        OnLeaseLoss::Stop,
+        &progress,
+        async |store, state| {
+            let migrator = migrations
+                .as_ref()
+                .map(|m| migrate::expand::SchemaMigrator {
+                    migrations: m,
+                    client: &client,
+                    keys: &keys,
+                    lock: store.lock,
+                    spec: &spec,
+                    probes: &probes,
+                    progress: &progress,
+                    op_id: &op_id,
+                });
+            let pipeline = deploy::Deploy {
+                store,
+                probes: &probes,
+                migrator: migrator.as_ref(),
+                spec: &spec,
+                progress: &progress,
+                op_id: op_id.clone(),
+                signing_key: signing_key.as_ref(),
+            };
+            pipeline.run(state, &args).await
+        },
+    )
+    .await
+}

@@ -1,0 +1,80 @@
+//! `coordinator switch <color>`: send traffic to a color, with the same safety checks as a
+//! rollback. Also the body of `rollback` ([`move_to`] with no color).
+use super::remember_spec;
+use crate::context::{parse_duration, Global};
+use crate::error::CoordinatorError;
+use crate::locked::{with_lock, LockFor, OnLeaseLoss};
+use crate::probes::HttpProbes;
+use crate::switch;
+use proto::{Color, Operation};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The color to send traffic to.
+    #[arg(value_parser = ["blue", "green"])]
+    color: String,
+    /// How long to wait for another operation's deploy lock before giving up (exit 3).
+    #[arg(long, default_value = "30s")]
+    lock_wait: String,
+    /// Write `active` even when no LB is registered.
+    #[arg(long)]
+    allow_no_lb: bool,
+    /// The app spec, for its hooks (post_switch, post_rollback, on_failure) and webhooks.
+    #[arg(long)]
+    spec: Option<PathBuf>,
+}
+
+impl Args {
+    pub async fn run(self, global: &Global) -> Result<String, CoordinatorError> {
+        remember_spec(global, self.spec.as_deref())?;
+        let target = Some(super::color(&self.color)?);
+        let lock_wait = parse_duration("--lock-wait", &self.lock_wait)?;
+        move_to(global, target, lock_wait, self.allow_no_lb).await
+    }
+}
+
+/// `rollback` (target None: the other color) and `switch <color>`. One operation id covers the
+/// lock, `active`, `deploy` and the history record.
+pub(super) async fn move_to(
+    global: &Global,
+    target: Option<Color>,
+    lock_wait: Duration,
+    allow_no_lb: bool,
+) -> Result<String, CoordinatorError> {
+    let keys = global.keys()?;
+    let client = global.connect().await?;
+    let progress = global.progress();
+    let operation = if target.is_some() {
+        Operation::Switch
+    } else {
+        Operation::Rollback
+    };
+    let op_id = format!("{operation}-{}", uuid::Uuid::new_v4());
+    let request = switch::SwitchRequest {
+        operation,
+        target,
+        op_id: op_id.clone(),
+        allow_no_lb,
+    };
+    let probes = HttpProbes::new(global.grpc_tls.clone());
+    let op = LockFor {
+        op_id: &op_id,
+        operation,
+        version: None,
+        wait: lock_wait,
+    };
+    with_lock(
+        global,
+        &client,
+        &keys,
+        op,
+        OnLeaseLoss::Stop,
+        &progress,
+        async |store, state| {
+            switch::switch_command(store, state, &probes, &request, &progress).await
+        },
+    )
+    .await
+}
