@@ -498,7 +498,7 @@ async fn killed_coordinator_is_reconciled_and_never_switches_twice() {
     })
     .await;
     println!(
-        "lock of a kill -9'd coordinator freed after {:?} (lease TTL 15 s)",
+        "lock of a kill -9'd coordinator freed after {:?} (lease TTL 5 s, --lock-ttl)",
         killed.elapsed()
     );
     let next = fleet.deploy(&fleet.spec("good", &[]), "v3", &[]).await;

@@ -643,3 +643,58 @@ async fn migrations_run_over_postgres_tls() {
     );
     assert_eq!(db.migration_rows().await.len(), 2);
 }
+
+/// Every lock-taking command closes an operation a dead coordinator left behind before its own
+/// work (`deploy`, `promote`, `switch` and `rollback` always did; `stop`, `host remove`,
+/// `lb remove` and `migrate` did not): the dead deploy gets its reconcile record and a terminal
+/// phase, whatever the command then does, success or refusal.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_lock_taking_command_reconciles_a_dead_operation_first() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let fleet = Fleet::start(0, 0).await;
+    let repo = Repo::new();
+    repo.example(CREATE);
+    let spec = fleet.migration_spec("ops", &db.url, repo.path(), &[]);
+    let spec_arg = spec.display().to_string();
+    let commands: [(&[&str], i32); 4] = [
+        (&["stop", "green"], 0),
+        (&["host", "remove", "host-9", "--yes"], 2),
+        (&["lb", "remove", "lb-9", "--yes"], 2),
+        (&["migrate", "up", "--spec", &spec_arg], 0),
+    ];
+    for (i, (args, code)) in commands.into_iter().enumerate() {
+        // What a coordinator killed while staging leaves: its deploy record, and no lock.
+        let dead = proto::records::DeployRecord {
+            deploy_id: format!("dead-{i}"),
+            operation: proto::Operation::Deploy,
+            phase: proto::Phase::Staging,
+            from: None,
+            to: Color::Blue,
+            version: "v9".into(),
+            token: 1,
+            started_at: "2026-12-07T10:00:00Z".into(),
+            updated_at: "2026-12-07T10:00:00Z".into(),
+            error: None,
+        };
+        let deploy_key = keys().deploy();
+        bluegreen_tests::procs::put_raw(
+            &fleet.client,
+            &deploy_key,
+            &proto::records::encode(&dead),
+        )
+        .await;
+        let out = fleet.run(args).await;
+        assert_exit(&out, code, &["reconcile"]);
+        let history = bluegreen_tests::procs::history(&fleet.client).await;
+        assert!(
+            history
+                .iter()
+                .any(|h| h.kind == proto::Operation::Reconcile && h.deploy_id == dead.deploy_id),
+            "{args:?} did not reconcile {}: {history:#?}",
+            dead.deploy_id
+        );
+        let now: proto::records::DeployRecord =
+            decode(&deploy_key, &get_raw(&fleet.client, &deploy_key).await.unwrap()).unwrap();
+        assert_ne!(now.phase, proto::Phase::Staging, "{args:?}: {now:?}");
+    }
+}
