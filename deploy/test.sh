@@ -27,7 +27,9 @@ echo "test.sh: throwaway PostgreSQL at $BLUEGREEN_TEST_POSTGRES_URL"
 mark=$SECONDS
 cargo build --workspace --all-targets
 build_s=$((SECONDS - mark))
-integration=$(cargo test -p bluegreen-tests --test integration --no-run --message-format=json 2>/dev/null |
+# The integration binary's path (--workspace as above: with -p alone, cargo resolves features for
+# that one package and compiles half the workspace again).
+integration=$(cargo test --workspace --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
