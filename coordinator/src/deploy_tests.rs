@@ -768,3 +768,50 @@ async fn a_first_deploy_cannot_be_a_canary() {
     );
     assert!(store.writes().is_empty(), "nothing written");
 }
+
+/// A canary whose coordinator died, and one LB's sidecar gone as well: whatever command takes the
+/// lock next sends every user back to the stable color, waits for the live LB only (naming the
+/// other) and records the reconcile. Waiting for the dead LB made every lock-taking command fail
+/// after the ack timeout, `lb remove` of that very LB included, and lost the reconcile record.
+#[tokio::test(start_paused = true)]
+async fn a_dead_canary_is_sent_back_without_waiting_for_a_dead_lb() {
+    let store = fleet().serving(Color::Blue, "v1");
+    store.set_deploy(DeployRecord {
+        deploy_id: "canary-1".into(),
+        operation: Operation::Deploy,
+        phase: Phase::Canary,
+        from: Some(Color::Blue),
+        to: Color::Green,
+        version: "v2".into(),
+        token: 1,
+        started_at: "t".into(),
+        updated_at: "t".into(),
+        error: None,
+    });
+    store.set_traffic(proto::records::TrafficRecord {
+        stable: Color::Blue,
+        canary: Color::Green,
+        weight: 500,
+        step: 2,
+        sticky: Default::default(),
+        deploy_id: "canary-1".into(),
+        token: 1,
+        set_at: "t".into(),
+    });
+    store.silence_lb("lb-2");
+    let progress = Progress::new(true);
+    let ran = crate::locked::run_locked(&store, "lb-remove-1", &progress, async |_, state| {
+        Ok(state.deploy.map(|d| d.phase))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        ran,
+        Some(Phase::Failed),
+        "the body sees the reconciled state"
+    );
+    let s = store.snapshot();
+    assert_eq!(s.traffic.map(|t| t.weight), Some(0));
+    let reconciled: Vec<Operation> = outcomes(&store).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(reconciled, vec![Operation::Reconcile]);
+}

@@ -42,9 +42,6 @@ pub async fn previous<S: Store>(
     ));
     finished.updated_at = proto::time::now_rfc3339();
     store.put(&[Write::Deploy(finished.clone())], None).await?;
-    if previous.phase == Phase::Canary {
-        back_to_stable(store, state, &previous.deploy_id, progress).await?;
-    }
     let mut record = history::record(Operation::Reconcile, &previous.deploy_id, decision.outcome);
     record.from = previous.from;
     record.to = Some(previous.to);
@@ -52,11 +49,19 @@ pub async fn previous<S: Store>(
     record.reason = finished.error.clone();
     record.details =
         serde_json::json!({ "operation": decision.operation, "phase": previous.phase });
-    store.append_history(&record).await.map(|_| true)
+    // Recorded before the canary's LBs are waited for: the operation is closed whatever they do.
+    store.append_history(&record).await?;
+    if previous.phase == Phase::Canary {
+        back_to_stable(store, state, &previous.deploy_id, progress).await?;
+    }
+    Ok(true)
 }
 
 /// A canary whose coordinator died leaves part of the traffic on a color nobody judges any more:
-/// send everyone back to the stable color (fenced by this command's lock) and wait for every LB.
+/// send everyone back to the stable color (fenced by this command's lock) and wait for every live
+/// LB. A registered LB whose sidecar is gone cannot ack; it is named, and takes weight 0 when its
+/// sidecar returns. Waiting for it would fail every lock-taking command, `lb remove` of that very
+/// LB included, which is the way out.
 async fn back_to_stable<S: Store>(
     store: &S,
     state: &AppStatus,
@@ -88,7 +93,23 @@ async fn back_to_stable<S: Store>(
             traffic.stable
         ),
     );
-    let lbs: Vec<String> = state.lbs.keys().cloned().collect();
+    let (lbs, gone): (Vec<String>, Vec<String>) = state
+        .lbs
+        .keys()
+        .cloned()
+        .partition(|lb| state.lbs_alive.contains(lb));
+    if !gone.is_empty() {
+        progress.event(
+            "reconcile",
+            None,
+            "not waited for",
+            &format!(
+                "LB(s) {} have no live sidecar: each takes weight 0 when its sidecar returns \
+                 (or `coordinator lb remove` it)",
+                gone.join(", ")
+            ),
+        );
+    }
     crate::traffic::await_acks(store, &lbs, revision, progress)
         .await?
         .map(|_| ())

@@ -172,6 +172,13 @@ impl MemoryStore {
         self.bump(&mut inner);
     }
 
+    /// The split as a canary's coordinator last wrote it.
+    pub fn set_traffic(&self, record: proto::records::TrafficRecord) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.state.traffic = Some(record);
+        self.bump(&mut inner);
+    }
+
     pub fn set_active_invalid(&self, problem: &str) {
         let mut inner = self.inner.lock().unwrap();
         inner.state.active = None;

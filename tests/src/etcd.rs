@@ -363,10 +363,23 @@ impl Etcd {
             .expect("the member to replace is listed");
         client.member_remove(id).await.expect("member remove");
         let peer = self.members[i].peer_url.clone();
-        client
-            .member_add(vec![peer], None)
-            .await
-            .expect("member add");
+        // etcd refuses a reconfiguration until every member has been connected for a few seconds
+        // (its strict reconfiguration check answers "unhealthy cluster"): ask until it accepts.
+        crate::wait_for(
+            "etcd to accept the new member",
+            std::time::Duration::from_secs(30),
+            || {
+                let (mut client, peer) = (client.clone(), peer.clone());
+                async move {
+                    match client.member_add(vec![peer], None).await {
+                        Ok(_) => Some(()),
+                        Err(e) if e.to_string().contains("unhealthy cluster") => None,
+                        Err(e) => panic!("member add: {e:?}"),
+                    }
+                }
+            },
+        )
+        .await;
         let _ = std::fs::remove_dir_all(self.members[i].dir.path().join("data"));
         let cluster = self.initial_cluster();
         self.spawn_member(i, &cluster, "existing");

@@ -241,6 +241,16 @@ impl Fleet {
         cmd.args(extra).output().await.expect("run coordinator")
     }
 
+    /// This fleet's coordinators take the deploy lock under a short lease, for a test that kills
+    /// or cuts off a lock holder and waits for the lease to expire. 6 s: the coordinator allows
+    /// 5 s, and one more keeps a renewal delayed by a busy two-core machine from looking like a
+    /// partition. Tests of etcd outages and elections keep the default (15 s), which is what
+    /// outlives them.
+    pub fn short_lock_lease(&mut self) {
+        self.coordinator_env
+            .push(("BLUEGREEN_LOCK_TTL".into(), "6s".into()));
+    }
+
     /// `coordinator` with this fleet's etcd and app, ready to take arguments.
     pub fn coordinator(&self) -> tokio::process::Command {
         self.coordinator_in(None)
@@ -257,11 +267,8 @@ impl Fleet {
             }
             None => tokio::process::Command::new(binary("coordinator")),
         };
-        // The shortest lock lease the coordinator allows: a test that kills or cuts off a lock
-        // holder waits for it to expire, and nothing here needs the default's margin.
         cmd.env("BLUEGREEN_ETCD", self.etcd.endpoints().join(","))
             .env("BLUEGREEN_APP", APP)
-            .env("BLUEGREEN_LOCK_TTL", "5s")
             .envs(self.coordinator_env.iter().map(|(k, v)| (k, v)))
             .kill_on_drop(true);
         cmd

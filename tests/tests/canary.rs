@@ -379,7 +379,8 @@ async fn canary_at_first_step(
 /// takes the lock and sends every LB back).
 #[tokio::test(flavor = "multi_thread")]
 async fn operators_pause_and_promote_a_canary_and_abort_one_whose_coordinator_died() {
-    let fleet = Fleet::start(2, 2).await;
+    let mut fleet = Fleet::start(2, 2).await;
+    fleet.short_lock_lease();
     let spec = fleet.spec_with("held", &[], &canary_section("[2, 20]", "1s", "600s"));
     let v1 = fleet.deploy(&spec, "v1", &[]).await;
     assert!(v1.status.success(), "{}", text(&v1));

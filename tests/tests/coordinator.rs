@@ -474,7 +474,8 @@ async fn active_history(fleet: &Fleet) -> Vec<ActiveRecord> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_coordinator_is_reconciled_and_never_switches_twice() {
-    let fleet = fleet_with_v1().await;
+    let mut fleet = fleet_with_v1().await;
+    fleet.short_lock_lease();
     let deploy_key = keys().deploy();
     let lock_key = keys().lock();
     let slow = fleet.spec("slow", &[("DEMO_START_DELAY_MS", "3000")]);
@@ -498,7 +499,7 @@ async fn killed_coordinator_is_reconciled_and_never_switches_twice() {
     })
     .await;
     println!(
-        "lock of a kill -9'd coordinator freed after {:?} (lease TTL 5 s, --lock-ttl)",
+        "lock of a kill -9'd coordinator freed after {:?} (lease TTL 6 s, --lock-ttl)",
         killed.elapsed()
     );
     let next = fleet.deploy(&fleet.spec("good", &[]), "v3", &[]).await;

@@ -677,12 +677,8 @@ async fn every_lock_taking_command_reconciles_a_dead_operation_first() {
             error: None,
         };
         let deploy_key = keys().deploy();
-        bluegreen_tests::procs::put_raw(
-            &fleet.client,
-            &deploy_key,
-            &proto::records::encode(&dead),
-        )
-        .await;
+        bluegreen_tests::procs::put_raw(&fleet.client, &deploy_key, &proto::records::encode(&dead))
+            .await;
         let out = fleet.run(args).await;
         assert_exit(&out, code, &["reconcile"]);
         let history = bluegreen_tests::procs::history(&fleet.client).await;
@@ -693,8 +689,11 @@ async fn every_lock_taking_command_reconciles_a_dead_operation_first() {
             "{args:?} did not reconcile {}: {history:#?}",
             dead.deploy_id
         );
-        let now: proto::records::DeployRecord =
-            decode(&deploy_key, &get_raw(&fleet.client, &deploy_key).await.unwrap()).unwrap();
+        let now: proto::records::DeployRecord = decode(
+            &deploy_key,
+            &get_raw(&fleet.client, &deploy_key).await.unwrap(),
+        )
+        .unwrap();
         assert_ne!(now.phase, proto::Phase::Staging, "{args:?}: {now:?}");
     }
 }

@@ -125,7 +125,8 @@ async fn an_lb_cut_off_from_etcd_during_a_switch() {
 /// its deploy is written after the second's.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_coordinator_cut_off_while_holding_the_lock_is_fenced_out() {
-    let fleet = serving_blue(2, 1).await;
+    let mut fleet = serving_blue(2, 1).await;
+    fleet.short_lock_lease();
     let runner = fleet.net.as_ref().unwrap().ns(50);
     let spec = fleet.spec("good", &[]);
     let first = spawn_piped(fleet.deploy_command_in(
