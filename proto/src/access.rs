@@ -160,15 +160,30 @@ pub async fn connect(access: &EtcdAccess) -> Result<etcd_client::Client, ProtoEr
         })
 }
 
-/// [`connect`] to the endpoints that answer now. etcd-client balances requests over every
-/// endpoint it was given, and a request that lands on a member that is down fails ("tcp connect
-/// error") instead of going to a live one: a short-lived command (the coordinator) asks each
-/// endpoint first and keeps only those that answered, so one dead member of three costs nothing.
-/// When none answers, all are kept and the caller's first request reports why.
+/// [`connect`] to the endpoints that answer now, and keep it so. etcd-client balances requests
+/// over every endpoint it was given, and a request that lands on a member that is down fails
+/// ("tcp connect error") instead of going to a live one: a command (the coordinator) asks each
+/// endpoint first and keeps only those that answered, so one dead member of three costs nothing;
+/// then [`keep_live`] follows members that die or come back while the command runs (a member
+/// killed right after a switch failed the deploy's last writes, exit 4). When none answers, all
+/// are kept and the caller's first request reports why.
 pub async fn connect_live(access: &EtcdAccess) -> Result<etcd_client::Client, ProtoError> {
     if access.endpoints.len() < 2 {
         return connect(access).await;
     }
+    let live = live_endpoints(access).await;
+    let client = connect(&EtcdAccess {
+        endpoints: live.clone(),
+        ..access.clone()
+    })
+    .await?;
+    keep_live(&client, access, live);
+    Ok(client)
+}
+
+/// The endpoints of `access` that answer a status request now, in the operator's order (which
+/// may list the nearest member first); all of them when none does.
+async fn live_endpoints(access: &EtcdAccess) -> Vec<String> {
     let mut probes = tokio::task::JoinSet::new();
     for endpoint in access.endpoints.clone() {
         let one = EtcdAccess {
@@ -194,9 +209,8 @@ pub async fn connect_live(access: &EtcdAccess) -> Result<etcd_client::Client, Pr
         }
     }
     if live.is_empty() || live.len() == access.endpoints.len() {
-        return connect(access).await;
+        return access.endpoints.clone();
     }
-    // Keep the operator's order (it may list the nearest member first).
     live.sort_by_key(|e| access.endpoints.iter().position(|x| x == e));
     let skipped: Vec<&String> = access
         .endpoints
@@ -205,13 +219,88 @@ pub async fn connect_live(access: &EtcdAccess) -> Result<etcd_client::Client, Pr
         .collect();
     tracing::warn!(
         ?skipped,
-        "etcd endpoints that did not answer are left out of this run"
+        "etcd endpoints that did not answer are left out until they do"
     );
-    connect(&EtcdAccess {
-        endpoints: live,
-        ..access.clone()
-    })
-    .await
+    live
+}
+
+/// How often [`keep_live`] checks every endpoint, and how long one check may take.
+const KEEP_LIVE_INTERVAL: Duration = Duration::from_millis(500);
+const KEEP_LIVE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Keeps `client`'s balancer (which holds `in_use` of `access`'s endpoints) to the endpoints that
+/// accept connections: every [`KEEP_LIVE_INTERVAL`] each endpoint gets a TCP connect; one that
+/// refuses or does not answer is taken out, one that accepts again is put back, and the last one
+/// is never taken out. The task lives as long as the runtime it was spawned on (a command's).
+fn keep_live(client: &etcd_client::Client, access: &EtcdAccess, in_use: Vec<String>) {
+    let (client, endpoints) = (client.clone(), access.endpoints.clone());
+    let mut in_use: std::collections::BTreeSet<String> = in_use.into_iter().collect();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(KEEP_LIVE_INTERVAL).await; // the check's period
+            let mut accepting = Vec::with_capacity(endpoints.len());
+            for endpoint in &endpoints {
+                accepting.push((endpoint.clone(), accepts(endpoint).await));
+            }
+            let (add, remove) = rebalance(&in_use, &accepting);
+            for endpoint in add {
+                if client.add_endpoint(&endpoint).await.is_ok() {
+                    tracing::info!(endpoint, "etcd endpoint accepts connections again");
+                    in_use.insert(endpoint);
+                }
+            }
+            for endpoint in remove {
+                if client.remove_endpoint(&endpoint).await.is_ok() {
+                    tracing::warn!(endpoint, "etcd endpoint stopped accepting connections");
+                    in_use.remove(&endpoint);
+                }
+            }
+        }
+    });
+}
+
+/// Whether `endpoint` (a URL, `http://host:port`) accepts a TCP connection within
+/// [`KEEP_LIVE_TIMEOUT`].
+async fn accepts(endpoint: &str) -> bool {
+    let authority = endpoint
+        .split("://")
+        .last()
+        .unwrap_or(endpoint)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let address = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:2379")
+    };
+    matches!(
+        tokio::time::timeout(KEEP_LIVE_TIMEOUT, tokio::net::TcpStream::connect(address)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Which endpoints to put back into the balancer and which to take out, given which accept
+/// connections now. The balancer never loses its last endpoint: with every member unreachable,
+/// the requests' own errors say so.
+fn rebalance(
+    in_use: &std::collections::BTreeSet<String>,
+    accepting: &[(String, bool)],
+) -> (Vec<String>, Vec<String>) {
+    let add: Vec<String> = accepting
+        .iter()
+        .filter(|(e, ok)| *ok && !in_use.contains(e))
+        .map(|(e, _)| e.clone())
+        .collect();
+    let mut remaining = in_use.len() + add.len();
+    let mut remove = Vec::new();
+    for (e, ok) in accepting {
+        if !*ok && in_use.contains(e) && remaining > 1 {
+            remove.push(e.clone());
+            remaining -= 1;
+        }
+    }
+    (add, remove)
 }
 
 /// How long [`connect_live`] waits for each endpoint's status.
@@ -235,6 +324,48 @@ fn read_password(path: &Path) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rebalance_follows_members_but_never_empties_the_balancer() {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        let seen = |v: &[(&str, bool)]| -> Vec<(String, bool)> {
+            v.iter().map(|(e, ok)| (e.to_string(), *ok)).collect()
+        };
+        // A member dies: out. One comes back: in.
+        assert_eq!(
+            rebalance(
+                &set(&["a", "b", "c"]),
+                &seen(&[("a", true), ("b", false), ("c", true)])
+            ),
+            (vec![], vec!["b".to_string()])
+        );
+        assert_eq!(
+            rebalance(
+                &set(&["a", "c"]),
+                &seen(&[("a", true), ("b", true), ("c", true)])
+            ),
+            (vec!["b".to_string()], vec![])
+        );
+        // Everything unreachable: the last one stays.
+        assert_eq!(
+            rebalance(&set(&["a", "b"]), &seen(&[("a", false), ("b", false)])),
+            (vec![], vec!["a".to_string()])
+        );
+        // One comes back as the other goes: the swap is allowed.
+        assert_eq!(
+            rebalance(&set(&["a"]), &seen(&[("a", false), ("b", true)])),
+            (vec!["b".to_string()], vec!["a".to_string()])
+        );
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_accepts_while_something_listens_there() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        assert!(accepts(&url).await);
+        drop(listener);
+        assert!(!accepts(&url).await);
+    }
 
     fn settings() -> AccessSettings {
         AccessSettings {
