@@ -23,6 +23,33 @@ pub struct LockFor<'a> {
     pub version: Option<&'a str>,
     /// How long to wait for another holder (`--lock-wait`).
     pub wait: Duration,
+    pub on_loss: OnLeaseLoss,
+}
+
+impl<'a> LockFor<'a> {
+    /// `operation` under the id `op_id`, waiting up to `wait` for the lock, about no particular
+    /// version, stopped when the lease is lost.
+    pub fn new(op_id: &'a str, operation: Operation, wait: Duration) -> LockFor<'a> {
+        LockFor {
+            op_id,
+            operation,
+            version: None,
+            wait,
+            on_loss: OnLeaseLoss::Stop,
+        }
+    }
+
+    pub fn version(self, version: Option<&'a str>) -> LockFor<'a> {
+        LockFor { version, ..self }
+    }
+
+    /// See [`OnLeaseLoss::Finish`].
+    pub fn finish_on_lease_loss(self) -> LockFor<'a> {
+        LockFor {
+            on_loss: OnLeaseLoss::Finish,
+            ..self
+        }
+    }
 }
 
 /// What happens to the body when the lock's lease is lost (the coordinator was paused or cut off
@@ -46,7 +73,6 @@ pub async fn with_lock<T>(
     client: &etcd_client::Client,
     keys: &Keys,
     op: LockFor<'_>,
-    on_loss: OnLeaseLoss,
     progress: &Progress,
     body: impl AsyncFnOnce(&EtcdStore<'_>, AppStatus) -> Result<T, CoordinatorError>,
 ) -> Result<T, CoordinatorError> {
@@ -62,7 +88,7 @@ pub async fn with_lock<T>(
         DeployLock::acquire(client, keys, &record, global.lock_ttl, op.wait, progress).await?;
     let store = EtcdStore::new(client, keys, &lock);
     let locked = run_locked(&store, op.op_id, progress, body);
-    let result = match on_loss {
+    let result = match op.on_loss {
         OnLeaseLoss::Stop => tokio::select! {
             r = locked => r,
             lost = lock.session.lost() => Err(CoordinatorError::Failed(format!(

@@ -7,7 +7,7 @@
 use crate::context::{parse_duration, pretty_json, Global};
 use crate::error::CoordinatorError;
 use crate::lock;
-use crate::locked::{with_lock, LockFor, OnLeaseLoss};
+use crate::locked::{with_lock, LockFor};
 use crate::status::{self, AppStatus};
 use proto::records::{decode, CanaryAction, CanaryRequest, DeployRecord, HistoryRecord};
 use proto::watch::{PrefixWatch, WatchEvent};
@@ -343,23 +343,9 @@ async fn abort_orphan(
 ) -> Result<String, CoordinatorError> {
     let progress = global.progress();
     let op_id = format!("canary-abort-{}", uuid::Uuid::new_v4());
-    let op = LockFor {
-        op_id: &op_id,
-        operation: Operation::CanaryStep,
-        version: None,
-        wait: lock_wait,
-    };
+    let op = LockFor::new(&op_id, Operation::CanaryStep, lock_wait);
     // Taking the lock reconciles the dead canary, which sends every LB back to the stable color.
-    with_lock(
-        global,
-        client,
-        keys,
-        op,
-        OnLeaseLoss::Stop,
-        &progress,
-        async |_, _| Ok(()),
-    )
-    .await?;
+    with_lock(global, client, keys, op, &progress, async |_, _| Ok(())).await?;
     Ok(format!(
         "canary {} had no coordinator; reconciled: every LB sends all requests to {}\n",
         canary.deploy_id,

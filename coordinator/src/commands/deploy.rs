@@ -4,7 +4,7 @@
 use super::checks::{CheckFlags, Checks};
 use crate::context::{load_spec, pretty_json, sha256_of, Global};
 use crate::error::CoordinatorError;
-use crate::locked::{with_lock, LockFor, OnLeaseLoss};
+use crate::locked::{with_lock, LockFor};
 use crate::probes::HttpProbes;
 use crate::progress::Progress;
 use crate::{deploy, lock, migrate, pipeline, preview, spec, status};
@@ -189,18 +189,13 @@ async fn run_deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
         canary: req.canary,
     };
     let probes = HttpProbes::new(global.grpc_tls.clone());
-    let op = LockFor {
-        op_id: &op_id,
-        operation: Operation::Deploy,
-        version: Some(&req.version),
-        wait: req.checks.lock_wait,
-    };
+    let op =
+        LockFor::new(&op_id, Operation::Deploy, req.checks.lock_wait).version(Some(&req.version));
     with_lock(
         global,
         &client,
         &keys,
         op,
-        OnLeaseLoss::Stop,
         &progress,
         async |store, state| {
             let migrator = migrations

@@ -2,7 +2,7 @@
 //! alive or not, and forgetting one that is gone for good (under the deploy lock).
 use crate::context::{parse_duration, pretty_json, Global};
 use crate::error::CoordinatorError;
-use crate::locked::{with_lock, LockFor, OnLeaseLoss};
+use crate::locked::{with_lock, LockFor};
 use crate::membership::Member;
 use crate::{hosts, lbs, status};
 use std::time::Duration;
@@ -87,18 +87,12 @@ async fn member_remove(
     let client = global.connect().await?;
     let progress = global.progress();
     let id = format!("{}-remove-{}", kind.command(), uuid::Uuid::new_v4());
-    let op = LockFor {
-        op_id: &id,
-        operation: kind.operation(),
-        version: None,
-        wait: lock_wait,
-    };
+    let op = LockFor::new(&id, kind.operation(), lock_wait);
     with_lock(
         global,
         &client,
         &keys,
         op,
-        OnLeaseLoss::Stop,
         &progress,
         async |store, state| match kind {
             Member::Host => hosts::remove(store, state, name, &id).await,

@@ -3,7 +3,7 @@
 //! database's own lock, and each apply or revert is a `history` record.
 use crate::context::{load_spec, parse_duration, pretty_json, Global};
 use crate::error::CoordinatorError;
-use crate::locked::{with_lock, LockFor, OnLeaseLoss};
+use crate::locked::{with_lock, LockFor};
 use crate::migrate::files::Phase;
 use crate::migrate::gate::{contract_blockers, natural_cmp, running_versions};
 use crate::migrate::plan::{Plan, State};
@@ -133,18 +133,14 @@ pub async fn change(
     let keys = proto::Keys::new(&global.prefix, &spec.app)?;
     let client = global.connect().await?;
     let id = format!("migrate-{}", uuid::Uuid::new_v4());
-    let op = LockFor {
-        op_id: &id,
-        operation: proto::Operation::Migrate,
-        version: req.app_version.as_deref(),
-        wait: req.lock_wait,
-    };
+    let op = LockFor::new(&id, proto::Operation::Migrate, req.lock_wait)
+        .version(req.app_version.as_deref())
+        .finish_on_lease_loss();
     with_lock(
         global,
         &client,
         &keys,
         op,
-        OnLeaseLoss::Finish,
         &progress,
         async |locked, running| {
             let (mut store, plan) = migrations.open_locked(direction != Direction::Down).await?;

@@ -4,7 +4,7 @@ use super::checks::CheckFlags;
 use crate::context::{load_spec, Global};
 use crate::deploy;
 use crate::error::CoordinatorError;
-use crate::locked::{with_lock, LockFor, OnLeaseLoss};
+use crate::locked::{with_lock, LockFor};
 use crate::probes::HttpProbes;
 use proto::{Keys, Operation};
 use std::path::PathBuf;
@@ -35,18 +35,12 @@ impl Args {
             keep_failed: checks.keep_failed,
             allow_no_lb: checks.allow_no_lb,
         };
-        let op = LockFor {
-            op_id: &op_id,
-            operation: Operation::Promote,
-            version: None,
-            wait: checks.lock_wait,
-        };
+        let op = LockFor::new(&op_id, Operation::Promote, checks.lock_wait);
         with_lock(
             global,
             &client,
             &keys,
             op,
-            OnLeaseLoss::Stop,
             &progress,
             async |store, state| {
                 let pipeline: deploy::Deploy<'_, _, _, deploy::NoMigrations> = deploy::Deploy {

@@ -2,7 +2,7 @@
 //! operator who wants a version gone without deploying over it; gives up the instant rollback.
 use crate::context::{parse_duration, Global};
 use crate::error::CoordinatorError;
-use crate::locked::{with_lock, LockFor, OnLeaseLoss};
+use crate::locked::{with_lock, LockFor};
 use crate::stop;
 use proto::{Color, Operation};
 use std::time::Duration;
@@ -39,18 +39,12 @@ async fn stop(
     let client = global.connect().await?;
     let progress = global.progress();
     let id = format!("stop-{}", uuid::Uuid::new_v4());
-    let op = LockFor {
-        op_id: &id,
-        operation: Operation::Stop,
-        version: None,
-        wait: lock_wait,
-    };
+    let op = LockFor::new(&id, Operation::Stop, lock_wait);
     with_lock(
         global,
         &client,
         &keys,
         op,
-        OnLeaseLoss::Stop,
         &progress,
         async |store, state| stop::stop_color(store, state, color, &id, &progress).await,
     )

@@ -1,9 +1,9 @@
 //! `coordinator switch <color>`: send traffic to a color, with the same safety checks as a
-//! rollback. Also the body of `rollback` ([`move_to`] with no color).
+//! rollback. Its flags ([`MoveFlags`]) and body serve `rollback` too.
 use super::remember_spec;
 use crate::context::{parse_duration, Global};
 use crate::error::CoordinatorError;
-use crate::locked::{with_lock, LockFor, OnLeaseLoss};
+use crate::locked::{with_lock, LockFor};
 use crate::probes::HttpProbes;
 use crate::switch;
 use proto::{Color, Operation};
@@ -15,6 +15,20 @@ pub struct Args {
     /// The color to send traffic to.
     #[arg(value_parser = ["blue", "green"])]
     color: String,
+    #[command(flatten)]
+    flags: MoveFlags,
+}
+
+impl Args {
+    pub async fn run(self, global: &Global) -> Result<String, CoordinatorError> {
+        let target = super::color(&self.color)?;
+        self.flags.move_to(global, Some(target)).await
+    }
+}
+
+/// What `switch` and `rollback` share: the lock wait, writing without LBs, the spec for hooks.
+#[derive(clap::Args)]
+pub struct MoveFlags {
     /// How long to wait for another operation's deploy lock before giving up (exit 3).
     #[arg(long, default_value = "30s")]
     lock_wait: String,
@@ -26,18 +40,20 @@ pub struct Args {
     spec: Option<PathBuf>,
 }
 
-impl Args {
-    pub async fn run(self, global: &Global) -> Result<String, CoordinatorError> {
+impl MoveFlags {
+    /// Traffic to `target` (None: rollback, the color that is not active).
+    pub async fn move_to(
+        self,
+        global: &Global,
+        target: Option<Color>,
+    ) -> Result<String, CoordinatorError> {
         remember_spec(global, self.spec.as_deref())?;
-        let target = Some(super::color(&self.color)?);
         let lock_wait = parse_duration("--lock-wait", &self.lock_wait)?;
         move_to(global, target, lock_wait, self.allow_no_lb).await
     }
 }
 
-/// `rollback` (target None: the other color) and `switch <color>`. One operation id covers the
-/// lock, `active`, `deploy` and the history record.
-pub(super) async fn move_to(
+async fn move_to(
     global: &Global,
     target: Option<Color>,
     lock_wait: Duration,
@@ -59,18 +75,12 @@ pub(super) async fn move_to(
         allow_no_lb,
     };
     let probes = HttpProbes::new(global.grpc_tls.clone());
-    let op = LockFor {
-        op_id: &op_id,
-        operation,
-        version: None,
-        wait: lock_wait,
-    };
+    let op = LockFor::new(&op_id, operation, lock_wait);
     with_lock(
         global,
         &client,
         &keys,
         op,
-        OnLeaseLoss::Stop,
         &progress,
         async |store, state| {
             switch::switch_command(store, state, &probes, &request, &progress).await
