@@ -3,7 +3,7 @@
 use crate::error::AgentError;
 use clap::Parser;
 use proto::records::Ports;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,7 +11,29 @@ use std::time::Duration;
 /// The dedicated system user apps run as unless configured otherwise (the packages create it).
 pub const DEFAULT_RUN_AS: &str = "bluegreen-app";
 
-/// Command line of `agent`. Every setting of the file is also a flag and an env variable.
+/// Where every agent setting's variable name starts: `state_dir` is `BLUEGREEN_AGENT_STATE_DIR`.
+pub const ENV_PREFIX: &str = "BLUEGREEN_AGENT_";
+
+/// Every default, in one place (the file's own format). Settings not here have a default that
+/// depends on another (`host`, `grpc_listen`, `metrics_listen`) or none.
+pub const DEFAULTS: &str = r#"
+etcd = ["http://127.0.0.1:2379"]
+prefix = "/bluegreen"
+address = "127.0.0.1"
+state_dir = "/var/lib/bluegreen/agent"
+lease_ttl = "10s"
+max_restarts = 3
+log_max_bytes = 4194304
+app_log_level = "info"
+run_as = "bluegreen-app"
+download_timeout = "30s"
+download_max_bytes = 2147483648
+[ports]
+blue = 8080
+green = 8081
+"#;
+
+/// Command line of `agent`: the config file, then every setting (also a file key and a variable).
 #[derive(Debug, Parser, Default)]
 #[command(
     name = "agent",
@@ -20,129 +42,116 @@ pub const DEFAULT_RUN_AS: &str = "bluegreen-app";
 )]
 pub struct Cli {
     /// TOML config file (see deploy/examples/agent.toml).
-    #[arg(long, env = "BLUEGREEN_AGENT_CONFIG")]
+    #[arg(long)]
     pub config: Option<PathBuf>,
-    /// etcd endpoints, comma separated [default: http://127.0.0.1:2379].
-    #[arg(long, env = "BLUEGREEN_AGENT_ETCD", value_delimiter = ',')]
-    pub etcd: Option<Vec<String>>,
-    /// The etcd key prefix every app lives under [default: /bluegreen].
-    #[arg(long, env = "BLUEGREEN_AGENT_PREFIX")]
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+impl Cli {
+    /// The command line with every setting's variable and default (for `--help` and man pages).
+    pub fn command() -> clap::Command {
+        proto::settings::command(
+            <Cli as clap::CommandFactory>::command(),
+            ENV_PREFIX,
+            DEFAULTS,
+        )
+    }
+
+    /// This process's command line and environment.
+    pub fn from_env() -> Cli {
+        proto::settings::parse(ENV_PREFIX, DEFAULTS)
+    }
+}
+
+/// Every agent setting, declared once: the field is the file's key, `--flag` and
+/// `BLUEGREEN_AGENT_<KEY>` (see `proto::settings`); its default is in [`DEFAULTS`].
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub etcd: proto::access::EtcdSettings,
+    /// The etcd key prefix every app lives under.
+    #[arg(long)]
     pub prefix: Option<String>,
     /// The app this agent runs (required).
-    #[arg(long, env = "BLUEGREEN_AGENT_APP")]
+    #[arg(long)]
     pub app: Option<String>,
-    /// This host's name in etcd (default: the machine's hostname).
-    #[arg(long, env = "BLUEGREEN_AGENT_HOST")]
+    /// This host's name in etcd [default: the machine's hostname].
+    #[arg(long)]
     pub host: Option<String>,
-    /// The address load balancers use to reach this host's apps; the apps listen on it
-    /// [default: 127.0.0.1].
-    #[arg(long, env = "BLUEGREEN_AGENT_ADDRESS")]
+    /// The address load balancers use to reach this host's apps; the apps listen on it.
+    #[arg(long)]
     pub address: Option<String>,
-    /// Artifacts, pid files and app logs [default: /var/lib/bluegreen/agent].
-    #[arg(long, env = "BLUEGREEN_AGENT_STATE_DIR")]
+    /// Artifacts, pid files and app logs.
+    #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// The gRPC API (app logs for `coordinator logs`) [default: ADDRESS:7070].
-    #[arg(long, env = "BLUEGREEN_AGENT_GRPC_LISTEN")]
+    #[arg(long)]
     pub grpc_listen: Option<String>,
-    /// Prometheus /metrics, on a loopback address [default: ADDRESS:7071 when ADDRESS is
-    /// loopback, else 127.0.0.1:7071]; "off" serves none.
-    #[arg(long, env = "BLUEGREEN_AGENT_METRICS_LISTEN")]
+    /// Prometheus /metrics, on a loopback address; "off" serves none [default: ADDRESS:7071
+    /// when ADDRESS is loopback, else 127.0.0.1:7071].
+    #[arg(long)]
     pub metrics_listen: Option<String>,
-    /// How fast a dead agent's keys disappear [default: 10s].
-    #[arg(long, env = "BLUEGREEN_AGENT_LEASE_TTL")]
+    /// How fast a dead agent's keys disappear (at least 2s).
+    #[arg(long)]
     pub lease_ttl: Option<String>,
-    /// The blue copy's port [default: 8080].
-    #[arg(long, env = "BLUEGREEN_AGENT_BLUE_PORT")]
-    pub blue_port: Option<u16>,
-    /// The green copy's port [default: 8081].
-    #[arg(long, env = "BLUEGREEN_AGENT_GREEN_PORT")]
-    pub green_port: Option<u16>,
-    /// Crashes in a row (without staying healthy) before a color is declared failed [default: 3].
-    #[arg(long, env = "BLUEGREEN_AGENT_MAX_RESTARTS")]
+    #[command(flatten)]
+    pub ports: PortSettings,
+    /// Crashes in a row (without staying healthy) before a color is declared failed.
+    #[arg(long)]
     pub max_restarts: Option<u32>,
-    /// Per-color log file size before it is rotated, in bytes [default: 4194304].
-    #[arg(long, env = "BLUEGREEN_AGENT_LOG_MAX_BYTES")]
+    /// Per-color log file size before it is rotated, in bytes.
+    #[arg(long)]
     pub log_max_bytes: Option<u64>,
-    /// LOG_LEVEL handed to the apps [default: info].
-    #[arg(long, env = "BLUEGREEN_AGENT_APP_LOG_LEVEL")]
+    /// LOG_LEVEL handed to the apps.
+    #[arg(long)]
     pub app_log_level: Option<String>,
-    /// CA that signed etcd's server certificate (https:// endpoints).
-    #[arg(long, env = "BLUEGREEN_AGENT_ETCD_CACERT")]
-    pub etcd_cacert: Option<PathBuf>,
-    /// Client certificate for etcd (with --etcd-key).
-    #[arg(long, env = "BLUEGREEN_AGENT_ETCD_CERT")]
-    pub etcd_cert: Option<PathBuf>,
-    /// The client certificate's private key.
-    #[arg(long, env = "BLUEGREEN_AGENT_ETCD_KEY")]
-    pub etcd_key: Option<PathBuf>,
-    /// etcd user; its password from --etcd-password-file or BLUEGREEN_AGENT_ETCD_PASSWORD.
-    #[arg(long, env = "BLUEGREEN_AGENT_ETCD_USER")]
-    pub etcd_user: Option<String>,
-    /// A file holding the etcd user's password.
-    #[arg(long, env = "BLUEGREEN_AGENT_ETCD_PASSWORD_FILE")]
-    pub etcd_password_file: Option<PathBuf>,
-    /// Server certificate and key of the gRPC API (with --tls-client-ca: mutual TLS).
-    #[arg(long, env = "BLUEGREEN_AGENT_TLS_CERT")]
+    /// Server certificate of the gRPC API (with --tls-key and --tls-client-ca: mutual TLS).
+    #[arg(long)]
     pub tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert.
-    #[arg(long, env = "BLUEGREEN_AGENT_TLS_KEY")]
+    #[arg(long)]
     pub tls_key: Option<PathBuf>,
     /// CA whose client certificates the gRPC API accepts (required with --tls-cert).
-    #[arg(long, env = "BLUEGREEN_AGENT_TLS_CLIENT_CA")]
+    #[arg(long)]
     pub tls_client_ca: Option<PathBuf>,
     /// Public keys (ed25519, `coordinator keygen`) whose signature a release must carry.
-    #[arg(long, env = "BLUEGREEN_AGENT_TRUSTED_KEYS", value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',')]
     pub trusted_keys: Option<Vec<PathBuf>>,
     /// Directory of host-local secrets: a release env value `secret:NAME` is the file NAME there.
-    #[arg(long, env = "BLUEGREEN_AGENT_SECRETS_DIR")]
+    #[arg(long)]
     pub secrets_dir: Option<PathBuf>,
-    /// The user apps run as (default "bluegreen-app"; "root" only if the apps truly need it).
-    #[arg(long, env = "BLUEGREEN_AGENT_RUN_AS")]
+    /// The user apps run as ("root" only if the apps truly need it).
+    #[arg(long)]
     pub run_as: Option<String>,
-    /// Longest wait for an artifact server's next bytes before the attempt fails (default "30s").
-    #[arg(long, env = "BLUEGREEN_AGENT_DOWNLOAD_TIMEOUT")]
+    /// Longest wait for an artifact server's next bytes before the attempt fails.
+    #[arg(long)]
     pub download_timeout: Option<String>,
-    /// Largest artifact accepted, in bytes (default 2 GiB).
-    #[arg(long, env = "BLUEGREEN_AGENT_DOWNLOAD_MAX_BYTES")]
+    /// Largest artifact accepted, in bytes.
+    #[arg(long)]
     pub download_max_bytes: Option<u64>,
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FilePorts {
-    blue: Option<u16>,
-    green: Option<u16>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    etcd: Option<Vec<String>>,
-    prefix: Option<String>,
-    app: Option<String>,
-    host: Option<String>,
-    address: Option<String>,
-    state_dir: Option<PathBuf>,
-    grpc_listen: Option<String>,
-    metrics_listen: Option<String>,
-    lease_ttl: Option<String>,
-    ports: Option<FilePorts>,
-    max_restarts: Option<u32>,
-    log_max_bytes: Option<u64>,
-    app_log_level: Option<String>,
-    etcd_cacert: Option<PathBuf>,
-    etcd_cert: Option<PathBuf>,
-    etcd_key: Option<PathBuf>,
-    etcd_user: Option<String>,
-    etcd_password_file: Option<PathBuf>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    tls_client_ca: Option<PathBuf>,
-    trusted_keys: Option<Vec<PathBuf>>,
-    secrets_dir: Option<PathBuf>,
-    run_as: Option<String>,
-    download_timeout: Option<String>,
-    download_max_bytes: Option<u64>,
+/// `[ports]`: the two colors' ports (`--blue-port`, `--green-port`).
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PortSettings {
+    /// The blue copy's port.
+    #[arg(
+        id = "ports_blue",
+        long = "blue-port",
+        env = "BLUEGREEN_AGENT_BLUE_PORT"
+    )]
+    pub blue: Option<u16>,
+    /// The green copy's port.
+    #[arg(
+        id = "ports_green",
+        long = "green-port",
+        env = "BLUEGREEN_AGENT_GREEN_PORT"
+    )]
+    pub green: Option<u16>,
 }
 
 /// Mutual TLS for the gRPC API: the server's certificate and the CA its clients must present.
@@ -212,24 +221,22 @@ fn metrics_address(asked: Option<String>, address: &str) -> Result<Option<Socket
 }
 
 impl Config {
-    /// Merges file < env/flags and validates. Errors name the file and the field.
+    /// Merges defaults < file < environment < flags once ([`proto::settings::load`]) and
+    /// validates. Errors name the file and the field.
     pub fn load(cli: Cli) -> Result<Config, AgentError> {
-        let file = match &cli.config {
-            Some(path) => {
-                let shown = path.display().to_string();
-                let text = std::fs::read_to_string(path).map_err(|e| AgentError::Config {
-                    path: shown.clone(),
-                    reason: e.to_string(),
-                })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| AgentError::Config {
-                    path: shown,
-                    reason: e.to_string(),
-                })?
-            }
-            None => FileConfig::default(),
-        };
-        let file_ports = file.ports.unwrap_or_default();
-        let host = match cli.host.or(file.host) {
+        let s =
+            proto::settings::load(DEFAULTS, cli.config.as_deref(), &cli.settings).map_err(|e| {
+                match e.file {
+                    Some(path) => AgentError::Config {
+                        path,
+                        reason: e.reason,
+                    },
+                    None => AgentError::Setting(e.reason),
+                }
+            })?;
+        let defaulted =
+            |what: &str| AgentError::Setting(format!("{what}: no value and no default"));
+        let host = match s.host {
             Some(h) => h,
             None => std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
@@ -239,37 +246,15 @@ impl Config {
                     ))
                 })?,
         };
-        let address = cli
-            .address
-            .or(file.address)
-            .unwrap_or_else(|| "127.0.0.1".into());
-        let grpc = cli
-            .grpc_listen
-            .or(file.grpc_listen)
-            .unwrap_or_else(|| format!("{address}:7070"));
-        let metrics_listen = metrics_address(cli.metrics_listen.or(file.metrics_listen), &address)?;
-        let lease_ttl = cli
-            .lease_ttl
-            .or(file.lease_ttl)
-            .unwrap_or_else(|| "10s".into());
-        let etcd = proto::EtcdAccess::resolve(proto::AccessSettings {
-            endpoints: cli
-                .etcd
-                .or(file.etcd)
-                .unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()]),
-            cacert: cli.etcd_cacert.or(file.etcd_cacert),
-            cert: cli.etcd_cert.or(file.etcd_cert),
-            key: cli.etcd_key.or(file.etcd_key),
-            user: cli.etcd_user.or(file.etcd_user),
-            password_file: cli.etcd_password_file.or(file.etcd_password_file),
-            password_env: std::env::var("BLUEGREEN_AGENT_ETCD_PASSWORD").ok(),
-        })
-        .map_err(AgentError::Setting)?;
-        let grpc_tls = match (
-            cli.tls_cert.or(file.tls_cert),
-            cli.tls_key.or(file.tls_key),
-            cli.tls_client_ca.or(file.tls_client_ca),
-        ) {
+        let address = s.address.ok_or_else(|| defaulted("address"))?;
+        let grpc = s.grpc_listen.unwrap_or_else(|| format!("{address}:7070"));
+        let metrics_listen = metrics_address(s.metrics_listen, &address)?;
+        let lease_ttl = s.lease_ttl.ok_or_else(|| defaulted("lease_ttl"))?;
+        let etcd = s
+            .etcd
+            .resolve(&format!("{ENV_PREFIX}ETCD_PASSWORD"))
+            .map_err(AgentError::Setting)?;
+        let grpc_tls = match (s.tls_cert, s.tls_key, s.tls_client_ca) {
             (None, None, None) => None,
             (Some(cert), Some(key), Some(client_ca)) => Some(GrpcTls { cert, key, client_ca }),
             _ => {
@@ -278,30 +263,29 @@ impl Config {
                 ))
             }
         };
-        let mut download = crate::artifact::DownloadLimits::default();
-        if let Some(t) = cli.download_timeout.or(file.download_timeout) {
-            download.idle_timeout = humantime::parse_duration(&t)
-                .map_err(|e| AgentError::Setting(format!("download_timeout: {t:?}: {e}")))?;
-        }
-        if let Some(max) = cli.download_max_bytes.or(file.download_max_bytes) {
-            download.max_bytes = max;
-        }
+        let download_timeout = s
+            .download_timeout
+            .ok_or_else(|| defaulted("download_timeout"))?;
+        let download = crate::artifact::DownloadLimits {
+            idle_timeout: humantime::parse_duration(&download_timeout).map_err(|e| {
+                AgentError::Setting(format!("download_timeout: {download_timeout:?}: {e}"))
+            })?,
+            max_bytes: s
+                .download_max_bytes
+                .ok_or_else(|| defaulted("download_max_bytes"))?,
+            ..Default::default()
+        };
+        let run_as = s.run_as.ok_or_else(|| defaulted("run_as"))?;
         let config = Config {
             download,
             etcd,
-            prefix: cli
-                .prefix
-                .or(file.prefix)
-                .unwrap_or_else(|| "/bluegreen".into()),
-            app: cli.app.or(file.app).ok_or_else(|| {
+            prefix: s.prefix.ok_or_else(|| defaulted("prefix"))?,
+            app: s.app.ok_or_else(|| {
                 AgentError::Setting("app: required (which app this agent runs)".into())
             })?,
             host,
             address,
-            state_dir: cli
-                .state_dir
-                .or(file.state_dir)
-                .unwrap_or_else(|| "/var/lib/bluegreen/agent".into()),
+            state_dir: s.state_dir.ok_or_else(|| defaulted("state_dir"))?,
             grpc_listen: grpc.parse().map_err(|_| {
                 AgentError::Setting(format!("grpc_listen: {grpc:?} is not an address:port"))
             })?,
@@ -309,34 +293,21 @@ impl Config {
             lease_ttl: humantime::parse_duration(&lease_ttl)
                 .map_err(|e| AgentError::Setting(format!("lease_ttl: {lease_ttl:?}: {e}")))?,
             ports: Ports {
-                blue: cli.blue_port.or(file_ports.blue).unwrap_or(8080),
-                green: cli.green_port.or(file_ports.green).unwrap_or(8081),
+                blue: s.ports.blue.ok_or_else(|| defaulted("ports.blue"))?,
+                green: s.ports.green.ok_or_else(|| defaulted("ports.green"))?,
             },
-            max_restarts: cli.max_restarts.or(file.max_restarts).unwrap_or(3),
-            log_max_bytes: cli
-                .log_max_bytes
-                .or(file.log_max_bytes)
-                .unwrap_or(4 * 1024 * 1024),
-            app_log_level: cli
-                .app_log_level
-                .or(file.app_log_level)
-                .unwrap_or_else(|| "info".into()),
+            max_restarts: s.max_restarts.ok_or_else(|| defaulted("max_restarts"))?,
+            log_max_bytes: s.log_max_bytes.ok_or_else(|| defaulted("log_max_bytes"))?,
+            app_log_level: s.app_log_level.ok_or_else(|| defaulted("app_log_level"))?,
             grpc_tls,
-            trusted_keys: cli.trusted_keys.or(file.trusted_keys).unwrap_or_default(),
-            secrets_dir: cli.secrets_dir.or(file.secrets_dir),
-            run_as: match cli
-                .run_as
-                .or(file.run_as)
-                .unwrap_or_else(|| DEFAULT_RUN_AS.into())
-                .as_str()
-            {
+            trusted_keys: s.trusted_keys.unwrap_or_default(),
+            secrets_dir: s.secrets_dir,
+            run_as: match run_as.as_str() {
                 "root" => None,
                 name => Some(crate::process::RunAs::lookup(name).map_err(AgentError::Setting)?),
             },
             grpc_downgraded_from: None,
         };
-        // Without mutual TLS the gRPC API (app logs, pids, versions) would answer anyone who
-        // reaches it: keep it on loopback.
         let mut config = config;
         if config.grpc_tls.is_none() && !config.grpc_listen.ip().is_loopback() {
             config.grpc_downgraded_from = Some(config.grpc_listen);
@@ -374,6 +345,13 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    fn cli(settings: Settings) -> Cli {
+        Cli {
+            config: None,
+            settings,
+        }
+    }
+
     fn file(text: &str) -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(text.as_bytes()).unwrap();
@@ -385,8 +363,13 @@ mod tests {
         let f = file("app = \"shop\"\nhost = \"host-a\"\naddress = \"127.0.0.11\"\nrun_as = \"nobody\"\n[ports]\nblue = 9000\ngreen = 9001\n");
         let cli = Cli {
             config: Some(f.path().into()),
-            green_port: Some(9100),
-            ..Default::default()
+            settings: Settings {
+                ports: PortSettings {
+                    green: Some(9100),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
         };
         let c = Config::load(cli).unwrap();
         assert_eq!((c.ports.blue, c.ports.green), (9000, 9100));
@@ -398,12 +381,12 @@ mod tests {
     #[test]
     fn apps_never_run_as_root_unless_configured() {
         let load = |run_as: Option<&str>| {
-            Config::load(Cli {
+            Config::load(cli(Settings {
                 app: Some("shop".into()),
                 host: Some("h".into()),
                 run_as: run_as.map(str::to_string),
                 ..Default::default()
-            })
+            }))
         };
         assert_eq!(load(Some("root")).unwrap().run_as, None);
         let err = load(Some("no-such-user-here")).unwrap_err().to_string();
@@ -419,26 +402,26 @@ mod tests {
 
     #[test]
     fn grpc_without_tls_stays_on_loopback() {
-        let c = Config::load(Cli {
+        let c = Config::load(cli(Settings {
             app: Some("shop".into()),
             host: Some("h".into()),
             run_as: Some("root".into()),
             grpc_listen: Some("0.0.0.0:7070".into()),
             ..Default::default()
-        })
+        }))
         .unwrap();
         assert_eq!(c.grpc_listen.to_string(), "127.0.0.1:7070");
         assert_eq!(
             c.grpc_downgraded_from.map(|a| a.to_string()),
             Some("0.0.0.0:7070".into())
         );
-        let err = Config::load(Cli {
+        let err = Config::load(cli(Settings {
             app: Some("shop".into()),
             host: Some("h".into()),
             run_as: Some("root".into()),
             tls_cert: Some("/x.pem".into()),
             ..Default::default()
-        })
+        }))
         .unwrap_err()
         .to_string();
         assert!(err.contains("tls_client_ca"), "{err}");
@@ -461,30 +444,38 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_field() {
-        let cli = Cli {
+        let soon = cli(Settings {
             app: Some("shop".into()),
             host: Some("h".into()),
             run_as: Some("root".into()),
             lease_ttl: Some("soon".into()),
             ..Default::default()
-        };
-        assert!(Config::load(cli)
+        });
+        assert!(Config::load(soon)
             .unwrap_err()
             .to_string()
             .contains("lease_ttl"));
-        let cli = Cli {
+        let same = cli(Settings {
             app: Some("shop".into()),
             host: Some("h".into()),
             run_as: Some("root".into()),
-            blue_port: Some(1),
-            green_port: Some(1),
+            ports: PortSettings {
+                blue: Some(1),
+                green: Some(1),
+            },
             ..Default::default()
-        };
-        assert!(Config::load(cli).unwrap_err().to_string().contains("ports"));
-        let cli = Cli {
+        });
+        assert!(Config::load(same)
+            .unwrap_err()
+            .to_string()
+            .contains("ports"));
+        let no_app = cli(Settings {
             host: Some("h".into()),
             ..Default::default()
-        };
-        assert!(Config::load(cli).unwrap_err().to_string().contains("app"));
+        });
+        assert!(Config::load(no_app)
+            .unwrap_err()
+            .to_string()
+            .contains("app"));
     }
 }

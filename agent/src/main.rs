@@ -1,11 +1,10 @@
 //! `agent --config FILE`: parses settings and runs until SIGTERM or Ctrl-C.
 #![forbid(unsafe_code)]
-use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     proto::daemon::init_logging("info");
-    let config = match agent::config::Config::load(agent::config::Cli::parse()) {
+    let config = match agent::config::Config::load(agent::config::Cli::from_env()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("agent: {e}");

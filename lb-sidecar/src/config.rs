@@ -2,11 +2,35 @@
 //! variables, validated once into [`Config`]. Nothing else in the sidecar reads the environment.
 use crate::error::SidecarError;
 use clap::Parser;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Where every sidecar setting's variable name starts: `[nginx] pid_file` is
+/// `BLUEGREEN_SIDECAR_NGINX_PID_FILE`.
+pub const ENV_PREFIX: &str = "BLUEGREEN_SIDECAR_";
+
+/// Every default, in one place (the file's own format). Settings not here have a default that
+/// depends on another (`name`, `public_url`, `state_dir`, `[nginx] include_file`) or none.
+pub const DEFAULTS: &str = r#"
+etcd = ["http://127.0.0.1:2379"]
+prefix = "/bluegreen"
+listen = "0.0.0.0:80"
+preview_listen = "127.0.0.1:8088"
+status_listen = "127.0.0.1:9901"
+lease_ttl = "10s"
+debounce = "250ms"
+min_reload_interval = "2s"
+[nginx]
+binary = "nginx"
+main_config = "/etc/nginx/nginx.conf"
+pid_file = "/run/nginx.pid"
+status_listen = "127.0.0.1:9902"
+"#;
+
+/// Command line of `lb-sidecar`: the config file, then every setting (also a file key and a
+/// variable).
 #[derive(Debug, Parser, Default)]
 #[command(
     name = "lb-sidecar",
@@ -15,116 +39,97 @@ use std::time::Duration;
 )]
 pub struct Cli {
     /// TOML config file (see deploy/examples/sidecar.toml).
-    #[arg(long, env = "BLUEGREEN_SIDECAR_CONFIG")]
+    #[arg(long)]
     pub config: Option<PathBuf>,
-    /// etcd endpoints, comma separated [default: http://127.0.0.1:2379].
-    #[arg(long, env = "BLUEGREEN_SIDECAR_ETCD", value_delimiter = ',')]
-    pub etcd: Option<Vec<String>>,
-    /// The etcd key prefix every app lives under [default: /bluegreen].
-    #[arg(long, env = "BLUEGREEN_SIDECAR_PREFIX")]
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+impl Cli {
+    /// The command line with every setting's variable and default (for `--help` and man pages).
+    pub fn command() -> clap::Command {
+        proto::settings::command(
+            <Cli as clap::CommandFactory>::command(),
+            ENV_PREFIX,
+            DEFAULTS,
+        )
+    }
+
+    /// This process's command line and environment.
+    pub fn from_env() -> Cli {
+        proto::settings::parse(ENV_PREFIX, DEFAULTS)
+    }
+}
+
+/// Every sidecar setting, declared once: the field is the file's key, `--flag` and
+/// `BLUEGREEN_SIDECAR_<KEY>` (see `proto::settings`); its default is in [`DEFAULTS`].
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub etcd: proto::access::EtcdSettings,
+    /// The etcd key prefix every app lives under.
+    #[arg(long)]
     pub prefix: Option<String>,
     /// The app this load balancer serves (required).
-    #[arg(long, env = "BLUEGREEN_SIDECAR_APP")]
+    #[arg(long)]
     pub app: Option<String>,
     /// This load balancer's name in etcd (`lbs/<name>`) [default: the hostname].
-    #[arg(long, env = "BLUEGREEN_SIDECAR_NAME")]
+    #[arg(long)]
     pub name: Option<String>,
-    /// Public traffic [default: 0.0.0.0:80].
-    #[arg(long, env = "BLUEGREEN_SIDECAR_LISTEN")]
+    /// Public traffic.
+    #[arg(long)]
     pub listen: Option<String>,
-    /// The idle color, for checks before a switch [default: 127.0.0.1:8088].
-    #[arg(long, env = "BLUEGREEN_SIDECAR_PREVIEW_LISTEN")]
+    /// The idle color, for checks before a switch.
+    #[arg(long)]
     pub preview_listen: Option<String>,
-    /// The sidecar's own /metrics and /healthz [default: 127.0.0.1:9901].
-    #[arg(long, env = "BLUEGREEN_SIDECAR_STATUS_LISTEN")]
+    /// The sidecar's own /metrics and /healthz.
+    #[arg(long)]
     pub status_listen: Option<String>,
     /// The URL other machines reach this LB at (e.g. https://lb-1.example.com); carried in the
-    /// ack so a coordinator elsewhere can verify through it. Default: http://<listen address>.
-    #[arg(long, env = "BLUEGREEN_SIDECAR_PUBLIC_URL")]
+    /// ack so a coordinator elsewhere can verify through it [default: http://<listen address>].
+    #[arg(long)]
     pub public_url: Option<String>,
-    /// How fast a dead sidecar's liveness key disappears [default: 10s].
-    #[arg(long, env = "BLUEGREEN_SIDECAR_LEASE_TTL")]
+    /// How fast a dead sidecar's liveness key disappears (at least 2s).
+    #[arg(long)]
     pub lease_ttl: Option<String>,
-    /// How long health churn is collected before one reload (a switch never waits)
-    /// [default: 250ms].
-    #[arg(long, env = "BLUEGREEN_SIDECAR_DEBOUNCE")]
+    /// How long health churn is collected before one reload (a switch never waits).
+    #[arg(long)]
     pub debounce: Option<String>,
-    /// The least time between two reloads caused by health churn (a switch never waits)
-    /// [default: 2s].
-    #[arg(long, env = "BLUEGREEN_SIDECAR_MIN_RELOAD_INTERVAL")]
+    /// The least time between two reloads caused by health churn (a switch never waits).
+    #[arg(long)]
     pub min_reload_interval: Option<String>,
-    /// The nginx binary run for `-t` and `-s reload` [default: nginx].
-    #[arg(long, env = "BLUEGREEN_SIDECAR_NGINX_BINARY")]
-    pub nginx_binary: Option<PathBuf>,
-    /// nginx's main config, which includes the sidecar's file [default: /etc/nginx/nginx.conf].
-    #[arg(long, env = "BLUEGREEN_SIDECAR_NGINX_MAIN_CONFIG")]
-    pub nginx_main_config: Option<PathBuf>,
-    /// The file the sidecar writes [default: /etc/nginx/conf.d/bluegreen-<app>.conf].
-    #[arg(long, env = "BLUEGREEN_SIDECAR_NGINX_INCLUDE_FILE")]
-    pub nginx_include_file: Option<PathBuf>,
-    /// nginx's master pid file [default: /run/nginx.pid].
-    #[arg(long, env = "BLUEGREEN_SIDECAR_NGINX_PID_FILE")]
-    pub nginx_pid_file: Option<PathBuf>,
-    /// Loopback address where nginx answers the applied revision to this sidecar (never public)
-    /// [default: 127.0.0.1:9902].
-    #[arg(long, env = "BLUEGREEN_SIDECAR_NGINX_STATUS_LISTEN")]
-    pub nginx_status_listen: Option<String>,
     /// A template replacing the built-in one (placeholders: see the README).
-    #[arg(long, env = "BLUEGREEN_SIDECAR_TEMPLATE")]
+    #[arg(long)]
     pub template: Option<PathBuf>,
     /// Where candidate and test configs are written: never next to the include file, where an
     /// `include conf.d/*.conf` glob would pick them up [default: /var/lib/bluegreen/sidecar-<name>].
-    #[arg(long, env = "BLUEGREEN_SIDECAR_STATE_DIR")]
+    #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// CA that signed etcd's server certificate (https:// endpoints).
-    #[arg(long, env = "BLUEGREEN_SIDECAR_ETCD_CACERT")]
-    pub etcd_cacert: Option<PathBuf>,
-    /// Client certificate for etcd (with --etcd-key).
-    #[arg(long, env = "BLUEGREEN_SIDECAR_ETCD_CERT")]
-    pub etcd_cert: Option<PathBuf>,
-    /// The client certificate's private key.
-    #[arg(long, env = "BLUEGREEN_SIDECAR_ETCD_KEY")]
-    pub etcd_key: Option<PathBuf>,
-    /// etcd user; its password from --etcd-password-file or BLUEGREEN_SIDECAR_ETCD_PASSWORD.
-    #[arg(long, env = "BLUEGREEN_SIDECAR_ETCD_USER")]
-    pub etcd_user: Option<String>,
-    /// A file holding the etcd user's password.
-    #[arg(long, env = "BLUEGREEN_SIDECAR_ETCD_PASSWORD_FILE")]
-    pub etcd_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub nginx: NginxSettings,
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileNginx {
-    binary: Option<PathBuf>,
-    main_config: Option<PathBuf>,
-    include_file: Option<PathBuf>,
-    pid_file: Option<PathBuf>,
-    status_listen: Option<String>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    etcd: Option<Vec<String>>,
-    prefix: Option<String>,
-    app: Option<String>,
-    name: Option<String>,
-    listen: Option<String>,
-    preview_listen: Option<String>,
-    status_listen: Option<String>,
-    public_url: Option<String>,
-    lease_ttl: Option<String>,
-    debounce: Option<String>,
-    min_reload_interval: Option<String>,
-    template: Option<PathBuf>,
-    state_dir: Option<PathBuf>,
-    etcd_cacert: Option<PathBuf>,
-    etcd_cert: Option<PathBuf>,
-    etcd_key: Option<PathBuf>,
-    etcd_user: Option<String>,
-    etcd_password_file: Option<PathBuf>,
-    nginx: Option<FileNginx>,
+/// `[nginx]`: the nginx this sidecar drives (flags `--nginx-<key>`).
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NginxSettings {
+    /// The nginx binary run for `-t` and `-s reload`.
+    #[arg(id = "nginx_binary", long = "nginx-binary")]
+    pub binary: Option<PathBuf>,
+    /// nginx's main config, which includes the sidecar's file.
+    #[arg(id = "nginx_main_config", long = "nginx-main-config")]
+    pub main_config: Option<PathBuf>,
+    /// The file the sidecar writes [default: /etc/nginx/conf.d/bluegreen-<app>.conf].
+    #[arg(id = "nginx_include_file", long = "nginx-include-file")]
+    pub include_file: Option<PathBuf>,
+    /// nginx's master pid file.
+    #[arg(id = "nginx_pid_file", long = "nginx-pid-file")]
+    pub pid_file: Option<PathBuf>,
+    /// Loopback address where nginx answers the applied revision to this sidecar (never public).
+    #[arg(id = "nginx_status_listen", long = "nginx-status-listen")]
+    pub status_listen: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -190,23 +195,22 @@ fn duration(field: &str, value: String) -> Result<Duration, SidecarError> {
 }
 
 impl Config {
+    /// Merges defaults < file < environment < flags once ([`proto::settings::load`]) and
+    /// validates. Errors name the file and the field.
     pub fn load(cli: Cli) -> Result<Config, SidecarError> {
-        let file = match &cli.config {
-            Some(path) => {
-                let shown = path.display().to_string();
-                let text = std::fs::read_to_string(path).map_err(|e| SidecarError::Config {
-                    path: shown.clone(),
-                    reason: e.to_string(),
-                })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| SidecarError::Config {
-                    path: shown,
-                    reason: e.to_string(),
-                })?
-            }
-            None => FileConfig::default(),
-        };
-        let nginx = file.nginx.unwrap_or_default();
-        let template = match cli.template.or(file.template) {
+        let s =
+            proto::settings::load(DEFAULTS, cli.config.as_deref(), &cli.settings).map_err(|e| {
+                match e.file {
+                    Some(path) => SidecarError::Config {
+                        path,
+                        reason: e.reason,
+                    },
+                    None => SidecarError::Setting(e.reason),
+                }
+            })?;
+        let defaulted =
+            |what: &str| SidecarError::Setting(format!("{what}: no value and no default"));
+        let template = match s.template {
             Some(path) => {
                 Some(
                     std::fs::read_to_string(&path).map_err(|e| SidecarError::Config {
@@ -217,105 +221,67 @@ impl Config {
             }
             None => None,
         };
-        let app = cli
+        let app = s
             .app
-            .or(file.app)
             .ok_or_else(|| SidecarError::Setting("app: required".into()))?;
-        let name = match cli.name.or(file.name) {
+        let name = match s.name {
             Some(n) => n,
             None => std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
                 .unwrap_or_default(),
         };
-        let etcd = proto::EtcdAccess::resolve(proto::AccessSettings {
-            endpoints: cli
-                .etcd
-                .or(file.etcd)
-                .unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()]),
-            cacert: cli.etcd_cacert.or(file.etcd_cacert),
-            cert: cli.etcd_cert.or(file.etcd_cert),
-            key: cli.etcd_key.or(file.etcd_key),
-            user: cli.etcd_user.or(file.etcd_user),
-            password_file: cli.etcd_password_file.or(file.etcd_password_file),
-            password_env: std::env::var("BLUEGREEN_SIDECAR_ETCD_PASSWORD").ok(),
-        })
-        .map_err(SidecarError::Setting)?;
-        let state_dir = cli
+        let etcd = s
+            .etcd
+            .resolve(&format!("{ENV_PREFIX}ETCD_PASSWORD"))
+            .map_err(SidecarError::Setting)?;
+        let state_dir = s
             .state_dir
-            .or(file.state_dir)
             .unwrap_or_else(|| format!("/var/lib/bluegreen/sidecar-{name}").into());
+        let nginx = s.nginx;
         let config = Config {
             etcd,
             state_dir,
-            prefix: cli
-                .prefix
-                .or(file.prefix)
-                .unwrap_or_else(|| "/bluegreen".into()),
+            prefix: s.prefix.ok_or_else(|| defaulted("prefix"))?,
             name,
-            listen: addr(
-                "listen",
-                cli.listen
-                    .or(file.listen)
-                    .unwrap_or_else(|| "0.0.0.0:80".into()),
-            )?,
+            listen: addr("listen", s.listen.ok_or_else(|| defaulted("listen"))?)?,
             preview_listen: addr(
                 "preview_listen",
-                cli.preview_listen
-                    .or(file.preview_listen)
-                    .unwrap_or_else(|| "127.0.0.1:8088".into()),
+                s.preview_listen
+                    .ok_or_else(|| defaulted("preview_listen"))?,
             )?,
             status_listen: addr(
                 "status_listen",
-                cli.status_listen
-                    .or(file.status_listen)
-                    .unwrap_or_else(|| "127.0.0.1:9901".into()),
+                s.status_listen.ok_or_else(|| defaulted("status_listen"))?,
             )?,
-            public_url: cli
+            public_url: s
                 .public_url
-                .or(file.public_url)
                 .map(|u| check_public_url(u.trim_end_matches('/').to_string()))
                 .transpose()?,
             lease_ttl: duration(
                 "lease_ttl",
-                cli.lease_ttl
-                    .or(file.lease_ttl)
-                    .unwrap_or_else(|| "10s".into()),
+                s.lease_ttl.ok_or_else(|| defaulted("lease_ttl"))?,
             )?,
-            debounce: duration(
-                "debounce",
-                cli.debounce
-                    .or(file.debounce)
-                    .unwrap_or_else(|| "250ms".into()),
-            )?,
+            debounce: duration("debounce", s.debounce.ok_or_else(|| defaulted("debounce"))?)?,
             min_reload_interval: duration(
                 "min_reload_interval",
-                cli.min_reload_interval
-                    .or(file.min_reload_interval)
-                    .unwrap_or_else(|| "2s".into()),
+                s.min_reload_interval
+                    .ok_or_else(|| defaulted("min_reload_interval"))?,
             )?,
             template,
             nginx: NginxConfig {
-                binary: cli
-                    .nginx_binary
-                    .or(nginx.binary)
-                    .unwrap_or_else(|| "nginx".into()),
-                main_config: cli
-                    .nginx_main_config
-                    .or(nginx.main_config)
-                    .unwrap_or_else(|| "/etc/nginx/nginx.conf".into()),
-                include_file: cli
-                    .nginx_include_file
-                    .or(nginx.include_file)
+                binary: nginx.binary.ok_or_else(|| defaulted("nginx.binary"))?,
+                main_config: nginx
+                    .main_config
+                    .ok_or_else(|| defaulted("nginx.main_config"))?,
+                include_file: nginx
+                    .include_file
                     .unwrap_or_else(|| format!("/etc/nginx/conf.d/bluegreen-{app}.conf").into()),
-                pid_file: cli
-                    .nginx_pid_file
-                    .or(nginx.pid_file)
-                    .unwrap_or_else(|| "/run/nginx.pid".into()),
+                pid_file: nginx.pid_file.ok_or_else(|| defaulted("nginx.pid_file"))?,
                 status_listen: addr(
                     "nginx.status_listen",
-                    cli.nginx_status_listen
-                        .or(nginx.status_listen)
-                        .unwrap_or_else(|| "127.0.0.1:9902".into()),
+                    nginx
+                        .status_listen
+                        .ok_or_else(|| defaulted("nginx.status_listen"))?,
                 )?,
             },
             app,
@@ -342,6 +308,13 @@ impl Config {
 mod tests {
     use super::*;
 
+    fn cli(settings: Settings) -> Cli {
+        Cli {
+            config: None,
+            settings,
+        }
+    }
+
     #[test]
     fn unknown_nginx_key_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -349,7 +322,7 @@ mod tests {
         std::fs::write(&path, "app = \"shop\"\n[nginx]\nbinnary = \"nginx\"\n").unwrap();
         let err = Config::load(Cli {
             config: Some(path.clone()),
-            ..Default::default()
+            settings: Settings::default(),
         })
         .unwrap_err()
         .to_string();
@@ -361,11 +334,11 @@ mod tests {
 
     #[test]
     fn defaults_and_bad_address() {
-        let c = Config::load(Cli {
+        let c = Config::load(cli(Settings {
             app: Some("shop".into()),
             name: Some("lb-1".into()),
             ..Default::default()
-        })
+        }))
         .unwrap();
         assert_eq!(
             c.nginx.include_file,
@@ -373,11 +346,11 @@ mod tests {
         );
         assert_eq!(c.debounce, Duration::from_millis(250));
         assert_eq!(c.min_reload_interval, Duration::from_secs(2));
-        let err = Config::load(Cli {
+        let err = Config::load(cli(Settings {
             app: Some("shop".into()),
             listen: Some("port 80".into()),
             ..Default::default()
-        })
+        }))
         .unwrap_err();
         assert!(err.to_string().contains("listen"));
     }
@@ -385,12 +358,12 @@ mod tests {
     #[test]
     fn public_url_and_name_are_checked() {
         let load = |url: Option<&str>, name: &str| {
-            Config::load(Cli {
+            Config::load(cli(Settings {
                 app: Some("shop".into()),
                 name: Some(name.into()),
                 public_url: url.map(str::to_string),
                 ..Default::default()
-            })
+            }))
         };
         let c = load(Some("https://lb-1.example.com/"), "lb-1").unwrap();
         assert_eq!(c.public_url.as_deref(), Some("https://lb-1.example.com"));

@@ -1,11 +1,10 @@
 //! `lb-sidecar --config FILE`: parses settings and runs until SIGTERM or Ctrl-C.
 #![forbid(unsafe_code)]
-use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     proto::daemon::init_logging("info");
-    let config = match lb_sidecar::config::Config::load(lb_sidecar::config::Cli::parse()) {
+    let config = match lb_sidecar::config::Config::load(lb_sidecar::config::Cli::from_env()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("lb-sidecar: {e}");

@@ -33,6 +33,50 @@ impl std::fmt::Debug for EtcdAccess {
     }
 }
 
+/// The etcd settings every daemon has, declared once: each field is a key of the daemon's file,
+/// a flag and a variable (see [`crate::settings`]). Endpoints default to the loopback etcd.
+#[derive(Debug, Default, Clone, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct EtcdSettings {
+    /// etcd endpoints, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd: Option<Vec<String>>,
+    /// CA that signed etcd's server certificate (https:// endpoints).
+    #[arg(long)]
+    pub etcd_cacert: Option<PathBuf>,
+    /// Client certificate for etcd (with --etcd-key).
+    #[arg(long)]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key.
+    #[arg(long)]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user; its password from --etcd-password-file or the binary's `…_ETCD_PASSWORD`
+    /// variable (never a flag: a flag shows in `ps`).
+    #[arg(long)]
+    pub etcd_user: Option<String>,
+    /// A file holding the etcd user's password (its first line).
+    #[arg(long)]
+    pub etcd_password_file: Option<PathBuf>,
+}
+
+impl EtcdSettings {
+    /// Checked together ([`EtcdAccess::resolve`]); the password may also come from the
+    /// environment variable `password_var`.
+    pub fn resolve(self, password_var: &str) -> Result<EtcdAccess, String> {
+        EtcdAccess::resolve(AccessSettings {
+            endpoints: self
+                .etcd
+                .unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()]),
+            cacert: self.etcd_cacert,
+            cert: self.etcd_cert,
+            key: self.etcd_key,
+            user: self.etcd_user,
+            password_file: self.etcd_password_file,
+            password_env: std::env::var(password_var).ok(),
+        })
+    }
+}
+
 /// The settings as a binary's config layer collected them, before checking.
 #[derive(Debug, Clone, Default)]
 pub struct AccessSettings {

@@ -18,6 +18,7 @@ pub mod requests;
 pub mod retry;
 pub mod secrets;
 pub mod session;
+pub mod settings;
 pub mod signing;
 pub mod time;
 pub mod watch;

@@ -89,14 +89,8 @@ pub fn free_port(address: &str) -> u16 {
 /// every flag has help.
 pub fn command_lines() -> Vec<(&'static str, clap::Command)> {
     vec![
-        (
-            "agent",
-            <agent::config::Cli as clap::CommandFactory>::command(),
-        ),
-        (
-            "lb-sidecar",
-            <lb_sidecar::config::Cli as clap::CommandFactory>::command(),
-        ),
+        ("agent", agent::config::Cli::command()),
+        ("lb-sidecar", lb_sidecar::config::Cli::command()),
         ("coordinator", coordinator::cli::command()),
     ]
 }

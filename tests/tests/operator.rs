@@ -1009,3 +1009,83 @@ fn every_flag_of_every_binary_has_help() {
     }
     assert!(missing.is_empty(), "no help text: {missing:#?}");
 }
+
+/// The rows of the configuration reference's table under `heading`: each documented key
+/// (`[table] key` as `table.key`) with its default column.
+fn documented_settings(heading: &str) -> Vec<(String, String)> {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md"),
+    )
+    .unwrap();
+    let section = doc
+        .split("\n## ")
+        .find(|s| s.starts_with(heading))
+        .unwrap_or_else(|| panic!("no section {heading:?}"));
+    let mut rows = Vec::new();
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split(" | ").collect();
+        let default = cells.get(1).copied().unwrap_or_default().to_string();
+        for key in cells[0].trim_start_matches("| ").split(", ") {
+            let key = key.trim_matches('`');
+            let key = match key.strip_prefix('[').and_then(|k| k.split_once("] ")) {
+                Some((table, inner)) => format!("{table}.{inner}"),
+                None => key.to_string(),
+            };
+            rows.push((key, default.clone()));
+        }
+    }
+    rows
+}
+
+/// docs/configuration.md lists exactly the settings each daemon declares, each with the default
+/// the daemon applies; and each flag's help shows its variable and default, from the same
+/// declaration.
+#[test]
+fn the_configuration_reference_matches_each_daemons_declared_settings() {
+    let daemons = [
+        (
+            "The agent",
+            proto::settings::keys::<agent::config::Settings>(),
+            agent::config::DEFAULTS,
+            agent::config::Cli::command(),
+        ),
+        (
+            "The lb-sidecar",
+            proto::settings::keys::<lb_sidecar::config::Settings>(),
+            lb_sidecar::config::DEFAULTS,
+            lb_sidecar::config::Cli::command(),
+        ),
+    ];
+    for (heading, declared, defaults, command) in daemons {
+        let documented = documented_settings(heading);
+        let mut names: Vec<String> = documented.iter().map(|(k, _)| k.clone()).collect();
+        names.sort();
+        let mut expected = declared.clone();
+        expected.sort();
+        assert_eq!(
+            names, expected,
+            "{heading}: documented keys vs declared ones"
+        );
+        for (key, cell) in &documented {
+            let id = key.replace('.', "_");
+            if let Some(default) = proto::settings::default_of(defaults, &id) {
+                for part in default.split(',') {
+                    assert!(
+                        cell.contains(part),
+                        "{heading}: `{key}` defaults to {default}, the reference says {cell}"
+                    );
+                }
+                let arg = command
+                    .get_arguments()
+                    .find(|a| a.get_id() == id.as_str())
+                    .unwrap_or_else(|| panic!("{heading}: no flag for {key}"));
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(
+                    help.ends_with(&format!("[default: {default}]")),
+                    "{heading}: {help}"
+                );
+                assert!(arg.get_env().is_some(), "{heading}: {key} has no variable");
+            }
+        }
+    }
+}
