@@ -33,7 +33,8 @@ pub async fn pace_fresh(url: &str, per_second: u32) {
         .next()
         .unwrap_or(url)
         .to_string();
-    let slot = {
+    // The slot's start is a pacing deadline, not a synchronisation: when this request may go.
+    let deadline = {
         let mut next = NEXT.lock().unwrap();
         let now = Instant::now();
         let next = next
@@ -44,8 +45,7 @@ pub async fn pace_fresh(url: &str, per_second: u32) {
         *next = slot + gap;
         slot
     };
-    // A pacing deadline, not a synchronisation: the slot is when this request may go.
-    tokio::time::sleep_until(slot).await;
+    tokio::time::sleep_until(deadline).await;
 }
 
 /// The client's own failure before any packet was sent (no local port left, no file descriptor
