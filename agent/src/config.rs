@@ -428,6 +428,21 @@ mod tests {
     }
 
     #[test]
+    fn a_wrong_type_in_the_shared_etcd_settings_names_the_key() {
+        let f = file("app = \"shop\"\netcd = \"http://127.0.0.1:2379\"\n");
+        let err = Config::load(Cli {
+            config: Some(f.path().into()),
+            settings: Settings::default(),
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(&f.path().display().to_string()) && err.contains("`etcd`"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn unknown_field_names_file_and_field() {
         let f = file("app = \"shop\"\nlease_tll = \"5s\"\n");
         let err = Config::load(Cli {

@@ -69,9 +69,13 @@ impl Global {
 
     pub(crate) async fn connect(&self) -> Result<etcd_client::Client, CoordinatorError> {
         let endpoints = self.etcd.endpoints.join(",");
-        let client = proto::connect_live(&self.etcd).await.map_err(|e| {
-            CoordinatorError::Unreachable(format!("etcd {endpoints}: {}", e.brief()))
-        })?;
+        let (client, keeper) = proto::access::connect_kept_live(&self.etcd)
+            .await
+            .map_err(|e| {
+                CoordinatorError::Unreachable(format!("etcd {endpoints}: {}", e.brief()))
+            })?;
+        // A command is one process: its client follows the members for as long as it runs.
+        std::mem::forget(keeper);
         // Fail here, before anything is written, when etcd does not answer (exit 5, one line).
         // Probe a key every role of this app may read (a least-privilege user may read nothing else).
         let probe_key = match &self.app {

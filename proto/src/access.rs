@@ -204,25 +204,43 @@ pub async fn connect(access: &EtcdAccess) -> Result<etcd_client::Client, ProtoEr
         })
 }
 
-/// [`connect`] to the endpoints that answer now, and keep it so. etcd-client balances requests
-/// over every endpoint it was given, and a request that lands on a member that is down fails
-/// ("tcp connect error") instead of going to a live one: a command (the coordinator) asks each
-/// endpoint first and keeps only those that answered, so one dead member of three costs nothing;
-/// then [`keep_live`] follows members that die or come back while the command runs (a member
-/// killed right after a switch failed the deploy's last writes, exit 4). When none answers, all
-/// are kept and the caller's first request reports why.
+/// [`connect`] to the endpoints that answer now. etcd-client balances requests over every
+/// endpoint it was given, and a request that lands on a member that is down fails ("tcp connect
+/// error") instead of going to a live one: a command (the coordinator) asks each endpoint first
+/// and keeps only those that answered, so one dead member of three costs nothing. When none
+/// answers, all are kept and the caller's first request reports why. [`connect_kept_live`] also
+/// follows members that die or come back while the command runs.
 pub async fn connect_live(access: &EtcdAccess) -> Result<etcd_client::Client, ProtoError> {
-    if access.endpoints.len() < 2 {
-        return connect(access).await;
-    }
-    let live = live_endpoints(access).await;
+    let (client, _) = connect_live_with(access).await?;
+    Ok(client)
+}
+
+/// [`connect_live`], and a [`KeepLive`] that keeps the client's balancer to the endpoints that
+/// accept connections for as long as it is held (a member killed right after a switch failed the
+/// deploy's last writes, exit 4 with traffic moved, because etcd-client kept sending a share of
+/// the requests to it).
+pub async fn connect_kept_live(
+    access: &EtcdAccess,
+) -> Result<(etcd_client::Client, KeepLive), ProtoError> {
+    let (client, in_use) = connect_live_with(access).await?;
+    let keeper = keep_live(&client, access, in_use);
+    Ok((client, keeper))
+}
+
+async fn connect_live_with(
+    access: &EtcdAccess,
+) -> Result<(etcd_client::Client, Vec<String>), ProtoError> {
+    let live = if access.endpoints.len() < 2 {
+        access.endpoints.clone()
+    } else {
+        live_endpoints(access).await
+    };
     let client = connect(&EtcdAccess {
         endpoints: live.clone(),
         ..access.clone()
     })
     .await?;
-    keep_live(&client, access, live);
-    Ok(client)
+    Ok((client, live))
 }
 
 /// The endpoints of `access` that answer a status request now, in the operator's order (which
@@ -268,87 +286,126 @@ async fn live_endpoints(access: &EtcdAccess) -> Vec<String> {
     live
 }
 
-/// How often [`keep_live`] checks every endpoint, and how long one check may take.
-const KEEP_LIVE_INTERVAL: Duration = Duration::from_millis(500);
-const KEEP_LIVE_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long [`connect_live`] waits for each endpoint's status.
+const LIVE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often [`keep_live`] checks every endpoint, and how long one check may take. Each check
+/// is a bare TCP connect (a TLS etcd logs it as a rejected handshake), so not more often.
+const KEEP_LIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEP_LIVE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Keeps a client's endpoints live while held; dropping it stops the checks.
+pub struct KeepLive(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for KeepLive {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
 
 /// Keeps `client`'s balancer (which holds `in_use` of `access`'s endpoints) to the endpoints that
 /// accept connections: every [`KEEP_LIVE_INTERVAL`] each endpoint gets a TCP connect; one that
-/// refuses or does not answer is taken out, one that accepts again is put back, and the last one
-/// is never taken out. The task lives as long as the runtime it was spawned on (a command's).
-fn keep_live(client: &etcd_client::Client, access: &EtcdAccess, in_use: Vec<String>) {
-    let (client, endpoints) = (client.clone(), access.endpoints.clone());
-    let mut in_use: std::collections::BTreeSet<String> = in_use.into_iter().collect();
-    tokio::spawn(async move {
+/// accepts again is put back, then one that refuses or does not answer is taken out, as long as
+/// an endpoint that accepted stays in.
+fn keep_live(client: &etcd_client::Client, access: &EtcdAccess, in_use: Vec<String>) -> KeepLive {
+    if access.endpoints.len() < 2 {
+        return KeepLive(None);
+    }
+    let tls = access.uses_tls();
+    let client = client.clone();
+    let endpoints: Vec<String> = access
+        .endpoints
+        .iter()
+        .map(|e| normalized(e, tls))
+        .collect();
+    let mut in_use: std::collections::BTreeSet<String> =
+        in_use.iter().map(|e| normalized(e, tls)).collect();
+    KeepLive(Some(tokio::spawn(async move {
         loop {
             tokio::time::sleep(KEEP_LIVE_INTERVAL).await; // the check's period
-            let mut accepting = Vec::with_capacity(endpoints.len());
+            let mut accepting = std::collections::BTreeSet::new();
             for endpoint in &endpoints {
-                accepting.push((endpoint.clone(), accepts(endpoint).await));
+                if accepts(endpoint).await {
+                    accepting.insert(endpoint.clone());
+                }
             }
-            let (add, remove) = rebalance(&in_use, &accepting);
-            for endpoint in add {
+            for endpoint in to_add(&in_use, &accepting) {
                 if client.add_endpoint(&endpoint).await.is_ok() {
                     tracing::info!(endpoint, "etcd endpoint accepts connections again");
                     in_use.insert(endpoint);
                 }
             }
-            for endpoint in remove {
+            for endpoint in to_remove(&in_use, &accepting) {
                 if client.remove_endpoint(&endpoint).await.is_ok() {
                     tracing::warn!(endpoint, "etcd endpoint stopped accepting connections");
                     in_use.remove(&endpoint);
                 }
             }
         }
-    });
+    })))
 }
 
-/// Whether `endpoint` (a URL, `http://host:port`) accepts a TCP connection within
-/// [`KEEP_LIVE_TIMEOUT`].
-async fn accepts(endpoint: &str) -> bool {
-    let authority = endpoint
-        .split("://")
-        .last()
-        .unwrap_or(endpoint)
-        .split('/')
-        .next()
-        .unwrap_or_default();
-    let address = if authority.contains(':') {
-        authority.to_string()
+/// An endpoint as etcd-client keys it in its balancer: with the scheme it dials (`https://` when
+/// TLS is configured, else `http://`) when none was given.
+fn normalized(endpoint: &str, tls: bool) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else if tls {
+        format!("https://{endpoint}")
     } else {
-        format!("{authority}:2379")
+        format!("http://{endpoint}")
+    }
+}
+
+/// Whether `endpoint` (a normalized URL) accepts a TCP connection within [`KEEP_LIVE_TIMEOUT`],
+/// at its port or its scheme's (as the client dials it).
+async fn accepts(endpoint: &str) -> bool {
+    let Ok(uri) = endpoint.parse::<tonic::codegen::http::Uri>() else {
+        return false;
     };
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     matches!(
-        tokio::time::timeout(KEEP_LIVE_TIMEOUT, tokio::net::TcpStream::connect(address)).await,
+        tokio::time::timeout(
+            KEEP_LIVE_TIMEOUT,
+            tokio::net::TcpStream::connect((host, port))
+        )
+        .await,
         Ok(Ok(_))
     )
 }
 
-/// Which endpoints to put back into the balancer and which to take out, given which accept
-/// connections now. The balancer never loses its last endpoint: with every member unreachable,
-/// the requests' own errors say so.
-fn rebalance(
+/// Endpoints that accept connections and are not in the balancer: put them back.
+fn to_add(
     in_use: &std::collections::BTreeSet<String>,
-    accepting: &[(String, bool)],
-) -> (Vec<String>, Vec<String>) {
-    let add: Vec<String> = accepting
-        .iter()
-        .filter(|(e, ok)| *ok && !in_use.contains(e))
-        .map(|(e, _)| e.clone())
-        .collect();
-    let mut remaining = in_use.len() + add.len();
-    let mut remove = Vec::new();
-    for (e, ok) in accepting {
-        if !*ok && in_use.contains(e) && remaining > 1 {
-            remove.push(e.clone());
-            remaining -= 1;
-        }
-    }
-    (add, remove)
+    accepting: &std::collections::BTreeSet<String>,
+) -> Vec<String> {
+    accepting.difference(in_use).cloned().collect()
 }
 
-/// How long [`connect_live`] waits for each endpoint's status.
-const LIVE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Endpoints in the balancer that do not accept connections: take them out, but only while one
+/// that accepts stays in. With none accepting (a blip, or every member down) nothing changes and
+/// the requests' own errors say what is wrong.
+fn to_remove(
+    in_use: &std::collections::BTreeSet<String>,
+    accepting: &std::collections::BTreeSet<String>,
+) -> Vec<String> {
+    if in_use.intersection(accepting).next().is_none() {
+        return Vec::new();
+    }
+    in_use.difference(accepting).cloned().collect()
+}
 
 fn read_file(field: &str, path: &Path) -> Result<Vec<u8>, ProtoError> {
     std::fs::read(path)
@@ -370,36 +427,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rebalance_follows_members_but_never_empties_the_balancer() {
-        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
-        let seen = |v: &[(&str, bool)]| -> Vec<(String, bool)> {
-            v.iter().map(|(e, ok)| (e.to_string(), *ok)).collect()
+    fn dead_members_leave_and_return_but_only_while_a_live_one_stays() {
+        let set = |v: &[&str]| -> std::collections::BTreeSet<String> {
+            v.iter().map(|s| s.to_string()).collect()
         };
-        // A member dies: out. One comes back: in.
-        assert_eq!(
-            rebalance(
-                &set(&["a", "b", "c"]),
-                &seen(&[("a", true), ("b", false), ("c", true)])
-            ),
-            (vec![], vec!["b".to_string()])
-        );
-        assert_eq!(
-            rebalance(
-                &set(&["a", "c"]),
-                &seen(&[("a", true), ("b", true), ("c", true)])
-            ),
-            (vec!["b".to_string()], vec![])
-        );
-        // Everything unreachable: the last one stays.
-        assert_eq!(
-            rebalance(&set(&["a", "b"]), &seen(&[("a", false), ("b", false)])),
-            (vec![], vec!["a".to_string()])
-        );
-        // One comes back as the other goes: the swap is allowed.
-        assert_eq!(
-            rebalance(&set(&["a"]), &seen(&[("a", false), ("b", true)])),
-            (vec!["b".to_string()], vec!["a".to_string()])
-        );
+        // A member dies: out. It comes back: in.
+        assert_eq!(to_remove(&set(&["a", "b", "c"]), &set(&["a", "c"])), ["b"]);
+        assert!(to_add(&set(&["a", "b", "c"]), &set(&["a", "c"])).is_empty());
+        assert_eq!(to_add(&set(&["a", "c"]), &set(&["a", "b", "c"])), ["b"]);
+        // Nothing accepts (a blip, or all down): nothing leaves.
+        assert!(to_remove(&set(&["a", "b"]), &set(&[])).is_empty());
+        // The only live one is not in use yet: nothing leaves until it is back in.
+        assert!(to_remove(&set(&["a"]), &set(&["b"])).is_empty());
+        assert_eq!(to_remove(&set(&["a", "b"]), &set(&["b"])), ["a"]);
+    }
+
+    #[test]
+    fn endpoints_are_keyed_as_the_client_dials_them() {
+        assert_eq!(normalized("http://e:2379", true), "http://e:2379");
+        assert_eq!(normalized("e:2379", false), "http://e:2379");
+        assert_eq!(normalized("e:2379", true), "https://e:2379");
     }
 
     #[tokio::test]
@@ -407,6 +454,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         assert!(accepts(&url).await);
+        assert!(!accepts("http://[::1").await, "unparsable: never accepting");
         drop(listener);
         assert!(!accepts(&url).await);
     }

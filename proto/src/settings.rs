@@ -60,16 +60,19 @@ pub fn load<S: Serialize + DeserializeOwned + Default>(
     file: Option<&Path>,
     cli: &S,
 ) -> Result<S, SettingsError> {
-    let mut merged = to_json(&parse_toml::<S>(defaults, None)?);
+    let mut merged = to_json(&parse_toml::<S>(defaults, None)?)?;
     if let Some(path) = file {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| SettingsError {
             file: Some(shown.clone()),
             reason: e.to_string(),
         })?;
-        overlay(&mut merged, to_json(&parse_toml::<S>(&text, Some(&shown))?));
+        overlay(
+            &mut merged,
+            to_json(&parse_toml::<S>(&text, Some(&shown))?)?,
+        );
     }
-    overlay(&mut merged, to_json(cli));
+    overlay(&mut merged, to_json(cli)?);
     serde_json::from_value(merged).map_err(|e| SettingsError {
         file: None,
         reason: e.to_string(),
@@ -79,7 +82,8 @@ pub fn load<S: Serialize + DeserializeOwned + Default>(
 /// Every key `S` has, as its default serializes (absent settings are null), in `table.key` form.
 pub fn keys<S: Serialize + Default>() -> Vec<String> {
     let mut out = Vec::new();
-    collect_keys(&to_json(&S::default()), "", &mut out);
+    let defaults = to_json(&S::default()).expect("unset settings serialize");
+    collect_keys(&defaults, "", &mut out);
     out
 }
 
@@ -114,13 +118,27 @@ fn parse_toml<S: Serialize + DeserializeOwned + Default>(
     let known = keys::<S>();
     let mut given = Vec::new();
     collect_toml_keys(&table, "", &mut given);
-    if let Some(unknown) = given.iter().find(|k| !known.contains(k)) {
+    let is_known =
+        |k: &String| known.contains(k) || known.iter().any(|n| n.starts_with(&format!("{k}.")));
+    if let Some(unknown) = given.iter().find(|k| !is_known(k)) {
         return Err(error(format!(
             "unknown key `{unknown}`; the keys are: {}",
             known.join(", ")
         )));
     }
-    toml::from_str(text).map_err(|e| error(e.to_string()))
+    toml::from_str(text).map_err(|e| {
+        // A key deserialized through a flattened struct (the etcd settings) loses its name in
+        // the error: find it by reading the keys one at a time.
+        let culprit = table.iter().find(|(k, v)| {
+            let mut one = toml::Table::new();
+            one.insert(k.to_string(), (*v).clone());
+            toml::from_str::<S>(&one.to_string()).is_err()
+        });
+        match culprit {
+            Some((k, _)) if !e.to_string().contains(k.as_str()) => error(format!("`{k}`: {e}")),
+            _ => error(e.to_string()),
+        }
+    })
 }
 
 fn collect_toml_keys(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
@@ -131,14 +149,20 @@ fn collect_toml_keys(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
             format!("{prefix}.{k}")
         };
         match v {
+            // An empty table is a key too: `[ngnix]` alone must not pass unnoticed.
+            toml::Value::Table(inner) if inner.is_empty() => out.push(key),
             toml::Value::Table(inner) => collect_toml_keys(inner, &key, out),
             _ => out.push(key),
         }
     }
 }
 
-fn to_json<S: Serialize>(settings: &S) -> Value {
-    serde_json::to_value(settings).expect("settings serialize")
+/// Settings as a JSON value; a path that is not UTF-8 (from a flag or variable) is refused.
+fn to_json<S: Serialize>(settings: &S) -> Result<Value, SettingsError> {
+    serde_json::to_value(settings).map_err(|e| SettingsError {
+        file: None,
+        reason: format!("a setting is not valid text: {e}"),
+    })
 }
 
 /// `top` over `base`: every value `top` sets (not null) replaces `base`'s, tables key by key.
@@ -272,6 +296,11 @@ mod tests {
         let f = file("count = \"many\"\n");
         let err = load(DEFAULTS, Some(f.path()), &Demo::default()).unwrap_err();
         assert!(err.reason.contains("count"), "{err:?}");
+        let f = file("[tabel]\n");
+        let err = load(DEFAULTS, Some(f.path()), &Demo::default()).unwrap_err();
+        assert!(err.reason.contains("`tabel`"), "{err:?}");
+        let f = file("[table]\n");
+        assert!(load(DEFAULTS, Some(f.path()), &Demo::default()).is_ok());
     }
 
     #[test]

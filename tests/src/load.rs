@@ -137,6 +137,7 @@ pub fn spawn(
             if keep_alive && matches!(outcome, Err(ref e) if e.starts_with("connection:")) {
                 report.resets_retried += 1;
                 outcome = once(&http, &url).await;
+                harness_check(&url, &outcome);
             }
             match outcome {
                 Ok(color) => {

@@ -178,7 +178,7 @@ async fn a_command_started_during_a_leader_election_waits_it_out() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_that_dies_mid_command_gets_no_more_requests() {
     let mut etcd = Etcd::start_members(3).await;
-    let client = proto::connect_live(&etcd.admin_access())
+    let (client, _keeper) = proto::access::connect_kept_live(&etcd.admin_access())
         .await
         .expect("connect");
     client.clone().get("x", None).await.expect("a first read");

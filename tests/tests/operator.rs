@@ -1048,15 +1048,36 @@ fn the_configuration_reference_matches_each_daemons_declared_settings() {
             proto::settings::keys::<agent::config::Settings>(),
             agent::config::DEFAULTS,
             agent::config::Cli::command(),
+            "BLUEGREEN_AGENT_",
         ),
         (
             "The lb-sidecar",
             proto::settings::keys::<lb_sidecar::config::Settings>(),
             lb_sidecar::config::DEFAULTS,
             lb_sidecar::config::Cli::command(),
+            "BLUEGREEN_SIDECAR_",
         ),
     ];
-    for (heading, declared, defaults, command) in daemons {
+    for (heading, declared, defaults, command, prefix) in daemons {
+        // Every variable name users rely on, exactly: the key in upper case, except the agent's
+        // ports, whose flags and variables have always been `--blue-port`, `…_BLUE_PORT`.
+        for key in &declared {
+            let id = key.replace('.', "_");
+            let expected = match id.as_str() {
+                "ports_blue" => "BLUEGREEN_AGENT_BLUE_PORT".to_string(),
+                "ports_green" => "BLUEGREEN_AGENT_GREEN_PORT".to_string(),
+                _ => format!("{prefix}{}", id.to_uppercase()),
+            };
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == id.as_str())
+                .unwrap_or_else(|| panic!("{heading}: no flag for {key}"));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(expected.as_str()),
+                "{heading}: {key}"
+            );
+        }
         let documented = documented_settings(heading);
         let mut names: Vec<String> = documented.iter().map(|(k, _)| k.clone()).collect();
         names.sort();
@@ -1084,7 +1105,6 @@ fn the_configuration_reference_matches_each_daemons_declared_settings() {
                     help.ends_with(&format!("[default: {default}]")),
                     "{heading}: {help}"
                 );
-                assert!(arg.get_env().is_some(), "{heading}: {key} has no variable");
             }
         }
     }

@@ -23,7 +23,8 @@ const USAGE: &str = "usage: fault-runner [--seed N] [--ops N] [--minutes N] [--f
   --rate           requests per second through each LB, each on a new connection (default 100,
                    at most 250: closed connections hold their local port for a minute)
 Runs as root (network namespaces, tmpfs). Exit 0: every invariant held; 1: a violation; 2: bad
-usage; 3: the runner itself failed (a harness error, named; nothing after it was judged).";
+usage; 3: the runner itself failed and nothing it judged was violated (a harness error, named;
+nothing after it was judged).";
 
 const KNOWN: [&str; 6] = [
     "--seed",
@@ -111,7 +112,12 @@ async fn main() {
     }
     if let Some(e) = &summary.harness_error {
         println!("HARNESS ERROR (the runner's own failure, not the product's): {e}");
-        std::process::exit(3);
     }
-    std::process::exit(if summary.violations.is_empty() { 0 } else { 1 });
+    // A violation found before a harness error is still one.
+    let exit = match (summary.violations.is_empty(), &summary.harness_error) {
+        (false, _) => 1,
+        (true, Some(_)) => 3,
+        (true, None) => 0,
+    };
+    std::process::exit(exit);
 }

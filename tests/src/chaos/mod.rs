@@ -179,11 +179,7 @@ pub async fn run(config: RunConfig) -> Summary {
                 .filter(|v| reported.insert(v.clone())),
         );
         found.extend(invariants::history_is_true(&client, &writes, &mut reported).await);
-        if let Some(e) = traffic.harness_error() {
-            println!("HARNESS ERROR seed={} step={step}: {e}", config.seed);
-            summary.harness_error = Some(format!("step {step}: {e}"));
-            break;
-        }
+        let harness_error = traffic.harness_error();
         let counts = traffic.take_step();
         summary.requests_per_lb.resize(counts.len(), 0);
         for (i, c) in counts.iter().enumerate() {
@@ -224,6 +220,12 @@ pub async fn run(config: RunConfig) -> Summary {
                 .into_iter()
                 .map(|v| format!("seed {} step {step}: {v}", config.seed)),
         );
+        // The step's own findings are kept; nothing after the runner's failure can be judged.
+        if let Some(e) = harness_error {
+            println!("HARNESS ERROR seed={} step={step}: {e}", config.seed);
+            summary.harness_error = Some(format!("step {step}: {e}"));
+            break;
+        }
     }
     summary.traffic_time = started.elapsed();
     traffic.stop().await;
