@@ -9,7 +9,6 @@ pub mod desired;
 pub mod error;
 pub mod grpc;
 pub mod health;
-pub mod hollow;
 pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
@@ -193,7 +192,8 @@ pub struct ControlPlaneSettings {
 
 /// An agent's control plane, running: a supervisor per color, the feed of what etcd wants, and
 /// the reporter holding this host's keys under its lease. The real agent runs it over processes,
-/// a hollow host over the in-memory runtime; it is the same code either way.
+/// a hollow host (the scale benchmarks' test support) over an in-memory runtime; it is the same
+/// code either way.
 pub struct ControlPlane {
     /// Supervisors and reporter: they end at shutdown.
     pub tasks: Vec<tokio::task::JoinHandle<()>>,

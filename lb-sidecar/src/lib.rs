@@ -12,7 +12,6 @@ pub mod metrics;
 pub mod nginx;
 pub mod render;
 pub mod requests;
-pub mod standin;
 pub mod state;
 
 use applier::Applier;
@@ -66,7 +65,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
 /// Where nginx logs requests to, and the tally they go into: the socket in the state directory.
 /// Without it (a path nginx cannot take, a socket that cannot be bound) the LB still serves;
 /// only a canary's analysis has no numbers from it, which it reports as insufficient data.
-type RequestLog = Option<(String, Arc<Mutex<Tally>>)>;
+/// Where nginx's request log goes and what counts it (none for a hollow LB).
+pub type RequestLog = Option<(String, Arc<Mutex<Tally>>)>;
 
 fn start_request_log(config: &Config, metrics: Arc<Metrics>) -> RequestLog {
     let path = requests::socket_path(&config.state_dir);
@@ -89,22 +89,9 @@ fn start_request_log(config: &Config, metrics: Arc<Metrics>) -> RequestLog {
     }
 }
 
-/// A hollow LB for scale benchmarks: the real follower and applier over the nginx stand-in, on a
-/// shared etcd client, without a status server.
-pub async fn run_hollow(
-    config: Config,
-    client: etcd_client::Client,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(), SidecarError> {
-    let metrics = Arc::new(Metrics::default());
-    let nginx = standin::NginxStandIn::start()
-        .await
-        .map_err(|e| SidecarError::Setting(format!("hollow LB listener: {e}")))?;
-    follow(config, client, nginx, metrics, None, shutdown).await
-}
-
-/// Claims the LB name, then keeps `nginx` serving what etcd says until `shutdown`.
-async fn follow<N: NginxControl>(
+/// Claims the LB name, then keeps `nginx` serving what etcd says until `shutdown`: the real
+/// sidecar over real nginx, or a hollow LB (the scale benchmarks' test support) over a stand-in.
+pub async fn follow<N: NginxControl>(
     config: Config,
     client: etcd_client::Client,
     nginx: N,

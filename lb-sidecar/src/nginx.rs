@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// What the sidecar needs from nginx, as a seam: [`Nginx`] drives a real one; hollow LBs (scale
-/// benchmarks) run the same follower and applier over [`crate::standin::NginxStandIn`].
+/// benchmarks, in the test-support crate) run the same follower and applier over a stand-in.
 pub trait NginxControl: Send + Sync + 'static {
     /// nginx's loopback-only status listener.
     fn status_listen(&self) -> std::net::SocketAddr;

@@ -1,12 +1,14 @@
 //! The scale benchmark's fleet: hollow hosts and hollow LBs (the real agent and sidecar code over
 //! their in-memory seams, thousands in this process) next to a few real nginx LBs, on one etcd.
+pub mod hollow_host;
 pub mod metrics;
+pub mod nginx_standin;
 pub mod proxy;
 
 use crate::nginx::{Nginx, SidecarProc};
 use crate::procs::{APP, PREFIX};
 use crate::{binary, Etcd};
-use agent::hollow::{HollowHost, HollowRuntime, Script};
+use hollow_host::{HollowHost, HollowRuntime, Script};
 use proto::Keys;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -158,7 +160,7 @@ impl HollowFleet {
             name: host_name(i),
             address: format!("127.1.{}.{}", i / 250, i % 250 + 1),
         };
-        tokio::spawn(agent::hollow::spawn(
+        tokio::spawn(hollow_host::spawn(
             client,
             self.keys(),
             host,
@@ -209,7 +211,7 @@ impl HollowFleet {
         let config = self.hollow_lb_config(name);
         let shutdown = self.shutdown.subscribe();
         tokio::spawn(async move {
-            if let Err(e) = lb_sidecar::run_hollow(config, client, shutdown).await {
+            if let Err(e) = nginx_standin::run_hollow_lb(config, client, shutdown).await {
                 eprintln!("hollow LB failed: {e}");
             }
         });

@@ -3,8 +3,8 @@
 //! process without an nginx each. Its public listener answers with the color and revision
 //! headers of the loaded config, so the coordinator verifies it exactly as it verifies nginx.
 //! Validation is free here; real LBs beside the hollow ones measure what `nginx -t` costs.
-use crate::error::SidecarError;
-use crate::nginx::NginxControl;
+use lb_sidecar::error::SidecarError;
+use lb_sidecar::nginx::NginxControl;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -93,4 +93,19 @@ impl NginxControl for NginxStandIn {
     async fn wait_serving(&self, expected: &str, _timeout: Duration) -> bool {
         self.serving().is_some_and(|text| text.contains(expected))
     }
+}
+
+/// A hollow LB for scale benchmarks: the sidecar's real follower and applier over the nginx
+/// stand-in, on a shared etcd client, without a status server. It lives here, with the tests,
+/// so the shipped sidecar carries none of it.
+pub async fn run_hollow_lb(
+    config: lb_sidecar::config::Config,
+    client: etcd_client::Client,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), SidecarError> {
+    let metrics = Arc::new(lb_sidecar::metrics::Metrics::default());
+    let nginx = NginxStandIn::start()
+        .await
+        .map_err(|e| SidecarError::Setting(format!("hollow LB listener: {e}")))?;
+    lb_sidecar::follow(config, client, nginx, metrics, None, shutdown).await
 }

@@ -1,10 +1,10 @@
 //! Hollow hosts for scale benchmarks (kubemark's hollow nodes, here): the real agent control
-//! plane ([`crate::ControlPlane`]: etcd session and lease, release watch, supervisors, reporter)
+//! plane ([`agent::ControlPlane`]: etcd session and lease, release watch, supervisors, reporter)
 //! over an in-memory app runtime. An app "starts" when launched, answers probes as unhealthy
 //! until `start_delay` has passed and then as its [`Script`] says. Thousands run in one process.
-use crate::health::Probe;
-use crate::runtime::{Adopted, AppRuntime, RunningApp};
-use crate::{ControlPlane, ControlPlaneSettings};
+use agent::health::Probe;
+use agent::runtime::{Adopted, AppRuntime, RunningApp};
+use agent::{ControlPlane, ControlPlaneSettings};
 use proto::records::{Artifact, HostRecord, Ports, ReleaseRecord};
 use proto::{Color, Keys};
 use std::path::{Path, PathBuf};
