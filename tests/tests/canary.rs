@@ -247,10 +247,16 @@ async fn a_healthy_canary_ramps_through_every_step_and_promotes_with_no_failed_r
 
 /// A canary answering 5 % of its requests with errors at a 1 % step fails on its error rate:
 /// every LB goes back to weight 0, the canary color is stopped, the stable color keeps serving.
+/// The step needs 400 canary requests to pass: with the other tests' 100, a fast load gave the
+/// 1 % step its 100 within `step_time`, and 0 errors in 100 (a 0.6 % chance at 5 %) rightly
+/// passed it; 2 or fewer errors in 400, the most a pass allows, has a chance below one in a
+/// million.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_canary_returning_errors_is_aborted_and_every_lb_goes_back_to_stable() {
     let fleet = Fleet::start(3, 2).await;
-    let section = canary_section("[1, 50]", "5s", "240s");
+    let section =
+        canary_section("[1, 50]", "5s", "240s").replace("min_requests = 100", "min_requests = 400");
+    assert!(section.contains("min_requests = 400"), "{section}");
     let good = fleet.spec_with("good", &[], &section);
     let v1 = fleet.deploy(&good, "v1", &[]).await;
     assert!(v1.status.success(), "{}", text(&v1));
