@@ -127,7 +127,11 @@ async fn the_split_follows_the_weight_and_keeps_each_user_on_one_color() {
     }
 
     // Weight 0 is ordinary blue-green: everyone on the stable color, canary users included.
+    // New connections: the ack promises the new split to every connection made after it, while
+    // a kept-alive one may still be answered by a draining worker with the old config (the
+    // client above kept its connections, and once met green after the ack).
     fleet.set_split(0, 4).await;
+    let client = bluegreen_tests::load::fresh_connections(Duration::from_secs(5));
     for cookie in sticky_users.iter().take(20) {
         assert_eq!(request(&client, &url, Some(cookie)).await.0, "blue");
     }
