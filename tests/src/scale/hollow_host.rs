@@ -59,7 +59,8 @@ impl RunningApp for HollowApp {
     async fn exited(&mut self) -> String {
         match self.crash_at {
             Some(at) => {
-                tokio::time::sleep_until(at).await;
+                // The scripted crash's deadline: a simulated app, not a synchronisation.
+                tokio::time::sleep_until(at).await; // simulated crash deadline
                 "exited with status 1 (hollow crash loop)".into()
             }
             None => std::future::pending().await,
@@ -117,7 +118,7 @@ impl AppRuntime for HollowRuntime {
             (false, _) => verdict(Some("connection refused (hollow app starting)")),
             (true, Script::Failing) => verdict(Some("HTTP 500 (hollow app failing)")),
             (true, Script::Slow(delay)) => {
-                tokio::time::sleep(delay).await;
+                tokio::time::sleep(delay).await; // the scripted slow answer (its deadline)
                 verdict(None)
             }
             (true, _) => verdict(None),
