@@ -4,7 +4,9 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     proto::daemon::init_logging("info");
-    let config = match agent::config::Config::load(agent::config::Cli::from_env()) {
+    let config = match agent::config::Config::load(
+        <agent::config::Cli as proto::settings::Daemon>::from_env(),
+    ) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("agent: {e}");

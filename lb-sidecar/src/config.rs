@@ -45,20 +45,9 @@ pub struct Cli {
     pub settings: Settings,
 }
 
-impl Cli {
-    /// The command line with every setting's variable and default (for `--help` and man pages).
-    pub fn command() -> clap::Command {
-        proto::settings::command(
-            <Cli as clap::CommandFactory>::command(),
-            ENV_PREFIX,
-            DEFAULTS,
-        )
-    }
-
-    /// This process's command line and environment.
-    pub fn from_env() -> Cli {
-        proto::settings::parse(ENV_PREFIX, DEFAULTS)
-    }
+impl proto::settings::Daemon for Cli {
+    const ENV_PREFIX: &'static str = ENV_PREFIX;
+    const DEFAULTS: &'static str = DEFAULTS;
 }
 
 /// Every sidecar setting, declared once: the field is the file's key, `--flag` and

@@ -46,6 +46,25 @@ pub fn command(cli: clap::Command, env_prefix: &str, defaults: &str) -> clap::Co
     })
 }
 
+/// A daemon's command line (`--config` and its settings): where its variables' names start and
+/// its defaults document, so [`Daemon::cli`] and [`Daemon::from_env`] are written once for all.
+pub trait Daemon: clap::CommandFactory + FromArgMatches + Sized {
+    /// `BLUEGREEN_<BINARY>_`.
+    const ENV_PREFIX: &'static str;
+    /// Every default, in the file's own format.
+    const DEFAULTS: &'static str;
+
+    /// The command line with every setting's variable and default (for `--help` and man pages).
+    fn cli() -> clap::Command {
+        command(Self::command(), Self::ENV_PREFIX, Self::DEFAULTS)
+    }
+
+    /// This process's command line and environment.
+    fn from_env() -> Self {
+        parse(Self::ENV_PREFIX, Self::DEFAULTS)
+    }
+}
+
 /// Parses the process's command line with [`command`]'s environment variables.
 pub fn parse<C: clap::CommandFactory + FromArgMatches>(env_prefix: &str, defaults: &str) -> C {
     let matches: ArgMatches = command(C::command(), env_prefix, defaults).get_matches();

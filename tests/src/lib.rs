@@ -89,8 +89,14 @@ pub fn free_port(address: &str) -> u16 {
 /// every flag has help.
 pub fn command_lines() -> Vec<(&'static str, clap::Command)> {
     vec![
-        ("agent", agent::config::Cli::command()),
-        ("lb-sidecar", lb_sidecar::config::Cli::command()),
+        (
+            "agent",
+            <agent::config::Cli as proto::settings::Daemon>::cli(),
+        ),
+        (
+            "lb-sidecar",
+            <lb_sidecar::config::Cli as proto::settings::Daemon>::cli(),
+        ),
         ("coordinator", coordinator::cli::command()),
     ]
 }

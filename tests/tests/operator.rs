@@ -1074,14 +1074,14 @@ fn the_configuration_reference_matches_each_daemons_declared_settings() {
             "The agent",
             proto::settings::keys::<agent::config::Settings>(),
             agent::config::DEFAULTS,
-            agent::config::Cli::command(),
+            <agent::config::Cli as proto::settings::Daemon>::cli(),
             "BLUEGREEN_AGENT_",
         ),
         (
             "The lb-sidecar",
             proto::settings::keys::<lb_sidecar::config::Settings>(),
             lb_sidecar::config::DEFAULTS,
-            lb_sidecar::config::Cli::command(),
+            <lb_sidecar::config::Cli as proto::settings::Daemon>::cli(),
             "BLUEGREEN_SIDECAR_",
         ),
     ];
