@@ -142,7 +142,7 @@ pub async fn main() -> ! {
             ..global
         },
         (Err(e), _) | (_, Err(e)) => {
-            fail(&global, &name, CoordinatorError::Usage(e), started).await
+            fail(&global, &name, CoordinatorError::usage(e), started).await
         }
     };
     match cli.command.run(&global, Cli::command()).await {

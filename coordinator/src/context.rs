@@ -1,7 +1,7 @@
 //! What every command shares: the global settings and connection ([`Global`]), the spec loader,
 //! duration flags, JSON output, the lock holder's name. Below the command layer: commands use it,
 //! it uses no command.
-use crate::error::CoordinatorError;
+use crate::error::{CoordinatorError, Subject};
 use crate::{history, probes, progress, report, spec, status};
 use progress::Progress;
 use proto::Keys;
@@ -30,9 +30,10 @@ impl Global {
     }
 
     pub(crate) fn keys(&self) -> Result<Keys, CoordinatorError> {
-        let app = self.app.as_deref().ok_or_else(|| {
-            CoordinatorError::Usage("--app (or BLUEGREEN_APP) is required".into())
-        })?;
+        let app = self
+            .app
+            .as_deref()
+            .ok_or_else(|| Subject::flag("--app").usage("required (or BLUEGREEN_APP)"))?;
         Ok(Keys::new(&self.prefix, app)?)
     }
 
@@ -61,10 +62,8 @@ impl Global {
         } else {
             format!("known apps: {}", apps.join(", "))
         };
-        Err(CoordinatorError::Usage(format!(
-            "--app {app:?}: nothing under {}; {known}",
-            keys.app_prefix()
-        )))
+        let nothing = format!("nothing under {}; {known}", keys.app_prefix());
+        Err(Subject::flag_value("--app", format!("{app:?}")).usage(nothing))
     }
 
     pub(crate) async fn connect(&self) -> Result<etcd_client::Client, CoordinatorError> {
@@ -72,7 +71,7 @@ impl Global {
         let (client, keeper) = proto::access::connect_kept_live(&self.etcd)
             .await
             .map_err(|e| {
-                CoordinatorError::Unreachable(format!("etcd {endpoints}: {}", e.brief()))
+                CoordinatorError::unreachable(e.brief()).about(Subject::Etcd(endpoints.clone()))
             })?;
         // A command is one process: its client follows the members for as long as it runs.
         std::mem::forget(keeper);
@@ -107,7 +106,7 @@ impl Global {
         });
         match probe.await {
             Ok(()) => Ok(client),
-            Err(e) => Err(CoordinatorError::Unreachable(e.brief())),
+            Err(e) => Err(CoordinatorError::unreachable(e.brief())),
         }
     }
 }
@@ -126,8 +125,8 @@ pub(crate) fn load_spec(
     let spec = spec::AppSpec::load(path)?;
     if let Some(app) = app {
         if app != spec.app {
-            return Err(CoordinatorError::Usage(format!(
-                "--app {app} does not match app {:?} in {}",
+            return Err(Subject::flag_value("--app", app).usage(format!(
+                "does not match app {:?} in {}",
                 spec.app,
                 path.display()
             )));
@@ -149,39 +148,51 @@ pub(crate) async fn registered_host(
     let (keys, client) = global.existing_app().await?;
     let state = status::read(&client, &keys).await?;
     state.hosts.get(host).cloned().ok_or_else(|| {
-        CoordinatorError::Usage(format!(
-            "--host {host}: not registered under {}",
-            keys.hosts_prefix()
-        ))
+        let prefix = keys.hosts_prefix();
+        Subject::flag_value("--host", host).usage(format!("not registered under {prefix}"))
     })
+}
+
+/// The `--artifact` URL and `--sha256` as given, checked: the digest lowercased, if given.
+pub(crate) fn checked_artifact(
+    url: &str,
+    sha256: Option<&str>,
+) -> Result<Option<String>, CoordinatorError> {
+    proto::records::validate_artifact_url(url).map_err(|e| Subject::flag("--artifact").usage(e))?;
+    sha256
+        .map(|hex| {
+            proto::records::validate_sha256(hex)
+                .map(|()| hex.to_ascii_lowercase())
+                .map_err(|e| Subject::flag("--sha256").usage(e))
+        })
+        .transpose()
 }
 
 /// The artifact's sha256 when `--sha256` was not given: the coordinator fetches it once itself.
 pub(crate) async fn sha256_of(url: &str) -> Result<String, CoordinatorError> {
+    let artifact = || Subject::flag_value("--artifact", url).usage("");
     let bytes = if let Some(path) = url.strip_prefix("file://") {
         tokio::fs::read(path)
             .await
-            .map_err(|e| CoordinatorError::Usage(format!("--artifact {url}: {e}")))?
+            .map_err(|e| artifact().because(e))?
     } else {
-        let resp = reqwest::get(url)
-            .await
-            .map_err(|e| CoordinatorError::Usage(format!("--artifact {url}: {e}")))?;
+        let resp = reqwest::get(url).await.map_err(|e| artifact().because(e))?;
         if !resp.status().is_success() {
-            return Err(CoordinatorError::Usage(format!(
-                "--artifact {url}: HTTP {}",
-                resp.status()
-            )));
+            return Err(artifact().because(format!("HTTP {}", resp.status())));
         }
         resp.bytes()
             .await
-            .map_err(|e| CoordinatorError::Usage(format!("--artifact {url}: {e}")))?
+            .map_err(|e| artifact().because(e))?
             .to_vec()
     };
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
 /// Parses a humantime duration flag, naming the flag on error.
-pub fn parse_duration(flag: &str, value: &str) -> Result<Duration, CoordinatorError> {
-    humantime::parse_duration(value)
-        .map_err(|e| CoordinatorError::Usage(format!("{flag} {value:?}: {e}")))
+pub fn parse_duration(flag: &'static str, value: &str) -> Result<Duration, CoordinatorError> {
+    humantime::parse_duration(value).map_err(|e| {
+        Subject::flag_value(flag, format!("{value:?}"))
+            .usage("")
+            .because(e)
+    })
 }

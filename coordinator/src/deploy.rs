@@ -110,7 +110,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
         };
         let plan = match pipeline::preflight(&state, &intent) {
             Preflight::AlreadyActive(message) => return Ok(message),
-            Preflight::Refuse(why) => return Err(CoordinatorError::Failed(why)),
+            Preflight::Refuse(why) => return Err(CoordinatorError::failed(why)),
             Preflight::Go(plan) => plan,
         };
         self.record_movement(&state, &plan, &args.version);
@@ -119,7 +119,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             .hook(&state, &plan, &args.version, Hook::PreDeploy)
             .await;
         pre_deploy.map_err(|why| {
-            CoordinatorError::Failed(format!(
+            CoordinatorError::failed(format!(
                 "{why}\nnothing was changed; traffic stays on {shown_from}"
             ))
         })?;
@@ -193,9 +193,9 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
         };
         let plan = match pipeline::preflight(&state, &intent) {
             Preflight::AlreadyActive(message) => return Ok(message),
-            Preflight::Refuse(why) => return Err(CoordinatorError::Failed(why)),
+            Preflight::Refuse(why) => return Err(CoordinatorError::failed(why)),
             Preflight::Go(plan) if plan.to != staged.to => {
-                return Err(CoordinatorError::Failed(format!(
+                return Err(CoordinatorError::failed(format!(
                     "{} was staged on {} but traffic has moved since; deploy it again",
                     staged.version, staged.to
                 )))
@@ -406,7 +406,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             .from
             .expect("preflight refuses a canary without a stable color");
         let section = self.spec.canary.clone().unwrap_or_default();
-        let sticky = section.sticky().map_err(CoordinatorError::Usage)?;
+        let sticky = section.sticky().map_err(CoordinatorError::usage)?;
         run.record.phase = Phase::Canary;
         run.record.updated_at = proto::time::now_rfc3339();
         self.put_record(&run.record).await?;
@@ -432,7 +432,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
         };
         match ramp.set_weight(0, 0).await? {
             Ok(()) => Ok(Err(vec![("canary".into(), why)])),
-            Err(back) => Err(CoordinatorError::Unsafe(format!(
+            Err(back) => Err(CoordinatorError::unsafe_state(format!(
                 "{why}; sending every user back to {from} failed: {back}"
             ))),
         }
@@ -629,10 +629,11 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
                 | CoordinatorError::Proto(_)
                 | CoordinatorError::Unreachable(_)
                 | CoordinatorError::Failed(_)),
-            ) => CoordinatorError::Unsafe(format!(
-                "traffic moved to {} at revision {revision}, then: {e}",
+            ) => CoordinatorError::unsafe_state(format!(
+                "traffic moved to {} at revision {revision}, then",
                 run.plan.to
-            )),
+            ))
+            .because(e),
             (_, e) => e,
         }
     }
@@ -678,7 +679,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
         }
         self.close(run, Phase::Failed, Outcome::Failed, Some(report.clone()))
             .await?;
-        Err(CoordinatorError::Failed(report))
+        Err(CoordinatorError::failed(report))
     }
 
     /// The switch's guard failed: another writer moved `active` or the lock is gone. Nothing
@@ -690,7 +691,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
         let _ = self
             .close(run, Phase::Failed, Outcome::Failed, Some(why.clone()))
             .await;
-        Err(CoordinatorError::Failed(why))
+        Err(CoordinatorError::failed(why))
     }
 
     async fn unsafe_end(&self, run: &mut Run<'_>, step: Step) -> Result<String, CoordinatorError> {
@@ -704,7 +705,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
         self.close(run, Phase::Failed, Outcome::Failed, Some(why.clone()))
             .await
             .map_err(|e| self.after_switch(run, e))?;
-        Err(CoordinatorError::Unsafe(why))
+        Err(CoordinatorError::unsafe_state(why))
     }
 
     /// `--verify-for` saw the new color fail: put traffic back on the old color.
@@ -741,14 +742,17 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
         )
         .await
         .map_err(|e| {
-            CoordinatorError::Unsafe(format!(
-                "{to} turned unhealthy ({why}) and switching back to {from} failed: {e}"
+            CoordinatorError::unsafe_state(format!(
+                "{to} turned unhealthy ({why}) and switching back to {from} failed"
             ))
+            .because(e)
         })?;
         self.history(run, Outcome::RolledBack, Some(why.clone()))
             .await
-            .map_err(|e| CoordinatorError::Unsafe(format!("switched back to {from}, then: {e}")))?;
-        Err(CoordinatorError::Failed(format!(
+            .map_err(|e| {
+                CoordinatorError::unsafe_state(format!("switched back to {from}, then")).because(e)
+            })?;
+        Err(CoordinatorError::failed(format!(
             "{} on {to} turned unhealthy during --verify-for ({why}); switched back to {from}",
             run.args.version
         )))
@@ -765,13 +769,13 @@ fn staged_deploy(state: &AppStatus) -> Result<DeployRecord, CoordinatorError> {
                 d.operation, d.deploy_id, d.phase
             )
         });
-        return Err(CoordinatorError::Failed(format!(
+        return Err(CoordinatorError::failed(format!(
             "nothing is staged to promote ({last}): run `coordinator deploy --no-switch` first"
         )));
     };
     match state.releases.get(&staged.to) {
         Some(r) if r.version == staged.version && r.desired == Desired::Running => Ok(staged),
-        other => Err(CoordinatorError::Failed(format!(
+        other => Err(CoordinatorError::failed(format!(
             "{} was staged on {} by {}, but releases/{} is now {}; deploy it again",
             staged.version,
             staged.to,

@@ -1,6 +1,6 @@
 //! The audit trail: one immutable `history/<revision>` record per deploy, switch, rollback,
 //! reconciliation or lock break, readable with `etcdctl watch --prefix`.
-use crate::error::CoordinatorError;
+use crate::error::{CoordinatorError, Subject};
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use proto::fence::Fence;
 use proto::records::{decode, encode, HistoryRecord};
@@ -111,8 +111,8 @@ async fn try_append(
             }
         }
     }
-    Ok(Err(CoordinatorError::Failed(
-        "could not append a history record after 5 attempts".into(),
+    Ok(Err(Subject::Key(keys.history_prefix()).failed(
+        "could not append a history record after 5 attempts",
     )))
 }
 
@@ -152,14 +152,14 @@ impl Filter {
 
 /// A `--since`/`--until` value: an RFC 3339 time, or a duration meaning that long ago (`2h`),
 /// as the RFC 3339 UTC text records carry, so that times compare as strings.
-pub fn parse_time(flag: &str, value: &str) -> Result<String, CoordinatorError> {
+pub fn parse_time(flag: &'static str, value: &str) -> Result<String, CoordinatorError> {
     let at = match humantime::parse_rfc3339_weak(value) {
         Ok(at) => at,
         Err(_) => {
             let ago = humantime::parse_duration(value).map_err(|_| {
-                CoordinatorError::Usage(format!(
-                    "{flag} {value:?}: neither an RFC 3339 time (2026-12-04T10:00:00Z) nor a duration ago (2h)"
-                ))
+                Subject::flag_value(flag, format!("{value:?}")).usage(
+                    "neither an RFC 3339 time (2026-12-04T10:00:00Z) nor a duration ago (2h)",
+                )
             })?;
             std::time::SystemTime::now() - ago
         }

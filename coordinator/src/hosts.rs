@@ -3,7 +3,7 @@
 //! off from etcd, stopped, dead) therefore stays a member, and deploys refuse to go on without it
 //! (they could neither stage it nor tell what it serves) until it comes back or an operator
 //! removes it here.
-use crate::error::CoordinatorError;
+use crate::error::{CoordinatorError, Subject};
 use crate::history;
 use crate::status::AppStatus;
 use crate::store::EtcdStore;
@@ -84,21 +84,21 @@ pub async fn remove(
 ) -> Result<String, CoordinatorError> {
     let (client, keys, lock) = (store.client, store.keys, store.lock);
     let Some(member) = state.host_members.get(host) else {
-        return Err(CoordinatorError::Usage(format!(
-            "host {host}: not registered under {} (see `coordinator host list`)",
-            keys.host_member("")
+        let prefix = keys.host_member("");
+        return Err(Subject::Host(host.to_string()).usage(format!(
+            "not registered under {prefix} (see `coordinator host list`)"
         )));
     };
     if state.hosts.contains_key(host) {
-        return Err(CoordinatorError::Usage(format!(
-            "host {host} is alive (its agent holds {}): stop its agent first, or it registers again",
-            keys.host(host)
+        let alive = keys.host(host);
+        return Err(Subject::Host(host.to_string()).usage(format!(
+            "alive (its agent holds {alive}): stop its agent first, or it registers again"
         )));
     }
     crate::membership::forget(
         client,
         lock,
-        &format!("host {host}"),
+        Subject::Host(host.to_string()),
         &keys.host_member(host),
         &keys.host(host),
     )

@@ -2,7 +2,7 @@
 //! last ack) when its sidecar first starts; whether it is alive is a separate leased key. A silent
 //! LB therefore stays a member, the color it last acked stays protected, and a switch cannot be
 //! verified without it, until an operator removes it here.
-use crate::error::CoordinatorError;
+use crate::error::{CoordinatorError, Subject};
 use crate::history;
 use crate::status::AppStatus;
 use crate::store::EtcdStore;
@@ -68,21 +68,21 @@ pub async fn remove(
 ) -> Result<String, CoordinatorError> {
     let (client, keys, lock) = (store.client, store.keys, store.lock);
     let Some(ack) = state.lbs.get(name) else {
-        return Err(CoordinatorError::Usage(format!(
-            "lb {name}: not registered under {} (see `coordinator lb list`)",
-            keys.lbs_prefix()
+        let prefix = keys.lbs_prefix();
+        return Err(Subject::Lb(name.to_string()).usage(format!(
+            "not registered under {prefix} (see `coordinator lb list`)"
         )));
     };
     if state.lbs_alive.contains(name) {
-        return Err(CoordinatorError::Usage(format!(
-            "lb {name} is alive (its sidecar holds {}): stop its sidecar first, or it registers again",
-            keys.lb_alive(name)
+        let alive = keys.lb_alive(name);
+        return Err(Subject::Lb(name.to_string()).usage(format!(
+            "alive (its sidecar holds {alive}): stop its sidecar first, or it registers again"
         )));
     }
     crate::membership::forget(
         client,
         lock,
-        &format!("lb {name}"),
+        Subject::Lb(name.to_string()),
         &keys.lb(name),
         &keys.lb_alive(name),
     )

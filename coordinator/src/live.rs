@@ -97,7 +97,7 @@ pub async fn follow_logs(
     tokio::select! {
         _ = proto::daemon::shutdown_requested(&mut shutdown) => Ok(String::new()),
         followed = probes.follow_logs(&record, color, tail, print) => {
-            followed.map(|()| String::new()).map_err(CoordinatorError::Unreachable)
+            followed.map(|()| String::new()).map_err(CoordinatorError::unreachable)
         }
     }
 }

@@ -2,7 +2,7 @@
 //! coordinator's lease, acquired with `Txn If CreateRevision(lock)==0`; its create revision is the
 //! fencing token every later write is guarded by. Waiters watch the key for its delete rather than
 //! sleeping on the TTL. Commands take it through [`crate::locked::with_lock`], never directly.
-use crate::error::CoordinatorError;
+use crate::error::{CoordinatorError, Problem, Subject};
 use crate::progress::Progress;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, WatchOptions};
 use proto::fence::Fence;
@@ -24,11 +24,10 @@ pub const MIN_LOCK_TTL: Duration = Duration::from_secs(5);
 /// `--lock-ttl`, checked against [`MIN_LOCK_TTL`].
 pub fn check_ttl(ttl: Duration) -> Result<Duration, CoordinatorError> {
     if ttl < MIN_LOCK_TTL {
-        return Err(CoordinatorError::Usage(format!(
-            "--lock-ttl {}: shorter than the minimum {}",
-            humantime::format_duration(ttl),
-            humantime::format_duration(MIN_LOCK_TTL)
-        )));
+        let given = humantime::format_duration(ttl);
+        let minimum = humantime::format_duration(MIN_LOCK_TTL);
+        return Err(Subject::flag_value("--lock-ttl", given)
+            .usage(format!("shorter than the minimum {minimum}")));
     }
     Ok(ttl)
 }
@@ -115,10 +114,11 @@ impl DeployLock {
                 .unwrap_or_else(|| "unknown".into());
             if Instant::now() >= deadline {
                 session.revoke().await;
-                return Err(CoordinatorError::LockTimeout(format!(
-                    "{key} is held by {holder}; waited {}",
-                    humantime::format_duration(wait)
-                )));
+                let waited = humantime::format_duration(wait);
+                let problem = Problem::new(format!("held by {holder}; waited {waited}"));
+                return Err(CoordinatorError::LockTimeout(
+                    problem.about(Subject::Key(key)),
+                ));
             }
             progress.event("lock", None, "waiting", &format!("held by {holder}"));
             wait_for_delete(&client, &key, revision + 1, deadline).await?;

@@ -91,7 +91,7 @@ pub async fn with_lock<T>(
     let result = match op.on_loss {
         OnLeaseLoss::Stop => tokio::select! {
             r = locked => r,
-            lost = lock.session.lost() => Err(CoordinatorError::Failed(format!(
+            lost = lock.session.lost() => Err(CoordinatorError::failed(format!(
                 "lock lost mid-{} ({lost}); stopped, the fence rejects anything further",
                 op.operation
             ))),

@@ -1,7 +1,7 @@
 //! The one fenced deletion behind `lb remove` and `host remove`: a member's durable record goes
 //! only under the lock, only if it did not change since the operator looked, and only while its
 //! process is still silent (its leased key absent), so a member that came back is never forgotten.
-use crate::error::CoordinatorError;
+use crate::error::{CoordinatorError, Subject};
 use crate::lock::DeployLock;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use proto::{Operation, ProtoError};
@@ -46,12 +46,12 @@ impl Member {
     }
 }
 
-/// Deletes `record_key` if `alive_key` is absent and the record is unchanged. `what` names the
-/// member in errors ("lb lb-2", "host host-1").
+/// Deletes `record_key` if `alive_key` is absent and the record is unchanged. `what` is the
+/// member the errors concern.
 pub async fn forget(
     client: &etcd_client::Client,
     lock: &DeployLock,
-    what: &str,
+    what: Subject,
     record_key: &str,
     alive_key: &str,
 ) -> Result<(), CoordinatorError> {
@@ -61,9 +61,7 @@ pub async fn forget(
         .await
         .map_err(|e| ProtoError::etcd(format!("read {record_key}"), e))?;
     let Some(kv) = record.kvs().first() else {
-        return Err(CoordinatorError::Usage(format!(
-            "{what}: removed meanwhile"
-        )));
+        return Err(CoordinatorError::usage("removed meanwhile").about(what.clone()));
     };
     let txn = Txn::new()
         .when(vec![
@@ -77,9 +75,10 @@ pub async fn forget(
         .await
         .map_err(|e| ProtoError::etcd(format!("delete {record_key}"), e))?;
     if !resp.succeeded() {
-        return Err(CoordinatorError::Failed(format!(
-            "{what} not removed: it came back, changed, or the lock was lost meanwhile"
-        )));
+        return Err(CoordinatorError::failed(
+            "not removed: it came back, changed, or the lock was lost meanwhile",
+        )
+        .about(what));
     }
     Ok(())
 }

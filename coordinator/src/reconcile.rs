@@ -114,7 +114,7 @@ async fn back_to_stable<S: Store>(
         .await?
         .map(|_| ())
         .map_err(|why| {
-            CoordinatorError::Unsafe(format!(
+            CoordinatorError::unsafe_state(format!(
                 "canary {deploy_id} sent back to {} at revision {revision}, but not every LB followed: {why}",
                 traffic.stable
             ))

@@ -1,6 +1,6 @@
 //! The app spec (`bluegreen.toml`, in the app's repository), parsed strictly: an unknown field or a
 //! bad duration is an error naming the file and the field, before anything is written to etcd.
-use crate::error::CoordinatorError;
+use crate::error::{CoordinatorError, Subject};
 use proto::records::{HealthMode, HealthSpec};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -152,14 +152,11 @@ pub struct SwitchSection {
 
 impl AppSpec {
     pub fn load(path: &Path) -> Result<AppSpec, CoordinatorError> {
-        let shown = path.display();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| CoordinatorError::Usage(format!("spec {shown}: {e}")))?;
-        let mut spec: AppSpec = toml::from_str(&text)
-            .map_err(|e| CoordinatorError::Usage(format!("spec {shown}: {e}")))?;
+        let bad = || Subject::Spec(path.to_path_buf()).usage("");
+        let text = std::fs::read_to_string(path).map_err(|e| bad().because(e))?;
+        let mut spec: AppSpec = toml::from_str(&text).map_err(|e| bad().because(e))?;
         spec.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        spec.validate()
-            .map_err(|e| CoordinatorError::Usage(format!("spec {shown}: {e}")))?;
+        spec.validate().map_err(|e| bad().because(e))?;
         Ok(spec)
     }
 

@@ -22,14 +22,14 @@ pub async fn stop_color(
 ) -> Result<String, CoordinatorError> {
     let (client, keys, lock) = (store.client, store.keys, store.lock);
     if let Some(active) = state.active.as_ref().filter(|a| a.color == color) {
-        return Err(CoordinatorError::Usage(format!(
+        return Err(CoordinatorError::usage(format!(
             "refusing to stop {color}: it is the active color ({}) and takes the traffic",
             active.version
         )));
     }
     let serving = state.lbs_serving(color);
     if !serving.is_empty() {
-        return Err(CoordinatorError::Usage(format!(
+        return Err(CoordinatorError::usage(format!(
             "refusing to stop {color}: LB {} last acked serving it",
             serving.join(", ")
         )));
@@ -52,9 +52,10 @@ pub async fn stop_color(
             )
             .await
             .map_err(|e| match e {
-                proto::ProtoError::FenceLost { .. } => CoordinatorError::Failed(format!(
-                    "stop of {color} refused: the lock or `active` changed meanwhile ({e})"
-                )),
+                e @ proto::ProtoError::FenceLost { .. } => CoordinatorError::failed(format!(
+                    "stop of {color} refused: the lock or `active` changed meanwhile"
+                ))
+                .because(e),
                 other => other.into(),
             })?;
         progress.event(
@@ -67,7 +68,7 @@ pub async fn stop_color(
     let timeout = release.run.stop_timeout + Duration::from_secs(30);
     let still = wait_stopped(client, keys, color, timeout).await?;
     if !still.is_empty() {
-        return Err(CoordinatorError::Failed(format!(
+        return Err(CoordinatorError::failed(format!(
             "{color} was told to stop but still runs after {}: {}",
             humantime::format_duration(timeout),
             still.join(", ")

@@ -144,7 +144,7 @@ impl Store for EtcdStore<'_> {
         active_seen: Option<i64>,
     ) -> Result<i64, CoordinatorError> {
         if let Some(reason) = self.lock_lost() {
-            return Err(CoordinatorError::Failed(format!(
+            return Err(CoordinatorError::failed(format!(
                 "deploy lock lost ({reason}); stopping without further writes"
             )));
         }

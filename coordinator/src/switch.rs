@@ -39,7 +39,7 @@ pub async fn switch_command<S: Store, P: Probes>(
             if let Some((from, to)) = movement {
                 progress.record().movement(from, to);
             }
-            return Err(CoordinatorError::Failed(why));
+            return Err(CoordinatorError::failed(why));
         }
         SwitchPreflight::Go(plan) => plan,
     };
@@ -86,9 +86,10 @@ pub async fn switch_command<S: Store, P: Probes>(
     // input: traffic moved, and the report must say so.
     let after_move = |e: CoordinatorError| {
         if moved {
-            CoordinatorError::Unsafe(format!(
-                "traffic moved to {target} ({version}) but recording it failed: {e}"
+            CoordinatorError::unsafe_state(format!(
+                "traffic moved to {target} ({version}) but recording it failed"
             ))
+            .because(e)
         } else {
             e
         }

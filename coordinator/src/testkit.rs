@@ -265,11 +265,7 @@ impl Store for MemoryStore {
     async fn read(&self) -> Result<AppStatus, CoordinatorError> {
         let mut inner = self.inner.lock().unwrap();
         match &mut inner.reads_left {
-            Some(0) => {
-                return Err(CoordinatorError::Unreachable(
-                    "etcd: connection refused".into(),
-                ))
-            }
+            Some(0) => return Err(CoordinatorError::unreachable("etcd: connection refused")),
             Some(n) => *n -= 1,
             None => {}
         }

@@ -108,16 +108,19 @@ pub async fn move_traffic<S: Store, P: Probes>(
 ) -> Result<i64, CoordinatorError> {
     let revision = write_active(store, active, deploy, &[], seen_active_revision, progress)
         .await?
-        .map_err(CoordinatorError::Failed)?;
+        .map_err(CoordinatorError::failed)?;
     let unsafe_after = |why: String| {
-        CoordinatorError::Unsafe(format!(
+        CoordinatorError::unsafe_state(format!(
             "switched to {} at revision {revision} but {why}",
             active.color
         ))
     };
     let acks = await_acks(store, lbs, revision, progress)
         .await
-        .map_err(|e| unsafe_after(e.to_string()))?
+        .map_err(|e| {
+            let moved = format!("switched to {} at revision {revision}, then", active.color);
+            CoordinatorError::unsafe_state(moved).because(e)
+        })?
         .map_err(|e| unsafe_after(format!("not every LB followed: {e}")))?;
     verify(probes, &acks, lbs, active.color, revision, progress)
         .await

@@ -2,7 +2,7 @@
 //! their own (Nomad's `job validate`), so CI can fail a bad spec, a migration that would break the
 //! running version, or an unreachable artifact before it asks for the deploy lock. It reads no
 //! etcd and no database: it needs nothing but the files (and the artifact's URL, when given).
-use crate::error::CoordinatorError;
+use crate::error::{CoordinatorError, Subject};
 use crate::migrate::files::Phase;
 use crate::migrate::runner::Migrations;
 use crate::progress::Progress;
@@ -79,7 +79,7 @@ pub async fn validate(app: Option<&str>, req: &ValidateRequest) -> Validation {
     if let Some(version) = &req.version {
         let verdict = proto::check_name("--version", version)
             .map(|()| version.clone())
-            .map_err(CoordinatorError::Usage);
+            .map_err(CoordinatorError::usage);
         report.push("version", verdict);
     }
     if spec.migrations.is_some() {
@@ -93,9 +93,7 @@ pub async fn validate(app: Option<&str>, req: &ValidateRequest) -> Validation {
     } else if req.sha256.is_some() {
         report.push(
             "artifact",
-            Err(CoordinatorError::Usage(
-                "--sha256 needs --artifact to compare with".into(),
-            )),
+            Err(Subject::flag("--sha256").usage("needs --artifact to compare with")),
         );
     }
     report
@@ -137,20 +135,12 @@ fn describe_migrations(migrations: Option<&Migrations>) -> String {
 }
 
 async fn check_artifact(url: &str, sha256: Option<&str>) -> Result<String, CoordinatorError> {
-    proto::records::validate_artifact_url(url)
-        .map_err(|e| CoordinatorError::Usage(format!("--artifact: {e}")))?;
-    let expected = sha256
-        .map(|hex| {
-            proto::records::validate_sha256(hex)
-                .map(|()| hex.to_ascii_lowercase())
-                .map_err(|e| CoordinatorError::Usage(format!("--sha256: {e}")))
-        })
-        .transpose()?;
+    let expected = crate::context::checked_artifact(url, sha256)?;
     let actual = crate::context::sha256_of(url).await?;
     match expected {
-        Some(expected) if expected != actual => Err(CoordinatorError::Usage(format!(
-            "--artifact {url}: its sha256 is {actual}, not the {expected} given with --sha256"
-        ))),
+        Some(expected) if expected != actual => Err(Subject::flag_value("--artifact", url).usage(
+            format!("its sha256 is {actual}, not the {expected} given with --sha256"),
+        )),
         _ => Ok(format!("{url} reachable, sha256 {actual}")),
     }
 }

@@ -176,7 +176,7 @@ pub async fn request(
         let last = state.deploy.as_ref().map_or("no deploy yet".into(), |d| {
             format!("the last operation, {}, is {}", d.deploy_id, d.phase)
         });
-        return Err(CoordinatorError::Failed(format!(
+        return Err(CoordinatorError::failed(format!(
             "no canary is running ({last})"
         )));
     };
@@ -226,7 +226,7 @@ async fn orphaned(
 ) -> Result<String, CoordinatorError> {
     match action {
         CanaryAction::Abort => abort_orphan(global, keys, client, canary, lock_wait).await,
-        _ => Err(CoordinatorError::Failed(format!(
+        _ => Err(CoordinatorError::failed(format!(
             "no coordinator runs canary {} any more (its lock is gone): `coordinator canary \
              abort` sends every user back to the stable color; then deploy again",
             canary.deploy_id
@@ -266,7 +266,7 @@ async fn await_act(
             Ok(Ok(event)) => event,
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => {
-                return Err(CoordinatorError::Failed(format!(
+                return Err(CoordinatorError::failed(format!(
                     "canary {deploy_id} did not {} within {}s{}",
                     action.as_str(),
                     ACT_TIMEOUT.as_secs(),
@@ -317,7 +317,7 @@ async fn await_act(
                                     "canary {deploy_id} aborted: every LB sends all requests to {}\n",
                                     d.from.map_or("the stable color".into(), |c| c.to_string())
                                 ))),
-                                _ => Err(CoordinatorError::Failed(format!(
+                                _ => Err(CoordinatorError::failed(format!(
                                     "canary {deploy_id} ended {}: {}",
                                     d.phase,
                                     d.error.unwrap_or_default()

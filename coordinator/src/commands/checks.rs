@@ -1,7 +1,7 @@
 //! What `deploy` and `promote` share: their flags for the lock wait, the checks before and after
 //! the switch and the signing key, and those flags parsed.
 use crate::context::parse_duration as dur;
-use crate::error::CoordinatorError;
+use crate::error::{CoordinatorError, Subject};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -68,6 +68,6 @@ impl Checks {
             .as_deref()
             .map(proto::signing::SigningKey::load)
             .transpose()
-            .map_err(|e| CoordinatorError::Usage(format!("--signing-key: {e}")))
+            .map_err(|e| Subject::flag("--signing-key").usage(e))
     }
 }

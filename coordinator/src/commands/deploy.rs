@@ -2,13 +2,13 @@
 //! stop after the checks with `--no-switch`, or ramp a canary with `--canary`); `--plan` shows
 //! what it would do and the exit code it would have, writing nothing.
 use super::checks::{CheckFlags, Checks};
-use crate::context::{load_spec, pretty_json, sha256_of, Global};
+use crate::context::{checked_artifact, load_spec, pretty_json, sha256_of, Global};
 use crate::error::CoordinatorError;
 use crate::locked::{with_lock, LockFor};
 use crate::probes::HttpProbes;
 use crate::progress::Progress;
 use crate::{deploy, lock, migrate, pipeline, preview, spec, status};
-use proto::records::{validate_artifact_url, validate_sha256, Artifact};
+use proto::records::Artifact;
 use proto::{Keys, Operation};
 use std::path::PathBuf;
 
@@ -104,18 +104,8 @@ fn check_deploy_input(
     req: &DeployRequest,
 ) -> Result<CheckedDeploy, CoordinatorError> {
     let spec = load_spec(global.app.as_deref(), &req.spec)?;
-    proto::check_name("--version", &req.version).map_err(CoordinatorError::Usage)?;
-    validate_artifact_url(&req.artifact)
-        .map_err(|e| CoordinatorError::Usage(format!("--artifact: {e}")))?;
-    let sha256 = req
-        .sha256
-        .as_deref()
-        .map(|hex| {
-            validate_sha256(hex)
-                .map(|()| hex.to_ascii_lowercase())
-                .map_err(|e| CoordinatorError::Usage(format!("--sha256: {e}")))
-        })
-        .transpose()?;
+    proto::check_name("--version", &req.version).map_err(CoordinatorError::usage)?;
+    let sha256 = checked_artifact(&req.artifact, req.sha256.as_deref())?;
     let signing_key = req.checks.signing_key()?;
     Ok(CheckedDeploy {
         spec,

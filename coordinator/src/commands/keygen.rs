@@ -1,5 +1,5 @@
 //! `coordinator keygen`: an ed25519 key pair for signing releases.
-use crate::error::CoordinatorError;
+use crate::error::{CoordinatorError, Subject};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -23,8 +23,8 @@ impl Args {
 fn keygen(dir: &std::path::Path, name: &str) -> Result<String, CoordinatorError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    proto::check_name("--name", name).map_err(CoordinatorError::Usage)?;
-    let (private, public) = proto::signing::generate().map_err(CoordinatorError::Failed)?;
+    proto::check_name("--name", name).map_err(CoordinatorError::usage)?;
+    let (private, public) = proto::signing::generate().map_err(CoordinatorError::failed)?;
     let (key_path, pub_path) = (
         dir.join(format!("{name}.key")),
         dir.join(format!("{name}.pub")),
@@ -35,9 +35,9 @@ fn keygen(dir: &std::path::Path, name: &str) -> Result<String, CoordinatorError>
             .create_new(true)
             .mode(mode)
             .open(path)
-            .map_err(|e| CoordinatorError::Usage(format!("{}: {e}", path.display())))?;
+            .map_err(|e| Subject::File(path.clone()).usage("").because(e))?;
         file.write_all(text.as_bytes())
-            .map_err(|e| CoordinatorError::Failed(format!("{}: {e}", path.display())))?;
+            .map_err(|e| Subject::File(path.clone()).failed("").because(e))?;
     }
     Ok(format!(
         "private key {} (give it to CI: --signing-key or BLUEGREEN_SIGNING_KEY_FILE)

@@ -69,8 +69,8 @@ async fn lock_status(global: &Global) -> Result<String, CoordinatorError> {
 /// `coordinator lock break --yes`: for a stuck holder. The holder's fence makes it harmless.
 async fn lock_break(global: &Global, confirmed: bool) -> Result<String, CoordinatorError> {
     if !confirmed {
-        return Err(CoordinatorError::Usage(
-            "lock break revokes the holder's lease; repeat with --yes to confirm".into(),
+        return Err(CoordinatorError::usage(
+            "lock break revokes the holder's lease; repeat with --yes to confirm",
         ));
     }
     let keys = global.keys()?;

@@ -43,7 +43,7 @@ async fn logs(
     let lines = HttpProbes::new(global.grpc_tls.clone())
         .logs(&record, color, tail)
         .await
-        .map_err(CoordinatorError::Failed)?;
+        .map_err(CoordinatorError::failed)?;
     let lines: Vec<String> = lines.iter().map(|l| proto::secrets::mask_text(l)).collect();
     if global.json {
         let doc = serde_json::json!({"host": host, "color": color, "lines": lines});

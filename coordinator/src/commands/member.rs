@@ -75,9 +75,9 @@ async fn member_remove(
     confirmed: bool,
     lock_wait: Duration,
 ) -> Result<String, CoordinatorError> {
-    proto::check_name(kind.noun(), name).map_err(CoordinatorError::Usage)?;
+    proto::check_name(kind.noun(), name).map_err(CoordinatorError::usage)?;
     if !confirmed {
-        return Err(CoordinatorError::Usage(format!(
+        return Err(CoordinatorError::usage(format!(
             "{} remove forgets {name}{}; repeat with --yes to confirm",
             kind.command(),
             kind.consequence()

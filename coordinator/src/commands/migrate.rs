@@ -2,7 +2,7 @@
 //! migrations. Changes run under the etcd deploy lock (so never during a deploy) and the
 //! database's own lock, and each apply or revert is a `history` record.
 use crate::context::{load_spec, parse_duration, pretty_json, Global};
-use crate::error::CoordinatorError;
+use crate::error::{CoordinatorError, Subject};
 use crate::locked::{with_lock, LockFor};
 use crate::migrate::files::Phase;
 use crate::migrate::gate::{contract_blockers, natural_cmp, running_versions};
@@ -113,12 +113,8 @@ fn load(
     progress: &Progress,
 ) -> Result<(crate::spec::AppSpec, Migrations), CoordinatorError> {
     let spec_file = load_spec(global.app.as_deref(), spec)?;
-    let migrations = Migrations::load(&spec_file, progress)?.ok_or_else(|| {
-        CoordinatorError::Usage(format!(
-            "spec {}: has no [migrations] section",
-            spec.display()
-        ))
-    })?;
+    let migrations = Migrations::load(&spec_file, progress)?
+        .ok_or_else(|| Subject::Spec(spec.to_path_buf()).usage("has no [migrations] section"))?;
     Ok((spec_file, migrations))
 }
 
@@ -193,7 +189,7 @@ async fn forward(
             }
         }
         if !refusals.is_empty() {
-            return Err(CoordinatorError::Failed(format!(
+            return Err(CoordinatorError::failed(format!(
                 "contract refused, nothing applied: a color that runs or may run again (the rollback \
                  target included) still needs what it removes. Deploy a newer version to that \
                  color first.\n  {}",
@@ -235,10 +231,10 @@ async fn down(
             .map(|(place, v)| format!("{place} runs {v}"))
             .collect();
         if !users.is_empty() {
-            return Err(CoordinatorError::Failed(format!(
-                "{} came with {} and may be in use: {}. Move those colors to an older version first, \
+            let file = Subject::File(entry.migration.file.clone());
+            return Err(file.failed(format!(
+                "came with {} and may be in use: {}. Move those colors to an older version first, \
                  or pass --force",
-                entry.migration.file.display(),
                 row.app_version,
                 users.join("; ")
             )));

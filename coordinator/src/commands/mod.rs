@@ -182,5 +182,5 @@ fn remember_spec(global: &Global, spec: Option<&std::path::Path>) -> Result<(), 
 fn color(value: &str) -> Result<Color, CoordinatorError> {
     value
         .parse()
-        .map_err(|e: proto::ProtoError| CoordinatorError::Usage(e.to_string()))
+        .map_err(|e: proto::ProtoError| CoordinatorError::usage("").because(e))
 }

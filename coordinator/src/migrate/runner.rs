@@ -5,7 +5,7 @@ use super::files::{self, Db, Migration, Phase};
 use super::lint::destructive_statements;
 use super::plan::Plan;
 use super::store::{Applier, ApplyError, LockError, Store};
-use crate::error::CoordinatorError;
+use crate::error::{CoordinatorError, Subject};
 use crate::history;
 use crate::progress::Progress;
 use crate::spec::{AppSpec, MigrationsSection};
@@ -34,13 +34,13 @@ impl Migrations {
         let (Some(section), Some(dir)) = (&spec.migrations, spec.migrations_dir()) else {
             return Ok(None);
         };
-        let url = section.resolved_url().map_err(CoordinatorError::Usage)?;
+        let url = section.resolved_url().map_err(CoordinatorError::usage)?;
         let db =
-            Db::of_url(&url).map_err(|e| CoordinatorError::Usage(format!("migrations.{e}")))?;
-        let files = files::load_dir(&dir).map_err(CoordinatorError::Usage)?;
+            Db::of_url(&url).map_err(|e| CoordinatorError::usage(format!("migrations.{e}")))?;
+        let files = files::load_dir(&dir).map_err(CoordinatorError::usage)?;
         for m in files.iter().filter(|m| m.phase == Phase::Expand) {
             let findings = destructive_statements(m.up.for_db(db), db)
-                .map_err(|e| CoordinatorError::Usage(format!("{}: {e}", m.file.display())))?;
+                .map_err(|e| Subject::File(m.file.clone()).usage(e))?;
             if findings.is_empty() {
                 continue;
             }
@@ -56,10 +56,9 @@ impl Migrations {
                     ),
                 ),
                 None => {
-                    return Err(CoordinatorError::Usage(format!(
-                        "{}: an expand migration must leave the running version working, but it has: {}. \
+                    return Err(Subject::File(m.file.clone()).usage(format!(
+                        "an expand migration must leave the running version working, but it has: {}. \
                          Move it to a contract migration, or record why it is safe with `-- reason: …`",
-                        m.file.display(),
                         findings.join("; ")
                     )))
                 }
@@ -78,11 +77,11 @@ impl Migrations {
     pub async fn connect(&self) -> Result<Store, CoordinatorError> {
         Store::connect(&self.url, self.section.lock_timeout)
             .await
-            .map_err(CoordinatorError::Usage)
+            .map_err(CoordinatorError::usage)
     }
 
     pub async fn plan(&self, store: &mut Store) -> Result<Plan, CoordinatorError> {
-        let rows = store.rows().await.map_err(CoordinatorError::Failed)?;
+        let rows = store.rows().await.map_err(CoordinatorError::failed)?;
         Ok(Plan::new(
             &self.files,
             &rows,
@@ -97,7 +96,7 @@ impl Migrations {
         let plan = self.plan(&mut store).await;
         store.close().await;
         let plan = plan?;
-        plan.check().map_err(CoordinatorError::Usage)?;
+        plan.check().map_err(CoordinatorError::usage)?;
         Ok(plan)
     }
 
@@ -123,20 +122,20 @@ impl Migrations {
             .lock(&self.app, self.section.lock_wait)
             .await
             .map_err(|e| match e {
-                LockError::Timeout(e) => CoordinatorError::LockTimeout(e),
-                LockError::Database(e) => CoordinatorError::Failed(e),
+                LockError::Timeout(e) => CoordinatorError::LockTimeout(e.into()),
+                LockError::Database(e) => CoordinatorError::failed(e),
             })?;
         store
             .ensure_table()
             .await
-            .map_err(CoordinatorError::Failed)?;
+            .map_err(CoordinatorError::failed)?;
         let plan = self.plan(store).await?;
         let checked = if forward {
             plan.check()
         } else {
             plan.check_revertible()
         };
-        checked.map_err(CoordinatorError::Usage)?;
+        checked.map_err(CoordinatorError::usage)?;
         Ok(plan)
     }
 }
@@ -223,7 +222,7 @@ pub async fn apply(
                 } else {
                     message
                 };
-                return Err((applied, CoordinatorError::Failed(message)));
+                return Err((applied, CoordinatorError::failed(message)));
             }
         }
     }
@@ -261,7 +260,7 @@ pub async fn revert(
                         Some(&e.message),
                     )
                     .await;
-                return Err(CoordinatorError::Unsafe(format!(
+                return Err(CoordinatorError::unsafe_state(format!(
                     "reverting {}: {}",
                     entry.migration.file.display(),
                     e.message
