@@ -1,12 +1,13 @@
 //! Fetching a release's artifact: download (file://, http(s)://), mandatory sha256 check, and a
 //! safe unpack into `<state_dir>/artifacts/<sha256>/`. A verified unpack is reused, so redeploying
-//! a version (or the same artifact on the other color) costs nothing.
+//! a version (or the same artifact on the other color) downloads nothing; nothing runs in it (see
+//! `workdir`), and the cache keeps the [`CACHE_KEEP`] most recently used artifacts.
 use crate::error::AgentError;
 use proto::records::Artifact;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,6 +56,7 @@ pub async fn fetch(
     let _one_at_a_time = lock.lock().await;
     let dir = unpacked_dir(state_dir, &artifact.sha256);
     if dir.is_dir() {
+        touch(&dir);
         return Ok(dir);
     }
     let artifacts = state_dir.join("artifacts");
@@ -73,6 +75,39 @@ pub async fn fetch(
             reason: e.to_string(),
         })??;
     Ok(dir)
+}
+
+/// How many unpacked artifacts the cache keeps besides those the colors run: enough to roll back
+/// or redeploy the last few versions without a download.
+pub const CACHE_KEEP: usize = 3;
+
+/// Removes cached artifacts beyond the `keep` most recently used, never one named in `in_use`
+/// (sha256s). Failures are left for the next collection.
+pub fn collect(state_dir: &Path, in_use: &[String], keep: usize) {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("artifacts")) else {
+        return;
+    };
+    let mut cached: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().to_ascii_lowercase();
+            !in_use.iter().any(|sha| sha.eq_ignore_ascii_case(&name))
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    cached.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, old) in cached.into_iter().skip(keep) {
+        let _ = std::fs::remove_dir_all(old);
+    }
+}
+
+/// Marks a cached artifact as just used, for [`collect`].
+fn touch(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
 }
 
 fn artifact_lock(sha256: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -304,79 +339,12 @@ fn unpack_atomically(
     result
 }
 
-/// A gzip stream is a tar.gz; anything else is a single executable named after the URL's last
-/// segment. `file` is the downloaded artifact; it is read as a stream, never loaded whole.
+/// Unpacks the artifact by the rules in [`proto::unpack`] (shared with `coordinator validate`).
 pub fn unpack(url: &str, file: &Path, dest: &Path) -> Result<(), AgentError> {
-    let mut magic = [0u8; 2];
-    let is_gzip = std::fs::File::open(file)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && magic == [0x1f, 0x8b];
-    if is_gzip {
-        let reader = std::fs::File::open(file).map_err(|e| AgentError::io(file, e))?;
-        unpack_tar_gz(url, reader, dest)
-    } else {
-        let name = url
-            .rsplit('/')
-            .next()
-            .filter(|n| !n.is_empty() && *n != "." && *n != "..")
-            .ok_or_else(|| AgentError::Unpack {
-                url: url.into(),
-                reason: "a single-executable artifact needs a file name in its URL".into(),
-            })?;
-        let path = dest.join(name);
-        std::fs::copy(file, &path).map_err(|e| AgentError::io(&path, e))?;
-        set_executable(&path)
-    }
-}
-
-fn unpack_tar_gz(url: &str, reader: impl Read, dest: &Path) -> Result<(), AgentError> {
-    let fail = |reason: String| AgentError::Unpack {
+    proto::unpack::unpack(url, file, dest).map_err(|reason| AgentError::Unpack {
         url: url.into(),
         reason,
-    };
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(reader));
-    // Modes are kept to rwx bits: a setuid-root file in an artifact must not stay setuid-root on
-    // the host. Ownership and extended attributes from the archive are never applied.
-    archive.set_preserve_permissions(false);
-    archive.set_preserve_ownerships(false);
-    archive.set_unpack_xattrs(false);
-    for entry in archive.entries().map_err(|e| fail(e.to_string()))? {
-        let mut entry = entry.map_err(|e| fail(e.to_string()))?;
-        let path = entry.path().map_err(|e| fail(e.to_string()))?.into_owned();
-        check_relative(&path).map_err(|why| fail(format!("entry {}: {why}", path.display())))?;
-        if let Some(link) = entry.link_name().map_err(|e| fail(e.to_string()))? {
-            check_relative(&link).map_err(|why| {
-                fail(format!(
-                    "link {} -> {}: {why}",
-                    path.display(),
-                    link.display()
-                ))
-            })?;
-        }
-        entry
-            .unpack_in(dest)
-            .map_err(|e| fail(format!("entry {}: {e}", path.display())))?;
-    }
-    Ok(())
-}
-
-/// Refuses absolute paths and any `..`: an artifact must not write outside its own directory.
-fn check_relative(path: &Path) -> Result<(), &'static str> {
-    for component in path.components() {
-        match component {
-            Component::Normal(_) | Component::CurDir => {}
-            Component::ParentDir => return Err("contains '..'"),
-            Component::RootDir | Component::Prefix(_) => return Err("is an absolute path"),
-        }
-    }
-    Ok(())
-}
-
-fn set_executable(path: &Path) -> Result<(), AgentError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| AgentError::io(path, e))
+    })
 }
 
 /// sha256 of a file, hex (used by tools and tests that build artifacts).
@@ -394,71 +362,17 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// [`unpack`] of bytes, through a file like a real download.
-#[cfg(test)]
-fn unpack_bytes(url: &str, bytes: &[u8], dest: &Path) -> Result<(), AgentError> {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), bytes).unwrap();
-    unpack(url, file.path(), dest)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Writes raw tar headers so that paths the `tar` builder itself refuses can be tested.
-    fn tar_gz_with(path: &str, body: &[u8]) -> Vec<u8> {
-        let mut header = tar::Header::new_gnu();
-        header.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
-        header.set_size(body.len() as u64);
-        header.set_mode(0o644);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_cksum();
-        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-            Vec::new(),
-            flate2::Compression::fast(),
-        ));
-        builder.append(&header, body).unwrap();
-        builder.into_inner().unwrap().finish().unwrap()
-    }
-
     #[test]
-    fn rejects_parent_and_absolute_paths() {
-        for bad in ["../evil", "a/../../evil", "/etc/evil"] {
-            let dir = tempfile::tempdir().unwrap();
-            let err = unpack_bytes("file:///x.tar.gz", &tar_gz_with(bad, b"x"), dir.path())
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains("file:///x.tar.gz")
-                    && (err.contains("'..'") || err.contains("absolute")),
-                "{bad}: {err}"
-            );
-        }
-    }
-
-    #[test]
-    fn unpacks_a_normal_tarball() {
+    fn an_unpack_error_names_the_artifact() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), b"x").unwrap();
         let dir = tempfile::tempdir().unwrap();
-        unpack_bytes(
-            "file:///x.tar.gz",
-            &tar_gz_with("bin/app", b"hello"),
-            dir.path(),
-        )
-        .unwrap();
-        assert_eq!(std::fs::read(dir.path().join("bin/app")).unwrap(), b"hello");
-    }
-
-    #[test]
-    fn single_executable_is_named_after_url() {
-        let dir = tempfile::tempdir().unwrap();
-        unpack_bytes("http://h/dl/demo-app", b"\x7fELF...", dir.path()).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("demo-app"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o111, 0o111);
+        let err = unpack("http://h/dl/", file.path(), dir.path()).unwrap_err();
+        assert!(err.to_string().contains("http://h/dl/"), "{err}");
     }
 
     fn artifact(url: String, body: &[u8]) -> Artifact {
@@ -570,69 +484,5 @@ mod tests {
             err.contains("more than 1024 bytes") && !err.contains("attempts"),
             "{err}"
         );
-    }
-}
-#[cfg(test)]
-mod mode_tests {
-    #[test]
-    fn keeps_exec_mode() {
-        let mut header = tar::Header::new_gnu();
-        header.as_gnu_mut().unwrap().name[..3].copy_from_slice(b"app");
-        header.set_size(2);
-        header.set_mode(0o755);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_cksum();
-        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-            Vec::new(),
-            flate2::Compression::fast(),
-        ));
-        builder.append(&header, &b"hi"[..]).unwrap();
-        let bytes = builder.into_inner().unwrap().finish().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        super::unpack_bytes("file:///a.tgz", &bytes, dir.path()).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("app"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o755);
-    }
-
-    #[test]
-    fn setuid_setgid_and_sticky_bits_are_dropped() {
-        use std::os::unix::fs::PermissionsExt;
-        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-            Vec::new(),
-            flate2::Compression::fast(),
-        ));
-        for (name, mode) in [
-            ("suid", 0o4755),
-            ("sgid", 0o2755),
-            ("sticky", 0o1777),
-            ("plain", 0o640),
-        ] {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(2);
-            header.set_mode(mode);
-            header.set_uid(0);
-            header.set_gid(0);
-            header.set_cksum();
-            builder.append_data(&mut header, name, &b"hi"[..]).unwrap();
-        }
-        let bytes = builder.into_inner().unwrap().finish().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        super::unpack_bytes("file:///a.tar.gz", &bytes, dir.path()).unwrap();
-        let mode = |n: &str| {
-            std::fs::metadata(dir.path().join(n))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o7777
-        };
-        assert_eq!(mode("suid") & 0o7000, 0);
-        assert_eq!(mode("sgid") & 0o7000, 0);
-        assert_eq!(mode("sticky") & 0o7000, 0);
-        assert_eq!(mode("suid") & 0o777, 0o755 & mode("suid"));
-        assert_eq!(mode("plain") & 0o700, 0o600);
     }
 }

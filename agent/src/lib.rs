@@ -17,6 +17,7 @@ pub mod reporter;
 pub mod runtime;
 pub mod status;
 pub mod supervisor;
+pub mod workdir;
 
 use config::Config;
 use error::AgentError;

@@ -4,7 +4,7 @@
 //! same supervisor over an in-memory runtime.
 use crate::health::{self, Probe};
 use crate::process::{port_in_use, AppProcess, Launch, PidFile};
-use crate::{artifact, logs};
+use crate::{artifact, logs, workdir};
 use proto::records::{Artifact, Ports, ReleaseRecord};
 use proto::Color;
 use std::collections::BTreeMap;
@@ -32,8 +32,13 @@ pub struct Adopted<P> {
 
 pub trait AppRuntime: Send + Sync + 'static {
     type Process: RunningApp;
-    /// Downloads, verifies and unpacks `artifact`; returns the directory to run in.
-    fn fetch(&self, artifact: &Artifact) -> impl Future<Output = Result<PathBuf, String>> + Send;
+    /// Downloads, verifies and unpacks `artifact` and makes `color` a fresh working tree of it;
+    /// returns the directory to run in.
+    fn fetch(
+        &self,
+        color: Color,
+        artifact: &Artifact,
+    ) -> impl Future<Output = Result<PathBuf, String>> + Send;
     /// Starts `release` on `color` from `dir`, and records it for a later agent to adopt.
     fn launch(
         &self,
@@ -80,6 +85,7 @@ impl ProcessRuntime {
         &self,
         color: Color,
         release: &ReleaseRecord,
+        dir: &Path,
     ) -> Result<BTreeMap<String, String>, String> {
         let mut env = BTreeMap::new();
         for (name, value) in &release.run.env {
@@ -95,6 +101,12 @@ impl ProcessRuntime {
         env.insert("APP_VERSION".into(), release.version.clone());
         env.insert("HEALTH_CHECK_PATH".into(), release.health.path.clone());
         env.insert("LOG_LEVEL".into(), self.app_log_level.clone());
+        // The color's own home and temporary directory: nothing an app (or a library it uses)
+        // writes to "its" home or /tmp is shared with the other color.
+        if let Some((home, tmp)) = workdir::home_and_tmp(dir) {
+            env.insert("HOME".into(), home.display().to_string());
+            env.insert("TMPDIR".into(), tmp.display().to_string());
+        }
         Ok(env)
     }
 
@@ -129,10 +141,30 @@ impl RunningApp for AppProcess {
 impl AppRuntime for ProcessRuntime {
     type Process = AppProcess;
 
-    async fn fetch(&self, artifact: &Artifact) -> Result<PathBuf, String> {
-        artifact::fetch(&self.http, &self.state_dir, artifact, self.download)
+    async fn fetch(&self, color: Color, artifact: &Artifact) -> Result<PathBuf, String> {
+        let cached = artifact::fetch(&self.http, &self.state_dir, artifact, self.download)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        let running = PidFile::read(&self.pid_path(color)).map(|p| p.dir);
+        let owner = self.run_as.as_ref().map(|u| (u.uid, u.gid));
+        let state_dir = self.state_dir.clone();
+        let in_use: Vec<String> = Color::ALL
+            .iter()
+            .filter_map(|c| PidFile::read(&self.pid_path(*c)))
+            .map(|p| p.release.artifact.sha256)
+            .chain([artifact.sha256.clone()])
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            // One copy or collection at a time: a collection must not remove an artifact the
+            // other color is copying.
+            static CACHE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _one = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+            let tree = workdir::prepare(&state_dir, color, &cached, owner, running.as_deref());
+            artifact::collect(&state_dir, &in_use, artifact::CACHE_KEEP);
+            tree
+        })
+        .await
+        .map_err(|e| format!("preparing the {color} tree: {e}"))?
     }
 
     fn launch(
@@ -153,7 +185,7 @@ impl AppRuntime for ProcessRuntime {
         let launch = Launch {
             dir: dir.to_path_buf(),
             command: release.run.command.clone(),
-            env: self.app_env(color, release)?,
+            env: self.app_env(color, release, dir)?,
             log_path: logs::log_path(&self.state_dir, color),
             user: self.run_as.clone(),
         };

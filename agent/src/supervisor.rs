@@ -125,7 +125,7 @@ impl<R: AppRuntime> Supervisor<R> {
                 // stays unseen for the main loop, which delivers it next.
                 let mut newer = self.desired.clone();
                 let result = tokio::select! {
-                    result = self.runtime.fetch(&release.artifact) => result,
+                    result = self.runtime.fetch(self.color, &release.artifact) => result,
                     _ = newer.changed() => Err("superseded by a newer release".into()),
                 };
                 let superseded = self.desired.has_changed().unwrap_or(false);

@@ -170,6 +170,11 @@ pub(crate) fn checked_artifact(
 
 /// The artifact's sha256 when `--sha256` was not given: the coordinator fetches it once itself.
 pub(crate) async fn sha256_of(url: &str) -> Result<String, CoordinatorError> {
+    Ok(hex::encode(Sha256::digest(artifact_bytes(url).await?)))
+}
+
+/// The artifact's bytes, from its `file://` or `http(s)://` URL.
+pub(crate) async fn artifact_bytes(url: &str) -> Result<Vec<u8>, CoordinatorError> {
     let artifact = || Subject::flag_value("--artifact", url).usage("");
     let bytes = if let Some(path) = url.strip_prefix("file://") {
         tokio::fs::read(path)
@@ -185,7 +190,7 @@ pub(crate) async fn sha256_of(url: &str) -> Result<String, CoordinatorError> {
             .map_err(|e| artifact().because(e))?
             .to_vec()
     };
-    Ok(hex::encode(Sha256::digest(&bytes)))
+    Ok(bytes)
 }
 
 /// Parses a humantime duration flag, naming the flag on error.

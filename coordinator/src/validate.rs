@@ -136,11 +136,28 @@ fn describe_migrations(migrations: Option<&Migrations>) -> String {
 
 async fn check_artifact(url: &str, sha256: Option<&str>) -> Result<String, CoordinatorError> {
     let expected = crate::context::checked_artifact(url, sha256)?;
-    let actual = crate::context::sha256_of(url).await?;
-    match expected {
-        Some(expected) if expected != actual => Err(Subject::flag_value("--artifact", url).usage(
-            format!("its sha256 is {actual}, not the {expected} given with --sha256"),
-        )),
-        _ => Ok(format!("{url} reachable, sha256 {actual}")),
+    let bytes = crate::context::artifact_bytes(url).await?;
+    let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let artifact = || Subject::flag_value("--artifact", url);
+    if let Some(expected) = expected.filter(|e| *e != actual) {
+        return Err(artifact().usage(format!(
+            "its sha256 is {actual}, not the {expected} given with --sha256"
+        )));
     }
+    let owned = url.to_string();
+    tokio::task::spawn_blocking(move || unpack_in_scratch(&owned, &bytes))
+        .await
+        .map_err(|e| artifact().usage(e.to_string()))?
+        .map_err(|why| artifact().usage(format!("an agent would refuse it: {why}")))?;
+    Ok(format!("{url} reachable, sha256 {actual}, unpacks as an agent unpacks it"))
+}
+
+/// Unpacks the artifact in a scratch directory by the agents' own rules, and removes it.
+fn unpack_in_scratch(url: &str, bytes: &[u8]) -> Result<(), String> {
+    let scratch = tempfile::tempdir().map_err(|e| format!("scratch directory: {e}"))?;
+    let file = scratch.path().join("artifact");
+    std::fs::write(&file, bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+    let dest = scratch.path().join("unpacked");
+    std::fs::create_dir(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    proto::unpack::unpack(url, &file, &dest)
 }

@@ -75,7 +75,7 @@ impl RunningApp for HollowApp {
 impl AppRuntime for HollowRuntime {
     type Process = HollowApp;
 
-    async fn fetch(&self, artifact: &Artifact) -> Result<PathBuf, String> {
+    async fn fetch(&self, _color: Color, artifact: &Artifact) -> Result<PathBuf, String> {
         Ok(PathBuf::from("/hollow").join(&artifact.sha256))
     }
 
