@@ -97,10 +97,10 @@ impl DesiredFeed {
                         Ok(r) => match self.check_signature(&r) {
                             Ok(()) => DesiredRelease::Release(r),
                             Err(e) => {
-                                tracing::error!(%key, version = %r.version, error = %e, "release refused");
-                                DesiredRelease::Invalid {
-                                    version: Some(r.version.clone()),
+                                tracing::warn!(%key, version = %r.version, error = %e, "unsigned release: not started (kept if it already runs)");
+                                DesiredRelease::Unsigned {
                                     error: format!("{key}: {e}"),
+                                    release: r,
                                 }
                             }
                         },

@@ -108,6 +108,9 @@ struct Installed {
     launched_at: Instant,
     healthy_since: Option<Instant>,
     previous: Option<(ReleaseRecord, PathBuf)>,
+    /// This release runs although this agent would refuse to start it (see
+    /// [`DesiredRelease::Unsigned`]): why.
+    unsigned: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +230,21 @@ impl Lifecycle {
                     .or_else(|| self.current_version())
                     .unwrap_or_default();
                 self.pin(out, &version, HealthState::Failed, error);
+            }
+            DesiredRelease::Unsigned { release, error } => {
+                let runs_it = self.current.as_mut().filter(|c| {
+                    (c.pid.is_some() || c.restart_at.is_some())
+                        && same_process(&c.release, &release)
+                });
+                match runs_it {
+                    // Started before this agent required signatures: an agent never stops or
+                    // disowns what it runs because its own configuration changed. Flagged.
+                    Some(c) => {
+                        c.release = release;
+                        c.unsigned = Some(error);
+                    }
+                    None => self.fail_release(out, &release.version, error),
+                }
             }
             DesiredRelease::Absent => self.stop_current(out, ""),
             DesiredRelease::Release(r) if r.desired == Desired::Stopped => {
@@ -468,6 +486,7 @@ impl Lifecycle {
         let mut status = ColorStatus::new(self.color, &c.release.version, state);
         status.restarts = c.restarts;
         status.pid = c.pid;
+        status.unsigned = c.unsigned.clone();
         status
     }
 
@@ -522,6 +541,7 @@ impl Installed {
             launched_at: now,
             healthy_since: None,
             previous: None,
+            unsigned: None,
         }
     }
 }

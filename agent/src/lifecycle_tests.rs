@@ -542,3 +542,61 @@ fn a_refused_release_fails_at_its_own_version_and_keeps_the_process() {
     );
     assert_eq!(l.running_release().map(|r| r.version.as_str()), Some("v1"));
 }
+
+fn unsigned(version: &str) -> Event {
+    Event::Desired(DesiredRelease::Unsigned {
+        release: release(version),
+        error: format!("releases/green: {version} has no signature from a trusted key"),
+    })
+}
+
+/// Turning on `trusted_keys` restarts the agent: the release it adopts was never signed. Before,
+/// it was reported failed, the active color "not healthy", and every deploy and rollback stopped.
+#[test]
+fn an_unsigned_release_that_already_runs_keeps_running_flagged() {
+    let now = Instant::now();
+    let mut l = running("v1", now);
+    let actions = l.handle(unsigned("v1"), now);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::StopProcess { .. } | Action::Fetch(_))),
+        "{actions:?}"
+    );
+    assert!(published(&actions)
+        .iter()
+        .all(|p| p.1 != HealthState::Failed));
+    let actions = l.handle(Event::Probed(healthy()), now);
+    let flagged = actions.iter().find_map(|a| match a {
+        Action::Publish(s) => Some(s.clone()),
+        _ => None,
+    });
+    let flagged = flagged.unwrap_or_else(|| l.status(HealthState::Healthy));
+    assert_eq!(flagged.state, HealthState::Healthy);
+    assert!(
+        flagged
+            .unsigned
+            .as_deref()
+            .is_some_and(|u| u.contains("no signature")),
+        "{flagged:?}"
+    );
+    // The next signed release replaces it as usual, and carries no flag.
+    install(&mut l, "v2", 101, now);
+    assert_eq!(l.status(HealthState::Healthy).unsigned, None);
+}
+
+#[test]
+fn an_unsigned_release_is_never_started() {
+    let now = Instant::now();
+    let mut l = running("v1", now);
+    let actions = l.handle(unsigned("v2"), now);
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::Fetch(_) | Action::StopProcess { .. })));
+    assert_eq!(last_state(&actions), Some(HealthState::Failed));
+    assert_eq!(l.running_release().map(|r| r.version.as_str()), Some("v1"));
+    let mut fresh = Lifecycle::new(Color::Blue, 3);
+    let actions = fresh.handle(unsigned("v1"), now);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Fetch(_))));
+    assert_eq!(last_state(&actions), Some(HealthState::Failed));
+}

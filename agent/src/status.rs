@@ -18,6 +18,12 @@ pub enum DesiredRelease {
         version: Option<String>,
         error: String,
     },
+    /// A release without a valid signature from a key this agent trusts: never started, but kept
+    /// running (flagged) when it is exactly what already runs on the color.
+    Unsigned {
+        release: ReleaseRecord,
+        error: String,
+    },
     Release(ReleaseRecord),
 }
 
@@ -32,6 +38,8 @@ pub struct ColorStatus {
     pub restarts: u32,
     pub error: Option<String>,
     pub pid: Option<u32>,
+    /// Why the running release would be refused now (see [`HealthRecord::unsigned`]).
+    pub unsigned: Option<String>,
 }
 
 impl ColorStatus {
@@ -45,6 +53,7 @@ impl ColorStatus {
             restarts: 0,
             error: None,
             pid: None,
+            unsigned: None,
         }
     }
 
@@ -57,12 +66,14 @@ impl ColorStatus {
             self.restarts,
             &self.error,
             self.pid,
+            &self.unsigned,
         ) != (
             other.state,
             &other.version,
             other.restarts,
             &other.error,
             other.pid,
+            &other.unsigned,
         )
     }
 
@@ -74,6 +85,7 @@ impl ColorStatus {
             since: self.since.clone(),
             restarts: self.restarts,
             error: self.error.as_deref().map(bounded_error),
+            unsigned: self.unsigned.clone(),
         }
     }
 }

@@ -18,7 +18,8 @@ pub fn color_dir(state_dir: &Path, color: Color) -> PathBuf {
 /// is not a color tree, such as one a previous agent version ran in).
 pub fn home_and_tmp(app_dir: &Path) -> Option<(PathBuf, PathBuf)> {
     let tree = app_dir.parent()?;
-    let is_tree = app_dir.file_name()? == "app" && tree.parent()?.parent()?.file_name()? == "colors";
+    let is_tree =
+        app_dir.file_name()? == "app" && tree.parent()?.parent()?.file_name()? == "colors";
     is_tree.then(|| (tree.join("home"), tree.join("tmp")))
 }
 
@@ -130,9 +131,14 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), String> {
         }
         Ok(())
     } else if kind.is_file() {
-        std::fs::copy(src, dst).map(|_| ()).map_err(|e| fail(dst, e))
+        std::fs::copy(src, dst)
+            .map(|_| ())
+            .map_err(|e| fail(dst, e))
     } else {
-        Err(format!("{}: neither a file, a directory nor a link", src.display()))
+        Err(format!(
+            "{}: neither a file, a directory nor a link",
+            src.display()
+        ))
     }
 }
 

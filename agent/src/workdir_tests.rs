@@ -19,7 +19,10 @@ fn each_install_is_a_fresh_copy_with_its_own_home_and_tmp() {
     let state = tempfile::tempdir().unwrap();
     let cached = cached_artifact(state.path());
     let first = prepare(state.path(), Color::Blue, &cached, None, None).unwrap();
-    assert_eq!(std::fs::read(first.join("node_modules/.bin/opener")).unwrap(), b"cli");
+    assert_eq!(
+        std::fs::read(first.join("node_modules/.bin/opener")).unwrap(),
+        b"cli"
+    );
     assert_eq!(
         std::fs::read_link(first.join("python3")).unwrap(),
         PathBuf::from("/usr/bin/python3")
@@ -71,5 +74,8 @@ fn the_tree_belongs_to_the_apps_user_and_the_cache_does_not() {
 
 #[test]
 fn a_directory_that_is_not_a_color_tree_gets_no_home() {
-    assert_eq!(home_and_tmp(Path::new("/var/lib/bluegreen/agent/artifacts/ab")), None);
+    assert_eq!(
+        home_and_tmp(Path::new("/var/lib/bluegreen/agent/artifacts/ab")),
+        None
+    );
 }

@@ -196,6 +196,7 @@ async fn fail(
     e: CoordinatorError,
     started: std::time::Instant,
 ) -> ! {
+    let e = e.for_user(global.etcd.user.as_deref());
     // Errors may quote app log lines or URLs: never print a password.
     let shown = proto::secrets::mask_text(&e.to_string());
     let facts = global.recorder.facts();

@@ -3,7 +3,7 @@
 //! follows. Everything before the switch leaves traffic where it was; every write is fenced by the
 //! lock token, so a coordinator that lost its lock (paused, partitioned) cannot change anything.
 use crate::error::CoordinatorError;
-use crate::fleet::{self, Failures};
+use crate::fleet::{self, Failures, LbPolicy};
 use crate::history;
 use crate::hooks::{self, Hook, HookContext};
 use crate::pipeline::{self, Intent, Next, Plan, Preflight, Step};
@@ -15,7 +15,8 @@ use crate::status::AppStatus;
 use crate::store::{Store, Write};
 use crate::traffic;
 use proto::records::{
-    ActiveRecord, Artifact, DeployRecord, Desired, LbRecord, ReleaseRecord, RunSpec, TrafficRecord,
+    ActiveRecord, Artifact, DeployRecord, Desired, LbRecord, ReleaseRecord, ReleaseSnapshot,
+    RunSpec, TrafficRecord,
 };
 use proto::{Color, Operation, Outcome, Phase};
 use std::collections::BTreeMap;
@@ -27,7 +28,7 @@ pub struct DeployArgs {
     pub health_timeout: Option<Duration>,
     pub verify_for: Option<Duration>,
     pub keep_failed: bool,
-    pub allow_no_lb: bool,
+    pub lb_policy: LbPolicy,
     /// Stop once staged and checked; `promote` switches.
     pub no_switch: bool,
     /// Ramp traffic to the new color by the spec's `[canary]` steps before the switch.
@@ -39,7 +40,7 @@ pub struct PromoteArgs {
     pub health_timeout: Option<Duration>,
     pub verify_for: Option<Duration>,
     pub keep_failed: bool,
-    pub allow_no_lb: bool,
+    pub lb_policy: LbPolicy,
 }
 
 /// The schema seam: applies pending expand migrations after staging and proves the old color on
@@ -102,7 +103,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
     ) -> Result<String, CoordinatorError> {
         let intent = Intent {
             version: args.version.clone(),
-            allow_no_lb: args.allow_no_lb,
+            lb_policy: args.lb_policy,
             migrations: self.migrator.is_some(),
             verify_for: args.verify_for.unwrap_or(self.spec.switch.verify_for),
             no_switch: args.no_switch,
@@ -179,13 +180,13 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             health_timeout: promote.health_timeout,
             verify_for: promote.verify_for,
             keep_failed: promote.keep_failed,
-            allow_no_lb: promote.allow_no_lb,
+            lb_policy: promote.lb_policy,
             no_switch: false,
             canary: false,
         };
         let intent = Intent {
             version: args.version.clone(),
-            allow_no_lb: args.allow_no_lb,
+            lb_policy: args.lb_policy,
             migrations: false,
             verify_for: args.verify_for.unwrap_or(self.spec.switch.verify_for),
             no_switch: false,
@@ -574,7 +575,24 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
         record.to = Some(run.plan.to);
         record.version = Some(run.args.version.clone());
         record.reason = reason;
+        if matches!(run.record.operation, Operation::Deploy | Operation::Promote) {
+            record.release = Some(self.snapshot(&run.args));
+        }
         self.store.append_history(&record).await.map(|_| ())
+    }
+
+    /// What this deploy runs, as history keeps it for `rollback --to` (URL credentials masked).
+    fn snapshot(&self, args: &DeployArgs) -> ReleaseSnapshot {
+        let release = self.release(args, Desired::Running);
+        let (url, _) = proto::secrets::mask_url(&release.artifact.url);
+        ReleaseSnapshot {
+            artifact: Artifact {
+                url,
+                sha256: release.artifact.sha256,
+            },
+            run: release.run,
+            health: release.health,
+        }
     }
 
     /// Closes the record with `phase` and `error`, and writes the history record.

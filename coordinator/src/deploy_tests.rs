@@ -2,6 +2,7 @@
 //! [`crate::testkit`]: no etcd, no processes, and tokio's paused clock instead of real waiting.
 use crate::deploy::{Deploy, DeployArgs, NoMigrations};
 use crate::error::CoordinatorError;
+use crate::fleet::LbPolicy;
 use crate::pipeline::{self, Intent, Next, Plan, Preflight, Step};
 use crate::progress::Progress;
 use crate::store::Write;
@@ -21,7 +22,7 @@ fn args(version: &str) -> DeployArgs {
         health_timeout: Some(Duration::from_secs(20)),
         verify_for: None,
         keep_failed: false,
-        allow_no_lb: false,
+        lb_policy: LbPolicy::default(),
         no_switch: false,
         canary: false,
     }
@@ -143,7 +144,7 @@ async fn preflight_refusals_write_nothing() {
 async fn no_lb_is_allowed_only_when_asked() {
     let store = MemoryStore::new(&[("a", Agent::Healthy)], &[]);
     let mut a = args("v1");
-    a.allow_no_lb = true;
+    a.lb_policy.allow_no_lb = true;
     deploy(&store, &FakeProbes::default(), &a).await.unwrap();
     assert_eq!(store.snapshot().active.unwrap().color, Color::Blue);
 }
@@ -272,17 +273,58 @@ async fn smoke_failure_keeps_traffic_and_names_the_host() {
     );
 }
 
+/// A deploy started while an LB's sidecar is silent switched, waited for the ack and ended
+/// unsafe with the LBs split. Every traffic move now checks every LB first.
 #[tokio::test(start_paused = true)]
-async fn a_silent_lb_makes_the_switch_unsafe_after_the_ack_timeout() {
+async fn a_silent_lb_stops_the_deploy_before_anything_is_written() {
     let store = fleet().serving(Color::Blue, "v1");
     store.silence_lb("lb-2");
+    let writes_before = store.writes().len();
+    let err = deploy(&store, &FakeProbes::default(), &args("v2"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 1, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("lb lb-2 is registered but its sidecar is silent")
+            && text.contains("coordinator lb remove lb-2")
+            && text.contains("--allow-split-lbs"),
+        "{text}"
+    );
+    assert_eq!(store.writes().len(), writes_before, "nothing written");
+    assert_eq!(store.snapshot().active.unwrap().version, "v1");
+}
+
+/// `--allow-split-lbs`: the live LBs follow, the silent one is knowingly left on the old color.
+#[tokio::test(start_paused = true)]
+async fn a_split_allowed_moves_the_live_lbs_and_leaves_the_silent_one() {
+    let store = fleet().serving(Color::Blue, "v1");
+    store.silence_lb("lb-2");
+    let mut split = args("v2");
+    split.lb_policy.allow_split_lbs = true;
+    deploy(&store, &FakeProbes::default(), &split)
+        .await
+        .unwrap();
+    let s = store.snapshot();
+    assert_eq!(s.active.as_ref().unwrap().color, Color::Green);
+    assert_eq!(
+        s.lbs_serving(Color::Blue),
+        vec!["lb-2 (sidecar silent)".to_string()]
+    );
+}
+
+/// A sidecar that froze after the preflight (its lease not yet expired) does not ack: the move
+/// ends unsafe after the ack timeout, naming it.
+#[tokio::test(start_paused = true)]
+async fn an_lb_that_stops_following_mid_move_makes_the_switch_unsafe_after_the_ack_timeout() {
+    let store = fleet().serving(Color::Blue, "v1");
+    store.freeze_lb("lb-2");
     let err = deploy(&store, &FakeProbes::default(), &args("v2"))
         .await
         .unwrap_err();
     assert_eq!(err.exit_code(), 4, "{err}");
     assert!(
-        err.to_string()
-            .contains("lb-2 (sidecar silent): no ack of revision"),
+        err.to_string().contains("lb-2: no ack of revision"),
         "{err}"
     );
     let s = store.snapshot();
@@ -301,10 +343,16 @@ async fn a_silent_lb_makes_the_switch_unsafe_after_the_ack_timeout() {
 async fn a_silent_lb_keeps_the_color_it_last_acked_from_being_restaged() {
     let store = fleet().serving(Color::Blue, "v1");
     store.silence_lb("lb-2");
-    let first = deploy(&store, &FakeProbes::default(), &args("v2")).await;
-    assert_eq!(first.unwrap_err().exit_code(), 4);
+    let split = |version| {
+        let mut a = args(version);
+        a.lb_policy.allow_split_lbs = true;
+        a
+    };
+    deploy(&store, &FakeProbes::default(), &split("v2"))
+        .await
+        .unwrap();
     let writes_before = store.writes().len();
-    let err = deploy(&store, &FakeProbes::default(), &args("v3"))
+    let err = deploy(&store, &FakeProbes::default(), &split("v3"))
         .await
         .unwrap_err();
     assert_eq!(err.exit_code(), 1, "{err}");
@@ -529,7 +577,7 @@ async fn switch_op(
         operation,
         target,
         op_id: format!("{operation}-1"),
-        allow_no_lb: false,
+        lb_policy: LbPolicy::default(),
     };
     let progress = Progress::new(true);
     crate::locked::run_locked(store, &req.op_id, &progress, async |store, state| {

@@ -27,6 +27,10 @@ pub enum CoordinatorError {
     /// etcd did not answer: nothing was decided (or, after a switch, see `Unsafe`).
     #[error("control plane unreachable: {0}")]
     Unreachable(Problem),
+    /// etcd answered that this command's user may not read or write a key it needs: retrying
+    /// changes nothing, the user's role must (exit 6, never the retryable 5).
+    #[error("not permitted: {0}")]
+    NotPermitted(Problem),
     #[error("{}", describe(.0))]
     Proto(#[from] proto::ProtoError),
 }
@@ -205,7 +209,8 @@ impl CoordinatorError {
             | CoordinatorError::LockTimeout(p)
             | CoordinatorError::Failed(p)
             | CoordinatorError::Unsafe(p)
-            | CoordinatorError::Unreachable(p) => Some(p),
+            | CoordinatorError::Unreachable(p)
+            | CoordinatorError::NotPermitted(p) => Some(p),
             CoordinatorError::Proto(_) => None,
         }
     }
@@ -216,8 +221,34 @@ impl CoordinatorError {
             | CoordinatorError::LockTimeout(p)
             | CoordinatorError::Failed(p)
             | CoordinatorError::Unsafe(p)
-            | CoordinatorError::Unreachable(p) => Some(p),
+            | CoordinatorError::Unreachable(p)
+            | CoordinatorError::NotPermitted(p) => Some(p),
             CoordinatorError::Proto(_) => None,
+        }
+    }
+
+    /// The same error told as "not permitted" when etcd refused this command's user (`user`: the
+    /// etcd user it authenticated as, if any), so that the message names who may not do what.
+    pub fn for_user(self, user: Option<&str>) -> Self {
+        match self {
+            CoordinatorError::Proto(proto::ProtoError::Etcd { what, source })
+                if is_denied(&source) =>
+            {
+                let who = user.map_or(
+                    "this command's etcd user (none: auth is off?)".to_string(),
+                    |u| format!("etcd user {u}"),
+                );
+                let answer = match &source {
+                    etcd_client::Error::GRpcStatus(s) => s.message().to_string(),
+                    other => other.to_string(),
+                };
+                CoordinatorError::NotPermitted(Problem::new(format!(
+                    "{who} may not {what}: its role (deploy/etcd-auth.sh makes them) does not \
+                     grant that key"
+                )))
+                .because(format!("etcd answered {answer:?}"))
+            }
+            other => other,
         }
     }
 
@@ -228,6 +259,8 @@ impl CoordinatorError {
             CoordinatorError::Failed(_) => 1,
             CoordinatorError::Unsafe(_) => 4,
             CoordinatorError::Unreachable(_) => 5,
+            CoordinatorError::NotPermitted(_) => 6,
+            CoordinatorError::Proto(e) if e.is_permission_denied() => 6,
             // A lost fence means another coordinator owns the app now: ours changed nothing more.
             CoordinatorError::Proto(
                 proto::ProtoError::FenceLost { .. } | proto::ProtoError::LeaseLost { .. },
@@ -251,8 +284,14 @@ fn proto_subject(e: &proto::ProtoError) -> Option<Subject> {
     }
 }
 
+fn is_denied(source: &etcd_client::Error) -> bool {
+    matches!(source, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::PermissionDenied)
+}
+
 fn describe(e: &proto::ProtoError) -> String {
-    if e.is_unreachable() {
+    if e.is_permission_denied() {
+        format!("not permitted: {}", e.brief())
+    } else if e.is_unreachable() {
         format!("control plane unreachable: {}", e.brief())
     } else {
         e.to_string()

@@ -11,6 +11,44 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// What a traffic move may do about the LBs: move with none registered (nothing follows or
+/// verifies it), or move while a registered LB's sidecar is silent (it keeps serving the old
+/// color: the LBs split).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LbPolicy {
+    pub allow_no_lb: bool,
+    pub allow_split_lbs: bool,
+}
+
+/// The LBs a traffic move waits for: every registered one, and none may be silent. A silent
+/// sidecar cannot follow the move, so its nginx would keep serving the old color while the others
+/// serve the new one, and the move would end "unsafe" after the ack timeout with traffic split.
+/// With `allow_split_lbs` the silent ones are left out, knowingly. The error names them.
+pub fn lbs_to_follow(status: &AppStatus, policy: LbPolicy) -> Result<Vec<String>, String> {
+    let silent: Vec<&String> = status
+        .lbs
+        .keys()
+        .filter(|lb| !status.lbs_alive.contains(*lb))
+        .collect();
+    if !silent.is_empty() && !policy.allow_split_lbs {
+        let names: Vec<&str> = silent.iter().map(|s| s.as_str()).collect();
+        return Err(format!(
+            "lb {} is registered but its sidecar is silent (cut off, stopped or dead): it could not \
+             follow the move and would keep serving the old color; wait for it to come back, \
+             remove an LB that is gone for good with `coordinator lb remove {}`, or pass \
+             --allow-split-lbs to move the others anyway",
+            names.join(", "),
+            names[0]
+        ));
+    }
+    Ok(status
+        .lbs
+        .keys()
+        .filter(|lb| status.lbs_alive.contains(*lb))
+        .cloned()
+        .collect())
+}
+
 /// Host name and why it is a problem.
 pub type Failures = Vec<(String, String)>;
 

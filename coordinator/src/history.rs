@@ -224,5 +224,6 @@ pub fn record(kind: Operation, op_id: &str, outcome: Outcome) -> HistoryRecord {
         details: serde_json::Value::Null,
         actor: Some(crate::actor::current()),
         command: Some(crate::actor::command_line()),
+        release: None,
     }
 }

@@ -35,6 +35,7 @@ pub mod preview;
 pub mod probes;
 pub mod progress;
 pub mod reconcile;
+pub mod redeploy;
 pub mod report;
 pub mod spec;
 pub mod status;

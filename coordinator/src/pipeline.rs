@@ -2,7 +2,7 @@
 //! what a dead predecessor left behind (reconcile), and which step follows which outcome (next).
 //! No I/O here: `deploy.rs` is the thin loop that runs each step through the store and probe seams
 //! and asks [`next`] where to go.
-use crate::fleet::unhealthy;
+use crate::fleet::{unhealthy, LbPolicy};
 use crate::status::AppStatus;
 use proto::records::{ActiveRecord, DeployRecord};
 use proto::{Color, Operation, Outcome, Phase};
@@ -37,7 +37,7 @@ pub enum Preflight {
 #[derive(Debug, Clone, Default)]
 pub struct Intent {
     pub version: String,
-    pub allow_no_lb: bool,
+    pub lb_policy: LbPolicy,
     pub migrations: bool,
     pub verify_for: Duration,
     pub no_switch: bool,
@@ -67,14 +67,17 @@ pub fn preflight(state: &AppStatus, intent: &Intent) -> Preflight {
             silent.join(", ")
         ));
     }
-    let lbs: Vec<String> = state.lbs.keys().cloned().collect();
-    if lbs.is_empty() && !intent.allow_no_lb {
+    if state.lbs.is_empty() && !intent.lb_policy.allow_no_lb {
         return Preflight::Refuse(
             "no LB is registered: nothing would serve the new version and nothing could verify it; \
              start the lb-sidecars first, or pass --allow-no-lb to switch anyway"
                 .into(),
         );
     }
+    let lbs = match crate::fleet::lbs_to_follow(state, intent.lb_policy) {
+        Ok(lbs) => lbs,
+        Err(why) => return Preflight::Refuse(why),
+    };
     let from = state.active.as_ref().map(|a| a.color);
     if intent.canary && from.is_none() {
         return Preflight::Refuse(

@@ -78,6 +78,7 @@ pub fn outcome_of(exit: i32) -> &'static str {
         3 => "lock-timeout",
         4 => "unsafe",
         5 => "unreachable",
+        6 => "not-permitted",
         _ => "unknown",
     }
 }

@@ -266,7 +266,14 @@ pub fn render_text(app: &str, s: &AppStatus) -> String {
                     h.version,
                     h.state.as_str(),
                     h.restarts,
-                    h.error.as_deref().unwrap_or("")
+                    match (&h.error, &h.unsigned) {
+                        (Some(e), _) => e.clone(),
+                        // Runs, but this host's agent would not start it now.
+                        (None, Some(u)) => format!(
+                            "unsigned (started before this agent required signatures; a signed deploy replaces it): {u}"
+                        ),
+                        (None, None) => String::new(),
+                    }
                 )),
                 None => out.push_str(&format!(
                     "{host:<16} {:<22} {color:<6} {:<10} {:<10}\n",

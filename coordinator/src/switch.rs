@@ -2,7 +2,7 @@
 //! app's state whether and where traffic may move; [`switch_command`] carries it out with the
 //! [`crate::traffic`] primitives and records the outcome.
 use crate::error::CoordinatorError;
-use crate::fleet;
+use crate::fleet::{self, LbPolicy};
 use crate::history;
 use crate::probes::Probes;
 use crate::progress::Progress;
@@ -19,7 +19,7 @@ pub struct SwitchRequest {
     /// `None` for rollback: the color that is not active.
     pub target: Option<Color>,
     pub op_id: String,
-    pub allow_no_lb: bool,
+    pub lb_policy: LbPolicy,
 }
 
 /// `coordinator switch <color>` and `rollback`: the target must serve its recorded version on
@@ -33,7 +33,7 @@ pub async fn switch_command<S: Store, P: Probes>(
     req: &SwitchRequest,
     progress: &Progress,
 ) -> Result<String, CoordinatorError> {
-    let plan = match preflight(&state, req.target, req.allow_no_lb) {
+    let plan = match preflight(&state, req.target, req.lb_policy) {
         SwitchPreflight::AlreadyActive(message) => return Ok(message),
         SwitchPreflight::Refuse { movement, why } => {
             if let Some((from, to)) = movement {
@@ -135,7 +135,7 @@ pub struct SwitchPlan {
     pub target: Color,
     /// The version `target` runs, which becomes the active one.
     pub version: String,
-    /// Every registered LB: each must ack the switch.
+    /// Every registered LB (but the silent ones, when a split was allowed): each must ack.
     pub lbs: Vec<String>,
 }
 
@@ -157,7 +157,7 @@ pub enum SwitchPreflight {
 /// decided from the state alone: an unreadable or missing `active` for a rollback, a rollback onto
 /// a version that was staged and never promoted (that would go forward), a target with no
 /// running release or not healthy on every host, no LB to follow the switch.
-pub fn preflight(state: &AppStatus, target: Option<Color>, allow_no_lb: bool) -> SwitchPreflight {
+pub fn preflight(state: &AppStatus, target: Option<Color>, policy: LbPolicy) -> SwitchPreflight {
     let refuse = |why: String| SwitchPreflight::Refuse {
         movement: None,
         why,
@@ -210,8 +210,7 @@ pub fn preflight(state: &AppStatus, target: Option<Color>, allow_no_lb: bool) ->
             ),
         };
     }
-    let lbs: Vec<String> = state.lbs.keys().cloned().collect();
-    if lbs.is_empty() && !allow_no_lb {
+    if state.lbs.is_empty() && !policy.allow_no_lb {
         return SwitchPreflight::Refuse {
             movement: Some(movement),
             why: format!(
@@ -220,6 +219,15 @@ pub fn preflight(state: &AppStatus, target: Option<Color>, allow_no_lb: bool) ->
             ),
         };
     }
+    let lbs = match fleet::lbs_to_follow(state, policy) {
+        Ok(lbs) => lbs,
+        Err(why) => {
+            return SwitchPreflight::Refuse {
+                movement: Some(movement),
+                why: format!("{why}; traffic stays on {stays}"),
+            }
+        }
+    };
     SwitchPreflight::Go(SwitchPlan {
         current,
         target,

@@ -1,6 +1,12 @@
 //! Every refusal of `switch` and `rollback`, decided by [`super::preflight`] from a state alone.
 use super::{preflight, SwitchPlan, SwitchPreflight};
+use crate::fleet::LbPolicy;
 use crate::status::AppStatus;
+
+const NO_LB_OK: LbPolicy = LbPolicy {
+    allow_no_lb: true,
+    allow_split_lbs: false,
+};
 use crate::testkit::{Agent, MemoryStore};
 use proto::records::{DeployRecord, HealthState};
 use proto::{Color, Operation, Phase};
@@ -27,7 +33,7 @@ fn why(decision: SwitchPreflight) -> String {
 fn rollback_goes_to_the_other_color_and_every_lb_must_ack() {
     let state = both_running().snapshot();
     assert_eq!(
-        preflight(&state, None, false),
+        preflight(&state, None, LbPolicy::default()),
         SwitchPreflight::Go(SwitchPlan {
             current: Some(Color::Blue),
             target: Color::Green,
@@ -41,7 +47,7 @@ fn rollback_goes_to_the_other_color_and_every_lb_must_ack() {
 fn the_active_color_is_already_done() {
     let state = both_running().snapshot();
     assert!(matches!(
-        preflight(&state, Some(Color::Blue), false),
+        preflight(&state, Some(Color::Blue), LbPolicy::default()),
         SwitchPreflight::AlreadyActive(_)
     ));
 }
@@ -50,11 +56,11 @@ fn the_active_color_is_already_done() {
 fn rollback_needs_a_readable_active_color() {
     let store = both_running();
     store.set_active_invalid("not JSON");
-    let why = why(preflight(&store.snapshot(), None, false));
+    let why = why(preflight(&store.snapshot(), None, LbPolicy::default()));
     assert!(why.contains("`active` is unreadable (not JSON)"), "{why}");
     // A named color needs no `active`.
     assert!(matches!(
-        preflight(&store.snapshot(), Some(Color::Green), false),
+        preflight(&store.snapshot(), Some(Color::Green), LbPolicy::default()),
         SwitchPreflight::Go(_)
     ));
     let empty = AppStatus::default();
@@ -62,7 +68,7 @@ fn rollback_needs_a_readable_active_color() {
 }
 
 fn why_of(state: &AppStatus) -> String {
-    why(preflight(state, None, false))
+    why(preflight(state, None, LbPolicy::default()))
 }
 
 #[test]
@@ -84,7 +90,7 @@ fn rollback_onto_a_staged_never_promoted_version_is_refused() {
     assert!(why.contains("staged by d-1 and never promoted"), "{why}");
     // Naming the color is what the operator means: allowed.
     assert!(matches!(
-        preflight(&store.snapshot(), Some(Color::Green), false),
+        preflight(&store.snapshot(), Some(Color::Green), LbPolicy::default()),
         SwitchPreflight::Go(_)
     ));
 }
@@ -92,7 +98,11 @@ fn rollback_onto_a_staged_never_promoted_version_is_refused() {
 #[test]
 fn a_target_without_a_running_release_is_refused() {
     let store = MemoryStore::new(&[("a", Agent::Healthy)], &["lb-1"]).serving(Color::Blue, "v1");
-    let why = why(preflight(&store.snapshot(), Some(Color::Green), false));
+    let why = why(preflight(
+        &store.snapshot(),
+        Some(Color::Green),
+        LbPolicy::default(),
+    ));
     assert!(why.contains("green has no running release"), "{why}");
 }
 
@@ -100,7 +110,7 @@ fn a_target_without_a_running_release_is_refused() {
 fn an_unhealthy_target_is_refused_naming_the_host_and_reporting_the_move() {
     let store = both_running();
     store.set_health("b", Color::Green, HealthState::Unhealthy, "v2");
-    match preflight(&store.snapshot(), None, false) {
+    match preflight(&store.snapshot(), None, LbPolicy::default()) {
         SwitchPreflight::Refuse { movement, why } => {
             assert!(why.contains("green (v2) is not healthy on b"), "{why}");
             assert!(why.contains("traffic stays on blue"), "{why}");
@@ -119,10 +129,32 @@ fn an_unhealthy_target_is_refused_naming_the_host_and_reporting_the_move() {
 fn no_lb_is_refused_unless_allowed() {
     let store = MemoryStore::new(&[("a", Agent::Healthy)], &[]).serving(Color::Green, "v2");
     store.serving_as("earlier", Color::Blue, "v1");
-    let why = why(preflight(&store.snapshot(), None, false));
+    let why = why(preflight(&store.snapshot(), None, LbPolicy::default()));
     assert!(why.contains("pass --allow-no-lb"), "{why}");
     assert!(matches!(
-        preflight(&store.snapshot(), None, true),
+        preflight(&store.snapshot(), None, NO_LB_OK),
         SwitchPreflight::Go(SwitchPlan { ref lbs, .. }) if lbs.is_empty()
     ));
+}
+
+#[test]
+fn a_silent_lb_refuses_the_move_naming_it_unless_a_split_is_allowed() {
+    let store = both_running();
+    store.silence_lb("lb-2");
+    let why = why(preflight(&store.snapshot(), None, LbPolicy::default()));
+    assert!(
+        why.contains("lb lb-2 is registered but its sidecar is silent")
+            && why.contains("coordinator lb remove lb-2")
+            && why.contains("--allow-split-lbs")
+            && why.contains("traffic stays on blue"),
+        "{why}"
+    );
+    let split = LbPolicy {
+        allow_split_lbs: true,
+        ..LbPolicy::default()
+    };
+    match preflight(&store.snapshot(), None, split) {
+        SwitchPreflight::Go(plan) => assert_eq!(plan.lbs, vec!["lb-1".to_string()]),
+        other => panic!("{other:?}"),
+    }
 }

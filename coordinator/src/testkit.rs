@@ -142,6 +142,12 @@ impl MemoryStore {
         self.inner.lock().unwrap().agents.insert(host.into(), agent);
     }
 
+    /// The LB's sidecar stops acking (paused, partitioned) but its liveness key has not expired
+    /// yet.
+    pub fn freeze_lb(&self, name: &str) {
+        self.inner.lock().unwrap().following_lbs.remove(name);
+    }
+
     /// The LB's sidecar stops acking (paused, partitioned) and its liveness key expires; its
     /// durable record (last ack) stays.
     pub fn silence_lb(&self, name: &str) {
@@ -480,6 +486,7 @@ fn set(
         since: "t".into(),
         restarts: 0,
         error,
+        unsigned: None,
     };
     state
         .health

@@ -149,7 +149,9 @@ async fn check_artifact(url: &str, sha256: Option<&str>) -> Result<String, Coord
         .await
         .map_err(|e| artifact().usage(e.to_string()))?
         .map_err(|why| artifact().usage(format!("an agent would refuse it: {why}")))?;
-    Ok(format!("{url} reachable, sha256 {actual}, unpacks as an agent unpacks it"))
+    Ok(format!(
+        "{url} reachable, sha256 {actual}, unpacks as an agent unpacks it"
+    ))
 }
 
 /// Unpacks the artifact in a scratch directory by the agents' own rules, and removes it.

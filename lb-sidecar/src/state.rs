@@ -191,6 +191,7 @@ mod tests {
             since: "t".into(),
             restarts: 0,
             error: None,
+            unsigned: None,
         };
         state
             .apply(

@@ -73,11 +73,24 @@ impl ProtoError {
         }
     }
 
-    /// True when etcd did not answer (as opposed to answering "no").
+    /// True when etcd did not answer (as opposed to answering "no"). A permission denied is an
+    /// answer: retrying it changes nothing.
     pub fn is_unreachable(&self) -> bool {
+        match self {
+            ProtoError::Etcd { .. } => !self.is_permission_denied(),
+            ProtoError::WatchCanceled { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// True when etcd answered that this process's user may not do it.
+    pub fn is_permission_denied(&self) -> bool {
         matches!(
             self,
-            ProtoError::Etcd { .. } | ProtoError::WatchCanceled { .. }
+            ProtoError::Etcd {
+                source: etcd_client::Error::GRpcStatus(status),
+                ..
+            } if status.code() == tonic::Code::PermissionDenied
         )
     }
 

@@ -383,8 +383,23 @@ pub struct HistoryRecord {
     /// The command line that made the record (masked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// What a deploy or promote ran, kept so that `rollback --to VERSION` can run it again;
+    /// absent in other records and in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<ReleaseSnapshot>,
 }
 impl Validate for HistoryRecord {}
+
+/// A deployed version as its history record keeps it: enough to deploy it again through the
+/// normal pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseSnapshot {
+    /// The artifact. Credentials and query values in its URL are masked (`***`): a redeploy of
+    /// such a URL is given it again (`--artifact`), checked against this sha256.
+    pub artifact: Artifact,
+    pub run: RunSpec,
+    pub health: HealthSpec,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ports {
@@ -508,6 +523,11 @@ pub struct HealthRecord {
     pub restarts: u32,
     #[serde(default)]
     pub error: Option<String>,
+    /// Set while the color runs a release this agent would not start now: it was running before
+    /// the agent began to require signatures (`trusted_keys`). An agent never stops an app it
+    /// runs because its own configuration changed; the next signed release replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsigned: Option<String>,
 }
 
 impl Validate for HealthRecord {

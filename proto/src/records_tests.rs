@@ -169,6 +169,7 @@ fn serves_needs_healthy_at_exactly_that_version() {
         since: "t".into(),
         restarts: 0,
         error: None,
+        unsigned: None,
     };
     assert!(record(HealthState::Healthy, "v2").serves("v2"));
     assert!(!record(HealthState::Healthy, "v1").serves("v2"));

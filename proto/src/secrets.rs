@@ -62,6 +62,31 @@ fn mask_query_passwords(text: &str) -> String {
     out
 }
 
+/// `url` as it may be kept in etcd's history: a password in the authority and every query value
+/// masked (a presigned or token URL's query is a credential), and whether anything was masked.
+pub fn mask_url(url: &str) -> (String, bool) {
+    let authority_masked = mask_url_passwords(url);
+    let (base, query) = match authority_masked.split_once('?') {
+        Some((base, query)) => (base.to_string(), Some(query.to_string())),
+        None => (authority_masked.clone(), None),
+    };
+    let query = query.map(|q| {
+        q.split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, value)) if !value.is_empty() => format!("{name}={MASK}"),
+                _ => pair.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    let masked = match query {
+        Some(q) => format!("{base}?{q}"),
+        None => base,
+    };
+    let changed = masked != url;
+    (masked, changed)
+}
+
 /// True for an env variable name whose value is a credential (`DB_PASSWORD`, `API_TOKEN`, …).
 pub fn is_sensitive_name(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
@@ -94,6 +119,21 @@ pub fn looks_like_credential(value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_artifact_url_loses_its_credentials_and_query_values() {
+        assert_eq!(
+            mask_url("https://ci:hunter2@ci.example/app.tar.gz?X-Amz-Signature=abc&x=1&flag"),
+            (
+                "https://ci:***@ci.example/app.tar.gz?X-Amz-Signature=***&x=***&flag".into(),
+                true
+            )
+        );
+        assert_eq!(
+            mask_url("file:///srv/app-v1.tar.gz"),
+            ("file:///srv/app-v1.tar.gz".into(), false)
+        );
+    }
 
     #[test]
     fn url_passwords_are_masked_even_with_an_at_sign() {

@@ -51,7 +51,10 @@ fn unpack_tar_gz(reader: impl Read, dest: &Path) -> Result<(), String> {
         if matches!(kind, T::XGlobalHeader) {
             continue;
         }
-        if !matches!(kind, T::Regular | T::Continuous | T::Directory | T::Symlink | T::Link) {
+        if !matches!(
+            kind,
+            T::Regular | T::Continuous | T::Directory | T::Symlink | T::Link
+        ) {
             return Err(format!(
                 "entry {shown}: a {} is not allowed in an artifact (only files, directories and links)",
                 kind_name(kind)
@@ -67,7 +70,10 @@ fn unpack_tar_gz(reader: impl Read, dest: &Path) -> Result<(), String> {
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("hard link {shown}: no target"))?;
             check_inside(dest, &target).map_err(|why| {
-                format!("hard link {shown} -> {}: the target {why}", target.display())
+                format!(
+                    "hard link {shown} -> {}: the target {why}",
+                    target.display()
+                )
             })?;
         }
         let mode = entry.header().mode().unwrap_or(0o644);

@@ -68,8 +68,15 @@ fn unpack_entries(entries: &[Entry]) -> (tempfile::TempDir, PathBuf, Result<(), 
 fn npm_and_venv_links_are_kept_as_links() {
     use tar::EntryType::Symlink;
     let (_root, dest, result) = unpack_entries(&[
-        file("node_modules/opener/bin/opener-bin.js", b"#!/usr/bin/env node\n"),
-        link(Symlink, "node_modules/.bin/opener", "../opener/bin/opener-bin.js"),
+        file(
+            "node_modules/opener/bin/opener-bin.js",
+            b"#!/usr/bin/env node\n",
+        ),
+        link(
+            Symlink,
+            "node_modules/.bin/opener",
+            "../opener/bin/opener-bin.js",
+        ),
         link(Symlink, "venv/bin/python3", "/usr/bin/python3"),
     ]);
     result.unwrap();
@@ -120,16 +127,17 @@ fn nothing_is_written_outside_the_tree() {
         let err = result.expect_err(name);
         assert!(err.contains(why), "{name}: {err}");
         assert!(!root.path().join("evil").exists(), "{name}: wrote outside");
-        assert_eq!(std::fs::read(root.path().join("outside")).unwrap(), b"untouched");
+        assert_eq!(
+            std::fs::read(root.path().join("outside")).unwrap(),
+            b"untouched"
+        );
     }
 }
 
 #[test]
 fn a_hard_link_inside_the_tree_is_kept() {
-    let (_root, dest, result) = unpack_entries(&[
-        file("a", b"same"),
-        link(tar::EntryType::Link, "b", "a"),
-    ]);
+    let (_root, dest, result) =
+        unpack_entries(&[file("a", b"same"), link(tar::EntryType::Link, "b", "a")]);
     result.unwrap();
     assert_eq!(std::fs::read(dest.join("b")).unwrap(), b"same");
 }
@@ -166,7 +174,11 @@ fn special_bits_and_group_or_other_write_are_dropped() {
     ]);
     result.unwrap();
     let mode = |p: &str| {
-        std::fs::metadata(dest.join(p)).unwrap().permissions().mode() & 0o7777
+        std::fs::metadata(dest.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
     };
     assert_eq!(mode("suid"), 0o755);
     assert_eq!(mode("sgid"), 0o755);

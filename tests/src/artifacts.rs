@@ -41,6 +41,20 @@ impl Artifacts {
         self.write(name, &bytes)
     }
 
+    /// Packs the directory `dir` as `<name>`, links kept as links (as `tar -czf` does).
+    pub fn tarball_of_dir(&self, name: &str, dir: &std::path::Path) -> Artifact {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        builder.follow_symlinks(false);
+        builder
+            .append_dir_all(".", dir)
+            .expect("pack the directory");
+        let bytes = builder.into_inner().unwrap().finish().unwrap();
+        self.write(name, &bytes)
+    }
+
     /// The demo app binary packed as `demo-app.tar.gz`.
     pub fn demo_app(&self) -> Artifact {
         let body = std::fs::read(binary("demo-app")).expect("read demo-app binary");

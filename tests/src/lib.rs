@@ -39,6 +39,32 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
+/// The unprivileged user apps run as by default, created (as the packages create it) when this
+/// machine does not have it yet. Returns its uid.
+pub fn app_user() -> u32 {
+    const USER: &str = "bluegreen-app";
+    static CREATED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = CREATED.lock().unwrap_or_else(|p| p.into_inner());
+    let lookup = || nix::unistd::User::from_name(USER).expect("look up users");
+    if lookup().is_none() {
+        let status = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                USER,
+            ])
+            .status()
+            .expect("run useradd");
+        assert!(
+            status.success() || lookup().is_some(),
+            "useradd {USER}: {status}"
+        );
+    }
+    lookup().expect("the user exists now").uid.as_raw()
+}
+
 /// Resident set size of a process in KiB, from /proc/<pid>/status.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmRSS:")

@@ -17,10 +17,12 @@ async fn active_color(fleet: &Fleet) -> Color {
     decode::<ActiveRecord>(&key, &bytes).unwrap().color
 }
 
-/// The zombie LB: its sidecar is paused past its lease while its nginx keeps serving blue. The
-/// next deploy may switch the other LB but ends unsafe naming it; the deploy after that must not
-/// restage blue under it. Before, the LB simply vanished from the fleet, the second deploy
-/// restaged blue, and most requests through that LB failed.
+/// The zombie LB: its sidecar is paused past its lease while its nginx keeps serving blue. Every
+/// traffic move (deploy, rollback, switch) now refuses up front, naming it, with nothing written;
+/// before, a deploy or rollback switched the other LB, waited 30 s and ended unsafe with the LBs
+/// split. `--allow-split-lbs` moves the others knowingly, and even then blue is never restaged
+/// under the zombie (before that fix, the LB vanished from the fleet, the next deploy restaged
+/// blue, and most requests through that LB failed).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_sidecar_keeps_its_lb_a_member_and_its_color_protected() {
     let fleet = Fleet::start(1, 2).await;
@@ -43,15 +45,34 @@ async fn a_paused_sidecar_keeps_its_lb_a_member_and_its_color_protected() {
     // Load through the zombie LB only: it serves blue the whole time.
     let stop = Arc::new(AtomicBool::new(false));
     let loops = vec![load::spawn(fleet.lb_urls()[1].clone(), false, stop.clone())];
-    let second = fleet.deploy(&spec, "v2", &[]).await;
-    assert_eq!(second.status.code(), Some(4), "{}", text(&second));
+    let refused = fleet.deploy(&spec, "v2", &[]).await;
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
     assert!(
-        text(&second).contains("lb-1 (sidecar silent)"),
+        text(&refused).contains("lb lb-1 is registered but its sidecar is silent")
+            && text(&refused).contains("coordinator lb remove lb-1"),
         "{}",
-        text(&second)
+        text(&refused)
     );
+    assert!(
+        get_raw(client, &keys().release(Color::Green))
+            .await
+            .is_none(),
+        "nothing staged"
+    );
+    for mv in [&["rollback"][..], &["switch", "green"]] {
+        let out = fleet.run(mv).await;
+        assert_eq!(out.status.code(), Some(1), "{mv:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("--allow-split-lbs"),
+            "{mv:?}: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(active_color(&fleet).await, Color::Blue);
+    let second = fleet.deploy(&spec, "v2", &["--allow-split-lbs"]).await;
+    assert!(second.status.success(), "{}", text(&second));
     assert_eq!(active_color(&fleet).await, Color::Green);
-    let third = fleet.deploy(&spec, "v3", &[]).await;
+    let third = fleet.deploy(&spec, "v3", &["--allow-split-lbs"]).await;
     let report = load::finish(stop, loops).await;
     assert_eq!(third.status.code(), Some(1), "{}", text(&third));
     assert!(

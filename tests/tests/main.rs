@@ -11,6 +11,7 @@ mod faults;
 mod migrations;
 mod operator;
 mod partitions;
+mod real_apps;
 mod scale;
 mod security;
 mod sidecar;

@@ -2,6 +2,7 @@
 //! the switch and the signing key, and those flags parsed.
 use crate::context::parse_duration as dur;
 use crate::error::{CoordinatorError, Subject};
+use crate::fleet::LbPolicy;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,6 +28,10 @@ pub struct CheckFlags {
     /// Switch even when no LB is registered (nothing can follow or verify the switch).
     #[arg(long)]
     allow_no_lb: bool,
+    /// Move traffic even while a registered LB's sidecar is silent: that LB keeps serving the
+    /// old color (an emergency that knowingly splits the LBs).
+    #[arg(long)]
+    allow_split_lbs: bool,
     /// ed25519 private key (`coordinator keygen`) to sign the releases written; agents with
     /// trusted_keys run only signed releases.
     #[arg(long, env = "BLUEGREEN_SIGNING_KEY_FILE")]
@@ -46,7 +51,10 @@ impl CheckFlags {
                 .map(|d| dur("--verify-for", &d))
                 .transpose()?,
             keep_failed: self.keep_failed,
-            allow_no_lb: self.allow_no_lb,
+            lb_policy: LbPolicy {
+                allow_no_lb: self.allow_no_lb,
+                allow_split_lbs: self.allow_split_lbs,
+            },
             signing_key: self.signing_key,
         })
     }
@@ -58,7 +66,7 @@ pub struct Checks {
     pub health_timeout: Option<Duration>,
     pub verify_for: Option<Duration>,
     pub keep_failed: bool,
-    pub allow_no_lb: bool,
+    pub lb_policy: LbPolicy,
     pub signing_key: Option<std::path::PathBuf>,
 }
 

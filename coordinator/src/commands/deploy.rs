@@ -3,11 +3,11 @@
 //! what it would do and the exit code it would have, writing nothing.
 use super::checks::{CheckFlags, Checks};
 use crate::context::{checked_artifact, load_spec, pretty_json, sha256_of, Global};
-use crate::error::CoordinatorError;
+use crate::error::{CoordinatorError, Subject};
 use crate::locked::{with_lock, LockFor};
 use crate::probes::HttpProbes;
 use crate::progress::Progress;
-use crate::{deploy, lock, migrate, pipeline, preview, spec, status};
+use crate::{deploy, history, lock, migrate, pipeline, preview, redeploy, spec, status};
 use proto::records::Artifact;
 use proto::{Keys, Operation};
 use std::path::PathBuf;
@@ -18,14 +18,19 @@ pub struct Args {
     #[arg(long)]
     spec: PathBuf,
     /// The version being deployed (letters, digits, '.', '_', '-').
-    #[arg(long)]
-    version: String,
-    /// file://, http:// or https:// URL of a tar.gz or a single executable.
-    #[arg(long)]
-    artifact: String,
+    #[arg(long, required_unless_present = "from_history")]
+    version: Option<String>,
+    /// file://, http:// or https:// URL of a tar.gz or a single executable. With
+    /// --from-history: only when history kept the URL masked (it had credentials).
+    #[arg(long, required_unless_present = "from_history")]
+    artifact: Option<String>,
     /// Computed from the artifact when omitted.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "from_history")]
     sha256: Option<String>,
+    /// Deploy an earlier version again with what its deploy's history record kept (artifact,
+    /// sha256, run and health spec); the spec still gives hooks, smoke checks and migrations.
+    #[arg(long, value_name = "VERSION", conflicts_with_all = ["version", "plan"])]
+    from_history: Option<String>,
     #[command(flatten)]
     checks: CheckFlags,
     /// Show what the deploy would do now (target color, hosts, LBs that must ack, pending
@@ -47,6 +52,8 @@ impl Args {
     pub fn name(&self) -> &'static str {
         if self.plan {
             "deploy --plan"
+        } else if self.from_history.is_some() {
+            "deploy --from-history"
         } else if self.no_switch {
             "deploy --no-switch"
         } else if self.canary {
@@ -63,12 +70,24 @@ impl Args {
 
     pub async fn run(self, global: &Global) -> Result<(String, i32), CoordinatorError> {
         let plan = self.plan;
+        let checks = self.checks.parse()?;
+        if let Some(version) = self.from_history {
+            let from = FromHistory {
+                spec: self.spec,
+                version,
+                artifact: self.artifact,
+                checks,
+            };
+            return redeploy(global, from, self.no_switch, self.canary)
+                .await
+                .map(|text| (text, 0));
+        }
         let req = DeployRequest {
             spec: self.spec,
-            version: self.version,
-            artifact: self.artifact,
+            version: self.version.expect("clap requires --version"),
+            artifact: self.artifact.expect("clap requires --artifact"),
             sha256: self.sha256,
-            checks: self.checks.parse()?,
+            checks,
             no_switch: self.no_switch,
             canary: self.canary,
         };
@@ -77,6 +96,73 @@ impl Args {
         }
         run_deploy(global, req).await.map(|text| (text, 0))
     }
+}
+
+/// `deploy --from-history VERSION` and `rollback --to VERSION`: what to deploy again.
+pub struct FromHistory {
+    pub spec: PathBuf,
+    pub version: String,
+    /// Given again when history kept the URL masked.
+    pub artifact: Option<String>,
+    pub checks: Checks,
+}
+
+/// Deploys `from.version` again from what its history record kept, through the normal pipeline.
+/// Refused before anything is written when history has no live deploy of it that kept what it
+/// ran (exit 2) or the database's contract migrations forbid it (exit 1).
+pub async fn redeploy(
+    global: &Global,
+    from: FromHistory,
+    no_switch: bool,
+    canary: bool,
+) -> Result<String, CoordinatorError> {
+    let to = || Subject::flag_value("--to", &from.version);
+    let mut spec = load_spec(global.app.as_deref(), &from.spec)?;
+    let keys = Keys::new(&global.prefix, &spec.app)?;
+    let client = global.connect().await?;
+    let filter = history::Filter {
+        version: Some(from.version.clone()),
+        ..history::Filter::default()
+    };
+    let records: Vec<_> = history::list(&client, &keys, usize::MAX, &filter)
+        .await?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    let snapshot = match redeploy::pick(&records, &from.version) {
+        Ok(snapshot) => snapshot.clone(),
+        Err(_) => {
+            let all =
+                history::list(&client, &keys, usize::MAX, &history::Filter::default()).await?;
+            let all: Vec<_> = all.into_iter().map(|(_, r)| r).collect();
+            return Err(to().usage(redeploy::pick(&all, &from.version).unwrap_err()));
+        }
+    };
+    let url =
+        redeploy::artifact_url(&snapshot, from.artifact.as_deref()).map_err(|e| to().usage(e))?;
+    spec.run.command = snapshot.run.command.clone();
+    spec.run.env = snapshot.run.env.clone();
+    spec.run.stop_timeout = snapshot.run.stop_timeout;
+    spec.health = snapshot.health.clone();
+    if let Some(m) = migrate::runner::Migrations::load(&spec, &Progress::silent())? {
+        let forbidding = m.forbidding(&from.version).await?;
+        if !forbidding.is_empty() {
+            return Err(to().failed(format!(
+                "the database no longer supports it: {}; nothing was changed",
+                forbidding.join("; ")
+            )));
+        }
+    }
+    let req = DeployRequest {
+        spec: from.spec,
+        version: from.version,
+        artifact: url,
+        sha256: Some(snapshot.artifact.sha256),
+        checks: from.checks,
+        no_switch,
+        canary,
+    };
+    run_checked_deploy(global, req, spec).await
 }
 
 struct DeployRequest {
@@ -130,7 +216,7 @@ async fn deploy_plan(
         .map(|held| held.holder());
     let intent = pipeline::Intent {
         version: req.version.clone(),
-        allow_no_lb: req.checks.allow_no_lb,
+        lb_policy: req.checks.lb_policy,
         migrations: migrations.is_some(),
         verify_for: req.checks.verify_for.unwrap_or(spec.switch.verify_for),
         no_switch: req.no_switch,
@@ -147,10 +233,20 @@ async fn deploy_plan(
 
 /// `coordinator deploy`. Input is checked completely before etcd is touched (exit 2).
 async fn run_deploy(global: &Global, req: DeployRequest) -> Result<String, CoordinatorError> {
+    let spec = load_spec(global.app.as_deref(), &req.spec)?;
+    run_checked_deploy(global, req, spec).await
+}
+
+/// A deploy of `spec` (as loaded, or with a redeploy's run and health from history).
+async fn run_checked_deploy(
+    global: &Global,
+    req: DeployRequest,
+    spec: spec::AppSpec,
+) -> Result<String, CoordinatorError> {
     let CheckedDeploy {
-        spec,
         sha256,
         signing_key,
+        ..
     } = check_deploy_input(global, &req)?;
     global.recorder.spec(&spec);
     let sha256 = match sha256 {
@@ -174,7 +270,7 @@ async fn run_deploy(global: &Global, req: DeployRequest) -> Result<String, Coord
         health_timeout: req.checks.health_timeout,
         verify_for: req.checks.verify_for,
         keep_failed: req.checks.keep_failed,
-        allow_no_lb: req.checks.allow_no_lb,
+        lb_policy: req.checks.lb_policy,
         no_switch: req.no_switch,
         canary: req.canary,
     };

@@ -62,12 +62,21 @@ async fn history(
     if global.json {
         let list: Vec<serde_json::Value> = records
             .into_iter()
-            .map(|(key, record)| serde_json::json!({"key": key, "record": record}))
+            .map(|(key, record)| {
+                let redeployable = crate::redeploy::redeployable(&record).is_some();
+                serde_json::json!({"key": key, "redeployable": redeployable, "record": record})
+            })
             .collect();
         return Ok(pretty_json(&list));
     }
     let mut out = String::new();
     for (_, r) in records {
+        // The versions `rollback --to` can deploy again.
+        let again = if crate::redeploy::redeployable(&r).is_some() {
+            " (redeployable)"
+        } else {
+            ""
+        };
         let arrow = match (r.from, r.to) {
             (Some(f), Some(t)) => format!("{f} -> {t}"),
             (None, Some(t)) => format!("-> {t}"),
@@ -79,7 +88,7 @@ async fn history(
             .unwrap_or_default();
         let actor = r.actor.map(|a| format!(" by {a}")).unwrap_or_default();
         out.push_str(&format!(
-            "{} {:<10} {:<12} {} {} {arrow}{actor}{reason}\n",
+            "{} {:<10} {:<12} {} {}{again} {arrow}{actor}{reason}\n",
             r.at,
             r.kind.as_str(),
             r.outcome.as_str(),

@@ -126,7 +126,7 @@ impl Command {
             Command::Promote(_) => "promote",
             Command::Validate(_) => "validate",
             Command::Keygen(_) => "keygen",
-            Command::Rollback(_) => "rollback",
+            Command::Rollback(args) => args.name(),
             Command::Switch(_) => "switch",
             Command::Stop(_) => "stop",
             Command::Status(_) => "status",

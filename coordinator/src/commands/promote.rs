@@ -33,7 +33,7 @@ impl Args {
             health_timeout: checks.health_timeout,
             verify_for: checks.verify_for,
             keep_failed: checks.keep_failed,
-            allow_no_lb: checks.allow_no_lb,
+            lb_policy: checks.lb_policy,
         };
         let op = LockFor::new(&op_id, Operation::Promote, checks.lock_wait);
         with_lock(

@@ -3,6 +3,7 @@
 use super::remember_spec;
 use crate::context::{parse_duration, Global};
 use crate::error::CoordinatorError;
+use crate::fleet::LbPolicy;
 use crate::locked::{with_lock, LockFor};
 use crate::probes::HttpProbes;
 use crate::switch;
@@ -35,9 +36,44 @@ pub struct MoveFlags {
     /// Write `active` even when no LB is registered.
     #[arg(long)]
     allow_no_lb: bool,
+    /// Move traffic even while a registered LB's sidecar is silent: that LB keeps serving the
+    /// old color (an emergency that knowingly splits the LBs).
+    #[arg(long)]
+    allow_split_lbs: bool,
     /// The app spec, for its hooks (post_switch, post_rollback, on_failure) and webhooks.
     #[arg(long)]
     spec: Option<PathBuf>,
+}
+
+impl MoveFlags {
+    /// `rollback --to VERSION`: a deploy of `version` from history, with these flags' lock wait,
+    /// LB policy and spec.
+    pub async fn redeploy(
+        self,
+        global: &Global,
+        version: String,
+        artifact: Option<String>,
+        signing_key: Option<PathBuf>,
+    ) -> Result<String, CoordinatorError> {
+        let checks = super::checks::Checks {
+            lock_wait: parse_duration("--lock-wait", &self.lock_wait)?,
+            health_timeout: None,
+            verify_for: None,
+            keep_failed: false,
+            lb_policy: LbPolicy {
+                allow_no_lb: self.allow_no_lb,
+                allow_split_lbs: self.allow_split_lbs,
+            },
+            signing_key,
+        };
+        let from = super::deploy::FromHistory {
+            spec: self.spec.expect("clap requires --spec with --to"),
+            version,
+            artifact,
+            checks,
+        };
+        super::deploy::redeploy(global, from, false, false).await
+    }
 }
 
 impl MoveFlags {
@@ -49,7 +85,11 @@ impl MoveFlags {
     ) -> Result<String, CoordinatorError> {
         remember_spec(global, self.spec.as_deref())?;
         let lock_wait = parse_duration("--lock-wait", &self.lock_wait)?;
-        move_to(global, target, lock_wait, self.allow_no_lb).await
+        let lb_policy = LbPolicy {
+            allow_no_lb: self.allow_no_lb,
+            allow_split_lbs: self.allow_split_lbs,
+        };
+        move_to(global, target, lock_wait, lb_policy).await
     }
 }
 
@@ -57,7 +97,7 @@ async fn move_to(
     global: &Global,
     target: Option<Color>,
     lock_wait: Duration,
-    allow_no_lb: bool,
+    lb_policy: LbPolicy,
 ) -> Result<String, CoordinatorError> {
     let keys = global.keys()?;
     let client = global.connect().await?;
@@ -72,7 +112,7 @@ async fn move_to(
         operation,
         target,
         op_id: op_id.clone(),
-        allow_no_lb,
+        lb_policy,
     };
     let probes = HttpProbes::new(global.grpc_tls.clone());
     let op = LockFor::new(&op_id, operation, lock_wait);

@@ -39,6 +39,31 @@ pub fn contract_blockers(status: &AppStatus, requires: &str) -> Vec<String> {
     blockers
 }
 
+/// Why `version` may not run against a database where `applied` are the migration rows: a
+/// contract migration that is applied (and not reverted) removed something versions older than
+/// its `requires` still use. Each reason names the file, who applied it, and the version needed.
+pub fn contract_forbids(
+    version: &str,
+    files: &[super::files::Migration],
+    applied: &[super::plan::AppliedRow],
+) -> Vec<String> {
+    applied
+        .iter()
+        .filter(|row| row.phase == "contract" && row.success && row.reverted_at.is_none())
+        .filter_map(|row| {
+            let file = files.iter().find(|f| f.version == row.version)?;
+            let requires = file.requires.as_deref()?;
+            (natural_cmp(version, requires) == Ordering::Less).then(|| {
+                format!(
+                    "contract migration {} (applied by {}) requires {requires} or newer",
+                    file.file.display(),
+                    row.deploy_id
+                )
+            })
+        })
+        .collect()
+}
+
 /// Version order as people write versions: digit runs compare as numbers, so v2 < v10 and
 /// 1.9.0 < 1.10.0; everything else compares as text.
 pub fn natural_cmp(a: &str, b: &str) -> Ordering {

@@ -89,6 +89,15 @@ impl Migrations {
         ))
     }
 
+    /// Why `version` may not run against this database any more (see
+    /// [`super::gate::contract_forbids`]); empty when it may. Reads the database, changes nothing.
+    pub async fn forbidding(&self, version: &str) -> Result<Vec<String>, CoordinatorError> {
+        let mut store = self.connect().await?;
+        let rows = store.rows().await.map_err(CoordinatorError::failed);
+        store.close().await;
+        Ok(super::gate::contract_forbids(version, &self.files, &rows?))
+    }
+
     /// Read-only check before the deploy lock: the database answers and nothing stops a forward
     /// migration (exit 2 otherwise, with nothing changed).
     pub async fn precheck(&self) -> Result<Plan, CoordinatorError> {
