@@ -11,8 +11,9 @@
 #                                  and health/<host>/
 #   bluegreen-<app>-sidecar-<lb>   read <prefix>/<app>/, write only lbs/<lb>, lb-alive/<lb> and
 #                                  lb-stats/<lb> (its request counts, for canaries)
-#   bluegreen-<app>-coordinator    read and write <prefix>/<app>/
-#   bluegreen-<app>-auditor        read <prefix>/<app>/
+#   bluegreen-<app>-coordinator    read and write <prefix>/<app>/; read the app index <prefix>:apps/
+#   bluegreen-<app>-auditor        read <prefix>/<app>/ and the app index
+# The app index <prefix>:apps/<app> (written here) names the apps for `coordinator apps`.
 # Each user's password is written to <out>/<user>.password (mode 0600): give the agent of
 # host-a its file as etcd_password_file, and so on. With --no-passwords the users have none and
 # authenticate with client certificates only (CN = user name). The first run also creates the
@@ -71,12 +72,20 @@ if ! etcdctl user get root >/dev/null 2>&1; then
     etcdctl user grant-role root root >/dev/null
 fi
 
+# The app index: the app names, beside the prefix (no app can be named like it), so that
+# `coordinator apps` and a mistyped --app can name the apps under roles that may not read the
+# whole prefix.
+INDEX="${PREFIX%/}:apps/"
+etcdctl put "$INDEX$APP" "$APP" >/dev/null
+
 role "bluegreen-$APP-coordinator"
 etcdctl role grant-permission --prefix=true "bluegreen-$APP-coordinator" readwrite "$BASE" >/dev/null
+etcdctl role grant-permission --prefix=true "bluegreen-$APP-coordinator" read "$INDEX" >/dev/null
 user "bluegreen-$APP-coordinator"
 
 role "bluegreen-$APP-auditor"
 etcdctl role grant-permission --prefix=true "bluegreen-$APP-auditor" read "$BASE" >/dev/null
+etcdctl role grant-permission --prefix=true "bluegreen-$APP-auditor" read "$INDEX" >/dev/null
 user "bluegreen-$APP-auditor"
 
 for host in $HOSTS; do

@@ -56,8 +56,21 @@ pub async fn fetch(
     let _one_at_a_time = lock.lock().await;
     let dir = unpacked_dir(state_dir, &artifact.sha256);
     if dir.is_dir() {
-        touch(&dir);
-        return Ok(dir);
+        let (check, record) = (dir.clone(), tree_digest_path(&dir));
+        let intact = tokio::task::spawn_blocking(move || {
+            let recorded = std::fs::read_to_string(record).ok()?;
+            Some(tree_digest(&check).ok()? == recorded.trim())
+        })
+        .await
+        .ok()
+        .flatten();
+        if intact == Some(true) {
+            touch(&dir);
+            return Ok(dir);
+        }
+        // Changed since it was verified (or never recorded): fetched and checked again.
+        tracing::warn!(dir = %dir.display(), "cached artifact differs from what was verified; fetching it again");
+        let _ = std::fs::remove_dir_all(&dir);
     }
     let artifacts = state_dir.join("artifacts");
     std::fs::create_dir_all(&artifacts).map_err(|e| AgentError::io(&artifacts, e))?;
@@ -75,6 +88,45 @@ pub async fn fetch(
             reason: e.to_string(),
         })??;
     Ok(dir)
+}
+
+/// Where the digest of a verified unpacked tree is kept (beside it, root-only).
+fn tree_digest_path(dir: &Path) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.with_file_name(format!(".{name}.tree"))
+}
+
+/// One sha256 over an unpacked tree: every entry's path, type, mode, and content or link target,
+/// in a fixed order. A cached artifact is reused only while it still has the digest it had when
+/// its download was verified.
+pub fn tree_digest(root: &Path) -> std::io::Result<String> {
+    fn walk(root: &Path, at: &Path, hasher: &mut Sha256) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut entries: Vec<_> = std::fs::read_dir(at)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path)?;
+            let relative = path.strip_prefix(root).unwrap_or(&path);
+            hasher.update(relative.as_os_str().as_encoded_bytes());
+            hasher.update(format!("\0{:o}\0", meta.permissions().mode()).as_bytes());
+            if meta.file_type().is_symlink() {
+                hasher.update(std::fs::read_link(&path)?.as_os_str().as_encoded_bytes());
+            } else if meta.is_dir() {
+                walk(root, &path, hasher)?;
+            } else {
+                hasher.update(sha256_file(&path)?.as_bytes());
+            }
+            hasher.update(b"\n");
+        }
+        Ok(())
+    }
+    let mut hasher = Sha256::new();
+    walk(root, root, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// How many unpacked artifacts the cache keeps besides those the colors run: enough to roll back
@@ -97,8 +149,9 @@ pub fn collect(state_dir: &Path, in_use: &[String], keep: usize) {
         })
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
-    cached.sort_by(|a, b| b.0.cmp(&a.0));
+    cached.sort_by_key(|entry| std::cmp::Reverse(entry.0));
     for (_, old) in cached.into_iter().skip(keep) {
+        let _ = std::fs::remove_file(tree_digest_path(&old));
         let _ = std::fs::remove_dir_all(old);
     }
 }
@@ -326,7 +379,11 @@ fn unpack_atomically(
     let tmp = scratch_path(state_dir, "unpack");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| AgentError::io(&tmp, e))?;
+    let digest = |tmp: &Path| tree_digest(tmp).map_err(|e| AgentError::io(tmp, e));
     let result = unpack(url, file, &tmp).and_then(|()| {
+        let recorded = digest(&tmp)?;
+        let record = tree_digest_path(target);
+        std::fs::write(&record, recorded).map_err(|e| AgentError::io(&record, e))?;
         std::fs::rename(&tmp, target).or_else(|e| {
             if target.is_dir() {
                 Ok(())
@@ -431,6 +488,23 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(std::fs::read(dir.join("abc")).unwrap(), b"abc");
+    }
+
+    /// The cache is reused only as it was verified: a file changed in it since is fetched again.
+    #[tokio::test]
+    async fn a_cached_artifact_changed_since_it_was_verified_is_fetched_again() {
+        let state = tempfile::tempdir().unwrap();
+        let source = state.path().join("app");
+        std::fs::write(&source, b"v1 binary").unwrap();
+        let good = artifact(format!("file://{}", source.display()), b"v1 binary");
+        let http = reqwest::Client::new();
+        let dir = fetch(&http, state.path(), &good, limits()).await.unwrap();
+        std::fs::write(dir.join("app"), b"tampered").unwrap();
+        let again = fetch(&http, state.path(), &good, limits()).await.unwrap();
+        assert_eq!(std::fs::read(again.join("app")).unwrap(), b"v1 binary");
+        // Unchanged, it is reused as it is (the source is gone, so a download would fail).
+        std::fs::remove_file(&source).unwrap();
+        fetch(&http, state.path(), &good, limits()).await.unwrap();
     }
 
     #[tokio::test]

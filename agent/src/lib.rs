@@ -75,6 +75,34 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         None => None,
     };
     let client = proto::connect(&config.etcd).await?;
+    // Its role must allow its own keys: an agent that could not report would run apps the fleet
+    // never sees. Checked before anything starts; the error names the key.
+    let reads = [
+        keys.release(Color::Blue),
+        keys.release(Color::Green),
+        keys.active(),
+    ];
+    let writes = [
+        keys.host(&config.host),
+        keys.host_member(&config.host),
+        keys.health(&config.host, Color::Blue),
+        keys.health(&config.host, Color::Green),
+    ];
+    match proto::access::check_permissions(&client, &reads, &writes).await {
+        Err(e) if e.is_permission_denied() => {
+            let user = config.etcd.user.as_deref().unwrap_or("(none)");
+            return Err(AgentError::Setting(format!(
+                "etcd user {user}: {}; nothing was started",
+                e.brief()
+            )));
+        }
+        // etcd down at start: the apps keep running and are adopted; the check waits for the
+        // next start (a role does not change under a running agent).
+        Err(e) => {
+            tracing::warn!(error = %e.brief(), "could not check this agent's etcd permissions; going on")
+        }
+        Ok(()) => {}
+    }
     // One agent per host name: a second one (a cloned image, a copy-pasted config) must not
     // overwrite the first one's record. Our own previous run is taken over at once; a dead
     // stranger's lease expires within its TTL.

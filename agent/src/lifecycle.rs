@@ -243,7 +243,10 @@ impl Lifecycle {
                         c.release = release;
                         c.unsigned = Some(error);
                     }
-                    None => self.fail_release(out, &release.version, error),
+                    None => {
+                        let refused = format!("{}: {error}", proto::signing::REFUSED);
+                        self.fail_release(out, &release.version, refused)
+                    }
                 }
             }
             DesiredRelease::Absent => self.stop_current(out, ""),

@@ -51,9 +51,14 @@ impl Global {
             .clone()
             .get(keys.app_prefix(), Some(options))
             .await
-            .map_err(|e| proto::ProtoError::etcd(format!("read {}", keys.app_prefix()), e))?;
-        if found.count() > 0 {
-            return Ok((keys, client));
+            .map_err(|e| proto::ProtoError::etcd(format!("read {}", keys.app_prefix()), e));
+        match found {
+            Ok(found) if found.count() > 0 => return Ok((keys, client)),
+            Ok(_) => {}
+            // A least-privilege user may read only its own app: another name is, for it, an app
+            // that does not exist (most often a typo), answered like one.
+            Err(e) if e.is_permission_denied() => {}
+            Err(e) => return Err(e.into()),
         }
         let apps = proto::watch::list_apps(&client, &self.prefix).await?;
         let app = self.app.as_deref().unwrap_or_default();
@@ -62,7 +67,10 @@ impl Global {
         } else {
             format!("known apps: {}", apps.join(", "))
         };
-        let nothing = format!("nothing under {}; {known}", keys.app_prefix());
+        let nothing = format!(
+            "nothing under {} that this user may read; {known}",
+            keys.app_prefix()
+        );
         Err(Subject::flag_value("--app", format!("{app:?}")).usage(nothing))
     }
 
@@ -106,6 +114,9 @@ impl Global {
         });
         match probe.await {
             Ok(()) => Ok(client),
+            // etcd answered: it is reachable. What the user may not read is the command's own
+            // concern (a mistyped --app is exit 2; a key its role lacks, exit 6).
+            Err(e) if e.is_permission_denied() => Ok(client),
             Err(e) => Err(CoordinatorError::unreachable(e.brief())),
         }
     }

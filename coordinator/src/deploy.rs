@@ -576,7 +576,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
         record.version = Some(run.args.version.clone());
         record.reason = reason;
         if matches!(run.record.operation, Operation::Deploy | Operation::Promote) {
-            record.release = Some(self.snapshot(&run.args));
+            record.release = Some(self.snapshot(run.args));
         }
         self.store.append_history(&record).await.map(|_| ())
     }
@@ -660,12 +660,9 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
     /// debugging), attach the failing hosts' last log lines, record why, exit 1.
     async fn fail(&self, run: &mut Run<'_>, step: Step) -> Result<String, CoordinatorError> {
         let to = run.plan.to;
-        let mut report = format!(
-            "{} failed for {} on {to}; traffic stays on {}",
-            step.as_str(),
-            run.args.version,
-            run.plan.from.map_or("nothing".into(), |c| c.to_string())
-        );
+        let stays = run.plan.from.map_or("nothing".into(), |c| c.to_string());
+        let mut report = pipeline::failure_headline(step, &run.args.version, to, &run.failures);
+        report.push_str(&format!("; traffic stays on {stays}"));
         // All hosts at once: each fetch has its own deadline, so frozen hosts cost one, not N.
         let hosts = &run.state.hosts;
         let logs = futures::future::join_all(run.failures.iter().map(|(host, _)| async move {

@@ -863,3 +863,64 @@ async fn a_dead_canary_is_sent_back_without_waiting_for_a_dead_lb() {
     let reconciled: Vec<Operation> = outcomes(&store).into_iter().map(|(k, _)| k).collect();
     assert_eq!(reconciled, vec![Operation::Reconcile]);
 }
+
+/// A release every host refused for its signature never started: the report says that, not
+/// "health failed" (which sends an operator to the app's logs).
+#[test]
+fn a_release_refused_for_its_signature_is_reported_as_such() {
+    let refused = format!("{}: unsigned release refused", proto::signing::REFUSED);
+    let all = vec![
+        ("a".to_string(), refused.clone()),
+        ("b".to_string(), refused.clone()),
+    ];
+    let line = pipeline::failure_headline(Step::AwaitHealthy, "v4", Color::Green, &all);
+    assert!(
+        line.contains("v4 was refused for its signature on green")
+            && line.contains("--signing-key"),
+        "{line}"
+    );
+    let mixed = vec![
+        ("a".to_string(), refused),
+        ("b".to_string(), "crashed".to_string()),
+    ];
+    let line = pipeline::failure_headline(Step::AwaitHealthy, "v4", Color::Green, &mixed);
+    assert!(line.starts_with("health failed for v4 on green"), "{line}");
+}
+
+/// An LB whose sidecar goes silent during a canary: the ramp sends everyone back waiting only
+/// for the LBs that follow (before, it waited for the silent one and ended unsafe, exit 4).
+#[tokio::test(start_paused = true)]
+async fn a_canary_whose_lb_goes_silent_is_sent_back_without_waiting_for_it() {
+    let store = std::sync::Arc::new(fleet());
+    deploy(&store, &FakeProbes::default(), &args("v1"))
+        .await
+        .unwrap();
+    let watcher = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                let split = store
+                    .writes()
+                    .iter()
+                    .any(|w| matches!(w, Write::Traffic(_)));
+                if split {
+                    store.silence_lb("lb-2");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let canary = DeployArgs {
+        canary: true,
+        ..args("v2")
+    };
+    let err = deploy(&store, &FakeProbes::default(), &canary)
+        .await
+        .unwrap_err();
+    watcher.await.unwrap();
+    assert_eq!(err.exit_code(), 1, "{err}");
+    let s = store.snapshot();
+    assert_eq!(s.traffic.map(|t| t.weight), Some(0), "everyone sent back");
+    assert_eq!(s.active.unwrap().color, Color::Blue);
+}

@@ -85,6 +85,7 @@ pub fn host_progress(
             h.state.as_str().to_string(),
             h.error.clone().unwrap_or_default(),
         ),
+        Some(h) if h.version.is_empty() => ("not started yet".to_string(), String::new()),
         Some(h) => (format!("still at {}", h.version), String::new()),
         None => ("not reporting".to_string(), String::new()),
     }

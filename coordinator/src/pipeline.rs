@@ -44,6 +44,29 @@ pub struct Intent {
     pub canary: bool,
 }
 
+/// The first line of a failed deploy's report. A release every failing host refused for its
+/// signature never started: saying "health failed" would send the operator to the app's logs.
+pub fn failure_headline(
+    step: Step,
+    version: &str,
+    to: Color,
+    failures: &[(String, String)],
+) -> String {
+    let refused = !failures.is_empty()
+        && failures
+            .iter()
+            .all(|(_, why)| why.contains(proto::signing::REFUSED));
+    if refused {
+        format!(
+            "{version} was {} on {to} by the agents (trusted_keys), so it never started: deploy \
+             it with --signing-key and a key they trust",
+            proto::signing::REFUSED
+        )
+    } else {
+        format!("{} failed for {version} on {to}", step.as_str())
+    }
+}
+
 /// Decides whether and where a deploy of `intent.version` goes.
 pub fn preflight(state: &AppStatus, intent: &Intent) -> Preflight {
     if let Some(problem) = &state.active_invalid {

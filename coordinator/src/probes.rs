@@ -182,6 +182,53 @@ impl Probes for HttpProbes {
     }
 }
 
+/// What went wrong talking to an agent's gRPC API, as its status or its innermost cause.
+fn grpc_failure(status: &tonic::Status) -> String {
+    use std::error::Error;
+    let mut cause: &dyn Error = status;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    if std::ptr::addr_eq(cause, status as &dyn Error) {
+        status.message().to_string()
+    } else {
+        format!("{}: {cause}", status.message())
+    }
+}
+
+/// A failure to reach an agent's gRPC API, said so that an operator knows what to give: an agent
+/// with mutual TLS drops a plaintext client once it has connected (hyper reports that as "h2
+/// protocol error", "broken pipe", "connection closed", … depending on timing), and refuses a TLS
+/// client without a certificate it trusts in the handshake.
+pub fn explain_grpc(endpoint: &str, failure: &str, tls: bool) -> String {
+    let lower = failure.to_ascii_lowercase();
+    // Failures before any conversation: nothing to say about TLS.
+    let never_connected = [
+        "connection refused",
+        "timed out",
+        "no route",
+        "unreachable",
+        "dns",
+        "failed to lookup",
+    ]
+    .iter()
+    .any(|s| lower.contains(s));
+    let plaintext_to_tls = !never_connected;
+    let refused_cert = ["certificate", "handshake", "unknown ca", "tls"]
+        .iter()
+        .any(|s| lower.contains(s));
+    let hint = if !tls && plaintext_to_tls {
+        "; the agent's gRPC API likely requires mutual TLS: give the coordinator --grpc-cacert, \
+         --grpc-cert and --grpc-key (BLUEGREEN_GRPC_CACERT, _CERT, _KEY)"
+    } else if tls && refused_cert {
+        "; the TLS handshake failed: the agent must trust the CA of --grpc-cert (its \
+         tls_client_ca), and --grpc-cacert must be the CA of the agent's tls_cert"
+    } else {
+        ""
+    };
+    format!("{endpoint}: {failure}{hint}")
+}
+
 impl HttpProbes {
     /// The agent's log stream of `color`: the last `tail` lines, then (with `follow`) each line
     /// appended, for as long as the stream is read.
@@ -206,11 +253,12 @@ impl HttpProbes {
                 .tls_config(tls.config()?)
                 .map_err(|e| format!("{endpoint}: {e}"))?;
         }
+        let tls = self.grpc_tls.is_some();
         let connect = channel.connect();
         let channel = tokio::time::timeout(LOGS_DEADLINE, connect)
             .await
             .map_err(|_| format!("{endpoint}: timed out"))?
-            .map_err(|e| format!("{endpoint}: {}", proto::error::root_cause(&e)))?;
+            .map_err(|e| explain_grpc(&endpoint, &proto::error::root_cause(&e), tls))?;
         let request = LogsRequest {
             color: color.to_string(),
             tail,
@@ -219,7 +267,16 @@ impl HttpProbes {
         let answer = tokio::time::timeout(LOGS_DEADLINE, AgentClient::new(channel).logs(request))
             .await
             .map_err(|_| format!("{endpoint}: no answer in {LOGS_DEADLINE:?}"))?
-            .map_err(|e| format!("{endpoint}: {}", e.message()))?;
+            .map_err(|e| {
+                use tonic::Code;
+                // The agent's own answers (no such color, ...) are said as they are.
+                match e.code() {
+                    Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal => {
+                        explain_grpc(&endpoint, &grpc_failure(&e), tls)
+                    }
+                    _ => format!("{endpoint}: {}", e.message()),
+                }
+            })?;
         Ok((endpoint, answer.into_inner()))
     }
 
@@ -378,5 +435,38 @@ mod tests {
         assert!(served_problem(&HeaderMap::new(), Color::Green, 1)
             .unwrap()
             .contains("no x-bluegreen-color"));
+    }
+}
+
+#[cfg(test)]
+mod grpc_tests {
+    use super::explain_grpc;
+
+    #[test]
+    fn a_plaintext_client_of_a_tls_agent_is_told_which_flags_to_give() {
+        let e = explain_grpc(
+            "http://10.0.0.1:7070",
+            "h2 protocol error: http2 error",
+            false,
+        );
+        assert!(
+            e.contains("--grpc-cacert, --grpc-cert and --grpc-key"),
+            "{e}"
+        );
+        let e = explain_grpc(
+            "https://10.0.0.1:7070",
+            "received fatal alert: CertificateRequired",
+            true,
+        );
+        assert!(e.contains("tls_client_ca"), "{e}");
+        for dropped in [
+            "transport error: stream closed because of a broken pipe",
+            "operation was canceled: connection closed",
+        ] {
+            let e = explain_grpc("http://10.0.0.1:7070", dropped, false);
+            assert!(e.contains("requires mutual TLS"), "{e}");
+        }
+        let e = explain_grpc("http://10.0.0.1:7070", "Connection refused", false);
+        assert_eq!(e, "http://10.0.0.1:7070: Connection refused");
     }
 }

@@ -36,7 +36,7 @@ pub fn redeployable(record: &HistoryRecord) -> Option<&ReleaseSnapshot> {
     record.release.as_ref().filter(|_| went_live)
 }
 
-/// Every version history can redeploy, oldest first, each once.
+/// Every version history can redeploy, each once, in the order they last went live (newest last).
 pub fn versions(history: &[HistoryRecord]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for record in history {

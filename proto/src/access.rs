@@ -192,6 +192,35 @@ impl EtcdAccess {
     }
 }
 
+/// Proves that this client's etcd user may read each of `reads` and write each of `writes`,
+/// without writing anything: a transaction whose guard never holds is still checked against
+/// every operation it could run. The error names the first key refused. A daemon checks its own
+/// keys at start, so a wrong role stops it before it starts apps the fleet would never see.
+pub async fn check_permissions(
+    client: &etcd_client::Client,
+    reads: &[String],
+    writes: &[String],
+) -> Result<(), ProtoError> {
+    use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+    let mut client = client.clone();
+    for key in reads {
+        client
+            .get(key.as_str(), Some(GetOptions::new().with_count_only()))
+            .await
+            .map_err(|e| ProtoError::etcd(format!("read {key}"), e))?;
+    }
+    for key in writes {
+        let never = Txn::new()
+            .when(vec![Compare::version(key.as_str(), CompareOp::Less, 0)])
+            .and_then(vec![TxnOp::put(key.as_str(), "", None)]);
+        client
+            .txn(never)
+            .await
+            .map_err(|e| ProtoError::etcd(format!("write {key}"), e))?;
+    }
+    Ok(())
+}
+
 /// Connects with the timeouts every bluegreen process uses, so that an unreachable etcd is an
 /// error after a few seconds rather than a hang.
 pub async fn connect(access: &EtcdAccess) -> Result<etcd_client::Client, ProtoError> {

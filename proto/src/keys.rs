@@ -32,6 +32,13 @@ pub fn apps_prefix(prefix: &str) -> String {
     format!("{}/", prefix.trim_end_matches('/'))
 }
 
+/// Where the app names are listed for users who may not read the whole prefix:
+/// `<prefix>:apps/<app>`, beside the prefix rather than under it, so it can be no app's name.
+/// `deploy/etcd-auth.sh` writes an app's entry and lets its coordinator and auditor read them.
+pub fn apps_index_prefix(prefix: &str) -> String {
+    format!("{}:apps/", prefix.trim_end_matches('/'))
+}
+
 /// The app a key under [`apps_prefix`] belongs to (its first segment), if it has one.
 pub fn app_of(prefix: &str, key: &str) -> Option<String> {
     let rest = key.strip_prefix(&apps_prefix(prefix))?;

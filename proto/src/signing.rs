@@ -127,6 +127,10 @@ impl SigningKey {
     }
 }
 
+/// How an agent's health error starts when it refused to start a release for its signature, so
+/// that a deploy can say so instead of "health failed".
+pub const REFUSED: &str = "refused for its signature";
+
 /// The public keys an agent accepts release signatures from.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedKeys {
@@ -162,6 +166,7 @@ impl TrustedKeys {
     }
 
     /// Ok when `release` carries a valid signature by a trusted key; Err says why not.
+    /// An agent reports such a release failed with [`REFUSED`] before the reason.
     pub fn verify(&self, release: &ReleaseRecord) -> Result<(), String> {
         let Some(sig) = &release.signature else {
             return Err("unsigned release refused: this agent trusts only signed releases".into());

@@ -117,9 +117,40 @@ pub async fn read_range(
     }
 }
 
+/// The apps under `prefix`, in order. A user who may not read the whole prefix (a least-privilege
+/// coordinator or auditor role) gets the index `deploy/etcd-auth.sh` keeps instead.
+pub async fn list_apps(client: &Client, prefix: &str) -> Result<Vec<String>, ProtoError> {
+    match scan_apps(client, prefix).await {
+        Err(e) if e.is_permission_denied() => indexed_apps(client, prefix).await,
+        other => other,
+    }
+}
+
+/// The app names in the index (`keys::apps_index_prefix`).
+async fn indexed_apps(client: &Client, prefix: &str) -> Result<Vec<String>, ProtoError> {
+    let index = crate::keys::apps_index_prefix(prefix);
+    let resp = client
+        .clone()
+        .get(
+            index.as_str(),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .map_err(|e| ProtoError::etcd(format!("list apps under {index}"), e))?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            key.strip_prefix(&index).map(str::to_string)
+        })
+        .filter(|app| !app.is_empty() && !app.contains('/'))
+        .collect())
+}
+
 /// The apps that have keys under `prefix`, in order: one keys-only read of a single key per app
 /// (it skips from each app to the end of its range), so a fleet of thousands costs nothing here.
-pub async fn list_apps(client: &Client, prefix: &str) -> Result<Vec<String>, ProtoError> {
+async fn scan_apps(client: &Client, prefix: &str) -> Result<Vec<String>, ProtoError> {
     let apps_prefix = crate::keys::apps_prefix(prefix);
     let end = prefix_end(&apps_prefix);
     let mut from = apps_prefix.as_bytes().to_vec();

@@ -78,6 +78,13 @@ impl Daemon {
         self.spawn();
     }
 
+    /// Restarts as `program` (another build of the same binary: an upgrade or a downgrade), with
+    /// the same arguments and environment.
+    pub fn restart_as(&mut self, program: PathBuf) {
+        self.program = program;
+        self.restart();
+    }
+
     /// Restarts with `key=value` added to the environment (and kept for later restarts).
     pub fn restart_with_env(&mut self, key: &str, value: &str) {
         self.env.push((key.to_string(), value.to_string()));

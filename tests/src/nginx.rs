@@ -258,6 +258,11 @@ impl SidecarProc {
         self.daemon.log()
     }
 
+    /// Restarts it as `program` (another release's sidecar), with the same config.
+    pub fn restart_as(&mut self, program: std::path::PathBuf) {
+        self.daemon.restart_as(program);
+    }
+
     /// SIGSTOP: the sidecar freezes (its lease expires) while its nginx keeps serving.
     pub fn pause(&self) {
         self.daemon.signal("STOP");

@@ -137,6 +137,11 @@ impl AgentProc {
         self.daemon.restart();
     }
 
+    /// Restarts it as `program` (another release's agent), with the same config.
+    pub fn restart_as(&mut self, program: PathBuf) {
+        self.daemon.restart_as(program);
+    }
+
     /// Restarts with `key=value` added to the agent's environment.
     pub fn restart_with_env(&mut self, key: &str, value: &str) {
         self.daemon.restart_with_env(key, value);

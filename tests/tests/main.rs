@@ -15,3 +15,4 @@ mod real_apps;
 mod scale;
 mod security;
 mod sidecar;
+mod upgrade;

@@ -130,8 +130,18 @@ async fn a_venv_app_with_npm_style_links_runs_each_color_in_its_own_tree_as_the_
     let app = fleet
         .artifacts
         .tarball_of_dir("python-app.tar.gz", &python_app(scratch.path()));
+    let v1_spec = fleet.raw_spec("validate", &spec_text("hello from v1"));
+    let spec_flag = v1_spec.display().to_string();
     let validate = fleet
-        .run(&["validate", "--artifact", &app.url, "--sha256", &app.sha256])
+        .run(&[
+            "validate",
+            "--spec",
+            &spec_flag,
+            "--artifact",
+            &app.url,
+            "--sha256",
+            &app.sha256,
+        ])
         .await;
     assert!(
         text(&validate).contains("unpacks as an agent"),
@@ -182,4 +192,26 @@ async fn a_venv_app_with_npm_style_links_runs_each_color_in_its_own_tree_as_the_
     assert_eq!(served(&fleet).await, "hello from v3");
     let (_, v3_dir, _) = running(&fleet, Color::Green);
     assert_ne!(v3_dir, green_dir);
+
+    // v4 replaces v1 on blue: v1 runs nowhere now. `rollback --to v1` deploys it again from
+    // history (its artifact, run and env: the spec given is v4's), onto the idle green.
+    assert_ok(&deploy("v4", "hello from v4").await, "deploy v4 onto blue");
+    let history = text(&fleet.run(&["history"]).await);
+    assert!(history.contains("v1 (redeployable)"), "{history}");
+    let v4_spec = fleet.raw_spec("v4", &spec_text("hello from v4"));
+    let spec_flag = v4_spec.display().to_string();
+    let back = fleet
+        .run(&["rollback", "--to", "v1", "--spec", &spec_flag])
+        .await;
+    assert_ok(&back, "rollback --to v1");
+    assert_eq!(served(&fleet).await, "hello from v1");
+    let refused = fleet
+        .run(&["rollback", "--to", "v9", "--spec", &spec_flag])
+        .await;
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("redeployable versions: v2, v3, v4, v1"),
+        "newest last: {}",
+        text(&refused)
+    );
 }

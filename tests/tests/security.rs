@@ -5,7 +5,7 @@
 use bluegreen_tests::fleet::{text, Fleet, Setup};
 use bluegreen_tests::load;
 use bluegreen_tests::pki::Pki;
-use bluegreen_tests::procs::{get_raw, keys, APP, PREFIX};
+use bluegreen_tests::procs::{get_raw, keys, wait_health, APP, PREFIX};
 use bluegreen_tests::{wait_for, Etcd};
 use proto::records::{decode, ActiveRecord, HealthRecord, HealthState, ReleaseRecord};
 use proto::Color;
@@ -173,6 +173,72 @@ async fn tls_and_auth_fleet_deploys_under_load_and_every_role_is_confined() {
             (allowed, result) => panic!("{key}: allowed={allowed} but got {result:?}"),
         }
     }
+    // A CA that did not sign etcd's certificate: exit 5 naming the certificate problem (before,
+    // only "transport error").
+    let stranger_ca = Pki::new();
+    let wrong_ca = fleet
+        .coordinator()
+        .env("BLUEGREEN_ETCD_CACERT", stranger_ca.ca())
+        .arg("status")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(wrong_ca.status.code(), Some(5), "{}", text(&wrong_ca));
+    assert!(
+        text(&wrong_ca).to_lowercase().contains("certificate"),
+        "{}",
+        text(&wrong_ca)
+    );
+
+    // The coordinator's role may not read other apps, yet `apps` and a mistyped --app name the
+    // apps (from the index etcd-auth.sh keeps); before, both were "permission denied".
+    let apps = fleet.run(&["apps"]).await;
+    assert!(apps.status.success(), "apps: {}", text(&apps));
+    assert_eq!(String::from_utf8_lossy(&apps.stdout).trim(), APP);
+    let typo = fleet
+        .coordinator()
+        .args(["--app", "shpo", "status"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(typo.status.code(), Some(2), "{}", text(&typo));
+    assert!(
+        text(&typo).contains(&format!("known apps: {APP}")),
+        "{}",
+        text(&typo)
+    );
+
+    // An agent whose role does not allow its own keys (here an LB's role) stops at start naming
+    // the key, and starts none of the releases it can read; before, it ran both colors unseen.
+    let wrong = format!("bluegreen-{APP}-sidecar-lb-0");
+    let extra = fleet
+        .etcd
+        .config_lines(&pki, &wrong, Some(&pw.join(format!("{wrong}.password"))));
+    let mut stray = bluegreen_tests::AgentProc::start(&fleet.etcd, 9, 5, &extra);
+    let status = wait_for(
+        "the wrongly configured agent to exit",
+        Duration::from_secs(30),
+        || {
+            let exited = stray.exit_status();
+            async move { exited }
+        },
+    )
+    .await;
+    assert!(!status.success(), "{status:?}");
+    let log = stray.log();
+    assert!(
+        log.contains("hosts/host-9") && log.contains("nothing was started"),
+        "{log}"
+    );
+    let pid_files = std::fs::read_dir(&stray.state_dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".pid.json"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(pid_files, 0, "no app was started");
+
     // The auditor reads everything.
     let all = auditor
         .clone()
@@ -217,6 +283,11 @@ async fn agent_grpc_logs_need_a_client_certificate() {
     let logs = ["logs", "--host", "host-1", "--color", "blue", "--tail", "5"];
     let refused = fleet.run(&logs).await;
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("requires mutual TLS: give the coordinator --grpc-cacert"),
+        "says what is missing, not only an h2 protocol error: {}",
+        text(&refused)
+    );
     let with_cert = fleet
         .coordinator()
         .env("BLUEGREEN_GRPC_CACERT", pki.ca())
@@ -436,4 +507,138 @@ async fn secrets_reach_only_the_app_which_runs_unprivileged() {
             "{what} shows a secret:\n{out}"
         );
     }
+}
+
+/// A release-signing key pair made by `coordinator keygen` in `dir`: (private, public).
+async fn keygen(etcd: &bluegreen_tests::Etcd, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let out = tokio::process::Command::new(bluegreen_tests::binary("coordinator"))
+        .env("BLUEGREEN_ETCD", &etcd.endpoint)
+        .args(["keygen", "--name", name, "--out-dir"])
+        .arg(dir)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.pub")),
+    )
+}
+
+/// Restarts every agent of `fleet` trusting `public_keys`, and waits until each has adopted the
+/// active color's app again: a restarted agent reports what it adopts `starting` until its first
+/// probe, and a deploy started before that is refused (the active color must be healthy on every
+/// host). Healthy in a record written after the restart, not the one the old process left.
+async fn trust(fleet: &mut Fleet, public_keys: &[&PathBuf]) {
+    let list: Vec<String> = public_keys
+        .iter()
+        .map(|k| k.display().to_string())
+        .collect();
+    let key = keys().active();
+    let active: ActiveRecord = decode(&key, &get_raw(&fleet.client, &key).await.unwrap()).unwrap();
+    let mut before = Vec::new();
+    for host in &fleet.hosts {
+        let record = bluegreen_tests::procs::health(&fleet.client, &host.host, active.color).await;
+        before.push(record.map(|h| h.since));
+    }
+    for host in &mut fleet.hosts {
+        host.restart_with_env("BLUEGREEN_AGENT_TRUSTED_KEYS", &list.join(","));
+    }
+    for (host, since) in fleet.hosts.iter().zip(before) {
+        wait_health(
+            &fleet.client,
+            &host.host,
+            active.color,
+            "adopted again",
+            |h| {
+                h.version == active.version
+                    && h.state == HealthState::Healthy
+                    && Some(&h.since) != since.as_ref()
+            },
+        )
+        .await;
+    }
+}
+
+/// Turning signing on for a fleet that already serves, then rotating the key, the documented
+/// way: trust the key on every agent (restarting them), deploy signed; add the new key
+/// everywhere, deploy with it, remove the old one. Before, the restarted agents reported the
+/// releases they already ran as refused, the live color "not healthy", and every deploy and
+/// rollback stopped at preflight.
+#[tokio::test(flavor = "multi_thread")]
+async fn signing_turned_on_and_rotated_on_a_serving_fleet_loses_no_request() {
+    let mut fleet = Fleet::start(2, 1).await;
+    let spec = fleet.spec("good", &[]);
+    for version in ["v1", "v2"] {
+        let out = fleet.deploy(&spec, version, &[]).await;
+        assert!(out.status.success(), "unsigned {version}: {}", text(&out));
+    }
+    let keydir = tempfile::tempdir().unwrap();
+    let (old_key, old_pub) = keygen(&fleet.etcd, keydir.path(), "old").await;
+    let (new_key, new_pub) = keygen(&fleet.etcd, keydir.path(), "new").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let loops = vec![load::spawn(fleet.lb_urls()[0].clone(), false, stop.clone())];
+
+    trust(&mut fleet, &[&old_pub]).await;
+    for host in ["host-1", "host-2"] {
+        for (color, version) in [(Color::Blue, "v1"), (Color::Green, "v2")] {
+            let what = format!("{version} kept running, flagged unsigned");
+            wait_health(&fleet.client, host, color, &what, |h| {
+                h.version == version && h.state == HealthState::Healthy && h.unsigned.is_some()
+            })
+            .await;
+        }
+    }
+    let status = text(&fleet.run(&["status"]).await);
+    assert!(status.contains("unsigned (started before"), "{status}");
+
+    let signed = |key: &PathBuf| key.display().to_string();
+    let out = fleet
+        .deploy(&spec, "v3", &["--signing-key", &signed(&old_key)])
+        .await;
+    assert!(out.status.success(), "first signed deploy: {}", text(&out));
+    let out = fleet.run(&["rollback"]).await;
+    assert!(
+        out.status.success(),
+        "rollback onto the kept unsigned v2: {}",
+        text(&out)
+    );
+    let out = fleet.deploy(&spec, "v4", &[]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an unsigned deploy is refused: {}",
+        text(&out)
+    );
+
+    // Rotation: add the new key everywhere, deploy with it, then remove the old one.
+    trust(&mut fleet, &[&old_pub, &new_pub]).await;
+    let out = fleet
+        .deploy(&spec, "v5", &["--signing-key", &signed(&new_key)])
+        .await;
+    assert!(
+        out.status.success(),
+        "deploy with the new key: {}",
+        text(&out)
+    );
+    trust(&mut fleet, &[&new_pub]).await;
+    let out = fleet
+        .deploy(&spec, "v6", &["--signing-key", &signed(&new_key)])
+        .await;
+    assert!(
+        out.status.success(),
+        "deploy after the old key left: {}",
+        text(&out)
+    );
+    let out = fleet
+        .deploy(&spec, "v7", &["--signing-key", &signed(&old_key)])
+        .await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the removed key signs nothing: {}",
+        text(&out)
+    );
+
+    load::finish(stop, loops).await.assert_none_failed();
 }

@@ -164,6 +164,28 @@ impl<S: Store> Ramp<'_, S> {
         weight: u32,
         step: u32,
     ) -> Result<Result<(), String>, CoordinatorError> {
+        // A sidecar that went silent since the ramp started could not take a larger share: the
+        // LBs would split. Sending everyone back (weight 0) waits only for the live ones.
+        let status = self.store.latest().await?;
+        self.store.remember(status.clone());
+        let silent: Vec<&str> = self
+            .lbs
+            .iter()
+            .filter(|lb| !status.lbs_alive.contains(*lb))
+            .map(String::as_str)
+            .collect();
+        if weight > 0 && !silent.is_empty() {
+            return Ok(Err(format!(
+                "lb {} went silent (cut off, stopped or dead) and could not follow a new weight",
+                silent.join(", ")
+            )));
+        }
+        let following: Vec<String> = self
+            .lbs
+            .iter()
+            .filter(|lb| status.lbs_alive.contains(*lb))
+            .cloned()
+            .collect();
         let record = TrafficRecord {
             stable: self.stable,
             canary: self.canary,
@@ -198,7 +220,7 @@ impl<S: Store> Ramp<'_, S> {
             ),
         );
         Ok(
-            traffic::await_acks(self.store, self.lbs, revision, self.progress)
+            traffic::await_acks(self.store, &following, revision, self.progress)
                 .await?
                 .map(|_| ())
                 .map_err(|why| format!("not every LB took weight {}: {why}", percent(weight))),

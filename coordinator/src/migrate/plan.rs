@@ -214,6 +214,36 @@ mod tests {
         }
     }
 
+    /// `rollback --to`: an applied contract migration requiring v2 forbids v1, names the file;
+    /// a reverted or failed one forbids nothing, and v2 or newer may run.
+    #[test]
+    fn an_applied_contract_forbids_versions_older_than_it_requires() {
+        use crate::migrate::gate::contract_forbids;
+        let files = [
+            file(1, "expand", "SELECT 1;"),
+            file(2, "contract", "SELECT 2;"),
+        ];
+        let applied = [
+            row(1, &files[0], true, false),
+            row(2, &files[1], true, false),
+        ];
+        let why = contract_forbids("v1", &files, &applied);
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(
+            why[0].contains("0002_m2.sql") && why[0].contains("requires v2"),
+            "{why:?}"
+        );
+        assert!(contract_forbids("v2", &files, &applied).is_empty());
+        assert!(contract_forbids("v10", &files, &applied).is_empty());
+        for undone in [
+            row(2, &files[1], true, true),
+            row(2, &files[1], false, false),
+        ] {
+            let rows = [row(1, &files[0], true, false), undone];
+            assert!(contract_forbids("v1", &files, &rows).is_empty());
+        }
+    }
+
     #[test]
     fn states_follow_the_newest_row() {
         let files = [
