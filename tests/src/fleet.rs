@@ -161,6 +161,39 @@ impl Fleet {
         }
     }
 
+    /// Runs `restart` (which restarts agents), then waits until every host whose agent it
+    /// restarted has published the active color healthy again in a record written after it. A restarted agent reports the
+    /// apps it adopts `starting` until their first probe, and a deploy started before that is
+    /// refused (the active color must be healthy on every host).
+    pub async fn restarting_agents(&mut self, restart: impl FnOnce(&mut Fleet)) {
+        use proto::records::{decode, ActiveRecord, HealthState};
+        let key = crate::procs::keys().active();
+        let bytes = crate::procs::get_raw(&self.client, &key)
+            .await
+            .expect("active is set");
+        let active: ActiveRecord = decode(&key, &bytes).unwrap();
+        let mut before = Vec::new();
+        for host in &self.hosts {
+            let record = crate::procs::health(&self.client, &host.host, active.color).await;
+            before.push((host.host.clone(), host.pid(), record.map(|h| h.since)));
+        }
+        restart(self);
+        let restarted: Vec<_> = before
+            .into_iter()
+            .zip(&self.hosts)
+            .filter(|((_, pid, _), host)| host.pid() != *pid)
+            .map(|((name, _, since), _)| (name, since))
+            .collect();
+        for (host, since) in restarted {
+            crate::procs::wait_health(&self.client, &host, active.color, "adopted again", |h| {
+                h.version == active.version
+                    && h.state == HealthState::Healthy
+                    && Some(&h.since) != since.as_ref()
+            })
+            .await;
+        }
+    }
+
     /// Writes an app spec whose run env adds `env` (the DEMO_* knobs), and returns its path.
     pub fn spec(&self, name: &str, env: &[(&str, &str)]) -> PathBuf {
         self.spec_with(name, env, "")

@@ -526,38 +526,19 @@ async fn keygen(etcd: &bluegreen_tests::Etcd, dir: &Path, name: &str) -> (PathBu
 }
 
 /// Restarts every agent of `fleet` trusting `public_keys`, and waits until each has adopted the
-/// active color's app again: a restarted agent reports what it adopts `starting` until its first
-/// probe, and a deploy started before that is refused (the active color must be healthy on every
-/// host). Healthy in a record written after the restart, not the one the old process left.
+/// active color's app again.
 async fn trust(fleet: &mut Fleet, public_keys: &[&PathBuf]) {
     let list: Vec<String> = public_keys
         .iter()
         .map(|k| k.display().to_string())
         .collect();
-    let key = keys().active();
-    let active: ActiveRecord = decode(&key, &get_raw(&fleet.client, &key).await.unwrap()).unwrap();
-    let mut before = Vec::new();
-    for host in &fleet.hosts {
-        let record = bluegreen_tests::procs::health(&fleet.client, &host.host, active.color).await;
-        before.push(record.map(|h| h.since));
-    }
-    for host in &mut fleet.hosts {
-        host.restart_with_env("BLUEGREEN_AGENT_TRUSTED_KEYS", &list.join(","));
-    }
-    for (host, since) in fleet.hosts.iter().zip(before) {
-        wait_health(
-            &fleet.client,
-            &host.host,
-            active.color,
-            "adopted again",
-            |h| {
-                h.version == active.version
-                    && h.state == HealthState::Healthy
-                    && Some(&h.since) != since.as_ref()
-            },
-        )
+    fleet
+        .restarting_agents(|fleet| {
+            for host in &mut fleet.hosts {
+                host.restart_with_env("BLUEGREEN_AGENT_TRUSTED_KEYS", &list.join(","));
+            }
+        })
         .await;
-    }
 }
 
 /// Turning signing on for a fleet that already serves, then rotating the key, the documented

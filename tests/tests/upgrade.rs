@@ -36,7 +36,9 @@ async fn a_fleet_mixing_this_and_the_previous_release_keeps_deploying_and_rollin
     let spec = fleet.spec("good", &[]);
     assert_ok(&fleet.deploy(&spec, "v1", &[]).await, "deploy v1");
     // Mid-upgrade: host-2's agent and lb-1's sidecar are still (or again) the previous release.
-    fleet.hosts[1].restart_as(previous("agent"));
+    fleet
+        .restarting_agents(|fleet| fleet.hosts[1].restart_as(previous("agent")))
+        .await;
     fleet.sidecars[1].restart_as(previous("lb-sidecar"));
     let stop = Arc::new(AtomicBool::new(false));
     let loops: Vec<_> = fleet
@@ -60,7 +62,9 @@ async fn a_fleet_mixing_this_and_the_previous_release_keeps_deploying_and_rollin
     let status = fleet.run(&["status", "--output", "json"]).await;
     assert_ok(&status, "status reads both releases' records");
     // The upgrade finishes.
-    fleet.hosts[1].restart_as(binary("agent"));
+    fleet
+        .restarting_agents(|fleet| fleet.hosts[1].restart_as(binary("agent")))
+        .await;
     fleet.sidecars[1].restart_as(binary("lb-sidecar"));
     assert_ok(
         &fleet.deploy(&spec, "v4", &[]).await,
