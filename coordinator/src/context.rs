@@ -76,11 +76,13 @@ impl Global {
 
     pub(crate) async fn connect(&self) -> Result<etcd_client::Client, CoordinatorError> {
         let endpoints = self.etcd.endpoints.join(",");
-        let (client, keeper) = proto::access::connect_kept_live(&self.etcd)
-            .await
-            .map_err(|e| {
-                CoordinatorError::unreachable(e.brief()).about(Subject::Etcd(endpoints.clone()))
-            })?;
+        let (client, keeper) = match proto::access::connect_kept_live(&self.etcd).await {
+            Ok(connected) => connected,
+            Err(e) => {
+                let why = proto::tls_check::explained(&self.etcd, &e).await;
+                return Err(CoordinatorError::unreachable(why).about(Subject::Etcd(endpoints)));
+            }
+        };
         // A command is one process: its client follows the members for as long as it runs.
         std::mem::forget(keeper);
         // Fail here, before anything is written, when etcd does not answer (exit 5, one line).
@@ -117,7 +119,10 @@ impl Global {
             // etcd answered: it is reachable. What the user may not read is the command's own
             // concern (a mistyped --app is exit 2; a key its role lacks, exit 6).
             Err(e) if e.is_permission_denied() => Ok(client),
-            Err(e) => Err(CoordinatorError::unreachable(e.brief())),
+            // A refused certificate looks like a dropped connection: ask TLS itself what it was.
+            Err(e) => Err(CoordinatorError::unreachable(
+                proto::tls_check::explained(&self.etcd, &e).await,
+            )),
         }
     }
 }

@@ -12,7 +12,9 @@ pub enum ProtoError {
     InvalidKeyLayout(String),
     #[error("invalid value at {key}: {reason}")]
     InvalidRecord { key: String, reason: String },
-    #[error("etcd {what}: {source}")]
+    /// Shown with the innermost cause ("invalid peer certificate: UnknownIssuer"), not the
+    /// outermost ("transport error"); the whole chain stays available as `source()`.
+    #[error("etcd {what}: {}", etcd_reason(source))]
     Etcd {
         what: String,
         #[source]
@@ -30,6 +32,15 @@ pub enum ProtoError {
     },
     #[error("watch on {prefix} canceled by etcd: {reason}")]
     WatchCanceled { prefix: String, reason: String },
+}
+
+/// What etcd (or the way to it) said: a status's message, or a transport failure's innermost
+/// cause.
+fn etcd_reason(source: &etcd_client::Error) -> String {
+    match source {
+        etcd_client::Error::GRpcStatus(status) => status.message().to_string(),
+        other => root_cause(other),
+    }
 }
 
 /// The innermost cause of an error chain: what an operator needs from "error sending request:
@@ -64,8 +75,7 @@ impl ProtoError {
                             status.message()
                         )
                     }
-                    etcd_client::Error::GRpcStatus(status) => status.message().to_string(),
-                    other => root_cause(other),
+                    other => etcd_reason(other),
                 };
                 format!("etcd {what}: {reason}")
             }

@@ -21,6 +21,7 @@ pub mod session;
 pub mod settings;
 pub mod signing;
 pub mod time;
+pub mod tls_check;
 pub mod unpack;
 pub mod watch;
 

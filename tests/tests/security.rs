@@ -189,6 +189,22 @@ async fn tls_and_auth_fleet_deploys_under_load_and_every_role_is_confined() {
         "{}",
         text(&wrong_ca)
     );
+    // A client certificate etcd does not trust: the same.
+    let stranger = stranger_ca.client(&coordinator);
+    let wrong_cert = fleet
+        .coordinator()
+        .env("BLUEGREEN_ETCD_CERT", &stranger.cert)
+        .env("BLUEGREEN_ETCD_KEY", &stranger.key)
+        .arg("status")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(wrong_cert.status.code(), Some(5), "{}", text(&wrong_cert));
+    assert!(
+        text(&wrong_cert).contains("etcd refused this client's certificate"),
+        "not only \"operation was canceled\": {}",
+        text(&wrong_cert)
+    );
 
     // The coordinator's role may not read other apps, yet `apps` and a mistyped --app name the
     // apps (from the index etcd-auth.sh keeps); before, both were "permission denied".
@@ -238,6 +254,32 @@ async fn tls_and_auth_fleet_deploys_under_load_and_every_role_is_confined() {
         })
         .unwrap_or(0);
     assert_eq!(pid_files, 0, "no app was started");
+
+    // An agent given a CA that did not sign etcd's certificate says so in its log (before:
+    // "transport error").
+    let agent_user = format!("bluegreen-{APP}-agent-host-1");
+    let extra = fleet
+        .etcd
+        .config_lines(
+            &pki,
+            &agent_user,
+            Some(&pw.join(format!("{agent_user}.password"))),
+        )
+        .replace(
+            &pki.ca().display().to_string(),
+            &stranger_ca.ca().display().to_string(),
+        );
+    let distrustful = bluegreen_tests::AgentProc::start(&fleet.etcd, 8, 5, &extra);
+    wait_for(
+        "the agent to name the certificate problem",
+        Duration::from_secs(30),
+        || {
+            let log = distrustful.log().to_lowercase();
+            async move { log.contains("certificate").then_some(()) }
+        },
+    )
+    .await;
+    drop(distrustful);
 
     // The auditor reads everything.
     let all = auditor
