@@ -99,7 +99,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         // etcd down at start: the apps keep running and are adopted; the check waits for the
         // next start (a role does not change under a running agent).
         Err(e) => {
-            tracing::warn!(error = %e.brief(), "could not check this agent's etcd permissions; going on")
+            let error = proto::tls_check::explained(&config.etcd, &e).await;
+            tracing::warn!(%error, "could not check this agent's etcd permissions; going on");
         }
         Ok(()) => {}
     }
