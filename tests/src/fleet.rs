@@ -413,6 +413,16 @@ pub async fn finished_within(
 }
 
 /// stdout and stderr of a finished coordinator, for assertions and failure messages.
+/// Fails the test, with the command's output, unless it exited 0.
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} exited {:?}: {}",
+        out.status.code(),
+        text(out)
+    );
+}
+
 pub fn text(output: &Output) -> String {
     format!(
         "{}{}",

@@ -2,7 +2,7 @@
 //! deploys, rolls back and switches on real etcd, agents, nginx and sidecars; each health mode
 //! runs against a real process; and the coordinator refuses to switch with no LB and says when
 //! the control plane is unreachable.
-use bluegreen_tests::fleet::{text, Fleet};
+use bluegreen_tests::fleet::{assert_ok, text, Fleet};
 use bluegreen_tests::procs::{get_raw, keys};
 use proto::records::{decode, ActiveRecord, HistoryRecord};
 use proto::{Color, Operation, Outcome};
@@ -52,15 +52,6 @@ async fn active(fleet: &Fleet) -> ActiveRecord {
 
 async fn history(fleet: &Fleet) -> Vec<HistoryRecord> {
     bluegreen_tests::procs::history(&fleet.client).await
-}
-
-fn assert_ok(out: &std::process::Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} exited {:?}: {}",
-        out.status.code(),
-        text(out)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,7 +2,7 @@
 //! real virtualenv, started through an npm-style `node_modules/.bin` link, running as the
 //! unprivileged `bluegreen-app`, deploys, redeploys with only an env change and rolls back, each
 //! color in its own working tree.
-use bluegreen_tests::fleet::{text, Fleet, Setup};
+use bluegreen_tests::fleet::{assert_ok, text, Fleet, Setup};
 use bluegreen_tests::procs::APP;
 use bluegreen_tests::Etcd;
 use proto::Color;
@@ -105,15 +105,6 @@ fn running(fleet: &Fleet, color: Color) -> (u32, PathBuf, u32) {
         .and_then(|u| u.parse().ok())
         .unwrap();
     (pid, cwd, uid)
-}
-
-fn assert_ok(out: &std::process::Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} exited {:?}: {}",
-        out.status.code(),
-        text(out)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

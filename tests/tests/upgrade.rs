@@ -2,7 +2,7 @@
 //! previous release keeps deploying, rolling back and switching with the new coordinator, and
 //! loses no request. Needs the previous release's binaries, so it is not part of the CI run:
 //! `deploy/test-upgrade.sh COMMIT` builds them from that commit and runs it.
-use bluegreen_tests::fleet::{text, Fleet};
+use bluegreen_tests::fleet::{assert_ok, Fleet};
 use bluegreen_tests::{binary, load};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -18,15 +18,6 @@ fn previous(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(path.is_file(), "{} is missing", path.display());
     path
-}
-
-fn assert_ok(out: &std::process::Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} exited {:?}: {}",
-        out.status.code(),
-        text(out)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
