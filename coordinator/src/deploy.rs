@@ -675,9 +675,11 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
         for ((host, why), logs) in run.failures.iter().zip(logs) {
             report.push_str(&format!("\n  {host}: {why}"));
             match logs {
-                Some(Ok(lines)) => lines
-                    .iter()
-                    .for_each(|l| report.push_str(&format!("\n    | {l}"))),
+                // The report lands in history, which every auditor reads: app log lines are
+                // masked like any output, and capped.
+                Some(Ok(lines)) => lines.iter().for_each(|l| {
+                    report.push_str(&format!("\n    | {}", proto::secrets::shown_line(l)))
+                }),
                 Some(Err(e)) => report.push_str(&format!("\n    (no logs: {e})")),
                 None => {}
             }

@@ -132,6 +132,15 @@ impl HookContext {
 /// How many of a failed hook's last output lines its error quotes.
 const QUOTED_LINES: usize = 10;
 
+/// The coordinator's variables that hold a credential or name its file: a hook never gets them.
+const CREDENTIAL_VARIABLES: [&str; 5] = [
+    "BLUEGREEN_ETCD_PASSWORD",
+    "BLUEGREEN_ETCD_PASSWORD_FILE",
+    "BLUEGREEN_ETCD_KEY",
+    "BLUEGREEN_GRPC_KEY",
+    "BLUEGREEN_SIGNING_KEY_FILE",
+];
+
 /// Runs `hook` if the spec has it: Ok(None) when there is none, Ok(Some(elapsed)) when it
 /// passed, Err naming the hook, its exit status or timeout, and its last output lines.
 pub async fn run(
@@ -163,6 +172,10 @@ pub async fn run(
     } else {
         dir
     };
+    // A hook gets the coordinator's environment without its credentials, plus the facts.
+    for credential in CREDENTIAL_VARIABLES {
+        cmd.env_remove(credential);
+    }
     cmd.current_dir(dir)
         .envs(context.vars(hook))
         .stdin(Stdio::null())
@@ -192,7 +205,10 @@ pub async fn run(
     text.push_str(&String::from_utf8_lossy(&output.stderr));
     let lines: Vec<&str> = text.lines().collect();
     let last = &lines[lines.len().saturating_sub(QUOTED_LINES)..];
-    let quoted: String = last.iter().map(|l| format!("\n    | {l}")).collect();
+    let quoted: String = last
+        .iter()
+        .map(|l| format!("\n    | {}", proto::secrets::shown_line(l)))
+        .collect();
     Err(proto::secrets::mask_text(&format!(
         "{name} ({}) failed: {}{quoted}",
         shown(command),

@@ -63,15 +63,34 @@ pub async fn send(targets: &[NotifyTarget], event: &serde_json::Value) -> Vec<De
     let sends = targets.iter().map(|target| {
         let client = client.clone();
         async move {
-            let shown = proto::secrets::mask_text(&target.url);
+            let mut shown = proto::secrets::mask_text(&target.url);
             let result = match target.resolved_url() {
-                Ok(url) => post(&client, &url, target, event).await,
+                Ok(url) => {
+                    // A URL kept in the environment is a secret (a Slack webhook is its own
+                    // credential): only its scheme and host are ever shown.
+                    if target.url.starts_with("env:") {
+                        shown = format!("{shown} ({})", scheme_and_host(&url));
+                    }
+                    post(&client, &url, target, event).await
+                }
                 Err(e) => Err(e),
             };
             Delivery { url: shown, result }
         }
     });
     futures::future::join_all(sends).await
+}
+
+/// `https://hooks.slack.com` of `https://hooks.slack.com/services/T0/B0/secret`.
+fn scheme_and_host(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            let host = host.rsplit('@').next().unwrap_or_default();
+            format!("{scheme}://{host}")
+        }
+        None => "(not a URL)".into(),
+    }
 }
 
 async fn post(
@@ -98,7 +117,7 @@ async fn post(
                 return Err(format!("HTTP {}", resp.status()))
             }
             Ok(resp) => last = format!("HTTP {}", resp.status()),
-            Err(e) => last = proto::secrets::mask_text(&e.to_string()),
+            Err(e) => last = proto::secrets::mask_text(&e.without_url().to_string()),
         }
     }
     Err(format!("{last} (after {} attempts)", target.retries + 1))

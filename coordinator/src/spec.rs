@@ -176,12 +176,11 @@ impl AppSpec {
             .map_err(|e| format!("health.{e}"))?;
         if !self.run.allow_literal_secrets {
             for (name, value) in &self.run.env {
-                if proto::secrets::looks_like_credential(value) {
+                if let Some(why) = proto::secrets::literal_secret(name, value) {
                     return Err(format!(
-                        "run.env.{name}: holds a literal credential ({}), which would be written to etcd \
-                         for every agent and sidecar to read: use \"secret:NAME\" (read by each agent from \
-                         its secrets_dir) or set run.allow_literal_secrets = true",
-                        proto::secrets::mask_text(value)
+                        "run.env.{name}: {why}, which would be written to etcd for every agent \
+                         and sidecar to read: use \"secret:NAME\" (read by each agent from its \
+                         secrets_dir) or set run.allow_literal_secrets = true"
                     ));
                 }
             }

@@ -8,13 +8,129 @@ use std::collections::BTreeMap;
 /// An env value starting with this names a host-local secret instead of holding it.
 pub const SECRET_PREFIX: &str = "secret:";
 const MASK: &str = "***";
-/// Env variable names whose literal values are always masked.
-const SENSITIVE_NAMES: [&str; 4] = ["PASSWORD", "SECRET", "TOKEN", "KEY"];
+/// Parts of a name (an env variable, a URL query parameter) whose value is a credential: one
+/// rule for refusing literals in a spec and for masking what is shown.
+const SENSITIVE_NAMES: [&str; 8] = [
+    "PASS",
+    "PWD",
+    "SECRET",
+    "TOKEN",
+    "KEY",
+    "CREDENTIAL",
+    "PRIVATE",
+    "AUTH",
+];
+
+/// How well-known tokens start (Stripe live keys, GitHub tokens, Slack tokens, AWS access key
+/// ids, PEM private keys and certificates): such a value is a credential whatever its name.
+const TOKEN_SHAPES: [&str; 10] = [
+    "sk_live_",
+    "rk_live_",
+    "ghp_",
+    "gho_",
+    "ghs_",
+    "github_pat_",
+    "xoxb-",
+    "xoxp-",
+    "xoxa-",
+    "-----BEGIN ",
+];
 
 /// Masks every `scheme://user:password@host` password (the password may contain `@`: the last
 /// `@` of the authority ends it) and every `password=` parameter value in `text`.
 pub fn mask_text(text: &str) -> String {
-    mask_query_passwords(&mask_url_passwords(text))
+    mask_shaped_tokens(&mask_url_queries(&mask_query_passwords(
+        &mask_url_passwords(text),
+    )))
+}
+
+/// Masks, in every URL of `text`, the values of query parameters named like a credential or a
+/// signature (`access_token`, `X-Amz-Signature`, `X-Amz-Credential`, `sig`, …): a presigned or
+/// token URL works for anyone who reads it.
+fn mask_url_queries(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let end = after
+            .find(|c: char| matches!(c, '"' | '\'' | '<' | '>') || c.is_whitespace())
+            .unwrap_or(after.len());
+        let url = &after[..end];
+        match url.split_once('?') {
+            Some((base, query)) => {
+                let (query, fragment) = match query.split_once('#') {
+                    Some((q, f)) => (q, Some(f)),
+                    None => (query, None),
+                };
+                let masked: Vec<String> = query
+                    .split('&')
+                    .map(|pair| match pair.split_once('=') {
+                        Some((name, value)) if !value.is_empty() && sensitive_query_name(name) => {
+                            format!("{name}={MASK}")
+                        }
+                        _ => pair.to_string(),
+                    })
+                    .collect();
+                out.push_str(&format!("{base}?{}", masked.join("&")));
+                if let Some(f) = fragment {
+                    out.push_str(&format!("#{f}"));
+                }
+            }
+            None => out.push_str(url),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn sensitive_query_name(name: &str) -> bool {
+    is_sensitive_name(name) || name.to_ascii_uppercase().contains("SIG")
+}
+
+/// Replaces every well-known token shape (and a PEM block's body) in `text` by `***`.
+fn mask_shaped_tokens(text: &str) -> String {
+    let mut out = text.to_string();
+    for shape in TOKEN_SHAPES {
+        let mut from = 0;
+        while let Some(found) = out[from..].find(shape) {
+            let start = from + found;
+            let end = if shape.starts_with("-----") {
+                out[start..]
+                    .find("-----END")
+                    .and_then(|e| {
+                        out[start + e + 8..]
+                            .find("-----")
+                            .map(|f| start + e + 8 + f + 5)
+                    })
+                    .unwrap_or(out.len())
+            } else {
+                out[start..]
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-')))
+                    .map_or(out.len(), |e| start + e)
+            };
+            out.replace_range(start..end, MASK);
+            from = start + MASK.len();
+        }
+    }
+    // AWS access key ids: AKIA followed by 16 upper-case letters or digits.
+    let mut from = 0;
+    while let Some(found) = out[from..].find("AKIA") {
+        let start = from + found;
+        let id = out[start + 4..].chars().take(16).collect::<String>();
+        if id.len() == 16
+            && id
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        {
+            out.replace_range(start..start + 20, MASK);
+            from = start + MASK.len();
+        } else {
+            from = start + 4;
+        }
+    }
+    out
 }
 
 fn mask_url_passwords(text: &str) -> String {
@@ -87,6 +203,21 @@ pub fn mask_url(url: &str) -> (String, bool) {
     (masked, changed)
 }
 
+/// Longest line of an app's or a hook's output quoted in a report or a history record.
+pub const MAX_QUOTED_LINE: usize = 300;
+
+/// One line of an app's or a hook's output as a report may quote it: masked, and cut at
+/// [`MAX_QUOTED_LINE`] characters.
+pub fn shown_line(line: &str) -> String {
+    let masked = mask_text(line);
+    if masked.chars().count() <= MAX_QUOTED_LINE {
+        masked
+    } else {
+        let cut: String = masked.chars().take(MAX_QUOTED_LINE).collect();
+        format!("{cut}… (cut)")
+    }
+}
+
 /// True for an env variable name whose value is a credential (`DB_PASSWORD`, `API_TOKEN`, …).
 pub fn is_sensitive_name(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
@@ -110,10 +241,27 @@ pub fn mask_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Whether a literal env value carries a credential (a URL with a password, a `password=`
-/// parameter): such a value belongs in a host-local secret, not in a spec that lands in etcd.
+/// Whether a literal env value carries a credential (a URL with a password or a token in its
+/// query, a `password=` parameter, a well-known token shape): such a value belongs in a
+/// host-local secret, not in a spec that lands in etcd.
 pub fn looks_like_credential(value: &str) -> bool {
     !value.starts_with(SECRET_PREFIX) && mask_text(value) != value
+}
+
+/// Why `name = value` may not be written to etcd as a literal, if it may not: a credential-shaped
+/// value, or any literal value of a variable named like a credential (`DB_PASS`,
+/// `STRIPE_API_KEY`). `secret:NAME` references and empty values are fine.
+pub fn literal_secret(name: &str, value: &str) -> Option<String> {
+    if value.starts_with(SECRET_PREFIX) || value.is_empty() {
+        return None;
+    }
+    if looks_like_credential(value) {
+        Some(format!("holds a literal credential ({})", mask_text(value)))
+    } else if is_sensitive_name(name) {
+        Some("is named like a credential and holds a literal value".into())
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -190,6 +338,55 @@ mod tests {
         assert_eq!(shown["STRIPE_KEY"], "***");
         assert_eq!(shown["DB_PASSWORD"], "secret:db-password");
         assert_eq!(shown["LOG_LEVEL"], "info");
+    }
+
+    /// One rule refuses and masks: the names the first round missed (`DB_PASS`), token shapes
+    /// whatever the name, and token query values in any URL shown.
+    #[test]
+    fn names_and_shapes_of_credentials_are_refused_and_masked() {
+        for (name, value) in [
+            ("DB_PASS", "hunter2-literal"),
+            ("STRIPE_API_KEY", "anything"),
+            ("GITHUB_PWD", "x"),
+            ("OAUTH_CLIENT", "x"),
+            ("PAYMENTS", "sk_live_51Habc"),
+            ("HOOK", "xoxb-123-456"),
+            ("AWS", "AKIAIOSFODNN7EXAMPLE"),
+            (
+                "CERT",
+                "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----",
+            ),
+            (
+                "ARTIFACT",
+                "https://s3/app.tgz?X-Amz-Signature=abc&X-Amz-Credential=k",
+            ),
+        ] {
+            assert!(literal_secret(name, value).is_some(), "{name} = {value}");
+        }
+        for (name, value) in [
+            ("LOG_LEVEL", "info"),
+            ("DATABASE_URL", "postgres://db/shop?sslmode=require"),
+            ("DB_PASS", "secret:db-pass"),
+            ("API_TOKEN", ""),
+        ] {
+            assert_eq!(literal_secret(name, value), None, "{name} = {value}");
+        }
+        assert_eq!(
+            mask_text(
+                "GET https://s3/app.tgz?X-Amz-Signature=abc&part=1 failed; key sk_live_51Habc."
+            ),
+            "GET https://s3/app.tgz?X-Amz-Signature=***&part=1 failed; key ***."
+        );
+        assert_eq!(
+            mask_text("pem -----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY----- done"),
+            "pem *** done"
+        );
+        assert_eq!(mask_text("id AKIAIOSFODNN7EXAMPLE."), "id ***.");
+        let env: BTreeMap<String, String> = [("DB_PASS", "hunter2-literal")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(mask_env(&env)["DB_PASS"], "***");
     }
 
     #[test]

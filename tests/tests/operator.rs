@@ -623,7 +623,7 @@ async fn hooks_gate_and_report_and_webhooks_receive_each_result() {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\necho \"$BLUEGREEN_HOOK $BLUEGREEN_OPERATION $BLUEGREEN_VERSION $BLUEGREEN_COLOR ${{BLUEGREEN_OUTCOME:--}}\" >> {}\n[ \"$BLUEGREEN_HOOK\" != \"$FAIL_HOOK\" ]\n",
+            "#!/bin/sh\necho \"$BLUEGREEN_HOOK $BLUEGREEN_OPERATION $BLUEGREEN_VERSION $BLUEGREEN_COLOR ${{BLUEGREEN_OUTCOME:--}}${{BLUEGREEN_SIGNING_KEY_FILE:+ got the signing key}}\" >> {}\n[ \"$BLUEGREEN_HOOK\" != \"$FAIL_HOOK\" ]\n",
             log.display()
         ),
     )
@@ -688,11 +688,20 @@ async fn hooks_gate_and_report_and_webhooks_receive_each_result() {
     assert_eq!(logged(), ["post_rollback rollback v1 blue done"]);
     assert_eq!(receiver.last()["command"], "rollback");
 
-    // A failing pre_deploy: nothing written (no release for v3, history unchanged).
+    // A failing pre_deploy: nothing written (no release for v3, history unchanged). The hooks
+    // never see the coordinator's credentials (here its signing key's file).
+    let keygen = fleet
+        .run(&["keygen", "--out-dir", &dir.path().display().to_string()])
+        .await;
+    assert!(keygen.status.success(), "{}", text(&keygen));
     let history_before = json_doc(&fleet.run(&["--output", "json", "history"]).await);
     let refused = fleet
         .deploy_command(&spec, "v3", &[])
         .env("FAIL_HOOK", "pre_deploy")
+        .env(
+            "BLUEGREEN_SIGNING_KEY_FILE",
+            dir.path().join("bluegreen-release.key"),
+        )
         .output()
         .await
         .unwrap();

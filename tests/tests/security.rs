@@ -471,6 +471,24 @@ async fn secrets_reach_only_the_app_which_runs_unprivileged() {
         "{}",
         text(&out)
     );
+    // The same for what the first round let through: a literal under a credential's name, and
+    // a well-known token shape under any name; `validate` says it too.
+    for (name, value) in [
+        ("DB_PASS", "hunter2-literal"),
+        ("PAYMENTS", "sk_live_51Habcdef"),
+    ] {
+        let spec = fleet.raw_spec(name, &spec_text(&format!("{name} = \"{value}\"")));
+        let out = fleet.deploy_artifact(&spec, "v1", &app, &[]).await;
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", text(&out));
+        assert!(
+            text(&out).contains(&format!("run.env.{name}")) && !text(&out).contains(value),
+            "{name}: {}",
+            text(&out)
+        );
+        let spec_flag = spec.display().to_string();
+        let checked = fleet.run(&["validate", "--spec", &spec_flag]).await;
+        assert_eq!(checked.status.code(), Some(2), "{name}: {}", text(&checked));
+    }
 
     let spec = fleet.raw_spec(
         "secret",

@@ -28,6 +28,7 @@ async fn show(global: &Global) -> Result<String, CoordinatorError> {
     let mut status = status::read(&client, &keys).await?;
     for release in status.releases.values_mut() {
         release.run.env = proto::secrets::mask_env(&release.run.env);
+        release.artifact.url = proto::secrets::mask_text(&release.artifact.url);
     }
     Ok(if global.json {
         serde_json::to_string_pretty(&status).expect("status serializes") + "\n"
