@@ -109,7 +109,8 @@ for lb in 1 2; do
     "$BIN/lb-sidecar" --etcd "$ETCD" --app shop --name "lb-$lb" \
         --listen "127.0.0.1:800$((lb - 1))" --preview-listen "127.0.0.1:808$((lb + 7))" --status-listen "127.0.0.1:990$lb" \
         --nginx-main-config "$dir/nginx.conf" --nginx-include-file "$dir/bluegreen-shop.conf" --nginx-pid-file "$dir/nginx.pid" \
-        --nginx-status-listen "127.0.0.1:991$lb" --state-dir "$dir/sidecar-state" >"$dir/sidecar.log" 2>&1 &
+        --nginx-status-listen "127.0.0.1:991$lb" --state-dir "$dir/sidecar-state" \
+        --upstreams-allow 127.0.0.0/8 >"$dir/sidecar.log" 2>&1 &
     echo $! >"$dir/sidecar.pid"
 done
 for _ in $(seq 100); do

@@ -22,6 +22,8 @@ status_listen = "127.0.0.1:9901"
 lease_ttl = "10s"
 debounce = "250ms"
 min_reload_interval = "2s"
+[upstreams]
+allow = []
 [nginx]
 binary = "nginx"
 main_config = "/etc/nginx/nginx.conf"
@@ -98,6 +100,22 @@ pub struct Settings {
     pub state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub nginx: NginxSettings,
+    #[command(flatten)]
+    pub upstreams: UpstreamsSettings,
+}
+
+/// `[upstreams]`: where hosts' addresses may point (flags `--upstreams-<key>`).
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpstreamsSettings {
+    /// Networks on this LB's own machine (loopback, link-local, its addresses) that upstreams
+    /// may still point into, as CIDRs (127.0.0.0/8); its own listeners never.
+    #[arg(
+        id = "upstreams_allow",
+        long = "upstreams-allow",
+        value_delimiter = ','
+    )]
+    pub allow: Option<Vec<String>>,
 }
 
 /// `[nginx]`: the nginx this sidecar drives (flags `--nginx-<key>`).
@@ -151,6 +169,8 @@ pub struct Config {
     pub nginx: NginxConfig,
     /// Candidate and test configs live here (default `/var/lib/bluegreen/sidecar-<name>`).
     pub state_dir: PathBuf,
+    /// `[upstreams] allow`.
+    pub upstreams_allow: Vec<crate::upstreams::Cidr>,
 }
 
 fn addr(field: &str, value: String) -> Result<SocketAddr, SidecarError> {
@@ -227,9 +247,18 @@ impl Config {
             .state_dir
             .unwrap_or_else(|| format!("/var/lib/bluegreen/sidecar-{name}").into());
         let nginx = s.nginx;
+        let upstreams_allow = s
+            .upstreams
+            .allow
+            .unwrap_or_default()
+            .iter()
+            .map(|c| crate::upstreams::Cidr::parse(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SidecarError::Setting(format!("[upstreams] allow: {e}")))?;
         let config = Config {
             etcd,
             state_dir,
+            upstreams_allow,
             prefix: s.prefix.ok_or_else(|| defaulted("prefix"))?,
             name,
             listen: addr("listen", s.listen.ok_or_else(|| defaulted("listen"))?)?,

@@ -13,6 +13,7 @@ pub mod nginx;
 pub mod render;
 pub mod requests;
 pub mod state;
+pub mod upstreams;
 
 use applier::Applier;
 use config::Config;
@@ -144,6 +145,17 @@ pub async fn follow<N: NginxControl>(
         ack_rx,
         shutdown.clone(),
     ));
+    let upstreams = upstreams::UpstreamPolicy {
+        enforced: true,
+        own: vec![
+            config.listen,
+            config.preview_listen,
+            config.status_listen,
+            config.nginx.status_listen,
+        ],
+        local: upstreams::local_addresses(),
+        allow: config.upstreams_allow.clone(),
+    };
     let follower = Follower {
         keys,
         client,
@@ -161,7 +173,10 @@ pub async fn follow<N: NginxControl>(
             published: None,
         }),
         repeats: proto::repeats::Repeats::new(Duration::from_secs(30)),
-        state: LbState::default(),
+        state: LbState {
+            upstreams,
+            ..LbState::default()
+        },
         ack: None,
         revision: 0,
         failed: false,
@@ -400,7 +415,10 @@ impl<N: NginxControl> Follower<N> {
 
     /// Rebuilds the state from a full read (start, compaction) and applies it.
     async fn resync(&mut self, snapshot: proto::watch::Snapshot) {
-        let mut state = LbState::default();
+        let mut state = LbState {
+            upstreams: self.state.upstreams.clone(),
+            ..LbState::default()
+        };
         for (key, value) in &snapshot.entries {
             if let Err(problem) = state.apply(&self.keys, key, Some(value)) {
                 self.report_error(problem);

@@ -18,6 +18,8 @@ pub struct LbState {
     /// An operation is under way (the `deploy` record's phase is not final): a canary or a
     /// deploy's verification may be reading this LB's request counts.
     pub operation_running: bool,
+    /// Where a host's address may point (never into this LB).
+    pub upstreams: crate::upstreams::UpstreamPolicy,
 }
 
 /// How much a change matters to nginx.
@@ -76,6 +78,8 @@ impl LbState {
                     None => self.hosts.remove(&host).map(|_| ()).unwrap_or(()),
                     Some(bytes) => {
                         let record: HostRecord = decode(key, bytes).map_err(|e| e.to_string())?;
+                        self.may_route_to(&record)
+                            .map_err(|why| format!("{key}: {why}; not routed to"))?;
                         if self.hosts.get(&host) == Some(&record) {
                             return Ok(Effect::None);
                         }
@@ -113,6 +117,33 @@ impl LbState {
                 _ => Ok(Effect::None),
             },
         }
+    }
+
+    /// Whether both colors' upstreams of `host` are allowed by [`Self::upstreams`]. A DNS name is
+    /// judged by what it resolves to now.
+    fn may_route_to(&self, host: &HostRecord) -> Result<(), String> {
+        if !self.upstreams.enforced {
+            return Ok(());
+        }
+        let ips: Vec<std::net::IpAddr> = match host.address.parse() {
+            Ok(ip) => vec![ip],
+            Err(_) => {
+                use std::net::ToSocketAddrs;
+                (host.address.as_str(), 0)
+                    .to_socket_addrs()
+                    .map_err(|e| format!("address {}: does not resolve ({e})", host.address))?
+                    .map(|a| a.ip())
+                    .collect()
+            }
+        };
+        for color in Color::ALL {
+            for ip in &ips {
+                self.upstreams
+                    .check(*ip, host.ports.of(color))
+                    .map_err(|why| format!("address {} ({color}): {why}", host.address))?;
+            }
+        }
+        Ok(())
     }
 
     /// Every registered host's `address:port` for `color`, serving or not: the backups nginx

@@ -282,7 +282,8 @@ impl SidecarProc {
              preview_listen = \"{address}:{}\"\nstatus_listen = \"{address}:{status_port}\"\nlease_ttl = \"5s\"\n\
              state_dir = \"{}\"\n{extra}\n\
              [nginx]\nbinary = \"nginx\"\nmain_config = \"{}\"\ninclude_file = \"{}\"\npid_file = \"{}\"\n\
-             status_listen = \"127.0.0.1:{nginx_status_port}\"\n",
+             status_listen = \"127.0.0.1:{nginx_status_port}\"\n\
+             [upstreams]\nallow = [\"127.0.0.0/8\"]\n",
             etcd.endpoints_toml(),
             nginx.listen,
             nginx.preview,

@@ -339,6 +339,61 @@ async fn a_host_address_carrying_config_syntax_is_refused_and_never_rendered() {
     );
 }
 
+/// A compromised host registers this LB's own status listener as its address: nginx would then
+/// serve the sidecar's `/metrics` and `/healthz` on the public listener to anyone. The record is
+/// refused and reported in the LB's ack, and nothing is ever routed there.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_pointing_into_this_lb_is_refused_and_never_routed_to() {
+    let (etcd, client, _artifacts, _hosts) = fleet(&[]).await;
+    let (lb, sidecar, _) = lb_serving_blue(&etcd, &client).await;
+    let inward = serde_json::json!({
+        "host": "inward", "address": sidecar.status_address,
+        "ports": {"blue": sidecar.status_port, "green": 9},
+        "grpc": "127.0.0.1:1", "agent_version": "0", "started_at": "t"
+    });
+    let key = bluegreen_tests::procs::keys().host("inward");
+    put_raw(&client, &key, &inward.to_string()).await;
+    let healthy = serde_json::json!({"version": "v1", "state": "healthy", "since": "t"});
+    let health = bluegreen_tests::procs::keys().health("inward", Color::Blue);
+    put_raw(&client, &health, &healthy.to_string()).await;
+    let a = wait_ack(&client, "lb-0", "the refusal", |a| a.error.is_some()).await;
+    let error = a.error.unwrap();
+    assert!(
+        error.contains(&key) && error.contains("own listener"),
+        "{error}"
+    );
+    // The next switch renders without it; the public listener never answers the sidecar's
+    // metrics (with the host routed, about every third request would).
+    let revision = set_active(&client, Color::Blue, "v1").await;
+    wait_ack(&client, "lb-0", "the next switch", |a| {
+        a.applied_revision >= revision
+    })
+    .await;
+    let include = std::fs::read_to_string(&lb.include_file).unwrap();
+    assert!(
+        !include.contains(&format!(
+            "{}:{}",
+            sidecar.status_address, sidecar.status_port
+        )),
+        "{include}"
+    );
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    for _ in 0..12 {
+        let body = http
+            .get(lb.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!body.contains("bluegreen_lb_reloads_total"), "{body}");
+    }
+}
+
 /// Whether the process `pid` still exists.
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()

@@ -233,6 +233,8 @@ impl HollowFleet {
             debounce: Duration::from_millis(200),
             min_reload_interval: Duration::from_secs(1),
             template: None,
+            // Hollow hosts live on 127.1.x.y.
+            upstreams_allow: vec![lb_sidecar::upstreams::Cidr::parse("127.0.0.0/8").unwrap()],
             nginx: lb_sidecar::config::NginxConfig {
                 binary: "nginx".into(),
                 main_config: "/nonexistent".into(),
