@@ -203,6 +203,8 @@ fn set_in<K: Ord, T: serde::de::DeserializeOwned + Validate>(
 
 /// The text form: active color, releases, then one line per host and color.
 pub fn render_text(app: &str, s: &AppStatus) -> String {
+    // Free text from etcd (errors, holders, problems) is escaped: a record cannot forge a line.
+    use proto::text::escaped;
     let mut out = String::new();
     let active = s
         .active
@@ -266,14 +268,14 @@ pub fn render_text(app: &str, s: &AppStatus) -> String {
                     h.version,
                     h.state.as_str(),
                     h.restarts,
-                    match (&h.error, &h.unsigned) {
+                    escaped(&match (&h.error, &h.unsigned) {
                         (Some(e), _) => e.clone(),
                         // Runs, but this host's agent would not start it now.
                         (None, Some(u)) => format!(
                             "unsigned (started before this agent required signatures; a signed deploy replaces it): {u}"
                         ),
                         (None, None) => String::new(),
-                    }
+                    })
                 )),
                 None => out.push_str(&format!(
                     "{host:<16} {:<22} {color:<6} {:<10} {:<10}\n",
@@ -305,29 +307,32 @@ pub fn render_text(app: &str, s: &AppStatus) -> String {
         let error = d
             .error
             .as_deref()
-            .map(|e| format!(": {e}"))
+            .map(|e| format!(": {}", escaped(e)))
             .unwrap_or_default();
         out.push_str(&format!(
             "last deploy: {} {} -> {} ({}){error}\n",
-            d.deploy_id, d.version, d.to, d.phase
+            escaped(&d.deploy_id),
+            d.version,
+            d.to,
+            d.phase
         ));
     }
     match &s.lock {
         Some(l) => out.push_str(&format!(
             "lock: held by {} ({} {}{}, since {})\n",
-            l.holder,
+            escaped(&l.holder),
             l.operation,
-            l.deploy_id,
+            escaped(&l.deploy_id),
             l.version
                 .as_ref()
-                .map(|v| format!(", version {v}"))
+                .map(|v| format!(", version {}", escaped(v)))
                 .unwrap_or_default(),
-            l.acquired_at
+            escaped(&l.acquired_at)
         )),
         None => out.push_str("lock: free\n"),
     }
     for p in &s.problems {
-        out.push_str(&format!("problem: {p}\n"));
+        out.push_str(&format!("problem: {}\n", escaped(p)));
     }
     out
 }
@@ -351,6 +356,75 @@ mod tests {
             key,
             value: None,
             mod_revision: revision,
+        }
+    }
+
+    /// A small deterministic generator: the same "random" records on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        /// A string of up to 12 characters, a third of them control characters.
+        fn text(&mut self) -> String {
+            let pool = [
+                'a', 'Z', '7', ' ', ':', 'é', '\n', '\r', '\u{1b}', '\t', '\0', '\u{7f}',
+            ];
+            let len = (self.next() % 13) as usize;
+            (0..len)
+                .map(|_| pool[(self.next() % pool.len() as u64) as usize])
+                .collect()
+        }
+    }
+
+    /// Arbitrary free text in every record `status` shows (health errors, the deploy's error and
+    /// id, the lock's holder, undecodable keys): the text output never carries a control
+    /// character but the line ends it writes itself, and has as many lines as with plain text.
+    #[test]
+    fn records_full_of_control_characters_never_forge_a_line() {
+        let keys = Keys::new("/bluegreen", "shop").unwrap();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let render = |texts: &mut dyn FnMut() -> String| {
+            let mut status = AppStatus::default();
+            let health = serde_json::json!({
+                "version": "v1", "state": "failed", "since": texts(), "error": texts()
+            });
+            let deploy = serde_json::json!({
+                "deploy_id": texts(), "operation": "deploy", "version": "v2", "from": "blue",
+                "to": "green", "phase": "failed", "error": texts(), "started_at": texts(),
+                "updated_at": "t", "token": 1
+            });
+            let lock = serde_json::json!({
+                "holder": texts(), "operation": "deploy", "deploy_id": texts(),
+                "acquired_at": texts(), "lease": 1
+            });
+            for (n, (key, value)) in [
+                (keys.host("h1"), encode(&host_record("h1", 0))),
+                (keys.health("h1", Color::Blue), health.to_string()),
+                (keys.deploy(), deploy.to_string()),
+                (keys.lock(), lock.to_string()),
+                (keys.release(Color::Green), texts()),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                status.apply(&keys, &put(key, &value, n as i64 + 1));
+            }
+            render_text("shop", &status)
+        };
+        let plain = render(&mut || "plain".to_string());
+        for _ in 0..300 {
+            let text = render(&mut || rng.text());
+            assert!(
+                !text.chars().any(|c| c.is_control() && c != '\n'),
+                "{text:?}"
+            );
+            assert_eq!(text.lines().count(), plain.lines().count(), "{text}");
         }
     }
 

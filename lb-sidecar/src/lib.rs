@@ -507,6 +507,8 @@ impl<N: NginxControl> Follower<N> {
 
     /// Puts the error into the ack (keeping what is served) so the coordinator and operators see it.
     fn report_error(&mut self, error: String) {
+        // Keys and values from etcd in it are data: no newline or escape sequence reaches a log.
+        let error = proto::text::escaped(&error).into_owned();
         if let Some(held_back) = self.repeats.admit(&error, Instant::now()) {
             tracing::error!(%error, held_back, "not applied; nginx keeps its last good config");
         }

@@ -20,6 +20,7 @@ pub mod secrets;
 pub mod session;
 pub mod settings;
 pub mod signing;
+pub mod text;
 pub mod time;
 pub mod tls_check;
 pub mod unpack;

@@ -82,18 +82,23 @@ async fn history(
             (None, Some(t)) => format!("-> {t}"),
             _ => String::new(),
         };
+        // Records are data: no newline or escape sequence in one forges a line.
+        use proto::text::escaped;
         let reason = r
             .reason
-            .map(|x| format!(": {}", x.lines().next().unwrap_or("")))
+            .map(|x| format!(": {}", escaped(x.lines().next().unwrap_or(""))))
             .unwrap_or_default();
-        let actor = r.actor.map(|a| format!(" by {a}")).unwrap_or_default();
+        let actor = r
+            .actor
+            .map(|a| format!(" by {}", escaped(&a)))
+            .unwrap_or_default();
         out.push_str(&format!(
             "{} {:<10} {:<12} {} {}{again} {arrow}{actor}{reason}\n",
             r.at,
             r.kind.as_str(),
             r.outcome.as_str(),
-            r.deploy_id,
-            r.version.unwrap_or_default()
+            escaped(&r.deploy_id),
+            escaped(&r.version.unwrap_or_default())
         ));
     }
     Ok(out)
