@@ -62,6 +62,9 @@ struct Cli {
     /// A file holding the etcd user's password (first line).
     #[arg(long, env = "BLUEGREEN_ETCD_PASSWORD_FILE", global = true)]
     etcd_password_file: Option<PathBuf>,
+    /// Send the etcd password to http:// endpoints in clear text anyway (an etcd on loopback).
+    #[arg(long, env = "BLUEGREEN_ETCD_ALLOW_PLAINTEXT_PASSWORD", global = true)]
+    etcd_allow_plaintext_password: bool,
     /// CA that signed the agents' gRPC server certificates (logs over mutual TLS).
     #[arg(long, env = "BLUEGREEN_GRPC_CACERT", global = true)]
     grpc_cacert: Option<PathBuf>,
@@ -115,6 +118,7 @@ pub async fn main() -> ! {
         user: cli.etcd_user,
         password_file: cli.etcd_password_file,
         password_env: std::env::var("BLUEGREEN_ETCD_PASSWORD").ok(),
+        allow_plaintext_password: cli.etcd_allow_plaintext_password,
     });
     let grpc_tls =
         crate::probes::GrpcClientTls::from_parts(cli.grpc_cacert, cli.grpc_cert, cli.grpc_key);

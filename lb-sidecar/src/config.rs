@@ -173,6 +173,18 @@ pub struct Config {
     pub upstreams_allow: Vec<crate::upstreams::Cidr>,
 }
 
+/// An internal listener (the sidecar's `/metrics` and `/healthz`) never faces the network.
+fn loopback(field: &str, address: SocketAddr) -> Result<SocketAddr, SidecarError> {
+    if address.ip().is_loopback() {
+        Ok(address)
+    } else {
+        Err(SidecarError::Setting(format!(
+            "{field}: {address} is not a loopback address: the sidecar's /metrics and /healthz \
+             are for this machine only (scrape them through a local agent or proxy)"
+        )))
+    }
+}
+
 fn addr(field: &str, value: String) -> Result<SocketAddr, SidecarError> {
     value
         .parse()
@@ -267,9 +279,12 @@ impl Config {
                 s.preview_listen
                     .ok_or_else(|| defaulted("preview_listen"))?,
             )?,
-            status_listen: addr(
+            status_listen: loopback(
                 "status_listen",
-                s.status_listen.ok_or_else(|| defaulted("status_listen"))?,
+                addr(
+                    "status_listen",
+                    s.status_listen.ok_or_else(|| defaulted("status_listen"))?,
+                )?,
             )?,
             public_url: s
                 .public_url
@@ -347,6 +362,35 @@ mod tests {
         assert!(
             err.contains("sidecar.toml") && err.contains("binnary"),
             "{err}"
+        );
+    }
+
+    /// The sidecar's /metrics and /healthz never face the network; [upstreams] allow is parsed.
+    #[test]
+    fn internal_listeners_are_loopback_and_allowed_upstreams_are_cidrs() {
+        let err = Config::load(cli(Settings {
+            app: Some("shop".into()),
+            status_listen: Some("0.0.0.0:9901".into()),
+            ..Default::default()
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("status_listen") && err.contains("loopback"),
+            "{err}"
+        );
+        let bad = Config::load(cli(Settings {
+            app: Some("shop".into()),
+            upstreams: UpstreamsSettings {
+                allow: Some(vec!["10.0.0.0/99".into()]),
+            },
+            ..Default::default()
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            bad.contains("[upstreams] allow") && bad.contains("10.0.0.0/99"),
+            "{bad}"
         );
     }
 

@@ -54,9 +54,12 @@ pub struct EtcdSettings {
     /// variable (never a flag: a flag shows in `ps`).
     #[arg(long)]
     pub etcd_user: Option<String>,
-    /// A file holding the etcd user's password (its first line).
+    /// A file holding the etcd user's password (its first line; mode 600).
     #[arg(long)]
     pub etcd_password_file: Option<PathBuf>,
+    /// Send the etcd password to http:// endpoints in clear text anyway (a loopback etcd).
+    #[arg(long)]
+    pub etcd_allow_plaintext_password: Option<bool>,
 }
 
 impl EtcdSettings {
@@ -73,6 +76,7 @@ impl EtcdSettings {
             user: self.etcd_user,
             password_file: self.etcd_password_file,
             password_env: std::env::var(password_var).ok(),
+            allow_plaintext_password: self.etcd_allow_plaintext_password.unwrap_or(false),
         })
     }
 }
@@ -89,6 +93,8 @@ pub struct AccessSettings {
     pub password_file: Option<PathBuf>,
     /// The binary's `BLUEGREEN_<BINARY>_ETCD_PASSWORD` variable, if set.
     pub password_env: Option<String>,
+    /// `etcd_allow_plaintext_password`: a password may go to http:// endpoints.
+    pub allow_plaintext_password: bool,
 }
 
 impl EtcdAccess {
@@ -143,6 +149,16 @@ impl EtcdAccess {
             }
             (None, Some(_)) => return Err("etcd_password_file: given without etcd_user".into()),
             _ => {}
+        }
+        let plaintext = s.endpoints.iter().find(|e| e.starts_with("http://"));
+        if let (Some(user), Some(endpoint)) = (&s.user, plaintext) {
+            if !s.allow_plaintext_password {
+                return Err(format!(
+                    "etcd_user {user:?}: its password would cross the network in clear text to \
+                     {endpoint}: use https:// endpoints (etcd_cacert), or set \
+                     etcd_allow_plaintext_password = true for an etcd on loopback"
+                ));
+            }
         }
         Ok(EtcdAccess {
             endpoints: s.endpoints,
@@ -441,7 +457,26 @@ fn read_file(field: &str, path: &Path) -> Result<Vec<u8>, ProtoError> {
         .map_err(|e| ProtoError::Setting(format!("{field}: {}: {e}", path.display())))
 }
 
+/// Refuses a credential file (a password, a private key) that users other than its owner may
+/// read: whoever can read it is that user, so the mistake is named before it is relied on.
+pub fn check_private_file(setting: &str, path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("{setting}: {}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{setting}: {} is readable by group or others (mode {:o}): chmod 600 it",
+            path.display(),
+            mode & 0o777
+        ));
+    }
+    Ok(())
+}
+
 fn read_password(path: &Path) -> Result<String, String> {
+    check_private_file("etcd_password_file", path)?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("etcd_password_file: {}: {e}", path.display()))?;
     let password = text.lines().next().unwrap_or_default().to_string();
@@ -454,6 +489,43 @@ fn read_password(path: &Path) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_password(endpoint: &str, password_file: &Path) -> AccessSettings {
+        AccessSettings {
+            endpoints: vec![endpoint.into()],
+            user: Some("shop".into()),
+            password_file: Some(password_file.to_path_buf()),
+            ..AccessSettings::default()
+        }
+    }
+
+    /// A password never goes to etcd in clear text by mistake, and a password file anyone on
+    /// the machine can read is refused.
+    #[test]
+    fn passwords_stay_private_on_disk_and_on_the_wire() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("etcd.password");
+        std::fs::write(&file, "pw\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = EtcdAccess::resolve(with_password("https://etcd:2379", &file)).unwrap_err();
+        assert!(
+            err.contains("etcd_password_file") && err.contains("644"),
+            "{err}"
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(EtcdAccess::resolve(with_password("https://etcd:2379", &file)).is_ok());
+        let err = EtcdAccess::resolve(with_password("http://etcd:2379", &file)).unwrap_err();
+        assert!(
+            err.contains("clear text") && err.contains("etcd_allow_plaintext_password"),
+            "{err}"
+        );
+        let allowed = AccessSettings {
+            allow_plaintext_password: true,
+            ..with_password("http://127.0.0.1:2379", &file)
+        };
+        assert!(EtcdAccess::resolve(allowed).is_ok());
+    }
 
     #[test]
     fn dead_members_leave_and_return_but_only_while_a_live_one_stays() {
@@ -500,6 +572,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
         std::fs::write(&file, "s3cret\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let cases: Vec<(AccessSettings, &str)> = vec![
             (
                 AccessSettings {
@@ -567,6 +641,7 @@ mod tests {
         let ok = EtcdAccess::resolve(AccessSettings {
             user: Some("agent".into()),
             password_file: Some(file),
+            allow_plaintext_password: true,
             ..settings()
         })
         .unwrap();

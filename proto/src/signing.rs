@@ -106,6 +106,7 @@ pub struct SigningKey {
 
 impl SigningKey {
     pub fn load(path: &Path) -> Result<SigningKey, String> {
+        crate::access::check_private_file("signing key", path)?;
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         SigningKey::from_pem(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
@@ -227,6 +228,21 @@ mod tests {
         let path = dir.path().join("k.pub");
         std::fs::write(&path, public_pem).unwrap();
         TrustedKeys::load(&[path]).unwrap()
+    }
+
+    /// The signing key is refused while others on the machine can read it.
+    #[test]
+    fn a_signing_key_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let (private, _) = generate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("release.key");
+        std::fs::write(&path, private).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = SigningKey::load(&path).err().expect("refused");
+        assert!(err.contains("readable by group or others"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(SigningKey::load(&path).is_ok());
     }
 
     #[test]

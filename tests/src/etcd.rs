@@ -161,6 +161,8 @@ impl Etcd {
         let password_file = password.map(|p| {
             let path = pki.dir().join(format!("{user}.password"));
             std::fs::write(&path, p).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
             path
         });
         proto::EtcdAccess::resolve(proto::AccessSettings {
@@ -171,6 +173,7 @@ impl Etcd {
             user: password.map(|_| user.to_string()),
             password_file,
             password_env: None,
+            allow_plaintext_password: false,
         })
         .expect("test access settings")
     }

@@ -279,7 +279,7 @@ impl SidecarProc {
         let config_path = nginx.dir.join(format!("{name}.toml"));
         let config = format!(
             "etcd = [{}]\nprefix = \"{PREFIX}\"\napp = \"{APP}\"\nname = \"{name}\"\nlisten = \"{address}:{}\"\n\
-             preview_listen = \"{address}:{}\"\nstatus_listen = \"{address}:{status_port}\"\nlease_ttl = \"5s\"\n\
+             preview_listen = \"{address}:{}\"\nstatus_listen = \"127.0.0.1:{status_port}\"\nlease_ttl = \"5s\"\n\
              state_dir = \"{}\"\n{extra}\n\
              [nginx]\nbinary = \"nginx\"\nmain_config = \"{}\"\ninclude_file = \"{}\"\npid_file = \"{}\"\n\
              status_listen = \"127.0.0.1:{nginx_status_port}\"\n\
@@ -308,7 +308,7 @@ impl SidecarProc {
             daemon,
             name: name.to_string(),
             status_port,
-            status_address: address.clone(),
+            status_address: "127.0.0.1".into(),
         }
     }
 
