@@ -335,6 +335,14 @@ async fn paused_coordinator_is_fenced_out() {
         "{}",
         text(&status)
     );
+    // A live lease does not prove a live holder (anyone may keep a lease alive): the status says
+    // when the holder last wrote, and the remedy.
+    assert!(
+        text(&status).contains("its operation last wrote")
+            && text(&status).contains("coordinator lock break --yes"),
+        "{}",
+        text(&status)
+    );
     // An operator breaks the stuck lock (confirmation required) instead of waiting for the TTL.
     let unconfirmed = fleet.run(&["lock", "break"]).await;
     assert_eq!(unconfirmed.status.code(), Some(2), "{}", text(&unconfirmed));

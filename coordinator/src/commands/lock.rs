@@ -4,6 +4,7 @@ use crate::context::{holder, pretty_json, Global};
 use crate::error::CoordinatorError;
 use crate::{history, lock};
 use proto::{Operation, Outcome};
+use std::time::Duration;
 
 #[derive(clap::Subcommand)]
 pub enum Action {
@@ -37,10 +38,16 @@ impl Action {
     }
 }
 
-/// `coordinator lock status`.
+/// `coordinator lock status`. Any etcd user may keep any lease alive (etcd does not restrict
+/// keep-alives), so a live lease does not prove a live holder: the status also says how long ago
+/// the holder's operation last wrote its fenced `deploy` record.
 async fn lock_status(global: &Global) -> Result<String, CoordinatorError> {
     let (keys, client) = global.existing_app().await?;
     let held = lock::status(&client, &keys).await?;
+    let last_write = match &held {
+        Some(h) => last_write_age(&client, &keys, h).await?,
+        None => None,
+    };
     if global.json {
         let doc = match &held {
             None => serde_json::json!({"held": false}),
@@ -51,19 +58,59 @@ async fn lock_status(global: &Global) -> Result<String, CoordinatorError> {
                 "lease": format!("{:x}", h.lease),
                 "record": h.record.as_ref().ok(),
                 "problem": h.record.as_ref().err(),
+                "last_write_seconds_ago": last_write.map(|d| d.as_secs()),
             }),
         };
         return Ok(pretty_json(&doc));
     }
     Ok(match held {
         None => "lock: free\n".into(),
-        Some(held) => format!(
-            "lock: held by {}; token {}, lease {:x}\n",
-            held.holder(),
-            held.token,
-            held.lease
-        ),
+        Some(held) => {
+            let written = match last_write {
+                Some(age) => format!(
+                    "its operation last wrote {} ago",
+                    humantime::format_duration(Duration::from_secs(age.as_secs()))
+                ),
+                None => "its operation has written no record yet".into(),
+            };
+            format!(
+                "lock: held by {}; token {}, lease {:x}; {written}\n\
+                 (a lease kept alive by someone else outlives its holder: if the holder's process \
+                 is gone, `coordinator lock break --yes`)\n",
+                proto::text::escaped(&held.holder()),
+                held.token,
+                held.lease
+            )
+        }
     })
+}
+
+/// How long ago the lock holder's operation last wrote its `deploy` record (None: it has not
+/// written one, or the record is another operation's).
+async fn last_write_age(
+    client: &etcd_client::Client,
+    keys: &proto::Keys,
+    held: &lock::HeldLock,
+) -> Result<Option<Duration>, CoordinatorError> {
+    let Some(op) = held.record.as_ref().ok().map(|r| r.deploy_id.clone()) else {
+        return Ok(None);
+    };
+    let key = keys.deploy();
+    let resp = client
+        .clone()
+        .get(key.as_str(), None)
+        .await
+        .map_err(|e| proto::ProtoError::etcd(format!("read {key}"), e))?;
+    let record = resp
+        .kvs()
+        .first()
+        .and_then(|kv| {
+            proto::records::decode::<proto::records::DeployRecord>(&key, kv.value()).ok()
+        })
+        .filter(|d| d.deploy_id == op);
+    Ok(record
+        .and_then(|d| humantime::parse_rfc3339_weak(&d.updated_at).ok())
+        .and_then(|at| std::time::SystemTime::now().duration_since(at).ok()))
 }
 
 /// `coordinator lock break --yes`: for a stuck holder. The holder's fence makes it harmless.
