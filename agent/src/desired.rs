@@ -18,6 +18,51 @@ pub struct DesiredFeed {
     pub active: watch::Sender<Option<Color>>,
     /// Keys whose signature a release must carry to run (none: no signature needed).
     pub trusted: proto::signing::TrustedKeys,
+    /// The newest fencing token accepted per color (with trusted keys): an older one is a
+    /// replayed record.
+    pub floor: TokenFloor,
+}
+
+/// The newest operation token this agent accepted a signed release with, per color, kept in its
+/// state dir so a restart does not forget it. Tokens only grow (each is a new lock's revision).
+#[derive(Debug)]
+pub struct TokenFloor {
+    path: std::path::PathBuf,
+    seen: std::sync::Mutex<std::collections::BTreeMap<Color, i64>>,
+}
+
+impl TokenFloor {
+    pub fn load(state_dir: &std::path::Path) -> TokenFloor {
+        let path = state_dir.join("accepted-tokens.json");
+        let seen = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        TokenFloor {
+            path,
+            seen: std::sync::Mutex::new(seen),
+        }
+    }
+
+    /// Accepts `token` for `color` unless it is below the newest accepted; Err says so.
+    fn admit(&self, color: Color, token: i64) -> Result<(), String> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let newest = seen.get(&color).copied().unwrap_or(i64::MIN);
+        if token < newest {
+            return Err(format!(
+                "release of operation token {token} is older than the newest this agent accepted \
+                 for {color} ({newest}): a replayed record"
+            ));
+        }
+        if token > newest {
+            seen.insert(color, token);
+            // Best effort: an unwritable state dir costs the floor across a restart only.
+            if let Ok(json) = serde_json::to_vec(&*seen) {
+                let _ = std::fs::write(&self.path, json);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl DesiredFeed {
@@ -94,7 +139,7 @@ impl DesiredFeed {
                 let desired = match value {
                     None => DesiredRelease::Absent,
                     Some(bytes) => match decode::<ReleaseRecord>(key, bytes) {
-                        Ok(r) => match self.check_signature(&r) {
+                        Ok(r) => match self.check_signature(&r, color) {
                             Ok(()) => DesiredRelease::Release(r),
                             Err(e) => {
                                 tracing::warn!(%key, version = %r.version, error = %e, "unsigned release: not started (kept if it already runs)");
@@ -138,11 +183,16 @@ impl DesiredFeed {
 impl DesiredFeed {
     /// A release to run must be signed by a trusted key (when keys are trusted); stopping needs
     /// no signature, since it runs nothing.
-    fn check_signature(&self, release: &ReleaseRecord) -> Result<(), String> {
+    fn check_signature(&self, release: &ReleaseRecord, color: Color) -> Result<(), String> {
         if !self.trusted.required() || release.desired == proto::records::Desired::Stopped {
             return Ok(());
         }
-        self.trusted.verify(release)
+        let at = proto::signing::Placement {
+            app: self.keys.app(),
+            color,
+        };
+        self.trusted.verify(release, at)?;
+        self.floor.admit(color, release.token)
     }
 }
 
@@ -152,5 +202,28 @@ fn replace_if_changed<T: PartialEq>(slot: &mut T, value: T) -> bool {
     } else {
         *slot = value;
         true
+    }
+}
+
+#[cfg(test)]
+mod floor_tests {
+    use super::*;
+
+    /// A signed record from an older operation (a lower token) is refused for that color, also
+    /// after a restart; the other color has its own floor.
+    #[test]
+    fn an_older_operations_record_is_refused_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let floor = TokenFloor::load(dir.path());
+        floor.admit(Color::Green, 40).unwrap();
+        floor.admit(Color::Green, 57).unwrap();
+        floor.admit(Color::Green, 57).unwrap();
+        let restarted = TokenFloor::load(dir.path());
+        let err = restarted.admit(Color::Green, 41).unwrap_err();
+        assert!(
+            err.contains("41") && err.contains("57") && err.contains("replayed"),
+            "{err}"
+        );
+        restarted.admit(Color::Blue, 41).unwrap();
     }
 }

@@ -150,6 +150,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             lease_ttl: config.lease_ttl,
             max_restarts: config.max_restarts,
             trusted,
+            state_dir: config.state_dir.clone(),
         },
         runtime,
         shutdown.clone(),
@@ -218,6 +219,8 @@ pub struct ControlPlaneSettings {
     pub lease_ttl: Duration,
     pub max_restarts: u32,
     pub trusted: proto::signing::TrustedKeys,
+    /// Where the agent keeps what must survive a restart (the newest accepted tokens).
+    pub state_dir: std::path::PathBuf,
 }
 
 /// An agent's control plane, running: a supervisor per color, the feed of what etcd wants, and
@@ -267,6 +270,7 @@ impl ControlPlane {
             green,
             active: active_tx,
             trusted: settings.trusted,
+            floor: desired::TokenFloor::load(&settings.state_dir),
         };
         let feed = tokio::spawn(feed.run());
         let reporter = reporter::Reporter {

@@ -136,7 +136,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             ),
         );
         let record = self.open_record(Operation::Deploy, &plan, &args.version);
-        let release = self.release(args, Desired::Running);
+        let release = self.release(args, plan.to, Desired::Running);
         self.store
             .put(
                 &[
@@ -526,7 +526,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
         Ok(Err(sick.into_iter().map(|h| (h, why.clone())).collect()))
     }
 
-    fn release(&self, args: &DeployArgs, desired: Desired) -> ReleaseRecord {
+    fn release(&self, args: &DeployArgs, color: Color, desired: Desired) -> ReleaseRecord {
         let mut release = ReleaseRecord {
             version: args.version.clone(),
             artifact: args.artifact.clone(),
@@ -541,7 +541,11 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             token: self.store.token(),
             signature: None,
         };
-        release.signature = self.signing_key.map(|key| key.sign(&release));
+        let at = proto::signing::Placement {
+            app: &self.spec.app,
+            color,
+        };
+        release.signature = self.signing_key.map(|key| key.sign(&release, at));
         release
     }
 
@@ -576,14 +580,14 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
         record.version = Some(run.args.version.clone());
         record.reason = reason;
         if matches!(run.record.operation, Operation::Deploy | Operation::Promote) {
-            record.release = Some(self.snapshot(run.args));
+            record.release = Some(self.snapshot(run.args, run.plan.to));
         }
         self.store.append_history(&record).await.map(|_| ())
     }
 
     /// What this deploy runs, as history keeps it for `rollback --to` (URL credentials masked).
-    fn snapshot(&self, args: &DeployArgs) -> ReleaseSnapshot {
-        let release = self.release(args, Desired::Running);
+    fn snapshot(&self, args: &DeployArgs, color: Color) -> ReleaseSnapshot {
+        let release = self.release(args, color, Desired::Running);
         let (url, _) = proto::secrets::mask_url(&release.artifact.url);
         ReleaseSnapshot {
             artifact: Artifact {
@@ -685,7 +689,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             }
         }
         if !run.args.keep_failed {
-            let stopped = self.release(run.args, Desired::Stopped);
+            let stopped = self.release(run.args, to, Desired::Stopped);
             self.store.put(&[Write::Release(to, stopped)], None).await?;
             self.progress.event(
                 "cleanup",

@@ -1,9 +1,15 @@
 //! Signed releases: with trusted keys configured, an agent runs only what a key CI holds signed,
 //! so write access to etcd alone no longer runs code on hosts. The signature (ed25519) covers
-//! everything the agent acts on: version, artifact URL and sha256, the run spec (command, env,
-//! stop timeout) and the health spec. It does not cover `desired`, `deploy_id` or `token`, so
-//! `stop` and a failed deploy can stop a color without the signing key (which only ever runs a
-//! release that was signed once). Keys are PEM files openssl can read: PKCS#8 for the private
+//! everything the agent acts on (version, artifact URL and sha256, the run spec, the health spec)
+//! and where and when it was meant to run: the app, the color, the operation id and its fencing
+//! token. So a signed record copied from an old revision, to the other color or to another app is
+//! refused, and an agent refuses a token lower than the newest it accepted for that color (tokens
+//! only grow; CI runners' clocks drift, so no signing time). `desired` is not covered: `stop` and
+//! a failed deploy stop a color without the key, and running a release needs a fresh signature.
+//!
+//! Each record carries two signatures during an upgrade: `ed25519` over the first format (what
+//! runs only), which agents of the previous release check, and `ed25519_v2` over this one, which
+//! this release's agents require. Keys are PEM files openssl can read: PKCS#8 for the private
 //! key, SubjectPublicKeyInfo for the public one.
 use crate::records::{HealthSpec, ReleaseRecord, RunSpec};
 use base64::Engine;
@@ -22,8 +28,19 @@ const SPKI_PREFIX: [u8; 12] = [
 pub struct ReleaseSignature {
     /// Which key signed (first 16 hex digits of the sha256 of its public key), for errors.
     pub key_id: String,
-    /// The ed25519 signature, base64.
+    /// The ed25519 signature of the first format (what runs only), base64: for agents of the
+    /// previous release during an upgrade.
     pub ed25519: String,
+    /// The ed25519 signature of this format (what runs, where, which operation), base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ed25519_v2: Option<String>,
+}
+
+/// Where a release is meant to run: signed with it, checked by the agent that runs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement<'a> {
+    pub app: &'a str,
+    pub color: crate::Color,
 }
 
 /// Exactly what is signed: a fixed-order JSON document of the acted-on fields.
@@ -35,6 +52,37 @@ struct Signed<'a> {
     artifact_sha256: String,
     run: &'a RunSpec,
     health: &'a HealthSpec,
+}
+
+/// The second format: what runs, and where and in which operation it was meant to.
+#[derive(Serialize)]
+struct SignedV2<'a> {
+    purpose: &'static str,
+    app: &'a str,
+    color: crate::Color,
+    version: &'a str,
+    artifact_url: &'a str,
+    artifact_sha256: String,
+    run: &'a RunSpec,
+    health: &'a HealthSpec,
+    deploy_id: &'a str,
+    token: i64,
+}
+
+fn payload_v2(release: &ReleaseRecord, at: Placement) -> Vec<u8> {
+    serde_json::to_vec(&SignedV2 {
+        purpose: "bluegreen release v2",
+        app: at.app,
+        color: at.color,
+        version: &release.version,
+        artifact_url: &release.artifact.url,
+        artifact_sha256: release.artifact.sha256.to_ascii_lowercase(),
+        run: &release.run,
+        health: &release.health,
+        deploy_id: &release.deploy_id,
+        token: release.token,
+    })
+    .expect("the signed document serializes")
 }
 
 fn payload(release: &ReleaseRecord) -> Vec<u8> {
@@ -119,11 +167,13 @@ impl SigningKey {
         Ok(SigningKey { pair, id })
     }
 
-    pub fn sign(&self, release: &ReleaseRecord) -> ReleaseSignature {
-        let signature = self.pair.sign(&payload(release));
+    /// Signs `release` for `at`, in both formats (see the module's header).
+    pub fn sign(&self, release: &ReleaseRecord, at: Placement) -> ReleaseSignature {
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
         ReleaseSignature {
             key_id: self.id.clone(),
-            ed25519: base64::engine::general_purpose::STANDARD.encode(signature.as_ref()),
+            ed25519: b64(self.pair.sign(&payload(release)).as_ref()),
+            ed25519_v2: Some(b64(self.pair.sign(&payload_v2(release, at)).as_ref())),
         }
     }
 }
@@ -166,34 +216,48 @@ impl TrustedKeys {
         !self.keys.is_empty()
     }
 
-    /// Ok when `release` carries a valid signature by a trusted key; Err says why not.
-    /// An agent reports such a release failed with [`REFUSED`] before the reason.
-    pub fn verify(&self, release: &ReleaseRecord) -> Result<(), String> {
+    /// Ok when `release` carries a valid signature by a trusted key, made for `at` (this app,
+    /// this color); Err says why not. An agent reports such a release failed with [`REFUSED`]
+    /// before the reason (and keeps it only if it already runs it).
+    pub fn verify(&self, release: &ReleaseRecord, at: Placement) -> Result<(), String> {
         let Some(sig) = &release.signature else {
             return Err("unsigned release refused: this agent trusts only signed releases".into());
         };
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(&sig.ed25519)
-            .map_err(|_| "release signature is not base64".to_string())?;
-        let message = payload(release);
-        let valid = self.keys.iter().any(|(_, key)| {
-            UnparsedPublicKey::new(&ED25519, key)
-                .verify(&message, &bytes)
-                .is_ok()
-        });
-        if valid {
-            return Ok(());
-        }
-        if self.keys.iter().any(|(id, _)| *id == sig.key_id) {
-            Err(format!(
-                "release signature by key {} does not match its content (altered after signing?)",
-                sig.key_id
-            ))
-        } else {
-            Err(format!(
+        let decode = |text: &str| {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| "release signature is not base64".to_string())
+        };
+        let valid = |message: &[u8], bytes: &[u8]| {
+            self.keys.iter().any(|(_, key)| {
+                UnparsedPublicKey::new(&ED25519, key)
+                    .verify(message, bytes)
+                    .is_ok()
+            })
+        };
+        if !self.keys.iter().any(|(id, _)| *id == sig.key_id) {
+            return Err(format!(
                 "release signed by key {}, which this agent does not trust",
                 sig.key_id
-            ))
+            ));
+        }
+        let content = valid(&payload(release), &decode(&sig.ed25519)?);
+        match &sig.ed25519_v2 {
+            Some(v2) if valid(&payload_v2(release, at), &decode(v2)?) => Ok(()),
+            Some(_) if content => Err(format!(
+                "release signature by key {} was made for another app, color or operation (a \
+                 copied record?): not for {} {}",
+                sig.key_id, at.app, at.color
+            )),
+            None if content => Err(format!(
+                "release signed by key {} in the previous format, which does not say which app, \
+                 color and operation it is for: accepted only while it already runs",
+                sig.key_id
+            )),
+            _ => Err(format!(
+                "release signature by key {} does not match its content (altered after signing?)",
+                sig.key_id
+            )),
         }
     }
 }
@@ -251,14 +315,12 @@ mod tests {
         let key = SigningKey::from_pem(&private).unwrap();
         let keys = trusted(&public);
         let mut r = release();
-        assert!(keys.verify(&r).unwrap_err().contains("unsigned"));
-        r.signature = Some(key.sign(&r));
-        keys.verify(&r).unwrap();
-        // Stopping a color needs no key.
-        let mut stopped = r.clone();
-        stopped.desired = Desired::Stopped;
-        stopped.deploy_id = "other".into();
-        keys.verify(&stopped).unwrap();
+        assert!(keys
+            .verify(&r, SHOP_GREEN)
+            .unwrap_err()
+            .contains("unsigned"));
+        r.signature = Some(key.sign(&r, SHOP_GREEN));
+        keys.verify(&r, SHOP_GREEN).unwrap();
         let tamper: Vec<Box<dyn Fn(&mut ReleaseRecord)>> = vec![
             Box::new(|r| r.version = "v2".into()),
             Box::new(|r| r.artifact.url = "https://evil/app.tar.gz".into()),
@@ -273,10 +335,60 @@ mod tests {
             let mut altered = r.clone();
             t(&mut altered);
             assert!(keys
-                .verify(&altered)
+                .verify(&altered, SHOP_GREEN)
                 .unwrap_err()
                 .contains("does not match"));
         }
+    }
+
+    const SHOP_GREEN: Placement = Placement {
+        app: "shop",
+        color: crate::Color::Green,
+    };
+
+    /// A signed record copied from an old revision, to the other color or to another app's
+    /// releases is refused: the signature says where and in which operation it was meant to run.
+    #[test]
+    fn a_signed_release_replayed_elsewhere_or_later_is_refused() {
+        let (private, public) = generate().unwrap();
+        let key = SigningKey::from_pem(&private).unwrap();
+        let keys = trusted(&public);
+        let mut r = release();
+        r.signature = Some(key.sign(&r, SHOP_GREEN));
+        let blue = Placement {
+            color: crate::Color::Blue,
+            ..SHOP_GREEN
+        };
+        let other_app = Placement {
+            app: "billing",
+            ..SHOP_GREEN
+        };
+        for at in [blue, other_app] {
+            let err = keys.verify(&r, at).unwrap_err();
+            assert!(
+                err.contains("made for another app, color or operation"),
+                "{err}"
+            );
+        }
+        // The record of an older operation, written back with a new token or operation id.
+        for replay in [
+            ReleaseRecord {
+                token: 99,
+                ..r.clone()
+            },
+            ReleaseRecord {
+                deploy_id: "later".into(),
+                ..r.clone()
+            },
+        ] {
+            let err = keys.verify(&replay, SHOP_GREEN).unwrap_err();
+            assert!(err.contains("another app, color or operation"), "{err}");
+        }
+        // The previous format alone (an old record): never enough to start a release.
+        let mut old = r.clone();
+        old.signature.as_mut().unwrap().ed25519_v2 = None;
+        let err = keys.verify(&old, SHOP_GREEN).unwrap_err();
+        assert!(err.contains("previous format"), "{err}");
     }
 
     #[test]
@@ -284,8 +396,8 @@ mod tests {
         let (private, _) = generate().unwrap();
         let (_, other_public) = generate().unwrap();
         let mut r = release();
-        r.signature = Some(SigningKey::from_pem(&private).unwrap().sign(&r));
-        let err = trusted(&other_public).verify(&r).unwrap_err();
+        r.signature = Some(SigningKey::from_pem(&private).unwrap().sign(&r, SHOP_GREEN));
+        let err = trusted(&other_public).verify(&r, SHOP_GREEN).unwrap_err();
         assert!(
             err.contains("does not trust") && err.contains(&r.signature.unwrap().key_id),
             "{err}"

@@ -436,6 +436,30 @@ async fn with_trusted_keys_only_signed_releases_run() {
         health(&fleet, Color::Blue).await.unwrap().state,
         HealthState::Healthy
     );
+
+    // Blue's signed record, untouched, copied to green by a writer without the key: refused
+    // (the signature says blue), never started. Before, green ran it and the next rollback sent
+    // traffic there.
+    let signed: ReleaseRecord =
+        decode(&blue_key, &get_raw(&fleet.client, &blue_key).await.unwrap()).unwrap();
+    bluegreen_tests::procs::put_release(&fleet.client, Color::Green, &signed).await;
+    wait_for(
+        "the copied record refused",
+        Duration::from_secs(20),
+        || async {
+            health(&fleet, Color::Green).await.filter(|h| {
+                h.state == HealthState::Failed
+                    && h.error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("made for another app, color or operation"))
+            })
+        },
+    )
+    .await;
+    assert!(
+        fleet.hosts[0].app_pid(Color::Green).is_none(),
+        "green started the copy"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

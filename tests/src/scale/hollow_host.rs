@@ -173,7 +173,9 @@ pub async fn spawn(
         host: record,
         lease_ttl,
         max_restarts: 3,
+        // No trusted keys: the token floor is never consulted, nothing is written there.
         trusted: proto::signing::TrustedKeys::default(),
+        state_dir: std::env::temp_dir(),
     };
     Ok(ControlPlane::spawn(settings, Arc::new(runtime), shutdown))
 }
