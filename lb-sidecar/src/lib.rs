@@ -81,7 +81,8 @@ fn start_request_log(config: &Config, metrics: Arc<Metrics>) -> RequestLog {
         return None;
     }
     let tally = Arc::new(Mutex::new(Tally::default()));
-    match requests::listen(&path, tally.clone(), metrics) {
+    let senders = requests::Senders::new(config.nginx.pid_file.clone());
+    match requests::listen(&path, tally.clone(), metrics, senders) {
         Ok(_task) => Some((shown, tally)),
         Err(e) => {
             tracing::warn!(path = %shown, error = %e, "request log off: cannot bind its socket");

@@ -35,6 +35,7 @@ pub struct Metrics {
     upstream_requests: Family<ColorLabel, Counter>,
     upstream_errors: Family<ColorLabel, Counter>,
     upstream_seconds: Family<ColorLabel, Histogram>,
+    request_log_dropped: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Color served and the last error, for /healthz.
     pub color: Mutex<Option<String>>,
     pub error: Mutex<Option<String>>,
@@ -101,7 +102,14 @@ impl Default for Metrics {
             "upstream answer time per color",
             upstream_seconds.clone(),
         );
+        let request_log_dropped = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        registry.register(
+            "request_log_dropped",
+            "request log datagrams not counted: from a process that is not our nginx's worker (reason=sender), or not in nginx's format (reason=format)",
+            request_log_dropped.clone(),
+        );
         Metrics {
+            request_log_dropped,
             registry,
             upstream_requests,
             upstream_errors,
@@ -140,6 +148,13 @@ impl Metrics {
     pub fn reloaded(&self, revision: i64) {
         self.reloads.inc();
         self.applied_revision.set(revision);
+    }
+
+    /// A request log datagram not counted, and why (`sender` or `format`).
+    pub fn dropped(&self, reason: &'static str) {
+        self.request_log_dropped
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
     }
 
     /// One upstream attempt from nginx's request log.

@@ -7,7 +7,7 @@ use crate::metrics::Metrics;
 use proto::records::LbStatsRecord;
 use proto::requests::ColorCounts;
 use proto::Color;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -27,12 +27,17 @@ pub struct Attempt {
     pub ms: f64,
 }
 
-/// The attempts in one syslog datagram, or `None` for a line that is not ours.
+/// The attempts in one syslog datagram, or `None` for a line that is not ours or not in nginx's
+/// format exactly (an address that is no `host:port`, a status or time that is no number, a
+/// field too many or too few): such a line is dropped, never counted.
 pub fn parse(datagram: &str) -> Option<Vec<Attempt>> {
     let marker = format!("{TAG}: ");
     let line = &datagram[datagram.find(&marker)? + marker.len()..];
     let mut fields = line.trim_end().split('|');
     let (addrs, statuses, times) = (fields.next()?, fields.next()?, fields.next()?);
+    if fields.next().is_some() || !well_formed(addrs, statuses, times) {
+        return None;
+    }
     // nginx separates attempts with ", " and internal redirects with " : "; both are attempts.
     let split = |f: &str| -> Vec<String> {
         f.split([',', ':'])
@@ -64,6 +69,81 @@ pub fn parse(datagram: &str) -> Option<Vec<Attempt>> {
             })
             .collect(),
     )
+}
+
+/// What nginx writes in the three fields: addresses `ip:port` (or `-`, or a unix socket path),
+/// statuses of three digits (or `-`), times like `0.004` (or `-`), separated by `, ` and ` : `.
+fn well_formed(addrs: &str, statuses: &str, times: &str) -> bool {
+    let parts = |f: &str| -> Vec<String> {
+        f.split(", ")
+            .flat_map(|a| a.split(" : "))
+            .map(|a| a.trim().to_string())
+            .collect()
+    };
+    let (a, s, t) = (parts(addrs), parts(statuses), parts(times));
+    let address = |x: &str| {
+        x == "-"
+            || x.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty()
+                    && port.parse::<u16>().is_ok()
+                    && host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ".-[]:".contains(c))
+            })
+    };
+    let status = |x: &str| x == "-" || (x.len() == 3 && x.parse::<u16>().is_ok());
+    let time = |x: &str| x == "-" || x.parse::<f64>().is_ok_and(|v| v.is_finite() && v >= 0.0);
+    a.len() == s.len()
+        && a.len() == t.len()
+        && a.iter().all(|x| address(x))
+        && s.iter().all(|x| status(x))
+        && t.iter().all(|x| time(x))
+}
+
+/// Who may write to the request log: the workers of the nginx this sidecar drives (processes
+/// whose parent is the master named in its pid file). Anyone else's datagram, a local user's
+/// forged "errors" or "successes", is dropped and counted as such.
+pub struct Senders {
+    pid_file: PathBuf,
+    /// Pids known to be workers of the master last read: datagrams come at request rate.
+    workers: HashSet<i32>,
+    master: Option<i32>,
+}
+
+impl Senders {
+    pub fn new(pid_file: PathBuf) -> Senders {
+        Senders {
+            pid_file,
+            workers: HashSet::new(),
+            master: None,
+        }
+    }
+
+    /// Whether `pid` is a worker of our nginx now. An unknown pid re-reads the master (nginx may
+    /// have restarted) and the pid's parent.
+    pub fn allowed(&mut self, pid: i32) -> bool {
+        if self.workers.contains(&pid) && parent_of(pid) == self.master {
+            return true;
+        }
+        self.master = std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+        let ok = self.master.is_some() && parent_of(pid) == self.master;
+        if ok {
+            if self.workers.len() > 4096 {
+                self.workers.clear();
+            }
+            self.workers.insert(pid);
+        }
+        ok
+    }
+}
+
+/// The parent pid of `pid`, from /proc (field 4 of stat, after the command in parentheses).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// How far back the recent window reaches: the baseline a deploy's verification compares with.
@@ -175,33 +255,74 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("requests.sock")
 }
 
-/// Binds the socket (replacing a stale one from an earlier run) and counts every line into
-/// `tally` until the task is dropped. nginx's workers run as another user, so the socket is
-/// writable by all; the state directory's permissions decide who reaches it.
+/// Binds the socket (replacing a stale one from an earlier run) and counts every line nginx's
+/// workers send into `tally` until the task is dropped. nginx's workers run as another user, so
+/// the socket is writable by all; who sent each datagram is read from the kernel
+/// (`SCM_CREDENTIALS`), and only [`Senders`] count. A line not in nginx's format is dropped too.
 pub fn listen(
     path: &Path,
     tally: Arc<Mutex<Tally>>,
     metrics: Arc<Metrics>,
+    mut senders: Senders,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use nix::sys::socket::{setsockopt, sockopt::PassCred};
     let _ = std::fs::remove_file(path);
     let socket = tokio::net::UnixDatagram::bind(path)?;
+    setsockopt(&socket, PassCred, &true).map_err(std::io::Error::from)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     Ok(tokio::spawn(async move {
         let mut buf = vec![0u8; 8192];
         loop {
-            let Ok(n) = socket.recv(&mut buf).await else {
+            if socket.readable().await.is_err() {
+                continue;
+            }
+            let received =
+                socket.try_io(tokio::io::Interest::READABLE, || receive(&socket, &mut buf));
+            let Ok((n, sender)) = received else {
                 continue;
             };
+            if !sender.is_some_and(|pid| senders.allowed(pid)) {
+                metrics.dropped("sender");
+                continue;
+            }
             let text = String::from_utf8_lossy(&buf[..n]);
-            if let Some(attempts) = parse(&text) {
-                let placed = tally.lock().unwrap().count(&attempts);
-                for (color, ms, error) in placed {
-                    metrics.observe_upstream(color, ms, error);
+            match parse(&text) {
+                Some(attempts) => {
+                    let placed = tally.lock().unwrap().count(&attempts);
+                    for (color, ms, error) in placed {
+                        metrics.observe_upstream(color, ms, error);
+                    }
                 }
+                None => metrics.dropped("format"),
             }
         }
     }))
+}
+
+/// One datagram into `buf`: its length and the sender's pid as the kernel vouches for it.
+fn receive(
+    socket: &tokio::net::UnixDatagram,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<i32>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let mut space = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<UnixAddr>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(std::io::Error::from)?;
+    let pid = msg.cmsgs().ok().and_then(|mut cmsgs| {
+        cmsgs.find_map(|c| match c {
+            ControlMessageOwned::ScmCredentials(creds) => Some(creds.pid()),
+            _ => None,
+        })
+    });
+    Ok((msg.bytes, pid))
 }
 
 #[cfg(test)]
@@ -235,6 +356,69 @@ mod tests {
         assert_eq!(parse("<190>x other: a|b|c"), None);
         let failed = parse("<190>x bluegreen: 10.0.0.1:80|-|-").unwrap();
         assert_eq!(failed[0].status, None);
+    }
+
+    /// A line shaped like ours but not in nginx's format is never counted.
+    #[test]
+    fn lines_not_in_nginxs_format_are_dropped() {
+        for bad in [
+            "<1>x bluegreen: evil|500|0.1",
+            "<1>x bluegreen: 10.0.0.1:80|5000|0.1",
+            "<1>x bluegreen: 10.0.0.1:80|500|fast",
+            "<1>x bluegreen: 10.0.0.1:80, 10.0.0.2:80|500|0.1",
+            "<1>x bluegreen: 10.0.0.1:80|500|0.1|extra",
+            "<1>x bluegreen: 10.0.0.1:80|500|-1",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+    }
+
+    /// Arbitrary datagrams, bytes and all: parsing and counting never panic, and whatever is
+    /// counted came from a well-formed line.
+    #[test]
+    fn arbitrary_datagrams_never_panic_and_only_well_formed_ones_count() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let pieces = [
+            "bluegreen: ",
+            "10.0.0.1:80",
+            "|",
+            ", ",
+            " : ",
+            "200",
+            "500",
+            "-",
+            "0.004",
+            "x",
+            "\n",
+            "\u{1b}",
+            "\0",
+            "é",
+            ":",
+            "99999",
+            "NaN",
+            "inf",
+        ];
+        let mut tally = Tally::default();
+        tally.set_addresses(HashMap::from([("10.0.0.1:80".to_string(), Color::Blue)]));
+        for _ in 0..5000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let n = (seed % 12) as usize;
+            let mut line = String::from("<1>x ");
+            let mut s = seed;
+            for _ in 0..n {
+                s = s.rotate_left(7) ^ 0x5555;
+                line.push_str(pieces[(s % pieces.len() as u64) as usize]);
+            }
+            if let Some(attempts) = parse(&line) {
+                assert!(
+                    attempts.iter().all(|a| a.ms.is_finite() && a.ms >= 0.0),
+                    "{line:?}"
+                );
+                tally.count(&attempts);
+            }
+        }
     }
 
     #[test]

@@ -394,6 +394,52 @@ async fn an_upstream_pointing_into_this_lb_is_refused_and_never_routed_to() {
     }
 }
 
+/// A local user on the LB writes "requests" into the sidecar's request log socket to sway a
+/// canary: the kernel says who sent each datagram, and only our nginx's workers count. Before,
+/// any datagram was counted: a good canary was aborted in seconds, a bad one promoted.
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_request_log_lines_are_not_counted_and_nginxs_are() {
+    let (etcd, client, _artifacts, hosts) = fleet(&[]).await;
+    let (lb, sidecar, _) = lb_serving_blue(&etcd, &client).await;
+    let socket = lb.dir.join("sidecar-lb-0").join("requests.sock");
+    let blue = upstreams(&hosts, Color::Blue)[0].clone();
+    let forger = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    for _ in 0..50 {
+        let line = format!("<190>Dec  5 01:02:03 bluegreen: {blue}|500|0.001");
+        forger.send_to(line.as_bytes(), &socket).unwrap();
+    }
+    let dropped = "bluegreen_lb_request_log_dropped_total{reason=\"sender\"}";
+    bluegreen_tests::wait_for(
+        "the forged lines dropped",
+        std::time::Duration::from_secs(10),
+        || async { sidecar.metric(dropped).await.filter(|n| *n >= 50.0) },
+    )
+    .await;
+    // Real requests through nginx are counted, and none of the forged errors.
+    let http = reqwest::Client::new();
+    for _ in 0..5 {
+        assert!(http
+            .get(lb.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success());
+    }
+    let counted = "bluegreen_lb_upstream_requests_total{color=\"blue\"}";
+    bluegreen_tests::wait_for(
+        "nginx's own lines counted",
+        std::time::Duration::from_secs(10),
+        || async { sidecar.metric(counted).await.filter(|n| *n >= 5.0) },
+    )
+    .await;
+    let errors = sidecar
+        .metric("bluegreen_lb_upstream_errors_total{color=\"blue\"}")
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(errors, 0.0, "a forged error was counted");
+}
+
 /// Whether the process `pid` still exists.
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
