@@ -77,7 +77,8 @@ impl<R: AppRuntime> Supervisor<R> {
                     self.process = None;
                     let tail = self.runtime.last_log_line(self.color);
                     if let Some(held_back) = self.repeats.admit(&what, Instant::now()) {
-                        tracing::warn!(color = %self.color, exit = %what, held_back, "app exited");
+                        let exit = proto::text::escaped(&what);
+                        tracing::warn!(color = %self.color, %exit, held_back, "app exited");
                     }
                     Event::Exited(if tail.is_empty() { what } else { format!("{what}; last log line: {tail}") })
                 }
@@ -119,7 +120,10 @@ impl<R: AppRuntime> Supervisor<R> {
                 None
             }
             Action::Fetch(release) => {
-                tracing::info!(color = %self.color, version = %release.version, url = %release.artifact.url, "installing release");
+                // The URL may carry a token, and comes from etcd: masked and escaped.
+                let url = proto::secrets::mask_text(&release.artifact.url);
+                let url = proto::text::escaped(&url);
+                tracing::info!(color = %self.color, version = %release.version, %url, "installing release");
                 // A newer release for this color cancels a fetch still under way (a stalled
                 // server must not hold the color). The watch is cloned so that the newer release
                 // stays unseen for the main loop, which delivers it next.
@@ -157,7 +161,8 @@ impl<R: AppRuntime> Supervisor<R> {
                     });
                 if let Err(e) = &result {
                     if let Some(held_back) = self.repeats.admit(e, Instant::now()) {
-                        tracing::error!(color = %self.color, version = %release.version, error = %e, held_back, "cannot start app");
+                        let error = proto::text::escaped(e);
+                        tracing::error!(color = %self.color, version = %release.version, %error, held_back, "cannot start app");
                     }
                 }
                 Some(Event::Launched {
