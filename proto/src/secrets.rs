@@ -48,38 +48,48 @@ pub fn mask_text(text: &str) -> String {
 /// signature (`access_token`, `X-Amz-Signature`, `X-Amz-Credential`, `sig`, …): a presigned or
 /// token URL works for anyone who reads it.
 fn mask_url_queries(text: &str) -> String {
+    let end = |c: char| matches!(c, '"' | '\'' | '<' | '>') || c.is_whitespace();
+    rewrite_urls(text, end, |url| match url.split_once('?') {
+        Some((base, query)) => {
+            let (query, fragment) = match query.split_once('#') {
+                Some((q, f)) => (q, format!("#{f}")),
+                None => (query, String::new()),
+            };
+            format!(
+                "{base}?{}{fragment}",
+                mask_query(query, sensitive_query_name)
+            )
+        }
+        None => url.to_string(),
+    })
+}
+
+/// `query` (`a=1&b=2`) with the values of the parameters `masked` names replaced.
+fn mask_query(query: &str, masked: impl Fn(&str) -> bool) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) if !value.is_empty() && masked(name) => format!("{name}={MASK}"),
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// `text` with what follows each `://`, up to the first character `end` accepts, rewritten.
+fn rewrite_urls(
+    text: &str,
+    end: impl Fn(char) -> bool,
+    rewrite: impl Fn(&str) -> String,
+) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
         let (before, after) = rest.split_at(at + 3);
         out.push_str(before);
-        let end = after
-            .find(|c: char| matches!(c, '"' | '\'' | '<' | '>') || c.is_whitespace())
-            .unwrap_or(after.len());
-        let url = &after[..end];
-        match url.split_once('?') {
-            Some((base, query)) => {
-                let (query, fragment) = match query.split_once('#') {
-                    Some((q, f)) => (q, Some(f)),
-                    None => (query, None),
-                };
-                let masked: Vec<String> = query
-                    .split('&')
-                    .map(|pair| match pair.split_once('=') {
-                        Some((name, value)) if !value.is_empty() && sensitive_query_name(name) => {
-                            format!("{name}={MASK}")
-                        }
-                        _ => pair.to_string(),
-                    })
-                    .collect();
-                out.push_str(&format!("{base}?{}", masked.join("&")));
-                if let Some(f) = fragment {
-                    out.push_str(&format!("#{f}"));
-                }
-            }
-            None => out.push_str(url),
-        }
-        rest = &after[end..];
+        let stop = after.find(&end).unwrap_or(after.len());
+        out.push_str(&rewrite(&after[..stop]));
+        rest = &after[stop..];
     }
     out.push_str(rest);
     out
@@ -134,27 +144,15 @@ fn mask_shaped_tokens(text: &str) -> String {
 }
 
 fn mask_url_passwords(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let (before, after) = rest.split_at(at + 3);
-        out.push_str(before);
-        // The authority runs to the next '/', '?', '#', whitespace or quote.
-        let end = after
-            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'') || c.is_whitespace())
-            .unwrap_or(after.len());
-        let authority = &after[..end];
-        match authority.rfind('@') {
-            Some(at) if authority[..at].contains(':') => {
-                let user = &authority[..authority.find(':').expect("checked")];
-                out.push_str(&format!("{user}:{MASK}{}", &authority[at..]));
-            }
-            _ => out.push_str(authority),
+    // The authority runs to the next '/', '?', '#', whitespace or quote.
+    let end = |c: char| matches!(c, '/' | '?' | '#' | '"' | '\'') || c.is_whitespace();
+    rewrite_urls(text, end, |authority| match authority.rfind('@') {
+        Some(at) if authority[..at].contains(':') => {
+            let user = &authority[..authority.find(':').expect("checked")];
+            format!("{user}:{MASK}{}", &authority[at..])
         }
-        rest = &after[end..];
-    }
-    out.push_str(rest);
-    out
+        _ => authority.to_string(),
+    })
 }
 
 fn mask_query_passwords(text: &str) -> String {
@@ -182,22 +180,9 @@ fn mask_query_passwords(text: &str) -> String {
 /// masked (a presigned or token URL's query is a credential), and whether anything was masked.
 pub fn mask_url(url: &str) -> (String, bool) {
     let authority_masked = mask_url_passwords(url);
-    let (base, query) = match authority_masked.split_once('?') {
-        Some((base, query)) => (base.to_string(), Some(query.to_string())),
-        None => (authority_masked.clone(), None),
-    };
-    let query = query.map(|q| {
-        q.split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((name, value)) if !value.is_empty() => format!("{name}={MASK}"),
-                _ => pair.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("&")
-    });
-    let masked = match query {
-        Some(q) => format!("{base}?{q}"),
-        None => base,
+    let masked = match authority_masked.split_once('?') {
+        Some((base, query)) => format!("{base}?{}", mask_query(query, |_| true)),
+        None => authority_masked,
     };
     let changed = masked != url;
     (masked, changed)
