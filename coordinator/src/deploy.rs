@@ -424,6 +424,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             active_seen: run.state.active_mod_revision,
             looks: 0,
             handled: None,
+            suspects: Vec::new(),
         };
         let why = match ramp.run().await? {
             // Every weight was written guarded by `active` as preflight saw it: the switch's

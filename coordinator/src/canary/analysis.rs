@@ -24,6 +24,7 @@
 use super::section::CanarySection;
 use proto::requests::ColorCounts;
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// The counts of one window: the same interval for both colors, summed over every LB.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -136,6 +137,55 @@ pub fn judge(window: &Window, criteria: &CanarySection, alpha: f64) -> Vec<Check
         error_rate(window, criteria, alpha),
         p99_latency(window, criteria, alpha),
     ]
+}
+
+/// One LB's canary error rate against the others' in the same window: an LB whose rate stands far
+/// from every other LB's is suspect (its nginx broken, or its numbers forged), and a verdict
+/// must not rest on it alone. Needs at least three LBs with `min_requests` canary requests each
+/// (with two, neither can be told from the other); returns each suspect LB with why.
+pub fn suspect_lbs(
+    per_lb: &BTreeMap<String, ColorCounts>,
+    min_requests: u64,
+) -> Vec<(String, String)> {
+    let rate = |c: &ColorCounts| c.errors as f64 / c.requests as f64;
+    let judged: Vec<(&String, f64)> = per_lb
+        .iter()
+        .filter(|(_, c)| c.requests >= min_requests.max(1))
+        .map(|(lb, c)| (lb, rate(c)))
+        .collect();
+    if judged.len() < 3 {
+        return Vec::new();
+    }
+    // Far: 20 points apart and five times the other's rate (or the other's is zero).
+    let far = |a: f64, b: f64| {
+        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+        hi - lo >= 0.20 && (lo == 0.0 || hi / lo >= 5.0)
+    };
+    let mut out = Vec::new();
+    for (lb, r) in &judged {
+        let mut others: Vec<f64> = judged
+            .iter()
+            .filter(|(o, _)| o != lb)
+            .map(|(_, r)| *r)
+            .collect();
+        others.sort_by(f64::total_cmp);
+        let median = others[others.len() / 2];
+        if others.iter().all(|o| far(*r, *o)) {
+            out.push((
+                (*lb).clone(),
+                format!(
+                    "lb {lb}: canary error rate {:.2} % against a median of {:.2} % on the other LBs",
+                    r * 100.0,
+                    median * 100.0
+                ),
+            ));
+        }
+    }
+    // More than one suspect: the LBs disagree among themselves, none stands out alone.
+    if out.len() > 1 {
+        return Vec::new();
+    }
+    out
 }
 
 /// The canary's verdict from its checks: any fail fails, all pass passes, else insufficient.
@@ -269,6 +319,33 @@ mod tests {
             c.add(ms, i < errors);
         }
         c
+    }
+
+    /// One LB's numbers far from every other LB's are left out and named; LBs that merely
+    /// differ, or disagree among themselves, are all kept; two LBs cannot be told apart.
+    #[test]
+    fn one_lb_far_from_all_the_others_is_suspect() {
+        let lbs = |rates: &[(u64, u64)]| -> BTreeMap<String, ColorCounts> {
+            rates
+                .iter()
+                .enumerate()
+                .map(|(i, (n, e))| (format!("lb-{i}"), counts(*n, *e, 5.0)))
+                .collect()
+        };
+        // A forged flood of errors on one LB: the others see none.
+        let forged = suspect_lbs(&lbs(&[(200, 0), (210, 1), (190, 150)]), 50);
+        assert_eq!(forged.len(), 1, "{forged:?}");
+        assert!(
+            forged[0].0 == "lb-2" && forged[0].1.contains("median"),
+            "{forged:?}"
+        );
+        // A bad canary fails on every LB alike: nobody is suspect.
+        assert!(suspect_lbs(&lbs(&[(200, 100), (210, 110), (190, 90)]), 50).is_empty());
+        // Ordinary noise.
+        assert!(suspect_lbs(&lbs(&[(200, 2), (210, 9), (190, 0)]), 50).is_empty());
+        // Two LBs: no majority to compare with. Too few requests: not judged.
+        assert!(suspect_lbs(&lbs(&[(200, 0), (190, 150)]), 50).is_empty());
+        assert!(suspect_lbs(&lbs(&[(200, 0), (210, 0), (10, 10)]), 50).is_empty());
     }
 
     fn criteria() -> CanarySection {

@@ -50,6 +50,8 @@ pub struct Ramp<'a, S: Store> {
     pub looks: u64,
     /// The last operator request acted on (its `at`), so each is acted on once.
     pub handled: Option<String>,
+    /// LBs left out of the last look, with why (see [`analysis::suspect_lbs`]).
+    pub suspects: Vec<String>,
 }
 
 /// Per LB, the totals a window starts from.
@@ -292,11 +294,30 @@ impl<S: Store> Ramp<'_, S> {
         Some(request)
     }
 
-    /// Both colors' counts since `baseline`, summed over every LB that reports.
-    fn window(&self, baseline: &Baseline, status: &AppStatus) -> Window {
+    /// Both colors' counts since `baseline`, summed over every LB that reports, but an LB whose
+    /// canary numbers stand far from all the others' ([`analysis::suspect_lbs`]): the decision
+    /// records it instead of resting on it.
+    fn window(&mut self, baseline: &Baseline, status: &AppStatus) -> Window {
+        let one = |lb: &String, stats: &proto::records::LbStatsRecord| {
+            let to: Baseline = [(lb.clone(), stats.clone())].into();
+            counts_between(baseline, &to, self.canary)
+        };
+        let per_lb: BTreeMap<String, _> = status
+            .lb_stats
+            .iter()
+            .map(|(lb, stats)| (lb.clone(), one(lb, stats)))
+            .collect();
+        let suspects = analysis::suspect_lbs(&per_lb, self.section.min_requests / 4);
+        self.suspects = suspects.iter().map(|(_, why)| why.clone()).collect();
+        let trusted: Baseline = status
+            .lb_stats
+            .iter()
+            .filter(|(lb, _)| !suspects.iter().any(|(s, _)| s == *lb))
+            .map(|(lb, s)| (lb.clone(), s.clone()))
+            .collect();
         Window {
-            canary: counts_between(baseline, &status.lb_stats, self.canary),
-            stable: counts_between(baseline, &status.lb_stats, self.stable),
+            canary: counts_between(baseline, &trusted, self.canary),
+            stable: counts_between(baseline, &trusted, self.stable),
         }
     }
 
@@ -320,6 +341,7 @@ impl<S: Store> Ramp<'_, S> {
             "false_abort_rate": self.section.false_abort_rate,
             "test": "beta-binomial mixture confidence sequences (prior Beta(1/2, 10)), false_abort_rate split over the steps",
             "checks": decision.with_checks.then_some(checks),
+            "suspect_lbs": self.suspects,
         });
         self.progress
             .event("canary", None, decision.outcome.as_str(), &decision.reason);
