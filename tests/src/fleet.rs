@@ -194,6 +194,17 @@ impl Fleet {
         }
     }
 
+    /// One fresh-connection load loop through each LB, until `stop`.
+    pub fn load_every_lb(
+        &self,
+        stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Vec<tokio::task::JoinHandle<crate::load::LoadReport>> {
+        self.lb_urls()
+            .into_iter()
+            .map(|u| crate::load::spawn(u, false, stop.clone()))
+            .collect()
+    }
+
     /// Writes an app spec whose run env adds `env` (the DEMO_* knobs), and returns its path.
     pub fn spec(&self, name: &str, env: &[(&str, &str)]) -> PathBuf {
         self.spec_with(name, env, "")

@@ -27,11 +27,7 @@ async fn release(fleet: &Fleet, color: Color) -> Option<ReleaseRecord> {
 /// Fresh-connection load loops through every LB until the returned flag is set.
 fn load_through_lbs(fleet: &Fleet) -> (Arc<AtomicBool>, Vec<tokio::task::JoinHandle<LoadReport>>) {
     let stop = Arc::new(AtomicBool::new(false));
-    let loops = fleet
-        .lb_urls()
-        .into_iter()
-        .map(|u| load::spawn(u, false, stop.clone()))
-        .collect();
+    let loops = fleet.load_every_lb(&stop);
     (stop, loops)
 }
 

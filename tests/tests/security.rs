@@ -97,11 +97,7 @@ async fn tls_and_auth_fleet_deploys_under_load_and_every_role_is_confined() {
     let out = fleet.deploy(&spec, "v1", &[]).await;
     assert!(out.status.success(), "deploy v1: {}", text(&out));
     let stop = Arc::new(AtomicBool::new(false));
-    let loops: Vec<_> = fleet
-        .lb_urls()
-        .into_iter()
-        .map(|u| load::spawn(u, false, stop.clone()))
-        .collect();
+    let loops = fleet.load_every_lb(&stop);
     let out = fleet.deploy(&spec, "v2", &[]).await;
     assert!(out.status.success(), "deploy v2: {}", text(&out));
     let out = fleet.run(&["rollback"]).await;

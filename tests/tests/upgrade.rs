@@ -32,11 +32,7 @@ async fn a_fleet_mixing_this_and_the_previous_release_keeps_deploying_and_rollin
         .await;
     fleet.sidecars[1].restart_as(previous("lb-sidecar"));
     let stop = Arc::new(AtomicBool::new(false));
-    let loops: Vec<_> = fleet
-        .lb_urls()
-        .into_iter()
-        .map(|u| load::spawn(u, false, stop.clone()))
-        .collect();
+    let loops = fleet.load_every_lb(&stop);
     assert_ok(
         &fleet.deploy(&spec, "v2", &[]).await,
         "deploy v2, mixed fleet",
