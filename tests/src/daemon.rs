@@ -16,12 +16,23 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(label: &str, program: PathBuf, args: Vec<OsString>, log_path: PathBuf) -> Daemon {
+        Daemon::start_with_env(label, program, args, log_path, Vec::new())
+    }
+
+    /// [`Daemon::start`] with `env` added to its environment (kept for restarts).
+    pub fn start_with_env(
+        label: &str,
+        program: PathBuf,
+        args: Vec<OsString>,
+        log_path: PathBuf,
+        env: Vec<(String, String)>,
+    ) -> Daemon {
         let mut daemon = Daemon {
             child: None,
             label: label.to_string(),
             program,
             args,
-            env: Vec::new(),
+            env,
             log_path,
         };
         daemon.spawn();

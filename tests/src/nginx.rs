@@ -282,8 +282,7 @@ impl SidecarProc {
              preview_listen = \"{address}:{}\"\nstatus_listen = \"127.0.0.1:{status_port}\"\nlease_ttl = \"5s\"\n\
              state_dir = \"{}\"\n{extra}\n\
              [nginx]\nbinary = \"nginx\"\nmain_config = \"{}\"\ninclude_file = \"{}\"\npid_file = \"{}\"\n\
-             status_listen = \"127.0.0.1:{nginx_status_port}\"\n\
-             [upstreams]\nallow = [\"127.0.0.0/8\"]\n",
+             status_listen = \"127.0.0.1:{nginx_status_port}\"\n",
             etcd.endpoints_toml(),
             nginx.listen,
             nginx.preview,
@@ -298,11 +297,19 @@ impl SidecarProc {
             Some(ns) => ns.wrap(binary("lb-sidecar"), args),
             None => (binary("lb-sidecar"), args),
         };
-        let daemon = Daemon::start(
+        // The test fleet's hosts are on loopback. Given as a variable, not a file key, so that
+        // the upgrade test can run the previous release's sidecar (which knows no such key) on
+        // the same config file.
+        let env = vec![(
+            "BLUEGREEN_SIDECAR_UPSTREAMS_ALLOW".to_string(),
+            "127.0.0.0/8".to_string(),
+        )];
+        let daemon = Daemon::start_with_env(
             &format!("sidecar {name}"),
             program,
             args,
             nginx.dir.join(format!("{name}.log")),
+            env,
         );
         SidecarProc {
             daemon,
