@@ -60,7 +60,7 @@ SHA=$(sha256sum "$WORK/demo-app.tar.gz" | cut -d' ' -f1)
 # real fleet leave run_as at its default, the unprivileged bluegreen-app user.
 for n in "${HOSTS[@]}"; do
     "$BIN/agent" --etcd "$ETCD" --app shop --host "host-$n" --address "127.0.0.$n" --run-as root \
-        --state-dir "$WORK/state-$n" --grpc-listen "127.0.0.$n:7070" --blue-port 8080 --green-port 8081 \
+        --state-dir "$WORK/state-$n" --grpc-socket "$WORK/agent-$n.sock" --blue-port 8080 --green-port 8081 \
         >"$WORK/agent-$n.log" 2>&1 &
     echo $! >"$WORK/agent-$n.pid"
 done

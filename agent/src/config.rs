@@ -28,6 +28,7 @@ app_log_level = "info"
 run_as = "bluegreen-app"
 download_timeout = "30s"
 download_max_bytes = 2147483648
+grpc_socket = "/run/bluegreen/agent.sock"
 [ports]
 blue = 8080
 green = 8081
@@ -76,9 +77,14 @@ pub struct Settings {
     /// Artifacts, pid files and app logs.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// The gRPC API (app logs for `coordinator logs`) [default: ADDRESS:7070].
+    /// The gRPC API over TCP, served only with mutual TLS (tls_cert, tls_key, tls_client_ca)
+    /// [default: ADDRESS:7070].
     #[arg(long)]
     pub grpc_listen: Option<String>,
+    /// The gRPC API without mutual TLS: a unix socket only root opens (`coordinator logs` run
+    /// as root on this host).
+    #[arg(long)]
+    pub grpc_socket: Option<PathBuf>,
     /// Prometheus /metrics, on a loopback address; "off" serves none [default: ADDRESS:7071
     /// when ADDRESS is loopback, else 127.0.0.1:7071].
     #[arg(long)]
@@ -160,7 +166,8 @@ pub struct Config {
     pub host: String,
     pub address: String,
     pub state_dir: PathBuf,
-    pub grpc_listen: SocketAddr,
+    /// Where the gRPC API (`coordinator logs`) answers.
+    pub grpc: GrpcServe,
     /// `None`: no /metrics.
     pub metrics_listen: Option<SocketAddr>,
     pub lease_ttl: Duration,
@@ -168,17 +175,78 @@ pub struct Config {
     pub max_restarts: u32,
     pub log_max_bytes: u64,
     pub app_log_level: String,
-    /// `None`: plain gRPC, bound to loopback only.
-    pub grpc_tls: Option<GrpcTls>,
     /// Paths of trusted release-signing public keys; empty: releases need no signature.
     pub trusted_keys: Vec<PathBuf>,
     pub secrets_dir: Option<PathBuf>,
     /// The user apps run as; `None` means root, and only when configured so.
     pub run_as: Option<crate::process::RunAs>,
-    /// Set when `grpc_listen` asked for a non-loopback address without TLS: the address asked
-    /// for (the agent listens on loopback instead, and says so at start).
-    pub grpc_downgraded_from: Option<SocketAddr>,
     pub download: crate::artifact::DownloadLimits,
+}
+
+/// How the gRPC API is served. It hands out every app's logs, so plain TCP (which any local user
+/// can open, even on loopback) is never an option: mutual TLS on TCP, or a root-only unix socket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GrpcServe {
+    Tls {
+        listen: SocketAddr,
+        tls: GrpcTls,
+    },
+    Socket {
+        path: PathBuf,
+        /// `grpc_listen` as set without TLS: not served, and the agent says so at start.
+        unserved_listen: Option<String>,
+    },
+}
+
+impl GrpcServe {
+    /// What the host record says, for the coordinator to connect to.
+    pub fn endpoint(&self) -> proto::records::GrpcEndpoint {
+        match self {
+            GrpcServe::Tls { listen, .. } => proto::records::GrpcEndpoint::Tcp(listen.to_string()),
+            GrpcServe::Socket { path, .. } => proto::records::GrpcEndpoint::Socket(path.clone()),
+        }
+    }
+}
+
+/// Decides [`GrpcServe`] from the three TLS settings, `grpc_listen` (as set, if set) and
+/// `grpc_socket`. Errors name the setting.
+fn grpc_serve(
+    tls: (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>),
+    listen: Option<String>,
+    socket: PathBuf,
+    address: &str,
+) -> Result<GrpcServe, AgentError> {
+    let tls =
+        match tls {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(client_ca)) => Some(GrpcTls {
+                cert,
+                key,
+                client_ca,
+            }),
+            _ => return Err(AgentError::Setting(
+                "tls_cert, tls_key and tls_client_ca: set all three (mutual TLS over TCP) or none \
+                 (a root-only unix socket)"
+                    .into(),
+            )),
+        };
+    match tls {
+        Some(tls) => {
+            let listen = listen.unwrap_or_else(|| format!("{address}:7070"));
+            let listen = listen.parse().map_err(|_| {
+                AgentError::Setting(format!("grpc_listen: {listen:?} is not an address:port"))
+            })?;
+            Ok(GrpcServe::Tls { listen, tls })
+        }
+        None if !socket.is_absolute() => Err(AgentError::Setting(format!(
+            "grpc_socket: {} is not an absolute path",
+            socket.display()
+        ))),
+        None => Ok(GrpcServe::Socket {
+            path: socket,
+            unserved_listen: listen,
+        }),
+    }
 }
 
 /// `metrics_listen`: "off", or a loopback address:port (metrics say which versions run where,
@@ -236,22 +304,18 @@ impl Config {
                 })?,
         };
         let address = s.address.ok_or_else(|| defaulted("address"))?;
-        let grpc = s.grpc_listen.unwrap_or_else(|| format!("{address}:7070"));
+        let grpc = grpc_serve(
+            (s.tls_cert, s.tls_key, s.tls_client_ca),
+            s.grpc_listen,
+            s.grpc_socket.ok_or_else(|| defaulted("grpc_socket"))?,
+            &address,
+        )?;
         let metrics_listen = metrics_address(s.metrics_listen, &address)?;
         let lease_ttl = s.lease_ttl.ok_or_else(|| defaulted("lease_ttl"))?;
         let etcd = s
             .etcd
             .resolve(&format!("{ENV_PREFIX}ETCD_PASSWORD"))
             .map_err(AgentError::Setting)?;
-        let grpc_tls = match (s.tls_cert, s.tls_key, s.tls_client_ca) {
-            (None, None, None) => None,
-            (Some(cert), Some(key), Some(client_ca)) => Some(GrpcTls { cert, key, client_ca }),
-            _ => {
-                return Err(AgentError::Setting(
-                    "tls_cert, tls_key and tls_client_ca: set all three (mutual TLS) or none (loopback only)".into(),
-                ))
-            }
-        };
         let download_timeout = s
             .download_timeout
             .ok_or_else(|| defaulted("download_timeout"))?;
@@ -275,9 +339,7 @@ impl Config {
             host,
             address,
             state_dir: s.state_dir.ok_or_else(|| defaulted("state_dir"))?,
-            grpc_listen: grpc.parse().map_err(|_| {
-                AgentError::Setting(format!("grpc_listen: {grpc:?} is not an address:port"))
-            })?,
+            grpc,
             metrics_listen,
             lease_ttl: humantime::parse_duration(&lease_ttl)
                 .map_err(|e| AgentError::Setting(format!("lease_ttl: {lease_ttl:?}: {e}")))?,
@@ -288,22 +350,13 @@ impl Config {
             max_restarts: s.max_restarts.ok_or_else(|| defaulted("max_restarts"))?,
             log_max_bytes: s.log_max_bytes.ok_or_else(|| defaulted("log_max_bytes"))?,
             app_log_level: s.app_log_level.ok_or_else(|| defaulted("app_log_level"))?,
-            grpc_tls,
             trusted_keys: s.trusted_keys.unwrap_or_default(),
             secrets_dir: s.secrets_dir,
             run_as: match run_as.as_str() {
                 "root" => None,
                 name => Some(crate::process::RunAs::lookup(name).map_err(AgentError::Setting)?),
             },
-            grpc_downgraded_from: None,
         };
-        let mut config = config;
-        if config.grpc_tls.is_none() && !config.grpc_listen.ip().is_loopback() {
-            config.grpc_downgraded_from = Some(config.grpc_listen);
-            config
-                .grpc_listen
-                .set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
         config.validate()?;
         Ok(config)
     }
@@ -362,7 +415,10 @@ mod tests {
         };
         let c = Config::load(cli).unwrap();
         assert_eq!((c.ports.blue, c.ports.green), (9000, 9100));
-        assert_eq!(c.grpc_listen.to_string(), "127.0.0.11:7070");
+        assert_eq!(
+            c.grpc.endpoint().to_string(),
+            "unix:/run/bluegreen/agent.sock"
+        );
         assert_eq!(c.lease_ttl, Duration::from_secs(10));
         assert_eq!(c.run_as.map(|u| u.name), Some("nobody".into()));
     }
@@ -390,20 +446,33 @@ mod tests {
     }
 
     #[test]
-    fn grpc_without_tls_stays_on_loopback() {
-        let c = Config::load(cli(Settings {
-            app: Some("shop".into()),
-            host: Some("h".into()),
-            run_as: Some("root".into()),
-            grpc_listen: Some("0.0.0.0:7070".into()),
-            ..Default::default()
-        }))
-        .unwrap();
-        assert_eq!(c.grpc_listen.to_string(), "127.0.0.1:7070");
-        assert_eq!(
-            c.grpc_downgraded_from.map(|a| a.to_string()),
-            Some("0.0.0.0:7070".into())
-        );
+    fn grpc_without_tls_is_a_socket_never_tcp() {
+        let socket = || PathBuf::from("/run/bluegreen/agent.sock");
+        let none = (None, None, None);
+        // Even loopback TCP is open to every local user: without TLS, only the socket.
+        for listen in [None, Some("127.0.0.1:7070"), Some("0.0.0.0:7070")] {
+            let listen = listen.map(str::to_string);
+            assert_eq!(
+                grpc_serve(none.clone(), listen.clone(), socket(), "10.0.0.5").unwrap(),
+                GrpcServe::Socket {
+                    path: socket(),
+                    unserved_listen: listen
+                }
+            );
+        }
+        let tls = || {
+            (
+                Some("c.pem".into()),
+                Some("k.pem".into()),
+                Some("ca.pem".into()),
+            )
+        };
+        let served = grpc_serve(tls(), None, socket(), "10.0.0.5").unwrap();
+        assert_eq!(served.endpoint().to_string(), "10.0.0.5:7070");
+        let err = grpc_serve(tls(), Some("nowhere".into()), socket(), "h").unwrap_err();
+        assert!(err.to_string().contains("grpc_listen"), "{err}");
+        let err = grpc_serve(none, None, "agent.sock".into(), "h").unwrap_err();
+        assert!(err.to_string().contains("grpc_socket"), "{err}");
         let err = Config::load(cli(Settings {
             app: Some("shop".into()),
             host: Some("h".into()),

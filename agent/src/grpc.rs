@@ -29,7 +29,11 @@ const MAX_TAIL: usize = 10_000;
 
 #[tonic::async_trait]
 impl Agent for AgentService {
-    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        admit(&request)?;
         let colors = self
             .statuses
             .iter()
@@ -59,6 +63,7 @@ impl Agent for AgentService {
         &self,
         request: Request<LogsRequest>,
     ) -> Result<Response<Self::LogsStream>, Status> {
+        admit(&request)?;
         let req = request.into_inner();
         let color: Color = req
             .color
@@ -123,5 +128,105 @@ async fn follow(path: PathBuf, tx: mpsc::Sender<Result<LogLine, Status>>) {
                 return;
             }
         }
+    }
+}
+
+/// Who may call over the unix socket: root, or the agent's own user. The socket's mode says the
+/// same; this holds even if someone loosens the mode (or the agent ran with a wide umask for the
+/// instant between bind and chmod). Over TCP, mutual TLS already admitted the caller.
+fn admit<T>(request: &Request<T>) -> Result<(), Status> {
+    use tonic::transport::server::UdsConnectInfo;
+    let Some(info) = request.extensions().get::<UdsConnectInfo>() else {
+        return Ok(());
+    };
+    let peer = info.peer_cred.map(|c| c.uid());
+    if socket_peer_admitted(peer, nix::unistd::geteuid().as_raw()) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "uid {}: only root (or the agent's own user) reads this host's app logs",
+            peer.map_or("unknown".to_string(), |u| u.to_string())
+        )))
+    }
+}
+
+/// The decision of [`admit`]: an unknown peer is refused.
+fn socket_peer_admitted(peer_uid: Option<u32>, own_uid: u32) -> bool {
+    matches!(peer_uid, Some(uid) if uid == 0 || uid == own_uid)
+}
+
+/// Where the gRPC API is bound: a TCP port (mutual TLS) or the root-only unix socket.
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    /// The socket and its path (removed when the agent stops).
+    Socket(tokio::net::UnixListener, PathBuf),
+}
+
+impl Listener {
+    /// Binds what `serve` says. Errors name the setting.
+    pub async fn bind(
+        serve: &crate::config::GrpcServe,
+    ) -> Result<Listener, crate::error::AgentError> {
+        use crate::config::GrpcServe;
+        use crate::error::AgentError;
+        match serve {
+            GrpcServe::Tls { listen, .. } => tokio::net::TcpListener::bind(listen)
+                .await
+                .map(Listener::Tcp)
+                .map_err(|e| {
+                    AgentError::Setting(format!("grpc_listen: cannot listen on {listen}: {e}"))
+                }),
+            GrpcServe::Socket { path, .. } => {
+                let failed = |e: &dyn std::fmt::Display| {
+                    AgentError::Setting(format!(
+                        "grpc_socket: cannot listen on {}: {e}",
+                        path.display()
+                    ))
+                };
+                bind_socket(path).await.map_err(|e| failed(&e))
+            }
+        }
+    }
+}
+
+/// Binds the socket only root can open: mode 0600, in a directory created if missing. A socket
+/// left by an agent that died is replaced; one another agent still answers on is not taken.
+async fn bind_socket(path: &std::path::Path) -> Result<Listener, String> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Err(
+                    "another process answers on it (a second agent on this host?); give each \
+                     agent its own grpc_socket"
+                        .into(),
+                );
+            }
+            std::fs::remove_file(path).map_err(|e| format!("removing the stale socket: {e}"))?;
+        }
+        Ok(_) => return Err("it exists and is not a socket".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| e.to_string())?;
+    Ok(Listener::Socket(listener, path.to_path_buf()))
+}
+
+#[cfg(test)]
+mod admit_tests {
+    use super::socket_peer_admitted;
+
+    #[test]
+    fn only_root_or_the_agents_own_user_is_admitted() {
+        assert!(socket_peer_admitted(Some(0), 0));
+        assert!(socket_peer_admitted(Some(0), 998));
+        assert!(socket_peer_admitted(Some(998), 998));
+        assert!(!socket_peer_admitted(Some(65534), 0));
+        assert!(!socket_peer_admitted(None, 0));
     }
 }

@@ -54,14 +54,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             "only signed releases will run"
         );
     }
-    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
-        .await
-        .map_err(|e| {
-            AgentError::Setting(format!(
-                "grpc_listen: cannot listen on {}: {e}",
-                config.grpc_listen
-            ))
-        })?;
+    let grpc_listener = grpc::Listener::bind(&config.grpc).await?;
     let metrics = Arc::new(metrics::AgentMetrics::default());
     let metrics_listener = match config.metrics_listen {
         // A port taken (two agents on one address) costs the metrics, not the control plane.
@@ -137,7 +130,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         host: config.host.clone(),
         address: config.address.clone(),
         ports: config.ports,
-        grpc: config.grpc_listen.to_string(),
+        grpc: config.grpc.endpoint().to_string(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         started_at: proto::time::now_rfc3339(),
         instance: Some(instance),
@@ -177,30 +170,38 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     };
     let mut grpc_shutdown = shutdown.clone();
     let mut server = tonic::transport::Server::builder();
-    match &config.grpc_tls {
-        Some(tls) => {
+    match &config.grpc {
+        config::GrpcServe::Tls { tls, .. } => {
             server = server
                 .tls_config(grpc_tls(tls)?)
                 .map_err(|e| AgentError::Setting(format!("tls_cert/tls_key/tls_client_ca: {e}")))?
         }
-        None => match config.grpc_downgraded_from {
-            Some(asked) => tracing::warn!(%asked, listening = %config.grpc_listen,
-                "gRPC without TLS listens on loopback only: set tls_cert, tls_key and tls_client_ca to serve {asked}"),
-            None => {
-                tracing::info!(listening = %config.grpc_listen, "gRPC without TLS (loopback only)")
-            }
-        },
+        config::GrpcServe::Socket {
+            unserved_listen: Some(asked),
+            path,
+        } => tracing::warn!(%asked, socket = %path.display(),
+            "grpc_listen is served only with mutual TLS (tls_cert, tls_key, tls_client_ca); \
+             without it the gRPC API is the root-only socket"),
+        config::GrpcServe::Socket { .. } => {}
     }
-    let grpc = server
-        .add_service(AgentServer::new(service))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-            async move {
-                status::shutdown_requested(&mut grpc_shutdown).await;
-            },
-        );
-    tracing::info!(host = %config.host, grpc = %config.grpc_listen, "agent running");
-    if let Err(e) = grpc.await {
+    let router = server.add_service(AgentServer::new(service));
+    let stop = async move {
+        status::shutdown_requested(&mut grpc_shutdown).await;
+    };
+    tracing::info!(host = %config.host, grpc = %config.grpc.endpoint(), "agent running");
+    let served = match grpc_listener {
+        grpc::Listener::Tcp(listener) => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            router.serve_with_incoming_shutdown(incoming, stop).await
+        }
+        grpc::Listener::Socket(listener, ref path) => {
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            let served = router.serve_with_incoming_shutdown(incoming, stop).await;
+            let _ = std::fs::remove_file(path);
+            served
+        }
+    };
+    if let Err(e) = served {
         tracing::error!(error = %e, "gRPC server failed");
     }
     feed_task.abort();

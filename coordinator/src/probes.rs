@@ -229,6 +229,29 @@ pub fn explain_grpc(endpoint: &str, failure: &str, tls: bool) -> String {
     format!("{endpoint}: {failure}{hint}")
 }
 
+/// What to do when a host's agent serves its API on a unix socket this coordinator cannot use.
+fn socket_remedy(host: &str) -> String {
+    format!(
+        "{host}'s agent has no mutual TLS, so its API is a root-only unix socket on {host}: run \
+         this as root on {host}, or give its agent tls_cert, tls_key and tls_client_ca and this \
+         coordinator --grpc-cacert, --grpc-cert and --grpc-key"
+    )
+}
+
+/// A failure to open a host's agent socket, with the remedy when it is the socket's design
+/// (absent here, or not ours to open) rather than a fault.
+fn explain_socket(host: &str, endpoint: &str, failure: &str) -> String {
+    let lower = failure.to_ascii_lowercase();
+    let by_design = ["no such file", "permission denied", "only root"]
+        .iter()
+        .any(|s| lower.contains(s));
+    if by_design {
+        format!("{endpoint}: {failure}: {}", socket_remedy(host))
+    } else {
+        format!("{endpoint}: {failure}")
+    }
+}
+
 impl HttpProbes {
     /// The agent's log stream of `color`: the last `tail` lines, then (with `follow`) each line
     /// appended, for as long as the stream is read.
@@ -240,25 +263,8 @@ impl HttpProbes {
         follow: bool,
     ) -> Result<(String, tonic::Streaming<proto::agent_api::LogLine>), String> {
         use proto::agent_api::{agent_client::AgentClient, LogsRequest};
-        let scheme = if self.grpc_tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let endpoint = format!("{scheme}://{}", host.grpc);
-        let mut channel = tonic::transport::Channel::from_shared(endpoint.clone())
-            .map_err(|e| format!("{endpoint}: {e}"))?;
-        if let Some(tls) = &self.grpc_tls {
-            channel = channel
-                .tls_config(tls.config()?)
-                .map_err(|e| format!("{endpoint}: {e}"))?;
-        }
+        let (endpoint, channel) = self.agent_channel(host).await?;
         let tls = self.grpc_tls.is_some();
-        let connect = channel.connect();
-        let channel = tokio::time::timeout(LOGS_DEADLINE, connect)
-            .await
-            .map_err(|_| format!("{endpoint}: timed out"))?
-            .map_err(|e| explain_grpc(&endpoint, &proto::error::root_cause(&e), tls))?;
         let request = LogsRequest {
             color: color.to_string(),
             tail,
@@ -278,6 +284,71 @@ impl HttpProbes {
                 }
             })?;
         Ok((endpoint, answer.into_inner()))
+    }
+
+    /// A connection to `host`'s agent, and how to name it in errors. Over TCP it is mutual TLS
+    /// (if this coordinator has a certificate); a unix socket is on that host, so the agent that
+    /// answers must say it is `host` (on another machine, the same path is another agent's).
+    async fn agent_channel(
+        &self,
+        host: &HostRecord,
+    ) -> Result<(String, tonic::transport::Channel), String> {
+        use proto::records::GrpcEndpoint;
+        let tls = self.grpc_tls.is_some();
+        let path = match GrpcEndpoint::parse(&host.grpc) {
+            GrpcEndpoint::Tcp(address) => {
+                let scheme = if tls { "https" } else { "http" };
+                let endpoint = format!("{scheme}://{address}");
+                let mut channel = tonic::transport::Channel::from_shared(endpoint.clone())
+                    .map_err(|e| format!("{endpoint}: {e}"))?;
+                if let Some(tls) = &self.grpc_tls {
+                    channel = channel
+                        .tls_config(tls.config()?)
+                        .map_err(|e| format!("{endpoint}: {e}"))?;
+                }
+                let channel = tokio::time::timeout(LOGS_DEADLINE, channel.connect())
+                    .await
+                    .map_err(|_| format!("{endpoint}: timed out"))?
+                    .map_err(|e| explain_grpc(&endpoint, &proto::error::root_cause(&e), tls))?;
+                return Ok((endpoint, channel));
+            }
+            GrpcEndpoint::Socket(path) => path,
+        };
+        let endpoint = format!("unix:{}", path.display());
+        let connector = {
+            let path = path.clone();
+            tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            })
+        };
+        // The URI is only a name for hyper; the connector decides where it goes.
+        let uri = tonic::transport::Endpoint::from_static("http://agent.sock");
+        let channel = tokio::time::timeout(LOGS_DEADLINE, uri.connect_with_connector(connector))
+            .await
+            .map_err(|_| format!("{endpoint}: timed out"))?
+            .map_err(|e| explain_socket(&host.host, &endpoint, &proto::error::root_cause(&e)))?;
+        let reply = tokio::time::timeout(
+            LOGS_DEADLINE,
+            proto::agent_api::agent_client::AgentClient::new(channel.clone())
+                .status(proto::agent_api::StatusRequest {}),
+        )
+        .await
+        .map_err(|_| format!("{endpoint}: no answer in {LOGS_DEADLINE:?}"))?
+        .map_err(|e| explain_socket(&host.host, &endpoint, e.message()))?;
+        let answered = reply.into_inner().host;
+        if answered != host.host {
+            return Err(format!(
+                "{endpoint}: the agent here is {}, not {}: {}",
+                proto::text::escaped(&answered),
+                host.host,
+                socket_remedy(&host.host)
+            ));
+        }
+        Ok((endpoint, channel))
     }
 
     /// `logs --follow`: hands each line to `line` until the agent ends the stream (it stopped or

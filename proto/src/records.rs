@@ -422,6 +422,8 @@ pub struct HostRecord {
     pub host: String,
     pub address: String,
     pub ports: Ports,
+    /// Where the agent's gRPC API answers, as [`GrpcEndpoint`] writes it: `unix:<path>` (a
+    /// root-only socket on that host) or `<address>:<port>` (mutual TLS).
     pub grpc: String,
     pub agent_version: String,
     pub started_at: String,
@@ -447,6 +449,35 @@ impl Validate for HostRecord {
 
 /// A host address as LBs and the coordinator use it: an IP address or a DNS name, never anything
 /// that could carry config syntax (it is rendered into nginx's `server` lines).
+/// Where an agent's gRPC API answers. Without mutual TLS it is a unix socket only root on that
+/// host can open, so reading an app's logs takes either root there or a client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcEndpoint {
+    Socket(std::path::PathBuf),
+    Tcp(String),
+}
+
+impl GrpcEndpoint {
+    const SOCKET: &'static str = "unix:";
+
+    /// Reads a host record's `grpc`; anything not `unix:` is an address:port.
+    pub fn parse(text: &str) -> GrpcEndpoint {
+        match text.strip_prefix(Self::SOCKET) {
+            Some(path) => GrpcEndpoint::Socket(path.into()),
+            None => GrpcEndpoint::Tcp(text.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for GrpcEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GrpcEndpoint::Socket(path) => write!(f, "{}{}", Self::SOCKET, path.display()),
+            GrpcEndpoint::Tcp(address) => f.write_str(address),
+        }
+    }
+}
+
 pub fn check_address(address: &str) -> Result<(), String> {
     if address.parse::<std::net::IpAddr>().is_ok() {
         return Ok(());

@@ -189,3 +189,18 @@ fn health_mode_settings_must_fit_the_mode() {
     v["health"]["mode"] = json!("grpc");
     assert!(decode_release(&v).is_err());
 }
+
+#[test]
+fn grpc_endpoints_round_trip_through_the_host_record() {
+    use crate::records::GrpcEndpoint;
+    let socket = GrpcEndpoint::parse("unix:/run/bluegreen/agent.sock");
+    assert_eq!(
+        socket,
+        GrpcEndpoint::Socket("/run/bluegreen/agent.sock".into())
+    );
+    assert_eq!(socket.to_string(), "unix:/run/bluegreen/agent.sock");
+    // What agents before the socket wrote stays an address.
+    let tcp = GrpcEndpoint::parse("10.0.0.5:7070");
+    assert_eq!(tcp, GrpcEndpoint::Tcp("10.0.0.5:7070".into()));
+    assert_eq!(tcp.to_string(), "10.0.0.5:7070");
+}

@@ -321,7 +321,8 @@ mod tests {
             .contains("unsigned"));
         r.signature = Some(key.sign(&r, SHOP_GREEN));
         keys.verify(&r, SHOP_GREEN).unwrap();
-        let tamper: Vec<Box<dyn Fn(&mut ReleaseRecord)>> = vec![
+        type Tamper = Box<dyn Fn(&mut ReleaseRecord)>;
+        let tamper: Vec<Tamper> = vec![
             Box::new(|r| r.version = "v2".into()),
             Box::new(|r| r.artifact.url = "https://evil/app.tar.gz".into()),
             Box::new(|r| r.artifact.sha256 = "b".repeat(64)),

@@ -18,6 +18,7 @@ pub struct AgentProc {
     pub host: String,
     pub address: String,
     pub ports: Ports,
+    /// Its gRPC API, as its host record says (`unix:<path>`).
     pub grpc: String,
     /// Its `/metrics` listener: a port of its own, since parallel tests put agents of different
     /// fleets on the same address.
@@ -62,7 +63,12 @@ impl AgentProc {
             blue: free_port(port_on),
             green: free_port(port_on),
         };
-        let grpc = format!("{address}:{}", free_port(port_on));
+        // The previous release's agent (the upgrade test) serves gRPC on TCP, this one on its
+        // own socket: the file keeps the address both read, the socket comes as a variable
+        // that release ignores.
+        let grpc_tcp = format!("{address}:{}", free_port(port_on));
+        let socket = dir.path().join("agent.sock");
+        let grpc = format!("unix:{}", socket.display());
         // metrics_listen must be loopback: inside a namespace, the namespace's own.
         let metrics = format!("{port_on}:{}", free_port(port_on));
         let state_dir = dir.path().join("state");
@@ -78,7 +84,7 @@ impl AgentProc {
         };
         let config = format!(
             "etcd = [{}]\nprefix = \"{PREFIX}\"\napp = \"{APP}\"\nhost = \"{host}\"\naddress = \"{address}\"\n\
-             state_dir = \"{}\"\ngrpc_listen = \"{grpc}\"\nmetrics_listen = \"{metrics}\"\nlease_ttl = \"{ttl_secs}s\"\n{run_as}{extra}\n[ports]\nblue = {}\ngreen = {}\n",
+             state_dir = \"{}\"\ngrpc_listen = \"{grpc_tcp}\"\nmetrics_listen = \"{metrics}\"\nlease_ttl = \"{ttl_secs}s\"\n{run_as}{extra}\n[ports]\nblue = {}\ngreen = {}\n",
             etcd.endpoints_toml(),
             state_dir.display(),
             ports.blue,
@@ -90,11 +96,15 @@ impl AgentProc {
             Some(ns) => ns.wrap(binary("agent"), args),
             None => (binary("agent"), args),
         };
-        let daemon = Daemon::start(
+        let daemon = Daemon::start_with_env(
             &format!("{host}'s agent"),
             program,
             args,
             dir.path().join("agent.log"),
+            vec![(
+                "BLUEGREEN_AGENT_GRPC_SOCKET".to_string(),
+                socket.display().to_string(),
+            )],
         );
         AgentProc {
             daemon,

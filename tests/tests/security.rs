@@ -355,6 +355,74 @@ async fn agent_grpc_logs_need_a_client_certificate() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
 
+/// Without mutual TLS the agent's API is a unix socket only root opens: a local user cannot read
+/// the apps' logs through it (before, it was loopback TCP that anyone could open), even when the
+/// socket's mode is loosened; root on the host still can.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_mtls_only_root_reads_app_logs_through_the_agent() {
+    use std::os::unix::fs::PermissionsExt;
+    let fleet = Fleet::start(1, 1).await;
+    let out = fleet.deploy(&fleet.spec("good", &[]), "v1", &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let logs = ["logs", "--host", "host-1", "--color", "blue", "--tail", "5"];
+    let as_root = fleet.run(&logs).await;
+    assert!(as_root.status.success(), "{}", text(&as_root));
+    assert!(!as_root.stdout.is_empty(), "root reads the log lines");
+
+    let socket = fleet.hosts[0]
+        .grpc
+        .strip_prefix("unix:")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("a unix socket, not {}", fleet.hosts[0].grpc));
+    // The test's own directory is private; a host's /run/bluegreen is not.
+    let dir = socket.parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = || {
+        let mut cmd = fleet.coordinator();
+        cmd.uid(65534).gid(65534).args(logs);
+        cmd
+    };
+    let refused = as_nobody().output().await.unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).to_lowercase().contains("permission denied")
+            && text(&refused).contains("run this as root on host-1"),
+        "names the cause and the remedy: {}",
+        text(&refused)
+    );
+    // A socket made world-writable still admits only root or the agent's user.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let refused = as_nobody().output().await.unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("uid 65534: only root"),
+        "the agent refuses the caller itself: {}",
+        text(&refused)
+    );
+    // A host elsewhere whose record names the same socket path: the agent answering here is
+    // another host's, and its logs are never shown as that host's.
+    let elsewhere = serde_json::json!({
+        "host": "host-9", "address": "127.0.0.19", "ports": {"blue": 8080, "green": 8081},
+        "grpc": fleet.hosts[0].grpc, "agent_version": "0", "started_at": "t"
+    });
+    bluegreen_tests::procs::put_raw(
+        &fleet.client,
+        &keys().host("host-9"),
+        &elsewhere.to_string(),
+    )
+    .await;
+    let out = fleet
+        .run(&["logs", "--host", "host-9", "--color", "blue", "--tail", "5"])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("the agent here is host-1, not host-9")
+            && text(&out).contains("run this as root on host-9"),
+        "{}",
+        text(&out)
+    );
+}
+
 async fn health(fleet: &Fleet, color: Color) -> Option<HealthRecord> {
     let key = keys().health("host-1", color);
     get_raw(&fleet.client, &key)
