@@ -315,19 +315,8 @@ impl HttpProbes {
             GrpcEndpoint::Socket(path) => path,
         };
         let endpoint = format!("unix:{}", path.display());
-        let connector = {
-            let path = path.clone();
-            tower::service_fn(move |_: tonic::transport::Uri| {
-                let path = path.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(path).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            })
-        };
-        // The URI is only a name for hyper; the connector decides where it goes.
-        let uri = tonic::transport::Endpoint::from_static("http://agent.sock");
-        let channel = tokio::time::timeout(LOGS_DEADLINE, uri.connect_with_connector(connector))
+        let channel = proto::agent_api::socket_channel(&path);
+        let channel = tokio::time::timeout(LOGS_DEADLINE, channel)
             .await
             .map_err(|_| format!("{endpoint}: timed out"))?
             .map_err(|e| explain_socket(&host.host, &endpoint, &proto::error::root_cause(&e)))?;

@@ -36,4 +36,23 @@ pub use ops::{Operation, Outcome, Phase};
 /// The agent gRPC API generated from `proto/agent.proto`.
 pub mod agent_api {
     tonic::include_proto!("bluegreen.agent.v1");
+
+    /// A channel to an agent's API on its unix socket (`grpc_socket`), which the agent serves
+    /// when it has no mutual TLS. Fails as opening the socket fails (absent, permission denied).
+    pub async fn socket_channel(
+        path: &std::path::Path,
+    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        let path = path.to_path_buf();
+        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+        // The URI only names the peer for HTTP/2; the connector decides where it goes.
+        tonic::transport::Endpoint::from_static("http://agent.sock")
+            .connect_with_connector(connector)
+            .await
+    }
 }

@@ -120,6 +120,20 @@ impl AgentProc {
         }
     }
 
+    /// A client of its gRPC API (its root-only socket; the tests run as root).
+    pub async fn api(
+        &self,
+    ) -> proto::agent_api::agent_client::AgentClient<tonic::transport::Channel> {
+        let path = self
+            .grpc
+            .strip_prefix("unix:")
+            .expect("the agent serves a unix socket");
+        let channel = proto::agent_api::socket_channel(std::path::Path::new(path))
+            .await
+            .unwrap_or_else(|e| panic!("{}'s agent API at {path}: {e}", self.host));
+        proto::agent_api::agent_client::AgentClient::new(channel)
+    }
+
     pub fn pid(&self) -> u32 {
         self.daemon.pid()
     }

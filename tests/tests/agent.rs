@@ -412,10 +412,7 @@ async fn killed_agent_keys_expire_apps_keep_serving_and_are_adopted_again() {
     host.restart();
     wait_healthy(&client, &host.host, Color::Blue, "v1").await;
     wait_healthy(&client, &host.host, Color::Green, "v2").await;
-    let mut api =
-        proto::agent_api::agent_client::AgentClient::connect(format!("http://{}", host.grpc))
-            .await
-            .unwrap();
+    let mut api = host.api().await;
     let status = api
         .status(proto::agent_api::StatusRequest {})
         .await
@@ -432,10 +429,7 @@ async fn killed_agent_keys_expire_apps_keep_serving_and_are_adopted_again() {
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_stream_returns_the_apps_last_lines() {
     let (_etcd, _client, _artifacts, host) = blue_v1_green_v2("").await;
-    let mut api =
-        proto::agent_api::agent_client::AgentClient::connect(format!("http://{}", host.grpc))
-            .await
-            .unwrap();
+    let mut api = host.api().await;
     let request = proto::agent_api::LogsRequest {
         color: "green".into(),
         tail: 5,
