@@ -267,7 +267,8 @@ pub fn workers_of(master: i32) -> Vec<i32> {
         .collect()
 }
 
-fn parent_of(pid: i32) -> Option<i32> {
+/// The parent pid of `pid`, from /proc (field 4 of stat, after the command in parentheses).
+pub fn parent_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat[stat.rfind(')')? + 2..]
         .split_whitespace()

@@ -122,6 +122,7 @@ impl Senders {
     /// Whether `pid` is a worker of our nginx now. An unknown pid re-reads the master (nginx may
     /// have restarted) and the pid's parent.
     pub fn allowed(&mut self, pid: i32) -> bool {
+        use crate::nginx::parent_of;
         if self.workers.contains(&pid) && parent_of(pid) == self.master {
             return true;
         }
@@ -139,11 +140,47 @@ impl Senders {
     }
 }
 
-/// The parent pid of `pid`, from /proc (field 4 of stat, after the command in parentheses).
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(1)?.parse().ok()
+/// The effective group of the workers of the nginx master in `pid_file`: the only group the
+/// request log's directory and socket are shared with. `None` while no nginx runs.
+fn workers_group(pid_file: &Path) -> Option<u32> {
+    let master: i32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let worker = *crate::nginx::workers_of(master).first()?;
+    effective_gid(&std::fs::read_to_string(format!("/proc/{worker}/status")).ok()?)
+}
+
+/// The effective gid in a `/proc/<pid>/status` text (its `Gid:` line: real, effective, saved,
+/// filesystem).
+fn effective_gid(status: &str) -> Option<u32> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Gid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The request log's directory (0750) and socket (0660) belong to root and the nginx workers'
+/// group, so no other local user can even send to it. Re-applied when nginx's workers change
+/// group (a restarted nginx with another `user`); false while no nginx runs to say its group.
+fn share_with_workers(dir: &Path, socket: &Path, pid_file: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(gid) = workers_group(pid_file) else {
+        return false;
+    };
+    if std::fs::metadata(dir).is_ok_and(|m| m.gid() == gid)
+        && std::fs::metadata(socket).is_ok_and(|m| m.gid() == gid)
+    {
+        return true;
+    }
+    for path in [dir, socket] {
+        if let Err(e) = std::os::unix::fs::chown(path, None, Some(gid)) {
+            tracing::warn!(path = %path.display(), gid, error = %e,
+                "request log: cannot give nginx's workers' group access; canary numbers stop");
+            return false;
+        }
+    }
+    tracing::info!(gid, dir = %dir.display(), "request log shared with nginx's workers' group");
+    true
 }
 
 /// How far back the recent window reaches: the baseline a deploy's verification compares with.
@@ -250,15 +287,20 @@ fn unix_seconds() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The socket's path inside the sidecar's state directory.
+/// The socket's path inside the sidecar's state directory: in a directory of its own, whose
+/// group is nginx's workers'.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("requests.sock")
+    state_dir.join("requests").join("requests.sock")
 }
 
+/// How often the socket's group is checked against nginx's workers'.
+const SHARE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Binds the socket (replacing a stale one from an earlier run) and counts every line nginx's
-/// workers send into `tally` until the task is dropped. nginx's workers run as another user, so
-/// the socket is writable by all; who sent each datagram is read from the kernel
-/// (`SCM_CREDENTIALS`), and only [`Senders`] count. A line not in nginx's format is dropped too.
+/// workers send into `tally` until the task is dropped. nginx's workers run as another user: the
+/// socket's directory and the socket are shared with their group only. Who sent each datagram is
+/// still read from the kernel (`SCM_CREDENTIALS`), and only [`Senders`] count. A line not in
+/// nginx's format is dropped too.
 pub fn listen(
     path: &Path,
     tally: Arc<Mutex<Tally>>,
@@ -266,15 +308,29 @@ pub fn listen(
     mut senders: Senders,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     use nix::sys::socket::{setsockopt, sockopt::PassCred};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750))?;
     let _ = std::fs::remove_file(path);
     let socket = tokio::net::UnixDatagram::bind(path)?;
     setsockopt(&socket, PassCred, &true).map_err(std::io::Error::from)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    let path = path.to_path_buf();
+    let pid_file = senders.pid_file.clone();
+    share_with_workers(&dir, &path, &pid_file);
     Ok(tokio::spawn(async move {
         let mut buf = vec![0u8; 8192];
+        let mut share = tokio::time::interval(SHARE_EVERY);
         loop {
-            if socket.readable().await.is_err() {
+            let readable = tokio::select! {
+                r = socket.readable() => r,
+                _ = share.tick() => {
+                    share_with_workers(&dir, &path, &pid_file);
+                    continue;
+                }
+            };
+            if readable.is_err() {
                 continue;
             }
             let received =
@@ -328,6 +384,15 @@ fn receive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_workers_group_is_the_effective_gid_of_proc_status() {
+        let status =
+            "Name:\tnginx\nUid:\t65534\t65534\t65534\t65534\nGid:\t0\t65534\t65534\t65534\n";
+        assert_eq!(effective_gid(status), Some(65534));
+        assert_eq!(effective_gid("Name:\tnginx\n"), None);
+        assert_eq!(effective_gid("Gid:\tx\ty\n"), None);
+    }
 
     #[test]
     fn every_attempt_is_read_with_its_status_and_time() {

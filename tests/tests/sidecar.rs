@@ -395,13 +395,58 @@ async fn an_upstream_pointing_into_this_lb_is_refused_and_never_routed_to() {
 }
 
 /// A local user on the LB writes "requests" into the sidecar's request log socket to sway a
-/// canary: the kernel says who sent each datagram, and only our nginx's workers count. Before,
-/// any datagram was counted: a good canary was aborted in seconds, a bad one promoted.
+/// canary: the socket is shared only with nginx's workers' group (an ordinary user cannot even
+/// send), and the kernel says who sent each datagram, so only our nginx's workers count (root's
+/// forgeries are dropped). Before, the socket was 0666 and any datagram was counted: a good
+/// canary was aborted in seconds, a bad one promoted.
 #[tokio::test(flavor = "multi_thread")]
 async fn forged_request_log_lines_are_not_counted_and_nginxs_are() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
     let (etcd, client, _artifacts, hosts) = fleet(&[]).await;
     let (lb, sidecar, _) = lb_serving_blue(&etcd, &client).await;
-    let socket = lb.dir.join("sidecar-lb-0").join("requests.sock");
+    let socket = lb
+        .dir
+        .join("sidecar-lb-0")
+        .join("requests")
+        .join("requests.sock");
+    // The test nginx's workers run as nobody:nogroup.
+    let nogroup = nix::unistd::Group::from_name("nogroup")
+        .unwrap()
+        .expect("group nogroup")
+        .gid
+        .as_raw();
+    bluegreen_tests::wait_for(
+        "the request log shared with nginx's workers' group",
+        std::time::Duration::from_secs(15),
+        || {
+            let socket = socket.clone();
+            async move {
+                let dir = std::fs::metadata(socket.parent().unwrap()).ok()?;
+                let sock = std::fs::metadata(&socket).ok()?;
+                (dir.gid() == nogroup && sock.gid() == nogroup).then_some(())
+            }
+        },
+    )
+    .await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(socket.parent().unwrap()), 0o750);
+    assert_eq!(mode(&socket), 0o660);
+    // A local user outside that group cannot send at all.
+    let send = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'x', sys.argv[1])",
+        ])
+        .arg(&socket)
+        .uid(4242)
+        .gid(4242)
+        .output()
+        .unwrap();
+    assert!(
+        !send.status.success() && String::from_utf8_lossy(&send.stderr).contains("Permission"),
+        "a local user sent to the request log: {send:?}"
+    );
     let blue = upstreams(&hosts, Color::Blue)[0].clone();
     let forger = std::os::unix::net::UnixDatagram::unbound().unwrap();
     for _ in 0..50 {
