@@ -167,6 +167,10 @@ pub fn parse_time(flag: &'static str, value: &str) -> Result<String, Coordinator
     Ok(humantime::format_rfc3339_millis(at).to_string())
 }
 
+/// How far back a rollback looks for the deploy that placed the release it switches to: beyond
+/// it, the release is not questioned.
+pub const RECENT_DEPLOYS: usize = 100;
+
 /// How many history keys one read asks for while looking for matches.
 const PAGE: i64 = 500;
 

@@ -38,6 +38,10 @@ pub trait Store {
     ) -> Result<i64, CoordinatorError>;
     /// Appends an immutable, fenced history record; returns its revision.
     async fn append_history(&self, record: &HistoryRecord) -> Result<i64, CoordinatorError>;
+    /// The newest deploy in history that placed a release on `color` (kind `deploy`, `to` that
+    /// color), among the newest [`history::RECENT_DEPLOYS`] deploys; `None` when there is none.
+    async fn last_deploy_to(&self, color: Color)
+        -> Result<Option<HistoryRecord>, CoordinatorError>;
     /// The newest status this store has read or been handed back by a wait, taken (a fresh read
     /// when there is none). Waits start here: the watch replays everything after its revision,
     /// so a wait right after a read or another wait does not read the whole app again.
@@ -176,6 +180,23 @@ impl Store for EtcdStore<'_> {
 
     async fn append_history(&self, record: &HistoryRecord) -> Result<i64, CoordinatorError> {
         history::append(self.client, self.keys, Some(&self.lock.fence), record).await
+    }
+
+    async fn last_deploy_to(
+        &self,
+        color: Color,
+    ) -> Result<Option<HistoryRecord>, CoordinatorError> {
+        let deploys = history::Filter {
+            kind: Some(proto::Operation::Deploy),
+            ..Default::default()
+        };
+        let recent =
+            history::list(self.client, self.keys, history::RECENT_DEPLOYS, &deploys).await?;
+        Ok(recent
+            .into_iter()
+            .rev()
+            .map(|(_, r)| r)
+            .find(|r| r.to == Some(color)))
     }
 
     async fn follow(

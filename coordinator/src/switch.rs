@@ -51,6 +51,16 @@ pub async fn switch_command<S: Store, P: Probes>(
     } = plan;
     let (from, to) = movement(&state, target, &version);
     progress.record().movement(from, to);
+    if req.target.is_none() {
+        let placed = store.last_deploy_to(target).await?;
+        if let Some(why) = state
+            .releases
+            .get(&target)
+            .and_then(|release| replaced_since_deployed(target, release, placed.as_ref()))
+        {
+            return Err(CoordinatorError::failed(why));
+        }
+    }
     let now = proto::time::now_rfc3339();
     let active = ActiveRecord {
         color: target,
@@ -234,6 +244,33 @@ pub fn preflight(state: &AppStatus, target: Option<Color>, policy: LbPolicy) -> 
         version: release.version.clone(),
         lbs,
     })
+}
+
+/// Why a rollback must not go to `release` on `color`: it is not what history's last deploy to
+/// that color placed there (another operation id or version), so something other than a
+/// deploy wrote it (an etcd writer replaying an older, validly signed record, say). `None` when
+/// it matches, or when history has no deploy to that color to compare with. An explicit
+/// `switch <color>` is the operator's override, after looking.
+pub fn replaced_since_deployed(
+    color: Color,
+    release: &proto::records::ReleaseRecord,
+    last_deploy: Option<&proto::records::HistoryRecord>,
+) -> Option<String> {
+    let deploy = last_deploy?;
+    let version = deploy.version.as_deref().unwrap_or("?");
+    // Records written before operation ids were kept in releases match on the version alone.
+    let same_operation = release.deploy_id.is_empty() || release.deploy_id == deploy.deploy_id;
+    if same_operation && release.version == version {
+        return None;
+    }
+    Some(format!(
+        "releases/{color} holds {} (operation {}), but history's last deploy to {color} is {} ({version}): \
+         the record was written outside a deploy; traffic stays where it is. Compare `coordinator \
+         history` with the record, then `coordinator switch {color}` if it is what you want",
+        proto::text::escaped(&release.version),
+        proto::text::escaped(if release.deploy_id.is_empty() { "unknown" } else { &release.deploy_id }),
+        deploy.deploy_id,
+    ))
 }
 
 /// The move from the active color to `target` running `version`, as the result event reports it.

@@ -158,3 +158,40 @@ fn a_silent_lb_refuses_the_move_naming_it_unless_a_split_is_allowed() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_rollback_target_written_outside_a_deploy_is_refused() {
+    use super::replaced_since_deployed;
+    use proto::records::Desired;
+    let mut deployed = crate::history::record(Operation::Deploy, "deploy-2", proto::Outcome::Done);
+    deployed.to = Some(Color::Green);
+    deployed.version = Some("v2".into());
+    let mut release = crate::testkit::release("v2", Desired::Running);
+    release.deploy_id = "deploy-2".into();
+    assert_eq!(
+        replaced_since_deployed(Color::Green, &release, Some(&deployed)),
+        None
+    );
+    // No deploy to compare with (history trimmed, or none yet): not questioned.
+    assert_eq!(replaced_since_deployed(Color::Green, &release, None), None);
+    // An older operation's record copied there, or one with another version.
+    let mut replayed = crate::testkit::release("v1", Desired::Running);
+    replayed.deploy_id = "deploy-1".into();
+    let why = replaced_since_deployed(Color::Green, &replayed, Some(&deployed)).unwrap();
+    assert!(
+        why.contains("releases/green holds v1 (operation deploy-1)")
+            && why.contains("last deploy to green is deploy-2 (v2)")
+            && why.contains("coordinator switch green"),
+        "{why}"
+    );
+    let mut same_id = release.clone();
+    same_id.version = "v9".into();
+    assert!(replaced_since_deployed(Color::Green, &same_id, Some(&deployed)).is_some());
+    // A record from before operation ids were kept matches on its version.
+    let mut old = release.clone();
+    old.deploy_id = String::new();
+    assert_eq!(
+        replaced_since_deployed(Color::Green, &old, Some(&deployed)),
+        None
+    );
+}

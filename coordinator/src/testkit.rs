@@ -348,6 +348,19 @@ impl Store for MemoryStore {
         self.read().await
     }
 
+    async fn last_deploy_to(
+        &self,
+        color: Color,
+    ) -> Result<Option<HistoryRecord>, CoordinatorError> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner
+            .history
+            .iter()
+            .rev()
+            .find(|r| r.kind == proto::Operation::Deploy && r.to == Some(color))
+            .cloned())
+    }
+
     fn remember(&self, _status: AppStatus) {}
 
     async fn follow(

@@ -394,9 +394,16 @@ async fn verify_for_switches_back_when_the_new_version_turns_unhealthy() {
     assert!(text(&fleet.run(&["history"]).await).contains("rolled_back"));
 }
 
+/// Rollbacks and switches move every LB. Then an etcd writer replays an older deploy's release
+/// record onto the idle color (as read from an old revision; the fleet signs nothing) and its
+/// agents run it: a rollback refuses to send traffic there, since history's last deploy to that
+/// color placed something else. Before, the rollback went to the replayed version.
 #[tokio::test(flavor = "multi_thread")]
 async fn rollback_right_after_a_deploy_moves_every_lb_back() {
     let fleet = fleet_with_v1().await;
+    let v1_on_blue = get_raw(&fleet.client, &keys().release(Color::Blue))
+        .await
+        .unwrap();
     let out = fleet.deploy(&fleet.spec("good", &[]), "v2", &[]).await;
     assert!(out.status.success(), "{}", text(&out));
     let rollback = fleet.run(&["rollback"]).await;
@@ -429,6 +436,25 @@ async fn rollback_right_after_a_deploy_moves_every_lb_back() {
         "{}",
         text(&logs)
     );
+
+    // v3 goes to blue; green, idle, holds v2. v1's old record is written over it.
+    let out = fleet.deploy(&fleet.spec("good", &[]), "v3", &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let replayed = String::from_utf8(v1_on_blue).unwrap();
+    bluegreen_tests::procs::put_raw(&fleet.client, &keys().release(Color::Green), &replayed).await;
+    for host in &fleet.hosts {
+        bluegreen_tests::procs::wait_healthy(&fleet.client, &host.host, Color::Green, "v1").await;
+    }
+    let refused = fleet.run(&["rollback"]).await;
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("releases/green holds v1")
+            && text(&refused).contains("written outside a deploy"),
+        "{}",
+        text(&refused)
+    );
+    let a = active(&fleet).await.unwrap();
+    assert_eq!((a.color, a.version.as_str()), (Color::Blue, "v3"));
 }
 
 /// Every value `active` ever had, from etcd's own history (the test never compacts).
