@@ -167,9 +167,19 @@ pub fn parse_time(flag: &'static str, value: &str) -> Result<String, Coordinator
     Ok(humantime::format_rfc3339_millis(at).to_string())
 }
 
-/// How far back a rollback looks for the deploy that placed the release it switches to: beyond
-/// it, the release is not questioned.
-pub const RECENT_DEPLOYS: usize = 100;
+/// How far back (in history records) a rollback looks for the deploy that placed the release it
+/// switches to: beyond it, the release is not questioned.
+pub const RECENT_DEPLOYS: usize = 200;
+
+/// Whether `record` says a release was placed on `color`: a deploy (every deploy record comes
+/// after its stage write), or the reconciliation of a deploy whose coordinator died (which
+/// staged but never recorded).
+pub fn placed_release(record: &HistoryRecord, color: proto::Color) -> bool {
+    let reconciled_deploy = record.kind == Operation::Reconcile
+        && record.details.get("operation").and_then(|o| o.as_str())
+            == Some(Operation::Deploy.as_str());
+    record.to == Some(color) && (record.kind == Operation::Deploy || reconciled_deploy)
+}
 
 /// How many history keys one read asks for while looking for matches.
 const PAGE: i64 = 500;

@@ -195,3 +195,45 @@ fn a_rollback_target_written_outside_a_deploy_is_refused() {
         None
     );
 }
+
+#[test]
+fn deploys_and_reconciled_deploys_place_releases_switches_do_not() {
+    use crate::history::{placed_release, record};
+    let to_green = |kind, details: serde_json::Value| {
+        let mut r = record(kind, "op-1", proto::Outcome::Done);
+        r.to = Some(Color::Green);
+        r.details = details;
+        r
+    };
+    let none = serde_json::Value::Null;
+    assert!(placed_release(
+        &to_green(Operation::Deploy, none.clone()),
+        Color::Green
+    ));
+    assert!(!placed_release(
+        &to_green(Operation::Deploy, none.clone()),
+        Color::Blue
+    ));
+    // A deploy whose coordinator died staged, and only its reconciliation is recorded.
+    let dead_deploy = serde_json::json!({ "operation": Operation::Deploy, "phase": "staged" });
+    assert!(placed_release(
+        &to_green(Operation::Reconcile, dead_deploy),
+        Color::Green
+    ));
+    let dead_switch = serde_json::json!({ "operation": Operation::Switch, "phase": "switched" });
+    assert!(!placed_release(
+        &to_green(Operation::Reconcile, dead_switch),
+        Color::Green
+    ));
+    for kind in [
+        Operation::Switch,
+        Operation::Rollback,
+        Operation::Promote,
+        Operation::Stop,
+    ] {
+        assert!(
+            !placed_release(&to_green(kind, none.clone()), Color::Green),
+            "{kind}"
+        );
+    }
+}

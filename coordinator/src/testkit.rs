@@ -357,7 +357,7 @@ impl Store for MemoryStore {
             .history
             .iter()
             .rev()
-            .find(|r| r.kind == proto::Operation::Deploy && r.to == Some(color))
+            .find(|r| crate::history::placed_release(r, color))
             .cloned())
     }
 
