@@ -9,8 +9,9 @@
 # Roles and users (user name = role name, so a client certificate whose CN is that name works too):
 #   bluegreen-<app>-agent-<host>   read <prefix>/<app>/, write only hosts/<host>, host-members/<host>
 #                                  and health/<host>/
-#   bluegreen-<app>-sidecar-<lb>   read <prefix>/<app>/, write only lbs/<lb>, lb-alive/<lb> and
-#                                  lb-stats/<lb> (its request counts, for canaries)
+#   bluegreen-<app>-sidecar-<lb>   read <prefix>/<app>/, write only lbs/<lb>, lb-alive/<lb>,
+#                                  lb-stats/<lb> (its request counts, for canaries) and
+#                                  ~detail/lb-upstreams/<lb> (the upstreams its ack counts)
 #   bluegreen-<app>-coordinator    read and write <prefix>/<app>/; read the app index <prefix>:apps/
 #   bluegreen-<app>-auditor        read <prefix>/<app>/ and the app index
 # The app index <prefix>:apps/<app> (written here) names the apps for `coordinator apps`.
@@ -105,6 +106,7 @@ for lb in $LBS; do
     etcdctl role grant-permission "$r" readwrite "${BASE}lbs/$lb" >/dev/null
     etcdctl role grant-permission "$r" readwrite "${BASE}lb-alive/$lb" >/dev/null
     etcdctl role grant-permission "$r" readwrite "${BASE}lb-stats/$lb" >/dev/null
+    etcdctl role grant-permission "$r" readwrite "${BASE}~detail/lb-upstreams/$lb" >/dev/null
     user "$r"
 done
 

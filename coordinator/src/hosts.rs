@@ -101,6 +101,7 @@ pub async fn remove(
         Subject::Host(host.to_string()),
         &keys.host_member(host),
         &keys.host(host),
+        &[],
     )
     .await?;
     let mut record = history::record(Operation::HostRemove, op_id, Outcome::Removed);

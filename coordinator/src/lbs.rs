@@ -19,6 +19,9 @@ pub struct LbView {
     pub reloaded_at: String,
     pub url: Option<String>,
     pub error: Option<String>,
+    /// With `--verbose`: the upstreams it serves per color.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstreams: Option<std::collections::BTreeMap<proto::Color, Vec<String>>>,
 }
 
 pub fn views(state: &AppStatus) -> Vec<LbView> {
@@ -33,8 +36,48 @@ pub fn views(state: &AppStatus) -> Vec<LbView> {
             reloaded_at: ack.reloaded_at.clone(),
             url: ack.url.clone(),
             error: ack.error.clone(),
+            upstreams: None,
         })
         .collect()
+}
+
+/// `lb list --verbose`: each LB's upstream lists (`Keys::lb_upstreams`), read only here, since
+/// no deploy needs them; a sidecar from before the lists had their own key gave the live list in
+/// its ack.
+pub async fn add_upstreams(
+    client: &etcd_client::Client,
+    keys: &proto::Keys,
+    state: &AppStatus,
+    views: &mut [LbView],
+) -> Result<(), CoordinatorError> {
+    use proto::records::{decode, LbUpstreamsRecord};
+    let prefix = keys.lb_upstreams_prefix();
+    let resp = client
+        .clone()
+        .get(
+            prefix.as_str(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .map_err(|e| proto::ProtoError::etcd(format!("read {prefix}"), e))?;
+    let mut lists = std::collections::BTreeMap::new();
+    for kv in resp.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let name = key[prefix.len()..].to_string();
+        if let Ok(record) = decode::<LbUpstreamsRecord>(&key, kv.value()) {
+            lists.insert(name, record.upstreams);
+        }
+    }
+    for view in views {
+        let own = lists.remove(&view.name);
+        let from_ack = || {
+            let ack = state.lbs.get(&view.name)?;
+            let color = ack.color?;
+            (!ack.upstreams.is_empty()).then(|| [(color, ack.upstreams.clone())].into())
+        };
+        view.upstreams = Some(own.or_else(from_ack).unwrap_or_default());
+    }
+    Ok(())
 }
 
 pub fn render_text(views: &[LbView]) -> String {
@@ -54,6 +97,9 @@ pub fn render_text(views: &[LbView]) -> String {
             v.applied_revision,
             v.error.as_deref().unwrap_or("")
         ));
+        for (color, list) in v.upstreams.iter().flatten() {
+            out.push_str(&format!("    {color}: {}\n", list.join(" ")));
+        }
     }
     out
 }
@@ -85,6 +131,7 @@ pub async fn remove(
         Subject::Lb(name.to_string()),
         &keys.lb(name),
         &keys.lb_alive(name),
+        &[keys.lb_upstreams(name)],
     )
     .await?;
     let mut record = history::record(Operation::LbRemove, op_id, Outcome::Removed);

@@ -6,7 +6,7 @@ use crate::error::CoordinatorError;
 use crate::probes::HttpProbes;
 use crate::progress::emit;
 use crate::status::{self, AppStatus};
-use proto::watch::{PrefixWatch, WatchEvent};
+use proto::watch::WatchEvent;
 use proto::{AppKey, Color, Keys};
 use std::io::IsTerminal;
 
@@ -16,7 +16,7 @@ pub async fn watch_status(global: &Global) -> Result<String, CoordinatorError> {
     let mut shutdown = proto::daemon::shutdown_on_signal();
     let mut status = status::read(&client, &keys).await?;
     show(global, &keys, &status);
-    let mut watch = PrefixWatch::from_revision(&client, keys.app_prefix(), status.revision + 1);
+    let mut watch = status::watch_from(&client, &keys, status.revision + 1);
     loop {
         let event = tokio::select! {
             _ = proto::daemon::shutdown_requested(&mut shutdown) => return Ok(String::new()),
@@ -38,7 +38,7 @@ pub async fn watch_status(global: &Global) -> Result<String, CoordinatorError> {
             // Compacted past or cancelled: one fresh read, and watch on from there.
             Ok(WatchEvent::Resync(_)) | Err(_) => {
                 status = status::read(&client, &keys).await?;
-                watch = PrefixWatch::from_revision(&client, keys.app_prefix(), status.revision + 1);
+                watch = status::watch_from(&client, &keys, status.revision + 1);
                 show(global, &keys, &status);
             }
         }

@@ -46,14 +46,15 @@ impl Member {
     }
 }
 
-/// Deletes `record_key` if `alive_key` is absent and the record is unchanged. `what` is the
-/// member the errors concern.
+/// Deletes `record_key` (and the member's `details`, in the same transaction) if `alive_key` is
+/// absent and the record is unchanged. `what` is the member the errors concern.
 pub async fn forget(
     client: &etcd_client::Client,
     lock: &DeployLock,
     what: Subject,
     record_key: &str,
     alive_key: &str,
+    details: &[String],
 ) -> Result<(), CoordinatorError> {
     let mut c = client.clone();
     let record = c
@@ -69,7 +70,12 @@ pub async fn forget(
             Compare::mod_revision(record_key, CompareOp::Equal, kv.mod_revision()),
             Compare::create_revision(alive_key, CompareOp::Equal, 0),
         ])
-        .and_then(vec![TxnOp::delete(record_key, None)]);
+        .and_then(
+            std::iter::once(record_key)
+                .chain(details.iter().map(String::as_str))
+                .map(|key| TxnOp::delete(key, None))
+                .collect::<Vec<_>>(),
+        );
     let resp = c
         .txn(txn)
         .await

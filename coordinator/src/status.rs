@@ -81,8 +81,24 @@ impl AppStatus {
     }
 }
 
+/// Every change to what [`read`] reads (and to history) from `revision` on: the app's prefix up to
+/// [`proto::Keys::coordinator_end`], so never the LBs' upstream lists.
+pub fn watch_from(
+    client: &etcd_client::Client,
+    keys: &proto::Keys,
+    revision: i64,
+) -> proto::watch::PrefixWatch {
+    proto::watch::PrefixWatch::range_from_revision(
+        client,
+        keys.app_prefix(),
+        &keys.coordinator_end(),
+        revision,
+    )
+}
+
 /// One consistent read of everything a command decides on: the app's prefix without its history
-/// (which only grows, and is read page by page by `history` itself), at a single revision.
+/// (which only grows, and is read page by page by `history` itself) and without the LBs'
+/// upstream lists (`Keys::lb_upstreams`), at a single revision.
 pub async fn read(
     client: &etcd_client::Client,
     keys: &Keys,
@@ -90,7 +106,8 @@ pub async fn read(
     let app = keys.app_prefix();
     let history = keys.history_prefix();
     let (revision, mut kvs) = read_range(client, app.as_bytes(), history.as_bytes(), 0).await?;
-    let (_, after) = read_range(client, &prefix_end(&history), &prefix_end(app), revision).await?;
+    let end = keys.coordinator_end();
+    let (_, after) = read_range(client, &prefix_end(&history), end.as_bytes(), revision).await?;
     kvs.extend(after);
     let mut status = AppStatus {
         revision,

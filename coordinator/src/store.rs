@@ -204,11 +204,7 @@ impl Store for EtcdStore<'_> {
         let from = status.revision + 1;
         let watch = match slot.as_mut() {
             Some(watch) if watch.next_revision() == from => watch,
-            _ => slot.insert(PrefixWatch::from_revision(
-                self.client,
-                self.keys.app_prefix(),
-                from,
-            )),
+            _ => slot.insert(status::watch_from(self.client, self.keys, from)),
         };
         // The watch itself reconnects for as long as etcd is away; the deadline bounds the wait.
         match tokio::time::timeout_at(deadline, watch.next()).await {

@@ -527,6 +527,7 @@ fn lb_record(revision: i64, color: Option<Color>) -> LbRecord {
     LbRecord {
         applied_revision: revision,
         color,
+        upstream_counts: Default::default(),
         upstreams: Vec::new(),
         config_sha256: String::new(),
         reloaded_at: String::new(),

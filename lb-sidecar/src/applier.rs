@@ -7,7 +7,7 @@ use crate::error::SidecarError;
 use crate::nginx::{Nginx, NginxControl};
 use crate::render::{self, View};
 use crate::state::LbState;
-use proto::records::LbRecord;
+use proto::records::{LbRecord, LbUpstreamsRecord};
 use proto::Color;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -125,13 +125,14 @@ impl<N: NginxControl> Applier<N> {
     }
 
     /// Makes nginx serve the active color as of `revision`. With `force` false, a render identical
-    /// to what is served is a no-op (health churn that changed nothing). Returns the ack to write.
+    /// to what is served is a no-op (health churn that changed nothing). Returns the ack to write
+    /// and the upstream lists it summarizes.
     pub async fn apply(
         &mut self,
         state: &LbState,
         revision: i64,
         force: bool,
-    ) -> Result<Option<LbRecord>, SidecarError> {
+    ) -> Result<Option<(LbRecord, LbUpstreamsRecord)>, SidecarError> {
         let Some(active) = &state.active else {
             return Ok(None);
         };
@@ -188,14 +189,21 @@ impl<N: NginxControl> Applier<N> {
             )));
         }
         self.served = Some(rendered);
-        Ok(Some(LbRecord {
+        let mut upstreams = LbUpstreamsRecord::default();
+        upstreams.upstreams.insert(color, view.live);
+        if let Some(split) = view.split {
+            upstreams.upstreams.insert(split.canary, split.servers);
+        }
+        let ack = LbRecord {
             applied_revision: revision,
             color: Some(color),
-            upstreams: view.live,
+            upstream_counts: upstreams.counts(),
+            upstreams: Vec::new(),
             config_sha256: sha256(&text),
             reloaded_at: proto::time::now_rfc3339(),
             error: None,
             url: Some(self.nginx.public_url()),
-        }))
+        };
+        Ok(Some((ack, upstreams)))
     }
 }

@@ -166,6 +166,7 @@ pub async fn follow<N: NginxControl>(
         ack_tx,
         alive,
         ack_key: None,
+        upstreams_key: None,
         stats: tally.map(|tally| Stats {
             tally,
             instance,
@@ -199,6 +200,8 @@ struct Follower<N: NginxControl> {
     alive: HeldKey,
     /// The durable ack, once written.
     ack_key: Option<HeldKey>,
+    /// The upstream lists the ack counts, durable; rewritten only when a list changes.
+    upstreams_key: Option<HeldKey>,
     /// nginx's request counts, when it logs to this sidecar.
     stats: Option<Stats>,
     /// Holds back identical error lines while a failed apply is retried.
@@ -386,6 +389,7 @@ impl<N: NginxControl> Follower<N> {
     fn send_held(&self) {
         let held = std::iter::once(self.alive.clone())
             .chain(self.ack_key.clone())
+            .chain(self.upstreams_key.clone())
             .chain(self.stats.as_ref().and_then(|s| s.key.clone()))
             .collect();
         let _ = self.ack_tx.send(held);
@@ -446,6 +450,7 @@ impl<N: NginxControl> Follower<N> {
         LbRecord {
             applied_revision: 0,
             color: None,
+            upstream_counts: Default::default(),
             upstreams: Vec::new(),
             config_sha256: String::new(),
             reloaded_at: String::new(),
@@ -473,8 +478,13 @@ impl<N: NginxControl> Follower<N> {
 
     async fn try_apply(&mut self, force: bool) -> bool {
         match self.applier.apply(&self.state, self.revision, force).await {
-            Ok(Some(ack)) => {
-                tracing::info!(revision = ack.applied_revision, color = ?ack.color, upstreams = ?ack.upstreams, "nginx serving");
+            Ok(Some((ack, upstreams))) => {
+                tracing::info!(revision = ack.applied_revision, color = ?ack.color, upstreams = ?upstreams.upstreams, "nginx serving");
+                self.upstreams_key = Some(HeldKey::new(
+                    self.keys.lb_upstreams(&self.config.name),
+                    encode(&upstreams),
+                    Hold::Durable,
+                ));
                 self.metrics.reloaded(ack.applied_revision);
                 self.last_reload = Some(Instant::now());
                 self.update_addresses();

@@ -75,6 +75,9 @@ impl Keys {
         &self.base
     }
 
+    /// The first segment of keys nobody needs in a deploy: `~` sorts after every lowercase name.
+    const DETAIL: &'static str = "~detail/";
+
     pub fn lock(&self) -> String {
         format!("{}lock", self.base)
     }
@@ -145,6 +148,25 @@ impl Keys {
         format!("{}lbs/", self.base)
     }
 
+    /// The upstreams an LB serves, per color: the full list its ack only summarizes (a count per
+    /// color), written only when it changes. Under [`Keys::DETAIL`], which sorts after every
+    /// other part of the app, so the coordinator's reads and watches (`[app_prefix,
+    /// coordinator_end)`) never receive it: at thousands of hosts these lists were nearly every
+    /// byte a deploy received. `lb list --verbose` reads it.
+    pub fn lb_upstreams(&self, name: &str) -> String {
+        format!("{}{}lb-upstreams/{name}", self.base, Self::DETAIL)
+    }
+
+    pub fn lb_upstreams_prefix(&self) -> String {
+        format!("{}{}lb-upstreams/", self.base, Self::DETAIL)
+    }
+
+    /// Where the coordinator's view of the app ends: every key it reads or watches sorts before
+    /// it, the detail subtree ([`Keys::lb_upstreams`]) after it.
+    pub fn coordinator_end(&self) -> String {
+        format!("{}{}", self.base, Self::DETAIL)
+    }
+
     /// An LB's liveness, under its sidecar's lease; `lbs/<name>` (its last ack) is durable, so a
     /// silent LB stays a member whose last served color is protected.
     pub fn lb_alive(&self, name: &str) -> String {
@@ -170,9 +192,8 @@ impl Keys {
 
     /// The range an LB renders from, `[active, lb-alive/)`: `active`, `health/` and `hosts/`,
     /// with only low-volume keys between them (`deploy`, `history/`, `host-members/`). One range
-    /// keeps one revision order for the sidecar's acks, and leaves out the other LBs' acks (each
-    /// carries its upstream list: with 50 LBs at 5,000 hosts, megabytes per switch to every
-    /// sidecar) and `releases/`.
+    /// keeps one revision order for the sidecar's acks, and leaves out the other LBs' acks (one per
+    /// reload of every LB: at 50 LBs, 50 times what a sidecar needs) and `releases/`.
     pub fn lb_view_range(&self) -> (String, String) {
         (self.active(), self.lb_alive(""))
     }
@@ -236,6 +257,31 @@ mod tests {
 
     fn keys() -> Keys {
         Keys::new("/bluegreen", "shop").unwrap()
+    }
+
+    /// Every key a coordinator needs sorts before `coordinator_end`, the upstream lists after.
+    #[test]
+    fn the_detail_subtree_sorts_after_everything_a_coordinator_reads() {
+        let k = keys();
+        let end = k.coordinator_end();
+        let needed = [
+            k.lock(),
+            k.active(),
+            k.traffic(),
+            k.release(Color::Green),
+            k.deploy(),
+            k.host("zz-last-host"),
+            k.health("zz", Color::Green),
+            k.lb("zz"),
+            k.lb_alive("zz"),
+            k.lb_stats("zz"),
+            k.history_prefix() + "zz",
+        ];
+        for key in needed {
+            assert!(key.as_str() < end.as_str(), "{key} sorts after {end}");
+        }
+        assert!(k.lb_upstreams("lb-1").as_str() > end.as_str());
+        assert!(k.lb_upstreams("lb-1").starts_with(k.app_prefix()));
     }
 
     #[test]

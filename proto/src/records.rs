@@ -590,7 +590,14 @@ pub fn serves(record: Option<&HealthRecord>, version: &str) -> bool {
 pub struct LbRecord {
     pub applied_revision: i64,
     pub color: Option<Color>,
-    #[serde(default)]
+    /// How many upstreams nginx serves per color: the ack's digest of the lists, which are in
+    /// [`LbUpstreamsRecord`] (an ack is written at every reload of every LB and every deploy
+    /// receives it; the lists were nearly all of those bytes at thousands of hosts).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub upstream_counts: BTreeMap<Color, u32>,
+    /// The live upstreams, as sidecars before [`LbUpstreamsRecord`] wrote them in the ack; read
+    /// only for those.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<String>,
     pub config_sha256: String,
     pub reloaded_at: String,
@@ -601,6 +608,24 @@ pub struct LbRecord {
     pub url: Option<String>,
 }
 impl Validate for LbRecord {}
+
+/// `~detail/lb-upstreams/<name>`: the upstreams an LB's nginx serves, per color (the live color,
+/// and a canary's while one runs); durable, written only when a list changes.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct LbUpstreamsRecord {
+    pub upstreams: BTreeMap<Color, Vec<String>>,
+}
+impl Validate for LbUpstreamsRecord {}
+
+impl LbUpstreamsRecord {
+    /// The ack's digest of these lists.
+    pub fn counts(&self) -> BTreeMap<Color, u32> {
+        self.upstreams
+            .iter()
+            .map(|(color, list)| (*color, list.len() as u32))
+            .collect()
+    }
+}
 
 /// `lb-stats/<name>`: what this LB's nginx answered per color since its sidecar started (under
 /// the sidecar's lease). Running totals: a window is the difference of two readings.

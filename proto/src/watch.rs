@@ -264,6 +264,18 @@ impl PrefixWatch {
         }
     }
 
+    /// [`PrefixWatch::from_revision`] over the keys in `[from, end)`.
+    pub fn range_from_revision(
+        client: &Client,
+        from: &str,
+        end: &str,
+        revision: i64,
+    ) -> PrefixWatch {
+        let mut watch = PrefixWatch::from_revision(client, from, revision);
+        watch.end = end.as_bytes().to_vec();
+        watch
+    }
+
     /// [`PrefixWatch::start`] over the keys in `[from, end)`: one range, so one revision orders
     /// every change in it.
     pub async fn start_range(

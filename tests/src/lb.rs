@@ -44,6 +44,38 @@ pub async fn wait_ack(
     .await
 }
 
+/// The upstreams LB `name` serves for `color`, sorted (its `Keys::lb_upstreams` record; the ack
+/// only counts them).
+pub async fn upstreams(client: &etcd_client::Client, name: &str, color: Color) -> Vec<String> {
+    let key = keys().lb_upstreams(name);
+    let Some(bytes) = get_raw(client, &key).await else {
+        return Vec::new();
+    };
+    let record: proto::records::LbUpstreamsRecord =
+        decode(&key, &bytes).expect("sidecars write valid upstream lists");
+    let mut list = record.upstreams.get(&color).cloned().unwrap_or_default();
+    list.sort();
+    list
+}
+
+/// Waits until LB `name` serves exactly `want` (in any order) for `color`.
+pub async fn wait_upstreams(
+    client: &etcd_client::Client,
+    name: &str,
+    color: Color,
+    want: &[String],
+) {
+    let mut want = want.to_vec();
+    want.sort();
+    let want = &want;
+    wait_for(
+        &format!("{name} to route {color} to {want:?}"),
+        Duration::from_secs(30),
+        || async move { (&upstreams(client, name, color).await == want).then_some(()) },
+    )
+    .await;
+}
+
 /// Waits until `url` answers JSON with `environment == color`.
 pub async fn wait_color(url: &str, color: Color) {
     wait_for(

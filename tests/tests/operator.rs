@@ -329,6 +329,14 @@ async fn every_command_speaks_the_documented_json() {
     );
     schemas.query("host-list", &json(&["host", "list"]).await, "host list");
     schemas.query("lb-list", &json(&["lb", "list"]).await, "lb list");
+    let verbose = &["lb", "list", "--verbose"];
+    let lbs = schemas.query("lb-list", &json(verbose).await, "lb list --verbose");
+    let served = lbs[0]["color"].as_str().expect("the LB serves a color");
+    assert_eq!(
+        lbs[0]["upstreams"][served].as_array().map(Vec::len),
+        Some(2),
+        "both hosts, from the LB's upstream lists: {lbs:#}"
+    );
     let canary = schemas.query(
         "canary-status",
         &json(&["canary", "status"]).await,

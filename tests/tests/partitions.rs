@@ -86,12 +86,7 @@ async fn an_agent_cut_off_from_etcd_after_the_switch() {
         a.sort();
         a
     };
-    wait_ack(client, "lb-0", "both hosts routed again", |a| {
-        let mut got = a.upstreams.clone();
-        got.sort();
-        got == all
-    })
-    .await;
+    bluegreen_tests::lb::wait_upstreams(client, "lb-0", Color::Blue, &all).await;
     load::finish(stop, loops).await.assert_none_failed();
 }
 

@@ -1,6 +1,6 @@
 //! lb-sidecar against real etcd, real nginx (one per LB) and real agents with the demo app.
 use bluegreen_tests::artifacts::release;
-use bluegreen_tests::lb::{ack, set_active, wait_ack, wait_color};
+use bluegreen_tests::lb::{ack, set_active, wait_ack, wait_color, wait_upstreams};
 use bluegreen_tests::load;
 use bluegreen_tests::nginx::{Nginx, SidecarProc};
 use bluegreen_tests::procs::{get_json, put_raw, put_release, wait_healthy};
@@ -55,7 +55,12 @@ async fn every_lb_follows_active_and_acks_the_revision() {
         })
         .await;
         assert_eq!(a.color, Some(Color::Blue));
-        assert_eq!(a.upstreams, upstreams(&hosts, Color::Blue));
+        assert_eq!(
+            a.upstream_counts.get(&Color::Blue),
+            Some(&(hosts.len() as u32))
+        );
+        let name = format!("lb-{i}");
+        wait_upstreams(&client, &name, Color::Blue, &upstreams(&hosts, Color::Blue)).await;
         wait_color(&lb.url("/api/v1/status"), Color::Blue).await;
         // The preview listener serves the idle color.
         assert_eq!(
@@ -252,11 +257,17 @@ async fn garbage_active_and_dead_hosts_never_empty_the_upstream() {
 
     // Host 2's agent dies: its keys expire and it leaves the upstream (its apps still run).
     hosts[1].kill9();
-    let a = wait_ack(&client, "lb-0", "host-2 removed", |a| {
-        a.upstreams.len() == 1
+    wait_ack(&client, "lb-0", "host-2 removed", |a| {
+        a.upstream_counts.get(&Color::Blue) == Some(&1)
     })
     .await;
-    assert_eq!(a.upstreams, upstreams(&hosts[..1], Color::Blue));
+    wait_upstreams(
+        &client,
+        "lb-0",
+        Color::Blue,
+        &upstreams(&hosts[..1], Color::Blue),
+    )
+    .await;
     assert_eq!(
         get_json(&lb.url("/api/v1/status")).await.unwrap()["environment"],
         "blue"
@@ -270,12 +281,15 @@ async fn unhealthy_active_color_keeps_all_registered_hosts() {
     let lb = Nginx::start();
     let _sidecar = SidecarProc::start(&etcd, "lb-0", &lb, "");
     let revision = set_active(&client, Color::Green, "v2").await;
-    let a = wait_ack(&client, "lb-0", "green", |a| a.applied_revision >= revision).await;
-    assert_eq!(
-        a.upstreams,
-        upstreams(&hosts, Color::Green),
-        "all registered hosts, not an empty upstream"
-    );
+    wait_ack(&client, "lb-0", "green", |a| a.applied_revision >= revision).await;
+    // All registered hosts, not an empty upstream.
+    wait_upstreams(
+        &client,
+        "lb-0",
+        Color::Green,
+        &upstreams(&hosts, Color::Green),
+    )
+    .await;
     wait_color(&lb.url("/api/v1/status"), Color::Green).await;
 }
 
@@ -667,14 +681,7 @@ async fn flapping_health_is_rate_limited_to_one_reload_per_interval() {
     .await;
     let mut expected = upstreams(&hosts, Color::Blue);
     expected.push("127.0.0.19:9001".into());
-    wait_ack(&client, "lb-0", "the last health state", |a| {
-        let mut got = a.upstreams.clone();
-        got.sort();
-        let mut want = expected.clone();
-        want.sort();
-        got == want
-    })
-    .await;
+    wait_upstreams(&client, "lb-0", Color::Blue, &expected).await;
     let during = reloads(&sidecar).await - before;
     assert!(during >= 1, "the churn never reached nginx");
     assert!(

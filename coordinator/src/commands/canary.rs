@@ -10,7 +10,7 @@ use crate::lock;
 use crate::locked::{with_lock, LockFor};
 use crate::status::{self, AppStatus};
 use proto::records::{decode, CanaryAction, CanaryRequest, DeployRecord, HistoryRecord};
-use proto::watch::{PrefixWatch, WatchEvent};
+use proto::watch::WatchEvent;
 use proto::{AppKey, Keys, Operation, Outcome, Phase};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -258,7 +258,7 @@ async fn await_act(
         CanaryAction::Abort => Outcome::Aborted,
     };
     let finishes = matches!(action, CanaryAction::Abort | CanaryAction::Promote);
-    let mut watch = PrefixWatch::from_revision(client, keys.app_prefix(), revision + 1);
+    let mut watch = crate::status::watch_from(client, keys, revision + 1);
     let mut acted = false;
     let deadline = tokio::time::Instant::now() + ACT_TIMEOUT;
     loop {

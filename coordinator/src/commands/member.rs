@@ -11,7 +11,11 @@ use std::time::Duration;
 pub enum Action {
     /// Every registered one, alive or not: for a host its address and each color's version and
     /// state, for an LB the color it last acked and its error.
-    List,
+    List {
+        /// `lb list` only: also each LB's upstreams per color, as it last served them.
+        #[arg(long)]
+        verbose: bool,
+    },
     /// Forget one whose agent or sidecar is gone for good (refused while it runs); fenced by the
     /// deploy lock and recorded in history.
     Remove {
@@ -29,19 +33,19 @@ pub enum Action {
 impl Action {
     pub fn name(&self, kind: Member) -> String {
         let verb = match self {
-            Action::List => "list",
+            Action::List { .. } => "list",
             Action::Remove { .. } => "remove",
         };
         format!("{} {verb}", kind.command())
     }
 
     pub fn is_query(&self) -> bool {
-        matches!(self, Action::List)
+        matches!(self, Action::List { .. })
     }
 
     pub async fn run(self, global: &Global, kind: Member) -> Result<String, CoordinatorError> {
         match self {
-            Action::List => member_list(global, kind).await,
+            Action::List { verbose } => member_list(global, kind, verbose).await,
             Action::Remove {
                 name,
                 yes,
@@ -55,14 +59,27 @@ impl Action {
 }
 
 /// `coordinator host list` and `coordinator lb list`: every registered member, alive or not.
-async fn member_list(global: &Global, kind: Member) -> Result<String, CoordinatorError> {
+async fn member_list(
+    global: &Global,
+    kind: Member,
+    verbose: bool,
+) -> Result<String, CoordinatorError> {
+    if verbose && kind == Member::Host {
+        return Err(CoordinatorError::usage(
+            "--verbose: only `lb list` has more to show (each LB's upstreams)",
+        ));
+    }
     let (keys, client) = global.existing_app().await?;
     let state = status::read(&client, &keys).await?;
+    let mut lb_views = lbs::views(&state);
+    if verbose {
+        lbs::add_upstreams(&client, &keys, &state, &mut lb_views).await?;
+    }
     Ok(match (kind, global.json) {
         (Member::Host, true) => pretty_json(&hosts::views(&state)),
         (Member::Host, false) => hosts::render_text(&hosts::views(&state)),
-        (Member::Lb, true) => pretty_json(&lbs::views(&state)),
-        (Member::Lb, false) => lbs::render_text(&lbs::views(&state)),
+        (Member::Lb, true) => pretty_json(&lb_views),
+        (Member::Lb, false) => lbs::render_text(&lb_views),
     })
 }
 

@@ -280,12 +280,7 @@ async fn unsettled(
         }
     }
     for s in &fleet.sidecars {
-        let key = k.lb(&s.name);
-        let ack = crate::procs::get_raw(client, &key)
-            .await
-            .and_then(|b| decode::<proto::records::LbRecord>(&key, &b).ok());
-        let mut upstreams = ack.map(|a| a.upstreams).unwrap_or_default();
-        upstreams.sort();
+        let upstreams = crate::lb::upstreams(client, &s.name, live.color).await;
         if upstreams != wanted {
             problems.push(format!("{} routes to {upstreams:?}", s.name));
         }
