@@ -143,9 +143,14 @@ async fn html_root_app_deploys_rolls_back_and_switches_on_two_hosts_and_two_lbs(
     }
     let out = fleet.run(&["apps"]).await;
     assert_ok(&out, "apps");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        bluegreen_tests::procs::APP
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = listed.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{listed}");
+    let served = active(&fleet).await;
+    assert!(
+        rows[0].starts_with(&format!("{} ", bluegreen_tests::procs::APP))
+            && rows[0].contains(&format!("{} {}", served.color, served.version)),
+        "the app, with its active color: {listed}"
     );
 }
 

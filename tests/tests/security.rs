@@ -204,9 +204,13 @@ async fn tls_and_auth_fleet_deploys_under_load_and_every_role_is_confined() {
 
     // The coordinator's role may not read other apps, yet `apps` and a mistyped --app name the
     // apps (from the index etcd-auth.sh keeps); before, both were "permission denied".
-    let apps = fleet.run(&["apps"]).await;
+    let apps = fleet.run(&["--output", "json", "apps"]).await;
     assert!(apps.status.success(), "apps: {}", text(&apps));
-    assert_eq!(String::from_utf8_lossy(&apps.stdout).trim(), APP);
+    let apps: serde_json::Value = serde_json::from_slice(&apps.stdout).unwrap();
+    assert_eq!(apps.as_array().map(Vec::len), Some(1), "{apps:#}");
+    assert_eq!(apps[0]["name"], APP);
+    assert_eq!(apps[0]["readable"], true, "its own app: {apps:#}");
+    assert!(apps[0]["active"]["version"].is_string(), "{apps:#}");
     let typo = fleet
         .coordinator()
         .args(["--app", "shpo", "status"])
