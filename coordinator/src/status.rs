@@ -376,27 +376,12 @@ mod tests {
         }
     }
 
-    /// A small deterministic generator: the same "random" records on every run.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        /// A string of up to 12 characters, a third of them control characters.
-        fn text(&mut self) -> String {
-            let pool = [
-                'a', 'Z', '7', ' ', ':', 'é', '\n', '\r', '\u{1b}', '\t', '\0', '\u{7f}',
-            ];
-            let len = (self.next() % 13) as usize;
-            (0..len)
-                .map(|_| pool[(self.next() % pool.len() as u64) as usize])
-                .collect()
-        }
+    /// Up to 12 characters, a third of them control characters.
+    fn text(rng: &mut proto::rng::Rng) -> String {
+        const POOL: [&str; 12] = [
+            "a", "Z", "7", " ", ":", "é", "\n", "\r", "\u{1b}", "\t", "\0", "\u{7f}",
+        ];
+        rng.text(&POOL, 12)
     }
 
     /// Arbitrary free text in every record `status` shows (health errors, the deploy's error and
@@ -405,7 +390,7 @@ mod tests {
     #[test]
     fn records_full_of_control_characters_never_forge_a_line() {
         let keys = Keys::new("/bluegreen", "shop").unwrap();
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = proto::rng::Rng::new(0x9e37_79b9_7f4a_7c15);
         let render = |texts: &mut dyn FnMut() -> String| {
             let mut status = AppStatus::default();
             let health = serde_json::json!({
@@ -436,12 +421,12 @@ mod tests {
         };
         let plain = render(&mut || "plain".to_string());
         for _ in 0..300 {
-            let text = render(&mut || rng.text());
+            let shown = render(&mut || text(&mut rng));
             assert!(
-                !text.chars().any(|c| c.is_control() && c != '\n'),
-                "{text:?}"
+                !shown.chars().any(|c| c.is_control() && c != '\n'),
+                "{shown:?}"
             );
-            assert_eq!(text.lines().count(), plain.lines().count(), "{text}");
+            assert_eq!(shown.lines().count(), plain.lines().count(), "{shown}");
         }
     }
 

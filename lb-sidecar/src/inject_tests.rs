@@ -5,66 +5,52 @@
 //! failure reproduces.
 use crate::render::{render, View, BUILTIN_TEMPLATE};
 use crate::state::LbState;
+use proto::rng::Rng;
 use proto::{Color, Keys};
 
-/// xorshift64*: enough randomness for a property test, no dependency.
-struct Rng(u64);
+/// Pieces rich in config syntax.
+const PIECES: [&str; 24] = [
+    ";",
+    "{",
+    "}",
+    "\"",
+    "'",
+    "\n",
+    "\r",
+    "\\",
+    "$host",
+    "#",
+    " ",
+    "\t",
+    "server",
+    "listen 81",
+    "location /",
+    "alias /etc/",
+    "include /etc/passwd",
+    "upstream x",
+    "a",
+    "v1",
+    "127.0.0.1",
+    ":",
+    "-",
+    ".",
+];
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
+/// Up to 7 pieces of [`PIECES`].
+fn nasty(rng: &mut Rng) -> String {
+    rng.text(&PIECES, 7)
+}
 
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// A string of up to 40 characters from a pool rich in config syntax.
-    fn nasty(&mut self) -> String {
-        const PIECES: [&str; 24] = [
-            ";",
-            "{",
-            "}",
-            "\"",
-            "'",
-            "\n",
-            "\r",
-            "\\",
-            "$host",
-            "#",
-            " ",
-            "\t",
-            "server",
-            "listen 81",
-            "location /",
-            "alias /etc/",
-            "include /etc/passwd",
-            "upstream x",
-            "a",
-            "v1",
-            "127.0.0.1",
-            ":",
-            "-",
-            ".",
-        ];
-        let len = self.below(8);
-        (0..len).map(|_| PIECES[self.below(PIECES.len())]).collect()
-    }
-
-    /// Either a valid-looking value or a nasty one, so that both accepted and refused paths run.
-    fn value(&mut self, valid: &str) -> String {
-        if self.below(3) == 0 {
-            valid.to_string()
-        } else {
-            let mut s = self.nasty();
-            if self.below(2) == 0 {
-                s.insert_str(0, valid);
-            }
-            s
+/// Either a valid-looking value or a nasty one, so that both accepted and refused paths run.
+fn value(rng: &mut Rng, valid: &str) -> String {
+    if rng.below(3) == 0 {
+        valid.to_string()
+    } else {
+        let mut s = nasty(rng);
+        if rng.below(2) == 0 {
+            s.insert_str(0, valid);
         }
+        s
     }
 }
 
@@ -90,28 +76,28 @@ fn shape(config: &str) -> Vec<(String, usize)> {
 #[test]
 fn no_etcd_value_adds_a_block_or_directive_to_the_config() {
     let keys = Keys::new("/bluegreen", "shop").unwrap();
-    let mut rng = Rng(0x5eed_b10e_9e11);
+    let mut rng = Rng::new(0x5eed_b10e_9e11);
     let mut accepted = 0;
     for _ in 0..3000 {
         let mut state = LbState::default();
-        let host = rng.value("host-a");
+        let host = value(&mut rng, "host-a");
         let record = serde_json::json!({
             "host": host,
-            "address": rng.value("127.0.0.11"),
+            "address": value(&mut rng, "127.0.0.11"),
             "ports": {"blue": 8080, "green": 8081},
-            "grpc": rng.value("127.0.0.11:7070"),
-            "agent_version": rng.value("0.1.0"),
+            "grpc": value(&mut rng, "127.0.0.11:7070"),
+            "agent_version": value(&mut rng, "0.1.0"),
             "started_at": "t",
         });
         let host_key = format!("{}{}", keys.hosts_prefix(), host);
         let _ = state.apply(&keys, &host_key, Some(record.to_string().as_bytes()));
-        let version = rng.value("v2");
+        let version = value(&mut rng, "v2");
         let health = serde_json::json!({"version": version, "state": "healthy", "since": "t",
-                                         "error": rng.nasty(), "health": {"x": rng.nasty()}});
+                                         "error": nasty(&mut rng), "health": {"x": nasty(&mut rng)}});
         let health_key = format!("{}{}/green", keys.health_prefix(), host);
         let _ = state.apply(&keys, &health_key, Some(health.to_string().as_bytes()));
-        let active = serde_json::json!({"color": "green", "version": version, "deploy_id": rng.nasty(),
-                                         "token": 1, "switched_at": rng.nasty()});
+        let active = serde_json::json!({"color": "green", "version": version, "deploy_id": nasty(&mut rng),
+                                         "token": 1, "switched_at": nasty(&mut rng)});
         let _ = state.apply(&keys, &keys.active(), Some(active.to_string().as_bytes()));
         let Some(a) = state.active.clone() else {
             continue;

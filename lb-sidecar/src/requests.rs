@@ -442,7 +442,7 @@ mod tests {
     /// counted came from a well-formed line.
     #[test]
     fn arbitrary_datagrams_never_panic_and_only_well_formed_ones_count() {
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rng = proto::rng::Rng::new(0x9e37_79b9_7f4a_7c15);
         let pieces = [
             "bluegreen: ",
             "10.0.0.1:80",
@@ -466,16 +466,7 @@ mod tests {
         let mut tally = Tally::default();
         tally.set_addresses(HashMap::from([("10.0.0.1:80".to_string(), Color::Blue)]));
         for _ in 0..5000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let n = (seed % 12) as usize;
-            let mut line = String::from("<1>x ");
-            let mut s = seed;
-            for _ in 0..n {
-                s = s.rotate_left(7) ^ 0x5555;
-                line.push_str(pieces[(s % pieces.len() as u64) as usize]);
-            }
+            let line = format!("<1>x {}", rng.text(&pieces, 11));
             if let Some(attempts) = parse(&line) {
                 assert!(
                     attempts.iter().all(|a| a.ms.is_finite() && a.ms >= 0.0),

@@ -196,42 +196,28 @@ mod tests {
     /// character (a value cannot add a line to nginx's config or to a log).
     #[test]
     fn arbitrary_records_never_panic_and_never_reach_an_upstream_unescaped() {
-        struct Rng(u64);
-        impl Rng {
-            fn next(&mut self) -> u64 {
-                self.0 ^= self.0 << 13;
-                self.0 ^= self.0 >> 7;
-                self.0 ^= self.0 << 17;
-                self.0
-            }
-            fn text(&mut self, max: u64) -> String {
-                let pool = [
-                    "a", "1", "{", "}", "\"", ":", ",", "\n", "\u{1b}", "\r", ";", "/", " ",
-                ];
-                (0..self.next() % max)
-                    .map(|_| pool[(self.next() % pool.len() as u64) as usize])
-                    .collect()
-            }
-        }
-        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        const POOL: [&str; 13] = [
+            "a", "1", "{", "}", "\"", ":", ",", "\n", "\u{1b}", "\r", ";", "/", " ",
+        ];
+        let mut rng = proto::rng::Rng::new(0x2545_f491_4f6c_dd1d);
         let mut state = LbState::default();
         let k = keys();
         for _ in 0..2000 {
-            let name = rng.text(6);
-            let key = match rng.next() % 4 {
+            let name = rng.text(&POOL, 5);
+            let key = match rng.below(4) {
                 0 => k.host(&name),
                 1 => k.health(&name, Color::Blue),
                 2 => k.active(),
                 _ => format!("{}{name}", k.app_prefix()),
             };
-            let value = match rng.next() % 3 {
-                0 => rng.text(40),
+            let value = match rng.below(3) {
+                0 => rng.text(&POOL, 39),
                 1 => serde_json::json!({
-                    "host": name, "address": rng.text(10), "ports": {"blue": 8080, "green": 8081},
+                    "host": name, "address": rng.text(&POOL, 9), "ports": {"blue": 8080, "green": 8081},
                     "grpc": "", "agent_version": "0", "started_at": "t"
                 })
                 .to_string(),
-                _ => serde_json::json!({"version": rng.text(8), "state": "healthy", "since": rng.text(8)})
+                _ => serde_json::json!({"version": rng.text(&POOL, 7), "state": "healthy", "since": rng.text(&POOL, 7)})
                     .to_string(),
             };
             let _ = state.apply(&k, &key, Some(value.as_bytes()));

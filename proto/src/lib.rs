@@ -16,6 +16,7 @@ pub mod records;
 pub mod repeats;
 pub mod requests;
 pub mod retry;
+pub mod rng;
 pub mod secrets;
 pub mod session;
 pub mod settings;

@@ -1,8 +1,8 @@
 //! The menu of faults the runner draws from, each with its injection and its healing. A fault is
 //! injected either before an operation starts or while it runs, and healed after it ends.
-use super::rng::Rng;
 use crate::fleet::Fleet;
 use crate::procs::{keys, put_raw};
+use proto::rng::Rng;
 use proto::Color;
 
 /// One fault, with the component it hits.

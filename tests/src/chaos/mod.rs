@@ -6,13 +6,12 @@
 //! `target/release/fault-runner --seed 7 --ops 200` (see the README); CI runs a fixed seed briefly.
 pub mod faults;
 pub mod invariants;
-pub mod rng;
 pub mod traffic;
 
 use crate::fleet::{text, Fleet};
 use faults::{Fault, Injected};
+use proto::rng::Rng;
 use proto::Color;
-use rng::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::time::Instant;

@@ -1,4 +1,7 @@
-//! A small seeded generator (splitmix64): a run is reproduced by its seed alone.
+//! A small seeded generator (splitmix64), for the property tests and the fault runner: the same
+//! seed gives the same inputs or the same run, so a failure reproduces from its seed alone, and
+//! no dependency. Not for anything secret.
+
 pub struct Rng(u64);
 
 impl Rng {
@@ -36,6 +39,15 @@ impl Rng {
         }
         &items[items.len() - 1].1
     }
+
+    /// Up to `max_pieces` pieces of `pool`, joined: strings rich in whatever the pool holds
+    /// (config syntax, control characters, …).
+    pub fn text(&mut self, pool: &[&str], max_pieces: u64) -> String {
+        let n = self.below(max_pieces + 1);
+        (0..n)
+            .map(|_| pool[self.below(pool.len() as u64) as usize])
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -49,5 +61,9 @@ mod tests {
         let ys: Vec<u64> = (0..5).map(|_| b.next_u64()).collect();
         assert_eq!(xs, ys);
         assert_ne!(Rng::new(8).next_u64(), xs[0]);
+        for _ in 0..1000 {
+            assert!(a.below(3) < 3);
+            assert!(a.text(&["ab"], 5).len() <= 10);
+        }
     }
 }
