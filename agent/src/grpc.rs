@@ -198,14 +198,22 @@ async fn bind_socket(path: &std::path::Path) -> Result<Listener, String> {
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if tokio::net::UnixStream::connect(path).await.is_ok() {
-                return Err(
-                    "another process answers on it (a second agent on this host?); give each \
-                     agent its own grpc_socket"
-                        .into(),
-                );
+            // Only a refused connection proves nobody listens: a live agent with a full backlog
+            // (stuck, say) must not lose its socket to a second one.
+            match tokio::net::UnixStream::connect(path).await {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path)
+                        .map_err(|e| format!("removing the stale socket: {e}"))?;
+                }
+                Err(e) => return Err(format!("it exists and cannot be probed: {e}")),
+                Ok(_) => {
+                    return Err(
+                        "another process answers on it (a second agent on this host?); give \
+                         each agent its own grpc_socket"
+                            .into(),
+                    )
+                }
             }
-            std::fs::remove_file(path).map_err(|e| format!("removing the stale socket: {e}"))?;
         }
         Ok(_) => return Err("it exists and is not a socket".into()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

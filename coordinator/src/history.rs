@@ -126,6 +126,8 @@ pub struct Filter {
     /// RFC 3339 times (UTC, as records are written), inclusive.
     pub since: Option<String>,
     pub until: Option<String>,
+    /// Only records that placed a release on this color ([`placed_release`]).
+    pub placed_on: Option<proto::Color>,
 }
 
 impl Filter {
@@ -147,6 +149,7 @@ impl Filter {
                 .until
                 .as_ref()
                 .is_none_or(|t| r.at.as_str() <= t.as_str())
+            && self.placed_on.is_none_or(|c| placed_release(r, c))
     }
 }
 
@@ -166,10 +169,6 @@ pub fn parse_time(flag: &'static str, value: &str) -> Result<String, Coordinator
     };
     Ok(humantime::format_rfc3339_millis(at).to_string())
 }
-
-/// How far back (in history records) a rollback looks for the deploy that placed the release it
-/// switches to: beyond it, the release is not questioned.
-pub const RECENT_DEPLOYS: usize = 200;
 
 /// Whether `record` says a release was placed on `color`: a deploy (every deploy record comes
 /// after its stage write), or the reconciliation of a deploy whose coordinator died (which

@@ -95,10 +95,11 @@ pub fn render_text(views: &[LbView]) -> String {
             if v.alive { "yes" } else { "NO" },
             v.color.map_or("none".into(), |c| c.to_string()),
             v.applied_revision,
-            v.error.as_deref().unwrap_or("")
+            proto::text::escaped(v.error.as_deref().unwrap_or(""))
         ));
         for (color, list) in v.upstreams.iter().flatten() {
-            out.push_str(&format!("    {color}: {}\n", list.join(" ")));
+            let list = list.join(" ");
+            out.push_str(&format!("    {color}: {}\n", proto::text::escaped(&list)));
         }
     }
     out
@@ -147,4 +148,30 @@ pub async fn remove(
         "lb {name}: removed; it no longer protects {} or blocks switches\n",
         ack.color.map_or("any color".into(), |c| c.to_string())
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{render_text, LbView};
+    use proto::Color;
+
+    /// An ack's error and an upstream list come from records any sidecar's role writes: they
+    /// never add a line or a terminal escape to `lb list`.
+    #[test]
+    fn lb_list_escapes_what_sidecars_wrote() {
+        let view = LbView {
+            name: "lb-1".into(),
+            alive: true,
+            color: Some(Color::Blue),
+            applied_revision: 7,
+            reloaded_at: "t".into(),
+            url: None,
+            error: Some("bad\nlb-2 yes blue 9".into()),
+            upstreams: Some([(Color::Blue, vec!["10.0.0.1:80\n\u{1b}[2J".to_string()])].into()),
+        };
+        let text = render_text(&[view]);
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(!text.contains('\u{1b}'), "{text:?}");
+        assert!(text.contains("    blue: 10.0.0.1:80\\n"), "{text}");
+    }
 }

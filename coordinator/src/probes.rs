@@ -238,15 +238,21 @@ fn socket_remedy(host: &str) -> String {
     )
 }
 
-/// A failure to open a host's agent socket, with the remedy when it is the socket's design
-/// (absent here, or not ours to open) rather than a fault.
+/// A failure to use a host's agent socket, with what it most likely means: not ours to open
+/// (the remedy), absent here (another machine's path, or the agent is not running), or a fault.
 fn explain_socket(host: &str, endpoint: &str, failure: &str) -> String {
     let lower = failure.to_ascii_lowercase();
-    let by_design = ["no such file", "permission denied", "only root"]
+    if ["permission denied", "only root"]
         .iter()
-        .any(|s| lower.contains(s));
-    if by_design {
+        .any(|s| lower.contains(s))
+    {
         format!("{endpoint}: {failure}: {}", socket_remedy(host))
+    } else if lower.contains("no such file") || lower.contains("connection refused") {
+        format!(
+            "{endpoint}: {failure}: no agent listens there on this machine; if this is not \
+             {host}, {}",
+            socket_remedy(host)
+        )
     } else {
         format!("{endpoint}: {failure}")
     }
@@ -277,6 +283,9 @@ impl HttpProbes {
                 use tonic::Code;
                 // The agent's own answers (no such color, ...) are said as they are.
                 match e.code() {
+                    _ if endpoint.starts_with("unix:") => {
+                        explain_socket(&host.host, &endpoint, &grpc_failure(&e))
+                    }
                     Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal => {
                         explain_grpc(&endpoint, &grpc_failure(&e), tls)
                     }

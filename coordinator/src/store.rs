@@ -38,8 +38,8 @@ pub trait Store {
     ) -> Result<i64, CoordinatorError>;
     /// Appends an immutable, fenced history record; returns its revision.
     async fn append_history(&self, record: &HistoryRecord) -> Result<i64, CoordinatorError>;
-    /// The newest record in history that placed a release on `color` ([`history::placed_release`])
-    /// among the newest [`history::RECENT_DEPLOYS`]; `None` when there is none.
+    /// The newest record in history that placed a release on `color` ([`history::placed_release`]);
+    /// `None` when there is none.
     async fn last_deploy_to(&self, color: Color)
         -> Result<Option<HistoryRecord>, CoordinatorError>;
     /// The newest status this store has read or been handed back by a wait, taken (a fresh read
@@ -186,13 +186,14 @@ impl Store for EtcdStore<'_> {
         &self,
         color: Color,
     ) -> Result<Option<HistoryRecord>, CoordinatorError> {
-        let every = history::Filter::default();
-        let recent = history::list(self.client, self.keys, history::RECENT_DEPLOYS, &every).await?;
-        Ok(recent
-            .into_iter()
-            .rev()
-            .map(|(_, r)| r)
-            .find(|r| history::placed_release(r, color)))
+        let placed = history::Filter {
+            placed_on: Some(color),
+            ..Default::default()
+        };
+        // Newest first, page by page, until the first match: one page unless the color was
+        // last deployed long ago.
+        let newest = history::list(self.client, self.keys, 1, &placed).await?;
+        Ok(newest.into_iter().next().map(|(_, r)| r))
     }
 
     async fn follow(

@@ -53,11 +53,9 @@ pub async fn switch_command<S: Store, P: Probes>(
     progress.record().movement(from, to);
     if req.target.is_none() {
         let placed = store.last_deploy_to(target).await?;
-        if let Some(why) = state
-            .releases
-            .get(&target)
-            .and_then(|release| replaced_since_deployed(target, release, placed.as_ref()))
-        {
+        if let Some(why) = state.releases.get(&target).and_then(|release| {
+            replaced_since_deployed(target, release, placed.as_ref(), state.deploy.as_ref())
+        }) {
             return Err(CoordinatorError::failed(why));
         }
     }
@@ -249,13 +247,24 @@ pub fn preflight(state: &AppStatus, target: Option<Color>, policy: LbPolicy) -> 
 /// Why a rollback must not go to `release` on `color`: it is not what history's last deploy to
 /// that color placed there (another operation id or version), so something other than a
 /// deploy wrote it (an etcd writer replaying an older, validly signed record, say). `None` when
-/// it matches, or when history has no deploy to that color to compare with. An explicit
-/// `switch <color>` is the operator's override, after looking.
+/// it matches, when history has no deploy to that color to compare with, or when the `deploy`
+/// record says its own deploy staged it there (a deploy whose history record was never written).
+/// An explicit `switch <color>` is the operator's override, after looking.
 pub fn replaced_since_deployed(
     color: Color,
     release: &proto::records::ReleaseRecord,
     last_deploy: Option<&proto::records::HistoryRecord>,
+    deploy_record: Option<&DeployRecord>,
 ) -> Option<String> {
+    let staged_by_last_operation = deploy_record.is_some_and(|d| {
+        d.operation == Operation::Deploy
+            && d.to == color
+            && d.deploy_id == release.deploy_id
+            && d.version == release.version
+    });
+    if staged_by_last_operation {
+        return None;
+    }
     let deploy = last_deploy?;
     let version = deploy.version.as_deref().unwrap_or("?");
     // Records written before operation ids were kept in releases match on the version alone.

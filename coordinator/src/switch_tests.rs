@@ -169,15 +169,18 @@ fn a_rollback_target_written_outside_a_deploy_is_refused() {
     let mut release = crate::testkit::release("v2", Desired::Running);
     release.deploy_id = "deploy-2".into();
     assert_eq!(
-        replaced_since_deployed(Color::Green, &release, Some(&deployed)),
+        replaced_since_deployed(Color::Green, &release, Some(&deployed), None),
         None
     );
     // No deploy to compare with (history trimmed, or none yet): not questioned.
-    assert_eq!(replaced_since_deployed(Color::Green, &release, None), None);
+    assert_eq!(
+        replaced_since_deployed(Color::Green, &release, None, None),
+        None
+    );
     // An older operation's record copied there, or one with another version.
     let mut replayed = crate::testkit::release("v1", Desired::Running);
     replayed.deploy_id = "deploy-1".into();
-    let why = replaced_since_deployed(Color::Green, &replayed, Some(&deployed)).unwrap();
+    let why = replaced_since_deployed(Color::Green, &replayed, Some(&deployed), None).unwrap();
     assert!(
         why.contains("releases/green holds v1 (operation deploy-1)")
             && why.contains("last deploy to green is deploy-2 (v2)")
@@ -186,12 +189,36 @@ fn a_rollback_target_written_outside_a_deploy_is_refused() {
     );
     let mut same_id = release.clone();
     same_id.version = "v9".into();
-    assert!(replaced_since_deployed(Color::Green, &same_id, Some(&deployed)).is_some());
+    assert!(replaced_since_deployed(Color::Green, &same_id, Some(&deployed), None).is_some());
     // A record from before operation ids were kept matches on its version.
+    // A deploy whose history record was never written: its own `deploy` record vouches.
+    let mut unrecorded = crate::testkit::release("v3", Desired::Running);
+    unrecorded.deploy_id = "deploy-3".into();
+    let staged = DeployRecord {
+        deploy_id: "deploy-3".into(),
+        operation: Operation::Deploy,
+        phase: Phase::Failed,
+        from: Some(Color::Blue),
+        to: Color::Green,
+        version: "v3".into(),
+        token: 3,
+        started_at: "t".into(),
+        updated_at: "t".into(),
+        error: None,
+    };
+    assert_eq!(
+        replaced_since_deployed(Color::Green, &unrecorded, Some(&deployed), Some(&staged)),
+        None
+    );
+    let mut other = staged.clone();
+    other.deploy_id = "deploy-9".into();
+    assert!(
+        replaced_since_deployed(Color::Green, &unrecorded, Some(&deployed), Some(&other)).is_some()
+    );
     let mut old = release.clone();
     old.deploy_id = String::new();
     assert_eq!(
-        replaced_since_deployed(Color::Green, &old, Some(&deployed)),
+        replaced_since_deployed(Color::Green, &old, Some(&deployed), None),
         None
     );
 }

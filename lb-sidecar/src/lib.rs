@@ -146,6 +146,23 @@ pub async fn follow<N: NginxControl>(
         ack_rx,
         shutdown.clone(),
     ));
+    // The upstream lists' key is newer than most roles: a role without it costs `lb list
+    // --verbose` this LB's lists, never its acks, and is said once instead of retried forever.
+    let lists_key = keys.lb_upstreams(&config.name);
+    let upstream_lists = match proto::access::check_permissions(
+        &client,
+        &[],
+        std::slice::from_ref(&lists_key),
+    )
+    .await
+    {
+        Err(e) if e.is_permission_denied() => {
+            tracing::warn!(key = %lists_key,
+                    "this sidecar's etcd role may not write its upstream lists: re-run deploy/etcd-auth.sh; until then `coordinator lb list --verbose` shows none for this LB");
+            false
+        }
+        _ => true,
+    };
     let upstreams = upstreams::UpstreamPolicy {
         enforced: true,
         own: vec![
@@ -167,6 +184,7 @@ pub async fn follow<N: NginxControl>(
         alive,
         ack_key: None,
         upstreams_key: None,
+        upstream_lists,
         stats: tally.map(|tally| Stats {
             tally,
             instance,
@@ -202,6 +220,8 @@ struct Follower<N: NginxControl> {
     ack_key: Option<HeldKey>,
     /// The upstream lists the ack counts, durable; rewritten only when a list changes.
     upstreams_key: Option<HeldKey>,
+    /// Whether this sidecar's etcd role lets it write those lists.
+    upstream_lists: bool,
     /// nginx's request counts, when it logs to this sidecar.
     stats: Option<Stats>,
     /// Holds back identical error lines while a failed apply is retried.
@@ -480,11 +500,13 @@ impl<N: NginxControl> Follower<N> {
         match self.applier.apply(&self.state, self.revision, force).await {
             Ok(Some((ack, upstreams))) => {
                 tracing::info!(revision = ack.applied_revision, color = ?ack.color, upstreams = ?upstreams.upstreams, "nginx serving");
-                self.upstreams_key = Some(HeldKey::new(
-                    self.keys.lb_upstreams(&self.config.name),
-                    encode(&upstreams),
-                    Hold::Durable,
-                ));
+                if self.upstream_lists {
+                    self.upstreams_key = Some(HeldKey::new(
+                        self.keys.lb_upstreams(&self.config.name),
+                        encode(&upstreams),
+                        Hold::Durable,
+                    ));
+                }
                 self.metrics.reloaded(ack.applied_revision);
                 self.last_reload = Some(Instant::now());
                 self.update_addresses();

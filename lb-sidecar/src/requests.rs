@@ -148,21 +148,47 @@ fn workers_group(pid_file: &Path) -> Option<u32> {
         .trim()
         .parse()
         .ok()?;
-    let worker = *crate::nginx::workers_of(master).first()?;
-    effective_gid(&std::fs::read_to_string(format!("/proc/{worker}/status")).ok()?)
+    let ids = crate::nginx::workers_of(master)
+        .into_iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            Some((
+                effective_id(&status, "Uid:")?,
+                effective_id(&status, "Gid:")?,
+            ))
+        })
+        .collect::<Vec<_>>();
+    workers_gid(&ids)
 }
 
-/// The effective gid in a `/proc/<pid>/status` text (its `Gid:` line: real, effective, saved,
+/// From the (uid, gid) of each child of the master: the workers' gid. A child running as root
+/// is not a worker of an nginx that drops privileges (it is a new master during a binary
+/// upgrade, say), unless every child is root (nginx configured to keep root).
+fn workers_gid(children: &[(u32, u32)]) -> Option<u32> {
+    children
+        .iter()
+        .find(|(uid, _)| *uid != 0)
+        .or(children.first())
+        .map(|(_, gid)| *gid)
+}
+
+/// The effective id on a `/proc/<pid>/status` line (`Uid:` or `Gid:`: real, effective, saved,
 /// filesystem).
-fn effective_gid(status: &str) -> Option<u32> {
-    let line = status.lines().find_map(|l| l.strip_prefix("Gid:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+fn effective_id(status: &str, line: &str) -> Option<u32> {
+    let ids = status.lines().find_map(|l| l.strip_prefix(line))?;
+    ids.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The request log's directory (0750) and socket (0660) belong to root and the nginx workers'
 /// group, so no other local user can even send to it. Re-applied when nginx's workers change
 /// group (a restarted nginx with another `user`); false while no nginx runs to say its group.
-fn share_with_workers(dir: &Path, socket: &Path, pid_file: &Path) -> bool {
+/// A failure is logged once per [`SHARE_WARN_EVERY`] while it repeats.
+fn share_with_workers(
+    dir: &Path,
+    socket: &Path,
+    pid_file: &Path,
+    repeats: &mut proto::repeats::Repeats,
+) -> bool {
     use std::os::unix::fs::MetadataExt;
     let Some(gid) = workers_group(pid_file) else {
         return false;
@@ -174,8 +200,11 @@ fn share_with_workers(dir: &Path, socket: &Path, pid_file: &Path) -> bool {
     }
     for path in [dir, socket] {
         if let Err(e) = std::os::unix::fs::chown(path, None, Some(gid)) {
-            tracing::warn!(path = %path.display(), gid, error = %e,
-                "request log: cannot give nginx's workers' group access; canary numbers stop");
+            let line = format!("{}: {e}", path.display());
+            if let Some(held_back) = repeats.admit(&line, tokio::time::Instant::now()) {
+                tracing::warn!(path = %path.display(), gid, error = %e, held_back,
+                    "request log: cannot give nginx's workers' group access; canary numbers stop");
+            }
             return false;
         }
     }
@@ -296,6 +325,9 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 /// How often the socket's group is checked against nginx's workers'.
 const SHARE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How often a failure to share the socket is logged again while it lasts.
+const SHARE_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Binds the socket (replacing a stale one from an earlier run) and counts every line nginx's
 /// workers send into `tally` until the task is dropped. nginx's workers run as another user: the
 /// socket's directory and the socket are shared with their group only. Who sent each datagram is
@@ -318,7 +350,8 @@ pub fn listen(
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     let path = path.to_path_buf();
     let pid_file = senders.pid_file.clone();
-    share_with_workers(&dir, &path, &pid_file);
+    let mut repeats = proto::repeats::Repeats::new(SHARE_WARN_EVERY);
+    share_with_workers(&dir, &path, &pid_file, &mut repeats);
     Ok(tokio::spawn(async move {
         let mut buf = vec![0u8; 8192];
         let mut share = tokio::time::interval(SHARE_EVERY);
@@ -326,7 +359,7 @@ pub fn listen(
             let readable = tokio::select! {
                 r = socket.readable() => r,
                 _ = share.tick() => {
-                    share_with_workers(&dir, &path, &pid_file);
+                    share_with_workers(&dir, &path, &pid_file, &mut repeats);
                     continue;
                 }
             };
@@ -386,12 +419,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_workers_group_is_the_effective_gid_of_proc_status() {
+    fn the_workers_group_is_the_effective_gid_of_a_non_root_child() {
         let status =
             "Name:\tnginx\nUid:\t65534\t65534\t65534\t65534\nGid:\t0\t65534\t65534\t65534\n";
-        assert_eq!(effective_gid(status), Some(65534));
-        assert_eq!(effective_gid("Name:\tnginx\n"), None);
-        assert_eq!(effective_gid("Gid:\tx\ty\n"), None);
+        assert_eq!(effective_id(status, "Gid:"), Some(65534));
+        assert_eq!(effective_id(status, "Uid:"), Some(65534));
+        assert_eq!(effective_id("Name:\tnginx\n", "Gid:"), None);
+        assert_eq!(effective_id("Gid:\tx\ty\n", "Gid:"), None);
+        // A new master (root) beside the workers during a binary upgrade is not asked.
+        assert_eq!(workers_gid(&[(0, 0), (33, 33), (33, 33)]), Some(33));
+        assert_eq!(workers_gid(&[(0, 0)]), Some(0));
+        assert_eq!(workers_gid(&[]), None);
     }
 
     #[test]

@@ -447,8 +447,6 @@ impl Validate for HostRecord {
     }
 }
 
-/// A host address as LBs and the coordinator use it: an IP address or a DNS name, never anything
-/// that could carry config syntax (it is rendered into nginx's `server` lines).
 /// Where an agent's gRPC API answers. Without mutual TLS it is a unix socket only root on that
 /// host can open, so reading an app's logs takes either root there or a client certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -478,6 +476,8 @@ impl std::fmt::Display for GrpcEndpoint {
     }
 }
 
+/// A host address as LBs and the coordinator use it: an IP address or a DNS name, never anything
+/// that could carry config syntax (it is rendered into nginx's `server` lines).
 pub fn check_address(address: &str) -> Result<(), String> {
     if address.parse::<std::net::IpAddr>().is_ok() {
         return Ok(());

@@ -89,6 +89,12 @@ async fn a_paused_sidecar_keeps_its_lb_a_member_and_its_color_protected() {
     let refused = fleet.run(&["lb", "remove", "lb-0", "--yes"]).await;
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
     assert!(text(&refused).contains("alive"), "{}", text(&refused));
+    assert!(
+        get_raw(client, &keys().lb_upstreams("lb-1"))
+            .await
+            .is_some(),
+        "the LB wrote its upstream lists"
+    );
     let removed = fleet.run(&["lb", "remove", "lb-1", "--yes"]).await;
     assert!(removed.status.success(), "{}", text(&removed));
     let history = text(&fleet.run(&["history"]).await);
@@ -97,6 +103,12 @@ async fn a_paused_sidecar_keeps_its_lb_a_member_and_its_color_protected() {
         "{history}"
     );
     assert!(get_raw(client, &keys().lb("lb-1")).await.is_none());
+    assert!(
+        get_raw(client, &keys().lb_upstreams("lb-1"))
+            .await
+            .is_none(),
+        "its upstream lists go with it"
+    );
 
     // When the sidecar wakes up it registers again and follows `active`.
     zombie.resume();

@@ -113,6 +113,15 @@ async fn tls_and_auth_fleet_deploys_under_load_and_every_role_is_confined() {
     let key = keys().active();
     let active: ActiveRecord = decode(&key, &get_raw(&fleet.client, &key).await.unwrap()).unwrap();
     assert_eq!(active.color, Color::Blue);
+    // Every sidecar's role lets it write its upstream lists (without the grant its acks still
+    // go through, so only this shows it).
+    for i in 0..fleet.lbs.len() {
+        let lists = keys().lb_upstreams(&format!("lb-{i}"));
+        assert!(
+            get_raw(&fleet.client, &lists).await.is_some(),
+            "{lists} missing: the sidecar's role must grant it"
+        );
+    }
     // Every agent's role lets it register its host's membership (a durable key beside its lease).
     for host in &fleet.hosts {
         let member = keys().host_member(&host.host);

@@ -137,7 +137,10 @@ pub async fn run(global: &Global) -> Result<String, CoordinatorError> {
     let names = proto::watch::list_apps(&client, &global.prefix).await?;
     let mut rows = Vec::new();
     for name in &names {
-        rows.push(row(&client, &Keys::new(&global.prefix, name)?).await?);
+        // A key under the prefix that no app could be named like (another tool's) is no app.
+        if let Ok(keys) = Keys::new(&global.prefix, name) {
+            rows.push(row(&client, &keys).await?);
+        }
     }
     Ok(if global.json {
         pretty_json(&rows)

@@ -46,6 +46,7 @@ impl Args {
                 .until
                 .map(|t| history::parse_time("--until", &t))
                 .transpose()?,
+            placed_on: None,
         };
         history(global, self.limit, &filter).await
     }
