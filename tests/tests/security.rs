@@ -18,9 +18,14 @@ fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
-/// Runs deploy/etcd-auth.sh against `etcd` for hosts 1..=`hosts` and LBs lb-0.. and returns the
-/// directory holding the users' password files.
+/// Runs deploy/etcd-auth.sh against `etcd` for the app, hosts 1..=`hosts` and LBs lb-0.., with
+/// the users' password files in `out`.
 fn etcd_auth(etcd: &Etcd, hosts: u8, lbs: usize, out: &Path) {
+    etcd_auth_for(etcd, &["--app", APP], hosts, lbs, out);
+}
+
+/// [`etcd_auth`] with the apps given as `apps` (`--app NAME` or `--apps "NAME ..."`).
+fn etcd_auth_for(etcd: &Etcd, apps: &[&str], hosts: u8, lbs: usize, out: &Path) {
     let host_names: Vec<String> = (1..=hosts).map(|n| format!("host-{n}")).collect();
     let lb_names: Vec<String> = (0..lbs).map(|i| format!("lb-{i}")).collect();
     let script = repo_file("deploy/etcd-auth.sh");
@@ -33,9 +38,8 @@ fn etcd_auth(etcd: &Etcd, hosts: u8, lbs: usize, out: &Path) {
         .collect();
     let out_put = std::process::Command::new("bash")
         .arg(script)
+        .args(apps)
         .args([
-            "--app",
-            APP,
             "--prefix",
             PREFIX,
             "--hosts",
@@ -53,6 +57,76 @@ fn etcd_auth(etcd: &Etcd, hosts: u8, lbs: usize, out: &Path) {
         "etcd-auth.sh: {}",
         String::from_utf8_lossy(&out_put.stderr)
     );
+}
+
+/// Hosts and LBs that serve two apps get one etcd user each, holding that host's or LB's own
+/// keys in both apps and nothing else; each app keeps its own coordinator, which cannot touch
+/// the other app.
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_auth_for_several_apps_gives_each_host_and_lb_one_confined_user() {
+    let etcd = Etcd::start().await;
+    let out = tempfile::tempdir().unwrap();
+    etcd_auth_for(&etcd, &["--apps", "shop api"], 2, 1, out.path());
+    let put = |user: &str, key: &str| {
+        let output = etcd
+            .etcdctl()
+            .arg(format!("--user={user}:{}", password(out.path(), user)))
+            .args(["put", key, "{}"])
+            .output()
+            .expect("run etcdctl");
+        let said = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.success(), said)
+    };
+    let allowed = |user: &str, key: &str| {
+        let (ok, said) = put(user, key);
+        assert!(ok, "{user} may write {key}: {said}");
+    };
+    let refused = |user: &str, key: &str| {
+        let (ok, said) = put(user, key);
+        assert!(
+            !ok && said.contains("permission denied"),
+            "{user} wrote {key}: {said}"
+        );
+    };
+    for app in ["shop", "api"] {
+        allowed(
+            "bluegreen-agent-host-1",
+            &format!("/bluegreen/{app}/hosts/host-1"),
+        );
+        allowed(
+            "bluegreen-agent-host-1",
+            &format!("/bluegreen/{app}/health/host-1/blue"),
+        );
+        refused(
+            "bluegreen-agent-host-1",
+            &format!("/bluegreen/{app}/hosts/host-2"),
+        );
+        refused(
+            "bluegreen-agent-host-1",
+            &format!("/bluegreen/{app}/active"),
+        );
+        allowed(
+            "bluegreen-sidecar-lb-0",
+            &format!("/bluegreen/{app}/lbs/lb-0"),
+        );
+        allowed(
+            "bluegreen-sidecar-lb-0",
+            &format!("/bluegreen/{app}/~detail/lb-upstreams/lb-0"),
+        );
+        refused(
+            "bluegreen-sidecar-lb-0",
+            &format!("/bluegreen/{app}/releases/blue"),
+        );
+    }
+    allowed("bluegreen-shop-coordinator", "/bluegreen/shop/active");
+    refused("bluegreen-shop-coordinator", "/bluegreen/api/active");
+    allowed("bluegreen-api-coordinator", "/bluegreen/api/active");
+    refused("bluegreen-api-auditor", "/bluegreen/api/active");
+    // Per-app users are the --app form's: none was made here.
+    assert!(!out
+        .path()
+        .join("bluegreen-shop-agent-host-1.password")
+        .exists());
 }
 
 fn password(passwords: &Path, user: &str) -> String {
