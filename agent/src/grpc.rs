@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 pub struct AgentService {
+    pub app: String,
     pub host: String,
     pub address: String,
     pub ports: proto::records::Ports,
@@ -34,6 +35,7 @@ impl Agent for AgentService {
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusReply>, Status> {
         admit(&request)?;
+        self.serves(&request.get_ref().app)?;
         let colors = self
             .statuses
             .iter()
@@ -54,6 +56,7 @@ impl Agent for AgentService {
             address: self.address.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             colors,
+            app: self.app.clone(),
         }))
     }
 
@@ -65,6 +68,7 @@ impl Agent for AgentService {
     ) -> Result<Response<Self::LogsStream>, Status> {
         admit(&request)?;
         let req = request.into_inner();
+        self.serves(&req.app)?;
         let color: Color = req
             .color
             .parse()
@@ -127,6 +131,24 @@ async fn follow(path: PathBuf, tx: mpsc::Sender<Result<LogLine, Status>>) {
             {
                 return;
             }
+        }
+    }
+}
+
+impl AgentService {
+    /// Refuses a request about another app than the one this agent runs (empty: any), so that a
+    /// host record or a socket path pointing at the wrong agent never shows another app's logs
+    /// as the one asked for.
+    fn serves(&self, asked: &str) -> Result<(), Status> {
+        if asked.is_empty() || asked == self.app {
+            Ok(())
+        } else {
+            Err(Status::not_found(format!(
+                "this agent on {} runs {}, not {}",
+                self.host,
+                self.app,
+                proto::text::escaped(asked)
+            )))
         }
     }
 }

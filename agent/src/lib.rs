@@ -162,6 +162,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     tasks.push(tokio::spawn(cap_logs(config.clone(), shutdown.clone())));
 
     let service = grpc::AgentService {
+        app: config.app.clone(),
         host: config.host.clone(),
         address: config.address.clone(),
         ports: config.ports,

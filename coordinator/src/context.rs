@@ -74,6 +74,11 @@ impl Global {
         Err(Subject::flag_value("--app", format!("{app:?}")).usage(nothing))
     }
 
+    /// The fleet probes for this app (`--grpc-*` for the agents' mutual TLS).
+    pub(crate) fn probes(&self) -> crate::probes::HttpProbes {
+        crate::probes::HttpProbes::new(self.grpc_tls.clone(), self.app.as_deref().unwrap_or(""))
+    }
+
     pub(crate) async fn connect(&self) -> Result<etcd_client::Client, CoordinatorError> {
         let endpoints = self.etcd.endpoints.join(",");
         let (client, keeper) = match proto::access::connect_kept_live(&self.etcd).await {

@@ -3,7 +3,6 @@
 //! agent. Both run until Ctrl-C or SIGTERM.
 use crate::context::Global;
 use crate::error::CoordinatorError;
-use crate::probes::HttpProbes;
 use crate::progress::emit;
 use crate::status::{self, AppStatus};
 use proto::watch::WatchEvent;
@@ -93,7 +92,7 @@ pub async fn follow_logs(
             emit(&format!("{line}\n"));
         }
     };
-    let probes = HttpProbes::new(global.grpc_tls.clone());
+    let probes = global.probes();
     tokio::select! {
         _ = proto::daemon::shutdown_requested(&mut shutdown) => Ok(String::new()),
         followed = probes.follow_logs(&record, color, tail, print) => {

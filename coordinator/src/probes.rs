@@ -82,11 +82,16 @@ impl GrpcClientTls {
 #[derive(Default)]
 pub struct HttpProbes {
     grpc_tls: Option<GrpcClientTls>,
+    /// The app asked about: an agent running another one refuses instead of answering for it.
+    app: String,
 }
 
 impl HttpProbes {
-    pub fn new(grpc_tls: Option<GrpcClientTls>) -> HttpProbes {
-        HttpProbes { grpc_tls }
+    pub fn new(grpc_tls: Option<GrpcClientTls>, app: &str) -> HttpProbes {
+        HttpProbes {
+            grpc_tls,
+            app: app.to_string(),
+        }
     }
 }
 
@@ -275,6 +280,7 @@ impl HttpProbes {
             color: color.to_string(),
             tail,
             follow,
+            app: self.app.clone(),
         };
         let answer = tokio::time::timeout(LOGS_DEADLINE, AgentClient::new(channel).logs(request))
             .await
@@ -331,8 +337,11 @@ impl HttpProbes {
             .map_err(|e| explain_socket(&host.host, &endpoint, &proto::error::root_cause(&e)))?;
         let reply = tokio::time::timeout(
             LOGS_DEADLINE,
-            proto::agent_api::agent_client::AgentClient::new(channel.clone())
-                .status(proto::agent_api::StatusRequest {}),
+            proto::agent_api::agent_client::AgentClient::new(channel.clone()).status(
+                proto::agent_api::StatusRequest {
+                    app: self.app.clone(),
+                },
+            ),
         )
         .await
         .map_err(|_| format!("{endpoint}: no answer in {LOGS_DEADLINE:?}"))?

@@ -1,7 +1,7 @@
 //! The agent against a real etcd, as real processes: two simulated hosts on 127.0.0.11/.12.
 use bluegreen_tests::artifacts::release;
 use bluegreen_tests::procs::{
-    get_json, health, keys, put_raw, put_release, wait_health, wait_healthy,
+    get_json, health, keys, put_raw, put_release, wait_health, wait_healthy, APP,
 };
 use bluegreen_tests::{wait_for, AgentProc, Artifacts, Etcd};
 use proto::records::HealthState;
@@ -414,7 +414,7 @@ async fn killed_agent_keys_expire_apps_keep_serving_and_are_adopted_again() {
     wait_healthy(&client, &host.host, Color::Green, "v2").await;
     let mut api = host.api().await;
     let status = api
-        .status(proto::agent_api::StatusRequest {})
+        .status(proto::agent_api::StatusRequest { app: APP.into() })
         .await
         .unwrap()
         .into_inner();
@@ -434,6 +434,7 @@ async fn logs_stream_returns_the_apps_last_lines() {
         color: "green".into(),
         tail: 5,
         follow: false,
+        app: APP.into(),
     };
     let mut stream = api.logs(request).await.unwrap().into_inner();
     let mut lines = Vec::new();
@@ -452,10 +453,27 @@ async fn logs_stream_returns_the_apps_last_lines() {
             color: "red".into(),
             tail: 1,
             follow: false,
+            app: String::new(),
         })
         .await
         .unwrap_err();
     assert!(bad.message().contains("\"red\""), "{}", bad.message());
+    // Asked about another app, the agent says which one it runs instead of answering for it.
+    let other = api
+        .logs(proto::agent_api::LogsRequest {
+            color: "green".into(),
+            tail: 1,
+            follow: false,
+            app: "api".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), tonic::Code::NotFound, "{other:?}");
+    assert!(
+        other.message().contains("runs shop, not api"),
+        "{}",
+        other.message()
+    );
 }
 
 /// Installing a large artifact (the debug demo-app, packed uncompressed: tens of MB) never holds

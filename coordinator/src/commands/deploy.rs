@@ -5,7 +5,6 @@ use super::checks::{CheckFlags, Checks};
 use crate::context::{checked_artifact, load_spec, pretty_json, sha256_of, Global};
 use crate::error::{CoordinatorError, Subject};
 use crate::locked::{with_lock, LockFor};
-use crate::probes::HttpProbes;
 use crate::progress::Progress;
 use crate::{deploy, history, lock, migrate, pipeline, preview, redeploy, spec, status};
 use proto::records::Artifact;
@@ -274,7 +273,7 @@ async fn run_checked_deploy(
         no_switch: req.no_switch,
         canary: req.canary,
     };
-    let probes = HttpProbes::new(global.grpc_tls.clone());
+    let probes = global.probes();
     let op =
         LockFor::new(&op_id, Operation::Deploy, req.checks.lock_wait).version(Some(&req.version));
     with_lock(

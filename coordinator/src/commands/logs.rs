@@ -2,7 +2,7 @@
 //! `--follow` streams new ones.
 use crate::context::{pretty_json, registered_host, Global};
 use crate::error::CoordinatorError;
-use crate::probes::{HttpProbes, Probes};
+use crate::probes::Probes;
 use proto::Color;
 
 #[derive(clap::Args)]
@@ -40,7 +40,8 @@ async fn logs(
     tail: u32,
 ) -> Result<String, CoordinatorError> {
     let record = registered_host(global, host).await?;
-    let lines = HttpProbes::new(global.grpc_tls.clone())
+    let lines = global
+        .probes()
         .logs(&record, color, tail)
         .await
         .map_err(CoordinatorError::failed)?;

@@ -5,7 +5,6 @@ use crate::context::{load_spec, Global};
 use crate::deploy;
 use crate::error::CoordinatorError;
 use crate::locked::{with_lock, LockFor};
-use crate::probes::HttpProbes;
 use proto::{Keys, Operation};
 use std::path::PathBuf;
 
@@ -28,7 +27,7 @@ impl Args {
         let keys = Keys::new(&global.prefix, &spec.app)?;
         let client = global.connect().await?;
         let op_id = format!("promote-{}", uuid::Uuid::new_v4());
-        let probes = HttpProbes::new(global.grpc_tls.clone());
+        let probes = global.probes();
         let args = deploy::PromoteArgs {
             health_timeout: checks.health_timeout,
             verify_for: checks.verify_for,

@@ -5,7 +5,6 @@ use crate::context::{parse_duration, Global};
 use crate::error::CoordinatorError;
 use crate::fleet::LbPolicy;
 use crate::locked::{with_lock, LockFor};
-use crate::probes::HttpProbes;
 use crate::switch;
 use proto::{Color, Operation};
 use std::path::PathBuf;
@@ -114,7 +113,7 @@ async fn move_to(
         op_id: op_id.clone(),
         lb_policy,
     };
-    let probes = HttpProbes::new(global.grpc_tls.clone());
+    let probes = global.probes();
     let op = LockFor::new(&op_id, operation, lock_wait);
     with_lock(
         global,
