@@ -165,3 +165,87 @@ async fn an_lb_receives_active_and_health_but_not_the_other_lbs_acks() {
         acks + lists
     );
 }
+
+/// The LBs' upstream lists (`Keys::lb_upstreams`) are kept out of every coordinator read and
+/// watch: with three 1 MB lists in etcd, `status` and `status --watch` (through a proxy that
+/// counts) receive a small fraction of one, while the watch still sees a change of `active`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_coordinator_never_receives_the_lbs_upstream_lists() {
+    use bluegreen_tests::lb::set_active;
+    use std::process::Stdio;
+    use tokio::io::AsyncBufReadExt;
+    const LIST_BYTES: usize = 1 << 20;
+    let fleet = HollowFleet::start().await;
+    let admin = fleet.etcd.client().await;
+    set_active(&admin, proto::Color::Blue, "v1").await;
+    let keys = fleet.keys();
+    let write_lists = |fill: char| {
+        let admin = admin.clone();
+        let keys = keys.clone();
+        async move {
+            for lb in ["lb-1", "lb-2", "lb-3"] {
+                let list = fill.to_string().repeat(LIST_BYTES);
+                admin
+                    .clone()
+                    .put(keys.lb_upstreams(lb), list, None)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    write_lists('a').await;
+    let (through, counters) = fleet.counted_endpoint().await;
+
+    let before = counters.now();
+    coordinator(&through, &["status"]).await;
+    let read = counters.now().since(before).received;
+    assert!(
+        (read as usize) < LIST_BYTES / 4,
+        "`status` received {read} bytes with three 1 MB lists in etcd: it reads them"
+    );
+
+    let before = counters.now();
+    let mut watch = tokio::process::Command::new(bluegreen_tests::binary("coordinator"))
+        .env("BLUEGREEN_ETCD", &through)
+        .env("BLUEGREEN_APP", bluegreen_tests::procs::APP)
+        .args(["status", "--watch"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    until(&mut lines, &mut seen, "active: blue (v1)").await;
+    write_lists('b').await;
+    set_active(&admin, proto::Color::Green, "v2").await;
+    until(&mut lines, &mut seen, "active: green (v2)").await;
+    drop(watch);
+    let watched = counters.now().since(before).received;
+    assert!(
+        (watched as usize) < LIST_BYTES / 4,
+        "`status --watch` received {watched} bytes while three 1 MB lists were rewritten: it watches them"
+    );
+}
+
+/// Reads `status --watch` lines into `seen` until one contains `wanted` (20 s at most).
+async fn until(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    seen: &mut String,
+    wanted: &str,
+) {
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(wanted) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(found, Ok(true)),
+        "status --watch never showed {wanted:?}: {seen}"
+    );
+}
