@@ -14,8 +14,9 @@
 # permissions with `etcdctl role revoke-permission`.
 #
 # Roles and users (user name = role name, so a client certificate whose CN is that name works too):
-#   bluegreen-<app>-agent-<host>   read <prefix>/<app>/, write only hosts/<host>, host-members/<host>
-#                                  and health/<host>/
+#   bluegreen-<app>-agent-<host>   read <prefix>/<app>/, write only hosts/<host>, host-members/<host>,
+#                                  health/<host>/ and host-leaving/<host> (deleted when it retires
+#                                  the app from the host)
 #   bluegreen-<app>-sidecar-<lb>   read <prefix>/<app>/, write only lbs/<lb>, lb-alive/<lb>,
 #                                  lb-stats/<lb> (its request counts, for canaries) and
 #                                  ~detail/lb-upstreams/<lb> (the upstreams its ack counts)
@@ -119,6 +120,8 @@ for APP in $APPS; do
         etcdctl role grant-permission --prefix=true "$r" read "$BASE" >/dev/null
         etcdctl role grant-permission "$r" readwrite "${BASE}hosts/$host" >/dev/null
         etcdctl role grant-permission "$r" readwrite "${BASE}host-members/$host" >/dev/null
+        # Deleted by the agent as the last step of retiring the app from this host.
+        etcdctl role grant-permission "$r" readwrite "${BASE}host-leaving/$host" >/dev/null
         etcdctl role grant-permission --prefix=true "$r" readwrite "${BASE}health/$host/" >/dev/null
         user "$r"
     done

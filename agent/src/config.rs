@@ -35,7 +35,7 @@ green = 8081
 "#;
 
 /// Command line of `agent`: the config file, then every setting (also a file key and a variable).
-#[derive(Debug, Parser, Default)]
+#[derive(Debug, Clone, Parser, Default)]
 #[command(
     name = "agent",
     version,
@@ -65,9 +65,14 @@ pub struct Settings {
     /// The etcd key prefix every app lives under.
     #[arg(long)]
     pub prefix: Option<String>,
-    /// The app this agent runs (required).
+    /// The app this agent runs, with `[ports]` (the single-app form; `[[apps]]` in the file
+    /// runs several).
     #[arg(long)]
     pub app: Option<String>,
+    /// `[[apps]]`: every app this agent runs, each with its own ports (file only; instead of
+    /// `app` and `[ports]`).
+    #[arg(skip)]
+    pub apps: Option<Vec<AppSettings>>,
     /// This host's name in etcd [default: the machine's hostname].
     #[arg(long)]
     pub host: Option<String>,
@@ -149,6 +154,38 @@ pub struct PortSettings {
     pub green: Option<u16>,
 }
 
+/// One `[[apps]]` entry as written: an app's name and ports, and what it may change of the
+/// agent-wide defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettings {
+    pub name: String,
+    pub ports: Ports,
+    /// The user this app runs as [default: the agent's `run_as`].
+    #[serde(default)]
+    pub run_as: Option<String>,
+    /// This app's secrets [default: the agent's `secrets_dir`].
+    #[serde(default)]
+    pub secrets_dir: Option<PathBuf>,
+    /// This app's artifacts, pid files and logs [default: STATE_DIR/apps/NAME]. An app that a
+    /// single-app agent ran before names that agent's `state_dir` here, so its running
+    /// processes are adopted rather than orphaned.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// One app this agent runs, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppConfig {
+    pub name: String,
+    pub ports: Ports,
+    /// Its artifacts, pid files and logs: never shared with another app.
+    pub state_dir: PathBuf,
+    /// The user it runs as; `None` means root, and only when configured so.
+    pub run_as: Option<crate::process::RunAs>,
+    pub secrets_dir: Option<PathBuf>,
+}
+
 /// Mutual TLS for the gRPC API: the server's certificate and the CA its clients must present.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GrpcTls {
@@ -162,24 +199,22 @@ pub struct GrpcTls {
 pub struct Config {
     pub etcd: proto::EtcdAccess,
     pub prefix: String,
-    pub app: String,
+    /// Every app this agent runs (one for the single-app form), in the file's order.
+    pub apps: Vec<AppConfig>,
     pub host: String,
     pub address: String,
+    /// The agent's own state (its instance id); in the single-app form also the app's.
     pub state_dir: PathBuf,
     /// Where the gRPC API (`coordinator logs`) answers.
     pub grpc: GrpcServe,
     /// `None`: no /metrics.
     pub metrics_listen: Option<SocketAddr>,
     pub lease_ttl: Duration,
-    pub ports: Ports,
     pub max_restarts: u32,
     pub log_max_bytes: u64,
     pub app_log_level: String,
     /// Paths of trusted release-signing public keys; empty: releases need no signature.
     pub trusted_keys: Vec<PathBuf>,
-    pub secrets_dir: Option<PathBuf>,
-    /// The user apps run as; `None` means root, and only when configured so.
-    pub run_as: Option<crate::process::RunAs>,
     pub download: crate::artifact::DownloadLimits,
 }
 
@@ -277,7 +312,134 @@ fn metrics_address(asked: Option<String>, address: &str) -> Result<Option<Socket
     Ok(Some(parsed))
 }
 
+/// What the settings say about the apps, before validation.
+struct AppsAsked {
+    app: Option<String>,
+    apps: Option<Vec<AppSettings>>,
+    /// `[ports]` (or its default, for the single-app form).
+    ports: Ports,
+    /// Whether `[ports]` was set by the file, a flag or a variable (not only defaulted).
+    ports_given: bool,
+    run_as: String,
+    secrets_dir: Option<PathBuf>,
+}
+
+/// The apps this agent runs: `app` with `[ports]`, or `[[apps]]`, never both. In the single-app
+/// form the app keeps the agent's `state_dir` (so an upgrade changes no path); each `[[apps]]`
+/// entry gets `STATE_DIR/apps/NAME` unless it names its own. Two apps never share a name, a
+/// port or a state directory (pid files and logs live there). Errors name the entry.
+fn apps(asked: AppsAsked, state_dir: &std::path::Path) -> Result<Vec<AppConfig>, AgentError> {
+    let setting = |why: String| AgentError::Setting(why);
+    let user = |name: &str| -> Result<Option<crate::process::RunAs>, AgentError> {
+        match name {
+            "root" => Ok(None),
+            name => crate::process::RunAs::lookup(name)
+                .map(Some)
+                .map_err(AgentError::Setting),
+        }
+    };
+    let apps = match (asked.app, asked.apps) {
+        (Some(app), Some(_)) => {
+            return Err(setting(format!(
+                "app ({app}) and [[apps]]: use one form; list {app} as an [[apps]] entry"
+            )))
+        }
+        (None, None) => {
+            return Err(setting(
+                "app: required (which app this agent runs), or [[apps]] entries in the file"
+                    .into(),
+            ))
+        }
+        (Some(name), None) => vec![AppConfig {
+            name,
+            ports: asked.ports,
+            state_dir: state_dir.to_path_buf(),
+            run_as: user(&asked.run_as)?,
+            secrets_dir: asked.secrets_dir,
+        }],
+        (None, Some(entries)) => {
+            if asked.ports_given {
+                return Err(setting(
+                    "ports: with [[apps]], each entry has its own `ports`; remove [ports]                      (and --blue-port/--green-port)"
+                        .into(),
+                ));
+            }
+            if entries.is_empty() {
+                return Err(setting("apps: no [[apps]] entry".into()));
+            }
+            let mut apps = Vec::new();
+            for entry in entries {
+                let named = |what: &str, e: &dyn std::fmt::Display| {
+                    AgentError::Setting(format!("apps {:?}: {what}: {e}", entry.name))
+                };
+                proto::keys::validate_segment("app", &entry.name)
+                    .map_err(|e| named("name", &e))?;
+                apps.push(AppConfig {
+                    state_dir: entry
+                        .state_dir
+                        .clone()
+                        .unwrap_or_else(|| state_dir.join("apps").join(&entry.name)),
+                    run_as: user(entry.run_as.as_deref().unwrap_or(&asked.run_as))
+                        .map_err(|e| named("run_as", &e))?,
+                    secrets_dir: entry.secrets_dir.clone().or(asked.secrets_dir.clone()),
+                    ports: entry.ports,
+                    name: entry.name,
+                });
+            }
+            apps
+        }
+    };
+    check_apps_apart(&apps)?;
+    Ok(apps)
+}
+
+/// Two apps on one host never share a name, a port or a state directory. Pure; the error names
+/// both apps.
+pub fn check_apps_apart(apps: &[AppConfig]) -> Result<(), AgentError> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut ports: std::collections::BTreeMap<u16, String> = Default::default();
+    let mut dirs: std::collections::BTreeMap<&std::path::Path, &str> = Default::default();
+    for app in apps {
+        if !names.insert(&app.name) {
+            return Err(AgentError::Setting(format!(
+                "apps: {} is listed twice",
+                app.name
+            )));
+        }
+        for color in proto::Color::ALL {
+            let port = app.ports.of(color);
+            let label = format!("{} ({color})", app.name);
+            if let Some(other) = ports.insert(port, label.clone()) {
+                return Err(AgentError::Setting(format!(
+                    "ports: {port} is used by both {other} and {label}"
+                )));
+            }
+        }
+        if let Some(other) = dirs.insert(&app.state_dir, &app.name) {
+            return Err(AgentError::Setting(format!(
+                "apps: {other} and {} share the state_dir {} (pid files and logs would collide)",
+                app.name,
+                app.state_dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the TOML file at `path` sets `key` at its top level (an unreadable file was already
+/// reported by the settings loader).
+fn file_has_key(path: Option<&std::path::Path>, key: &str) -> bool {
+    path.and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .is_some_and(|table| table.contains_key(key))
+}
+
 impl Config {
+    /// The app named `name`, if this agent runs it.
+    pub fn app(&self, name: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+
     /// Merges defaults < file < environment < flags once ([`proto::settings::load`]) and
     /// validates. Errors name the file and the field.
     pub fn load(cli: Cli) -> Result<Config, AgentError> {
@@ -328,50 +490,52 @@ impl Config {
                 .ok_or_else(|| defaulted("download_max_bytes"))?,
             ..Default::default()
         };
-        let run_as = s.run_as.ok_or_else(|| defaulted("run_as"))?;
+        let state_dir = s.state_dir.ok_or_else(|| defaulted("state_dir"))?;
+        let ports_given = cli.settings.ports.blue.is_some()
+            || cli.settings.ports.green.is_some()
+            || file_has_key(cli.config.as_deref(), "ports");
+        let apps = apps(
+            AppsAsked {
+                app: s.app,
+                apps: s.apps,
+                ports: Ports {
+                    blue: s.ports.blue.ok_or_else(|| defaulted("ports.blue"))?,
+                    green: s.ports.green.ok_or_else(|| defaulted("ports.green"))?,
+                },
+                ports_given,
+                run_as: s.run_as.ok_or_else(|| defaulted("run_as"))?,
+                secrets_dir: s.secrets_dir,
+            },
+            &state_dir,
+        )?;
         let config = Config {
             download,
             etcd,
             prefix: s.prefix.ok_or_else(|| defaulted("prefix"))?,
-            app: s.app.ok_or_else(|| {
-                AgentError::Setting("app: required (which app this agent runs)".into())
-            })?,
+            apps,
             host,
             address,
-            state_dir: s.state_dir.ok_or_else(|| defaulted("state_dir"))?,
+            state_dir,
             grpc,
             metrics_listen,
             lease_ttl: humantime::parse_duration(&lease_ttl)
                 .map_err(|e| AgentError::Setting(format!("lease_ttl: {lease_ttl:?}: {e}")))?,
-            ports: Ports {
-                blue: s.ports.blue.ok_or_else(|| defaulted("ports.blue"))?,
-                green: s.ports.green.ok_or_else(|| defaulted("ports.green"))?,
-            },
             max_restarts: s.max_restarts.ok_or_else(|| defaulted("max_restarts"))?,
             log_max_bytes: s.log_max_bytes.ok_or_else(|| defaulted("log_max_bytes"))?,
             app_log_level: s.app_log_level.ok_or_else(|| defaulted("app_log_level"))?,
             trusted_keys: s.trusted_keys.unwrap_or_default(),
-            secrets_dir: s.secrets_dir,
-            run_as: match run_as.as_str() {
-                "root" => None,
-                name => Some(crate::process::RunAs::lookup(name).map_err(AgentError::Setting)?),
-            },
         };
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), AgentError> {
-        proto::Keys::new(&self.prefix, &self.app)?;
+        for app in &self.apps {
+            proto::Keys::new(&self.prefix, &app.name)?;
+        }
         proto::keys::validate_segment("host", &self.host)?;
         proto::records::check_address(&self.address)
             .map_err(|e| AgentError::Setting(format!("address: {e}")))?;
-        if self.ports.blue == self.ports.green {
-            return Err(AgentError::Setting(format!(
-                "ports: blue and green are both {}",
-                self.ports.blue
-            )));
-        }
         if self.lease_ttl < Duration::from_secs(2) {
             return Err(AgentError::Setting(format!(
                 "lease_ttl: {:?} is shorter than 2s",
@@ -414,13 +578,15 @@ mod tests {
             },
         };
         let c = Config::load(cli).unwrap();
-        assert_eq!((c.ports.blue, c.ports.green), (9000, 9100));
+        assert_eq!((c.apps[0].ports.blue, c.apps[0].ports.green), (9000, 9100));
         assert_eq!(
             c.grpc.endpoint().to_string(),
             "unix:/run/bluegreen/agent.sock"
         );
         assert_eq!(c.lease_ttl, Duration::from_secs(10));
-        assert_eq!(c.run_as.map(|u| u.name), Some("nobody".into()));
+        assert_eq!(c.apps[0].run_as.clone().map(|u| u.name), Some("nobody".into()));
+        // The single-app form keeps the agent's state_dir as the app's: an upgrade moves nothing.
+        assert_eq!(c.apps[0].state_dir, c.state_dir);
     }
 
     #[test]
@@ -433,7 +599,7 @@ mod tests {
                 ..Default::default()
             }))
         };
-        assert_eq!(load(Some("root")).unwrap().run_as, None);
+        assert_eq!(load(Some("root")).unwrap().apps[0].run_as, None);
         let err = load(Some("no-such-user-here")).unwrap_err().to_string();
         assert!(err.contains("run_as") && err.contains("useradd"), "{err}");
         // The default is the dedicated user, not root: on a machine without it, start fails.
@@ -483,6 +649,63 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("tls_client_ca"), "{err}");
+    }
+
+    fn load_file(text: &str) -> Result<Config, String> {
+        let f = file(text);
+        Config::load(Cli {
+            config: Some(f.path().into()),
+            settings: Settings::default(),
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn apps_each_get_their_own_ports_directory_and_user() {
+        let c = load_file(
+            "host = \"web-1\"\nrun_as = \"root\"\nstate_dir = \"/srv/agent\"\n\
+             [[apps]]\nname = \"shop\"\nports = { blue = 8080, green = 8081 }\n\
+             [[apps]]\nname = \"api\"\nports = { blue = 9080, green = 9081 }\n\
+             run_as = \"nobody\"\nsecrets_dir = \"/etc/api-secrets\"\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = c.apps.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["shop", "api"]);
+        let shop = c.app("shop").unwrap();
+        let api = c.app("api").unwrap();
+        assert_eq!(shop.state_dir, PathBuf::from("/srv/agent/apps/shop"));
+        assert_eq!(api.state_dir, PathBuf::from("/srv/agent/apps/api"));
+        assert_eq!((api.ports.blue, api.ports.green), (9080, 9081));
+        assert_eq!(shop.run_as, None, "the agent-wide run_as is the default");
+        assert_eq!(api.run_as.clone().map(|u| u.name), Some("nobody".into()));
+        assert_eq!(api.secrets_dir, Some(PathBuf::from("/etc/api-secrets")));
+    }
+
+    #[test]
+    fn apps_that_would_collide_are_refused_naming_both() {
+        let two = |second: &str| {
+            load_file(&format!(
+                "host = \"h\"\nrun_as = \"root\"\n\
+                 [[apps]]\nname = \"shop\"\nports = {{ blue = 8080, green = 8081 }}\n\
+                 [[apps]]\n{second}\n"
+            ))
+            .unwrap_err()
+        };
+        let err = two("name = \"api\"\nports = { blue = 9080, green = 8081 }");
+        assert!(err.contains("8081") && err.contains("shop (green)") && err.contains("api (green)"), "{err}");
+        let err = two("name = \"shop\"\nports = { blue = 9080, green = 9081 }");
+        assert!(err.contains("shop is listed twice"), "{err}");
+        let err = two("name = \"api\"\nports = { blue = 9080, green = 9081 }\nstate_dir = \"/var/lib/bluegreen/agent/apps/shop\"");
+        assert!(err.contains("share the state_dir"), "{err}");
+        let err = two("name = \"api\"\nprots = { blue = 9080, green = 9081 }");
+        assert!(err.contains("apps") && err.contains("prots"), "{err}");
+        let err = two("name = \"a/b\"\nports = { blue = 9080, green = 9081 }");
+        assert!(err.contains("\"a/b\"") && err.contains("name"), "{err}");
+        // The two forms are never mixed: `app` or `[ports]` beside [[apps]] is refused.
+        let err = load_file("app = \"shop\"\nhost = \"h\"\n[[apps]]\nname = \"api\"\nports = { blue = 1, green = 2 }\n").unwrap_err();
+        assert!(err.contains("app (shop) and [[apps]]"), "{err}");
+        let err = load_file("host = \"h\"\n[ports]\nblue = 1\ngreen = 2\n[[apps]]\nname = \"api\"\nports = { blue = 3, green = 4 }\n").unwrap_err();
+        assert!(err.contains("ports: with [[apps]]"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The agent's diagnostic gRPC API (`proto/agent.proto`): `Status` and the `Logs` stream, used by
 //! `coordinator status --hosts`, `coordinator logs` and to attach log lines to a failed deploy.
+use crate::apps::AppView;
 use crate::logs;
-use crate::status::ColorStatus;
 use proto::agent_api::agent_server::Agent;
 use proto::agent_api::{
     ColorStatus as ApiColorStatus, LogLine, LogsRequest, StatusReply, StatusRequest,
@@ -11,17 +11,15 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 pub struct AgentService {
-    pub app: String,
     pub host: String,
     pub address: String,
-    pub ports: proto::records::Ports,
-    pub state_dir: PathBuf,
-    pub statuses: Vec<watch::Receiver<Option<ColorStatus>>>,
+    /// The apps this agent runs now (reloads add and remove them).
+    pub apps: crate::apps::AppViews,
 }
 
 /// Lines a `Logs` call returns when it asks for none in particular.
@@ -35,8 +33,8 @@ impl Agent for AgentService {
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusReply>, Status> {
         admit(&request)?;
-        self.serves(&request.get_ref().app)?;
-        let colors = self
+        let (app, view) = self.serves(&request.get_ref().app)?;
+        let colors = view
             .statuses
             .iter()
             .filter_map(|rx| rx.borrow().clone())
@@ -45,7 +43,7 @@ impl Agent for AgentService {
                 version: s.version,
                 state: s.state.as_str().to_string(),
                 pid: s.pid.unwrap_or(0),
-                port: u32::from(self.ports.of(s.color)),
+                port: u32::from(view.ports.of(s.color)),
                 restarts: s.restarts,
                 error: s.error.unwrap_or_default(),
                 since: s.since,
@@ -56,7 +54,7 @@ impl Agent for AgentService {
             address: self.address.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             colors,
-            app: self.app.clone(),
+            app,
         }))
     }
 
@@ -68,7 +66,7 @@ impl Agent for AgentService {
     ) -> Result<Response<Self::LogsStream>, Status> {
         admit(&request)?;
         let req = request.into_inner();
-        self.serves(&req.app)?;
+        let (_, view) = self.serves(&req.app)?;
         let color: Color = req
             .color
             .parse()
@@ -77,7 +75,7 @@ impl Agent for AgentService {
             0 => DEFAULT_TAIL,
             n => n.min(MAX_TAIL),
         };
-        let path = logs::log_path(&self.state_dir, color);
+        let path = logs::log_path(&view.state_dir, color);
         let lines = logs::tail(&path, tail)
             .map_err(|e| Status::internal(format!("{}: {e}", path.display())))?;
         let (tx, rx) = mpsc::channel(256);
@@ -136,19 +134,32 @@ async fn follow(path: PathBuf, tx: mpsc::Sender<Result<LogLine, Status>>) {
 }
 
 impl AgentService {
-    /// Refuses a request about another app than the one this agent runs (empty: any), so that a
-    /// host record or a socket path pointing at the wrong agent never shows another app's logs
-    /// as the one asked for.
-    fn serves(&self, asked: &str) -> Result<(), Status> {
-        if asked.is_empty() || asked == self.app {
-            Ok(())
-        } else {
-            Err(Status::not_found(format!(
-                "this agent on {} runs {}, not {}",
+    /// The app a request is about. An app this agent does not run is refused, so that a host
+    /// record or a socket path pointing at the wrong agent never shows another app's logs as the
+    /// one asked for. No app named (an older coordinator) means the only one; with several, the
+    /// caller must name it.
+    fn serves(&self, asked: &str) -> Result<(String, AppView), Status> {
+        let apps = self.apps.read().expect("views lock");
+        let names = || apps.keys().cloned().collect::<Vec<_>>().join(", ");
+        match (asked, apps.len()) {
+            ("", 1) => {
+                let (name, view) = apps.iter().next().expect("one app");
+                Ok((name.clone(), view.clone()))
+            }
+            ("", _) => Err(Status::invalid_argument(format!(
+                "this agent on {} runs {}: name the app",
                 self.host,
-                self.app,
-                proto::text::escaped(asked)
-            )))
+                names()
+            ))),
+            (asked, _) => match apps.get(asked) {
+                Some(view) => Ok((asked.to_string(), view.clone())),
+                None => Err(Status::not_found(format!(
+                    "this agent on {} runs {}, not {}",
+                    self.host,
+                    names(),
+                    proto::text::escaped(asked)
+                ))),
+            },
         }
     }
 }

@@ -3,6 +3,7 @@
 //! It is control plane only: stopping it never stops the apps, and a restarted agent adopts them.
 #![forbid(unsafe_code)]
 
+pub mod apps;
 pub mod artifact;
 pub mod config;
 pub mod desired;
@@ -24,28 +25,27 @@ use error::AgentError;
 use proto::agent_api::agent_server::AgentServer;
 use proto::records::HostRecord;
 use proto::{Color, Keys};
-use runtime::ProcessRuntime;
 use status::DesiredRelease;
 use std::sync::Arc;
 use std::time::Duration;
 use supervisor::Supervisor;
 use tokio::sync::watch;
 
-/// Runs the agent until `shutdown` becomes true. Apps keep running afterwards.
-pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
-    let keys = Keys::new(&config.prefix, &config.app)?;
-    // Logs and pid files (which hold the release, env included) are for the agent's user only;
-    // the state dir stays traversable so an app can reach its unpacked artifact.
-    for (dir, mode) in [
-        (config.state_dir.clone(), 0o711),
-        (config.state_dir.join("logs"), 0o700),
-        (config.state_dir.join("artifacts"), 0o755),
-    ] {
+/// Runs the agent until `shutdown` becomes true. Apps keep running afterwards. Each config
+/// `reloads` delivers (a `SIGHUP`) starts the apps it adds and retires the ones it drops.
+pub async fn run(
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+    mut reloads: tokio::sync::mpsc::Receiver<Config>,
+) -> Result<(), AgentError> {
+    {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| AgentError::io(&dir, e))?;
+        let dir = &config.state_dir;
+        std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| AgentError::io(dir, e))?;
     }
+    apps::check_unclaimed_layout(&config)?;
     let trusted =
         proto::signing::TrustedKeys::load(&config.trusted_keys).map_err(AgentError::Setting)?;
     if trusted.required() {
@@ -68,19 +68,25 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         None => None,
     };
     let client = proto::connect(&config.etcd).await?;
-    // Its role must allow its own keys: an agent that could not report would run apps the fleet
-    // never sees. Checked before anything starts; the error names the key.
-    let reads = [
-        keys.release(Color::Blue),
-        keys.release(Color::Green),
-        keys.active(),
-    ];
-    let writes = [
-        keys.host(&config.host),
-        keys.host_member(&config.host),
-        keys.health(&config.host, Color::Blue),
-        keys.health(&config.host, Color::Green),
-    ];
+    // Its role must allow its own keys in every app: an agent that could not report would run
+    // apps the fleet never sees. Checked before anything starts; the error names the key.
+    let mut reads = Vec::new();
+    let mut writes = Vec::new();
+    for app in &config.apps {
+        let keys = Keys::new(&config.prefix, &app.name)?;
+        reads.extend([
+            keys.release(Color::Blue),
+            keys.release(Color::Green),
+            keys.active(),
+            keys.host_leaving(&config.host),
+        ]);
+        writes.extend([
+            keys.host(&config.host),
+            keys.host_member(&config.host),
+            keys.health(&config.host, Color::Blue),
+            keys.health(&config.host, Color::Green),
+        ]);
+    }
     match proto::access::check_permissions(&client, &reads, &writes).await {
         Err(e) if e.is_permission_denied() => {
             let user = config.etcd.user.as_deref().unwrap_or("(none)");
@@ -98,59 +104,62 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         Ok(()) => {}
     }
     // One agent per host name: a second one (a cloned image, a copy-pasted config) must not
-    // overwrite the first one's record. Our own previous run is taken over at once; a dead
+    // overwrite the first one's records. Our own previous run is taken over at once; a dead
     // stranger's lease expires within its TTL.
     let instance = proto::leased::instance_id(&config.state_dir);
-    proto::leased::await_claim(
-        &client,
-        &keys.host(&config.host),
-        &instance,
-        config.lease_ttl + Duration::from_secs(2),
-    )
-    .await
-    .map_err(|e| AgentError::Setting(format!("host {:?}: {e}", config.host)))?;
+    for app in &config.apps {
+        let keys = Keys::new(&config.prefix, &app.name)?;
+        proto::leased::await_claim(
+            &client,
+            &keys.host(&config.host),
+            &instance,
+            config.lease_ttl + Duration::from_secs(2),
+        )
+        .await
+        .map_err(|e| AgentError::Setting(format!("host {:?}: {e}", config.host)))?;
+    }
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(2)
         .connect_timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| AgentError::Setting(format!("http client: {e}")))?;
-    let runtime = Arc::new(ProcessRuntime {
-        address: config.address.clone(),
-        ports: config.ports,
-        state_dir: config.state_dir.clone(),
-        http,
-        app_log_level: config.app_log_level.clone(),
-        secrets_dir: config.secrets_dir.clone(),
-        run_as: config.run_as.clone(),
-        download: config.download,
-        metrics: metrics.clone(),
-    });
-
-    let host = HostRecord {
-        host: config.host.clone(),
-        address: config.address.clone(),
-        ports: config.ports,
-        grpc: config.grpc.endpoint().to_string(),
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        started_at: proto::time::now_rfc3339(),
-        instance: Some(instance),
-    };
-    let plane = ControlPlane::spawn(
-        ControlPlaneSettings {
-            client,
-            keys,
-            host,
-            lease_ttl: config.lease_ttl,
-            max_restarts: config.max_restarts,
-            trusted,
-            state_dir: config.state_dir.clone(),
-        },
-        runtime,
+    // One lease for every app this agent runs.
+    let (held, held_rx) = apps::HeldSet::new();
+    let holder = tokio::spawn(proto::leased::hold_keys(
+        client.clone(),
+        config.lease_ttl,
+        instance.clone(),
+        held_rx,
         shutdown.clone(),
-    );
-    let status_rxs = plane.statuses.clone();
-    metrics.watch_statuses(plane.statuses.clone());
-    let mut tasks = plane.tasks;
+    ));
+    let views = apps::AppViews::default();
+    let mut apps = apps::Apps::new(apps::Shared {
+        client,
+        config: config.clone(),
+        held,
+        metrics: metrics.clone(),
+        http,
+        trusted,
+        instance,
+        views: views.clone(),
+        shutdown: shutdown.clone(),
+    });
+    for app in config.apps.clone() {
+        apps.start(app)?;
+    }
+    let mut reload_shutdown = shutdown.clone();
+    let reloader = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                next = reloads.recv() => match next {
+                    Some(new) => apps.reload(new),
+                    None => std::future::pending::<()>().await,
+                },
+                _ = status::shutdown_requested(&mut reload_shutdown) => return,
+            }
+        }
+    });
+    let mut tasks = vec![holder, reloader];
     if let Some(listener) = metrics_listener {
         tasks.push(tokio::spawn(metrics::serve(
             listener,
@@ -158,16 +167,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             shutdown.clone(),
         )));
     }
-    let feed_task = plane.feed;
-    tasks.push(tokio::spawn(cap_logs(config.clone(), shutdown.clone())));
 
     let service = grpc::AgentService {
-        app: config.app.clone(),
         host: config.host.clone(),
         address: config.address.clone(),
-        ports: config.ports,
-        state_dir: config.state_dir.clone(),
-        statuses: status_rxs,
+        apps: views,
     };
     let mut grpc_shutdown = shutdown.clone();
     let mut server = tonic::transport::Server::builder();
@@ -189,7 +193,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let stop = async move {
         status::shutdown_requested(&mut grpc_shutdown).await;
     };
-    tracing::info!(host = %config.host, grpc = %config.grpc.endpoint(), "agent running");
+    let names: Vec<&str> = config.apps.iter().map(|a| a.name.as_str()).collect();
+    tracing::info!(host = %config.host, apps = %names.join(","), grpc = %config.grpc.endpoint(), "agent running");
     let served = match grpc_listener {
         grpc::Listener::Tcp(listener) => {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -205,7 +210,6 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     if let Err(e) = served {
         tracing::error!(error = %e, "gRPC server failed");
     }
-    feed_task.abort();
     for task in tasks {
         let _ = task.await;
     }
@@ -239,10 +243,32 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// One app's control plane holding its keys under its own lease (a hollow host).
     pub fn spawn<R: runtime::AppRuntime>(
         settings: ControlPlaneSettings,
         runtime: Arc<R>,
         shutdown: watch::Receiver<bool>,
+    ) -> ControlPlane {
+        let (held, held_rx) = apps::HeldSet::new();
+        let holder = tokio::spawn(proto::leased::hold_keys(
+            settings.client.clone(),
+            settings.lease_ttl,
+            settings.host.instance.clone().unwrap_or_default(),
+            held_rx,
+            shutdown.clone(),
+        ));
+        let mut plane = ControlPlane::spawn_in(settings, runtime, shutdown, held);
+        plane.tasks.push(holder);
+        plane
+    }
+
+    /// One app's control plane whose keys go into `held`, which the agent holds under its one
+    /// lease together with its other apps' keys.
+    pub fn spawn_in<R: runtime::AppRuntime>(
+        settings: ControlPlaneSettings,
+        runtime: Arc<R>,
+        shutdown: watch::Receiver<bool>,
+        held: apps::HeldSet,
     ) -> ControlPlane {
         let (active_tx, active_rx) = watch::channel(None);
         let mut desired_txs = Vec::new();
@@ -276,11 +302,10 @@ impl ControlPlane {
         };
         let feed = tokio::spawn(feed.run());
         let reporter = reporter::Reporter {
-            client: settings.client,
             keys: settings.keys,
             host: settings.host,
-            lease_ttl: settings.lease_ttl,
             statuses: statuses.clone(),
+            held,
         };
         tasks.push(tokio::spawn(reporter.run(shutdown)));
         ControlPlane {
@@ -303,20 +328,4 @@ fn grpc_tls(tls: &config::GrpcTls) -> Result<tonic::transport::ServerTlsConfig, 
         .client_ca_root(tonic::transport::Certificate::from_pem(read(
             &tls.client_ca,
         )?)))
-}
-
-/// Keeps each color's log file under `log_max_bytes`.
-async fn cap_logs(config: Config, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        for color in Color::ALL {
-            let path = logs::log_path(&config.state_dir, color);
-            if let Err(e) = logs::cap(&path, config.log_max_bytes) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot rotate log");
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            _ = crate::status::shutdown_requested(&mut shutdown) => return,
-        }
-    }
 }

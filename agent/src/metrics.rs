@@ -11,23 +11,27 @@ use prometheus_client::registry::Registry;
 use proto::records::HealthState;
 use proto::Color;
 use std::sync::atomic::AtomicU64;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::watch;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ColorLabel {
+    app: String,
     color: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
+    app: String,
     color: String,
     state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
+    app: String,
     color: String,
     version: String,
 }
@@ -45,7 +49,8 @@ pub struct AgentMetrics {
     probe_seconds: ProbeHistograms,
     last_etcd_write: Gauge<f64, AtomicU64>,
     resident_bytes: Gauge,
-    statuses: Mutex<Vec<watch::Receiver<Option<ColorStatus>>>>,
+    /// Each app's status channels, by app.
+    statuses: Mutex<BTreeMap<String, Vec<watch::Receiver<Option<ColorStatus>>>>>,
 }
 
 impl Default for AgentMetrics {
@@ -96,20 +101,36 @@ impl Default for AgentMetrics {
             probe_seconds,
             last_etcd_write,
             resident_bytes,
-            statuses: Mutex::new(Vec::new()),
+            statuses: Mutex::new(BTreeMap::new()),
         }
     }
 }
 
 impl AgentMetrics {
-    /// The supervisors' status channels, read at each scrape.
-    pub fn watch_statuses(&self, statuses: Vec<watch::Receiver<Option<ColorStatus>>>) {
-        *self.statuses.lock().expect("metrics lock") = statuses;
+    /// One app's supervisors' status channels, read at each scrape.
+    pub fn watch_statuses(&self, app: &str, statuses: Vec<watch::Receiver<Option<ColorStatus>>>) {
+        self.statuses
+            .lock()
+            .expect("metrics lock")
+            .insert(app.to_string(), statuses);
     }
 
-    pub fn observe_probe(&self, color: Color, took: Duration) {
+    /// Stops reporting an app this agent no longer runs (its series go at the next scrape).
+    pub fn forget_statuses(&self, app: &str) {
+        self.statuses.lock().expect("metrics lock").remove(app);
+        for color in Color::ALL {
+            let label = ColorLabel {
+                app: app.to_string(),
+                color: color.to_string(),
+            };
+            self.probe_seconds.remove(&label);
+        }
+    }
+
+    pub fn observe_probe(&self, app: &str, color: Color, took: Duration) {
         self.probe_seconds
             .get_or_create(&ColorLabel {
+                app: app.to_string(),
                 color: color.to_string(),
             })
             .observe(took.as_secs_f64());
@@ -126,13 +147,17 @@ impl AgentMetrics {
 
     fn refresh(&self) {
         self.version.clear();
-        for rx in self.statuses.lock().expect("metrics lock").iter() {
+        self.state.clear();
+        self.restarts.clear();
+        let statuses = self.statuses.lock().expect("metrics lock");
+        for (app, rx) in statuses.iter().flat_map(|(app, rxs)| rxs.iter().map(move |rx| (app, rx))) {
             let Some(status) = rx.borrow().clone() else {
                 continue;
             };
             let color = status.color.to_string();
             for state in HealthState::ALL {
                 let label = StateLabel {
+                    app: app.clone(),
                     color: color.clone(),
                     state: state.as_str().to_string(),
                 };
@@ -142,12 +167,16 @@ impl AgentMetrics {
             }
             self.version
                 .get_or_create(&VersionLabel {
+                    app: app.clone(),
                     color: color.clone(),
                     version: status.version.clone(),
                 })
                 .set(1);
             self.restarts
-                .get_or_create(&ColorLabel { color })
+                .get_or_create(&ColorLabel {
+                    app: app.clone(),
+                    color,
+                })
                 .set(i64::from(status.restarts));
         }
         self.last_etcd_write
@@ -193,18 +222,25 @@ mod tests {
         let mut healthy = ColorStatus::new(Color::Blue, "v7", HealthState::Healthy);
         healthy.restarts = 2;
         let (_tx, rx) = watch::channel(Some(healthy));
-        metrics.watch_statuses(vec![rx]);
-        metrics.observe_probe(Color::Blue, Duration::from_millis(3));
+        metrics.watch_statuses("shop", vec![rx]);
+        let (_tx2, rx2) = watch::channel(Some(ColorStatus::new(Color::Blue, "v1", HealthState::Failed)));
+        metrics.watch_statuses("api", vec![rx2]);
+        metrics.observe_probe("shop", Color::Blue, Duration::from_millis(3));
         let text = metrics.render();
         for line in [
-            "bluegreen_agent_color_state{color=\"blue\",state=\"healthy\"} 1",
-            "bluegreen_agent_color_state{color=\"blue\",state=\"failed\"} 0",
-            "bluegreen_agent_color_version{color=\"blue\",version=\"v7\"} 1",
-            "bluegreen_agent_color_restarts{color=\"blue\"} 2",
-            "bluegreen_agent_probe_seconds_count{color=\"blue\"} 1",
+            "bluegreen_agent_color_state{app=\"shop\",color=\"blue\",state=\"healthy\"} 1",
+            "bluegreen_agent_color_state{app=\"shop\",color=\"blue\",state=\"failed\"} 0",
+            "bluegreen_agent_color_state{app=\"api\",color=\"blue\",state=\"failed\"} 1",
+            "bluegreen_agent_color_version{app=\"shop\",color=\"blue\",version=\"v7\"} 1",
+            "bluegreen_agent_color_restarts{app=\"shop\",color=\"blue\"} 2",
+            "bluegreen_agent_probe_seconds_count{app=\"shop\",color=\"blue\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
+        // An app retired from the host leaves no series behind.
+        metrics.forget_statuses("api");
+        let text = metrics.render();
+        assert!(!text.contains("app=\"api\""), "{text}");
         assert!(
             text.contains("bluegreen_agent_resident_memory_bytes "),
             "{text}"

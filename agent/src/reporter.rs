@@ -1,40 +1,35 @@
-//! Writes this host's registration and both colors' health into etcd under the agent's own lease
-//! (through [`proto::leased::hold_keys`]), so that a dead agent's keys disappear by themselves.
+//! Says which keys one app's registration and health on this host are: the agent holds them
+//! under its lease (through [`proto::leased::hold_keys`], one for all its apps), so that a dead
+//! agent's keys disappear by themselves.
+use crate::apps::HeldSet;
 use crate::status::ColorStatus;
-use etcd_client::Client;
 use proto::leased::{HeldKey, Hold};
 use proto::records::{encode, HostRecord};
 use proto::Keys;
-use std::time::Duration;
 use tokio::sync::watch;
 
 pub struct Reporter {
-    pub client: Client,
     pub keys: Keys,
     pub host: HostRecord,
-    pub lease_ttl: Duration,
     pub statuses: Vec<watch::Receiver<Option<ColorStatus>>>,
+    /// Where this app's keys go, beside the agent's other apps'.
+    pub held: HeldSet,
 }
 
 impl Reporter {
-    pub async fn run(mut self, shutdown: watch::Receiver<bool>) {
-        let (tx, rx) = watch::channel(self.puts());
-        let instance = self.host.instance.clone().unwrap_or_default();
-        let holder = tokio::spawn(proto::leased::hold_keys(
-            self.client.clone(),
-            self.lease_ttl,
-            instance,
-            rx,
-            shutdown.clone(),
-        ));
-        let mut shutdown = shutdown;
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let app = self.keys.app().to_string();
+        let puts = self.puts();
+        self.held.publish(&app, puts);
         loop {
             tokio::select! {
-                _ = changed(&mut self.statuses) => { let _ = tx.send(self.puts()); }
+                _ = changed(&mut self.statuses) => {
+                    let puts = self.puts();
+                    self.held.publish(&app, puts);
+                }
                 _ = crate::status::shutdown_requested(&mut shutdown) => break,
             }
         }
-        let _ = holder.await;
     }
 
     /// The host key (this agent's claim on its host name), the host's durable membership (it

@@ -57,8 +57,15 @@ pub trait AppRuntime: Send + Sync + 'static {
     fn last_log_line(&self, color: Color) -> String;
 }
 
+/// Where a color's pid file (what a restarted agent adopts) lives in an app's state directory.
+pub fn pid_path(state_dir: &Path, color: Color) -> PathBuf {
+    state_dir.join(format!("{color}.pid.json"))
+}
+
 /// The real runtime: processes on this host.
 pub struct ProcessRuntime {
+    /// The app it runs (its metrics label).
+    pub app: String,
     pub address: String,
     pub ports: Ports,
     pub state_dir: PathBuf,
@@ -75,7 +82,7 @@ pub struct ProcessRuntime {
 
 impl ProcessRuntime {
     fn pid_path(&self, color: Color) -> PathBuf {
-        self.state_dir.join(format!("{color}.pid.json"))
+        pid_path(&self.state_dir, color)
     }
 
     /// The contract's variables, after the release's own env so that they always win. Values
@@ -245,7 +252,8 @@ impl AppRuntime for ProcessRuntime {
             &release.version,
         )
         .await;
-        self.metrics.observe_probe(color, started.elapsed());
+        self.metrics
+            .observe_probe(&self.app, color, started.elapsed());
         probe
     }
 

@@ -74,8 +74,8 @@ pub fn render_text(views: &[HostView]) -> String {
     out
 }
 
-/// Removes `host`'s membership under the deploy lock. A live host is refused: its agent would
-/// write the record straight back, and removing a serving host is never what was meant.
+/// Removes `host`'s membership under the deploy lock. A host whose agent is live is marked
+/// leaving instead ([`mark_leaving`]): its agent retires the app once its config drops it.
 pub async fn remove(
     store: &EtcdStore<'_>,
     state: AppStatus,
@@ -83,6 +83,15 @@ pub async fn remove(
     op_id: &str,
 ) -> Result<String, CoordinatorError> {
     let (client, keys, lock) = (store.client, store.keys, store.lock);
+    if let Some(mark) = state.leaving.get(host) {
+        return Ok(format!(
+            "host {host}: already leaving {} (marked by {} at {}); its agent retires the app once \
+             its config no longer lists it\n",
+            keys.app(),
+            mark.operation,
+            mark.at
+        ));
+    }
     let Some(member) = state.host_members.get(host) else {
         let prefix = keys.host_member("");
         return Err(Subject::Host(host.to_string()).usage(format!(
@@ -90,10 +99,7 @@ pub async fn remove(
         )));
     };
     if state.hosts.contains_key(host) {
-        let alive = keys.host(host);
-        return Err(Subject::Host(host.to_string()).usage(format!(
-            "alive (its agent holds {alive}): stop its agent first, or it registers again"
-        )));
+        return mark_leaving(store, &state, host, op_id).await;
     }
     crate::membership::forget(
         client,
@@ -115,3 +121,90 @@ pub async fn remove(
         "host {host}: removed; deploys no longer wait for it (if its agent starts again, it registers again)\n"
     ))
 }
+
+/// Why `host` may not leave now, if it may not: it is the last live host serving the live
+/// color's version, so every LB would be left without a server. Pure.
+pub fn leaving_refused(state: &AppStatus, host: &str) -> Option<String> {
+    let active = state.active.as_ref()?;
+    let serves = |h: &str| proto::records::serves(state.health_of(h, active.color), &active.version);
+    let others = state.hosts.keys().filter(|h| *h != host && serves(h)).count();
+    (serves(host) && others == 0).then(|| {
+        format!(
+            "the only host serving {} {}: removing it would leave every LB without a server; \
+             deploy to another host first",
+            active.color, active.version
+        )
+    })
+}
+
+/// Marks a live host as leaving this app (`host-leaving/<host>`), fenced by the deploy lock:
+/// from that revision LBs stop routing to it and deploys leave it out. Then waits (briefly) for
+/// the live LBs to apply it, so that the agent's retirement stops processes nobody routes to.
+async fn mark_leaving(
+    store: &EtcdStore<'_>,
+    state: &AppStatus,
+    host: &str,
+    op_id: &str,
+) -> Result<String, CoordinatorError> {
+    let (client, keys, lock) = (store.client, store.keys, store.lock);
+    if let Some(why) = leaving_refused(state, host) {
+        return Err(Subject::Host(host.to_string()).usage(why));
+    }
+    let mark = keys.host_leaving(host);
+    let record = proto::records::HostLeavingRecord {
+        operation: op_id.to_string(),
+        at: proto::time::now_rfc3339(),
+    };
+    let member = keys.host_member(host);
+    let txn = etcd_client::Txn::new()
+        .when(vec![
+            lock.fence.compare(),
+            etcd_client::Compare::create_revision(
+                member.as_str(),
+                etcd_client::CompareOp::Greater,
+                0,
+            ),
+        ])
+        .and_then(vec![etcd_client::TxnOp::put(
+            mark.as_str(),
+            proto::records::encode(&record),
+            None,
+        )]);
+    let resp = client
+        .clone()
+        .txn(txn)
+        .await
+        .map_err(|e| proto::ProtoError::etcd(format!("put {mark}"), e))?;
+    if !resp.succeeded() {
+        return Err(CoordinatorError::failed(
+            "not marked leaving: it was removed or the lock was lost meanwhile",
+        )
+        .about(Subject::Host(host.to_string())));
+    }
+    let revision = resp.header().map_or(0, |h| h.revision());
+    let mut history_record = history::record(Operation::HostRemove, op_id, Outcome::Leaving);
+    history_record.reason = Some(format!(
+        "host {host} leaving {} (its agent runs it), marked by {}",
+        keys.app(),
+        crate::context::holder()
+    ));
+    history::append(client, keys, Some(&lock.fence), &history_record).await?;
+    let lbs: Vec<String> = state.lbs_alive.iter().cloned().collect();
+    let applied = crate::fleet::wait_acks(store, &lbs, revision, LEAVING_ACK_TIMEOUT).await?;
+    let lbs_line = match applied {
+        Ok(_) if lbs.is_empty() => "no LB is running".to_string(),
+        Ok(_) => format!("every live LB ({}) stopped routing to it", lbs.len()),
+        Err(missing) => format!(
+            "not yet applied by {missing} (they stop routing to it when they catch up)"
+        ),
+    };
+    Ok(format!(
+        "host {host}: leaving {app}: {lbs_line}, and deploys leave it out. Now remove {app} from \
+         {host}'s agent config and send the agent SIGHUP (or restart it): it stops {app}'s \
+         processes there and deletes its keys.\n",
+        app = keys.app()
+    ))
+}
+
+/// How long `host remove` waits for the live LBs to stop routing to a leaving host.
+const LEAVING_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);

@@ -1,6 +1,7 @@
 //! `coordinator status`: one consistent read of the app's prefix, shown as a table or JSON.
 use proto::records::{
-    decode, ActiveRecord, CanaryRequest, DeployRecord, HealthRecord, HostRecord, LbRecord,
+    decode, ActiveRecord, CanaryRequest, DeployRecord, HealthRecord, HostLeavingRecord,
+    HostRecord, LbRecord,
     LbStatsRecord, LockRecord, ReleaseRecord, TrafficRecord, Validate,
 };
 use proto::watch::{prefix_end, read_range, Change};
@@ -22,6 +23,10 @@ pub struct AppStatus {
     pub hosts: BTreeMap<String, HostRecord>,
     /// Every registered host (durable, its last host record), alive or not.
     pub host_members: BTreeMap<String, HostRecord>,
+    /// Hosts this app is being removed from (`host-leaving/<host>`, by `host remove` while their
+    /// agent runs). They are left out of `hosts`, `host_members` and `health`, so that every
+    /// decision (a deploy's plan, silent hosts, a switch's checks) leaves them out as well.
+    pub leaving: BTreeMap<String, HostLeavingRecord>,
     pub health: BTreeMap<String, BTreeMap<Color, HealthRecord>>,
     /// Every registered LB (durable) with its last ack, alive or not.
     pub lbs: BTreeMap<String, LbRecord>,
@@ -127,13 +132,36 @@ impl AppStatus {
     pub fn apply(&mut self, keys: &Keys, change: &Change) {
         let key = change.key.as_str();
         self.revision = self.revision.max(change.mod_revision);
-        if let (Some(touched), Some(AppKey::Health { host, .. } | AppKey::Host(host))) =
-            (self.touched.as_mut(), keys.parse(key))
+        if let (
+            Some(touched),
+            Some(AppKey::Health { host, .. } | AppKey::Host(host) | AppKey::HostLeaving(host)),
+        ) = (self.touched.as_mut(), keys.parse(key))
         {
             touched.insert(host);
         }
         self.problem_keys.remove(key);
-        let result = match (keys.parse(key), change.value.as_deref()) {
+        let parsed = match keys.parse(key) {
+            // A leaving host's records are not this app's any more (see `leaving`).
+            Some(AppKey::Host(h) | AppKey::HostMember(h) | AppKey::Health { host: h, .. })
+                if self.leaving.contains_key(&h) =>
+            {
+                None
+            }
+            parsed => parsed,
+        };
+        let result = match (parsed, change.value.as_deref()) {
+            (Some(AppKey::HostLeaving(h)), None) => {
+                self.leaving.remove(&h);
+                Ok(())
+            }
+            (Some(AppKey::HostLeaving(h)), Some(value)) => {
+                decode::<HostLeavingRecord>(key, value).map(|record| {
+                    self.hosts.remove(&h);
+                    self.host_members.remove(&h);
+                    self.health.remove(&h);
+                    self.leaving.insert(h, record);
+                })
+            }
             (Some(AppKey::Active), None) => {
                 (self.active, self.active_invalid, self.active_mod_revision) = (None, None, 0);
                 Ok(())
@@ -427,6 +455,41 @@ mod tests {
                 "{shown:?}"
             );
             assert_eq!(shown.lines().count(), plain.lines().count(), "{shown}");
+        }
+    }
+
+    /// A host marked leaving is out of every decision, whichever order its keys arrive in (a
+    /// fresh read sees `health/` before the mark, `host-members/` and `hosts/` after it), and its
+    /// later changes do not bring it back.
+    #[test]
+    fn a_leaving_host_is_left_out_in_any_order() {
+        let keys = Keys::new("/bluegreen", "shop").unwrap();
+        let host = encode(&host_record("h1", 0));
+        let other = encode(&host_record("h2", 0));
+        let mark = r#"{"operation":"host-remove-1","at":"t"}"#;
+        let health = r#"{"version":"v1","state":"healthy","since":"t"}"#;
+        let order = vec![
+            put(keys.health("h1", Color::Blue), health, 1),
+            put(keys.host_leaving("h1"), mark, 2),
+            put(keys.host_member("h1"), &host, 3),
+            put(keys.host_member("h2"), &other, 3),
+            put(keys.host("h1"), &host, 4),
+            put(keys.host("h2"), &other, 4),
+        ];
+        let reversed: Vec<Change> = order.iter().rev().cloned().collect();
+        for order in [order, reversed] {
+            let mut status = AppStatus::default();
+            for change in &order {
+                status.apply(&keys, change);
+            }
+            assert!(status.leaving.contains_key("h1"));
+            assert_eq!(status.hosts.keys().collect::<Vec<_>>(), vec!["h2"]);
+            assert_eq!(status.host_members.keys().collect::<Vec<_>>(), vec!["h2"]);
+            assert!(status.health.is_empty() && status.silent_hosts().is_empty());
+            assert!(status.problems.is_empty(), "{:?}", status.problems);
+            // Its agent rewrites its health: still out.
+            status.apply(&keys, &put(keys.health("h1", Color::Green), health, 9));
+            assert!(status.health.is_empty());
         }
     }
 

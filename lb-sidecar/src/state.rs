@@ -13,6 +13,9 @@ pub struct LbState {
     /// A canary's split (`active/traffic`), when one is set.
     pub traffic: Option<TrafficRecord>,
     pub hosts: BTreeMap<String, HostRecord>,
+    /// Hosts this app is being removed from (`host-leaving/<host>`): never routed to, not even
+    /// as a backup, whatever their agent still reports.
+    pub leaving: std::collections::BTreeSet<String>,
     /// What each host reports per color, without the app's body (which changes every probe).
     pub health: BTreeMap<(String, Color), HealthRecord>,
     /// An operation is under way (the `deploy` record's phase is not final): a canary or a
@@ -28,7 +31,7 @@ pub enum Effect {
     None,
     /// Hosts or health changed: debounce, then reload if the rendered upstreams differ.
     Topology,
-    /// `active` changed: apply at once.
+    /// `active`, the canary split or a leaving mark changed: apply at once, and ack.
     Switch,
 }
 
@@ -72,6 +75,19 @@ impl LbState {
                     Some(bytes) => Some(decode(key, bytes).map_err(|e| e.to_string())?),
                 };
                 Ok(Effect::Switch)
+            }
+            Some(AppKey::HostLeaving(host)) => {
+                let changed = match value {
+                    Some(_) => self.leaving.insert(host),
+                    None => self.leaving.remove(&host),
+                };
+                // An operator's decision, acked like a switch so that `host remove` can tell when
+                // no LB routes to the host any more.
+                Ok(if changed {
+                    Effect::Switch
+                } else {
+                    Effect::None
+                })
             }
             Some(AppKey::Host(host)) => {
                 match value {
@@ -149,8 +165,8 @@ impl LbState {
     /// Every registered host's `address:port` for `color`, serving or not: the backups nginx
     /// falls back to when every primary has failed.
     pub fn registered(&self, color: Color) -> Vec<String> {
-        self.hosts
-            .values()
+        self.routable()
+            .map(|(_, h)| h)
             .map(|h| format!("{}:{}", h.address, h.ports.of(color)))
             .collect()
     }
@@ -162,8 +178,7 @@ impl LbState {
     pub fn upstream(&self, color: Color, live_version: Option<&str>) -> Vec<String> {
         let address = |h: &HostRecord| format!("{}:{}", h.address, h.ports.of(color));
         let healthy: Vec<String> = self
-            .hosts
-            .iter()
+            .routable()
             .filter(|(name, _)| {
                 let record = self.health.get(&(name.to_string(), color));
                 match live_version {
@@ -175,10 +190,17 @@ impl LbState {
             .map(|(_, h)| address(h))
             .collect();
         if healthy.is_empty() {
-            self.hosts.values().map(address).collect()
+            self.routable().map(|(_, h)| address(h)).collect()
         } else {
             healthy
         }
+    }
+
+    /// The registered hosts that are not leaving.
+    fn routable(&self) -> impl Iterator<Item = (&String, &HostRecord)> {
+        self.hosts
+            .iter()
+            .filter(|(name, _)| !self.leaving.contains(*name))
     }
 }
 
@@ -304,6 +326,26 @@ mod tests {
         // A dead host's keys expire: it leaves the upstream.
         s.apply(&keys(), &keys().host("b"), None).unwrap();
         assert_eq!(s.upstream(Color::Green, None), vec!["127.0.0.11:8081"]);
+    }
+
+    #[test]
+    fn a_leaving_host_is_never_routed_to_not_even_as_a_backup() {
+        let mut s = LbState::default();
+        host(&mut s, "a", 11);
+        host(&mut s, "b", 12);
+        health(&mut s, "a", Color::Blue, HealthState::Healthy);
+        health(&mut s, "b", Color::Blue, HealthState::Healthy);
+        let mark = keys().host_leaving("b");
+        let effect = s.apply(&keys(), &mark, Some(br#"{"operation":"o","at":"t"}"#));
+        assert_eq!(effect, Ok(Effect::Switch));
+        assert_eq!(s.upstream(Color::Blue, Some("v1")), vec!["127.0.0.11:8080"]);
+        assert_eq!(s.registered(Color::Blue), vec!["127.0.0.11:8080"]);
+        // Even when no other host is healthy (the fallback to every registered host).
+        health(&mut s, "a", Color::Blue, HealthState::Unhealthy);
+        assert_eq!(s.upstream(Color::Blue, None), vec!["127.0.0.11:8080"]);
+        // The mark's deletion (its agent retired the app, or an operator changed their mind).
+        assert_eq!(s.apply(&keys(), &mark, None), Ok(Effect::Switch));
+        assert_eq!(s.registered(Color::Blue).len(), 2);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub enum AppKey {
     History(i64),
     Host(String),
     HostMember(String),
+    HostLeaving(String),
     Health { host: String, color: Color },
     Lb(String),
     LbAlive(String),
@@ -132,6 +133,12 @@ impl Keys {
         format!("{}host-members/{host}", self.base)
     }
 
+    /// A host this app is being removed from while its agent runs ([`crate::records::HostLeavingRecord`]).
+    /// Inside [`Keys::lb_view_range`]: every sidecar stops routing to the host when it appears.
+    pub fn host_leaving(&self, host: &str) -> String {
+        format!("{}host-leaving/{host}", self.base)
+    }
+
     pub fn health(&self, host: &str, color: Color) -> String {
         format!("{}health/{host}/{color}", self.base)
     }
@@ -212,6 +219,7 @@ impl Keys {
             ["history", rev] => rev.parse().ok().map(AppKey::History),
             ["hosts", host] if is_name(host) => Some(AppKey::Host(host.to_string())),
             ["host-members", host] if is_name(host) => Some(AppKey::HostMember(host.to_string())),
+            ["host-leaving", host] if is_name(host) => Some(AppKey::HostLeaving(host.to_string())),
             ["health", host, color] if is_name(host) => {
                 color.parse().ok().map(|color| AppKey::Health {
                     host: host.to_string(),
@@ -232,7 +240,9 @@ impl Keys {
         let rest = key.strip_prefix(&self.base)?;
         let parts: Vec<&str> = rest.split('/').collect();
         let (what, name) = match parts.as_slice() {
-            ["hosts", host] | ["host-members", host] | ["health", host, _] => ("host", *host),
+            ["hosts", host] | ["host-members", host] | ["host-leaving", host] | ["health", host, _] => {
+                ("host", *host)
+            }
             ["lbs", name] | ["lb-alive", name] | ["lb-stats", name] => ("LB name", *name),
             _ => return None,
         };
@@ -355,6 +365,12 @@ mod tests {
             k.parse(&k.host_member("h1")),
             Some(AppKey::HostMember("h1".into()))
         );
+        assert_eq!(
+            k.parse(&k.host_leaving("h1")),
+            Some(AppKey::HostLeaving("h1".into()))
+        );
+        let (from, to) = k.lb_view_range();
+        assert!(from < k.host_leaving("h1") && k.host_leaving("h1") < to);
         assert_eq!(
             k.parse(&k.health("h1", Color::Green)),
             Some(AppKey::Health {

@@ -95,6 +95,10 @@ pub enum Outcome {
     RevertFailed,
     #[serde(rename = "removed")]
     Removed,
+    /// `host remove` of a host whose agent still runs the app: marked leaving, retired by its
+    /// agent once its config drops the app.
+    #[serde(rename = "leaving")]
+    Leaving,
     /// `deploy --no-switch`: staged and checked, waiting for `promote`.
     #[serde(rename = "staged")]
     Staged,
@@ -128,6 +132,7 @@ impl Outcome {
             Outcome::RevertFailed => "revert-failed",
             Outcome::Staged => "staged",
             Outcome::Removed => "removed",
+            Outcome::Leaving => "leaving",
             Outcome::Passed => "passed",
             Outcome::Paused => "paused",
             Outcome::Resumed => "resumed",

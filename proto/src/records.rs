@@ -709,6 +709,18 @@ pub struct LbAliveRecord {
 }
 impl Validate for LbAliveRecord {}
 
+/// `host-leaving/<host>`: an operator removes this app from a host whose agent still runs it
+/// (`coordinator host remove`). Durable: LBs stop routing to the host and deploys leave it out
+/// from the moment it is written; the agent, once its config no longer lists the app, stops the
+/// app's colors and deletes the app's keys for that host, this one last.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostLeavingRecord {
+    /// The `host remove` operation that wrote it.
+    pub operation: String,
+    pub at: String,
+}
+impl Validate for HostLeavingRecord {}
+
 #[cfg(test)]
 mod traffic_tests {
     use super::*;

@@ -1,0 +1,417 @@
+//! One agent, many apps: each `[[apps]]` entry gets its own control plane (supervisors, release
+//! feed, reporter) over its own process runtime, and every app's keys are held under the agent's
+//! one lease ([`HeldSet`]). A `SIGHUP` re-reads the config: a new entry starts at once, without
+//! touching the other apps; an entry that left the config is retired only once
+//! `coordinator host remove` has marked the host as leaving that app (so no LB routes to it and no
+//! deploy waits for it), and then its processes are stopped and its keys deleted.
+use crate::config::{AppConfig, Config};
+use crate::runtime::{AppRuntime, ProcessRuntime, RunningApp};
+use crate::{metrics, ControlPlane, ControlPlaneSettings};
+use proto::leased::HeldKey;
+use proto::records::HostRecord;
+use proto::{Color, Keys};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Every app's held keys, merged into the one set the agent's lease holder keeps written.
+#[derive(Clone)]
+pub struct HeldSet {
+    apps: Arc<Mutex<BTreeMap<String, Vec<HeldKey>>>>,
+    tx: Arc<watch::Sender<Vec<HeldKey>>>,
+}
+
+impl HeldSet {
+    /// An empty set, and what [`proto::leased::hold_keys`] follows.
+    pub fn new() -> (HeldSet, watch::Receiver<Vec<HeldKey>>) {
+        let (tx, rx) = watch::channel(Vec::new());
+        (
+            HeldSet {
+                apps: Arc::default(),
+                tx: Arc::new(tx),
+            },
+            rx,
+        )
+    }
+
+    /// Replaces `app`'s keys.
+    pub fn publish(&self, app: &str, keys: Vec<HeldKey>) {
+        let mut apps = self.apps.lock().expect("held set lock");
+        apps.insert(app.to_string(), keys);
+        self.tx.send_replace(apps.values().flatten().cloned().collect());
+    }
+
+    /// Stops holding `app`'s keys (they are deleted by whoever retires the app: the holder
+    /// never deletes a key, it only stops writing it).
+    pub fn remove(&self, app: &str) {
+        let mut apps = self.apps.lock().expect("held set lock");
+        apps.remove(app);
+        self.tx.send_replace(apps.values().flatten().cloned().collect());
+    }
+}
+
+/// What the agent's API needs of one running app.
+#[derive(Clone)]
+pub struct AppView {
+    pub ports: proto::records::Ports,
+    pub state_dir: std::path::PathBuf,
+    pub statuses: Vec<watch::Receiver<Option<crate::status::ColorStatus>>>,
+}
+
+/// The apps the agent's API answers for, by name; changed by reloads.
+pub type AppViews = Arc<RwLock<BTreeMap<String, AppView>>>;
+
+/// What every app of this agent shares.
+pub struct Shared {
+    pub client: etcd_client::Client,
+    pub config: Config,
+    pub held: HeldSet,
+    pub metrics: Arc<metrics::AgentMetrics>,
+    pub http: reqwest::Client,
+    pub trusted: proto::signing::TrustedKeys,
+    pub instance: String,
+    pub views: AppViews,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// One running app: its control plane and how to stop it alone.
+struct Running {
+    config: AppConfig,
+    plane: ControlPlane,
+    runtime: Arc<ProcessRuntime>,
+    stop: watch::Sender<bool>,
+    /// Set once a retirement is waiting for this app's leaving mark.
+    retiring: bool,
+}
+
+/// The apps this agent runs, started, reloaded and retired one by one.
+pub struct Apps {
+    shared: Arc<Shared>,
+    running: BTreeMap<String, Running>,
+    /// Retirements report here when they are done, so the app can be listed again later.
+    retired_tx: tokio::sync::mpsc::UnboundedSender<String>,
+    retired_rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Apps {
+    pub fn new(shared: Shared) -> Apps {
+        let (retired_tx, retired_rx) = tokio::sync::mpsc::unbounded_channel();
+        Apps {
+            shared: Arc::new(shared),
+            running: BTreeMap::new(),
+            retired_tx,
+            retired_rx,
+        }
+    }
+
+    /// Starts one app's control plane (its directories first). The other apps are not touched.
+    pub fn start(&mut self, app: AppConfig) -> Result<(), crate::error::AgentError> {
+        let s = &self.shared;
+        let keys = Keys::new(&s.config.prefix, &app.name)?;
+        prepare_dirs(&app.state_dir)?;
+        let runtime = Arc::new(ProcessRuntime {
+            app: app.name.clone(),
+            address: s.config.address.clone(),
+            ports: app.ports,
+            state_dir: app.state_dir.clone(),
+            http: s.http.clone(),
+            app_log_level: s.config.app_log_level.clone(),
+            secrets_dir: app.secrets_dir.clone(),
+            run_as: app.run_as.clone(),
+            download: s.config.download,
+            metrics: s.metrics.clone(),
+        });
+        let host = HostRecord {
+            host: s.config.host.clone(),
+            address: s.config.address.clone(),
+            ports: app.ports,
+            grpc: s.config.grpc.endpoint().to_string(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: proto::time::now_rfc3339(),
+            instance: Some(s.instance.clone()),
+        };
+        // The app's own stop, also set by the agent's.
+        let (stop, app_shutdown) = watch::channel(false);
+        let forward = stop.clone();
+        let mut agent_shutdown = s.shutdown.clone();
+        let mut stopped = app_shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = proto::daemon::shutdown_requested(&mut agent_shutdown) => { let _ = forward.send(true); }
+                _ = proto::daemon::shutdown_requested(&mut stopped) => {}
+            }
+        });
+        let plane = ControlPlane::spawn_in(
+            ControlPlaneSettings {
+                client: s.client.clone(),
+                keys,
+                host,
+                lease_ttl: s.config.lease_ttl,
+                max_restarts: s.config.max_restarts,
+                trusted: s.trusted.clone(),
+                state_dir: app.state_dir.clone(),
+            },
+            runtime.clone(),
+            app_shutdown.clone(),
+            s.held.clone(),
+        );
+        s.metrics.watch_statuses(&app.name, plane.statuses.clone());
+        s.views.write().expect("views lock").insert(
+            app.name.clone(),
+            AppView {
+                ports: app.ports,
+                state_dir: app.state_dir.clone(),
+                statuses: plane.statuses.clone(),
+            },
+        );
+        tokio::spawn(cap_logs(
+            app.state_dir.clone(),
+            s.config.log_max_bytes,
+            app_shutdown,
+        ));
+        tracing::info!(app = %app.name, blue = app.ports.blue, green = app.ports.green, "app started");
+        self.running.insert(
+            app.name.clone(),
+            Running {
+                config: app,
+                plane,
+                runtime,
+                stop,
+                retiring: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Applies a re-read config: starts the apps it adds, retires the ones it drops (once they
+    /// are marked leaving), and says which other changes wait for a restart.
+    pub fn reload(&mut self, new: Config) {
+        while let Ok(name) = self.retired_rx.try_recv() {
+            self.running.remove(&name);
+        }
+        for (what, same) in restart_only_changes(&self.shared.config, &new) {
+            if !same {
+                tracing::warn!(setting = what, "changed in the config: takes effect when the agent restarts");
+            }
+        }
+        let wanted: BTreeMap<&str, &AppConfig> =
+            new.apps.iter().map(|a| (a.name.as_str(), a)).collect();
+        let mut added = Vec::new();
+        for app in &new.apps {
+            match self.running.get(&app.name) {
+                None => added.push(app.clone()),
+                Some(r) if r.retiring => tracing::warn!(app = %app.name,
+                    "listed again while it is being retired: it starts on the next reload after its retirement"),
+                Some(r) if r.config != *app => tracing::warn!(app = %app.name,
+                    "its entry changed: takes effect when the agent restarts"),
+                Some(_) => {}
+            }
+        }
+        // The apps that stay, with the new ones: no port, name or state_dir may collide.
+        let mut kept: Vec<AppConfig> = self
+            .running
+            .values()
+            .filter(|r| wanted.contains_key(r.config.name.as_str()) || r.retiring)
+            .map(|r| r.config.clone())
+            .collect();
+        kept.extend(added.iter().cloned());
+        if let Err(e) = crate::config::check_apps_apart(&kept) {
+            tracing::error!(error = %e, "config reload refused; the running apps are unchanged");
+            return;
+        }
+        for app in added {
+            let name = app.name.clone();
+            if let Err(e) = self.start(app) {
+                tracing::error!(app = %name, error = %e, "could not start the app");
+            }
+        }
+        let dropped: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(name, r)| !wanted.contains_key(name.as_str()) && !r.retiring)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in dropped {
+            self.retire(&name);
+        }
+    }
+
+    /// Retires `name` in the background: waits for its leaving mark, stops its control plane,
+    /// stops both colors' processes, then deletes its keys for this host.
+    fn retire(&mut self, name: &str) {
+        let Some(running) = self.running.get_mut(name) else {
+            return;
+        };
+        running.retiring = true;
+        let shared = self.shared.clone();
+        let keys = match Keys::new(&shared.config.prefix, name) {
+            Ok(k) => k,
+            Err(_) => return,
+        };
+        let stop = running.stop.clone();
+        let runtime = running.runtime.clone();
+        let tasks = std::mem::take(&mut running.plane.tasks);
+        let feed = running.plane.feed.abort_handle();
+        let done = self.retired_tx.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let host = shared.config.host.clone();
+            let mut agent_shutdown = shared.shutdown.clone();
+            let mark = keys.host_leaving(&host);
+            tokio::select! {
+                marked = wait_for_key(&shared.client, &mark, &name, &host) => {
+                    if !marked { return; }
+                }
+                _ = proto::daemon::shutdown_requested(&mut agent_shutdown) => return,
+            }
+            tracing::info!(app = %name, "marked leaving this host: stopping it and deleting its keys");
+            let _ = stop.send(true);
+            feed.abort();
+            for task in tasks {
+                let _ = task.await;
+            }
+            shared.held.remove(&name);
+            shared.views.write().expect("views lock").remove(&name);
+            shared.metrics.forget_statuses(&name);
+            for color in Color::ALL {
+                if let Some(mut adopted) = runtime.adopt(color) {
+                    let how = RunningApp::stop(&mut adopted.process, Duration::from_secs(10)).await;
+                    tracing::info!(app = %name, %color, how = %how, "stopped");
+                }
+                runtime.forget(color);
+            }
+            let mut doomed: Vec<String> = Color::ALL
+                .iter()
+                .map(|c| keys.health(&host, *c))
+                .collect();
+            doomed.push(keys.host(&host));
+            doomed.push(keys.host_member(&host));
+            // Last: while it exists, a half-done retirement is still visible and still honoured.
+            doomed.push(keys.host_leaving(&host));
+            for key in doomed {
+                let mut c = shared.client.clone();
+                loop {
+                    match c.delete(key.as_str(), None).await {
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(%key, error = %e, "cannot delete; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                                _ = proto::daemon::shutdown_requested(&mut agent_shutdown) => return,
+                            }
+                        }
+                    }
+                }
+            }
+            tracing::info!(app = %name, "retired from this host");
+            let _ = done.send(name);
+        });
+    }
+}
+
+/// Waits until `key` exists (watched, never polled). `false` if the watch fails for good.
+async fn wait_for_key(client: &etcd_client::Client, key: &str, app: &str, host: &str) -> bool {
+    let end = format!("{key}\0");
+    let (snapshot, mut watch) = loop {
+        match proto::watch::PrefixWatch::start_range(client, key, &end).await {
+            Ok(started) => break started,
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "cannot watch the leaving mark; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    if !snapshot.entries.is_empty() {
+        return true;
+    }
+    tracing::warn!(%app, %host,
+        "left this agent's config but is not marked leaving: still running and registered; run `coordinator --app {app} host remove {host} --yes`, and it is retired then");
+    loop {
+        match watch.next().await {
+            Ok(proto::watch::WatchEvent::Changes { changes, .. }) => {
+                if changes.iter().any(|c| c.value.is_some()) {
+                    return true;
+                }
+            }
+            Ok(proto::watch::WatchEvent::Resync(s)) => {
+                if !s.entries.is_empty() {
+                    return true;
+                }
+            }
+            Err(e) => {
+                tracing::error!(%key, error = %e, "watch of the leaving mark ended; restart the agent to retire the app");
+                return false;
+            }
+        }
+    }
+}
+
+/// The agent-wide settings a reload does not apply, each with whether it stayed the same.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<(&'static str, bool)> {
+    vec![
+        ("etcd", old.etcd == new.etcd),
+        ("prefix", old.prefix == new.prefix),
+        ("host", old.host == new.host),
+        ("address", old.address == new.address),
+        ("grpc", old.grpc == new.grpc),
+        ("metrics_listen", old.metrics_listen == new.metrics_listen),
+        ("lease_ttl", old.lease_ttl == new.lease_ttl),
+        ("trusted_keys", old.trusted_keys == new.trusted_keys),
+    ]
+}
+
+/// An app's directories: logs and pid files (which hold the release, env included) for the
+/// agent's user only; the state dir stays traversable so an app can reach its unpacked artifact.
+pub fn prepare_dirs(state_dir: &std::path::Path) -> Result<(), crate::error::AgentError> {
+    use crate::error::AgentError;
+    use std::os::unix::fs::PermissionsExt;
+    for (dir, mode) in [
+        (state_dir.to_path_buf(), 0o711),
+        (state_dir.join("logs"), 0o700),
+        (state_dir.join("artifacts"), 0o755),
+    ] {
+        std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| AgentError::io(&dir, e))?;
+    }
+    Ok(())
+}
+
+/// Keeps each color's log file of one app under `max_bytes`.
+async fn cap_logs(state_dir: std::path::PathBuf, max_bytes: u64, mut stop: watch::Receiver<bool>) {
+    loop {
+        for color in Color::ALL {
+            let path = crate::logs::log_path(&state_dir, color);
+            if let Err(e) = crate::logs::cap(&path, max_bytes) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot rotate log");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = proto::daemon::shutdown_requested(&mut stop) => return,
+        }
+    }
+}
+
+/// In the `[[apps]]` form, the agent's own `state_dir` must not hold pid files of apps a
+/// single-app agent ran there, unless an entry claims that directory: restarting into
+/// `[[apps]]` would otherwise leave them running with nobody managing them.
+pub fn check_unclaimed_layout(config: &Config) -> Result<(), crate::error::AgentError> {
+    if config.apps.iter().any(|a| a.state_dir == config.state_dir) {
+        return Ok(());
+    }
+    for color in Color::ALL {
+        let pid = crate::runtime::pid_path(&config.state_dir, color);
+        if pid.exists() {
+            return Err(crate::error::AgentError::Setting(format!(
+                "state_dir {} holds {} from a single-app agent; give the app that ran there \
+                 `state_dir = \"{}\"` in its [[apps]] entry so it is adopted, or stop it first",
+                config.state_dir.display(),
+                pid.display(),
+                config.state_dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
