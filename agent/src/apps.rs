@@ -39,7 +39,8 @@ impl HeldSet {
     pub fn publish(&self, app: &str, keys: Vec<HeldKey>) {
         let mut apps = self.apps.lock().expect("held set lock");
         apps.insert(app.to_string(), keys);
-        self.tx.send_replace(apps.values().flatten().cloned().collect());
+        self.tx
+            .send_replace(apps.values().flatten().cloned().collect());
     }
 
     /// Stops holding `app`'s keys (they are deleted by whoever retires the app: the holder
@@ -47,7 +48,8 @@ impl HeldSet {
     pub fn remove(&self, app: &str) {
         let mut apps = self.apps.lock().expect("held set lock");
         apps.remove(app);
-        self.tx.send_replace(apps.values().flatten().cloned().collect());
+        self.tx
+            .send_replace(apps.values().flatten().cloned().collect());
     }
 }
 
@@ -192,7 +194,10 @@ impl Apps {
         }
         for (what, same) in restart_only_changes(&self.shared.config, &new) {
             if !same {
-                tracing::warn!(setting = what, "changed in the config: takes effect when the agent restarts");
+                tracing::warn!(
+                    setting = what,
+                    "changed in the config: takes effect when the agent restarts"
+                );
             }
         }
         let wanted: BTreeMap<&str, &AppConfig> =
@@ -259,10 +264,17 @@ impl Apps {
             let host = shared.config.host.clone();
             let mut agent_shutdown = shared.shutdown.clone();
             let mark = keys.host_leaving(&host);
+            let marked_at = tokio::select! {
+                marked = wait_for_key(&shared.client, &mark, &name, &host) => match marked {
+                    Some(revision) => revision,
+                    None => return,
+                },
+                _ = proto::daemon::shutdown_requested(&mut agent_shutdown) => return,
+            };
+            // The LBs stop routing here when they apply the mark: the processes stop after that
+            // (or after a bound, for an LB that is down and routes nowhere anyway).
             tokio::select! {
-                marked = wait_for_key(&shared.client, &mark, &name, &host) => {
-                    if !marked { return; }
-                }
+                _ = wait_lbs_applied(&shared.client, &keys, marked_at, LBS_APPLY_BOUND) => {}
                 _ = proto::daemon::shutdown_requested(&mut agent_shutdown) => return,
             }
             tracing::info!(app = %name, "marked leaving this host: stopping it and deleting its keys");
@@ -281,10 +293,8 @@ impl Apps {
                 }
                 runtime.forget(color);
             }
-            let mut doomed: Vec<String> = Color::ALL
-                .iter()
-                .map(|c| keys.health(&host, *c))
-                .collect();
+            let mut doomed: Vec<String> =
+                Color::ALL.iter().map(|c| keys.health(&host, *c)).collect();
             doomed.push(keys.host(&host));
             doomed.push(keys.host_member(&host));
             // Last: while it exists, a half-done retirement is still visible and still honoured.
@@ -310,8 +320,69 @@ impl Apps {
     }
 }
 
-/// Waits until `key` exists (watched, never polled). `false` if the watch fails for good.
-async fn wait_for_key(client: &etcd_client::Client, key: &str, app: &str, host: &str) -> bool {
+/// The longest a retirement waits for the live LBs to apply the leaving mark.
+const LBS_APPLY_BOUND: Duration = Duration::from_secs(15);
+
+/// Waits until every LB whose sidecar is alive has acked `revision` or later, or `bound` passed.
+async fn wait_lbs_applied(
+    client: &etcd_client::Client,
+    keys: &Keys,
+    revision: i64,
+    bound: Duration,
+) {
+    let waited = async {
+        let from = keys.lb_alive("");
+        let end =
+            String::from_utf8_lossy(&proto::watch::prefix_end(&keys.lbs_prefix())).to_string();
+        let Ok((snapshot, mut watch)) =
+            proto::watch::PrefixWatch::start_range(client, &from, &end).await
+        else {
+            return;
+        };
+        let mut seen: BTreeMap<String, Vec<u8>> = snapshot.entries.into_iter().collect();
+        loop {
+            if lbs_applied(keys, &seen, revision) {
+                return;
+            }
+            match watch.next().await {
+                Ok(proto::watch::WatchEvent::Changes { changes, .. }) => {
+                    for c in changes {
+                        match c.value {
+                            Some(v) => seen.insert(c.key, v),
+                            None => seen.remove(&c.key),
+                        };
+                    }
+                }
+                Ok(proto::watch::WatchEvent::Resync(s)) => seen = s.entries.into_iter().collect(),
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(bound, waited).await;
+}
+
+/// Whether every live LB (an `lb-alive/<name>` key) has an ack at `revision` or later. Pure.
+pub fn lbs_applied(keys: &Keys, seen: &BTreeMap<String, Vec<u8>>, revision: i64) -> bool {
+    seen.keys()
+        .filter_map(|k| match keys.parse(k) {
+            Some(proto::AppKey::LbAlive(name)) => Some(name),
+            _ => None,
+        })
+        .all(|name| {
+            seen.get(&keys.lb(&name))
+                .and_then(|v| serde_json::from_slice::<proto::records::LbRecord>(v).ok())
+                .is_some_and(|ack| ack.applied_revision >= revision)
+        })
+}
+
+/// Waits until `key` exists (watched, never polled), and says the revision it was seen at.
+/// `None` if the watch fails for good.
+async fn wait_for_key(
+    client: &etcd_client::Client,
+    key: &str,
+    app: &str,
+    host: &str,
+) -> Option<i64> {
     let end = format!("{key}\0");
     let (snapshot, mut watch) = loop {
         match proto::watch::PrefixWatch::start_range(client, key, &end).await {
@@ -323,25 +394,34 @@ async fn wait_for_key(client: &etcd_client::Client, key: &str, app: &str, host: 
         }
     };
     if !snapshot.entries.is_empty() {
-        return true;
+        // The mark's own revision (what the LBs ack), not the read's, which may be later.
+        let mut c = client.clone();
+        return match c.get(key, None).await {
+            Ok(resp) => resp
+                .kvs()
+                .first()
+                .map(|kv| kv.mod_revision())
+                .or(Some(snapshot.revision)),
+            Err(_) => Some(snapshot.revision),
+        };
     }
     tracing::warn!(%app, %host,
         "left this agent's config but is not marked leaving: still running and registered; run `coordinator --app {app} host remove {host} --yes`, and it is retired then");
     loop {
         match watch.next().await {
             Ok(proto::watch::WatchEvent::Changes { changes, .. }) => {
-                if changes.iter().any(|c| c.value.is_some()) {
-                    return true;
+                if let Some(put) = changes.iter().find(|c| c.value.is_some()) {
+                    return Some(put.mod_revision);
                 }
             }
             Ok(proto::watch::WatchEvent::Resync(s)) => {
                 if !s.entries.is_empty() {
-                    return true;
+                    return Some(s.revision);
                 }
             }
             Err(e) => {
                 tracing::error!(%key, error = %e, "watch of the leaving mark ended; restart the agent to retire the app");
-                return false;
+                return None;
             }
         }
     }

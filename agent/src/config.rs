@@ -346,8 +346,7 @@ fn apps(asked: AppsAsked, state_dir: &std::path::Path) -> Result<Vec<AppConfig>,
         }
         (None, None) => {
             return Err(setting(
-                "app: required (which app this agent runs), or [[apps]] entries in the file"
-                    .into(),
+                "app: required (which app this agent runs), or [[apps]] entries in the file".into(),
             ))
         }
         (Some(name), None) => vec![AppConfig {
@@ -372,8 +371,7 @@ fn apps(asked: AppsAsked, state_dir: &std::path::Path) -> Result<Vec<AppConfig>,
                 let named = |what: &str, e: &dyn std::fmt::Display| {
                     AgentError::Setting(format!("apps {:?}: {what}: {e}", entry.name))
                 };
-                proto::keys::validate_segment("app", &entry.name)
-                    .map_err(|e| named("name", &e))?;
+                proto::keys::validate_segment("app", &entry.name).map_err(|e| named("name", &e))?;
                 apps.push(AppConfig {
                     state_dir: entry
                         .state_dir
@@ -584,7 +582,10 @@ mod tests {
             "unix:/run/bluegreen/agent.sock"
         );
         assert_eq!(c.lease_ttl, Duration::from_secs(10));
-        assert_eq!(c.apps[0].run_as.clone().map(|u| u.name), Some("nobody".into()));
+        assert_eq!(
+            c.apps[0].run_as.clone().map(|u| u.name),
+            Some("nobody".into())
+        );
         // The single-app form keeps the agent's state_dir as the app's: an upgrade moves nothing.
         assert_eq!(c.apps[0].state_dir, c.state_dir);
     }
@@ -692,7 +693,10 @@ mod tests {
             .unwrap_err()
         };
         let err = two("name = \"api\"\nports = { blue = 9080, green = 8081 }");
-        assert!(err.contains("8081") && err.contains("shop (green)") && err.contains("api (green)"), "{err}");
+        assert!(
+            err.contains("8081") && err.contains("shop (green)") && err.contains("api (green)"),
+            "{err}"
+        );
         let err = two("name = \"shop\"\nports = { blue = 9080, green = 9081 }");
         assert!(err.contains("shop is listed twice"), "{err}");
         let err = two("name = \"api\"\nports = { blue = 9080, green = 9081 }\nstate_dir = \"/var/lib/bluegreen/agent/apps/shop\"");

@@ -6,6 +6,8 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     proto::daemon::init_logging("info");
+    // First, so that a SIGHUP sent while the agent starts never kills it (the default action).
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let cli = <agent::config::Cli as proto::settings::Daemon>::from_env();
     let config = match agent::config::Config::load(cli.clone()) {
         Ok(c) => c,
@@ -15,7 +17,6 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let (reload_tx, reloads) = tokio::sync::mpsc::channel(4);
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             match agent::config::Config::load(cli.clone()) {

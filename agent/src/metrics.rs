@@ -10,8 +10,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use proto::records::HealthState;
 use proto::Color;
-use std::sync::atomic::AtomicU64;
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -150,7 +150,10 @@ impl AgentMetrics {
         self.state.clear();
         self.restarts.clear();
         let statuses = self.statuses.lock().expect("metrics lock");
-        for (app, rx) in statuses.iter().flat_map(|(app, rxs)| rxs.iter().map(move |rx| (app, rx))) {
+        for (app, rx) in statuses
+            .iter()
+            .flat_map(|(app, rxs)| rxs.iter().map(move |rx| (app, rx)))
+        {
             let Some(status) = rx.borrow().clone() else {
                 continue;
             };
@@ -223,7 +226,11 @@ mod tests {
         healthy.restarts = 2;
         let (_tx, rx) = watch::channel(Some(healthy));
         metrics.watch_statuses("shop", vec![rx]);
-        let (_tx2, rx2) = watch::channel(Some(ColorStatus::new(Color::Blue, "v1", HealthState::Failed)));
+        let (_tx2, rx2) = watch::channel(Some(ColorStatus::new(
+            Color::Blue,
+            "v1",
+            HealthState::Failed,
+        )));
         metrics.watch_statuses("api", vec![rx2]);
         metrics.observe_probe("shop", Color::Blue, Duration::from_millis(3));
         let text = metrics.render();

@@ -126,8 +126,13 @@ pub async fn remove(
 /// color's version, so every LB would be left without a server. Pure.
 pub fn leaving_refused(state: &AppStatus, host: &str) -> Option<String> {
     let active = state.active.as_ref()?;
-    let serves = |h: &str| proto::records::serves(state.health_of(h, active.color), &active.version);
-    let others = state.hosts.keys().filter(|h| *h != host && serves(h)).count();
+    let serves =
+        |h: &str| proto::records::serves(state.health_of(h, active.color), &active.version);
+    let others = state
+        .hosts
+        .keys()
+        .filter(|h| *h != host && serves(h))
+        .count();
     (serves(host) && others == 0).then(|| {
         format!(
             "the only host serving {} {}: removing it would leave every LB without a server; \
@@ -194,9 +199,9 @@ async fn mark_leaving(
     let lbs_line = match applied {
         Ok(_) if lbs.is_empty() => "no LB is running".to_string(),
         Ok(_) => format!("every live LB ({}) stopped routing to it", lbs.len()),
-        Err(missing) => format!(
-            "not yet applied by {missing} (they stop routing to it when they catch up)"
-        ),
+        Err(missing) => {
+            format!("not yet applied by {missing} (they stop routing to it when they catch up)")
+        }
     };
     Ok(format!(
         "host {host}: leaving {app}: {lbs_line}, and deploys leave it out. Now remove {app} from \

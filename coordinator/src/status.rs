@@ -1,8 +1,7 @@
 //! `coordinator status`: one consistent read of the app's prefix, shown as a table or JSON.
 use proto::records::{
-    decode, ActiveRecord, CanaryRequest, DeployRecord, HealthRecord, HostLeavingRecord,
-    HostRecord, LbRecord,
-    LbStatsRecord, LockRecord, ReleaseRecord, TrafficRecord, Validate,
+    decode, ActiveRecord, CanaryRequest, DeployRecord, HealthRecord, HostLeavingRecord, HostRecord,
+    LbRecord, LbStatsRecord, LockRecord, ReleaseRecord, TrafficRecord, Validate,
 };
 use proto::watch::{prefix_end, read_range, Change};
 use proto::{AppKey, Color, Keys};
@@ -154,14 +153,13 @@ impl AppStatus {
                 self.leaving.remove(&h);
                 Ok(())
             }
-            (Some(AppKey::HostLeaving(h)), Some(value)) => {
-                decode::<HostLeavingRecord>(key, value).map(|record| {
+            (Some(AppKey::HostLeaving(h)), Some(value)) => decode::<HostLeavingRecord>(key, value)
+                .map(|record| {
                     self.hosts.remove(&h);
                     self.host_members.remove(&h);
                     self.health.remove(&h);
                     self.leaving.insert(h, record);
-                })
-            }
+                }),
             (Some(AppKey::Active), None) => {
                 (self.active, self.active_invalid, self.active_mod_revision) = (None, None, 0);
                 Ok(())

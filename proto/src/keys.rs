@@ -240,9 +240,10 @@ impl Keys {
         let rest = key.strip_prefix(&self.base)?;
         let parts: Vec<&str> = rest.split('/').collect();
         let (what, name) = match parts.as_slice() {
-            ["hosts", host] | ["host-members", host] | ["host-leaving", host] | ["health", host, _] => {
-                ("host", *host)
-            }
+            ["hosts", host]
+            | ["host-members", host]
+            | ["host-leaving", host]
+            | ["health", host, _] => ("host", *host),
             ["lbs", name] | ["lb-alive", name] | ["lb-stats", name] => ("LB name", *name),
             _ => return None,
         };

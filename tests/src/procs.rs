@@ -28,7 +28,17 @@ pub struct AgentProc {
     pub ns: Option<crate::netns::Ns>,
     /// A small disk under `state_dir`, if asked for (to be filled by a fault).
     pub disk: Option<crate::disk::SmallDisk>,
+    /// Its agent.toml (rewritten by [`AgentProc::use_apps`]).
+    pub config_path: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// One `[[apps]]` entry of an agent's config.
+pub struct AppEntry {
+    pub name: String,
+    pub ports: Ports,
+    /// Its own state_dir (to claim a single-app layout), else the agent's default.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl AgentProc {
@@ -91,7 +101,7 @@ impl AgentProc {
             ports.green
         );
         std::fs::write(&config_path, config).expect("write agent config");
-        let args = vec!["--config".into(), config_path.into_os_string()];
+        let args = vec!["--config".into(), config_path.clone().into_os_string()];
         let (program, args) = match ns {
             Some(ns) => ns.wrap(binary("agent"), args),
             None => (binary("agent"), args),
@@ -116,8 +126,46 @@ impl AgentProc {
             state_dir,
             ns: ns.cloned(),
             disk,
+            config_path,
             _dir: dir,
         }
+    }
+
+    /// Rewrites its config to the `[[apps]]` form listing `apps` (everything else kept); takes
+    /// effect at the next restart or [`AgentProc::sighup`].
+    pub fn use_apps(&self, apps: &[AppEntry]) {
+        let text = std::fs::read_to_string(&self.config_path).expect("agent config");
+        let mut kept: String = text
+            .split("\n[ports]")
+            .next()
+            .expect("a head")
+            .split("\n[[apps]]")
+            .next()
+            .expect("a head")
+            .lines()
+            .filter(|l| !l.starts_with("app = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        for app in apps {
+            kept.push_str(&format!(
+                "[[apps]]\nname = \"{}\"\nports = {{ blue = {}, green = {} }}\n",
+                app.name, app.ports.blue, app.ports.green
+            ));
+            if let Some(dir) = &app.state_dir {
+                kept.push_str(&format!("state_dir = \"{}\"\n", dir.display()));
+            }
+        }
+        std::fs::write(&self.config_path, kept).expect("write agent config");
+    }
+
+    /// SIGHUP: the agent re-reads its config.
+    pub fn sighup(&self) {
+        self.daemon.signal("HUP");
+    }
+
+    /// Where `[[apps]]` entry `app` keeps its pid files and logs by default.
+    pub fn app_dir(&self, app: &str) -> PathBuf {
+        self.state_dir.join("apps").join(app)
     }
 
     /// A client of its gRPC API (its root-only socket; the tests run as root).
@@ -186,19 +234,25 @@ impl AgentProc {
 
     /// The pid of the app running `color`, from the agent's pid file.
     pub fn app_pid(&self, color: Color) -> Option<u32> {
-        let text = std::fs::read(self.state_dir.join(format!("{color}.pid.json"))).ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
-        v["pid"].as_u64().map(|p| p as u32)
+        app_pid_in(&self.state_dir, color)
     }
 
-    /// Kills the apps this agent started (they live in their own process groups).
+    /// Kills the apps this agent started (they live in their own process groups), in the
+    /// single-app layout and every `[[apps]]` directory.
     fn kill_apps(&self) {
-        for color in Color::ALL {
-            if let Some(pid) = self.app_pid(color) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+        let apps = std::fs::read_dir(self.state_dir.join("apps"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path());
+        for dir in std::iter::once(self.state_dir.clone()).chain(apps) {
+            for color in Color::ALL {
+                if let Some(pid) = app_pid_in(&dir, color) {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
             }
         }
     }
@@ -209,6 +263,13 @@ impl Drop for AgentProc {
         self.kill9();
         self.kill_apps();
     }
+}
+
+/// The pid of the app running `color` from the pid file in an app's state directory.
+pub fn app_pid_in(dir: &std::path::Path, color: Color) -> Option<u32> {
+    let text = std::fs::read(dir.join(format!("{color}.pid.json"))).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    v["pid"].as_u64().map(|p| p as u32)
 }
 
 pub async fn put_release(client: &etcd_client::Client, color: Color, release: &ReleaseRecord) {

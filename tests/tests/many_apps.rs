@@ -1,0 +1,258 @@
+//! Many apps on one fleet: one agent per host runs every app its config lists, under one lease.
+use bluegreen_tests::artifacts::release;
+use bluegreen_tests::fleet::{assert_ok, text, Fleet};
+use bluegreen_tests::procs::{active, app_pid_in, get_raw, put_raw, AppEntry, PREFIX};
+use bluegreen_tests::{free_port, wait_for};
+use proto::agent_api::StatusRequest;
+use proto::records::{decode, encode, HealthRecord, HealthState, Ports};
+use proto::{Color, Keys};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}
+
+async fn health_of(
+    client: &etcd_client::Client,
+    keys: &Keys,
+    host: &str,
+    color: Color,
+) -> Option<HealthRecord> {
+    let key = keys.health(host, color);
+    let bytes = get_raw(client, &key).await?;
+    Some(decode(&key, &bytes).expect("agents write valid health"))
+}
+
+/// host-1 runs shop (deployed with the coordinator, behind an LB, beside host-2) and, from a
+/// SIGHUP on, api and web too, without touching shop's processes. api leaves config first: the
+/// agent keeps it running and registered until `host remove` marks it leaving. shop leaves in
+/// the documented order: the mark takes host-1 out of the LB's upstreams while shop still runs
+/// there, then the config change stops it and deletes its keys; no request through the LB fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_agent_runs_several_apps_adds_one_on_sighup_and_retires_one_marked_leaving() {
+    let mut fleet = Fleet::start(2, 1).await;
+    let client = fleet.client.clone();
+    let shop = Keys::new(PREFIX, "shop").unwrap();
+    let api = Keys::new(PREFIX, "api").unwrap();
+    let spec = fleet.spec("shop", &[]);
+    assert_ok(&fleet.deploy(&spec, "v1", &[]).await, "deploy shop v1");
+    let live = active(&client).await.expect("active").color;
+    let shop_pid = fleet.hosts[0].app_pid(live).expect("shop runs on host-1");
+    let single_dir = fleet.hosts[0].state_dir.clone();
+    let shop_ports = fleet.hosts[0].ports;
+    let shop_entry = |claim: bool| AppEntry {
+        name: "shop".into(),
+        ports: shop_ports,
+        state_dir: claim.then(|| single_dir.clone()),
+    };
+
+    // Restarted into [[apps]] without claiming the single-app layout: refused, shop untouched.
+    fleet.hosts[0].use_apps(&[shop_entry(false)]);
+    fleet.hosts[0].restart();
+    let host1 = &mut fleet.hosts[0];
+    let end = tokio::time::Instant::now() + WAIT;
+    while host1.exit_status().is_none() {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the agent did not refuse: {}",
+            host1.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll again; the deadline is asserted above
+    }
+    assert!(
+        host1.log().contains("from a single-app agent"),
+        "{}",
+        host1.log()
+    );
+    assert!(alive(shop_pid), "the refused agent left shop running");
+
+    // Claimed: the same process is adopted.
+    let before = get_raw(&client, &shop.host("host-1")).await;
+    fleet.hosts[0].use_apps(&[shop_entry(true)]);
+    fleet.hosts[0].restart();
+    let api_ports = Ports {
+        blue: free_port(&fleet.hosts[0].address),
+        green: free_port(&fleet.hosts[0].address),
+    };
+    let web_ports = Ports {
+        blue: free_port(&fleet.hosts[0].address),
+        green: free_port(&fleet.hosts[0].address),
+    };
+    let api_entry = AppEntry {
+        name: "api".into(),
+        ports: api_ports,
+        state_dir: None,
+    };
+    wait_for("host-1's agent back (a new host record)", WAIT, || {
+        let (client, key, before) = (&client, shop.host("host-1"), &before);
+        async move {
+            get_raw(client, &key)
+                .await
+                .filter(|now| Some(now) != before.as_ref())
+        }
+    })
+    .await;
+
+    // api added with SIGHUP: it starts, shop's process is the same one.
+    fleet.hosts[0].use_apps(&[
+        shop_entry(true),
+        api_entry,
+        AppEntry {
+            name: "web".into(),
+            ports: web_ports,
+            state_dir: None,
+        },
+    ]);
+    fleet.hosts[0].sighup();
+    let artifact = fleet.app.clone();
+    put_raw(
+        &client,
+        &api.release(Color::Blue),
+        &encode(&release("a1", &artifact, &[])),
+    )
+    .await;
+    wait_for("api healthy on host-1", WAIT, || {
+        let (client, api) = (&client, &api);
+        async move {
+            health_of(client, api, "host-1", Color::Blue)
+                .await
+                .filter(|h| h.version == "a1" && h.state == HealthState::Healthy)
+        }
+    })
+    .await;
+    let api_dir = fleet.hosts[0].app_dir("api");
+    let api_pid = app_pid_in(&api_dir, Color::Blue).expect("api's pid file in its own directory");
+    assert_eq!(
+        fleet.hosts[0].app_pid(live),
+        Some(shop_pid),
+        "shop was restarted"
+    );
+    assert!(alive(shop_pid));
+    let registered = get_raw(&client, &api.host("host-1"))
+        .await
+        .expect("api's host key");
+    let registered: serde_json::Value = serde_json::from_slice(&registered).unwrap();
+    assert_eq!(registered["ports"]["blue"], api_ports.blue);
+
+    // The API answers for each app it runs, and asks which one when none is named.
+    let mut agent_api = fleet.hosts[0].api().await;
+    let status = agent_api
+        .status(StatusRequest { app: "api".into() })
+        .await
+        .expect("api's status")
+        .into_inner();
+    assert_eq!(status.app, "api");
+    assert!(status
+        .colors
+        .iter()
+        .any(|c| c.version == "a1" && c.port == u32::from(api_ports.blue)));
+    let unnamed = agent_api
+        .status(StatusRequest { app: String::new() })
+        .await
+        .unwrap_err();
+    assert!(
+        unnamed.message().contains("api, shop"),
+        "{}",
+        unnamed.message()
+    );
+    let metrics = reqwest::get(fleet.hosts[0].metrics_url())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("app=\"api\"") && metrics.contains("app=\"shop\""),
+        "{metrics}"
+    );
+
+    // api leaves host-1 config first: nothing happens until it is marked leaving. (web, an
+    // app with no release yet, keeps the agent's app list from becoming empty.)
+    let web_entry = || AppEntry {
+        name: "web".into(),
+        ports: web_ports,
+        state_dir: None,
+    };
+    fleet.hosts[0].use_apps(&[shop_entry(true), web_entry()]);
+    fleet.hosts[0].sighup();
+    wait_for("the agent to say api is not marked leaving", WAIT, || {
+        let log = fleet.hosts[0].log();
+        async move { log.contains("is not marked leaving").then_some(()) }
+    })
+    .await;
+    assert!(alive(api_pid), "api stopped before it was marked leaving");
+    assert!(get_raw(&client, &api.host("host-1")).await.is_some());
+    let out = fleet
+        .run(&["--app", "api", "host", "remove", "host-1", "--yes"])
+        .await;
+    assert_ok(&out, "host remove of api's live host");
+    wait_for_retired(&client, &api, api_pid).await;
+
+    // shop leaves host-1 in the documented order: marked first. The LB stops routing to host-1
+    // at once, while its agent still runs shop; then the config change retires it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = fleet.load_every_lb(&stop);
+    let out = fleet.run(&["host", "remove", "host-1", "--yes"]).await;
+    assert_ok(&out, "host remove of shop's live host");
+    assert!(text(&out).contains("leaving shop"), "{}", text(&out));
+    let host2 = format!(
+        "{}:{}",
+        fleet.hosts[1].address,
+        fleet.hosts[1].ports.of(live)
+    );
+    bluegreen_tests::lb::wait_upstreams(&client, "lb-0", live, std::slice::from_ref(&host2)).await;
+    assert!(alive(shop_pid), "the mark alone stopped shop");
+    assert!(get_raw(&client, &shop.host("host-1")).await.is_some());
+    let listed = text(&fleet.run(&["host", "list"]).await);
+    assert!(
+        !listed.contains("host-1") && listed.contains("host-2"),
+        "{listed}"
+    );
+    fleet.hosts[0].use_apps(&[web_entry()]);
+    fleet.hosts[0].sighup();
+    wait_for_retired(&client, &shop, shop_pid).await;
+    stop.store(true, Ordering::Relaxed);
+    for report in load {
+        let report = report.await.unwrap();
+        assert!(report.ok > 0, "no load ran");
+        report.assert_none_failed();
+    }
+    // web is still registered; the last host serving shop cannot leave.
+    let web = Keys::new(PREFIX, "web").unwrap();
+    assert!(get_raw(&client, &web.host("host-1")).await.is_some());
+    let out = fleet.run(&["host", "remove", "host-2", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("the only host serving"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Waits until `app` is retired from host-1: its process gone, its keys for host-1 deleted.
+async fn wait_for_retired(client: &etcd_client::Client, app: &Keys, pid: u32) {
+    wait_for(
+        &format!("{} retired from host-1", app.app()),
+        WAIT,
+        || async move {
+            let gone = [
+                app.host("host-1"),
+                app.host_member("host-1"),
+                app.host_leaving("host-1"),
+                app.health("host-1", Color::Blue),
+                app.health("host-1", Color::Green),
+            ];
+            for key in gone {
+                if get_raw(client, &key).await.is_some() {
+                    return None;
+                }
+            }
+            (!alive(pid)).then_some(())
+        },
+    )
+    .await;
+}
