@@ -139,11 +139,12 @@ impl Probes for HttpProbes {
                 wrong.push(format!("{name}: its ack carries no URL to verify through"));
                 continue;
             };
-            let answer = http
-                .get(format!("{url}/"))
-                .timeout(Duration::from_secs(3))
-                .send()
-                .await;
+            // A listener shared by several apps routes by host name: ask as this app's.
+            let mut request = http.get(format!("{url}/")).timeout(Duration::from_secs(3));
+            if let Some(host) = &ack.host {
+                request = request.header(reqwest::header::HOST, host);
+            }
+            let answer = request.send().await;
             let problem = match answer {
                 Err(e) => Some(format!("{name} ({url}): {}", proto::error::root_cause(&e))),
                 Ok(resp) => served_problem(resp.headers(), color, revision).map(|p| {

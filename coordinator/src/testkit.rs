@@ -525,6 +525,7 @@ pub fn host_record(name: &str, i: usize) -> HostRecord {
 
 fn lb_record(revision: i64, color: Option<Color>) -> LbRecord {
     LbRecord {
+        host: None,
         applied_revision: revision,
         color,
         upstream_counts: Default::default(),

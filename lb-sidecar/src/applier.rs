@@ -28,6 +28,8 @@ pub struct Applier<N: NginxControl = Nginx> {
     served: Option<String>,
     /// Where nginx sends its request log (see [`crate::requests`]); `None`: no log.
     request_log: Option<String>,
+    /// The app's host names on its listeners (empty: any).
+    pub server_names: Vec<String>,
 }
 
 fn sha256(text: &str) -> String {
@@ -68,7 +70,14 @@ impl<N: NginxControl> Applier<N> {
             validated: HashSet::new(),
             served: None,
             request_log: None,
+            server_names: Vec::new(),
         }
+    }
+
+    /// Serves the app only to requests for these host names (nginx `server_name`).
+    pub fn with_server_names(mut self, names: Vec<String>) -> Self {
+        self.server_names = names;
+        self
     }
 
     /// Has nginx log every public request to the sidecar's socket at `path`.
@@ -91,6 +100,7 @@ impl<N: NginxControl> Applier<N> {
             preview_fallback: state.registered(color.other()),
             split: split(state, color),
             request_log: self.request_log.clone(),
+            server_names: self.server_names.clone(),
         }
     }
 
@@ -203,6 +213,7 @@ impl<N: NginxControl> Applier<N> {
             reloaded_at: proto::time::now_rfc3339(),
             error: None,
             url: Some(self.nginx.public_url()),
+            host: self.server_names.first().cloned(),
         };
         Ok(Some((ack, upstreams)))
     }

@@ -72,6 +72,11 @@ pub struct Settings {
     /// Public traffic.
     #[arg(long)]
     pub listen: Option<String>,
+    /// The host names this app answers on `listen` and `preview_listen` (nginx `server_name`),
+    /// so that several apps share one port; the coordinator verifies a switch with the first as
+    /// `Host`. Empty: every host name.
+    #[arg(long, value_delimiter = ',')]
+    pub server_names: Option<Vec<String>>,
     /// The idle color, for checks before a switch.
     #[arg(long)]
     pub preview_listen: Option<String>,
@@ -156,6 +161,8 @@ pub struct Config {
     pub app: String,
     pub name: String,
     pub listen: SocketAddr,
+    /// nginx `server_name`s of the public and preview servers; empty: every host name.
+    pub server_names: Vec<String>,
     pub preview_listen: SocketAddr,
     pub status_listen: SocketAddr,
     /// `None`: derived from `listen` (an unspecified address becomes loopback).
@@ -206,6 +213,25 @@ fn check_public_url(url: String) -> Result<String, SidecarError> {
     } else {
         Err(SidecarError::Setting(format!(
             "public_url: {url:?} is not an http:// or https:// URL"
+        )))
+    }
+}
+
+/// A host name nginx can match literally and a `Host` header can carry: letters, digits, '-'
+/// and '.', lower case (nginx compares case-insensitively; the ack carries it as written).
+pub fn check_server_name(name: String) -> Result<String, SidecarError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if ok {
+        Ok(name)
+    } else {
+        Err(SidecarError::Setting(format!(
+            "server_names: {:?} is not a host name (lower-case letters, digits, '-' and '.')",
+            name
         )))
     }
 }
@@ -274,6 +300,12 @@ impl Config {
             prefix: s.prefix.ok_or_else(|| defaulted("prefix"))?,
             name,
             listen: addr("listen", s.listen.ok_or_else(|| defaulted("listen"))?)?,
+            server_names: s
+                .server_names
+                .unwrap_or_default()
+                .into_iter()
+                .map(check_server_name)
+                .collect::<Result<_, _>>()?,
             preview_listen: addr(
                 "preview_listen",
                 s.preview_listen

@@ -115,6 +115,7 @@ fn no_etcd_value_adds_a_block_or_directive_to_the_config() {
             preview_fallback: state.registered(Color::Blue),
             split: None,
             request_log: None,
+            server_names: vec![],
         };
         let Ok(config) = render(BUILTIN_TEMPLATE, &view) else {
             continue;

@@ -110,7 +110,8 @@ pub async fn follow<N: NginxControl>(
         &config.app,
         config.listen.to_string(),
         config.preview_listen.to_string(),
-    );
+    )
+    .with_server_names(config.server_names.clone());
     let tally = match request_log {
         Some((path, tally)) => {
             applier = applier.with_request_log(path);
@@ -476,6 +477,7 @@ impl<N: NginxControl> Follower<N> {
             reloaded_at: String::new(),
             error: None,
             url: Some(self.applier.nginx.public_url()),
+            host: self.applier.server_names.first().cloned(),
         }
     }
 

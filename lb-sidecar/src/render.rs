@@ -37,7 +37,7 @@ server {
 
 server {
     listen {{listen}};
-
+{{server_names}}
     location / {
         proxy_pass http://{{live_target}};
         proxy_http_version 1.1;
@@ -55,7 +55,7 @@ server {
 
 server {
     listen {{preview_listen}};
-
+{{server_names}}
     location / {
         proxy_pass http://bluegreen_{{app}}_preview;
         proxy_http_version 1.1;
@@ -91,6 +91,8 @@ pub struct View {
     pub split: Option<Split>,
     /// The sidecar's request-log socket: nginx sends it one line per public request.
     pub request_log: Option<String>,
+    /// The host names the public and preview servers answer (empty: any).
+    pub server_names: Vec<String>,
 }
 
 /// The canary's share of the public listener's requests (the `active/traffic` record).
@@ -121,6 +123,7 @@ pub fn render(template: &str, view: &View) -> Result<String, String> {
         .replace("{{live_target}}", &vars.target)
         .replace("{{served_color}}", &vars.color)
         .replace("{{sticky_cookie}}", &vars.cookie)
+        .replace("{{server_names}}", &server_names(&view.server_names))
         .replace("{{app}}", &view.app)
         .replace("{{listen}}", &view.listen)
         .replace("{{preview_listen}}", &view.preview_listen)
@@ -137,6 +140,15 @@ pub fn render(template: &str, view: &View) -> Result<String, String> {
             "{{preview_servers}}",
             &servers(&view.preview, &view.preview_fallback),
         ))
+}
+
+/// The `server_name` line (validated names: letters, digits, '-', '.'); none for any host.
+fn server_names(names: &[String]) -> String {
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!("    server_name {};\n", names.join(" "))
+    }
 }
 
 /// nginx variable names take letters, digits and '_' only; app names may hold '.' and '-'.
@@ -283,6 +295,7 @@ mod tests {
             preview_fallback: vec![],
             split: None,
             request_log: None,
+            server_names: vec![],
         }
     }
 
@@ -383,6 +396,25 @@ mod tests {
         .unwrap();
         assert!(logged.contains("log_format bluegreen_shop_requests '$upstream_addr|$upstream_status|$upstream_response_time';"), "{logged}");
         assert!(logged.contains("access_log syslog:server=unix:/var/lib/bluegreen/sidecar-lb/requests.sock,tag=bluegreen,nohostname bluegreen_shop_requests;"), "{logged}");
+    }
+
+    #[test]
+    fn server_names_route_the_public_and_preview_servers_by_host() {
+        let any = render(BUILTIN_TEMPLATE, &view()).unwrap();
+        assert!(!any.contains("server_name"), "{any}");
+        let named = render(
+            BUILTIN_TEMPLATE,
+            &View {
+                server_names: vec!["shop.example.com".into(), "www.shop.example.com".into()],
+                ..view()
+            },
+        )
+        .unwrap();
+        let line = "    server_name shop.example.com www.shop.example.com;\n";
+        assert_eq!(named.matches(line).count(), 2, "{named}");
+        // Not the status server: the sidecar asks it without a host name.
+        let status = named.split("server {").nth(1).unwrap();
+        assert!(status.contains("/.bluegreen/status") && !status.contains("server_name"));
     }
 
     #[test]

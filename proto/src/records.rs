@@ -606,6 +606,11 @@ pub struct LbRecord {
     /// Where clients reach this LB (`http://host:port`), so a deploy can verify through it.
     #[serde(default)]
     pub url: Option<String>,
+    /// The `Host` a verification through `url` must send: one of the app's server names when
+    /// the LB routes several apps on one listener by host name (without it, nginx would answer
+    /// for whichever server is its default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 impl Validate for LbRecord {}
 

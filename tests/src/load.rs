@@ -118,7 +118,24 @@ pub fn spawn(
     keep_alive: bool,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<LoadReport> {
+    spawn_as(url, None, keep_alive, stop)
+}
+
+/// [`spawn`] sending `host` as the `Host` header (a listener that routes apps by host name).
+pub fn spawn_as(
+    url: String,
+    host: Option<String>,
+    keep_alive: bool,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<LoadReport> {
     tokio::spawn(async move {
+        let once = |http: &reqwest::Client, url: &str| {
+            let mut request = http.get(url);
+            if let Some(host) = &host {
+                request = request.header(reqwest::header::HOST, host.as_str());
+            }
+            answer(request)
+        };
         let http = if keep_alive {
             reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))

@@ -273,22 +273,55 @@ impl SidecarProc {
     }
     /// Starts `lb-sidecar` for `nginx`; `extra` is appended to the top level of its config.
     pub fn start(etcd: &Etcd, name: &str, nginx: &Nginx, extra: &str) -> SidecarProc {
+        SidecarProc::start_app(etcd, name, nginx, APP, extra)
+    }
+
+    /// [`SidecarProc::start`] for `app`. Another app than the fleet's shares `nginx`'s public
+    /// listener (routed by `server_names` in `extra`) and gets its own include file
+    /// (`conf.d/bluegreen-<app>.conf`, which nginx's main config must include), preview and
+    /// status ports and state directory.
+    pub fn start_app(
+        etcd: &Etcd,
+        name: &str,
+        nginx: &Nginx,
+        app: &str,
+        extra: &str,
+    ) -> SidecarProc {
         let status_port = free_port("127.0.0.1");
-        let nginx_status_port = nginx.status;
+        let (nginx_status_port, preview, include_file, state_dir) = if app == APP {
+            (
+                nginx.status,
+                nginx.preview,
+                nginx.include_file.clone(),
+                nginx.dir.join(format!("sidecar-{name}")),
+            )
+        } else {
+            (
+                free_port("127.0.0.1"),
+                free_port("127.0.0.1"),
+                nginx
+                    .dir
+                    .join("conf.d")
+                    .join(format!("bluegreen-{app}.conf")),
+                nginx.dir.join(format!("sidecar-{name}-{app}")),
+            )
+        };
         let address = &nginx.address;
-        let config_path = nginx.dir.join(format!("{name}.toml"));
+        let config_path = match app {
+            APP => nginx.dir.join(format!("{name}.toml")),
+            _ => nginx.dir.join(format!("{name}-{app}.toml")),
+        };
         let config = format!(
-            "etcd = [{}]\nprefix = \"{PREFIX}\"\napp = \"{APP}\"\nname = \"{name}\"\nlisten = \"{address}:{}\"\n\
-             preview_listen = \"{address}:{}\"\nstatus_listen = \"127.0.0.1:{status_port}\"\nlease_ttl = \"5s\"\n\
+            "etcd = [{}]\nprefix = \"{PREFIX}\"\napp = \"{app}\"\nname = \"{name}\"\nlisten = \"{address}:{}\"\n\
+             preview_listen = \"{address}:{preview}\"\nstatus_listen = \"127.0.0.1:{status_port}\"\nlease_ttl = \"5s\"\n\
              state_dir = \"{}\"\n{extra}\n\
              [nginx]\nbinary = \"nginx\"\nmain_config = \"{}\"\ninclude_file = \"{}\"\npid_file = \"{}\"\n\
              status_listen = \"127.0.0.1:{nginx_status_port}\"\n",
             etcd.endpoints_toml(),
             nginx.listen,
-            nginx.preview,
-            nginx.dir.join(format!("sidecar-{name}")).display(),
+            state_dir.display(),
             nginx.main_config.display(),
-            nginx.include_file.display(),
+            include_file.display(),
             nginx.pid_file.display()
         );
         std::fs::write(&config_path, config).unwrap();

@@ -256,3 +256,142 @@ async fn wait_for_retired(client: &etcd_client::Client, app: &Keys, pid: u32) {
     )
     .await;
 }
+
+/// GET `url` as `host`: the status, the served color header and the body's version.
+async fn get_as(url: &str, host: &str) -> (u16, Option<String>, Option<String>) {
+    let resp = reqwest::Client::new()
+        .get(url)
+        .header(reqwest::header::HOST, host)
+        .send()
+        .await
+        .expect("the LB answers");
+    let status = resp.status().as_u16();
+    let color = resp
+        .headers()
+        .get("x-bluegreen-color")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body: Option<serde_json::Value> = resp.json().await.ok();
+    let version = body.and_then(|b| b["version"].as_str().map(str::to_string));
+    (status, color, version)
+}
+
+/// Two apps behind one nginx listener, routed by host name: every host's one agent runs both,
+/// each app's sidecar renders its server names into its own include file, the coordinator
+/// verifies each switch asking as the app's host name, a host name no app claims gets nginx's
+/// default server (404, never an app), and both apps deploy at the same time, twice, under load
+/// for each host name, with no failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_apps_share_one_listener_routed_by_host_name() {
+    let setup = bluegreen_tests::fleet::Setup {
+        etcd: bluegreen_tests::Etcd::start().await,
+        agent_extra: &|_| String::new(),
+        sidecar_extra: &|_, _| "server_names = [\"shop.test\"]".into(),
+        coordinator_env: Vec::new(),
+    };
+    let mut fleet = Fleet::start_setup(2, 1, setup).await;
+    let client = fleet.client.clone();
+    let api = Keys::new(PREFIX, "api").unwrap();
+    // nginx includes every app's file, and its default server answers the host names no app
+    // claims (on Debian, the default site does).
+    let lb = &fleet.lbs[0];
+    let main = std::fs::read_to_string(&lb.main_config).unwrap().replace(
+        &format!("include {};", lb.include_file.display()),
+        &format!("include {}/conf.d/*.conf;", lb.dir.display()),
+    );
+    std::fs::write(&lb.main_config, main).unwrap();
+    std::fs::write(
+        lb.dir.join("conf.d").join("00-default.conf"),
+        format!(
+            "server {{ listen {}:{} default_server; return 404; }}\n",
+            lb.address, lb.listen
+        ),
+    )
+    .unwrap();
+    for host in &mut fleet.hosts {
+        let api_ports = Ports {
+            blue: free_port(&host.address),
+            green: free_port(&host.address),
+        };
+        host.use_apps(&[
+            AppEntry {
+                name: "shop".into(),
+                ports: host.ports,
+                state_dir: Some(host.state_dir.clone()),
+            },
+            AppEntry {
+                name: "api".into(),
+                ports: api_ports,
+                state_dir: None,
+            },
+        ]);
+        host.restart();
+    }
+    for host in ["host-1", "host-2"] {
+        wait_for(&format!("api registered on {host}"), WAIT, || {
+            let (client, key) = (&client, api.host(host));
+            async move { get_raw(client, &key).await }
+        })
+        .await;
+    }
+    let _api_sidecar = bluegreen_tests::nginx::SidecarProc::start_app(
+        &fleet.etcd,
+        "lb-0",
+        &fleet.lbs[0],
+        "api",
+        "server_names = [\"api.test\"]",
+    );
+    wait_for("api's sidecar registered", WAIT, || {
+        let (client, key) = (&client, api.lb("lb-0"));
+        async move { get_raw(client, &key).await }
+    })
+    .await;
+
+    let shop_spec = fleet.spec("shop", &[]);
+    // api's own spec and database (the demo app's SQLite file).
+    let api_text = std::fs::read_to_string(&shop_spec)
+        .unwrap()
+        .replace("app = \"shop\"", "app = \"api\"")
+        .replace("shop.db", "api.db");
+    let api_spec = fleet.raw_spec("api", &api_text);
+    let api_deploy = |version: &str| {
+        let mut command = fleet.deploy_command(&api_spec, version, &[]);
+        command.env("BLUEGREEN_APP", "api");
+        command.output()
+    };
+    let (shop_v1, api_a1) = tokio::join!(fleet.deploy(&shop_spec, "v1", &[]), api_deploy("a1"));
+    assert_ok(&shop_v1, "shop v1");
+    assert_ok(&api_a1.unwrap(), "api a1");
+
+    let url = fleet.lbs[0].url("/api/v1/status");
+    let (status, _, version) = get_as(&url, "shop.test").await;
+    assert_eq!((status, version.as_deref()), (200, Some("v1")));
+    let (status, _, version) = get_as(&url, "api.test").await;
+    assert_eq!((status, version.as_deref()), (200, Some("a1")));
+    let (status, color, _) = get_as(&url, "nobody.test").await;
+    assert_eq!(
+        (status, color),
+        (404, None),
+        "an unclaimed host name reached an app"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loads: Vec<_> = ["shop.test", "api.test"]
+        .into_iter()
+        .map(|host| {
+            bluegreen_tests::load::spawn_as(url.clone(), Some(host.into()), false, stop.clone())
+        })
+        .collect();
+    let (shop_v2, api_a2) = tokio::join!(fleet.deploy(&shop_spec, "v2", &[]), api_deploy("a2"));
+    assert_ok(&shop_v2, "shop v2");
+    assert_ok(&api_a2.unwrap(), "api a2");
+    stop.store(true, Ordering::Relaxed);
+    for load in loads {
+        let report = load.await.unwrap();
+        assert!(report.ok > 0, "no load ran");
+        report.assert_none_failed();
+    }
+    let (_, _, version) = get_as(&url, "shop.test").await;
+    assert_eq!(version.as_deref(), Some("v2"));
+    let (_, _, version) = get_as(&url, "api.test").await;
+    assert_eq!(version.as_deref(), Some("a2"));
+}

@@ -183,6 +183,7 @@ async fn floor_of_one(
             preview_fallback: addresses(color.other()),
             split: None,
             request_log: None,
+            server_names: Vec::new(),
         };
         with_revision(&render(BUILTIN_TEMPLATE, &view).unwrap(), 1)
     };

@@ -229,6 +229,7 @@ impl HollowFleet {
             preview_listen: loopback(2),
             status_listen: loopback(3),
             public_url: None,
+            server_names: Vec::new(),
             lease_ttl: Duration::from_secs(5),
             debounce: Duration::from_millis(200),
             min_reload_interval: Duration::from_secs(1),
