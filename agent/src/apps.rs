@@ -188,7 +188,7 @@ impl Apps {
 
     /// Applies a re-read config: starts the apps it adds, retires the ones it drops (once they
     /// are marked leaving), and says which other changes wait for a restart.
-    pub fn reload(&mut self, new: Config) {
+    pub async fn reload(&mut self, new: Config) {
         while let Ok(name) = self.retired_rx.try_recv() {
             self.running.remove(&name);
         }
@@ -213,22 +213,31 @@ impl Apps {
                 Some(_) => {}
             }
         }
-        // The apps that stay, with the new ones: no port, name or state_dir may collide.
-        let mut kept: Vec<AppConfig> = self
-            .running
-            .values()
-            .filter(|r| wanted.contains_key(r.config.name.as_str()) || r.retiring)
-            .map(|r| r.config.clone())
-            .collect();
+        // Every app still running (kept, retiring, or about to be), with the new ones: no port,
+        // name or state_dir may collide, since a dropped app runs until it is marked leaving.
+        let mut kept: Vec<AppConfig> = self.running.values().map(|r| r.config.clone()).collect();
         kept.extend(added.iter().cloned());
         if let Err(e) = crate::config::check_apps_apart(&kept) {
             tracing::error!(error = %e, "config reload refused; the running apps are unchanged");
             return;
         }
-        for app in added {
-            let name = app.name.clone();
-            if let Err(e) = self.start(app) {
-                tracing::error!(app = %name, error = %e, "could not start the app");
+        // A new app passes what the agent's start checks: its keys in this agent's role, and its
+        // host name not held by another agent (an app moved here from another one).
+        if !added.is_empty() {
+            let s = self.shared.clone();
+            if let Err(e) = check_access(&s.client, &s.config, &added).await {
+                tracing::error!(error = %e, "config reload refused; the running apps are unchanged");
+                return;
+            }
+            for app in added {
+                let name = app.name.clone();
+                let started = match claim(&s.client, &s.config, &s.instance, &name).await {
+                    Ok(()) => self.start(app),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = started {
+                    tracing::error!(app = %name, error = %e, "could not start the app");
+                }
             }
         }
         let dropped: Vec<String> = self
@@ -293,23 +302,32 @@ impl Apps {
                 }
                 runtime.forget(color);
             }
-            let mut doomed: Vec<String> =
+            // The key holder deletes the app's keys (they left its set), in the task that writes
+            // them, so no older write of theirs can follow the delete. The mark goes last, once
+            // they are gone: while it exists, a half-done retirement is visible and honoured.
+            let mut owned: Vec<String> =
                 Color::ALL.iter().map(|c| keys.health(&host, *c)).collect();
-            doomed.push(keys.host(&host));
-            doomed.push(keys.host_member(&host));
-            // Last: while it exists, a half-done retirement is still visible and still honoured.
-            doomed.push(keys.host_leaving(&host));
-            for key in doomed {
-                let mut c = shared.client.clone();
-                loop {
-                    match c.delete(key.as_str(), None).await {
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::warn!(%key, error = %e, "cannot delete; retrying");
-                            tokio::select! {
-                                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                                _ = proto::daemon::shutdown_requested(&mut agent_shutdown) => return,
-                            }
+            owned.push(keys.host(&host));
+            owned.push(keys.host_member(&host));
+            tokio::select! {
+                _ = wait_gone(&shared.client, &owned) => {}
+                _ = proto::daemon::shutdown_requested(&mut agent_shutdown) => return,
+            }
+            let mut c = shared.client.clone();
+            loop {
+                match c.delete(mark.as_str(), None).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        let e = proto::ProtoError::etcd(format!("delete {mark}"), e);
+                        if e.is_permission_denied() {
+                            tracing::error!(key = %mark, error = %e.brief(),
+                                "this agent's etcd role may not delete the leaving mark (re-run deploy/etcd-auth.sh); the app is retired, delete the mark with etcdctl");
+                            break;
+                        }
+                        tracing::warn!(key = %mark, error = %e, "cannot delete; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                            _ = proto::daemon::shutdown_requested(&mut agent_shutdown) => return,
                         }
                     }
                 }
@@ -317,6 +335,111 @@ impl Apps {
             tracing::info!(app = %name, "retired from this host");
             let _ = done.send(name);
         });
+    }
+}
+
+/// The keys one app's agent must read and write on `host`.
+fn access_keys(keys: &Keys, host: &str) -> (Vec<String>, Vec<String>) {
+    (
+        vec![
+            keys.release(Color::Blue),
+            keys.release(Color::Green),
+            keys.active(),
+        ],
+        vec![
+            keys.host(host),
+            keys.host_member(host),
+            keys.health(host, Color::Blue),
+            keys.health(host, Color::Green),
+        ],
+    )
+}
+
+/// Whether this agent's etcd role allows its own keys in each of `apps`: an agent that could not
+/// report would run apps the fleet never sees. With etcd down the check is skipped (the apps keep
+/// running and are adopted). A role without the leaving mark (older than this release) only
+/// costs the retirement of an app from this host, so it is said, not refused.
+pub async fn check_access(
+    client: &etcd_client::Client,
+    config: &Config,
+    apps: &[AppConfig],
+) -> Result<(), crate::error::AgentError> {
+    let (mut reads, mut writes, mut marks) = (Vec::new(), Vec::new(), Vec::new());
+    for app in apps {
+        let keys = Keys::new(&config.prefix, &app.name)?;
+        let (r, w) = access_keys(&keys, &config.host);
+        reads.extend(r);
+        writes.extend(w);
+        marks.push(keys.host_leaving(&config.host));
+    }
+    match proto::access::check_permissions(client, &reads, &writes).await {
+        Err(e) if e.is_permission_denied() => {
+            let user = config.etcd.user.as_deref().unwrap_or("(none)");
+            return Err(crate::error::AgentError::Setting(format!(
+                "etcd user {user}: {}; nothing was started",
+                e.brief()
+            )));
+        }
+        // etcd down at start: the check waits for the next start (a role does not change
+        // under a running agent).
+        Err(e) => {
+            let error = proto::tls_check::explained(&config.etcd, &e).await;
+            tracing::warn!(%error, "could not check this agent's etcd permissions; going on");
+        }
+        Ok(()) => {
+            if let Err(e) = proto::access::check_permissions(client, &marks, &marks).await {
+                if e.is_permission_denied() {
+                    tracing::warn!(error = %e.brief(),
+                        "this agent's etcd role may not delete its leaving marks: re-run deploy/etcd-auth.sh, or an app removed from this host leaves its mark behind");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Claims `app`'s host name for this agent: a second agent with the same host name (a cloned
+/// image, a copy-pasted config) must not overwrite the first one's records. Our own previous run
+/// is taken over at once; a dead stranger's lease expires within its TTL.
+pub async fn claim(
+    client: &etcd_client::Client,
+    config: &Config,
+    instance: &str,
+    app: &str,
+) -> Result<(), crate::error::AgentError> {
+    let keys = Keys::new(&config.prefix, app)?;
+    proto::leased::await_claim(
+        client,
+        &keys.host(&config.host),
+        instance,
+        config.lease_ttl + Duration::from_secs(2),
+    )
+    .await
+    .map_err(|e| crate::error::AgentError::Setting(format!("host {:?} in {app}: {e}", config.host)))
+}
+
+/// Waits until none of `keys` exists (the key holder deleting them), checking a few times a
+/// second; a retirement is rare and short.
+async fn wait_gone(client: &etcd_client::Client, keys: &[String]) {
+    let mut c = client.clone();
+    loop {
+        let mut present = false;
+        for key in keys {
+            match c
+                .get(
+                    key.as_str(),
+                    Some(etcd_client::GetOptions::new().with_count_only()),
+                )
+                .await
+            {
+                Ok(resp) if resp.count() == 0 => {}
+                _ => present = true,
+            }
+        }
+        if !present {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -478,7 +601,29 @@ async fn cap_logs(state_dir: std::path::PathBuf, max_bytes: u64, mut stop: watch
 /// single-app agent ran there, unless an entry claims that directory: restarting into
 /// `[[apps]]` would otherwise leave them running with nobody managing them.
 pub fn check_unclaimed_layout(config: &Config) -> Result<(), crate::error::AgentError> {
-    if config.apps.iter().any(|a| a.state_dir == config.state_dir) {
+    // An app dropped from the config and never retired (the agent restarted before its mark):
+    // its processes would run on with nobody managing them.
+    let listed = |dir: &std::path::Path| config.apps.iter().any(|a| a.state_dir == dir);
+    let app_dirs = std::fs::read_dir(config.state_dir.join("apps"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    for dir in app_dirs.filter(|d| !listed(d)) {
+        for color in Color::ALL {
+            let pid = crate::runtime::pid_path(&dir, color);
+            if pid.exists() {
+                let app = dir.file_name().unwrap_or_default().to_string_lossy();
+                return Err(crate::error::AgentError::Setting(format!(
+                    "{} holds {app}'s {color} process, and the config no longer lists {app}: \
+                     list it again, then remove it from this host with `coordinator --app {app} \
+                     host remove` and a SIGHUP (the agent stops it then), or stop it first",
+                    pid.display()
+                )));
+            }
+        }
+    }
+    if listed(&config.state_dir) {
         return Ok(());
     }
     for color in Color::ALL {
@@ -494,4 +639,77 @@ pub fn check_unclaimed_layout(config: &Config) -> Result<(), crate::error::Agent
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(state_dir: &std::path::Path, apps: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "host = \"h\"\nrun_as = \"root\"\nstate_dir = \"{}\"\n{apps}",
+                state_dir.display()
+            ),
+        )
+        .unwrap();
+        Config::load(crate::config::Cli {
+            config: Some(path),
+            settings: Default::default(),
+        })
+        .unwrap()
+    }
+
+    /// A restart must not leave an app's processes running with nobody managing them: pid files
+    /// of a single-app agent, or of an `[[apps]]` entry since dropped, refuse the start until an
+    /// entry claims them.
+    #[test]
+    fn a_start_over_running_apps_no_entry_lists_is_refused_naming_them() {
+        let state = tempfile::tempdir().unwrap();
+        let shop = "[[apps]]\nname = \"shop\"\nports = { blue = 1, green = 2 }\n";
+        let api = "[[apps]]\nname = \"api\"\nports = { blue = 3, green = 4 }\n";
+        assert!(check_unclaimed_layout(&config(state.path(), shop)).is_ok());
+        let api_dir = state.path().join("apps").join("api");
+        std::fs::create_dir_all(&api_dir).unwrap();
+        std::fs::write(crate::runtime::pid_path(&api_dir, Color::Green), "{}").unwrap();
+        let err = check_unclaimed_layout(&config(state.path(), shop))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("api's green process") && err.contains("host remove"),
+            "{err}"
+        );
+        assert!(check_unclaimed_layout(&config(state.path(), &format!("{shop}{api}"))).is_ok());
+        // The single-app layout, unclaimed, then claimed.
+        std::fs::write(crate::runtime::pid_path(state.path(), Color::Blue), "{}").unwrap();
+        let both = format!("{shop}{api}");
+        let err = check_unclaimed_layout(&config(state.path(), &both))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("from a single-app agent"), "{err}");
+        let claimed = format!("{shop}state_dir = \"{}\"\n{api}", state.path().display());
+        assert!(check_unclaimed_layout(&config(state.path(), &claimed)).is_ok());
+    }
+
+    #[test]
+    fn every_live_lb_must_have_acked_the_mark() {
+        let keys = Keys::new("/bluegreen", "shop").unwrap();
+        let ack = |revision: i64| {
+            format!(r#"{{"applied_revision":{revision},"color":"blue","config_sha256":"","reloaded_at":"","error":null}}"#).into_bytes()
+        };
+        let mut seen = BTreeMap::new();
+        assert!(lbs_applied(&keys, &seen, 10), "no LB: nothing to wait for");
+        seen.insert(keys.lb_alive("lb-1"), b"{}".to_vec());
+        assert!(!lbs_applied(&keys, &seen, 10), "alive without an ack");
+        seen.insert(keys.lb("lb-1"), ack(9));
+        assert!(!lbs_applied(&keys, &seen, 10));
+        seen.insert(keys.lb("lb-1"), ack(10));
+        assert!(lbs_applied(&keys, &seen, 10));
+        // A silent LB (no lb-alive) is not waited for: it routes nowhere new.
+        seen.insert(keys.lb("lb-2"), ack(3));
+        assert!(lbs_applied(&keys, &seen, 10));
+    }
 }

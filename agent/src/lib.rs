@@ -68,55 +68,12 @@ pub async fn run(
         None => None,
     };
     let client = proto::connect(&config.etcd).await?;
-    // Its role must allow its own keys in every app: an agent that could not report would run
-    // apps the fleet never sees. Checked before anything starts; the error names the key.
-    let mut reads = Vec::new();
-    let mut writes = Vec::new();
-    for app in &config.apps {
-        let keys = Keys::new(&config.prefix, &app.name)?;
-        reads.extend([
-            keys.release(Color::Blue),
-            keys.release(Color::Green),
-            keys.active(),
-            keys.host_leaving(&config.host),
-        ]);
-        writes.extend([
-            keys.host(&config.host),
-            keys.host_member(&config.host),
-            keys.health(&config.host, Color::Blue),
-            keys.health(&config.host, Color::Green),
-        ]);
-    }
-    match proto::access::check_permissions(&client, &reads, &writes).await {
-        Err(e) if e.is_permission_denied() => {
-            let user = config.etcd.user.as_deref().unwrap_or("(none)");
-            return Err(AgentError::Setting(format!(
-                "etcd user {user}: {}; nothing was started",
-                e.brief()
-            )));
-        }
-        // etcd down at start: the apps keep running and are adopted; the check waits for the
-        // next start (a role does not change under a running agent).
-        Err(e) => {
-            let error = proto::tls_check::explained(&config.etcd, &e).await;
-            tracing::warn!(%error, "could not check this agent's etcd permissions; going on");
-        }
-        Ok(()) => {}
-    }
-    // One agent per host name: a second one (a cloned image, a copy-pasted config) must not
-    // overwrite the first one's records. Our own previous run is taken over at once; a dead
-    // stranger's lease expires within its TTL.
+    // Its role must allow its own keys in every app, and each app's host name must be free:
+    // checked before anything starts (the error names the key or the other agent).
+    apps::check_access(&client, &config, &config.apps).await?;
     let instance = proto::leased::instance_id(&config.state_dir);
     for app in &config.apps {
-        let keys = Keys::new(&config.prefix, &app.name)?;
-        proto::leased::await_claim(
-            &client,
-            &keys.host(&config.host),
-            &instance,
-            config.lease_ttl + Duration::from_secs(2),
-        )
-        .await
-        .map_err(|e| AgentError::Setting(format!("host {:?}: {e}", config.host)))?;
+        apps::claim(&client, &config, &instance, &app.name).await?;
     }
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(2)
@@ -152,7 +109,7 @@ pub async fn run(
         loop {
             tokio::select! {
                 next = reloads.recv() => match next {
-                    Some(new) => apps.reload(new),
+                    Some(new) => apps.reload(new).await,
                     None => std::future::pending::<()>().await,
                 },
                 _ = status::shutdown_requested(&mut reload_shutdown) => return,

@@ -20,6 +20,10 @@ pub struct HostView {
     /// Each color's health state as its agent last reported it (none while silent).
     pub blue: Option<String>,
     pub green: Option<String>,
+    /// When `host remove` marked it leaving this app (its agent still runs it until its config
+    /// drops it); deploys and LBs already leave it out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaving: Option<String>,
 }
 
 pub fn views(state: &AppStatus) -> Vec<HostView> {
@@ -48,8 +52,18 @@ pub fn views(state: &AppStatus) -> Vec<HostView> {
                 agent_version: record.map_or(String::new(), |r| r.agent_version.clone()),
                 blue: health(host, Color::Blue),
                 green: health(host, Color::Green),
+                leaving: None,
             }
         })
+        .chain(state.leaving.iter().map(|(host, mark)| HostView {
+            host: host.clone(),
+            alive: false,
+            address: String::new(),
+            agent_version: String::new(),
+            blue: None,
+            green: None,
+            leaving: Some(mark.at.clone()),
+        }))
         .collect()
 }
 
@@ -62,6 +76,13 @@ pub fn render_text(views: &[HostView]) -> String {
         "HOST", "ALIVE", "ADDRESS", "BLUE", "GREEN"
     );
     for v in views {
+        if let Some(since) = &v.leaving {
+            out.push_str(&format!(
+                "{:<20} leaving this app since {since} (retired by its agent once its config drops the app)\n",
+                v.host
+            ));
+            continue;
+        }
         out.push_str(&format!(
             "{:<20} {:<6} {:<22} {:<20} {}\n",
             v.host,
@@ -205,7 +226,7 @@ async fn mark_leaving(
     };
     Ok(format!(
         "host {host}: leaving {app}: {lbs_line}, and deploys leave it out. Now remove {app} from \
-         {host}'s agent config and send the agent SIGHUP (or restart it): it stops {app}'s \
+         {host}'s agent config and send the agent SIGHUP (systemctl reload): it stops {app}'s \
          processes there and deletes its keys.\n",
         app = keys.app()
     ))

@@ -381,6 +381,25 @@ mod tests {
     }
 
     #[test]
+    fn server_names_are_host_names() {
+        for good in ["shop.example.com", "api-2.internal", "localhost"] {
+            assert!(check_server_name(good.into()).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "Shop.example.com",
+            "a b",
+            "*.example.com",
+            ".x",
+            "x;y",
+            "a\nb",
+        ] {
+            let err = check_server_name(bad.into()).unwrap_err().to_string();
+            assert!(err.contains("server_names"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn unknown_nginx_key_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sidecar.toml");

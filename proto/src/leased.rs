@@ -5,7 +5,9 @@
 //! - the name claim (`hosts/<host>`, `lb-alive/<name>`) is written only while no *other* process
 //!   holds it, so a second agent or sidecar started with the same name (a cloned image) is refused
 //!   loudly and the first keeps its record;
-//! - a key deleted or changed by someone else (`etcdctl del`, a stray write) is written back at once.
+//! - a key deleted or changed by someone else (`etcdctl del`, a stray write) is written back at once;
+//! - a key dropped from the set (an agent retiring one of its apps) is deleted, in the same task
+//!   that writes the others, so an older write can never bring it back after the delete.
 //!
 //! Writes are retried while etcd is unreachable.
 use crate::session::Session;
@@ -430,6 +432,31 @@ async fn write_all(
                 }
                 if h.hold == Hold::Claim {
                     return Written::Failed;
+                }
+                failed = true;
+            }
+        }
+    }
+    let dropped: Vec<String> = in_etcd
+        .keys()
+        .filter(|k| !held.iter().any(|h| &h.key == *k))
+        .cloned()
+        .collect();
+    for key in dropped {
+        let mut c = client.clone();
+        match tokio::time::timeout(Duration::from_secs(3), c.delete(key.as_str(), None)).await {
+            Ok(Ok(resp)) => {
+                revision = revision.max(resp.header().map_or(0, |h| h.revision()));
+                in_etcd.remove(&key);
+            }
+            outcome => {
+                let error = match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_string(),
+                };
+                let line = format!("{key}: {error}");
+                if let Some(held_back) = repeats.admit(&line, tokio::time::Instant::now()) {
+                    tracing::warn!(%key, %error, held_back, "etcd delete of a dropped key failed, will retry");
                 }
                 failed = true;
             }

@@ -209,7 +209,9 @@ async fn one_agent_runs_several_apps_adds_one_on_sighup_and_retires_one_marked_l
     assert!(get_raw(&client, &shop.host("host-1")).await.is_some());
     let listed = text(&fleet.run(&["host", "list"]).await);
     assert!(
-        !listed.contains("host-1") && listed.contains("host-2"),
+        listed.contains("host-1 ")
+            && listed.contains("leaving this app")
+            && listed.contains("host-2"),
         "{listed}"
     );
     fleet.hosts[0].use_apps(&[web_entry()]);
