@@ -105,12 +105,38 @@ pub async fn remove(
 ) -> Result<String, CoordinatorError> {
     let (client, keys, lock) = (store.client, store.keys, store.lock);
     if let Some(mark) = state.leaving.get(host) {
+        if state.leaving_alive(host) {
+            return Ok(format!(
+                "host {host}: already leaving {} (marked by {} at {}); its agent retires the app \
+                 once its config no longer lists it\n",
+                keys.app(),
+                mark.operation,
+                mark.at
+            ));
+        }
+        // Its agent is gone before it retired the app (stopped for good, or its role could not
+        // delete the mark): forget the host and the mark, as for any host whose agent is gone.
+        let mark_key = keys.host_leaving(host);
+        let mut leftovers: Vec<String> = Color::ALL.iter().map(|c| keys.health(host, *c)).collect();
+        leftovers.push(keys.host_member(host));
+        crate::membership::forget(
+            client,
+            lock,
+            Subject::Host(host.to_string()),
+            &mark_key,
+            &keys.host(host),
+            &leftovers,
+        )
+        .await?;
+        let mut record = history::record(Operation::HostRemove, op_id, Outcome::Removed);
+        record.reason = Some(format!(
+            "host {host} (leaving, its agent gone) removed by {}",
+            crate::context::holder()
+        ));
+        history::append(client, keys, Some(&lock.fence), &record).await?;
         return Ok(format!(
-            "host {host}: already leaving {} (marked by {} at {}); its agent retires the app once \
-             its config no longer lists it\n",
-            keys.app(),
-            mark.operation,
-            mark.at
+            "host {host}: was leaving {} and its agent is gone: forgotten\n",
+            keys.app()
         ));
     }
     let Some(member) = state.host_members.get(host) else {

@@ -26,6 +26,10 @@ pub struct AppStatus {
     /// agent runs). They are left out of `hosts`, `host_members` and `health`, so that every
     /// decision (a deploy's plan, silent hosts, a switch's checks) leaves them out as well.
     pub leaving: BTreeMap<String, HostLeavingRecord>,
+    /// A leaving host's records, kept aside (and kept current) so that the mark's deletion (an
+    /// operator changing their mind) brings the host back as a fresh read would.
+    #[serde(skip)]
+    shelved: BTreeMap<String, AppStatus>,
     pub health: BTreeMap<String, BTreeMap<Color, HealthRecord>>,
     /// Every registered LB (durable) with its last ack, alive or not.
     pub lbs: BTreeMap<String, LbRecord>,
@@ -50,6 +54,13 @@ pub struct AppStatus {
 }
 
 impl AppStatus {
+    /// Whether the agent of `host`, marked leaving, still holds its `hosts/<host>` key.
+    pub fn leaving_alive(&self, host: &str) -> bool {
+        self.shelved
+            .get(host)
+            .is_some_and(|shelf| shelf.hosts.contains_key(host))
+    }
+
     /// The registered hosts whose agent is silent (no live `hosts/<host>`): cut off, stopped or
     /// dead. Their apps may still run whatever they ran; no deploy may leave them behind.
     pub fn silent_hosts(&self) -> Vec<String> {
@@ -140,10 +151,12 @@ impl AppStatus {
         }
         self.problem_keys.remove(key);
         let parsed = match keys.parse(key) {
-            // A leaving host's records are not this app's any more (see `leaving`).
+            // A leaving host's records are not this app's any more (see `leaving`): they go to
+            // its shelf.
             Some(AppKey::Host(h) | AppKey::HostMember(h) | AppKey::Health { host: h, .. })
                 if self.leaving.contains_key(&h) =>
             {
+                self.shelved.entry(h).or_default().apply(keys, change);
                 None
             }
             parsed => parsed,
@@ -151,13 +164,21 @@ impl AppStatus {
         let result = match (parsed, change.value.as_deref()) {
             (Some(AppKey::HostLeaving(h)), None) => {
                 self.leaving.remove(&h);
+                if let Some(shelf) = self.shelved.remove(&h) {
+                    self.hosts.extend(shelf.hosts);
+                    self.host_members.extend(shelf.host_members);
+                    self.health.extend(shelf.health);
+                }
                 Ok(())
             }
             (Some(AppKey::HostLeaving(h)), Some(value)) => decode::<HostLeavingRecord>(key, value)
                 .map(|record| {
-                    self.hosts.remove(&h);
-                    self.host_members.remove(&h);
-                    self.health.remove(&h);
+                    let shelf = self.shelved.entry(h.clone()).or_default();
+                    shelf.hosts.extend(self.hosts.remove_entry(&h));
+                    shelf
+                        .host_members
+                        .extend(self.host_members.remove_entry(&h));
+                    shelf.health.extend(self.health.remove_entry(&h));
                     self.leaving.insert(h, record);
                 }),
             (Some(AppKey::Active), None) => {
@@ -488,6 +509,12 @@ mod tests {
             // Its agent rewrites its health: still out.
             status.apply(&keys, &put(keys.health("h1", Color::Green), health, 9));
             assert!(status.health.is_empty());
+            // The mark deleted (an operator changed their mind): back, as a fresh read shows it,
+            // with the health written meanwhile.
+            status.apply(&keys, &delete(keys.host_leaving("h1"), 10));
+            assert!(status.leaving.is_empty());
+            assert!(status.hosts.contains_key("h1") && status.host_members.contains_key("h1"));
+            assert_eq!(status.health["h1"].len(), 2, "{:?}", status.health);
         }
     }
 

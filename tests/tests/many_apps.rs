@@ -233,6 +233,29 @@ async fn one_agent_runs_several_apps_adds_one_on_sighup_and_retires_one_marked_l
         "{}",
         text(&out)
     );
+
+    // web marked leaving, then its agent gone for good before retiring it: a second `host
+    // remove` forgets the host and the mark instead of waiting for an agent that never comes.
+    let remove_web = ["--app", "web", "host", "remove", "host-1", "--yes"];
+    assert_ok(&fleet.run(&remove_web).await, "web marked leaving");
+    let again = fleet.run(&remove_web).await;
+    assert!(text(&again).contains("already leaving"), "{}", text(&again));
+    fleet.hosts[0].kill9();
+    wait_for("host-1's lease on web to expire", WAIT, || {
+        let (client, key) = (&client, web.host("host-1"));
+        async move { get_raw(client, &key).await.is_none().then_some(()) }
+    })
+    .await;
+    let forgotten = fleet.run(&remove_web).await;
+    assert_ok(&forgotten, "web's leaving host forgotten");
+    assert!(
+        text(&forgotten).contains("forgotten"),
+        "{}",
+        text(&forgotten)
+    );
+    for key in [web.host_member("host-1"), web.host_leaving("host-1")] {
+        assert!(get_raw(&client, &key).await.is_none(), "{key} left behind");
+    }
 }
 
 /// Waits until `app` is retired from host-1: its process gone, its keys for host-1 deleted.
