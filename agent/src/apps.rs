@@ -81,10 +81,22 @@ pub struct Shared {
 struct Running {
     config: AppConfig,
     plane: ControlPlane,
+    /// Its supervisors and reporter, taken by a retirement or awaited at shutdown.
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     runtime: Arc<ProcessRuntime>,
     stop: watch::Sender<bool>,
     /// Set once a retirement is waiting for this app's leaving mark.
     retiring: bool,
+    /// The retirement under way, and whether it may still be called off.
+    retirement: Option<(tokio::task::JoinHandle<()>, Arc<Mutex<Retirement>>)>,
+}
+
+/// A retirement is called off when its app is listed again before its mark appears; once the
+/// mark is seen it is committed and runs to its end.
+#[derive(Default)]
+struct Retirement {
+    committed: bool,
+    cancelled: bool,
 }
 
 /// The apps this agent runs, started, reloaded and retired one by one.
@@ -144,7 +156,7 @@ impl Apps {
                 _ = proto::daemon::shutdown_requested(&mut stopped) => {}
             }
         });
-        let plane = ControlPlane::spawn_in(
+        let mut plane = ControlPlane::spawn_in(
             ControlPlaneSettings {
                 client: s.client.clone(),
                 keys,
@@ -173,17 +185,32 @@ impl Apps {
             app_shutdown,
         ));
         tracing::info!(app = %app.name, blue = app.ports.blue, green = app.ports.green, "app started");
+        let tasks = Arc::new(Mutex::new(std::mem::take(&mut plane.tasks)));
         self.running.insert(
             app.name.clone(),
             Running {
                 config: app,
                 plane,
+                tasks,
                 runtime,
                 stop,
                 retiring: false,
+                retirement: None,
             },
         );
         Ok(())
+    }
+
+    /// Waits for every app's supervisors and reporter to end (after the agent's shutdown): they
+    /// leave the apps running, and a supervisor cut short could leave a half-written pid file.
+    pub async fn join(self) {
+        for running in self.running.into_values() {
+            running.plane.feed.abort();
+            let tasks = std::mem::take(&mut *running.tasks.lock().expect("tasks lock"));
+            for task in tasks {
+                let _ = task.await;
+            }
+        }
     }
 
     /// Applies a re-read config: starts the apps it adds, retires the ones it drops (once they
@@ -206,11 +233,31 @@ impl Apps {
         for app in &new.apps {
             match self.running.get(&app.name) {
                 None => added.push(app.clone()),
-                Some(r) if r.retiring => tracing::warn!(app = %app.name,
-                    "listed again while it is being retired: it starts on the next reload after its retirement"),
+                Some(r) if r.retiring => {}
                 Some(r) if r.config != *app => tracing::warn!(app = %app.name,
                     "its entry changed: takes effect when the agent restarts"),
                 Some(_) => {}
+            }
+        }
+        // An app listed again before its mark appeared keeps running as if nothing happened.
+        for app in &new.apps {
+            let Some(r) = self.running.get_mut(&app.name) else {
+                continue;
+            };
+            let Some((task, state)) = r.retirement.as_ref() else {
+                continue;
+            };
+            let mut state = state.lock().expect("retirement lock");
+            if state.committed {
+                tracing::warn!(app = %app.name,
+                    "listed again while it is being retired (it was marked leaving): it starts on a reload after its retirement");
+            } else {
+                state.cancelled = true;
+                task.abort();
+                drop(state);
+                r.retirement = None;
+                r.retiring = false;
+                tracing::info!(app = %app.name, "listed again before it was marked leaving: it stays");
             }
         }
         // Every app still running (kept, retiring, or about to be), with the new ones: no port,
@@ -257,19 +304,21 @@ impl Apps {
         let Some(running) = self.running.get_mut(name) else {
             return;
         };
-        running.retiring = true;
         let shared = self.shared.clone();
         let keys = match Keys::new(&shared.config.prefix, name) {
             Ok(k) => k,
             Err(_) => return,
         };
+        running.retiring = true;
         let stop = running.stop.clone();
         let runtime = running.runtime.clone();
-        let tasks = std::mem::take(&mut running.plane.tasks);
+        let tasks = running.tasks.clone();
         let feed = running.plane.feed.abort_handle();
         let done = self.retired_tx.clone();
         let name = name.to_string();
-        tokio::spawn(async move {
+        let state = Arc::new(Mutex::new(Retirement::default()));
+        let mine = state.clone();
+        let task = tokio::spawn(async move {
             let host = shared.config.host.clone();
             let mut agent_shutdown = shared.shutdown.clone();
             let mark = keys.host_leaving(&host);
@@ -280,6 +329,13 @@ impl Apps {
                 },
                 _ = proto::daemon::shutdown_requested(&mut agent_shutdown) => return,
             };
+            {
+                let mut state = mine.lock().expect("retirement lock");
+                if state.cancelled {
+                    return;
+                }
+                state.committed = true;
+            }
             // The LBs stop routing here when they apply the mark: the processes stop after that
             // (or after a bound, for an LB that is down and routes nowhere anyway).
             tokio::select! {
@@ -289,6 +345,7 @@ impl Apps {
             tracing::info!(app = %name, "marked leaving this host: stopping it and deleting its keys");
             let _ = stop.send(true);
             feed.abort();
+            let tasks = std::mem::take(&mut *tasks.lock().expect("tasks lock"));
             for task in tasks {
                 let _ = task.await;
             }
@@ -335,6 +392,7 @@ impl Apps {
             tracing::info!(app = %name, "retired from this host");
             let _ = done.send(name);
         });
+        running.retirement = Some((task, state));
     }
 }
 

@@ -112,7 +112,10 @@ pub async fn run(
                     Some(new) => apps.reload(new).await,
                     None => std::future::pending::<()>().await,
                 },
-                _ = status::shutdown_requested(&mut reload_shutdown) => return,
+                _ = status::shutdown_requested(&mut reload_shutdown) => {
+                    apps.join().await;
+                    return;
+                }
             }
         }
     });

@@ -186,6 +186,34 @@ async fn one_agent_runs_several_apps_adds_one_on_sighup_and_retires_one_marked_l
     .await;
     assert!(alive(api_pid), "api stopped before it was marked leaving");
     assert!(get_raw(&client, &api.host("host-1")).await.is_some());
+    // Listed again before the mark: the retirement is called off; dropped again: it waits anew.
+    let api_again = AppEntry {
+        name: "api".into(),
+        ports: api_ports,
+        state_dir: None,
+    };
+    fleet.hosts[0].use_apps(&[shop_entry(true), api_again, web_entry()]);
+    fleet.hosts[0].sighup();
+    wait_for("the agent to keep api", WAIT, || {
+        let log = fleet.hosts[0].log();
+        async move {
+            log.contains("listed again before it was marked leaving")
+                .then_some(())
+        }
+    })
+    .await;
+    fleet.hosts[0].use_apps(&[shop_entry(true), web_entry()]);
+    fleet.hosts[0].sighup();
+    wait_for(
+        "the agent to say again that api is not marked leaving",
+        WAIT,
+        || {
+            let log = fleet.hosts[0].log();
+            async move { (log.matches("is not marked leaving").count() == 2).then_some(()) }
+        },
+    )
+    .await;
+    assert!(alive(api_pid));
     let out = fleet
         .run(&["--app", "api", "host", "remove", "host-1", "--yes"])
         .await;
