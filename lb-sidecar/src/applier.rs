@@ -30,6 +30,8 @@ pub struct Applier<N: NginxControl = Nginx> {
     request_log: Option<String>,
     /// The app's host names on its listeners (empty: any).
     pub server_names: Vec<String>,
+    /// HTTPS beside the public listener.
+    pub tls: Option<crate::config::Tls>,
 }
 
 fn sha256(text: &str) -> String {
@@ -71,7 +73,14 @@ impl<N: NginxControl> Applier<N> {
             served: None,
             request_log: None,
             server_names: Vec::new(),
+            tls: None,
         }
+    }
+
+    /// Also serves the public server over HTTPS with this certificate.
+    pub fn with_tls(mut self, tls: Option<crate::config::Tls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Serves the app only to requests for these host names (nginx `server_name`).
@@ -101,6 +110,13 @@ impl<N: NginxControl> Applier<N> {
             split: split(state, color),
             request_log: self.request_log.clone(),
             server_names: self.server_names.clone(),
+            tls: self.tls.as_ref().map(|t| {
+                (
+                    t.listen.to_string(),
+                    t.cert.display().to_string(),
+                    t.key.display().to_string(),
+                )
+            }),
         }
     }
 

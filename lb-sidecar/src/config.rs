@@ -103,10 +103,71 @@ pub struct Settings {
     /// `include conf.d/*.conf` glob would pick them up [default: /var/lib/bluegreen/sidecar-<name>].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Public HTTPS (e.g. 0.0.0.0:443), served with `[tls]`'s certificate; the client's SNI
+    /// picks the app by its `server_names`.
+    #[arg(long)]
+    pub listen_tls: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsSettings,
     #[command(flatten)]
     pub nginx: NginxSettings,
     #[command(flatten)]
     pub upstreams: UpstreamsSettings,
+}
+
+/// `[tls]`: the app's certificate on `listen_tls` (flags `--tls-<key>`). nginx reads the files at
+/// every reload, and the sidecar reloads when they change (a renewed certificate).
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsSettings {
+    /// The certificate chain (PEM), readable by nginx's master.
+    #[arg(id = "tls_cert", long = "tls-cert")]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(id = "tls_key", long = "tls-key")]
+    pub key: Option<PathBuf>,
+}
+
+/// HTTPS for the app: where, and with which certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `listen_tls` with `[tls] cert` and `key`: all three or none. The files must exist (nginx
+/// would refuse the config) and their paths must be safe to write into nginx's config.
+fn tls(listen: Option<String>, settings: TlsSettings) -> Result<Option<Tls>, SidecarError> {
+    match (listen, settings.cert, settings.key) {
+        (None, None, None) => Ok(None),
+        (Some(listen), Some(cert), Some(key)) => {
+            for (field, path) in [("tls.cert", &cert), ("tls.key", &key)] {
+                let shown = path.display().to_string();
+                if !path.is_absolute()
+                    || shown.contains(|c: char| {
+                        c.is_whitespace() || c.is_control() || ";{}'\"$\\#".contains(c)
+                    })
+                {
+                    return Err(SidecarError::Setting(format!(
+                        "{field}: {shown:?} must be an absolute path without spaces, quotes, ';', '{{', '}}', '$' or '#'"
+                    )));
+                }
+                std::fs::metadata(path).map_err(|e| SidecarError::Config {
+                    path: shown.clone(),
+                    reason: format!("{field}: {e}"),
+                })?;
+            }
+            Ok(Some(Tls {
+                listen: addr("listen_tls", listen)?,
+                cert,
+                key,
+            }))
+        }
+        _ => Err(SidecarError::Setting(
+            "listen_tls, tls.cert and tls.key: set all three (HTTPS) or none".into(),
+        )),
+    }
 }
 
 /// `[upstreams]`: where hosts' addresses may point (flags `--upstreams-<key>`).
@@ -163,6 +224,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// nginx `server_name`s of the public and preview servers; empty: every host name.
     pub server_names: Vec<String>,
+    /// HTTPS beside `listen`, when configured.
+    pub tls: Option<Tls>,
     pub preview_listen: SocketAddr,
     pub status_listen: SocketAddr,
     /// `None`: derived from `listen` (an unspecified address becomes loopback).
@@ -300,6 +363,7 @@ impl Config {
             prefix: s.prefix.ok_or_else(|| defaulted("prefix"))?,
             name,
             listen: addr("listen", s.listen.ok_or_else(|| defaulted("listen"))?)?,
+            tls: tls(s.listen_tls, s.tls)?,
             server_names: s
                 .server_names
                 .unwrap_or_default()
@@ -378,6 +442,42 @@ mod tests {
             config: None,
             settings,
         }
+    }
+
+    #[test]
+    fn tls_needs_its_listener_certificate_and_key_as_safe_existing_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("shop.pem");
+        std::fs::write(&cert, "x").unwrap();
+        let settings = |cert: &str, key: &str| TlsSettings {
+            cert: Some(cert.into()),
+            key: Some(key.into()),
+        };
+        let shown = cert.display().to_string();
+        let ok = tls(Some("0.0.0.0:443".into()), settings(&shown, &shown)).unwrap();
+        assert_eq!(ok.map(|t| t.listen.port()), Some(443));
+        assert_eq!(tls(None, TlsSettings::default()).unwrap(), None);
+        let err = tls(None, settings(&shown, &shown)).unwrap_err().to_string();
+        assert!(err.contains("listen_tls"), "{err}");
+        let err = tls(Some("0.0.0.0:443".into()), settings("shop.pem", &shown))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tls.cert") && err.contains("absolute"),
+            "{err}"
+        );
+        let err = tls(Some("0.0.0.0:443".into()), settings(&shown, "/etc/x;y"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls.key"), "{err}");
+        let missing = dir.path().join("missing.key").display().to_string();
+        let err = tls(Some("0.0.0.0:443".into()), settings(&shown, &missing))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("missing.key") && err.contains("tls.key"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -111,7 +111,8 @@ pub async fn follow<N: NginxControl>(
         config.listen.to_string(),
         config.preview_listen.to_string(),
     )
-    .with_server_names(config.server_names.clone());
+    .with_server_names(config.server_names.clone())
+    .with_tls(config.tls.clone());
     let tally = match request_log {
         Some((path, tally)) => {
             applier = applier.with_request_log(path);
@@ -166,12 +167,15 @@ pub async fn follow<N: NginxControl>(
     };
     let upstreams = upstreams::UpstreamPolicy {
         enforced: true,
-        own: vec![
+        own: [
             config.listen,
             config.preview_listen,
             config.status_listen,
             config.nginx.status_listen,
-        ],
+        ]
+        .into_iter()
+        .chain(config.tls.as_ref().map(|t| t.listen))
+        .collect(),
         local: upstreams::local_addresses(),
         allow: config.upstreams_allow.clone(),
     };
@@ -251,6 +255,8 @@ struct Stats {
 /// (its analysis looks about as often), and otherwise: every publication is an etcd revision kept
 /// until compaction, so an idle fleet must not write one per LB per second.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the TLS certificate's files are checked for a change.
+const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 const IDLE_STATS_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Backoff for re-applying after a failure: 500 ms doubling to 10 s, reset by a success.
@@ -311,6 +317,9 @@ impl<N: NginxControl> Follower<N> {
         }
         let mut stats_tick = tokio::time::interval(STATS_INTERVAL);
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut certificate_tick = tokio::time::interval(CERTIFICATE_CHECK_INTERVAL);
+        certificate_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut certificate = self.certificate_stamp();
         loop {
             let debounce = tokio::time::sleep_until(
                 debounce_until.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
@@ -371,6 +380,15 @@ impl<N: NginxControl> Follower<N> {
                     retry.after(self.failed);
                 }
                 _ = stats_tick.tick(), if self.stats.is_some() => self.publish_stats(),
+                _ = certificate_tick.tick(), if self.config.tls.is_some() => {
+                    let now = self.certificate_stamp();
+                    if now != certificate && self.state.active.is_some() {
+                        tracing::info!("the TLS certificate or key changed: reloading nginx");
+                        self.apply(true).await;
+                        retry.after(self.failed);
+                    }
+                    certificate = now;
+                }
                 _ = proto::daemon::shutdown_requested(&mut shutdown) => return,
             }
         }
@@ -404,6 +422,18 @@ impl<N: NginxControl> Follower<N> {
             ));
             self.send_held();
         }
+    }
+
+    /// When the TLS certificate and key files last changed (none without TLS): a renewed
+    /// certificate is loaded by the next reload, which the sidecar then makes at once.
+    fn certificate_stamp(&self) -> Option<Vec<Option<std::time::SystemTime>>> {
+        let tls = self.config.tls.as_ref()?;
+        Some(
+            [&tls.cert, &tls.key]
+                .iter()
+                .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+                .collect(),
+        )
     }
 
     /// Tells the key holder what this LB holds now: liveness, its ack, its request counts.

@@ -37,7 +37,7 @@ server {
 
 server {
     listen {{listen}};
-{{server_names}}
+{{tls}}{{server_names}}
     location / {
         proxy_pass http://{{live_target}};
         proxy_http_version 1.1;
@@ -93,6 +93,8 @@ pub struct View {
     pub request_log: Option<String>,
     /// The host names the public and preview servers answer (empty: any).
     pub server_names: Vec<String>,
+    /// HTTPS on the public server: (listen, certificate, key), paths checked by the config.
+    pub tls: Option<(String, String, String)>,
 }
 
 /// The canary's share of the public listener's requests (the `active/traffic` record).
@@ -124,6 +126,7 @@ pub fn render(template: &str, view: &View) -> Result<String, String> {
         .replace("{{served_color}}", &vars.color)
         .replace("{{sticky_cookie}}", &vars.cookie)
         .replace("{{server_names}}", &server_names(&view.server_names))
+        .replace("{{tls}}", &tls(view.tls.as_ref()))
         .replace("{{app}}", &view.app)
         .replace("{{listen}}", &view.listen)
         .replace("{{preview_listen}}", &view.preview_listen)
@@ -140,6 +143,18 @@ pub fn render(template: &str, view: &View) -> Result<String, String> {
             "{{preview_servers}}",
             &servers(&view.preview, &view.preview_fallback),
         ))
+}
+
+/// The HTTPS listener and certificate lines of the public server; none without TLS. With
+/// `server_names`, the client's SNI picks the server (and so the certificate) among the apps
+/// sharing the port.
+fn tls(tls: Option<&(String, String, String)>) -> String {
+    match tls {
+        None => String::new(),
+        Some((listen, cert, key)) => format!(
+            "    listen {listen} ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n"
+        ),
+    }
 }
 
 /// The `server_name` line (validated names: letters, digits, '-', '.'); none for any host.
@@ -296,6 +311,7 @@ mod tests {
             split: None,
             request_log: None,
             server_names: vec![],
+            tls: None,
         }
     }
 
@@ -415,6 +431,40 @@ mod tests {
         // Not the status server: the sidecar asks it without a host name.
         let status = named.split("server {").nth(1).unwrap();
         assert!(status.contains("/.bluegreen/status") && !status.contains("server_name"));
+    }
+
+    #[test]
+    fn tls_serves_the_public_server_on_its_own_listener_with_its_certificate() {
+        let plain = render(BUILTIN_TEMPLATE, &view()).unwrap();
+        assert!(!plain.contains("ssl"), "{plain}");
+        let text = render(
+            BUILTIN_TEMPLATE,
+            &View {
+                tls: Some((
+                    "0.0.0.0:443".into(),
+                    "/etc/bluegreen/tls/shop.pem".into(),
+                    "/etc/bluegreen/tls/shop.key".into(),
+                )),
+                ..view()
+            },
+        )
+        .unwrap();
+        let public = text
+            .split("server {")
+            .find(|s| s.contains("listen 0.0.0.0:80;"))
+            .unwrap();
+        for line in [
+            "    listen 0.0.0.0:443 ssl;\n",
+            "    ssl_certificate /etc/bluegreen/tls/shop.pem;\n",
+            "    ssl_certificate_key /etc/bluegreen/tls/shop.key;\n",
+        ] {
+            assert!(public.contains(line), "{line} missing from {public}");
+        }
+        assert_eq!(
+            text.matches(" ssl;").count(),
+            1,
+            "only the public server: {text}"
+        );
     }
 
     #[test]

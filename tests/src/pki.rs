@@ -64,6 +64,11 @@ impl Pki {
         )
     }
 
+    /// A server certificate for the host name `dns` only (a site behind an LB, chosen by SNI).
+    pub fn site(&self, name: &str, dns: &str) -> CertPair {
+        self.issue(name, &format!("DNS:{dns}"), "serverAuth")
+    }
+
     /// A client certificate whose CN is `name` (etcd takes it as the user when there is no password).
     pub fn client(&self, name: &str) -> CertPair {
         self.issue(name, &format!("DNS:{name}"), "clientAuth")

@@ -448,3 +448,100 @@ async fn two_apps_share_one_listener_routed_by_host_name() {
     let (_, _, version) = get_as(&url, "api.test").await;
     assert_eq!(version.as_deref(), Some("a2"));
 }
+
+/// The certificate (PEM) the server at 127.0.0.1:`port` presents for the SNI `name`, if any.
+fn presented_certificate(port: u16, name: &str) -> Option<String> {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            name,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text.find("-----BEGIN CERTIFICATE-----")?;
+    let end = text[start..].find("-----END CERTIFICATE-----")? + start;
+    Some(text[start..end].trim().to_string())
+}
+
+/// The first certificate of a PEM file, as [`presented_certificate`] shows it.
+fn certificate_in(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let start = text.find("-----BEGIN CERTIFICATE-----").unwrap();
+    let end = text[start..].find("-----END CERTIFICATE-----").unwrap() + start;
+    text[start..end].trim().to_string()
+}
+
+/// An app with `listen_tls` and `[tls]` is served over HTTPS with its certificate, chosen by
+/// SNI on its host name, while deploys verify over plain HTTP as its host name; replacing the
+/// certificate's files (a renewal) gets them served without any deploy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_is_served_over_https_by_its_host_name_and_a_renewed_certificate_is_loaded() {
+    let pki = bluegreen_tests::pki::Pki::new();
+    let first = pki.site("shop-1", "shop.test");
+    let installed = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        installed.path().join("shop.pem"),
+        installed.path().join("shop.key"),
+    );
+    std::fs::copy(&first.cert, &cert).unwrap();
+    std::fs::copy(&first.key, &key).unwrap();
+    let tls_port = free_port("127.0.0.1");
+    let extra = format!(
+        "server_names = [\"shop.test\"]\nlisten_tls = \"127.0.0.1:{tls_port}\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let setup = bluegreen_tests::fleet::Setup {
+        etcd: bluegreen_tests::Etcd::start().await,
+        agent_extra: &|_| String::new(),
+        sidecar_extra: &|_, _| extra.clone(),
+        coordinator_env: Vec::new(),
+    };
+    let fleet = Fleet::start_setup(1, 1, setup).await;
+    assert_ok(
+        &fleet.deploy(&fleet.spec("shop", &[]), "v1", &[]).await,
+        "deploy v1",
+    );
+    let live = active(&fleet.client).await.expect("active").color;
+
+    let https = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(pki.ca()).unwrap()).unwrap(),
+        )
+        .resolve("shop.test", ([127, 0, 0, 1], tls_port).into())
+        .build()
+        .unwrap();
+    let resp = https
+        .get(format!("https://shop.test:{tls_port}/api/v1/status"))
+        .send()
+        .await
+        .expect("HTTPS through the LB, certificate checked");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["x-bluegreen-color"], live.as_str());
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["version"], "v1");
+    assert_eq!(
+        presented_certificate(tls_port, "shop.test"),
+        Some(certificate_in(&cert))
+    );
+
+    // Renewed in place, as certbot does: served without a deploy.
+    let renewed = pki.site("shop-2", "shop.test");
+    let staged = installed.path().join("new.pem");
+    std::fs::copy(&renewed.key, installed.path().join("new.key")).unwrap();
+    std::fs::copy(&renewed.cert, &staged).unwrap();
+    std::fs::rename(installed.path().join("new.key"), &key).unwrap();
+    std::fs::rename(&staged, &cert).unwrap();
+    let want = certificate_in(&cert);
+    wait_for("the renewed certificate served", WAIT, || {
+        let served = presented_certificate(tls_port, "shop.test");
+        let ok = served.as_deref() == Some(want.as_str());
+        async move { ok.then_some(()) }
+    })
+    .await;
+}

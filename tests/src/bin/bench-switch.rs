@@ -184,6 +184,7 @@ async fn floor_of_one(
             split: None,
             request_log: None,
             server_names: Vec::new(),
+            tls: None,
         };
         with_revision(&render(BUILTIN_TEMPLATE, &view).unwrap(), 1)
     };

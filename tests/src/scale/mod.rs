@@ -230,6 +230,7 @@ impl HollowFleet {
             status_listen: loopback(3),
             public_url: None,
             server_names: Vec::new(),
+            tls: None,
             lease_ttl: Duration::from_secs(5),
             debounce: Duration::from_millis(200),
             min_reload_interval: Duration::from_secs(1),
