@@ -7,51 +7,13 @@
 use crate::config::{AppConfig, Config};
 use crate::runtime::{AppRuntime, ProcessRuntime, RunningApp};
 use crate::{metrics, ControlPlane, ControlPlaneSettings};
-use proto::leased::HeldKey;
+pub use proto::leased::HeldSet;
 use proto::records::HostRecord;
 use proto::{Color, Keys};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// Every app's held keys, merged into the one set the agent's lease holder keeps written.
-#[derive(Clone)]
-pub struct HeldSet {
-    apps: Arc<Mutex<BTreeMap<String, Vec<HeldKey>>>>,
-    tx: Arc<watch::Sender<Vec<HeldKey>>>,
-}
-
-impl HeldSet {
-    /// An empty set, and what [`proto::leased::hold_keys`] follows.
-    pub fn new() -> (HeldSet, watch::Receiver<Vec<HeldKey>>) {
-        let (tx, rx) = watch::channel(Vec::new());
-        (
-            HeldSet {
-                apps: Arc::default(),
-                tx: Arc::new(tx),
-            },
-            rx,
-        )
-    }
-
-    /// Replaces `app`'s keys.
-    pub fn publish(&self, app: &str, keys: Vec<HeldKey>) {
-        let mut apps = self.apps.lock().expect("held set lock");
-        apps.insert(app.to_string(), keys);
-        self.tx
-            .send_replace(apps.values().flatten().cloned().collect());
-    }
-
-    /// Stops holding `app`'s keys (they are deleted by whoever retires the app: the holder
-    /// never deletes a key, it only stops writing it).
-    pub fn remove(&self, app: &str) {
-        let mut apps = self.apps.lock().expect("held set lock");
-        apps.remove(app);
-        self.tx
-            .send_replace(apps.values().flatten().cloned().collect());
-    }
-}
 
 /// What the agent's API needs of one running app.
 #[derive(Clone)]

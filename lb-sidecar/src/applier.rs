@@ -32,6 +32,8 @@ pub struct Applier<N: NginxControl = Nginx> {
     pub server_names: Vec<String>,
     /// HTTPS beside the public listener.
     pub tls: Option<crate::config::Tls>,
+    /// The status server's host name (several apps share nginx's status listener).
+    pub status_host: Option<String>,
 }
 
 fn sha256(text: &str) -> String {
@@ -74,7 +76,14 @@ impl<N: NginxControl> Applier<N> {
             request_log: None,
             server_names: Vec::new(),
             tls: None,
+            status_host: None,
         }
+    }
+
+    /// Names the status server, for a sidecar whose apps share nginx's status listener.
+    pub fn with_status_host(mut self, host: Option<String>) -> Self {
+        self.status_host = host;
+        self
     }
 
     /// Also serves the public server over HTTPS with this certificate.
@@ -117,6 +126,7 @@ impl<N: NginxControl> Applier<N> {
                     t.key.display().to_string(),
                 )
             }),
+            status_host: self.status_host.clone(),
         }
     }
 

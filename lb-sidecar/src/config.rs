@@ -63,9 +63,13 @@ pub struct Settings {
     /// The etcd key prefix every app lives under.
     #[arg(long)]
     pub prefix: Option<String>,
-    /// The app this load balancer serves (required).
+    /// The app this load balancer serves (or `[[apps]]` in the file, for several).
     #[arg(long)]
     pub app: Option<String>,
+    /// `[[apps]]`: every app this LB serves, each routed by its `server_names` on the shared
+    /// `listen` (or on its own `listen`); file only, instead of `app`.
+    #[arg(skip)]
+    pub apps: Option<Vec<AppSettings>>,
     /// This load balancer's name in etcd (`lbs/<name>`) [default: the hostname].
     #[arg(long)]
     pub name: Option<String>,
@@ -126,6 +130,30 @@ pub struct TlsSettings {
     /// Its private key (PEM).
     #[arg(id = "tls_key", long = "tls-key")]
     pub key: Option<PathBuf>,
+}
+
+/// One `[[apps]]` entry as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettings {
+    pub name: String,
+    /// Its host names on the shared listeners (required when several apps share one).
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    /// A public listener of its own instead of the shared `listen`.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Its certificate on `listen_tls`.
+    #[serde(default)]
+    pub tls: Option<AppTls>,
+}
+
+/// An `[[apps]]` entry's `tls = { cert, key }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// HTTPS for the app: where, and with which certificate.
@@ -241,6 +269,96 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// `[upstreams] allow`.
     pub upstreams_allow: Vec<crate::upstreams::Cidr>,
+    /// With `[[apps]]`: each app's own settings, derived from these (the fields above then
+    /// describe the first app). Empty in the single-app form.
+    pub apps: Vec<Config>,
+    /// The host name of this app's status server on nginx's status listener, which several
+    /// apps share (`None`: the only server there).
+    pub status_host: Option<String>,
+    /// With `[[apps]]`: the file holding the default servers that answer 404 on the shared
+    /// listeners for host names no app claims.
+    pub default_server: Option<PathBuf>,
+}
+
+/// Each `[[apps]]` entry's own settings: `base` with the entry's name, host names, listener and
+/// certificate, its own include file beside the configured one and its own state directory.
+/// Apps that share a listener must each name their hosts, and never the same one.
+fn apps_of(
+    base: &Config,
+    entries: Vec<AppSettings>,
+    listen_tls: Option<String>,
+) -> Result<Vec<Config>, SidecarError> {
+    if entries.is_empty() {
+        return Err(SidecarError::Setting("apps: no [[apps]] entry".into()));
+    }
+    let include_dir = base
+        .nginx
+        .include_file
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_else(|| PathBuf::from("/etc/nginx/conf.d"));
+    let mut apps: Vec<Config> = Vec::new();
+    for entry in entries {
+        let named = |e: SidecarError| SidecarError::Setting(format!("apps {:?}: {e}", entry.name));
+        proto::Keys::new(&base.prefix, &entry.name).map_err(|e| named(e.into()))?;
+        if apps.iter().any(|a| a.app == entry.name) {
+            return Err(SidecarError::Setting(format!(
+                "apps: {} is listed twice",
+                entry.name
+            )));
+        }
+        let tls = match entry.tls {
+            None => None,
+            Some(t) => tls(
+                Some(listen_tls.clone().ok_or_else(|| {
+                    named(SidecarError::Setting(
+                        "tls: set listen_tls, the HTTPS listener the apps share".into(),
+                    ))
+                })?),
+                TlsSettings {
+                    cert: Some(t.cert),
+                    key: Some(t.key),
+                },
+            )
+            .map_err(named)?,
+        };
+        let mut app = base.clone();
+        app.server_names = entry
+            .server_names
+            .into_iter()
+            .map(check_server_name)
+            .collect::<Result<_, _>>()
+            .map_err(named)?;
+        if let Some(listen) = entry.listen {
+            app.listen = addr("listen", listen).map_err(named)?;
+        }
+        app.tls = tls;
+        app.nginx.include_file = include_dir.join(format!("bluegreen-{}.conf", entry.name));
+        app.state_dir = base.state_dir.join("apps").join(&entry.name);
+        app.status_host = Some(format!("status.{}.bluegreen", entry.name));
+        app.app = entry.name;
+        apps.push(app);
+    }
+    for (i, a) in apps.iter().enumerate() {
+        for b in &apps[i + 1..] {
+            if a.listen != b.listen {
+                continue;
+            }
+            if a.server_names.is_empty() || b.server_names.is_empty() {
+                return Err(SidecarError::Setting(format!(
+                    "apps: {} and {} share the listener {} and one of them has no server_names                      (nginx could not tell their requests apart)",
+                    a.app, b.app, a.listen
+                )));
+            }
+            if let Some(name) = a.server_names.iter().find(|n| b.server_names.contains(n)) {
+                return Err(SidecarError::Setting(format!(
+                    "apps: {} and {} both claim the host name {name} on {}",
+                    a.app, b.app, a.listen
+                )));
+            }
+        }
+    }
+    Ok(apps)
 }
 
 /// An internal listener (the sidecar's `/metrics` and `/healthz`) never faces the network.
@@ -331,9 +449,30 @@ impl Config {
             }
             None => None,
         };
-        let app = s
-            .app
-            .ok_or_else(|| SidecarError::Setting("app: required".into()))?;
+        let entries = s.apps;
+        let app = match (s.app, &entries) {
+            (Some(app), Some(_)) => {
+                return Err(SidecarError::Setting(format!(
+                    "app ({app}) and [[apps]]: use one form; list {app} as an [[apps]] entry"
+                )))
+            }
+            (Some(app), None) => app,
+            (None, Some(entries)) => entries.first().map(|e| e.name.clone()).unwrap_or_default(),
+            (None, None) => {
+                return Err(SidecarError::Setting(
+                    "app: required (or [[apps]] entries in the file)".into(),
+                ))
+            }
+        };
+        let multi = entries.is_some();
+        if multi && (s.server_names.is_some() || s.tls.cert.is_some() || s.tls.key.is_some()) {
+            return Err(SidecarError::Setting(
+                "server_names and [tls]: with [[apps]], give each app its own (`server_names`, \
+                 `tls = { cert, key }`)"
+                    .into(),
+            ));
+        }
+        let listen_tls = s.listen_tls;
         let name = match s.name {
             Some(n) => n,
             None => std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -363,7 +502,14 @@ impl Config {
             prefix: s.prefix.ok_or_else(|| defaulted("prefix"))?,
             name,
             listen: addr("listen", s.listen.ok_or_else(|| defaulted("listen"))?)?,
-            tls: tls(s.listen_tls, s.tls)?,
+            tls: if multi {
+                None
+            } else {
+                tls(listen_tls.clone(), s.tls)?
+            },
+            apps: Vec::new(),
+            status_host: None,
+            default_server: None,
             server_names: s
                 .server_names
                 .unwrap_or_default()
@@ -415,6 +561,15 @@ impl Config {
             },
             app,
         };
+        let mut config = config;
+        if let Some(entries) = entries {
+            config.apps = apps_of(&config, entries, listen_tls)?;
+            config.default_server = config
+                .nginx
+                .include_file
+                .parent()
+                .map(|dir| dir.join("bluegreen-default.conf"));
+        }
         proto::Keys::new(&config.prefix, &config.app)?;
         proto::keys::validate_segment("name", &config.name)?;
         if !config.nginx.status_listen.ip().is_loopback() {
@@ -478,6 +633,77 @@ mod tests {
             err.contains("missing.key") && err.contains("tls.key"),
             "{err}"
         );
+    }
+
+    fn load_file(text: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sidecar.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Cli {
+            config: Some(path),
+            settings: Settings::default(),
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn apps_get_their_own_include_file_state_and_status_host_on_shared_listeners() {
+        let c = load_file(
+            "name = \"lb-1\"\nstate_dir = \"/srv/lb\"\n\
+             [[apps]]\nname = \"shop\"\nserver_names = [\"shop.example.com\"]\n\
+             [[apps]]\nname = \"api\"\nserver_names = [\"api.example.com\"]\nlisten = \"0.0.0.0:8080\"\n\
+             [nginx]\ninclude_file = \"/etc/nginx/conf.d/bluegreen.conf\"\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = c.apps.iter().map(|a| a.app.as_str()).collect();
+        assert_eq!(names, ["shop", "api"]);
+        let (shop, api) = (&c.apps[0], &c.apps[1]);
+        assert_eq!(
+            shop.nginx.include_file,
+            PathBuf::from("/etc/nginx/conf.d/bluegreen-shop.conf")
+        );
+        assert_eq!(api.state_dir, PathBuf::from("/srv/lb/apps/api"));
+        assert_eq!(shop.listen.to_string(), "0.0.0.0:80");
+        assert_eq!(api.listen.to_string(), "0.0.0.0:8080");
+        assert_ne!(shop.status_host, api.status_host);
+        assert_eq!(
+            c.default_server,
+            Some(PathBuf::from("/etc/nginx/conf.d/bluegreen-default.conf"))
+        );
+        // Only the shared listeners whose apps all name their hosts get a 404 default.
+        let listeners = crate::nginx::default_listeners(&c.apps);
+        assert!(
+            listeners.contains(&("0.0.0.0:80".to_string(), false)),
+            "{listeners:?}"
+        );
+    }
+
+    #[test]
+    fn apps_that_nginx_could_not_tell_apart_are_refused() {
+        let two = |a: &str, b: &str| {
+            load_file(&format!(
+                "name = \"lb-1\"\n[[apps]]\nname = \"shop\"\n{a}\n[[apps]]\nname = \"api\"\n{b}\n"
+            ))
+            .unwrap_err()
+        };
+        let err = two("server_names = [\"x.test\"]", "");
+        assert!(err.contains("one of them has no server_names"), "{err}");
+        let err = two("server_names = [\"x.test\"]", "server_names = [\"x.test\"]");
+        assert!(err.contains("both claim the host name x.test"), "{err}");
+        let err = two("server_names = [\"x.test\"]", "server_names = [\"Y\"]");
+        assert!(
+            err.contains("apps \"api\"") && err.contains("server_names"),
+            "{err}"
+        );
+        let err = two(
+            "server_names = [\"x.test\"]",
+            "server_names = [\"y.test\"]\ntls = { cert = \"/c.pem\", key = \"/k.pem\" }",
+        );
+        assert!(err.contains("listen_tls"), "{err}");
+        let err = load_file("app = \"shop\"\n[[apps]]\nname = \"api\"\n").unwrap_err();
+        assert!(err.contains("app (shop) and [[apps]]"), "{err}");
+        let err = load_file("server_names = [\"a.test\"]\n[[apps]]\nname = \"api\"\n").unwrap_err();
+        assert!(err.contains("give each app its own"), "{err}");
     }
 
     #[test]

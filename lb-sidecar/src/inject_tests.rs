@@ -117,6 +117,7 @@ fn no_etcd_value_adds_a_block_or_directive_to_the_config() {
             request_log: None,
             server_names: vec![],
             tls: None,
+            status_host: None,
         };
         let Ok(config) = render(BUILTIN_TEMPLATE, &view) else {
             continue;

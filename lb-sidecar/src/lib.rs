@@ -31,11 +31,26 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Runs until `shutdown` becomes true. nginx keeps serving whatever it was last given.
+/// Runs until `shutdown` becomes true. nginx keeps serving whatever it was last given. With
+/// `[[apps]]`, one follower per app, all under one lease and one status listener.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), SidecarError> {
+    let multi = !config.apps.is_empty();
+    let apps: Vec<Config> = if multi {
+        config.apps.clone()
+    } else {
+        vec![config.clone()]
+    };
     // A bad prefix or app name fails before anything is bound.
-    Keys::new(&config.prefix, &config.app)?;
-    let metrics = Arc::new(Metrics::default());
+    for app in &apps {
+        Keys::new(&app.prefix, &app.app)?;
+    }
+    let metrics: Vec<(String, Arc<Metrics>)> = apps
+        .iter()
+        .map(|a| {
+            let labelled = multi.then_some(a.app.as_str());
+            (a.app.clone(), Arc::new(Metrics::for_app(labelled)))
+        })
+        .collect();
     let listener = tokio::net::TcpListener::bind(config.status_listen)
         .await
         .map_err(|e| {
@@ -52,15 +67,63 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     );
     tokio::spawn(async move { server.await });
 
-    let request_log = start_request_log(&config, metrics.clone());
     let client = proto::connect(&config.etcd).await?;
-    let nginx = nginx::Nginx::new(
-        config.nginx.clone(),
-        config.listen,
-        config.public_url.clone(),
-        config.state_dir.clone(),
-    );
-    follow(config, client, nginx, metrics, request_log, shutdown).await
+    if let Some(path) = &config.default_server {
+        nginx::install_default_servers(&config, path).await;
+    }
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| SidecarError::io(&config.state_dir, e))?;
+    // One lease for every app this sidecar serves.
+    let holder = Holder {
+        instance: proto::leased::instance_id(&config.state_dir),
+        held: proto::leased::HeldSet::new(),
+    };
+    let (held, held_rx) = holder.held;
+    let holding = tokio::spawn(proto::leased::hold_keys(
+        client.clone(),
+        config.lease_ttl,
+        holder.instance.clone(),
+        held_rx,
+        shutdown.clone(),
+    ));
+    let mut followers = tokio::task::JoinSet::new();
+    for (app, (_, metrics)) in apps.into_iter().zip(metrics) {
+        let request_log = start_request_log(&app, metrics.clone());
+        let nginx = nginx::Nginx::new(
+            app.nginx.clone(),
+            app.listen,
+            app.public_url.clone(),
+            app.state_dir.clone(),
+        )
+        .with_status_host(app.status_host.clone());
+        followers.spawn(follow_in(
+            app,
+            client.clone(),
+            nginx,
+            metrics,
+            request_log,
+            (held.clone(), holder.instance.clone()),
+            shutdown.clone(),
+        ));
+    }
+    // The first follower to end (shutdown, or an app that could not start) ends the sidecar:
+    // nginx keeps serving what it was last given.
+    let result = match followers.join_next().await {
+        Some(Ok(result)) => result,
+        Some(Err(e)) => Err(SidecarError::Setting(format!("a follower failed: {e}"))),
+        None => Ok(()),
+    };
+    if result.is_ok() {
+        while followers.join_next().await.is_some() {}
+        let _ = holding.await;
+    }
+    result
+}
+
+/// The lease holder's instance and the set of keys it holds (every app's).
+struct Holder {
+    instance: String,
+    held: (proto::leased::HeldSet, watch::Receiver<Vec<HeldKey>>),
 }
 
 /// Where nginx logs requests to, and the tally they go into: the socket in the state directory.
@@ -101,6 +164,42 @@ pub async fn follow<N: NginxControl>(
     request_log: RequestLog,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), SidecarError> {
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| SidecarError::io(&config.state_dir, e))?;
+    let instance = proto::leased::instance_id(&config.state_dir);
+    let (held, held_rx) = proto::leased::HeldSet::new();
+    let holding = tokio::spawn(proto::leased::hold_keys(
+        client.clone(),
+        config.lease_ttl,
+        instance.clone(),
+        held_rx,
+        shutdown.clone(),
+    ));
+    let followed = follow_in(
+        config,
+        client,
+        nginx,
+        metrics,
+        request_log,
+        (held, instance),
+        shutdown,
+    )
+    .await;
+    let _ = holding.await;
+    followed
+}
+
+/// [`follow`] of one app whose keys go into `held`, which the sidecar holds under its one lease
+/// with its other apps' keys (as `instance`).
+async fn follow_in<N: NginxControl>(
+    config: Config,
+    client: etcd_client::Client,
+    nginx: N,
+    metrics: Arc<Metrics>,
+    request_log: RequestLog,
+    (held, instance): (proto::leased::HeldSet, String),
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), SidecarError> {
     let keys = Keys::new(&config.prefix, &config.app)?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| SidecarError::io(&config.state_dir, e))?;
@@ -112,7 +211,8 @@ pub async fn follow<N: NginxControl>(
         config.preview_listen.to_string(),
     )
     .with_server_names(config.server_names.clone())
-    .with_tls(config.tls.clone());
+    .with_tls(config.tls.clone())
+    .with_status_host(config.status_host.clone());
     let tally = match request_log {
         Some((path, tally)) => {
             applier = applier.with_request_log(path);
@@ -122,7 +222,6 @@ pub async fn follow<N: NginxControl>(
     };
     // One sidecar per LB name: a second one must not overwrite the first one's acks. Our own
     // previous run is taken over at once; a dead stranger's lease expires within its TTL.
-    let instance = proto::leased::instance_id(&config.state_dir);
     let started_at = proto::time::now_rfc3339();
     let alive = HeldKey::new(
         keys.lb_alive(&config.name),
@@ -140,14 +239,7 @@ pub async fn follow<N: NginxControl>(
     )
     .await
     .map_err(|e| SidecarError::Setting(format!("name {:?}: {e}", config.name)))?;
-    let (ack_tx, ack_rx) = watch::channel(vec![alive.clone()]);
-    let holder = tokio::spawn(proto::leased::hold_keys(
-        client.clone(),
-        config.lease_ttl,
-        instance.clone(),
-        ack_rx,
-        shutdown.clone(),
-    ));
+    held.publish(&config.app, vec![alive.clone()]);
     // The upstream lists' key is newer than most roles: a role without it costs `lb list
     // --verbose` this LB's lists, never its acks, and is said once instead of retried forever.
     let lists_key = keys.lb_upstreams(&config.name);
@@ -185,7 +277,7 @@ pub async fn follow<N: NginxControl>(
         applier,
         metrics,
         config,
-        ack_tx,
+        held,
         alive,
         ack_key: None,
         upstreams_key: None,
@@ -208,7 +300,6 @@ pub async fn follow<N: NginxControl>(
         last_reload: None,
     };
     follower.run(shutdown).await;
-    let _ = holder.await;
     Ok(())
 }
 
@@ -218,8 +309,9 @@ struct Follower<N: NginxControl> {
     applier: Applier<N>,
     metrics: Arc<Metrics>,
     config: Config,
+    /// Where this app's keys go: the sidecar holds every app's under its one lease.
+    held: proto::leased::HeldSet,
     /// Our liveness and claim on the LB name (leased), held beside the durable ack.
-    ack_tx: watch::Sender<Vec<HeldKey>>,
     alive: HeldKey,
     /// The durable ack, once written.
     ack_key: Option<HeldKey>,
@@ -443,7 +535,7 @@ impl<N: NginxControl> Follower<N> {
             .chain(self.upstreams_key.clone())
             .chain(self.stats.as_ref().and_then(|s| s.key.clone()))
             .collect();
-        let _ = self.ack_tx.send(held);
+        self.held.publish(&self.config.app, held);
     }
 
     /// Which color each upstream address serves, for attributing logged requests.

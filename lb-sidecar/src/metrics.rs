@@ -43,7 +43,20 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("bluegreen_lb");
+        Metrics::for_app(None)
+    }
+}
+
+impl Metrics {
+    /// The metrics of one app's follower; a sidecar serving several apps labels each one's.
+    pub fn for_app(app: Option<&str>) -> Self {
+        let labels = app.map(|a| {
+            (
+                std::borrow::Cow::Borrowed("app"),
+                std::borrow::Cow::Owned(a.to_string()),
+            )
+        });
+        let mut registry = Registry::with_prefix_and_labels("bluegreen_lb", labels.into_iter());
         let applied_revision = Gauge::default();
         registry.register(
             "applied_revision",
@@ -128,6 +141,50 @@ impl Default for Metrics {
     }
 }
 
+/// Several apps' expositions as one: each metric family's HELP and TYPE once, then every app's
+/// samples (a family repeated would be refused by Prometheus), and one `# EOF`.
+pub fn merge_expositions(texts: &[String]) -> String {
+    let mut families: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    for text in texts {
+        let mut current: Option<usize> = None;
+        for line in text.lines() {
+            if line == "# EOF" || line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# ") {
+                let name = rest
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_string();
+                let index = match families.iter().position(|(n, _, _)| *n == name) {
+                    Some(i) => i,
+                    None => {
+                        families.push((name, Vec::new(), Vec::new()));
+                        families.len() - 1
+                    }
+                };
+                let meta = &mut families[index].1;
+                if !meta.iter().any(|m| m == line) {
+                    meta.push(line.to_string());
+                }
+                current = Some(index);
+            } else if let Some(i) = current {
+                families[i].2.push(line.to_string());
+            }
+        }
+    }
+    let mut out = String::new();
+    for (_, meta, samples) in families {
+        for line in meta.iter().chain(samples.iter()) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -204,8 +261,11 @@ impl Metrics {
     }
 }
 
-pub fn router(metrics: Arc<Metrics>) -> Router {
-    let m = metrics.clone();
+/// `/metrics` and `/healthz` of every app this sidecar serves: one app's as they always were,
+/// several apps' merged (`/healthz`: an object per app).
+pub fn router(apps: Vec<(String, Arc<Metrics>)>) -> Router {
+    let apps = Arc::new(apps);
+    let m = apps.clone();
     Router::new()
         .route(
             "/metrics",
@@ -214,15 +274,78 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
                     axum::http::header::CONTENT_TYPE,
                     proto::daemon::OPENMETRICS_CONTENT_TYPE,
                 )];
-                (content_type, m.render())
+                let text = match m.as_slice() {
+                    [(_, one)] => one.render(),
+                    many => {
+                        merge_expositions(&many.iter().map(|(_, m)| m.render()).collect::<Vec<_>>())
+                    }
+                };
+                (content_type, text)
             }),
         )
-        .route("/healthz", get(move || async move { metrics.healthz() }))
+        .route(
+            "/healthz",
+            get(move || async move {
+                match apps.as_slice() {
+                    [(_, one)] => one.healthz(),
+                    many => {
+                        let each: serde_json::Map<String, serde_json::Value> = many
+                            .iter()
+                            .map(|(name, m)| {
+                                (
+                                    name.clone(),
+                                    serde_json::from_str(&m.healthz()).unwrap_or_default(),
+                                )
+                            })
+                            .collect();
+                        serde_json::json!({ "apps": each }).to_string()
+                    }
+                }
+            }),
+        )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_apps_merge_into_one_valid_exposition() {
+        let shop = Metrics::for_app(Some("shop"));
+        let api = Metrics::for_app(Some("api"));
+        shop.reloaded(7);
+        api.reloaded(9);
+        api.reloaded(10);
+        let text = merge_expositions(&[shop.render(), api.render()]);
+        assert_eq!(
+            text.matches("# TYPE bluegreen_lb_reloads counter").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("bluegreen_lb_reloads_total{app=\"shop\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bluegreen_lb_reloads_total{app=\"api\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bluegreen_lb_applied_revision{app=\"api\"} 10"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# EOF").count(), 1);
+        assert!(text.ends_with("# EOF\n"));
+        // Every sample follows its own family's TYPE line.
+        let mut family = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split_whitespace().next().unwrap().to_string();
+            } else if !line.starts_with('#') {
+                assert!(line.starts_with(&family), "{line} outside {family}");
+            }
+        }
+    }
 
     #[test]
     fn histogram_is_cumulative() {

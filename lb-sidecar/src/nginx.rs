@@ -45,6 +45,8 @@ pub struct Nginx {
     config: NginxConfig,
     public_url: String,
     status_url: String,
+    /// The `Host` of this app's status server, when several apps share the status listener.
+    status_host: Option<String>,
     state_dir: PathBuf,
     http: reqwest::Client,
 }
@@ -81,9 +83,16 @@ impl Nginx {
             config,
             public_url,
             status_url,
+            status_host: None,
             state_dir,
             http,
         }
+    }
+
+    /// Asks for the revision as `host` (the app's status server among several).
+    pub fn with_status_host(mut self, host: Option<String>) -> Nginx {
+        self.status_host = host;
+        self
     }
 
     fn sibling(&self, suffix: &str) -> PathBuf {
@@ -137,13 +146,11 @@ impl Nginx {
 
     /// What the status location answers now ("<revision> <color>"), if anything.
     pub async fn status(&self) -> Option<String> {
-        let resp = self
-            .http
-            .get(&self.status_url)
-            .timeout(Duration::from_secs(1))
-            .send()
-            .await
-            .ok()?;
+        let mut request = self.http.get(&self.status_url);
+        if let Some(host) = &self.status_host {
+            request = request.header(reqwest::header::HOST, host);
+        }
+        let resp = request.timeout(Duration::from_secs(1)).send().await.ok()?;
         if !resp.status().is_success() {
             return None;
         }
@@ -284,5 +291,68 @@ pub fn accepting_worker(pid: i32) -> bool {
             !cmdline.is_empty() && !String::from_utf8_lossy(&cmdline).contains("shutting down")
         }
         Err(_) => false,
+    }
+}
+
+/// The listeners a sidecar serving several apps gives a default server: each listener every app
+/// on it names its hosts on (an app without `server_names` is that port's default itself), and
+/// the HTTPS listener when every app on it does.
+pub fn default_listeners(apps: &[crate::config::Config]) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = Vec::new();
+    let mut add = |listen: String, tls: bool, apps: Vec<&crate::config::Config>| {
+        if !apps.is_empty()
+            && apps.iter().all(|a| !a.server_names.is_empty())
+            && !out.iter().any(|(l, _)| *l == listen)
+        {
+            out.push((listen, tls));
+        }
+    };
+    let mut listens: Vec<SocketAddr> = apps.iter().map(|a| a.listen).collect();
+    listens.sort();
+    listens.dedup();
+    for listen in listens {
+        add(
+            listen.to_string(),
+            false,
+            apps.iter().filter(|a| a.listen == listen).collect(),
+        );
+    }
+    if let Some(first) = apps.first() {
+        add(
+            first.preview_listen.to_string(),
+            false,
+            apps.iter().collect(),
+        );
+    }
+    let tls: Vec<&crate::config::Config> = apps.iter().filter(|a| a.tls.is_some()).collect();
+    if let Some(t) = tls.first().and_then(|a| a.tls.as_ref()) {
+        add(t.listen.to_string(), true, tls.clone());
+    }
+    out
+}
+
+/// Writes the default servers of a sidecar serving several apps (`path`, beside the apps'
+/// include files) and checks that nginx takes them: another default server on a shared port
+/// (Debian's default site claims port 80) makes nginx refuse every reload, so then the file is
+/// removed and the sidecar says where unknown host names go instead.
+pub async fn install_default_servers(config: &crate::config::Config, path: &std::path::Path) {
+    let text = crate::render::default_servers(&default_listeners(&config.apps));
+    if std::fs::read_to_string(path).ok().as_deref() != Some(text.as_str()) {
+        if let Err(e) = std::fs::write(path, &text) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the default servers; host names no app claims go to nginx's own default server");
+            return;
+        }
+    }
+    let checked = tokio::process::Command::new(&config.nginx.binary)
+        .args(["-t", "-q", "-e", "stderr", "-c"])
+        .arg(&config.nginx.main_config)
+        .output()
+        .await;
+    if let Ok(out) = checked {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && stderr.contains("duplicate default server") {
+            let _ = std::fs::remove_file(path);
+            tracing::warn!(error = %stderr.trim(), "another server is the default on a shared listener (Debian's default site?): host names no app claims go to it, not to a 404");
+        }
     }
 }

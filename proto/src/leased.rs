@@ -14,6 +14,7 @@ use crate::session::Session;
 use crate::ProtoError;
 use etcd_client::{Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -39,6 +40,44 @@ pub struct HeldKey {
 impl HeldKey {
     pub fn new(key: String, value: String, hold: Hold) -> HeldKey {
         HeldKey { key, value, hold }
+    }
+}
+
+/// Several owners' held keys (an agent's apps, a sidecar's apps), merged into the one set a
+/// single [`hold_keys`] keeps written under one lease.
+#[derive(Clone)]
+pub struct HeldSet {
+    apps: Arc<Mutex<BTreeMap<String, Vec<HeldKey>>>>,
+    tx: Arc<watch::Sender<Vec<HeldKey>>>,
+}
+
+impl HeldSet {
+    /// An empty set, and what [`proto::leased::hold_keys`] follows.
+    pub fn new() -> (HeldSet, watch::Receiver<Vec<HeldKey>>) {
+        let (tx, rx) = watch::channel(Vec::new());
+        (
+            HeldSet {
+                apps: Arc::default(),
+                tx: Arc::new(tx),
+            },
+            rx,
+        )
+    }
+
+    /// Replaces `owner`'s keys.
+    pub fn publish(&self, owner: &str, keys: Vec<HeldKey>) {
+        let mut apps = self.apps.lock().expect("held set lock");
+        apps.insert(owner.to_string(), keys);
+        self.tx
+            .send_replace(apps.values().flatten().cloned().collect());
+    }
+
+    /// Stops holding `owner`'s keys: the holder deletes them.
+    pub fn remove(&self, app: &str) {
+        let mut apps = self.apps.lock().expect("held set lock");
+        apps.remove(app);
+        self.tx
+            .send_replace(apps.values().flatten().cloned().collect());
     }
 }
 

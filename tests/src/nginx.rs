@@ -341,8 +341,67 @@ impl SidecarProc {
             &format!("sidecar {name}"),
             program,
             args,
-            nginx.dir.join(format!("{name}.log")),
+            nginx.dir.join(match app {
+                APP => format!("{name}.log"),
+                _ => format!("{name}-{app}.log"),
+            }),
             env,
+        );
+        SidecarProc {
+            daemon,
+            name: name.to_string(),
+            status_port,
+            status_address: "127.0.0.1".into(),
+        }
+    }
+
+    /// One `lb-sidecar` serving every app of `apps` (name, server names) on `nginx`'s listeners
+    /// (`[[apps]]`), each app in its own include file beside the fleet's: nginx's main config
+    /// must include them all (`conf.d/*.conf`).
+    pub fn start_apps(
+        etcd: &Etcd,
+        name: &str,
+        nginx: &Nginx,
+        apps: &[(&str, &[&str])],
+    ) -> SidecarProc {
+        let status_port = free_port("127.0.0.1");
+        let address = &nginx.address;
+        let entries: String = apps
+            .iter()
+            .map(|(app, names)| {
+                let names: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+                format!(
+                    "[[apps]]\nname = \"{app}\"\nserver_names = [{}]\n",
+                    names.join(", ")
+                )
+            })
+            .collect();
+        let config = format!(
+            "etcd = [{}]\nprefix = \"{PREFIX}\"\nname = \"{name}\"\nlisten = \"{address}:{}\"\n\
+             preview_listen = \"{address}:{}\"\nstatus_listen = \"127.0.0.1:{status_port}\"\nlease_ttl = \"5s\"\n\
+             state_dir = \"{}\"\n{entries}\
+             [nginx]\nbinary = \"nginx\"\nmain_config = \"{}\"\ninclude_file = \"{}\"\npid_file = \"{}\"\n\
+             status_listen = \"127.0.0.1:{}\"\n",
+            etcd.endpoints_toml(),
+            nginx.listen,
+            nginx.preview,
+            nginx.dir.join(format!("sidecar-{name}")).display(),
+            nginx.main_config.display(),
+            nginx.include_file.display(),
+            nginx.pid_file.display(),
+            nginx.status,
+        );
+        let config_path = nginx.dir.join(format!("{name}.toml"));
+        std::fs::write(&config_path, config).unwrap();
+        let daemon = Daemon::start_with_env(
+            &format!("sidecar {name}"),
+            binary("lb-sidecar"),
+            vec!["--config".into(), config_path.into_os_string()],
+            nginx.dir.join(format!("{name}.log")),
+            vec![(
+                "BLUEGREEN_SIDECAR_UPSTREAMS_ALLOW".to_string(),
+                "127.0.0.0/8".to_string(),
+            )],
         );
         SidecarProc {
             daemon,

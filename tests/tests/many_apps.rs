@@ -545,3 +545,145 @@ async fn an_app_is_served_over_https_by_its_host_name_and_a_renewed_certificate_
     })
     .await;
 }
+
+/// One sidecar serves both apps of an LB (`[[apps]]`): each app's server names in its own
+/// include file on the shared listeners, the sidecar's own default server answering 404 for any
+/// other host name, both apps' keys under the sidecar's one lease, one `/metrics` with an `app`
+/// label. Both apps deploy at the same time, twice, under load for each host name, with no
+/// failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sidecar_serves_two_apps_by_host_name_under_one_lease() {
+    let setup = bluegreen_tests::fleet::Setup {
+        etcd: bluegreen_tests::Etcd::start().await,
+        agent_extra: &|_| String::new(),
+        sidecar_extra: &|_, _| String::new(),
+        coordinator_env: Vec::new(),
+    };
+    let mut fleet = Fleet::start_setup(2, 0, setup).await;
+    let client = fleet.client.clone();
+    let shop = Keys::new(PREFIX, "shop").unwrap();
+    let api = Keys::new(PREFIX, "api").unwrap();
+    for host in &mut fleet.hosts {
+        let api_ports = Ports {
+            blue: free_port(&host.address),
+            green: free_port(&host.address),
+        };
+        host.use_apps(&[
+            AppEntry {
+                name: "shop".into(),
+                ports: host.ports,
+                state_dir: Some(host.state_dir.clone()),
+            },
+            AppEntry {
+                name: "api".into(),
+                ports: api_ports,
+                state_dir: None,
+            },
+        ]);
+        host.restart();
+    }
+    for host in ["host-1", "host-2"] {
+        wait_for(&format!("api registered on {host}"), WAIT, || {
+            let (client, key) = (&client, api.host(host));
+            async move { get_raw(client, &key).await }
+        })
+        .await;
+    }
+    let nginx = bluegreen_tests::nginx::Nginx::start();
+    let main = std::fs::read_to_string(&nginx.main_config)
+        .unwrap()
+        .replace(
+            &format!("include {};", nginx.include_file.display()),
+            &format!("include {}/conf.d/*.conf;", nginx.dir.display()),
+        );
+    std::fs::write(&nginx.main_config, main).unwrap();
+    let sidecar = bluegreen_tests::nginx::SidecarProc::start_apps(
+        &fleet.etcd,
+        "lb-0",
+        &nginx,
+        &[("shop", &["shop.test"]), ("api", &["api.test"])],
+    );
+    for keys in [&shop, &api] {
+        wait_for(
+            &format!("{}'s registration on lb-0", keys.app()),
+            WAIT,
+            || {
+                let (client, key) = (&client, keys.lb("lb-0"));
+                async move { get_raw(client, &key).await }
+            },
+        )
+        .await;
+    }
+    // One lease holds both apps' liveness.
+    let mut c = client.clone();
+    let mut leases = Vec::new();
+    for keys in [&shop, &api] {
+        let resp = c.get(keys.lb_alive("lb-0"), None).await.unwrap();
+        leases.push(resp.kvs().first().expect("lb-alive").lease());
+    }
+    assert!(leases[0] != 0 && leases[0] == leases[1], "{leases:?}");
+
+    let shop_spec = fleet.spec("shop", &[]);
+    let api_text = std::fs::read_to_string(&shop_spec)
+        .unwrap()
+        .replace("app = \"shop\"", "app = \"api\"")
+        .replace("shop.db", "api.db");
+    let api_spec = fleet.raw_spec("api", &api_text);
+    let api_deploy = |version: &str| {
+        let mut command = fleet.deploy_command(&api_spec, version, &[]);
+        command.env("BLUEGREEN_APP", "api");
+        command.output()
+    };
+    let (shop_v1, api_a1) = tokio::join!(fleet.deploy(&shop_spec, "v1", &[]), api_deploy("a1"));
+    assert_ok(&shop_v1, "shop v1");
+    assert_ok(&api_a1.unwrap(), "api a1");
+    let url = nginx.url("/api/v1/status");
+    let (status, _, version) = get_as(&url, "shop.test").await;
+    assert_eq!((status, version.as_deref()), (200, Some("v1")));
+    let (status, _, version) = get_as(&url, "api.test").await;
+    assert_eq!((status, version.as_deref()), (200, Some("a1")));
+    let (status, color, _) = get_as(&url, "nobody.test").await;
+    assert_eq!(
+        (status, color),
+        (404, None),
+        "an unclaimed host name reached an app"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loads: Vec<_> = ["shop.test", "api.test"]
+        .into_iter()
+        .map(|host| {
+            bluegreen_tests::load::spawn_as(url.clone(), Some(host.into()), false, stop.clone())
+        })
+        .collect();
+    let (shop_v2, api_a2) = tokio::join!(fleet.deploy(&shop_spec, "v2", &[]), api_deploy("a2"));
+    assert_ok(&shop_v2, "shop v2");
+    assert_ok(&api_a2.unwrap(), "api a2");
+    stop.store(true, Ordering::Relaxed);
+    for load in loads {
+        let report = load.await.unwrap();
+        assert!(report.ok > 0, "no load ran");
+        report.assert_none_failed();
+    }
+    let (_, _, version) = get_as(&url, "api.test").await;
+    assert_eq!(version.as_deref(), Some("a2"));
+    let metrics = reqwest::get(sidecar.metrics_url())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metrics
+            .matches("# TYPE bluegreen_lb_reloads counter")
+            .count(),
+        1,
+        "{metrics}"
+    );
+    for app in ["shop", "api"] {
+        assert!(
+            metrics.contains(&format!("bluegreen_lb_reloads_total{{app=\"{app}\"}}")),
+            "{metrics}"
+        );
+    }
+}

@@ -185,6 +185,7 @@ async fn floor_of_one(
             request_log: None,
             server_names: Vec::new(),
             tls: None,
+            status_host: None,
         };
         with_revision(&render(BUILTIN_TEMPLATE, &view).unwrap(), 1)
     };
