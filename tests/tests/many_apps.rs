@@ -360,32 +360,7 @@ async fn two_apps_share_one_listener_routed_by_host_name() {
         ),
     )
     .unwrap();
-    for host in &mut fleet.hosts {
-        let api_ports = Ports {
-            blue: free_port(&host.address),
-            green: free_port(&host.address),
-        };
-        host.use_apps(&[
-            AppEntry {
-                name: "shop".into(),
-                ports: host.ports,
-                state_dir: Some(host.state_dir.clone()),
-            },
-            AppEntry {
-                name: "api".into(),
-                ports: api_ports,
-                state_dir: None,
-            },
-        ]);
-        host.restart();
-    }
-    for host in ["host-1", "host-2"] {
-        wait_for(&format!("api registered on {host}"), WAIT, || {
-            let (client, key) = (&client, api.host(host));
-            async move { get_raw(client, &key).await }
-        })
-        .await;
-    }
+    run_shop_and_api_on_every_host(&mut fleet, &api).await;
     let _api_sidecar = bluegreen_tests::nginx::SidecarProc::start_app(
         &fleet.etcd,
         "lb-0",
@@ -399,54 +374,7 @@ async fn two_apps_share_one_listener_routed_by_host_name() {
     })
     .await;
 
-    let shop_spec = fleet.spec("shop", &[]);
-    // api's own spec and database (the demo app's SQLite file).
-    let api_text = std::fs::read_to_string(&shop_spec)
-        .unwrap()
-        .replace("app = \"shop\"", "app = \"api\"")
-        .replace("shop.db", "api.db");
-    let api_spec = fleet.raw_spec("api", &api_text);
-    let api_deploy = |version: &str| {
-        let mut command = fleet.deploy_command(&api_spec, version, &[]);
-        command.env("BLUEGREEN_APP", "api");
-        command.output()
-    };
-    let (shop_v1, api_a1) = tokio::join!(fleet.deploy(&shop_spec, "v1", &[]), api_deploy("a1"));
-    assert_ok(&shop_v1, "shop v1");
-    assert_ok(&api_a1.unwrap(), "api a1");
-
-    let url = fleet.lbs[0].url("/api/v1/status");
-    let (status, _, version) = get_as(&url, "shop.test").await;
-    assert_eq!((status, version.as_deref()), (200, Some("v1")));
-    let (status, _, version) = get_as(&url, "api.test").await;
-    assert_eq!((status, version.as_deref()), (200, Some("a1")));
-    let (status, color, _) = get_as(&url, "nobody.test").await;
-    assert_eq!(
-        (status, color),
-        (404, None),
-        "an unclaimed host name reached an app"
-    );
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let loads: Vec<_> = ["shop.test", "api.test"]
-        .into_iter()
-        .map(|host| {
-            bluegreen_tests::load::spawn_as(url.clone(), Some(host.into()), false, stop.clone())
-        })
-        .collect();
-    let (shop_v2, api_a2) = tokio::join!(fleet.deploy(&shop_spec, "v2", &[]), api_deploy("a2"));
-    assert_ok(&shop_v2, "shop v2");
-    assert_ok(&api_a2.unwrap(), "api a2");
-    stop.store(true, Ordering::Relaxed);
-    for load in loads {
-        let report = load.await.unwrap();
-        assert!(report.ok > 0, "no load ran");
-        report.assert_none_failed();
-    }
-    let (_, _, version) = get_as(&url, "shop.test").await;
-    assert_eq!(version.as_deref(), Some("v2"));
-    let (_, _, version) = get_as(&url, "api.test").await;
-    assert_eq!(version.as_deref(), Some("a2"));
+    deploy_both_twice_under_load(&fleet, &fleet.lbs[0].url("/api/v1/status")).await;
 }
 
 /// The certificate (PEM) the server at 127.0.0.1:`port` presents for the SNI `name`, if any.
@@ -563,32 +491,7 @@ async fn one_sidecar_serves_two_apps_by_host_name_under_one_lease() {
     let client = fleet.client.clone();
     let shop = Keys::new(PREFIX, "shop").unwrap();
     let api = Keys::new(PREFIX, "api").unwrap();
-    for host in &mut fleet.hosts {
-        let api_ports = Ports {
-            blue: free_port(&host.address),
-            green: free_port(&host.address),
-        };
-        host.use_apps(&[
-            AppEntry {
-                name: "shop".into(),
-                ports: host.ports,
-                state_dir: Some(host.state_dir.clone()),
-            },
-            AppEntry {
-                name: "api".into(),
-                ports: api_ports,
-                state_dir: None,
-            },
-        ]);
-        host.restart();
-    }
-    for host in ["host-1", "host-2"] {
-        wait_for(&format!("api registered on {host}"), WAIT, || {
-            let (client, key) = (&client, api.host(host));
-            async move { get_raw(client, &key).await }
-        })
-        .await;
-    }
+    run_shop_and_api_on_every_host(&mut fleet, &api).await;
     let nginx = bluegreen_tests::nginx::Nginx::start();
     let main = std::fs::read_to_string(&nginx.main_config)
         .unwrap()
@@ -623,50 +526,7 @@ async fn one_sidecar_serves_two_apps_by_host_name_under_one_lease() {
     }
     assert!(leases[0] != 0 && leases[0] == leases[1], "{leases:?}");
 
-    let shop_spec = fleet.spec("shop", &[]);
-    let api_text = std::fs::read_to_string(&shop_spec)
-        .unwrap()
-        .replace("app = \"shop\"", "app = \"api\"")
-        .replace("shop.db", "api.db");
-    let api_spec = fleet.raw_spec("api", &api_text);
-    let api_deploy = |version: &str| {
-        let mut command = fleet.deploy_command(&api_spec, version, &[]);
-        command.env("BLUEGREEN_APP", "api");
-        command.output()
-    };
-    let (shop_v1, api_a1) = tokio::join!(fleet.deploy(&shop_spec, "v1", &[]), api_deploy("a1"));
-    assert_ok(&shop_v1, "shop v1");
-    assert_ok(&api_a1.unwrap(), "api a1");
-    let url = nginx.url("/api/v1/status");
-    let (status, _, version) = get_as(&url, "shop.test").await;
-    assert_eq!((status, version.as_deref()), (200, Some("v1")));
-    let (status, _, version) = get_as(&url, "api.test").await;
-    assert_eq!((status, version.as_deref()), (200, Some("a1")));
-    let (status, color, _) = get_as(&url, "nobody.test").await;
-    assert_eq!(
-        (status, color),
-        (404, None),
-        "an unclaimed host name reached an app"
-    );
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let loads: Vec<_> = ["shop.test", "api.test"]
-        .into_iter()
-        .map(|host| {
-            bluegreen_tests::load::spawn_as(url.clone(), Some(host.into()), false, stop.clone())
-        })
-        .collect();
-    let (shop_v2, api_a2) = tokio::join!(fleet.deploy(&shop_spec, "v2", &[]), api_deploy("a2"));
-    assert_ok(&shop_v2, "shop v2");
-    assert_ok(&api_a2.unwrap(), "api a2");
-    stop.store(true, Ordering::Relaxed);
-    for load in loads {
-        let report = load.await.unwrap();
-        assert!(report.ok > 0, "no load ran");
-        report.assert_none_failed();
-    }
-    let (_, _, version) = get_as(&url, "api.test").await;
-    assert_eq!(version.as_deref(), Some("a2"));
+    deploy_both_twice_under_load(&fleet, &nginx.url("/api/v1/status")).await;
     let metrics = reqwest::get(sidecar.metrics_url())
         .await
         .unwrap()
@@ -685,5 +545,88 @@ async fn one_sidecar_serves_two_apps_by_host_name_under_one_lease() {
             metrics.contains(&format!("bluegreen_lb_reloads_total{{app=\"{app}\"}}")),
             "{metrics}"
         );
+    }
+}
+
+/// shop and api deploy at the same time, twice, through the LB at `url` routed by host name: the
+/// first time each host name gets its own app's version and an unclaimed one gets 404 and no
+/// app; the second time under load for each host name, with no failed request.
+async fn deploy_both_twice_under_load(fleet: &Fleet, url: &str) {
+    let shop_spec = fleet.spec("shop", &[]);
+    // api's own spec and database (the demo app's SQLite file).
+    let api_text = std::fs::read_to_string(&shop_spec)
+        .unwrap()
+        .replace("app = \"shop\"", "app = \"api\"")
+        .replace("shop.db", "api.db");
+    let api_spec = fleet.raw_spec("api", &api_text);
+    let api_deploy = |version: &str| {
+        let mut command = fleet.deploy_command(&api_spec, version, &[]);
+        command.env("BLUEGREEN_APP", "api");
+        command.output()
+    };
+    let (shop_v1, api_a1) = tokio::join!(fleet.deploy(&shop_spec, "v1", &[]), api_deploy("a1"));
+    assert_ok(&shop_v1, "shop v1");
+    assert_ok(&api_a1.unwrap(), "api a1");
+    let (status, _, version) = get_as(url, "shop.test").await;
+    assert_eq!((status, version.as_deref()), (200, Some("v1")));
+    let (status, _, version) = get_as(url, "api.test").await;
+    assert_eq!((status, version.as_deref()), (200, Some("a1")));
+    let (status, color, _) = get_as(url, "nobody.test").await;
+    assert_eq!(
+        (status, color),
+        (404, None),
+        "an unclaimed host name reached an app"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loads: Vec<_> = ["shop.test", "api.test"]
+        .into_iter()
+        .map(|host| {
+            bluegreen_tests::load::spawn_as(url.to_string(), Some(host.into()), false, stop.clone())
+        })
+        .collect();
+    let (shop_v2, api_a2) = tokio::join!(fleet.deploy(&shop_spec, "v2", &[]), api_deploy("a2"));
+    assert_ok(&shop_v2, "shop v2");
+    assert_ok(&api_a2.unwrap(), "api a2");
+    stop.store(true, Ordering::Relaxed);
+    for load in loads {
+        let report = load.await.unwrap();
+        assert!(report.ok > 0, "no load ran");
+        report.assert_none_failed();
+    }
+    let (_, _, version) = get_as(url, "shop.test").await;
+    assert_eq!(version.as_deref(), Some("v2"));
+    let (_, _, version) = get_as(url, "api.test").await;
+    assert_eq!(version.as_deref(), Some("a2"));
+}
+
+/// Every host's agent runs shop (adopting the single-app layout) and api, each on its own ports;
+/// returns once api is registered on every host.
+async fn run_shop_and_api_on_every_host(fleet: &mut Fleet, api: &Keys) {
+    for host in &mut fleet.hosts {
+        let api_ports = Ports {
+            blue: free_port(&host.address),
+            green: free_port(&host.address),
+        };
+        host.use_apps(&[
+            AppEntry {
+                name: "shop".into(),
+                ports: host.ports,
+                state_dir: Some(host.state_dir.clone()),
+            },
+            AppEntry {
+                name: "api".into(),
+                ports: api_ports,
+                state_dir: None,
+            },
+        ]);
+        host.restart();
+    }
+    for host in fleet.hosts.iter().map(|h| h.host.clone()) {
+        wait_for(&format!("api registered on {host}"), WAIT, || {
+            let (client, key) = (&fleet.client, api.host(&host));
+            async move { get_raw(client, &key).await }
+        })
+        .await;
     }
 }
