@@ -6,6 +6,9 @@
 # deploys v2 while a load loop runs through both load balancers, and shows `coordinator status`,
 # the history, `coordinator migrate status` and the load loop's failure count (zero).
 # Ctrl-C stops everything. `--once` exits after showing.
+# `--two-apps`: the same fleet runs two apps, shop and api: one agent per host runs both
+# ([[apps]]), one sidecar per load balancer serves both on the same port by host name
+# (shop.localhost, api.localhost), and both deploy v2 at the same time under load.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,7 +17,14 @@ ETCD_PORT=${BLUEGREEN_QUICKSTART_ETCD_PORT:-2379}
 ETCD=http://127.0.0.1:$ETCD_PORT
 HOSTS=(11 12 13)
 ONCE=0
-[[ ${1:-} == --once ]] && ONCE=1
+APPS=(shop)
+for arg in "$@"; do
+    case $arg in
+        --once) ONCE=1 ;;
+        --two-apps) APPS=(shop api) ;;
+        *) echo "usage: deploy/quickstart.sh [--once] [--two-apps]" >&2; exit 2 ;;
+    esac
+done
 
 bash "$ROOT/deploy/install-deps.sh"
 echo "quickstart: building (release)"
@@ -25,7 +35,7 @@ cleanup() {
     echo "quickstart: stopping agents, apps and etcd"
     for n in "${HOSTS[@]}"; do
         [[ -f $WORK/agent-$n.pid ]] && kill "$(cat "$WORK/agent-$n.pid")" 2>/dev/null || true
-        for pidfile in "$WORK"/state-"$n"/*.pid.json; do
+        for pidfile in "$WORK"/state-"$n"/*.pid.json "$WORK"/state-"$n"/apps/*/*.pid.json; do
             [[ -f $pidfile ]] || continue
             pid=$(sed -E 's/.*"pid":([0-9]+).*/\1/' "$pidfile")
             kill -TERM -- "-$pid" 2>/dev/null || true
@@ -58,13 +68,27 @@ SHA=$(sha256sum "$WORK/demo-app.tar.gz" | cut -d' ' -f1)
 
 # The demo app writes its SQLite file under $WORK, owned by root: --run-as root says so. On a
 # real fleet leave run_as at its default, the unprivileged bluegreen-app user.
+# With two apps, each agent's config lists both, each on its own ports.
 for n in "${HOSTS[@]}"; do
-    "$BIN/agent" --etcd "$ETCD" --app shop --host "host-$n" --address "127.0.0.$n" --run-as root \
-        --state-dir "$WORK/state-$n" --grpc-socket "$WORK/agent-$n.sock" --blue-port 8080 --green-port 8081 \
+    if ((${#APPS[@]} > 1)); then
+        cat >"$WORK/agent-$n.toml" <<TOML
+[[apps]]
+name = "shop"
+ports = { blue = 8080, green = 8081 }
+[[apps]]
+name = "api"
+ports = { blue = 9080, green = 9081 }
+TOML
+        app_args=(--config "$WORK/agent-$n.toml")
+    else
+        app_args=(--app shop --blue-port 8080 --green-port 8081)
+    fi
+    "$BIN/agent" --etcd "$ETCD" "${app_args[@]}" --host "host-$n" --address "127.0.0.$n" --run-as root \
+        --state-dir "$WORK/state-$n" --grpc-socket "$WORK/agent-$n.sock" \
         >"$WORK/agent-$n.log" 2>&1 &
     echo $! >"$WORK/agent-$n.pid"
 done
-echo "quickstart: agents for host-11, host-12, host-13 started (logs in $WORK)"
+echo "quickstart: agents for host-11, host-12, host-13 started, running ${APPS[*]} (logs in $WORK)"
 
 
 # The app spec. The schema comes from deploy/examples/migrations (SQLite, the embedded default):
@@ -72,12 +96,12 @@ echo "quickstart: agents for host-11, host-12, host-13 started (logs in $WORK)"
 # `coordinator migrate contract`. v2 is the same binary with FEATURE_FLAG_NEW_API=1 (it reads and
 # writes items.description).
 spec() {
-    local flag=$1
+    local app=$1 flag=$2
     cat <<TOML
-app = "shop"
+app = "$app"
 [run]
 command = ["./demo-app"]
-env = { DATABASE_URL = "sqlite://$WORK/shop.db?mode=rwc", DEMO_AUTO_SCHEMA = "0", FEATURE_FLAG_NEW_API = "$flag" }
+env = { DATABASE_URL = "sqlite://$WORK/$app.db?mode=rwc", DEMO_AUTO_SCHEMA = "0", FEATURE_FLAG_NEW_API = "$flag" }
 stop_timeout = "10s"
 [health]
 path = "/health"
@@ -93,50 +117,91 @@ path = "/api/v1/items"
 status = 200
 [migrations]
 dir = "$ROOT/deploy/examples/migrations"
-database_url = "sqlite://$WORK/shop.db?mode=rwc"
+database_url = "sqlite://$WORK/$app.db?mode=rwc"
 TOML
 }
-spec 0 >"$WORK/bluegreen.toml"
-spec 1 >"$WORK/bluegreen-v2.toml"
+for app in "${APPS[@]}"; do
+    spec "$app" 0 >"$WORK/$app.toml"
+    spec "$app" 1 >"$WORK/$app-v2.toml"
+done
+# The single-app names the README uses.
+cp "$WORK/shop.toml" "$WORK/bluegreen.toml"
+cp "$WORK/shop-v2.toml" "$WORK/bluegreen-v2.toml"
 
-# Two load balancers, each an nginx of its own with an lb-sidecar owning its include file.
+# Two load balancers, each an nginx of its own with an lb-sidecar owning its include file (with
+# two apps: one file per app, bluegreen-<app>.conf, and bluegreen-default.conf answering 404 for
+# any other host name).
 for lb in 1 2; do
     dir=$WORK/lb-$lb
     mkdir -p "$dir/tmp"
     printf 'server { listen 127.0.0.1:800%s; return 503; }\n' $((lb - 1)) >"$dir/bluegreen-shop.conf"
     sed -e "s|@DIR@|$dir|g" "$ROOT/deploy/examples/nginx.conf" >"$dir/nginx.conf"
+    if ((${#APPS[@]} > 1)); then
+        sed -i -e "s|include $dir/bluegreen-shop.conf;|include $dir/bluegreen-*.conf;|" "$dir/nginx.conf"
+        cat >"$dir/sidecar.toml" <<TOML
+[[apps]]
+name = "shop"
+server_names = ["shop.localhost"]
+[[apps]]
+name = "api"
+server_names = ["api.localhost"]
+TOML
+        app_args=(--config "$dir/sidecar.toml")
+    else
+        app_args=(--app shop)
+    fi
     nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
-    "$BIN/lb-sidecar" --etcd "$ETCD" --app shop --name "lb-$lb" \
+    "$BIN/lb-sidecar" --etcd "$ETCD" "${app_args[@]}" --name "lb-$lb" \
         --listen "127.0.0.1:800$((lb - 1))" --preview-listen "127.0.0.1:808$((lb + 7))" --status-listen "127.0.0.1:990$lb" \
         --nginx-main-config "$dir/nginx.conf" --nginx-include-file "$dir/bluegreen-shop.conf" --nginx-pid-file "$dir/nginx.pid" \
         --nginx-status-listen "127.0.0.1:991$lb" --state-dir "$dir/sidecar-state" \
         --upstreams-allow 127.0.0.0/8 >"$dir/sidecar.log" 2>&1 &
     echo $! >"$dir/sidecar.pid"
 done
-for _ in $(seq 100); do
-    [[ $(etcdctl --endpoints "$ETCD" get --prefix /bluegreen/shop/lbs/ --keys-only | grep -c lbs/) -eq 2 ]] && break
-    sleep 0.1
+for app in "${APPS[@]}"; do
+    for _ in $(seq 100); do
+        [[ $(etcdctl --endpoints "$ETCD" get --prefix "/bluegreen/$app/lbs/" --keys-only | grep -c lbs/) -eq 2 ]] && break
+        sleep 0.1
+    done
 done
 export BLUEGREEN_ETCD=$ETCD BLUEGREEN_APP=shop
 coordinator() { "$BIN/coordinator" "$@"; }
+# Deploys `version` of every app, at the same time (each under its own lock), and fails if any does.
+deploy_all() {
+    local version=$1 suffix=$2 pids=() app
+    for app in "${APPS[@]}"; do
+        coordinator --app "$app" deploy --spec "$WORK/$app$suffix.toml" --version "$version" \
+            --artifact "file://$WORK/demo-app.tar.gz" --sha256 "$SHA" &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid"; done
+}
+# What a request for `app` sends as Host: any, with one app; its name, with two.
+host_of() { if ((${#APPS[@]} > 1)); then echo "$1.localhost"; else echo "127.0.0.1"; fi; }
 
-echo "quickstart: coordinator deploy v1 (the first deploy goes to blue)"
-coordinator deploy --spec "$WORK/bluegreen.toml" --version v1 --artifact "file://$WORK/demo-app.tar.gz" --sha256 "$SHA"
+echo "quickstart: coordinator deploy v1 of ${APPS[*]} (the first deploy goes to blue)"
+deploy_all v1 ""
 
 # A load loop through both load balancers while v2 is deployed: every failed request is counted.
 load() {
-    local ok=0 failed=0
+    local ok=0 failed=0 app port
     while [[ ! -f $WORK/stop-load ]]; do
-        for port in 8000 8001; do
-            if curl -sf -o /dev/null "http://127.0.0.1:$port/api/v1/status"; then ok=$((ok + 1)); else failed=$((failed + 1)); fi
+        for app in "${APPS[@]}"; do
+            for port in 8000 8001; do
+                if curl -sf -o /dev/null -H "Host: $(host_of "$app")" "http://127.0.0.1:$port/api/v1/status"; then
+                    ok=$((ok + 1))
+                else
+                    failed=$((failed + 1))
+                fi
+            done
         done
     done
     echo "$ok $failed" >"$WORK/load-result"
 }
 load &
 LOAD_PID=$!
-echo "quickstart: coordinator deploy v2 while a load loop runs through both load balancers"
-coordinator deploy --spec "$WORK/bluegreen-v2.toml" --version v2 --artifact "file://$WORK/demo-app.tar.gz" --sha256 "$SHA"
+echo "quickstart: coordinator deploy v2 of ${APPS[*]} while a load loop runs through both load balancers"
+deploy_all v2 -v2
 touch "$WORK/stop-load"
 wait $LOAD_PID
 read -r ok failed <"$WORK/load-result"
@@ -146,10 +211,20 @@ echo
 coordinator history
 echo
 coordinator migrate status --spec "$WORK/bluegreen-v2.toml"
+if ((${#APPS[@]} > 1)); then
+    echo
+    coordinator apps
+fi
 echo
 echo "quickstart: load loop during the v2 deploy: $ok requests succeeded, $failed failed"
-echo "quickstart: lb-1 -> $(curl -s http://127.0.0.1:8000/api/v1/status)"
-echo "quickstart: lb-2 -> $(curl -s http://127.0.0.1:8001/api/v1/status)"
+for app in "${APPS[@]}"; do
+    for lb in 1 2; do
+        echo "quickstart: lb-$lb ($app) -> $(curl -s -H "Host: $(host_of "$app")" "http://127.0.0.1:800$((lb - 1))/api/v1/status")"
+    done
+done
+if ((${#APPS[@]} > 1)); then
+    echo "quickstart: a host name no app claims -> HTTP $(curl -s -o /dev/null -w '%{http_code}' -H 'Host: nobody.localhost' http://127.0.0.1:8000/)"
+fi
 echo "quickstart: try 'BLUEGREEN_ETCD=$ETCD $BIN/coordinator --app shop rollback'"
 echo "quickstart: and 'BLUEGREEN_ETCD=$ETCD $BIN/coordinator migrate contract --spec $WORK/bluegreen-v2.toml' (refused while blue runs v1)"
 [[ $failed -eq 0 ]] || { echo "quickstart: requests failed during the deploy" >&2; exit 1; }
