@@ -184,7 +184,7 @@ impl<N: NginxControl> Applier<N> {
         let text = render::with_revision(&rendered, revision);
         let previous = self.nginx.current();
         self.nginx.install(&text)?;
-        let reloaded = self.nginx.reload();
+        let reloaded = self.nginx.reload_in_batch().await;
         let expected = format!("{revision} {color}");
         let verified = match &reloaded {
             Ok(old_workers) => {

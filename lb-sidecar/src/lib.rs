@@ -86,6 +86,16 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         held_rx,
         shutdown.clone(),
     ));
+    // One nginx for every app: their debounced changes share reloads.
+    let hub = multi.then(|| {
+        let signaller = nginx::Nginx::new(
+            config.nginx.clone(),
+            config.listen,
+            None,
+            config.state_dir.clone(),
+        );
+        Arc::new(nginx::ReloadHub::new(move || signaller.reload()))
+    });
     let mut followers = tokio::task::JoinSet::new();
     for (app, (_, metrics)) in apps.into_iter().zip(metrics) {
         let request_log = start_request_log(&app, metrics.clone());
@@ -96,6 +106,10 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             app.state_dir.clone(),
         )
         .with_status_host(app.status_host.clone());
+        let nginx = match &hub {
+            Some(hub) => nginx.with_hub(hub.clone(), &app.app),
+            None => nginx,
+        };
         followers.spawn(follow_in(
             app,
             client.clone(),
@@ -432,14 +446,22 @@ impl<N: NginxControl> Follower<N> {
                         }
                         match effect {
                             Effect::Switch => {
+                                // A switch reloads at once, never waiting for other apps; it
+                                // carries this app's pending change with it.
                                 debounce_until = None;
+                                self.applier.nginx.batch_leave();
                                 if self.apply(true).await {
                                     self.metrics.observe_switch(seen.elapsed());
                                 }
                                 retry.after(self.failed);
                             }
                             Effect::Topology => {
-                                debounce_until.get_or_insert_with(|| self.churn_reload_at());
+                                if debounce_until.is_none() {
+                                    // With other apps on this nginx, the first one's change opens
+                                    // a batch that every app's change joins: one reload for all.
+                                    let at = self.churn_reload_at();
+                                    debounce_until = Some(self.applier.nginx.batch_join(at));
+                                }
                             }
                             Effect::None => {}
                         }
@@ -459,7 +481,9 @@ impl<N: NginxControl> Follower<N> {
                 },
                 _ = debounce, if debounce_until.is_some() => {
                     debounce_until = None;
-                    if self.apply(false).await {
+                    let applied = self.apply(false).await;
+                    self.applier.nginx.batch_leave();
+                    if applied {
                         self.prevalidate_other().await;
                     }
                     retry.after(self.failed);

@@ -32,6 +32,7 @@ pub struct Metrics {
     switch_seconds: Histogram,
     last_etcd_write: Gauge<f64, AtomicU64>,
     resident_bytes: Gauge,
+    reload_signals: Gauge,
     upstream_requests: Family<ColorLabel, Counter>,
     upstream_errors: Family<ColorLabel, Counter>,
     upstream_seconds: Family<ColorLabel, Histogram>,
@@ -95,6 +96,12 @@ impl Metrics {
             "the sidecar process's resident memory",
             resident_bytes.clone(),
         );
+        let reload_signals = Gauge::default();
+        registry.register(
+            "nginx_reload_signals",
+            "reload signals this sidecar sent nginx, for every app it serves (a batch of several apps' changes is one)",
+            reload_signals.clone(),
+        );
         let upstream_requests = Family::<ColorLabel, Counter>::default();
         registry.register(
             "upstream_requests",
@@ -135,6 +142,7 @@ impl Metrics {
             switch_seconds,
             last_etcd_write,
             resident_bytes,
+            reload_signals,
             color: Mutex::new(None),
             error: Mutex::new(None),
         }
@@ -244,6 +252,8 @@ impl Metrics {
         if let Some(bytes) = proto::daemon::resident_bytes() {
             self.resident_bytes.set(bytes as i64);
         }
+        self.reload_signals
+            .set(crate::nginx::ReloadHub::signals() as i64);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encoding into a String cannot fail");

@@ -27,6 +27,21 @@ pub trait NginxControl: Send + Sync + 'static {
     fn install(&self, text: &str) -> Result<(), SidecarError>;
     /// Asks nginx to load the installed file; returns the workers of the generation before.
     fn reload(&self) -> Result<Vec<i32>, SidecarError>;
+    /// [`NginxControl::reload`] for a debounced change, which may share one reload with the other
+    /// apps' changes of the same batch (see [`ReloadHub`]); by default at once.
+    fn reload_in_batch(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Vec<i32>, SidecarError>> + Send {
+        std::future::ready(self.reload())
+    }
+    /// Puts this app's debounced change into the batch that reloads at `at` or sooner, and says
+    /// when that is.
+    fn batch_join(&self, at: Instant) -> Instant {
+        at
+    }
+    /// This app's change is applied, dropped, or applied at once (a switch): it no longer holds
+    /// the batch back.
+    fn batch_leave(&self) {}
     /// Waits until no worker of `old` still accepts connections; false after `timeout`.
     fn wait_old_workers(
         &self,
@@ -42,6 +57,8 @@ pub trait NginxControl: Send + Sync + 'static {
 }
 
 pub struct Nginx {
+    /// With several apps: the batch this app's debounced reloads go through, and its name there.
+    hub: Option<(std::sync::Arc<ReloadHub>, String)>,
     config: NginxConfig,
     public_url: String,
     status_url: String,
@@ -80,6 +97,7 @@ impl Nginx {
             .build()
             .expect("http client");
         Nginx {
+            hub: None,
             config,
             public_url,
             status_url,
@@ -87,6 +105,12 @@ impl Nginx {
             state_dir,
             http,
         }
+    }
+
+    /// Sends this app's debounced reloads through `hub`, as `app`.
+    pub fn with_hub(mut self, hub: std::sync::Arc<ReloadHub>, app: &str) -> Nginx {
+        self.hub = Some((hub, app.to_string()));
+        self
     }
 
     /// Asks for the revision as `host` (the app's status server among several).
@@ -226,7 +250,28 @@ impl NginxControl for Nginx {
     /// SIGHUP to the master: nginx re-reads its config, starts new workers and lets the old ones
     /// finish their in-flight requests. Returns the workers that ran before, which must stop
     /// accepting before the switch is complete (see [`Nginx::wait_old_workers`]).
+    async fn reload_in_batch(&self) -> Result<Vec<i32>, SidecarError> {
+        match &self.hub {
+            Some((hub, app)) => hub.reload(app).await,
+            None => self.reload(),
+        }
+    }
+
+    fn batch_join(&self, at: Instant) -> Instant {
+        match &self.hub {
+            Some((hub, app)) => hub.join(app, at),
+            None => at,
+        }
+    }
+
+    fn batch_leave(&self) {
+        if let Some((hub, app)) = &self.hub {
+            hub.leave(app);
+        }
+    }
+
     fn reload(&self) -> Result<Vec<i32>, SidecarError> {
+        SIGNALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = self.master_pid()?;
         self.check_master(pid)?;
         let old = workers_of(pid);
@@ -354,5 +399,216 @@ pub async fn install_default_servers(config: &crate::config::Config, path: &std:
             let _ = std::fs::remove_file(path);
             tracing::warn!(error = %stderr.trim(), "another server is the default on a shared listener (Debian's default site?): host names no app claims go to it, not to a 404");
         }
+    }
+}
+
+/// Reload signals sent to nginx by this process (every app's), for `/metrics`.
+pub static SIGNALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// One nginx reload for the debounced changes of several apps (a host that dies touches every
+/// app it runs): each app joins the pending batch when it sees a change, and the batch's one
+/// signal goes once every member has installed its file or left (nothing to change, an error, or
+/// a switch, which never waits and reloads at once). A member that waits longer than
+/// [`BATCH_WAIT`] reloads on its own, so a stuck app cannot hold the others back.
+pub struct ReloadHub {
+    state: std::sync::Mutex<Batch>,
+    signalled: tokio::sync::Notify,
+    signal: Box<dyn Fn() -> Result<Vec<i32>, SidecarError> + Send + Sync>,
+    /// How long a member waits for the others ([`BATCH_WAIT`]).
+    wait: Duration,
+}
+
+#[derive(Default)]
+struct Batch {
+    /// When the pending batch reloads, if one is pending.
+    at: Option<Instant>,
+    members: std::collections::BTreeSet<String>,
+    /// Members whose file is installed and who wait for the signal.
+    ready: std::collections::BTreeSet<String>,
+    /// Batches signalled so far, and the last one's result (the old workers, or why not).
+    signalled: u64,
+    result: Option<Result<Vec<i32>, String>>,
+}
+
+/// The longest a batch member waits for the others before reloading on its own.
+pub const BATCH_WAIT: Duration = Duration::from_secs(2);
+
+impl ReloadHub {
+    /// A hub that reloads with `signal` (one nginx master for every app).
+    pub fn new(
+        signal: impl Fn() -> Result<Vec<i32>, SidecarError> + Send + Sync + 'static,
+    ) -> ReloadHub {
+        ReloadHub {
+            state: std::sync::Mutex::new(Batch::default()),
+            signalled: tokio::sync::Notify::new(),
+            signal: Box::new(signal),
+            wait: BATCH_WAIT,
+        }
+    }
+
+    /// Adds `app` to the pending batch (opened at `at` if none is); returns when it reloads.
+    pub fn join(&self, app: &str, at: Instant) -> Instant {
+        let mut b = self.state.lock().expect("batch lock");
+        b.members.insert(app.to_string());
+        *b.at.get_or_insert(at)
+    }
+
+    /// `app` no longer holds the batch back; if every other member is ready, it is signalled.
+    pub fn leave(&self, app: &str) {
+        let mut b = self.state.lock().expect("batch lock");
+        b.members.remove(app);
+        b.ready.remove(app);
+        if !b.members.is_empty() && b.ready.is_superset(&b.members) {
+            self.fire(&mut b);
+        }
+    }
+
+    fn fire(&self, b: &mut Batch) {
+        let result = (self.signal)().map_err(|e| e.to_string());
+        b.signalled += 1;
+        b.result = Some(result);
+        b.members.clear();
+        b.ready.clear();
+        b.at = None;
+        self.signalled.notify_waiters();
+    }
+
+    /// Reloads for `app`: at once when it is not in the pending batch; otherwise once every
+    /// member is ready (or after [`BATCH_WAIT`], on its own).
+    pub async fn reload(&self, app: &str) -> Result<Vec<i32>, SidecarError> {
+        let signalled = self.signalled.notified();
+        tokio::pin!(signalled);
+        signalled.as_mut().enable();
+        let mine = {
+            let mut b = self.state.lock().expect("batch lock");
+            if !b.members.contains(app) {
+                drop(b);
+                return (self.signal)();
+            }
+            b.ready.insert(app.to_string());
+            if b.ready.is_superset(&b.members) {
+                self.fire(&mut b);
+                return b
+                    .result
+                    .clone()
+                    .expect("just signalled")
+                    .map_err(SidecarError::Reload);
+            }
+            b.signalled
+        };
+        let deadline = tokio::time::sleep(self.wait);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut signalled => {
+                    let b = self.state.lock().expect("batch lock");
+                    if b.signalled > mine {
+                        return b.result.clone().expect("signalled").map_err(SidecarError::Reload);
+                    }
+                    drop(b);
+                    signalled.set(self.signalled.notified());
+                    signalled.as_mut().enable();
+                }
+                _ = &mut deadline => {
+                    let mut b = self.state.lock().expect("batch lock");
+                    if b.signalled > mine {
+                        return b.result.clone().expect("signalled").map_err(SidecarError::Reload);
+                    }
+                    b.members.remove(app);
+                    b.ready.remove(app);
+                    drop(b);
+                    tracing::warn!(%app, "the other apps of its reload batch did not come; reloading on its own");
+                    return (self.signal)();
+                }
+            }
+        }
+    }
+
+    /// Reload signals sent through this hub's batches or at once.
+    pub fn signals() -> u64 {
+        SIGNALS.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    fn hub() -> (Arc<ReloadHub>, Arc<AtomicU64>) {
+        let count = Arc::new(AtomicU64::new(0));
+        let c = count.clone();
+        let hub = ReloadHub::new(move || {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![7])
+        });
+        (Arc::new(hub), count)
+    }
+
+    #[tokio::test]
+    async fn the_members_of_a_batch_share_one_reload() {
+        let (hub, count) = hub();
+        let at = Instant::now();
+        hub.join("shop", at);
+        hub.join("api", at + Duration::from_secs(9));
+        let shop = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.reload("shop").await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(hub.reload("api").await.unwrap(), vec![7]);
+        assert_eq!(shop.await.unwrap().unwrap(), vec![7]);
+        assert_eq!(count.load(Ordering::SeqCst), 1, "one reload for both");
+    }
+
+    #[tokio::test]
+    async fn a_batch_opens_at_its_first_member_and_a_switch_never_waits() {
+        let (hub, count) = hub();
+        let at = Instant::now();
+        assert_eq!(hub.join("shop", at), at);
+        assert_eq!(
+            hub.join("api", at + Duration::from_secs(5)),
+            at,
+            "the batch's time"
+        );
+        // A switch of another app: at once, the batch still pending.
+        hub.reload("web").await.unwrap();
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        // shop has nothing to change: it leaves; api, alone, reloads at once.
+        hub.leave("shop");
+        hub.reload("api").await.unwrap();
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_member_leaving_releases_the_ones_that_wait() {
+        let (hub, count) = hub();
+        hub.join("shop", Instant::now());
+        hub.join("api", Instant::now());
+        let shop = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.reload("shop").await }
+        });
+        tokio::task::yield_now().await;
+        hub.leave("api");
+        assert!(shop.await.unwrap().is_ok());
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_member_whose_batch_never_completes_reloads_on_its_own() {
+        let count = Arc::new(AtomicU64::new(0));
+        let c = count.clone();
+        let mut hub = ReloadHub::new(move || {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![7])
+        });
+        hub.wait = Duration::from_millis(50);
+        hub.join("shop", Instant::now());
+        hub.join("api", Instant::now());
+        // api never comes: shop waits its bound, then reloads alone.
+        hub.reload("shop").await.unwrap();
+        assert_eq!(count.load(Ordering::SeqCst), 1);
     }
 }

@@ -379,7 +379,7 @@ impl SidecarProc {
         let config = format!(
             "etcd = [{}]\nprefix = \"{PREFIX}\"\nname = \"{name}\"\nlisten = \"{address}:{}\"\n\
              preview_listen = \"{address}:{}\"\nstatus_listen = \"127.0.0.1:{status_port}\"\nlease_ttl = \"5s\"\n\
-             state_dir = \"{}\"\n{entries}\
+             debounce = \"1s\"\nstate_dir = \"{}\"\n{entries}\
              [nginx]\nbinary = \"nginx\"\nmain_config = \"{}\"\ninclude_file = \"{}\"\npid_file = \"{}\"\n\
              status_listen = \"127.0.0.1:{}\"\n",
             etcd.endpoints_toml(),

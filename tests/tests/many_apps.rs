@@ -546,6 +546,46 @@ async fn one_sidecar_serves_two_apps_by_host_name_under_one_lease() {
             "{metrics}"
         );
     }
+
+    // host-2's agent dies: its one lease takes both apps' keys for host-2 in one revision, and
+    // both apps' changes go into one reload.
+    let signals = "bluegreen_lb_nginx_reload_signals{app=\"shop\"}";
+    let before = sidecar.metric(signals).await.expect("the signal count");
+    let live = active(&client).await.expect("active").color;
+    let host2 = fleet.hosts[1].address.clone();
+    fleet.hosts[1].kill9();
+    let mut applied = Vec::new();
+    for keys in [&shop, &api] {
+        let revision = wait_for(
+            &format!("lb-0 to drop host-2 from {}", keys.app()),
+            WAIT,
+            || {
+                let (client, key, host2) = (&client, keys.lb_upstreams("lb-0"), &host2);
+                async move {
+                    let bytes = get_raw(client, &key).await?;
+                    let lists: proto::records::LbUpstreamsRecord = decode(&key, &bytes).ok()?;
+                    let live_list = lists.upstreams.get(&live)?;
+                    if live_list
+                        .iter()
+                        .any(|a| a.starts_with(&format!("{host2}:")))
+                    {
+                        return None;
+                    }
+                    let ack = get_raw(client, &keys.lb("lb-0")).await?;
+                    let ack: proto::records::LbRecord = decode(&keys.lb("lb-0"), &ack).ok()?;
+                    Some(ack.applied_revision)
+                }
+            },
+        )
+        .await;
+        applied.push(revision);
+    }
+    assert_eq!(
+        applied[0], applied[1],
+        "both apps applied the same revision"
+    );
+    let after = sidecar.metric(signals).await.expect("the signal count");
+    assert_eq!(after - before, 1.0, "one reload for both apps' changes");
 }
 
 /// shop and api deploy at the same time, twice, through the LB at `url` routed by host name: the
