@@ -119,6 +119,13 @@ impl Nginx {
         self
     }
 
+    /// `<pid file><suffix>`: beside nginx's pid file, which every sidecar of this nginx knows.
+    fn sibling_of_pid_file(&self, suffix: &str) -> PathBuf {
+        let mut name = self.config.pid_file.as_os_str().to_os_string();
+        name.push(suffix);
+        PathBuf::from(name)
+    }
+
     fn sibling(&self, suffix: &str) -> PathBuf {
         let mut name = self
             .config
@@ -274,9 +281,44 @@ impl NginxControl for Nginx {
         SIGNALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = self.master_pid()?;
         self.check_master(pid)?;
+        // One reload at a time on this nginx, whoever sends it (another app of this sidecar, or
+        // another sidecar): a SIGHUP sent while the master still starts the previous generation
+        // is applied after it, so the workers of that previous generation (not yet started when
+        // this one looked for the old workers) would go on accepting with a config that lacks
+        // this change. The previous reload's old workers must have stopped accepting first.
+        // (Without a writable place beside the pid file, reloads go on unserialized.)
+        let lock_path = self.sibling_of_pid_file(".bluegreen-reload");
+        let held = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .ok()
+            .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok());
+        use std::io::{Read, Seek, Write};
+        let mut held = held;
+        if let Some(file) = held.as_mut() {
+            let mut previous = String::new();
+            let _ = file.read_to_string(&mut previous);
+            let previous: Vec<i32> = previous
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            let end = std::time::Instant::now() + Duration::from_secs(5);
+            while previous.iter().any(|&p| accepting_worker(p)) && std::time::Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         let old = workers_of(pid);
         kill(Pid::from_raw(pid), Signal::SIGHUP)
             .map_err(|e| SidecarError::Reload(format!("SIGHUP to nginx master {pid}: {e}")))?;
+        if let Some(file) = held.as_mut() {
+            let shown: Vec<String> = old.iter().map(|p| p.to_string()).collect();
+            let _ = file.set_len(0);
+            let _ = file.rewind();
+            let _ = file.write_all(shown.join(" ").as_bytes());
+        }
         Ok(old)
     }
 

@@ -689,3 +689,56 @@ async fn flapping_health_is_rate_limited_to_one_reload_per_interval() {
         "{during} reloads for {flips} health flips in 6 s (limit: one per 2 s)"
     );
 }
+
+/// Two reloads sent right after each other (two apps switching at once on one nginx): once the
+/// second is verified (its status answers and its old workers stopped accepting), every new
+/// connection gets the second config. A SIGHUP that arrived while nginx still started the first
+/// generation used to count only the generation before as old, and the first generation's
+/// workers, not yet started then, went on accepting with the older config.
+#[tokio::test(flavor = "multi_thread")]
+async fn back_to_back_reloads_leave_no_worker_with_the_older_config() {
+    use lb_sidecar::nginx::NginxControl;
+    let nginx = Nginx::start();
+    let state = tempfile::tempdir().unwrap();
+    let control = lb_sidecar::nginx::Nginx::new(
+        lb_sidecar::config::NginxConfig {
+            binary: "nginx".into(),
+            main_config: nginx.main_config.clone(),
+            include_file: nginx.include_file.clone(),
+            pid_file: nginx.pid_file.clone(),
+            status_listen: format!("127.0.0.1:{}", nginx.status).parse().unwrap(),
+        },
+        format!("127.0.0.1:{}", nginx.listen).parse().unwrap(),
+        None,
+        state.path().to_path_buf(),
+    );
+    let config = |n: u32| {
+        format!(
+            "server {{ listen 127.0.0.1:{}; location / {{ return 200 \"gen{n}\"; }} }}\n\
+             server {{ listen 127.0.0.1:{}; location = /.bluegreen/status {{ return 200 \"{n} blue\\n\"; }} }}\n",
+            nginx.listen, nginx.status
+        )
+    };
+    let fresh = bluegreen_tests::load::fresh_connections(std::time::Duration::from_secs(5));
+    for round in 1..=25u32 {
+        let (first, second) = (2 * round - 1, 2 * round);
+        control.install(&config(first)).unwrap();
+        control.reload().unwrap();
+        control.install(&config(second)).unwrap();
+        let old = control.reload().unwrap();
+        let wait = std::time::Duration::from_secs(5);
+        assert!(control.wait_serving(&format!("{second} blue"), wait).await);
+        assert!(control.wait_old_workers(&old, wait).await);
+        for _ in 0..20 {
+            let body = fresh
+                .get(nginx.url("/"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert_eq!(body, format!("gen{second}"), "round {round}");
+        }
+    }
+}
