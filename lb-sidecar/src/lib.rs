@@ -71,21 +71,6 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     if let Some(path) = &config.default_server {
         nginx::install_default_servers(&config, path).await;
     }
-    std::fs::create_dir_all(&config.state_dir)
-        .map_err(|e| SidecarError::io(&config.state_dir, e))?;
-    // One lease for every app this sidecar serves.
-    let holder = Holder {
-        instance: proto::leased::instance_id(&config.state_dir),
-        held: proto::leased::HeldSet::new(),
-    };
-    let (held, held_rx) = holder.held;
-    let holding = tokio::spawn(proto::leased::hold_keys(
-        client.clone(),
-        config.lease_ttl,
-        holder.instance.clone(),
-        held_rx,
-        shutdown.clone(),
-    ));
     // One nginx for every app: their debounced changes share reloads.
     let hub = multi.then(|| {
         let signaller = nginx::Nginx::new(
@@ -96,7 +81,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         );
         Arc::new(nginx::ReloadHub::new(move || signaller.reload()))
     });
-    let mut followers = tokio::task::JoinSet::new();
+    let mut seams = Vec::new();
     for (app, (_, metrics)) in apps.into_iter().zip(metrics) {
         let request_log = start_request_log(&app, metrics.clone());
         let nginx = nginx::Nginx::new(
@@ -110,18 +95,54 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             Some(hub) => nginx.with_hub(hub.clone(), &app.app),
             None => nginx,
         };
-        followers.spawn(follow_in(
-            app,
-            client.clone(),
+        seams.push(AppSeams {
+            config: app,
             nginx,
             metrics,
             request_log,
-            (held.clone(), holder.instance.clone()),
+        });
+    }
+    follow_apps(&config, client, seams, shutdown).await
+}
+
+/// One app a sidecar serves: its settings and the seams its follower works through.
+pub struct AppSeams<N> {
+    pub config: Config,
+    pub nginx: N,
+    pub metrics: Arc<Metrics>,
+    pub request_log: RequestLog,
+}
+
+/// Keeps every app of `apps` following etcd, all under one lease taken with `sidecar`'s TTL and
+/// state directory, until `shutdown`: the real sidecar over real nginx, or a hollow LB (the scale
+/// benchmarks' test support) over a stand-in. The first follower to end (shutdown, or an app that
+/// could not start) ends the sidecar: nginx keeps serving what it was last given.
+pub async fn follow_apps<N: NginxControl>(
+    sidecar: &Config,
+    client: etcd_client::Client,
+    apps: Vec<AppSeams<N>>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), SidecarError> {
+    std::fs::create_dir_all(&sidecar.state_dir)
+        .map_err(|e| SidecarError::io(&sidecar.state_dir, e))?;
+    let instance = proto::leased::instance_id(&sidecar.state_dir);
+    let (held, held_rx) = proto::leased::HeldSet::new();
+    let holding = tokio::spawn(proto::leased::hold_keys(
+        client.clone(),
+        sidecar.lease_ttl,
+        instance.clone(),
+        held_rx,
+        shutdown.clone(),
+    ));
+    let mut followers = tokio::task::JoinSet::new();
+    for app in apps {
+        followers.spawn(follow_in(
+            app,
+            client.clone(),
+            (held.clone(), instance.clone()),
             shutdown.clone(),
         ));
     }
-    // The first follower to end (shutdown, or an app that could not start) ends the sidecar:
-    // nginx keeps serving what it was last given.
     let result = match followers.join_next().await {
         Some(Ok(result)) => result,
         Some(Err(e)) => Err(SidecarError::Setting(format!("a follower failed: {e}"))),
@@ -132,12 +153,6 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         let _ = holding.await;
     }
     result
-}
-
-/// The lease holder's instance and the set of keys it holds (every app's).
-struct Holder {
-    instance: String,
-    held: (proto::leased::HeldSet, watch::Receiver<Vec<HeldKey>>),
 }
 
 /// Where nginx logs requests to, and the tally they go into: the socket in the state directory.
@@ -168,52 +183,21 @@ fn start_request_log(config: &Config, metrics: Arc<Metrics>) -> RequestLog {
     }
 }
 
-/// Claims the LB name, then keeps `nginx` serving what etcd says until `shutdown`: the real
-/// sidecar over real nginx, or a hollow LB (the scale benchmarks' test support) over a stand-in.
-pub async fn follow<N: NginxControl>(
-    config: Config,
-    client: etcd_client::Client,
-    nginx: N,
-    metrics: Arc<Metrics>,
-    request_log: RequestLog,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(), SidecarError> {
-    std::fs::create_dir_all(&config.state_dir)
-        .map_err(|e| SidecarError::io(&config.state_dir, e))?;
-    let instance = proto::leased::instance_id(&config.state_dir);
-    let (held, held_rx) = proto::leased::HeldSet::new();
-    let holding = tokio::spawn(proto::leased::hold_keys(
-        client.clone(),
-        config.lease_ttl,
-        instance.clone(),
-        held_rx,
-        shutdown.clone(),
-    ));
-    let followed = follow_in(
-        config,
-        client,
-        nginx,
-        metrics,
-        request_log,
-        (held, instance),
-        shutdown,
-    )
-    .await;
-    let _ = holding.await;
-    followed
-}
-
-/// [`follow`] of one app whose keys go into `held`, which the sidecar holds under its one lease
-/// with its other apps' keys (as `instance`).
+/// Claims the LB name for one app, then keeps its nginx serving what etcd says until
+/// `shutdown`. Its keys go into `held`, which the sidecar holds under its one lease with its
+/// other apps' keys (as `instance`).
 async fn follow_in<N: NginxControl>(
-    config: Config,
+    app: AppSeams<N>,
     client: etcd_client::Client,
-    nginx: N,
-    metrics: Arc<Metrics>,
-    request_log: RequestLog,
     (held, instance): (proto::leased::HeldSet, String),
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), SidecarError> {
+    let AppSeams {
+        config,
+        nginx,
+        metrics,
+        request_log,
+    } = app;
     let keys = Keys::new(&config.prefix, &config.app)?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| SidecarError::io(&config.state_dir, e))?;
