@@ -35,6 +35,19 @@ impl Nginx {
         Nginx::start_at(None, None)
     }
 
+    /// Makes the main config include every `.conf` file beside the include file (as Debian's
+    /// `conf.d/*.conf` glob does): an `[[apps]]` sidecar writes a file per app. Takes effect at
+    /// the next reload.
+    pub fn include_every_app(&self) {
+        let main = std::fs::read_to_string(&self.main_config)
+            .expect("nginx main config")
+            .replace(
+                &format!("include {};", self.include_file.display()),
+                &format!("include {}/conf.d/*.conf;", self.dir.display()),
+            );
+        std::fs::write(&self.main_config, main).expect("write nginx main config");
+    }
+
     /// [`Nginx::start`] inside network namespace `ns`, listening on its address; with
     /// `include_disk_mib`, the include file's directory is a tmpfs of that size.
     pub fn start_in(ns: &crate::netns::Ns, include_disk_mib: Option<u64>) -> Nginx {

@@ -347,11 +347,7 @@ async fn two_apps_share_one_listener_routed_by_host_name() {
     // nginx includes every app's file, and its default server answers the host names no app
     // claims (on Debian, the default site does).
     let lb = &fleet.lbs[0];
-    let main = std::fs::read_to_string(&lb.main_config).unwrap().replace(
-        &format!("include {};", lb.include_file.display()),
-        &format!("include {}/conf.d/*.conf;", lb.dir.display()),
-    );
-    std::fs::write(&lb.main_config, main).unwrap();
+    lb.include_every_app();
     std::fs::write(
         lb.dir.join("conf.d").join("00-default.conf"),
         format!(
@@ -493,13 +489,7 @@ async fn one_sidecar_serves_two_apps_by_host_name_under_one_lease() {
     let api = Keys::new(PREFIX, "api").unwrap();
     run_shop_and_api_on_every_host(&mut fleet, &api).await;
     let nginx = bluegreen_tests::nginx::Nginx::start();
-    let main = std::fs::read_to_string(&nginx.main_config)
-        .unwrap()
-        .replace(
-            &format!("include {};", nginx.include_file.display()),
-            &format!("include {}/conf.d/*.conf;", nginx.dir.display()),
-        );
-    std::fs::write(&nginx.main_config, main).unwrap();
+    nginx.include_every_app();
     let sidecar = bluegreen_tests::nginx::SidecarProc::start_apps(
         &fleet.etcd,
         "lb-0",

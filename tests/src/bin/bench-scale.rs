@@ -4,9 +4,12 @@
 //! real binary, talking to etcd through a byte-counting proxy.
 //!   cargo build --release --workspace --bins && target/release/bench-scale
 //! Options: --hosts 10,1000,5000  --lbs 1,10,50  --real-lbs 5  --rollbacks 20  --start-delay 2s
+//! --apps 20 (every host and LB serves 20 apps; the measured deploy and rollbacks are the first
+//! app's, and then 1 % of the hosts crash, to count each LB's reloads for every app's change)
 use bluegreen_tests::rss_kib;
-use bluegreen_tests::scale::{coordinator, hollow_spec, metrics, HollowFleet};
-use std::path::Path;
+use bluegreen_tests::scale::{coordinator, coordinator_for, hollow_spec_for, metrics, HollowFleet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -16,6 +19,7 @@ struct Options {
     real_lbs: usize,
     rollbacks: usize,
     start_delay: Duration,
+    apps: usize,
 }
 
 impl Options {
@@ -26,6 +30,7 @@ impl Options {
             real_lbs: 5,
             rollbacks: 20,
             start_delay: Duration::from_secs(2),
+            apps: 1,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let list = |v: &str| -> Vec<usize> {
@@ -41,6 +46,7 @@ impl Options {
                 "--lbs" => o.lbs = list(value),
                 "--real-lbs" => o.real_lbs = value.parse().expect("--real-lbs N"),
                 "--rollbacks" => o.rollbacks = value.parse().expect("--rollbacks N"),
+                "--apps" => o.apps = value.parse().expect("--apps N"),
                 "--start-delay" => {
                     o.start_delay = humantime::parse_duration(value).expect("--start-delay 2s")
                 }
@@ -52,7 +58,7 @@ impl Options {
 }
 
 fn usage(arg: &str) -> ! {
-    eprintln!("bench-scale: unknown or incomplete argument {arg:?}\nusage: bench-scale [--hosts 10,1000,5000] [--lbs 1,10,50] [--real-lbs 5] [--rollbacks 20] [--start-delay 2s]");
+    eprintln!("bench-scale: unknown or incomplete argument {arg:?}\nusage: bench-scale [--hosts 10,1000,5000] [--lbs 1,10,50] [--real-lbs 5] [--rollbacks 20] [--start-delay 2s] [--apps 1]");
     std::process::exit(2)
 }
 
@@ -89,10 +95,12 @@ fn median(mut values: Vec<f64>) -> f64 {
 async fn steady_state(fleet: &HollowFleet, hosts: usize, window: Duration) {
     let pid = fleet.etcd.pid().expect("etcd runs");
     let before = metrics::received_by_method(&fleet.etcd.endpoint).await;
-    let cpu_before = metrics::cpu_seconds(pid);
+    let me = std::process::id();
+    let cpu_before = (metrics::cpu_seconds(pid), metrics::cpu_seconds(me));
     tokio::time::sleep(window).await; // the measuring window, not a wait: nothing to poll for
     let after = metrics::received_by_method(&fleet.etcd.endpoint).await;
-    let cpu = metrics::cpu_seconds(pid) - cpu_before;
+    let cpu = metrics::cpu_seconds(pid) - cpu_before.0;
+    let fleet_cpu = metrics::cpu_seconds(me) - cpu_before.1;
     let secs = window.as_secs_f64();
     let mut total = 0.0;
     let mut parts = Vec::new();
@@ -104,10 +112,11 @@ async fn steady_state(fleet: &HollowFleet, hosts: usize, window: Duration) {
         }
     }
     println!(
-        "  steady state, {hosts} hosts: etcd receives {total:.0} req/s ({:.3} per host per s: {}), etcd CPU {:.0} % of one core",
+        "  steady state, {hosts} hosts: etcd receives {total:.0} req/s ({:.3} per host per s: {}), etcd CPU {:.0} % of one core, the hollow fleet's {:.0} %",
         total / hosts as f64,
         parts.join(", "),
-        cpu / secs * 100.0
+        cpu / secs * 100.0,
+        fleet_cpu / secs * 100.0
     );
 }
 
@@ -164,14 +173,60 @@ async fn nginx_floor(fleet: &HollowFleet) -> Option<(f64, f64)> {
     Some((median(tests), median(reloads)))
 }
 
+/// `n` hosts crash: every app's view changes in one revision, and each LB should reload once for
+/// all of them.
+async fn hosts_crash_under_every_app(fleet: &mut HollowFleet, n: usize) {
+    let signals_before: Vec<u64> = fleet
+        .hollow_lbs
+        .iter()
+        .map(|m| m.signals.load(Ordering::Relaxed))
+        .collect();
+    let mut real_before = Vec::new();
+    for (_, sidecar) in &fleet.real_lbs {
+        real_before.push(reload_signals(sidecar).await);
+    }
+    let revision = fleet.crash_hosts(n).await;
+    fleet.await_lbs_applied(revision).await;
+    let signals: Vec<u64> = fleet
+        .hollow_lbs
+        .iter()
+        .zip(signals_before)
+        .map(|(m, before)| m.signals.load(Ordering::Relaxed) - before)
+        .collect();
+    let mut real = Vec::new();
+    for ((_, sidecar), before) in fleet.real_lbs.iter().zip(real_before) {
+        real.push(format!("{:.0}", reload_signals(sidecar).await - before));
+    }
+    println!(
+        "         {n} host(s) crashed under {} apps: reload signals per hollow LB until every LB of every app applied it: {}–{}; per real LB: {}",
+        fleet.apps.len(),
+        signals.iter().min().unwrap_or(&0),
+        signals.iter().max().unwrap_or(&0),
+        real.join(" ")
+    );
+}
+
+/// Every reload signal a sidecar sent its nginx (each app's series shows the same count).
+async fn reload_signals(sidecar: &bluegreen_tests::nginx::SidecarProc) -> f64 {
+    let text = reqwest::get(sidecar.metrics_url())
+        .await
+        .expect("sidecar metrics")
+        .text()
+        .await
+        .expect("sidecar metrics text");
+    text.lines()
+        .filter(|l| l.starts_with("bluegreen_lb_nginx_reload_signals"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max)
+}
+
 #[tokio::main]
 async fn main() {
     let o = Options::parse();
     let dir = tempfile::tempdir().unwrap();
-    let (spec, artifact_url) = hollow_spec(dir.path());
     println!(
-        "bench-scale: hollow hosts start their app in {:?}; {} rollbacks per row; up to {} real nginx LBs",
-        o.start_delay, o.rollbacks, o.real_lbs
+        "bench-scale: hollow hosts start their app in {:?}; {} rollbacks per row; up to {} real nginx LBs; {} app(s) on every host and LB",
+        o.start_delay, o.rollbacks, o.real_lbs, o.apps
     );
     println!(
         "{:>6} {:>4} {:>5} | {:>9} {:>9} | {:>8} {:>8} | {:>9} {:>7} {:>7} | {:>8} {:>8} | {:>8} {:>8}",
@@ -179,7 +234,16 @@ async fn main() {
         "coordMB", "agentKB", "switch", "valid."
     );
     for &hosts in &o.hosts {
-        let mut fleet = HollowFleet::start().await;
+        let mut fleet = HollowFleet::start_with_apps(o.apps).await;
+        let specs: Vec<(PathBuf, String)> = fleet
+            .apps
+            .iter()
+            .enumerate()
+            // The measured app's hosts probe it every second; the other apps' every 10 s, or
+            // 20,000 hollow apps' probes would take a core from the control plane on 2 cores.
+            .map(|(i, app)| hollow_spec_for(dir.path(), app, if i == 0 { "1s" } else { "10s" }))
+            .collect();
+        let (spec, artifact_url) = specs[0].clone();
         let me = std::process::id();
         let rss_before = rss_kib(me).unwrap_or(0);
         let started = Instant::now();
@@ -192,7 +256,7 @@ async fn main() {
         let (etcd, counters) = fleet.counted_endpoint().await;
         // One deploy before the measured ones, so that both colors run and rollback has a target.
         fleet.grow_lbs(o.lbs[0], o.real_lbs).await;
-        let deploy_args = |v: &str| -> Vec<String> {
+        let deploy_args = |(spec, artifact_url): &(PathBuf, String), v: &str| -> Vec<String> {
             [
                 "deploy",
                 "--spec",
@@ -200,13 +264,20 @@ async fn main() {
                 "--version",
                 v,
                 "--artifact",
-                &artifact_url,
+                artifact_url,
             ]
             .map(String::from)
             .to_vec()
         };
-        let args = deploy_args("v0");
-        coordinator(&etcd, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        for (app, spec) in fleet.apps.iter().zip(&specs) {
+            let args = deploy_args(spec, "v0");
+            coordinator_for(
+                &etcd,
+                app,
+                &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+            .await;
+        }
         let mut version = 0;
         let mut steady_measured = false;
         for &lbs in &o.lbs {
@@ -216,7 +287,7 @@ async fn main() {
             let before = counters.now();
             let etcd_pid = fleet.etcd.pid().expect("etcd runs");
             let cpu_before = (metrics::cpu_seconds(etcd_pid), metrics::cpu_seconds(me));
-            let args = deploy_args(&v);
+            let args = deploy_args(&(spec.clone(), artifact_url.clone()), &v);
             let deploy =
                 coordinator(&etcd, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
             let mut coordinator_kib = deploy.peak_rss_kib;
@@ -272,6 +343,9 @@ async fn main() {
                 deploy.as_secs_f64() * 2.0,
                 ms(status)
             );
+        }
+        if fleet.apps.len() > 1 {
+            hosts_crash_under_every_app(&mut fleet, (hosts / 100).max(1)).await;
         }
         let sidecar_mib: Vec<String> = fleet
             .real_lbs

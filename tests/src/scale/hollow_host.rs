@@ -136,48 +136,73 @@ pub struct HollowHost {
     pub address: String,
 }
 
-/// Starts a hollow host: claims its host name like a real agent, then runs the real control
-/// plane over a [`HollowRuntime`] until `shutdown`.
+/// Starts a hollow host running every app of `apps` (their keys): claims its host name in each
+/// like a real agent, then runs the real control plane of each over its own [`HollowRuntime`]
+/// (made by `runtime`), every app's keys under the host's one lease, until `shutdown`.
 pub async fn spawn(
     client: etcd_client::Client,
-    keys: Keys,
+    apps: Vec<Keys>,
     host: HollowHost,
     lease_ttl: Duration,
-    runtime: HollowRuntime,
+    runtime: impl Fn() -> HollowRuntime,
     shutdown: watch::Receiver<bool>,
-) -> Result<ControlPlane, String> {
+) -> Result<Vec<ControlPlane>, String> {
     let instance = format!("hollow-{}-{}", host.name, uuid_like());
-    proto::leased::await_claim(
-        &client,
-        &keys.host(&host.name),
-        &instance,
-        lease_ttl + Duration::from_secs(2),
-    )
-    .await
-    .map_err(|e| format!("host {}: {e}", host.name))?;
-    let record = HostRecord {
-        host: host.name,
-        address: host.address,
-        ports: Ports {
-            blue: 8080,
-            green: 8081,
-        },
-        grpc: "127.0.0.1:0".into(),
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        started_at: proto::time::now_rfc3339(),
-        instance: Some(instance),
-    };
-    let settings = ControlPlaneSettings {
-        client,
-        keys,
-        host: record,
+    for keys in &apps {
+        proto::leased::await_claim(
+            &client,
+            &keys.host(&host.name),
+            &instance,
+            lease_ttl + Duration::from_secs(2),
+        )
+        .await
+        .map_err(|e| format!("host {} in {}: {e}", host.name, keys.app()))?;
+    }
+    let (held, held_rx) = agent::apps::HeldSet::new();
+    let holder = tokio::spawn(proto::leased::hold_keys(
+        client.clone(),
         lease_ttl,
-        max_restarts: 3,
-        // No trusted keys: the token floor is never consulted, nothing is written there.
-        trusted: proto::signing::TrustedKeys::default(),
-        state_dir: std::env::temp_dir(),
-    };
-    Ok(ControlPlane::spawn(settings, Arc::new(runtime), shutdown))
+        instance.clone(),
+        held_rx,
+        shutdown.clone(),
+    ));
+    let mut planes = Vec::new();
+    for (i, keys) in apps.into_iter().enumerate() {
+        // Each app on its own pair of ports, as `[[apps]]` requires.
+        let base = 8080 + 2 * i as u16;
+        let record = HostRecord {
+            host: host.name.clone(),
+            address: host.address.clone(),
+            ports: Ports {
+                blue: base,
+                green: base + 1,
+            },
+            grpc: "127.0.0.1:0".into(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: proto::time::now_rfc3339(),
+            instance: Some(instance.clone()),
+        };
+        let settings = ControlPlaneSettings {
+            client: client.clone(),
+            keys,
+            host: record,
+            lease_ttl,
+            max_restarts: 3,
+            // No trusted keys: the token floor is never consulted, nothing is written there.
+            trusted: proto::signing::TrustedKeys::default(),
+            state_dir: std::env::temp_dir(),
+        };
+        planes.push(ControlPlane::spawn_in(
+            settings,
+            Arc::new(runtime()),
+            shutdown.clone(),
+            held.clone(),
+        ));
+    }
+    if let Some(first) = planes.first_mut() {
+        first.tasks.push(holder);
+    }
+    Ok(planes)
 }
 
 /// A per-process unique suffix: hollow hosts of one run never share an instance id.

@@ -9,6 +9,7 @@ use crate::nginx::{Nginx, SidecarProc};
 use crate::procs::{APP, PREFIX};
 use crate::{binary, Etcd};
 use hollow_host::{HollowHost, HollowRuntime, Script};
+use nginx_standin::StandInMaster;
 use proto::Keys;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,10 +27,14 @@ pub struct HollowFleet {
     pub etcd: Etcd,
     clients: Vec<etcd_client::Client>,
     shutdown: watch::Sender<bool>,
-    hosts: Vec<agent::ControlPlane>,
+    /// Every hollow host's control planes, one per app.
+    hosts: Vec<Vec<agent::ControlPlane>>,
     /// Real nginx LBs with their sidecar processes.
     pub real_lbs: Vec<(Nginx, SidecarProc)>,
-    hollow_lbs: usize,
+    /// Each hollow LB's nginx stand-in master: what it was asked to reload.
+    pub hollow_lbs: Vec<std::sync::Arc<StandInMaster>>,
+    /// The apps every host and LB serves (the first is [`APP`]).
+    pub apps: Vec<String>,
     dir: tempfile::TempDir,
     /// Hosts start their apps up to this much later than the start delay, in 20 steps, as a real
     /// fleet's hosts never all become healthy at the same instant (zero: all at once).
@@ -38,6 +43,11 @@ pub struct HollowFleet {
 
 impl HollowFleet {
     pub async fn start() -> HollowFleet {
+        HollowFleet::start_with_apps(1).await
+    }
+
+    /// A fleet whose hosts and LBs each serve `apps` apps: [`APP`], `app-02`, …
+    pub async fn start_with_apps(apps: usize) -> HollowFleet {
         let etcd = Etcd::start().await;
         let mut clients = Vec::new();
         for _ in 0..CLIENTS {
@@ -49,18 +59,32 @@ impl HollowFleet {
             shutdown: watch::channel(false).0,
             hosts: Vec::new(),
             real_lbs: Vec::new(),
-            hollow_lbs: 0,
+            hollow_lbs: Vec::new(),
+            apps: (1..=apps)
+                .map(|i| match i {
+                    1 => APP.to_string(),
+                    i => format!("app-{i:02}"),
+                })
+                .collect(),
             dir: tempfile::tempdir().expect("scale dir"),
             start_spread: Duration::ZERO,
         }
     }
 
+    /// The keys of [`APP`], the first app.
     pub fn keys(&self) -> Keys {
         Keys::new(PREFIX, APP).expect("keys")
     }
 
+    fn all_keys(&self) -> Vec<Keys> {
+        self.apps
+            .iter()
+            .map(|app| Keys::new(PREFIX, app).expect("keys"))
+            .collect()
+    }
+
     pub fn lb_count(&self) -> usize {
-        self.real_lbs.len() + self.hollow_lbs
+        self.real_lbs.len() + self.hollow_lbs.len()
     }
 
     pub fn host_count(&self) -> usize {
@@ -72,13 +96,16 @@ impl HollowFleet {
     pub async fn grow_hosts(&mut self, total: usize, start_delay: Duration) {
         // In waves, as a real fleet's hosts come up: 5,000 agents registering in the same second
         // is a storm no fleet sees, and it measures etcd's overload, not the control plane.
-        let keys = self.keys();
+        // Hosts register in each app in turn, so the last app's count covers the others.
+        let keys = self.all_keys().pop().expect("an app");
         let client = self.clients[0].clone();
         while self.hosts.len() < total {
             let first = self.hosts.len();
             let wave_end = (first + HOSTS_PER_WAVE).min(total);
             let starting: Vec<_> = (first..wave_end)
-                .map(|i| self.spawn_host(i, self.clients[i % CLIENTS].clone(), start_delay))
+                .map(|i| {
+                    self.spawn_host(i, self.clients[i % self.clients.len()].clone(), start_delay)
+                })
                 .collect();
             for started in starting {
                 let plane = started
@@ -107,7 +134,9 @@ impl HollowFleet {
             .expect("hollow host");
         self.hosts.push(plane);
         let name = host_name(i);
-        self.await_key(&name, self.keys().host(&name)).await;
+        for keys in self.all_keys() {
+            self.await_key(&name, keys.host(&name)).await;
+        }
         name
     }
 
@@ -155,22 +184,71 @@ impl HollowFleet {
         i: usize,
         client: etcd_client::Client,
         start_delay: Duration,
-    ) -> tokio::task::JoinHandle<Result<agent::ControlPlane, String>> {
+    ) -> tokio::task::JoinHandle<Result<Vec<agent::ControlPlane>, String>> {
         let host = HollowHost {
             name: host_name(i),
             address: format!("127.1.{}.{}", i / 250, i % 250 + 1),
         };
+        let delay = start_delay + self.start_spread * (i % 20) as u32 / 20;
         tokio::spawn(hollow_host::spawn(
             client,
-            self.keys(),
+            self.all_keys(),
             host,
             Duration::from_secs(10),
-            HollowRuntime::new(
-                start_delay + self.start_spread * (i % 20) as u32 / 20,
-                Script::Healthy,
-            ),
+            move || HollowRuntime::new(delay, Script::Healthy),
             self.shutdown.subscribe(),
         ))
+    }
+
+    /// Crashes the last `n` hollow hosts as a power cut would: their agents stop, and their one
+    /// lease ends, taking every app's keys of those hosts away in one revision, which this returns.
+    pub async fn crash_hosts(&mut self, n: usize) -> i64 {
+        let mut client = self.clients[0].clone();
+        let mut revision = 0;
+        for _ in 0..n {
+            let i = self.hosts.len() - 1;
+            for plane in self.hosts.pop().expect("a host to crash") {
+                plane.feed.abort();
+                for task in &plane.tasks {
+                    task.abort();
+                }
+            }
+            let key = self.keys().host(&host_name(i));
+            let resp = client.get(key.as_str(), None).await.expect("read host key");
+            let lease = resp.kvs().first().expect("host registered").lease();
+            let revoked = client.lease_revoke(lease).await.expect("revoke lease");
+            revision = revoked.header().map_or(revision, |h| h.revision());
+        }
+        revision
+    }
+
+    /// Waits until every LB of every app acked `revision` or later.
+    pub async fn await_lbs_applied(&self, revision: i64) {
+        let client = self.clients[0].clone();
+        for keys in self.all_keys() {
+            let lbs = self.lb_count();
+            crate::wait_for(
+                &format!("{lbs} LBs of {} to apply revision {revision}", keys.app()),
+                Duration::from_secs(60),
+                || {
+                    let (client, prefix) = (client.clone(), keys.lbs_prefix());
+                    async move {
+                        let options = etcd_client::GetOptions::new().with_prefix();
+                        let resp = client.clone().get(prefix, Some(options)).await.ok()?;
+                        let applied = resp
+                            .kvs()
+                            .iter()
+                            .filter_map(|kv| {
+                                serde_json::from_slice::<proto::records::LbRecord>(kv.value()).ok()
+                            })
+                            .filter(|ack| ack.applied_revision >= revision)
+                            .count();
+                        (applied >= lbs).then_some(())
+                    }
+                },
+            )
+            .await;
+        }
     }
 
     /// Adds LBs until there are `total`: real nginx ones first (up to `real`), hollow ones after.
@@ -181,21 +259,38 @@ impl HollowFleet {
             let name = format!("lb-{n:02}");
             if self.real_lbs.len() < real {
                 let nginx = Nginx::start();
-                let sidecar = SidecarProc::start(&self.etcd, &name, &nginx, "");
+                if self.apps.len() > 1 {
+                    nginx.include_every_app();
+                }
+                let sidecar = if self.apps.len() == 1 {
+                    SidecarProc::start(&self.etcd, &name, &nginx, "")
+                } else {
+                    let names: Vec<[String; 1]> =
+                        self.apps.iter().map(|a| [format!("{a}.test")]).collect();
+                    let names: Vec<[&str; 1]> = names.iter().map(|[n]| [n.as_str()]).collect();
+                    let entries: Vec<(&str, &[&str])> = self
+                        .apps
+                        .iter()
+                        .zip(&names)
+                        .map(|(a, n)| (a.as_str(), &n[..]))
+                        .collect();
+                    SidecarProc::start_apps(&self.etcd, &name, &nginx, &entries)
+                };
                 self.real_lbs.push((nginx, sidecar));
             } else {
-                let client = self.clients[n % CLIENTS].clone();
+                let client = self.clients[n % self.clients.len()].clone();
                 self.spawn_hollow_lb(&name, client);
             }
         }
-        let keys = self.keys();
         let client = self.clients[0].clone();
-        crate::wait_for(
-            &format!("{total} LBs to register"),
-            Duration::from_secs(120),
-            || at_least(&client, keys.lbs_prefix(), total),
-        )
-        .await;
+        for keys in self.all_keys() {
+            crate::wait_for(
+                &format!("{total} LBs to register in {}", keys.app()),
+                Duration::from_secs(120),
+                || at_least(&client, keys.lbs_prefix(), total),
+            )
+            .await;
+        }
     }
 
     /// Adds one hollow LB whose etcd traffic goes through `client` (one a test counts), and
@@ -210,15 +305,36 @@ impl HollowFleet {
     fn spawn_hollow_lb(&mut self, name: &str, client: etcd_client::Client) {
         let config = self.hollow_lb_config(name);
         let shutdown = self.shutdown.subscribe();
+        let master = std::sync::Arc::new(StandInMaster::default());
+        let standin = master.clone();
         tokio::spawn(async move {
-            if let Err(e) = nginx_standin::run_hollow_lb(config, client, shutdown).await {
+            if let Err(e) = nginx_standin::run_hollow_lb(config, client, standin, shutdown).await {
                 eprintln!("hollow LB failed: {e}");
             }
         });
-        self.hollow_lbs += 1;
+        self.hollow_lbs.push(master);
     }
 
     fn hollow_lb_config(&self, name: &str) -> lb_sidecar::config::Config {
+        let one = self.hollow_lb_app_config(name);
+        if self.apps.len() == 1 {
+            return one;
+        }
+        // As `[[apps]]` would: each app its own host name and state directory.
+        let apps = self
+            .apps
+            .iter()
+            .map(|app| lb_sidecar::config::Config {
+                app: app.clone(),
+                server_names: vec![format!("{app}.test")],
+                state_dir: one.state_dir.join("apps").join(app),
+                ..one.clone()
+            })
+            .collect();
+        lb_sidecar::config::Config { apps, ..one }
+    }
+
+    fn hollow_lb_app_config(&self, name: &str) -> lb_sidecar::config::Config {
         let loopback = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
         lb_sidecar::config::Config {
             etcd: Default::default(),
@@ -255,7 +371,7 @@ impl HollowFleet {
 impl Drop for HollowFleet {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
-        for plane in &self.hosts {
+        for plane in self.hosts.iter().flatten() {
             plane.feed.abort();
         }
     }
@@ -277,9 +393,14 @@ async fn at_least(client: &etcd_client::Client, prefix: String, n: usize) -> Opt
 /// A spec for hollow apps (no smoke checks: nothing listens) and an artifact URL the coordinator
 /// can hash (hollow hosts never fetch it).
 pub fn hollow_spec(dir: &Path) -> (PathBuf, String) {
-    let path = dir.join("scale.toml");
+    hollow_spec_for(dir, APP, "1s")
+}
+
+/// [`hollow_spec`] for `app`, whose hosts probe it every `interval`.
+pub fn hollow_spec_for(dir: &Path, app: &str, interval: &str) -> (PathBuf, String) {
+    let path = dir.join(format!("{app}.toml"));
     let text = format!(
-        "app = \"{APP}\"\n[run]\ncommand = [\"./hollow\"]\n[health]\ninterval = \"1s\"\nstartup_timeout = \"60s\"\n"
+        "app = \"{app}\"\n[run]\ncommand = [\"./hollow\"]\n[health]\ninterval = \"{interval}\"\nstartup_timeout = \"60s\"\n"
     );
     std::fs::write(&path, text).unwrap();
     let artifact = dir.join("hollow.tar.gz");
@@ -297,9 +418,14 @@ pub struct Run {
     pub cpu_seconds: f64,
 }
 
-/// Runs the coordinator with `args` against `etcd` (an endpoint URL); panics with its output on
-/// failure. With `BENCH_SHOW` set, its progress lines go to stderr.
+/// Runs the coordinator for [`APP`] with `args` against `etcd` (an endpoint URL); panics with its
+/// output on failure. With `BENCH_SHOW` set, its progress lines go to stderr.
 pub async fn coordinator(etcd: &str, args: &[&str]) -> Run {
+    coordinator_for(etcd, APP, args).await
+}
+
+/// [`coordinator`] for `app`.
+pub async fn coordinator_for(etcd: &str, app: &str, args: &[&str]) -> Run {
     let started = Instant::now();
     // With BENCH_PERF=<file>, every deploy runs under `perf record` (the last one is kept).
     let perf = std::env::var("BENCH_PERF")
@@ -316,7 +442,7 @@ pub async fn coordinator(etcd: &str, args: &[&str]) -> Run {
     };
     let mut child = command
         .env("BLUEGREEN_ETCD", etcd)
-        .env("BLUEGREEN_APP", APP)
+        .env("BLUEGREEN_APP", app)
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

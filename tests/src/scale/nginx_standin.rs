@@ -4,24 +4,55 @@
 //! headers of the loaded config, so the coordinator verifies it exactly as it verifies nginx.
 //! Validation is free here; real LBs beside the hollow ones measure what `nginx -t` costs.
 use lb_sidecar::error::SidecarError;
-use lb_sidecar::nginx::NginxControl;
+use lb_sidecar::nginx::{NginxControl, ReloadHub};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::time::Instant;
+
+/// One app's config file: the text "installed", and the text "loaded" by the last reload.
+type Files = (Arc<Mutex<Option<String>>>, Arc<Mutex<Option<String>>>);
+
+/// The stand-in's master process, shared by every app of one hollow LB as one nginx master is:
+/// a reload signal loads every app's installed file. It counts what a benchmark asks of it.
+#[derive(Default)]
+pub struct StandInMaster {
+    files: Mutex<Vec<Files>>,
+    /// Reload signals so far (a batch's one signal covers the debounced changes of every app).
+    pub signals: AtomicU64,
+}
+
+impl StandInMaster {
+    fn signal(&self) {
+        for (installed, loaded) in self.files.lock().unwrap().iter() {
+            *loaded.lock().unwrap() = installed.lock().unwrap().clone();
+        }
+        self.signals.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 pub struct NginxStandIn {
-    /// The file "installed", and the one "loaded" by the last reload.
-    installed: Mutex<Option<String>>,
+    installed: Arc<Mutex<Option<String>>>,
     loaded: Arc<Mutex<Option<String>>>,
     public_url: String,
+    master: Arc<StandInMaster>,
+    /// With several apps: the batch this app's debounced changes join (as the real sidecar's).
+    hub: Option<(Arc<ReloadHub>, String)>,
 }
 
 impl NginxStandIn {
-    /// Starts the stand-in's public listener on a free loopback port.
-    pub async fn start() -> std::io::Result<NginxStandIn> {
+    /// Starts one app's stand-in under `master`, with its public listener on a free loopback
+    /// port.
+    pub async fn start(master: Arc<StandInMaster>) -> std::io::Result<NginxStandIn> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let public_url = format!("http://{}", listener.local_addr()?);
-        let loaded: Arc<Mutex<Option<String>>> = Arc::default();
+        let (installed, loaded): Files = Default::default();
+        master
+            .files
+            .lock()
+            .unwrap()
+            .push((installed.clone(), loaded.clone()));
         let serving = loaded.clone();
         let app = axum::Router::new().fallback(move || {
             let text = serving.lock().unwrap().clone().unwrap_or_default();
@@ -29,9 +60,11 @@ impl NginxStandIn {
         });
         tokio::spawn(async move { axum::serve(listener, app).await });
         Ok(NginxStandIn {
-            installed: Mutex::new(None),
+            installed,
             loaded,
             public_url,
+            master,
+            hub: None,
         })
     }
 
@@ -80,8 +113,28 @@ impl NginxControl for NginxStandIn {
     }
 
     fn reload(&self) -> Result<Vec<i32>, SidecarError> {
-        *self.loaded.lock().unwrap() = self.installed.lock().unwrap().clone();
+        self.master.signal();
         Ok(Vec::new())
+    }
+
+    async fn reload_in_batch(&self) -> Result<Vec<i32>, SidecarError> {
+        match &self.hub {
+            Some((hub, app)) => hub.reload(app).await,
+            None => self.reload(),
+        }
+    }
+
+    fn batch_join(&self, at: Instant) -> Instant {
+        match &self.hub {
+            Some((hub, app)) => hub.join(app, at),
+            None => at,
+        }
+    }
+
+    fn batch_leave(&self) {
+        if let Some((hub, app)) = &self.hub {
+            hub.leave(app);
+        }
     }
 
     async fn wait_old_workers(&self, _old: &[i32], _timeout: Duration) -> bool {
@@ -95,17 +148,41 @@ impl NginxControl for NginxStandIn {
     }
 }
 
-/// A hollow LB for scale benchmarks: the sidecar's real follower and applier over the nginx
-/// stand-in, on a shared etcd client, without a status server. It lives here, with the tests,
-/// so the shipped sidecar carries none of it.
+/// A hollow LB for scale benchmarks: the sidecar's real followers and appliers (one per app of
+/// `config.apps`, or the one app of `config`) over the nginx stand-in, under one lease on a
+/// shared etcd client, without a status server. It lives here, with the tests, so the shipped
+/// sidecar carries none of it.
 pub async fn run_hollow_lb(
     config: lb_sidecar::config::Config,
     client: etcd_client::Client,
+    master: Arc<StandInMaster>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), SidecarError> {
-    let metrics = Arc::new(lb_sidecar::metrics::Metrics::default());
-    let nginx = NginxStandIn::start()
-        .await
-        .map_err(|e| SidecarError::Setting(format!("hollow LB listener: {e}")))?;
-    lb_sidecar::follow(config, client, nginx, metrics, None, shutdown).await
+    let multi = !config.apps.is_empty();
+    let apps = if multi {
+        config.apps.clone()
+    } else {
+        vec![config.clone()]
+    };
+    let signaller = master.clone();
+    let hub = Arc::new(ReloadHub::new(move || {
+        signaller.signal();
+        Ok(Vec::new())
+    }));
+    let mut seams = Vec::new();
+    for app in apps {
+        let mut nginx = NginxStandIn::start(master.clone())
+            .await
+            .map_err(|e| SidecarError::Setting(format!("hollow LB listener: {e}")))?;
+        if multi {
+            nginx.hub = Some((hub.clone(), app.app.clone()));
+        }
+        seams.push(lb_sidecar::AppSeams {
+            config: app,
+            nginx,
+            metrics: Arc::new(lb_sidecar::metrics::Metrics::default()),
+            request_log: None,
+        });
+    }
+    lb_sidecar::follow_apps(&config, client, seams, shutdown).await
 }
