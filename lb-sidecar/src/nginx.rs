@@ -472,6 +472,19 @@ struct Batch {
     result: Option<Result<Vec<i32>, String>>,
 }
 
+impl Batch {
+    /// A batch its last member left (nothing to change, or it reloaded on its own) is over: the
+    /// next change opens a new one at its own time. Kept open, its time (long past) would be
+    /// handed to every later change, which then skipped its debounce and reloaded at once, for
+    /// every watch event.
+    fn close_if_empty(&mut self) {
+        if self.members.is_empty() {
+            self.at = None;
+            self.ready.clear();
+        }
+    }
+}
+
 /// The longest a batch member waits for the others before reloading on its own.
 pub const BATCH_WAIT: Duration = Duration::from_secs(2);
 
@@ -503,6 +516,7 @@ impl ReloadHub {
         if !b.members.is_empty() && b.ready.is_superset(&b.members) {
             self.fire(&mut b);
         }
+        b.close_if_empty();
     }
 
     fn fire(&self, b: &mut Batch) {
@@ -558,6 +572,7 @@ impl ReloadHub {
                     }
                     b.members.remove(app);
                     b.ready.remove(app);
+                    b.close_if_empty();
                     drop(b);
                     tracing::warn!(%app, "the other apps of its reload batch did not come; reloading on its own");
                     return (self.signal)();
@@ -621,6 +636,30 @@ mod batch_tests {
         hub.leave("shop");
         hub.reload("api").await.unwrap();
         assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_change_after_a_batch_its_members_left_waits_its_own_debounce() {
+        let (hub, count) = hub();
+        let first = Instant::now();
+        assert_eq!(hub.join("shop", first), first);
+        // shop's change rendered nothing new: it leaves, and the batch is over.
+        hub.leave("shop");
+        let later = first + Duration::from_secs(3);
+        assert_eq!(
+            hub.join("shop", later),
+            later,
+            "a later change was handed the old batch's time: it would skip its debounce"
+        );
+        // A member that waited its bound and reloaded alone closes its batch too.
+        let mut hub = ReloadHub::new(|| Ok(vec![7]));
+        hub.wait = Duration::from_millis(20);
+        hub.join("shop", first);
+        hub.join("api", first);
+        hub.reload("shop").await.unwrap();
+        hub.leave("api");
+        assert_eq!(hub.join("shop", later), later);
+        assert_eq!(count.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
