@@ -173,6 +173,28 @@ async fn nginx_floor(fleet: &HollowFleet) -> Option<(f64, f64)> {
     Some((median(tests), median(reloads)))
 }
 
+/// With BENCH_PERF_FLEET=<file>, `perf record` of this process (the hollow fleet) during each
+/// measured deploy (the last one is kept).
+fn fleet_perf() -> Option<std::process::Child> {
+    let file = std::env::var("BENCH_PERF_FLEET").ok()?;
+    std::process::Command::new("perf")
+        .args([
+            "record",
+            "-F",
+            "299",
+            "--call-graph",
+            "dwarf,16384",
+            "-o",
+            &file,
+            "-p",
+        ])
+        .arg(std::process::id().to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()
+}
+
 /// `n` hosts crash: every app's view changes in one revision, and each LB should reload once for
 /// all of them.
 async fn hosts_crash_under_every_app(fleet: &mut HollowFleet, n: usize) {
@@ -288,8 +310,16 @@ async fn main() {
             let etcd_pid = fleet.etcd.pid().expect("etcd runs");
             let cpu_before = (metrics::cpu_seconds(etcd_pid), metrics::cpu_seconds(me));
             let args = deploy_args(&(spec.clone(), artifact_url.clone()), &v);
+            let recording = fleet_perf();
             let deploy =
                 coordinator(&etcd, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+            if let Some(mut perf) = recording {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(perf.id() as i32),
+                    nix::sys::signal::Signal::SIGINT,
+                );
+                let _ = perf.wait();
+            }
             let mut coordinator_kib = deploy.peak_rss_kib;
             let cpu = format!(
                 "etcd {:.1}, hollow fleet {:.1}, coordinator {:.1} CPU-s",
