@@ -24,6 +24,8 @@ pub struct LockFor<'a> {
     /// How long to wait for another holder (`--lock-wait`).
     pub wait: Duration,
     pub on_loss: OnLeaseLoss,
+    /// What the body's reads of the app cover.
+    pub read: crate::status::Scope,
 }
 
 impl<'a> LockFor<'a> {
@@ -36,7 +38,13 @@ impl<'a> LockFor<'a> {
             version: None,
             wait,
             on_loss: OnLeaseLoss::Stop,
+            read: crate::status::Scope::Whole,
         }
+    }
+
+    /// Its reads of the app cover only `read` (see [`crate::status::Scope`]).
+    pub fn reading(self, read: crate::status::Scope) -> LockFor<'a> {
+        LockFor { read, ..self }
     }
 
     pub fn version(self, version: Option<&'a str>) -> LockFor<'a> {
@@ -86,7 +94,7 @@ pub async fn with_lock<T>(
     };
     let lock =
         DeployLock::acquire(client, keys, &record, global.lock_ttl, op.wait, progress).await?;
-    let store = EtcdStore::new(client, keys, &lock);
+    let store = EtcdStore::new(client, keys, &lock).reading(op.read);
     let locked = run_locked(&store, op.op_id, progress, body);
     let result = match op.on_loss {
         OnLeaseLoss::Stop => tokio::select! {

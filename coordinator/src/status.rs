@@ -111,6 +111,32 @@ pub fn watch_from(
     )
 }
 
+/// What a read of the app covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum Scope {
+    /// Everything a command decides on (see [`read`]).
+    #[default]
+    Whole,
+    /// What a traffic move (`switch`, `rollback`) decides on: [`Scope::Whole`] without the hosts'
+    /// durable membership records and the LBs' request counts. A move checks the live hosts'
+    /// health, not which silent hosts are still members, and never a canary's numbers; the
+    /// membership records (a copy of each host's record) were a third of the bytes a rollback
+    /// read at thousands of hosts.
+    Move,
+}
+
+impl Scope {
+    /// The subtrees of the app this scope leaves out, in key order.
+    fn skipped(self, keys: &Keys) -> Vec<String> {
+        let mut skipped = vec![keys.history_prefix()];
+        if self == Scope::Move {
+            skipped.extend([keys.host_members_prefix(), keys.lb_stats_prefix()]);
+        }
+        skipped.sort();
+        skipped
+    }
+}
+
 /// One consistent read of everything a command decides on: the app's prefix without its history
 /// (which only grows, and is read page by page by `history` itself) and without the LBs'
 /// upstream lists (`Keys::lb_upstreams`), at a single revision.
@@ -118,12 +144,28 @@ pub async fn read(
     client: &etcd_client::Client,
     keys: &Keys,
 ) -> Result<AppStatus, proto::ProtoError> {
-    let app = keys.app_prefix();
-    let history = keys.history_prefix();
-    let (revision, mut kvs) = read_range(client, app.as_bytes(), history.as_bytes(), 0).await?;
+    read_scope(client, keys, Scope::Whole).await
+}
+
+/// [`read`] of what `scope` covers: the ranges between the subtrees it leaves out, all at the
+/// revision of the first.
+pub async fn read_scope(
+    client: &etcd_client::Client,
+    keys: &Keys,
+    scope: Scope,
+) -> Result<AppStatus, proto::ProtoError> {
+    let mut from = keys.app_prefix().as_bytes().to_vec();
+    let mut revision = 0;
+    let mut kvs = Vec::new();
     let end = keys.coordinator_end();
-    let (_, after) = read_range(client, &prefix_end(&history), end.as_bytes(), revision).await?;
-    kvs.extend(after);
+    for skipped in scope.skipped(keys) {
+        let (at, part) = read_range(client, &from, skipped.as_bytes(), revision).await?;
+        revision = at;
+        kvs.extend(part);
+        from = prefix_end(&skipped);
+    }
+    let (_, last) = read_range(client, &from, end.as_bytes(), revision).await?;
+    kvs.extend(last);
     let mut status = AppStatus {
         revision,
         ..Default::default()
@@ -421,6 +463,44 @@ mod tests {
             value: None,
             mod_revision: revision,
         }
+    }
+
+    #[test]
+    fn a_move_reads_every_key_it_decides_on_and_skips_membership_and_request_counts() {
+        let keys = Keys::new("/bluegreen", "shop").unwrap();
+        let skipped_by = |scope: Scope, key: &str| {
+            scope
+                .skipped(&keys)
+                .iter()
+                .any(|prefix| key.starts_with(prefix.as_str()))
+        };
+        for scope in [Scope::Whole, Scope::Move] {
+            let skipped = scope.skipped(&keys);
+            let mut sorted = skipped.clone();
+            sorted.sort();
+            assert_eq!(skipped, sorted, "{scope:?}: ranges are read in key order");
+            for prefix in &skipped {
+                assert!(prefix.as_str() > keys.app_prefix() && *prefix < keys.coordinator_end());
+            }
+            for needed in [
+                keys.active(),
+                keys.traffic(),
+                keys.deploy(),
+                keys.release(Color::Green),
+                keys.health("h1", Color::Green),
+                keys.host("h1"),
+                keys.host_leaving("h1"),
+                keys.lb("lb-0"),
+                keys.lb_alive("lb-0"),
+                keys.lock(),
+            ] {
+                assert!(!skipped_by(scope, &needed), "{scope:?} skips {needed}");
+            }
+            assert!(skipped_by(scope, &keys.history(7)));
+        }
+        assert!(skipped_by(Scope::Move, &keys.host_member("h1")));
+        assert!(skipped_by(Scope::Move, &keys.lb_stats("lb-0")));
+        assert!(!skipped_by(Scope::Whole, &keys.host_member("h1")));
     }
 
     /// Up to 12 characters, a third of them control characters.

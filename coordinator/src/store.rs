@@ -72,6 +72,8 @@ pub struct EtcdStore<'a> {
     watch: tokio::sync::Mutex<Option<PrefixWatch>>,
     /// See [`Store::latest`].
     latest: std::sync::Mutex<Option<AppStatus>>,
+    /// What [`Store::read`] covers.
+    scope: status::Scope,
 }
 
 impl<'a> EtcdStore<'a> {
@@ -82,7 +84,13 @@ impl<'a> EtcdStore<'a> {
             lock,
             watch: tokio::sync::Mutex::new(None),
             latest: std::sync::Mutex::new(None),
+            scope: status::Scope::Whole,
         }
+    }
+
+    /// Reads only what `scope` covers (a traffic move's reads leave out what it never decides on).
+    pub fn reading(self, scope: status::Scope) -> Self {
+        EtcdStore { scope, ..self }
     }
 
     /// Until when a call etcd did not answer is retried (see [`history::TRANSIENT_BUDGET`]).
@@ -123,7 +131,7 @@ impl<'a> EtcdStore<'a> {
 impl Store for EtcdStore<'_> {
     async fn read(&self) -> Result<AppStatus, CoordinatorError> {
         let read = proto::retry::transient("read the app", self.retry_until(), |_| {
-            status::read(self.client, self.keys)
+            status::read_scope(self.client, self.keys, self.scope)
         });
         let status = read.await?;
         self.remember(status.clone());

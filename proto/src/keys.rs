@@ -133,6 +133,10 @@ impl Keys {
         format!("{}host-members/{host}", self.base)
     }
 
+    pub fn host_members_prefix(&self) -> String {
+        format!("{}host-members/", self.base)
+    }
+
     /// A host this app is being removed from while its agent runs ([`crate::records::HostLeavingRecord`]).
     /// Inside [`Keys::lb_view_range`]: every sidecar stops routing to the host when it appears.
     pub fn host_leaving(&self, host: &str) -> String {

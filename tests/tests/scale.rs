@@ -112,6 +112,35 @@ async fn a_deploy_reads_the_app_a_few_times_not_once_per_change() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_reads_the_live_hosts_health_not_their_membership_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, spec, artifact) = serving_fleet(dir.path()).await;
+    // Green runs too, so that rollbacks have somewhere to go.
+    deploy(&fleet.etcd.endpoint, &spec, &artifact, "v2").await;
+    let (through, counters) = fleet.counted_endpoint().await;
+    let admin = fleet.etcd.client().await;
+    let keys = fleet.keys();
+    let read = stored_bytes(&admin, keys.app_prefix()).await
+        - stored_bytes(&admin, &keys.history_prefix()).await;
+    let members = stored_bytes(&admin, &keys.host_members_prefix()).await;
+    let before = counters.now();
+    for _ in 0..2 {
+        coordinator(&through, &["rollback"]).await;
+    }
+    let per_rollback = counters.now().since(before).received / 2;
+    eprintln!(
+        "one rollback over {HOSTS} hosts received {per_rollback} bytes; the app without its history is {read} bytes, of which the membership records {members}"
+    );
+    // A rollback reads the app once (and a history page, its lock, the LBs' acks). Reading the
+    // membership records too, a copy of every host's record, it received more than the app
+    // without them.
+    assert!(
+        per_rollback < read - members / 2,
+        "a rollback received {per_rollback} bytes: it reads the hosts' membership records ({members} of the app's {read} bytes)"
+    );
+}
+
 /// etcd's current revision.
 async fn revision(client: &etcd_client::Client) -> i64 {
     let resp = client.clone().get("/", None).await.unwrap();

@@ -114,7 +114,9 @@ async fn move_to(
         lb_policy,
     };
     let probes = global.probes();
-    let op = LockFor::new(&op_id, operation, lock_wait);
+    // A move decides on the live hosts' health and the LBs: it does not read the hosts'
+    // membership records or the LBs' request counts.
+    let op = LockFor::new(&op_id, operation, lock_wait).reading(crate::status::Scope::Move);
     with_lock(
         global,
         &client,
