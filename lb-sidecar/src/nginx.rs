@@ -27,21 +27,38 @@ pub trait NginxControl: Send + Sync + 'static {
     fn install(&self, text: &str) -> Result<(), SidecarError>;
     /// Asks nginx to load the installed file; returns the workers of the generation before.
     fn reload(&self) -> Result<Vec<i32>, SidecarError>;
+    /// With several apps on one nginx: the batch this app's debounced changes go through, and
+    /// the app's name there. None (the default): every change reloads on its own.
+    fn batch(&self) -> Option<(&ReloadHub, &str)> {
+        None
+    }
     /// [`NginxControl::reload`] for a debounced change, which may share one reload with the other
-    /// apps' changes of the same batch (see [`ReloadHub`]); by default at once.
+    /// apps' changes of the same batch (see [`ReloadHub`]); without a batch, at once.
     fn reload_in_batch(
         &self,
     ) -> impl std::future::Future<Output = Result<Vec<i32>, SidecarError>> + Send {
-        std::future::ready(self.reload())
+        async move {
+            match self.batch() {
+                Some((hub, app)) => hub.reload(app).await,
+                None => self.reload(),
+            }
+        }
     }
     /// Puts this app's debounced change into the batch that reloads at `at` or sooner, and says
     /// when that is.
     fn batch_join(&self, at: Instant) -> Instant {
-        at
+        match self.batch() {
+            Some((hub, app)) => hub.join(app, at),
+            None => at,
+        }
     }
     /// This app's change is applied, dropped, or applied at once (a switch): it no longer holds
     /// the batch back.
-    fn batch_leave(&self) {}
+    fn batch_leave(&self) {
+        if let Some((hub, app)) = self.batch() {
+            hub.leave(app);
+        }
+    }
     /// Waits until no worker of `old` still accepts connections; false after `timeout`.
     fn wait_old_workers(
         &self,
@@ -254,29 +271,15 @@ impl NginxControl for Nginx {
             .map_err(|e| SidecarError::io(&self.config.include_file, e))
     }
 
+    fn batch(&self) -> Option<(&ReloadHub, &str)> {
+        self.hub
+            .as_ref()
+            .map(|(hub, app)| (hub.as_ref(), app.as_str()))
+    }
+
     /// SIGHUP to the master: nginx re-reads its config, starts new workers and lets the old ones
     /// finish their in-flight requests. Returns the workers that ran before, which must stop
     /// accepting before the switch is complete (see [`Nginx::wait_old_workers`]).
-    async fn reload_in_batch(&self) -> Result<Vec<i32>, SidecarError> {
-        match &self.hub {
-            Some((hub, app)) => hub.reload(app).await,
-            None => self.reload(),
-        }
-    }
-
-    fn batch_join(&self, at: Instant) -> Instant {
-        match &self.hub {
-            Some((hub, app)) => hub.join(app, at),
-            None => at,
-        }
-    }
-
-    fn batch_leave(&self) {
-        if let Some((hub, app)) = &self.hub {
-            hub.leave(app);
-        }
-    }
-
     fn reload(&self) -> Result<Vec<i32>, SidecarError> {
         SIGNALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = self.master_pid()?;

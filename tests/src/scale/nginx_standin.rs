@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// One app's config file: the text "installed", and the text "loaded" by the last reload.
 type Files = (Arc<Mutex<Option<String>>>, Arc<Mutex<Option<String>>>);
@@ -117,24 +116,10 @@ impl NginxControl for NginxStandIn {
         Ok(Vec::new())
     }
 
-    async fn reload_in_batch(&self) -> Result<Vec<i32>, SidecarError> {
-        match &self.hub {
-            Some((hub, app)) => hub.reload(app).await,
-            None => self.reload(),
-        }
-    }
-
-    fn batch_join(&self, at: Instant) -> Instant {
-        match &self.hub {
-            Some((hub, app)) => hub.join(app, at),
-            None => at,
-        }
-    }
-
-    fn batch_leave(&self) {
-        if let Some((hub, app)) = &self.hub {
-            hub.leave(app);
-        }
+    fn batch(&self) -> Option<(&ReloadHub, &str)> {
+        self.hub
+            .as_ref()
+            .map(|(hub, app)| (hub.as_ref(), app.as_str()))
     }
 
     async fn wait_old_workers(&self, _old: &[i32], _timeout: Duration) -> bool {
