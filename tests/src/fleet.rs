@@ -258,6 +258,16 @@ impl Fleet {
         path
     }
 
+    /// The demo app's spec deployed as another app, `name`, with its own database file (the
+    /// demo app's SQLite file is named after the app). For `[[apps]]` fleets.
+    pub fn demo_spec_as(&self, name: &str) -> PathBuf {
+        let text = std::fs::read_to_string(self.spec(APP, &[]))
+            .expect("the demo app's spec")
+            .replace(&format!("app = \"{APP}\""), &format!("app = \"{name}\""))
+            .replace(&format!("{APP}.db"), &format!("{name}.db"));
+        self.raw_spec(name, &text)
+    }
+
     /// Writes `text` as an app spec named `name` and returns its path.
     pub fn raw_spec(&self, name: &str, text: &str) -> PathBuf {
         let path = self.dir.path().join(format!("{name}.toml"));

@@ -583,12 +583,7 @@ async fn one_sidecar_serves_two_apps_by_host_name_under_one_lease() {
 /// app; the second time under load for each host name, with no failed request.
 async fn deploy_both_twice_under_load(fleet: &Fleet, url: &str) {
     let shop_spec = fleet.spec("shop", &[]);
-    // api's own spec and database (the demo app's SQLite file).
-    let api_text = std::fs::read_to_string(&shop_spec)
-        .unwrap()
-        .replace("app = \"shop\"", "app = \"api\"")
-        .replace("shop.db", "api.db");
-    let api_spec = fleet.raw_spec("api", &api_text);
+    let api_spec = fleet.demo_spec_as("api");
     let api_deploy = |version: &str| {
         let mut command = fleet.deploy_command(&api_spec, version, &[]);
         command.env("BLUEGREEN_APP", "api");

@@ -121,16 +121,7 @@ async fn main() {
     println!(
         "bench-apps: {apps} apps on {hosts} agents (one per host) and {lbs} sidecars (one per LB)"
     );
-    let base = std::fs::read_to_string(fleet.spec(APP, &[])).expect("the demo app's spec");
-    let specs: Vec<std::path::PathBuf> = names
-        .iter()
-        .map(|name| {
-            let text = base
-                .replace(&format!("app = \"{APP}\""), &format!("app = \"{name}\""))
-                .replace(&format!("{APP}.db"), &format!("{name}.db"));
-            fleet.raw_spec(name, &text)
-        })
-        .collect();
+    let specs: Vec<std::path::PathBuf> = names.iter().map(|n| fleet.demo_spec_as(n)).collect();
     for round in 1..=2 {
         let started = tokio::time::Instant::now();
         let deploys = names.iter().zip(&specs).map(|(name, spec)| {
