@@ -1,9 +1,16 @@
-//! Turns the sidecar's view of etcd into what nginx serves. A switch is only an atomic file swap
-//! plus SIGHUP: both colors' variants are rendered and validated ahead of time (whenever the hosts
-//! change), so `nginx -t` never sits between a switch and traffic moving. A reload nginx refused
-//! (it keeps its old config silently) is caught by polling the status location, and the last good
-//! file is put back.
+//! Turns the sidecar's view of etcd into what nginx serves, in one of two modes.
+//!
+//! Lua mode: the include file holds only listeners, host names, certificates and the Lua
+//! balancer, and is reloaded only when one of those changes; every traffic decision (a switch,
+//! a canary weight, a host's health) is a state pushed to nginx, acked once every worker
+//! serves it, and written to a file nginx loads at start.
+//!
+//! Reload mode: a switch is an atomic file swap plus SIGHUP: both colors' variants are rendered
+//! and validated ahead of time (whenever the hosts change), so `nginx -t` never sits between a
+//! switch and traffic moving. A reload nginx refused (it keeps its old config silently) is
+//! caught by polling the status location, and the last good file is put back.
 use crate::error::SidecarError;
+use crate::lua;
 use crate::nginx::{Nginx, NginxControl};
 use crate::render::{self, View};
 use crate::state::LbState;
@@ -34,6 +41,25 @@ pub struct Applier<N: NginxControl = Nginx> {
     pub tls: Option<crate::config::Tls>,
     /// The status server's host name (several apps share nginx's status listener).
     pub status_host: Option<String>,
+    /// Lua mode's push token and files; `None`: reload mode.
+    lua: Option<LuaSetup>,
+    /// Lua mode: the last state pushed, with its revision zeroed (to skip pushes that change
+    /// nothing).
+    pushed: Option<String>,
+    /// Lua mode: the include must be reloaded even though its text is the same (a renewed
+    /// certificate at the same paths).
+    reload_due: bool,
+}
+
+/// What an app's Lua mode needs beside the template's settings.
+#[derive(Debug, Clone)]
+pub struct LuaSetup {
+    /// Authorizes pushes; in the include file, readable by root only.
+    pub token: String,
+    /// [`lua::runtime`]'s text in the first app's file (nginx takes it once), else empty.
+    pub runtime: String,
+    /// Where the last state pushed is written for nginx to load at start.
+    pub state_file: std::path::PathBuf,
 }
 
 fn sha256(text: &str) -> String {
@@ -77,7 +103,40 @@ impl<N: NginxControl> Applier<N> {
             server_names: Vec::new(),
             tls: None,
             status_host: None,
+            lua: None,
+            pushed: None,
+            reload_due: false,
         }
+    }
+
+    /// Runs in Lua mode with `setup`.
+    pub fn with_lua(mut self, setup: Option<LuaSetup>) -> Self {
+        self.lua = setup;
+        self
+    }
+
+    pub fn mode(&self) -> crate::config::Mode {
+        match self.lua {
+            Some(_) => crate::config::Mode::Lua,
+            None => crate::config::Mode::Reload,
+        }
+    }
+
+    /// Lua mode's include file for this app, which holds no traffic decision.
+    fn lua_include(&self, lua: &LuaSetup) -> String {
+        let view = self.view(&LbState::default(), Color::Blue, "");
+        lua::render(&view, &lua.token, &lua.runtime)
+    }
+
+    /// Whether this nginx takes Lua mode's include (`nginx -t`); Err is nginx's complaint.
+    pub async fn check_lua(&self, lua: &LuaSetup) -> Result<(), String> {
+        self.nginx.validate(&self.lua_include(lua)).await
+    }
+
+    /// The next apply reloads nginx even if the include file is unchanged: its certificate
+    /// files were renewed.
+    pub fn certificate_changed(&mut self) {
+        self.reload_due = true;
     }
 
     /// Names the status server, for a sidecar whose apps share nginx's status listener.
@@ -155,6 +214,10 @@ impl<N: NginxControl> Applier<N> {
         color: Color,
         version: &str,
     ) -> Result<(), SidecarError> {
+        if self.lua.is_some() {
+            // Nothing in Lua mode's file depends on the color.
+            return Ok(());
+        }
         let rendered = render::render(&self.template, &self.view(state, color, version))
             .map_err(SidecarError::Render)?;
         self.ensure_validated(&rendered, color).await
@@ -174,6 +237,9 @@ impl<N: NginxControl> Applier<N> {
         };
         let (color, version) = (active.color, active.version.clone());
         let view = self.view(state, color, &version);
+        if let Some(lua) = self.lua.clone() {
+            return self.apply_lua(&lua, view, revision, force).await;
+        }
         let rendered = render::render(&self.template, &view).map_err(SidecarError::Render)?;
         if !force && self.served.as_deref() == Some(rendered.as_str()) {
             return Ok(None);
@@ -243,4 +309,164 @@ impl<N: NginxControl> Applier<N> {
         };
         Ok(Some((ack, upstreams)))
     }
+
+    /// Lua mode: reloads only if the include file changed, then pushes the state and waits
+    /// until every worker serves it.
+    async fn apply_lua(
+        &mut self,
+        lua: &LuaSetup,
+        view: View,
+        revision: i64,
+        force: bool,
+    ) -> Result<Option<(LbRecord, LbUpstreamsRecord)>, SidecarError> {
+        let started = tokio::time::Instant::now();
+        let include = self.lua_include(lua);
+        let reloaded = self.ensure_include(&include).await?;
+        let resolved = resolve_names(&view).await;
+        let (state, unresolved) = lua::state(&view, revision, |s| {
+            lua::literal(s).or_else(|| resolved.get(s).copied())
+        });
+        if state.pools["live"].primary.is_empty() {
+            return Err(SidecarError::Render(format!(
+                "no live server could be resolved ({}): nginx keeps serving the state before",
+                unresolved.join(", ")
+            )));
+        }
+        if !unresolved.is_empty() {
+            tracing::warn!(servers = ?unresolved, "left out: their names do not resolve");
+        }
+        let text = serde_json::to_string(&state).expect("a state serializes");
+        let unchanged = serde_json::to_string(&lua::State {
+            revision: 0,
+            ..state.clone()
+        })
+        .expect("serializes");
+        if !force && !reloaded && self.pushed.as_deref() == Some(unchanged.as_str()) {
+            return Ok(None);
+        }
+        self.push_until_taken(lua, &text, reloaded.then_some(VERIFY_TIMEOUT))
+            .await?;
+        // Written after nginx took it: a state nginx refused must not come back at its restart.
+        let tmp = lua.state_file.with_extension("json.tmp");
+        crate::nginx::write_private(&tmp, &text)?;
+        std::fs::rename(&tmp, &lua.state_file).map_err(|e| SidecarError::io(&lua.state_file, e))?;
+        let expected = format!("{revision} {}", view.color);
+        if !self.nginx.wait_serving(&expected, VERIFY_TIMEOUT).await {
+            self.pushed = None;
+            return Err(SidecarError::Push(format!(
+                "nginx took revision {revision} but not every worker serves it within {VERIFY_TIMEOUT:?}"
+            )));
+        }
+        tracing::debug!(
+            revision,
+            done_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "state served"
+        );
+        self.pushed = Some(unchanged);
+        let mut upstreams = LbUpstreamsRecord::default();
+        upstreams.upstreams.insert(view.color, view.live);
+        if let Some(split) = view.split.filter(|s| s.weight > 0) {
+            upstreams.upstreams.insert(split.canary, split.servers);
+        }
+        let ack = LbRecord {
+            applied_revision: revision,
+            color: Some(view.color),
+            upstream_counts: upstreams.counts(),
+            upstreams: Vec::new(),
+            config_sha256: sha256(&format!("{include}{text}")),
+            reloaded_at: proto::time::now_rfc3339(),
+            error: None,
+            url: Some(self.nginx.public_url()),
+            host: self.server_names.first().cloned(),
+        };
+        Ok(Some((ack, upstreams)))
+    }
+
+    /// Makes nginx run `include` (validated, installed, reloaded) unless it already does; true
+    /// when it reloaded. A restarted sidecar finds its file in place and reloads nothing.
+    async fn ensure_include(&mut self, include: &str) -> Result<bool, SidecarError> {
+        let on_disk = self.served.is_none() && self.nginx.current().as_deref() == Some(include);
+        if on_disk {
+            self.served = Some(include.to_string());
+        }
+        if self.served.as_deref() == Some(include) && !self.reload_due {
+            return Ok(false);
+        }
+        self.ensure_validated(include, Color::Blue).await?;
+        let previous = self.nginx.current();
+        self.nginx.install(include)?;
+        let old_workers = match self.nginx.reload() {
+            Ok(old) => old,
+            Err(e) => {
+                if let Some(previous) = previous {
+                    self.nginx.install(&previous)?;
+                }
+                self.served = None;
+                return Err(e);
+            }
+        };
+        if !self
+            .nginx
+            .wait_old_workers(&old_workers, VERIFY_TIMEOUT)
+            .await
+        {
+            tracing::warn!("nginx's old workers still accept connections after the reload");
+        }
+        self.served = Some(include.to_string());
+        self.reload_due = false;
+        self.pushed = None;
+        Ok(true)
+    }
+
+    /// Pushes `text`; right after a reload, the new workers' status server may not answer yet,
+    /// so a refused connection is retried for up to `patience`.
+    async fn push_until_taken(
+        &self,
+        lua: &LuaSetup,
+        text: &str,
+        patience: Option<Duration>,
+    ) -> Result<(), SidecarError> {
+        let end = tokio::time::Instant::now() + patience.unwrap_or_default();
+        loop {
+            match self.nginx.push(&lua.token, text).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.starts_with("PUT ") && tokio::time::Instant::now() < end => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => return Err(SidecarError::Push(e)),
+            }
+        }
+    }
+}
+
+/// The addresses of hosts registered by name (`set_current_peer` takes IPs only). A name that
+/// does not resolve is missing from the map.
+async fn resolve_names(view: &View) -> std::collections::HashMap<String, std::net::SocketAddr> {
+    let mut out = std::collections::HashMap::new();
+    let mut names: Vec<&String> = view
+        .live
+        .iter()
+        .chain(&view.preview)
+        .chain(&view.live_fallback)
+        .chain(&view.preview_fallback)
+        .collect();
+    if let Some(split) = &view.split {
+        names.extend(split.servers.iter().chain(&split.fallback));
+    }
+    for server in names {
+        if lua::literal(server).is_some() || out.contains_key(server) {
+            continue;
+        }
+        if let Ok(Ok(mut addrs)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::lookup_host(server.as_str()),
+        )
+        .await
+        {
+            if let Some(addr) = addrs.next() {
+                out.insert(server.clone(), addr);
+            }
+        }
+    }
+    out
 }

@@ -198,6 +198,21 @@ fn tls(listen: Option<String>, settings: TlsSettings) -> Result<Option<Tls>, Sid
     }
 }
 
+/// `[nginx] mode`. A custom `template` renders the upstreams themselves, which is reload mode.
+fn mode(set: Option<&str>, template: bool) -> Result<Option<Mode>, SidecarError> {
+    match (set, template) {
+        (None, false) => Ok(None),
+        (None, true) | (Some("reload"), _) => Ok(Some(Mode::Reload)),
+        (Some("lua"), false) => Ok(Some(Mode::Lua)),
+        (Some("lua"), true) => Err(SidecarError::Setting(
+            "nginx.mode: \"lua\" cannot use `template`, which renders the upstreams for reload mode; remove one of them".into(),
+        )),
+        (Some(other), _) => Err(SidecarError::Setting(format!(
+            "nginx.mode: {other:?} is not \"lua\" or \"reload\""
+        ))),
+    }
+}
+
 /// `[upstreams]`: where hosts' addresses may point (flags `--upstreams-<key>`).
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
 #[serde(default)]
@@ -231,6 +246,29 @@ pub struct NginxSettings {
     /// Loopback address where nginx answers the applied revision to this sidecar (never public).
     #[arg(id = "nginx_status_listen", long = "nginx-status-listen")]
     pub status_listen: Option<String>,
+    /// `lua`: switches, canary weights and host changes are pushed to nginx's Lua balancer and
+    /// never reload it; `reload`: each renders the upstreams and reloads nginx [default: lua
+    /// whenever nginx loads the Lua module (checked with `nginx -t` at start), else reload].
+    #[arg(id = "nginx_mode", long = "nginx-mode")]
+    pub mode: Option<String>,
+}
+
+/// How the sidecar makes nginx follow etcd (`[nginx] mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A traffic state pushed to nginx's Lua balancer: no reload.
+    Lua,
+    /// Rendered upstreams and a graceful reload.
+    Reload,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Lua => "lua",
+            Mode::Reload => "reload",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -241,6 +279,8 @@ pub struct NginxConfig {
     pub pid_file: PathBuf,
     /// nginx's loopback-only server that answers `/.bluegreen/status`.
     pub status_listen: SocketAddr,
+    /// `[nginx] mode` as set; `None`: Lua whenever nginx takes it (decided at start).
+    pub mode: Option<Mode>,
 }
 
 #[derive(Debug, Clone)]
@@ -495,6 +535,7 @@ impl Config {
             .map(|c| crate::upstreams::Cidr::parse(c))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| SidecarError::Setting(format!("[upstreams] allow: {e}")))?;
+        let has_template = template.is_some();
         let config = Config {
             etcd,
             state_dir,
@@ -558,6 +599,7 @@ impl Config {
                         .status_listen
                         .ok_or_else(|| defaulted("nginx.status_listen"))?,
                 )?,
+                mode: mode(nginx.mode.as_deref(), has_template)?,
             },
             app,
         };

@@ -14,6 +14,8 @@ pub enum SidecarError {
     Invalid { color: String, output: String },
     #[error("nginx reload: {0}")]
     Reload(String),
+    #[error("state push: {0}")]
+    Push(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

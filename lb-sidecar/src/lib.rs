@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 #[cfg(test)]
 mod inject_tests;
+pub mod lua;
 pub mod metrics;
 pub mod nginx;
 pub mod render;
@@ -71,8 +72,9 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     if let Some(path) = &config.default_server {
         nginx::install_default_servers(&config, path).await;
     }
-    // One nginx for every app: their debounced changes share reloads.
-    let hub = multi.then(|| {
+    let lua = choose_mode(&config, &apps).await?;
+    // One nginx for every app: their debounced changes share reloads (Lua mode has none).
+    let hub = (multi && lua.is_none()).then(|| {
         let signaller = nginx::Nginx::new(
             config.nginx.clone(),
             config.listen,
@@ -82,7 +84,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         Arc::new(nginx::ReloadHub::new(move || signaller.reload()))
     });
     let mut seams = Vec::new();
-    for (app, (_, metrics)) in apps.into_iter().zip(metrics) {
+    for (i, (app, (_, metrics))) in apps.into_iter().zip(metrics).enumerate() {
         let request_log = start_request_log(&app, metrics.clone());
         let nginx = nginx::Nginx::new(
             app.nginx.clone(),
@@ -100,9 +102,92 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             nginx,
             metrics,
             request_log,
+            lua: lua.as_ref().map(|setups| setups[i].clone()),
         });
     }
     follow_apps(&config, client, seams, shutdown).await
+}
+
+/// Where an app's last pushed state is kept for nginx to load at start.
+fn state_file(app: &Config) -> std::path::PathBuf {
+    app.state_dir.join("lua-state.json")
+}
+
+/// Lua mode's setup for every app (`None`: reload mode): what `[nginx] mode` says or, unset,
+/// Lua whenever nginx takes the Lua balancer (`nginx -t` with the first app's file). Each app
+/// keeps the push token already in its include file, so a restarted sidecar reloads nothing.
+async fn choose_mode(
+    config: &Config,
+    apps: &[Config],
+) -> Result<Option<Vec<applier::LuaSetup>>, SidecarError> {
+    if config.nginx.mode == Some(config::Mode::Reload) {
+        tracing::info!(
+            "nginx mode: reload ([nginx] mode or a template): every switch reloads nginx"
+        );
+        return Ok(None);
+    }
+    let runtime = lua::runtime(
+        &apps
+            .iter()
+            .map(|a| (a.app.clone(), state_file(a).display().to_string()))
+            .collect::<Vec<_>>(),
+    );
+    let mut setups = Vec::new();
+    for (i, app) in apps.iter().enumerate() {
+        let current = std::fs::read_to_string(&app.nginx.include_file).unwrap_or_default();
+        let token = match lua::token_in(&current, &app.app) {
+            Some(token) => token,
+            None => lua::new_token().map_err(|e| SidecarError::io("/dev/urandom", e))?,
+        };
+        setups.push(applier::LuaSetup {
+            token,
+            runtime: if i == 0 {
+                runtime.clone()
+            } else {
+                String::new()
+            },
+            state_file: state_file(app),
+        });
+    }
+    let first = &apps[0];
+    std::fs::create_dir_all(&first.state_dir).map_err(|e| SidecarError::io(&first.state_dir, e))?;
+    let nginx = nginx::Nginx::new(
+        first.nginx.clone(),
+        first.listen,
+        None,
+        first.state_dir.clone(),
+    );
+    match applier_for(first, nginx).check_lua(&setups[0]).await {
+        Ok(()) => {
+            tracing::info!(
+                "nginx mode: lua (switches, canary weights and host changes never reload nginx)"
+            );
+            Ok(Some(setups))
+        }
+        Err(complaint) if config.nginx.mode == Some(config::Mode::Lua) => {
+            Err(SidecarError::Setting(format!(
+                "nginx.mode: \"lua\", but nginx -t refuses the Lua balancer: {complaint}"
+            )))
+        }
+        Err(complaint) => {
+            tracing::warn!(%complaint, "nginx mode: reload, since nginx does not take the Lua balancer (install libnginx-mod-http-lua, lua-resty-core and lua-cjson and load the module, or set [nginx] mode = \"reload\" to say so): every switch reloads nginx");
+            Ok(None)
+        }
+    }
+}
+
+/// An app's applier over `nginx`, with the app's host names, certificate and status host.
+fn applier_for<N: NginxControl>(config: &Config, nginx: N) -> Applier<N> {
+    Applier::new(
+        nginx,
+        config.template.clone(),
+        &config.app,
+        config.listen.to_string(),
+        config.preview_listen.to_string(),
+    )
+    .with_server_names(config.server_names.clone())
+    .with_tls(config.tls.clone())
+    .with_status_host(config.status_host.clone())
 }
 
 /// One app a sidecar serves: its settings and the seams its follower works through.
@@ -111,6 +196,8 @@ pub struct AppSeams<N> {
     pub nginx: N,
     pub metrics: Arc<Metrics>,
     pub request_log: RequestLog,
+    /// Lua mode's setup; `None`: reload mode.
+    pub lua: Option<applier::LuaSetup>,
 }
 
 /// Keeps every app of `apps` following etcd, all under one lease taken with `sidecar`'s TTL and
@@ -197,20 +284,12 @@ async fn follow_in<N: NginxControl>(
         nginx,
         metrics,
         request_log,
+        lua,
     } = app;
     let keys = Keys::new(&config.prefix, &config.app)?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| SidecarError::io(&config.state_dir, e))?;
-    let mut applier = Applier::new(
-        nginx,
-        config.template.clone(),
-        &config.app,
-        config.listen.to_string(),
-        config.preview_listen.to_string(),
-    )
-    .with_server_names(config.server_names.clone())
-    .with_tls(config.tls.clone())
-    .with_status_host(config.status_host.clone());
+    let mut applier = applier_for(&config, nginx).with_lua(lua);
     let tally = match request_log {
         Some((path, tally)) => {
             applier = applier.with_request_log(path);
@@ -479,11 +558,15 @@ impl<N: NginxControl> Follower<N> {
                     }
                     retry.after(self.failed);
                 }
-                _ = stats_tick.tick(), if self.stats.is_some() => self.publish_stats(),
+                _ = stats_tick.tick(), if self.stats.is_some() => {
+                    let draining = self.read_open_connections().await;
+                    self.publish_stats(draining);
+                }
                 _ = certificate_tick.tick(), if self.config.tls.is_some() => {
                     let now = self.certificate_stamp();
                     if now != certificate && self.state.active.is_some() {
                         tracing::info!("the TLS certificate or key changed: reloading nginx");
+                        self.applier.certificate_changed();
                         self.apply(true).await;
                         retry.after(self.failed);
                     }
@@ -494,10 +577,26 @@ impl<N: NginxControl> Follower<N> {
         }
     }
 
-    /// Publishes the request counts if they changed, every second while they are read, every
-    /// minute otherwise.
-    fn publish_stats(&mut self) {
-        let wanted = self.state.counts_wanted();
+    /// Lua mode: takes nginx's open requests per color into the tally; true when the idle
+    /// color's count moved (a color draining after a switch, which the next deploy waits for).
+    async fn read_open_connections(&mut self) -> bool {
+        if self.applier.mode() != config::Mode::Lua {
+            return false;
+        }
+        let (Some(active), Some(stats)) = (&self.state.active, &self.stats) else {
+            return false;
+        };
+        let idle = active.color.other();
+        match self.applier.nginx.open_connections().await {
+            Some(open) => stats.tally.lock().unwrap().set_open(open, idle),
+            None => false,
+        }
+    }
+
+    /// Publishes the request counts if they changed, every second while they are read (or the
+    /// idle color's open requests move), every minute otherwise.
+    fn publish_stats(&mut self, draining: bool) {
+        let wanted = self.state.counts_wanted() || draining;
         let Some(stats) = self.stats.as_mut() else {
             return;
         };
@@ -615,6 +714,10 @@ impl<N: NginxControl> Follower<N> {
     /// `min_reload_interval` after the last reload.
     fn churn_reload_at(&self) -> Instant {
         let debounced = Instant::now() + self.config.debounce;
+        if self.applier.mode() == config::Mode::Lua {
+            // A pushed state reloads nothing.
+            return debounced;
+        }
         match self.last_reload {
             Some(last) => debounced.max(last + self.config.min_reload_interval),
             None => debounced,

@@ -59,6 +59,23 @@ pub trait NginxControl: Send + Sync + 'static {
             hub.leave(app);
         }
     }
+    /// Lua mode: hands nginx's balancer a traffic state (JSON) with the push token. Err carries
+    /// why nginx refused it (or could not be reached); it then keeps serving the state before.
+    fn push(
+        &self,
+        _token: &str,
+        _state: &str,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send {
+        async { Err("this nginx takes no pushed state (reload mode)".to_string()) }
+    }
+    /// Lua mode: requests open to each color's upstreams now (websockets and streams for as long
+    /// as they last); None when nginx cannot say.
+    fn open_connections(
+        &self,
+    ) -> impl std::future::Future<Output = Option<std::collections::BTreeMap<proto::Color, u64>>> + Send
+    {
+        async { None }
+    }
     /// Waits until no worker of `old` still accepts connections; false after `timeout`.
     fn wait_old_workers(
         &self,
@@ -230,7 +247,8 @@ impl NginxControl for Nginx {
             main.replace(&include, &candidate.display().to_string())
         } else {
             format!(
-                "events {{}}\nhttp {{\n    include {};\n}}\n",
+                "{}events {{}}\nhttp {{\n    include {};\n}}\n",
+                module_lines(&main),
                 candidate.display()
             )
         };
@@ -258,15 +276,64 @@ impl NginxControl for Nginx {
         }
     }
 
+    async fn push(&self, token: &str, state: &str) -> Result<(), String> {
+        let url = format!(
+            "http://{}{}",
+            self.config.status_listen,
+            crate::lua::STATE_PATH
+        );
+        let mut request = self
+            .http
+            .put(&url)
+            .header(crate::lua::TOKEN_HEADER, token)
+            .body(state.to_string());
+        if let Some(host) = &self.status_host {
+            request = request.header(reqwest::header::HOST, host);
+        }
+        let response = request
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| format!("PUT {url}: {e}"))?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "nginx refused the state ({status}): {}",
+                body.trim()
+            ))
+        }
+    }
+
+    async fn open_connections(&self) -> Option<std::collections::BTreeMap<proto::Color, u64>> {
+        let url = format!(
+            "http://{}{}",
+            self.config.status_listen,
+            crate::lua::CONNECTIONS_PATH
+        );
+        let mut request = self.http.get(&url);
+        if let Some(host) = &self.status_host {
+            request = request.header(reqwest::header::HOST, host);
+        }
+        let response = request.timeout(Duration::from_secs(1)).send().await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        crate::lua::parse_connections(&response.text().await.ok()?)
+    }
+
     /// What nginx was last given (the file on disk), if anything.
     fn current(&self) -> Option<String> {
         std::fs::read_to_string(&self.config.include_file).ok()
     }
 
-    /// Replaces the include file atomically (write beside it, rename over it).
+    /// Replaces the include file atomically (write beside it, rename over it), readable by its
+    /// owner only: in Lua mode it holds the token that lets a state be pushed to nginx.
     fn install(&self, text: &str) -> Result<(), SidecarError> {
         let tmp = self.sibling(".tmp");
-        std::fs::write(&tmp, text).map_err(|e| SidecarError::io(&tmp, e))?;
+        write_private(&tmp, text)?;
         std::fs::rename(&tmp, &self.config.include_file)
             .map_err(|e| SidecarError::io(&self.config.include_file, e))
     }
@@ -351,6 +418,33 @@ impl NginxControl for Nginx {
         }
         false
     }
+}
+
+/// Writes `text` to `path` with mode 0600 (root's, for nginx's master to read).
+pub fn write_private(path: &std::path::Path, text: &str) -> Result<(), SidecarError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| SidecarError::io(path, e))
+}
+
+/// The lines of a main config that load dynamic modules, for checking a candidate file in a
+/// minimal main config: the Lua mode's directives need them.
+fn module_lines(main: &str) -> String {
+    main.lines()
+        .filter(|l| {
+            let l = l.trim_start();
+            l.starts_with("load_module")
+                || (l.starts_with("include") && l.contains("modules-enabled"))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// Pids whose parent is `master` (nginx's workers and cache helpers).

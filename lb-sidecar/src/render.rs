@@ -154,7 +154,7 @@ pub fn render(template: &str, view: &View) -> Result<String, String> {
 /// The HTTPS listener and certificate lines of the public server; none without TLS. With
 /// `server_names`, the client's SNI picks the server (and so the certificate) among the apps
 /// sharing the port.
-fn tls(tls: Option<&(String, String, String)>) -> String {
+pub(crate) fn tls(tls: Option<&(String, String, String)>) -> String {
     match tls {
         None => String::new(),
         Some((listen, cert, key)) => format!(
@@ -164,7 +164,7 @@ fn tls(tls: Option<&(String, String, String)>) -> String {
 }
 
 /// The `server_name` line (validated names: letters, digits, '-', '.'); none for any host.
-fn server_names(names: &[String]) -> String {
+pub(crate) fn server_names(names: &[String]) -> String {
     if names.is_empty() {
         String::new()
     } else {
@@ -173,7 +173,7 @@ fn server_names(names: &[String]) -> String {
 }
 
 /// nginx variable names take letters, digits and '_' only; app names may hold '.' and '-'.
-fn variable_name(app: &str) -> String {
+pub(crate) fn variable_name(app: &str) -> String {
     app.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect()
@@ -183,7 +183,7 @@ fn variable_name(app: &str) -> String {
 /// request's upstream attempts to the sidecar; nothing without a socket. A location with its own
 /// `access_log` does not inherit the http level's, so a template that also wants a log file names
 /// it beside `{{request_log}}`.
-fn request_log(view: &View) -> (String, String) {
+pub(crate) fn request_log(view: &View) -> (String, String) {
     let Some(socket) = &view.request_log else {
         return (String::new(), String::new());
     };

@@ -227,9 +227,23 @@ pub struct Tally {
     addresses: HashMap<String, Color>,
     /// Counts changed since the last [`Tally::take_changed`].
     changed: bool,
+    /// Requests open per color, as nginx last said (Lua mode).
+    open: Option<BTreeMap<Color, u64>>,
 }
 
 impl Tally {
+    /// Records the open requests per color; true when `color`'s count changed (a draining
+    /// color's count is published as it falls, whoever reads it).
+    pub fn set_open(&mut self, open: BTreeMap<Color, u64>, color: Color) -> bool {
+        let before = self.open.as_ref().and_then(|o| o.get(&color).copied());
+        let moved = before != open.get(&color).copied();
+        if self.open.as_ref() != Some(&open) {
+            self.open = Some(open);
+            self.changed = true;
+        }
+        moved
+    }
+
     pub fn set_addresses(&mut self, addresses: HashMap<String, Color>) {
         self.addresses = addresses;
     }
@@ -302,6 +316,7 @@ impl Tally {
             recent: self.recent_sum(),
             recent_seconds: RECENT_SECONDS as u32,
             unattributed: self.unattributed,
+            open: self.open.clone(),
         })
     }
 

@@ -25,7 +25,28 @@ pub struct Nginx {
     pub ns: Option<crate::netns::Ns>,
     /// A small disk under the include file's directory, if asked for.
     pub disk: Option<crate::disk::SmallDisk>,
+    /// The `[nginx] mode` its sidecars are started with (`None`: the sidecar's own choice,
+    /// which is Lua whenever this nginx loads the module).
+    pub mode: Option<&'static str>,
     _tmp: tempfile::TempDir,
+}
+
+/// Debian's Lua module and the kit it needs (`deploy/install-deps.sh` installs them).
+const LUA_MODULES: [&str; 2] = [
+    "/usr/lib/nginx/modules/ndk_http_module.so",
+    "/usr/lib/nginx/modules/ngx_http_lua_module.so",
+];
+
+/// The `load_module` lines of the tests' main configs: the Lua module when it is installed.
+pub fn load_modules() -> String {
+    if LUA_MODULES.iter().all(|m| std::path::Path::new(m).exists()) {
+        LUA_MODULES
+            .iter()
+            .map(|m| format!("load_module {m};\n"))
+            .collect()
+    } else {
+        String::new()
+    }
 }
 
 impl Nginx {
@@ -57,15 +78,22 @@ impl Nginx {
     fn start_at(ns: Option<&crate::netns::Ns>, include_disk_mib: Option<u64>) -> Nginx {
         Nginx::start_placed(true, ns, include_disk_mib, |dir, include, pid| {
             format!(
-                "daemon off;\nworker_processes 2;\npid {pid};\nerror_log {dir}/error.log warn;\n\
+                "{modules}daemon off;\nworker_processes 2;\npid {pid};\nerror_log {dir}/error.log warn;\n\
                  worker_shutdown_timeout 10s;\nevents {{ worker_connections 4096; }}\n\
                  http {{\n    access_log off;\n    client_body_temp_path {dir}/tmp/body;\n    proxy_temp_path {dir}/tmp/proxy;\n\
                  \n    include {include};\n}}\n",
+                modules = load_modules(),
                 pid = pid.display(),
                 dir = dir.display(),
                 include = include.display()
             )
         })
+    }
+
+    /// Has its sidecars run in `mode` (`lua` or `reload`).
+    pub fn in_mode(mut self, mode: &'static str) -> Nginx {
+        self.mode = Some(mode);
+        self
     }
 
     /// Debian's stock `/etc/nginx/nginx.conf`, copied with its paths moved into this instance's
@@ -139,6 +167,7 @@ impl Nginx {
             address,
             ns: ns.cloned(),
             disk,
+            mode: None,
             _tmp: tmp,
         };
         nginx.spawn();
@@ -343,13 +372,7 @@ impl SidecarProc {
             Some(ns) => ns.wrap(binary("lb-sidecar"), args),
             None => (binary("lb-sidecar"), args),
         };
-        // The test fleet's hosts are on loopback. Given as a variable, not a file key, so that
-        // the upgrade test can run the previous release's sidecar (which knows no such key) on
-        // the same config file.
-        let env = vec![(
-            "BLUEGREEN_SIDECAR_UPSTREAMS_ALLOW".to_string(),
-            "127.0.0.0/8".to_string(),
-        )];
+        let env = sidecar_env(nginx);
         let daemon = Daemon::start_with_env(
             &format!("sidecar {name}"),
             program,
@@ -411,10 +434,7 @@ impl SidecarProc {
             binary("lb-sidecar"),
             vec!["--config".into(), config_path.into_os_string()],
             nginx.dir.join(format!("{name}.log")),
-            vec![(
-                "BLUEGREEN_SIDECAR_UPSTREAMS_ALLOW".to_string(),
-                "127.0.0.0/8".to_string(),
-            )],
+            sidecar_env(nginx),
         );
         SidecarProc {
             daemon,
@@ -435,6 +455,20 @@ impl SidecarProc {
     pub fn restart(&mut self) {
         self.daemon.restart();
     }
+}
+
+/// The variables every test sidecar of `nginx` gets: the test fleet's hosts are on loopback,
+/// and the mode it was asked for. Variables, not file keys, so that the upgrade test can run
+/// the previous release's sidecar (which knows neither key) on the same config file.
+fn sidecar_env(nginx: &Nginx) -> Vec<(String, String)> {
+    let mut env = vec![(
+        "BLUEGREEN_SIDECAR_UPSTREAMS_ALLOW".to_string(),
+        "127.0.0.0/8".to_string(),
+    )];
+    if let Some(mode) = nginx.mode {
+        env.push(("BLUEGREEN_SIDECAR_NGINX_MODE".to_string(), mode.to_string()));
+    }
+    env
 }
 
 /// The built-in template with the version as the live location's `keepalive_timeout`: a version

@@ -362,6 +362,8 @@ impl HollowFleet {
                 include_file: "/nonexistent".into(),
                 pid_file: "/nonexistent".into(),
                 status_listen: loopback(4),
+                // The stand-in answers as a reloading nginx does.
+                mode: Some(lb_sidecar::config::Mode::Reload),
             },
             state_dir: self.dir.path().join(name),
         }

@@ -167,6 +167,7 @@ pub async fn run_hollow_lb(
             nginx,
             metrics: Arc::new(lb_sidecar::metrics::Metrics::default()),
             request_log: None,
+            lua: None,
         });
     }
     lb_sidecar::follow_apps(&config, client, seams, shutdown).await
