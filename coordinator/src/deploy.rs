@@ -135,6 +135,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
                 plan.to
             ),
         );
+        self.drain(&state, plan.to).await?;
         let record = self.open_record(Operation::Deploy, &plan, &args.version);
         let release = self.release(args, plan.to, Desired::Running);
         self.store
@@ -162,6 +163,55 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             failures: Vec::new(),
         };
         self.drive(run).await
+    }
+
+    /// Before `color` is replaced: the requests LBs still hold open to it (websockets,
+    /// streams, kept there since the switch away from it) get up to `[switch] drain_timeout` to
+    /// finish. Then it is replaced anyway; its agent stops the old version with `stop_timeout`.
+    async fn drain(&self, state: &AppStatus, color: Color) -> Result<(), CoordinatorError> {
+        if state.open_connections(color).is_empty() {
+            return Ok(());
+        }
+        let timeout = self.spec.switch.drain_timeout;
+        let shown = |open: &BTreeMap<String, u64>| {
+            open.iter()
+                .map(|(lb, n)| format!("{n} on {lb}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let left = crate::fleet::wait_drained(self.store, color, timeout, |open| {
+            self.progress.event(
+                "drain",
+                None,
+                "waiting",
+                &format!(
+                    "{color} still has open requests ({}); waiting up to {} before replacing it",
+                    shown(open),
+                    humantime::format_duration(timeout)
+                ),
+            )
+        })
+        .await?;
+        if left.is_empty() {
+            self.progress.event(
+                "drain",
+                None,
+                "ok",
+                &format!("{color} has no open request left"),
+            );
+        } else {
+            self.progress.event(
+                "drain",
+                None,
+                "timeout",
+                &format!(
+                    "{color} still has open requests after {} ({}): replacing it; its agent stops it with run.stop_timeout",
+                    humantime::format_duration(timeout),
+                    shown(&left)
+                ),
+            );
+        }
+        Ok(())
     }
 
     /// `coordinator promote`: switches to the version a `deploy --no-switch` staged, after the

@@ -78,6 +78,46 @@ fn release_desired(store: &MemoryStore, color: Color) -> Option<Desired> {
     store.snapshot().releases.get(&color).map(|r| r.desired)
 }
 
+/// Websockets still open to green (kept there since the switch to blue): the next deploy,
+/// which replaces green, leaves green alone until they are gone.
+#[tokio::test(start_paused = true)]
+async fn a_deploy_waits_for_the_color_it_replaces_to_drain() {
+    let store = fleet().serving(Color::Blue, "v1");
+    store.set_open("lb-1", Color::Green, 3);
+    let probes = FakeProbes::default();
+    let a = args("v2");
+    let running = deploy(&store, &probes, &a);
+    tokio::pin!(running);
+    tokio::select! {
+        _ = &mut running => panic!("the deploy did not wait for green's open requests"),
+        _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+    }
+    assert!(
+        !store
+            .writes()
+            .iter()
+            .any(|w| matches!(w, Write::Release(Color::Green, _))),
+        "green was replaced while requests were open to it"
+    );
+    store.set_open("lb-1", Color::Green, 0);
+    let out = running.await.unwrap();
+    assert!(out.contains("traffic on green"), "{out}");
+}
+
+/// Requests that never end do not hold a deploy forever: after `[switch] drain_timeout` the
+/// color is replaced anyway.
+#[tokio::test(start_paused = true)]
+async fn a_drain_that_never_ends_is_cut_at_drain_timeout() {
+    let store = fleet().serving(Color::Blue, "v1");
+    store.set_open("lb-2", Color::Green, 1);
+    let started = tokio::time::Instant::now();
+    let out = deploy(&store, &FakeProbes::default(), &args("v2"))
+        .await
+        .unwrap();
+    assert!(out.contains("traffic on green"), "{out}");
+    assert!(started.elapsed() >= spec().switch.drain_timeout);
+}
+
 #[tokio::test(start_paused = true)]
 async fn first_deploy_goes_to_blue_and_records_one_history_entry() {
     let store = fleet();

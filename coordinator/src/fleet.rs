@@ -249,6 +249,31 @@ pub async fn wait_acks<S: Store>(
     }
 }
 
+/// Waits until no LB has requests open to `color` (see [`AppStatus::open_connections`]), up to
+/// `timeout`; `progress` sees each new count. Returns what is still open (empty: drained).
+pub async fn wait_drained<S: Store>(
+    store: &S,
+    color: Color,
+    timeout: Duration,
+    mut progress: impl FnMut(&BTreeMap<String, u64>),
+) -> Result<BTreeMap<String, u64>, CoordinatorError> {
+    let deadline = Instant::now() + timeout;
+    let mut status = store.latest().await?;
+    let mut shown = None;
+    loop {
+        let open = status.open_connections(color);
+        if open.is_empty() || Instant::now() >= deadline {
+            store.remember(status);
+            return Ok(open);
+        }
+        if shown.as_ref() != Some(&open) {
+            progress(&open);
+            shown = Some(open);
+        }
+        store.follow(&mut status, deadline).await?;
+    }
+}
+
 /// Watches `color` on `hosts` for `duration`; Err describes the first host that stopped serving
 /// `version`, or what `also` found wrong (it sees the status after every change).
 pub async fn watch_serving<S: Store>(

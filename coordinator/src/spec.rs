@@ -143,11 +143,29 @@ fn default_retries() -> u32 {
     3
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchSection {
     #[serde(with = "humantime_serde", default)]
     pub verify_for: Duration,
+    /// How long a deploy waits for the requests still open to the color it is about to replace
+    /// (websockets, streams: LBs in Lua mode keep them on their color after a switch) before it
+    /// replaces it anyway, which stops the old version with `run.stop_timeout`.
+    #[serde(with = "humantime_serde", default = "default_drain_timeout")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for SwitchSection {
+    fn default() -> Self {
+        SwitchSection {
+            verify_for: Duration::ZERO,
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 impl AppSpec {

@@ -307,6 +307,20 @@ fn set_in<K: Ord, T: serde::de::DeserializeOwned + Validate>(
     Ok(())
 }
 
+impl AppStatus {
+    /// The LBs with requests still open to `color` (websockets, streams, slow requests), as each
+    /// LB in Lua mode last published them; LBs that reload cannot count them and are left out.
+    pub fn open_connections(&self, color: Color) -> BTreeMap<String, u64> {
+        self.lb_stats
+            .iter()
+            .filter_map(|(lb, stats)| {
+                let open = *stats.open.as_ref()?.get(&color)?;
+                (open > 0).then(|| (lb.clone(), open))
+            })
+            .collect()
+    }
+}
+
 /// The text form: active color, releases, then one line per host and color.
 pub fn render_text(app: &str, s: &AppStatus) -> String {
     // Free text from etcd (errors, holders, problems) is escaped: a record cannot forge a line.
@@ -332,6 +346,18 @@ pub fn render_text(app: &str, s: &AppStatus) -> String {
             t.sticky,
             t.stable
         ));
+    }
+    if let Some(active) = &s.active {
+        let draining = s.open_connections(active.color.other());
+        if !draining.is_empty() {
+            let each: Vec<String> = draining.iter().map(|(lb, n)| format!("{lb} {n}")).collect();
+            out.push_str(&format!(
+                "draining: {} keeps {} open request(s) from before the switch ({}); a deploy waits for them before replacing it\n",
+                active.color.other(),
+                draining.values().sum::<u64>(),
+                each.join(", ")
+            ));
+        }
     }
     for color in Color::ALL {
         match s.releases.get(&color) {

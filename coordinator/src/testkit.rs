@@ -185,6 +185,25 @@ impl MemoryStore {
         self.bump(&mut inner);
     }
 
+    /// `lb` says `open` requests are still open to `color` (an LB in Lua mode).
+    pub fn set_open(&self, lb: &str, color: Color, open: u64) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.state.lb_stats.insert(
+            lb.to_string(),
+            proto::records::LbStatsRecord {
+                instance: "i".into(),
+                started_at: "t".into(),
+                at: "t".into(),
+                colors: BTreeMap::new(),
+                recent: BTreeMap::new(),
+                recent_seconds: 0,
+                unattributed: 0,
+                open: Some(BTreeMap::from([(color, open)])),
+            },
+        );
+        self.bump(&mut inner);
+    }
+
     pub fn set_active_invalid(&self, problem: &str) {
         let mut inner = self.inner.lock().unwrap();
         inner.state.active = None;

@@ -652,6 +652,11 @@ pub struct LbStatsRecord {
     /// Log lines naming an upstream the sidecar could not place (a host it does not know yet).
     #[serde(default)]
     pub unattributed: u64,
+    /// Requests open to each color's upstreams when taken (websockets and streams for as long
+    /// as they last), from an LB in Lua mode; none from one that reloads, which cannot count
+    /// them. A deploy waits for the color it replaces to have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open: Option<BTreeMap<Color, u64>>,
 }
 
 impl Validate for LbStatsRecord {
