@@ -24,8 +24,11 @@ have_systemd() { command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]
 # libprotobuf-dev carries google/protobuf/*.proto, which etcd-client's build imports; openssl
 # makes the tests' throwaway certificate authorities (TLS etcd, agents' gRPC, PostgreSQL);
 # iproute2 and nftables put test hosts in network namespaces and cut them off from each other;
-# python3-venv makes the real virtualenv a test deploys as a Python app's artifact.
-PACKAGES=(etcd-server etcd-client nginx-light protobuf-compiler libprotobuf-dev postgresql openssl iproute2 nftables python3-venv)
+# python3-venv makes the real virtualenv a test deploys as a Python app's artifact;
+# libnginx-mod-http-lua (with lua-resty-core and lua-cjson) is the LB's reload-free Lua mode,
+# and wrk measures it against a plain upstream.
+PACKAGES=(etcd-server etcd-client nginx-light protobuf-compiler libprotobuf-dev postgresql openssl iproute2 nftables python3-venv
+    libnginx-mod-http-lua lua-resty-core lua-cjson wrk)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

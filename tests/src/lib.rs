@@ -17,6 +17,7 @@ pub mod nginx;
 pub mod pki;
 pub mod procs;
 pub mod scale;
+pub mod strict;
 pub mod wait;
 
 pub use artifacts::Artifacts;

@@ -455,6 +455,11 @@ impl SidecarProc {
     pub fn restart(&mut self) {
         self.daemon.restart();
     }
+
+    /// How it exited, once it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.daemon.exit_status()
+    }
 }
 
 /// The variables every test sidecar of `nginx` gets: the test fleet's hosts are on loopback,

@@ -8,6 +8,7 @@ mod cluster;
 mod coordinator;
 mod demo_app;
 mod faults;
+mod lua_mode;
 mod many_apps;
 mod migrations;
 mod operator;

@@ -1,4 +1,4 @@
-//! The demo app's HTTP surface: /health, /, /api/v1/status and /api/v1/items.
+//! The demo app's HTTP surface: /health, /, /api/v1/status, /api/v1/items and /api/v1/events.
 use crate::config::Config;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -36,7 +36,8 @@ pub fn router(config: Config, pool: AnyPool) -> Router {
     let mut router = Router::new()
         .route("/", get(index))
         .route("/api/v1/status", get(status))
-        .route("/api/v1/items", get(list_items).post(create_item));
+        .route("/api/v1/items", get(list_items).post(create_item))
+        .route("/api/v1/events", get(events));
     if !faults.is_none() {
         // Layered before the health routes are added: health is never slowed or failed.
         router = router.layer(axum::middleware::from_fn(
@@ -97,6 +98,30 @@ fn identity(s: &AppState) -> Value {
         "hostname": s.hostname,
         "new_api": s.config.feature_new_api,
     })
+}
+
+/// Server-sent events: the app's identity at once, then every second for as long as the client
+/// stays. A long-lived connection, as a websocket or a stream is: it shows which color keeps it
+/// across a switch, and what a deploy waits for before it replaces that color.
+async fn events(State(s): Shared) -> Response {
+    let line = format!("data: {}\n\n", identity(&s));
+    let stream = futures::stream::unfold(true, move |first| {
+        let line = line.clone();
+        async move {
+            if !first {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Some((Ok::<_, std::convert::Infallible>(line), false))
+        }
+    });
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/event-stream"),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 async fn index(State(s): Shared) -> Json<Value> {
