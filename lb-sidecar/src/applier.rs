@@ -56,9 +56,9 @@ pub struct Applier<N: NginxControl = Nginx> {
 pub struct LuaSetup {
     /// Authorizes pushes; in the include file, readable by root only.
     pub token: String,
-    /// [`lua::runtime`]'s text in the first app's file (nginx takes it once), else empty.
-    pub runtime: String,
-    /// Where the last state pushed is written for nginx to load at start.
+    /// The app's balancer ([`lua::module`]), which nginx's workers load.
+    pub module_file: std::path::PathBuf,
+    /// Where the last state pushed is written, for a worker of an nginx restarted without it.
     pub state_file: std::path::PathBuf,
 }
 
@@ -125,7 +125,7 @@ impl<N: NginxControl> Applier<N> {
     /// Lua mode's include file for this app, which holds no traffic decision.
     fn lua_include(&self, lua: &LuaSetup) -> String {
         let view = self.view(&LbState::default(), Color::Blue, "");
-        lua::render(&view, &lua.token, &lua.runtime)
+        lua::render(&view, &lua.token, &lua.module_file.display().to_string())
     }
 
     /// Whether this nginx takes Lua mode's include (`nginx -t`); Err is nginx's complaint.
@@ -347,9 +347,7 @@ impl<N: NginxControl> Applier<N> {
         self.push_until_taken(lua, &text, reloaded.then_some(VERIFY_TIMEOUT))
             .await?;
         // Written after nginx took it: a state nginx refused must not come back at its restart.
-        let tmp = lua.state_file.with_extension("json.tmp");
-        crate::nginx::write_private(&tmp, &text)?;
-        std::fs::rename(&tmp, &lua.state_file).map_err(|e| SidecarError::io(&lua.state_file, e))?;
+        write_for_workers(&lua.state_file, &text)?;
         let expected = format!("{revision} {}", view.color);
         if !self.nginx.wait_serving(&expected, VERIFY_TIMEOUT).await {
             self.pushed = None;
@@ -393,6 +391,11 @@ impl<N: NginxControl> Applier<N> {
             return Ok(false);
         }
         self.ensure_validated(include, Color::Blue).await?;
+        let lua = self.lua.as_ref().expect("Lua mode");
+        let module = lua::module(&self.app, &lua.state_file.display().to_string());
+        if std::fs::read_to_string(&lua.module_file).ok().as_deref() != Some(module.as_str()) {
+            write_for_workers(&lua.module_file, &module)?;
+        }
         let previous = self.nginx.current();
         self.nginx.install(include)?;
         let old_workers = match self.nginx.reload() {
@@ -437,6 +440,19 @@ impl<N: NginxControl> Applier<N> {
             }
         }
     }
+}
+
+/// Replaces `path` atomically with `text`, readable by nginx's workers (which run as another
+/// user): the balancer module and the last state, neither of which holds the push token.
+fn write_for_workers(path: &std::path::Path, text: &str) -> Result<(), SidecarError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, text).map_err(|e| SidecarError::io(&tmp, e))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| SidecarError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| SidecarError::io(path, e))
 }
 
 /// The addresses of hosts registered by name (`set_current_peer` takes IPs only). A name that

@@ -1,16 +1,20 @@
--- bluegreen's reload-free balancer, run inside nginx (lua-nginx-module with lua-resty-core).
+-- bluegreen's reload-free balancer for one app, run inside nginx's workers (lua-nginx-module
+-- with lua-resty-core). The sidecar writes this file with the two constants above it, and the
+-- app's include file loads it once per worker (dofile, on first use).
 --
 -- The sidecar pushes each traffic state (active color, each pool's servers, the canary split)
 -- with its etcd revision to the loopback status server; it lands in the app's lua_shared_dict.
--- Every worker keeps a decoded copy, refreshed when the dict's revision moves, and records the
--- revision it serves under its worker id: the status location answers the lowest of those, so
--- the sidecar acks a state only once every worker serves it. Nothing here is reloaded for a
--- switch, a canary weight or a host's health: the upstream is one placeholder whose every peer
--- is picked by `balance`.
+-- Every worker keeps a decoded copy, refreshed on each request when the dict's revision moved
+-- and by a 2 ms timer, and records the revision it serves under its worker id: the status
+-- location answers the lowest revision a live worker serves, so the sidecar acks a state only
+-- once every worker serves it. Nothing here is reloaded for a switch, a canary weight or a
+-- host's health: the upstream is one placeholder whose every peer is picked by `balance`.
 --
--- Defined once per nginx in init_by_lua (the master, as root), which also loads each app's
--- last pushed state from the sidecar's state file: an nginx started while its sidecar is down
--- serves the last known state (fail static).
+-- Fail static: the sidecar also writes each state it pushed to STATE_FILE; a worker that finds
+-- the dict empty (nginx was restarted, maybe while the sidecar is down) loads it from there.
+--
+-- No init_by_lua or init_worker_by_lua: nginx allows each once, and every app's include file
+-- (one sidecar per app, or several apps of one sidecar) must stand on its own.
 
 local ffi = require "ffi"
 local cjson = require "cjson.safe"
@@ -22,27 +26,41 @@ pcall(ffi.cdef, "uint32_t ngx_murmur_hash2(const unsigned char *data, size_t len
 
 local M = {}
 
--- Per worker: dict name -> { revision, state, failed = { ["ip:port"] = until }, next = { pool = i } }
-local apps = {}
+-- This worker's copy: { revision, state, failed = { ["ip:port"] = until }, next = { pool = i } }
+local app = nil
+local dict = ngx.shared[DICT]
 
 -- How long a server that failed an attempt is set aside in this worker (nginx's
 -- max_fails=1 fail_timeout=2s of the rendered upstreams).
 local FAIL_TIMEOUT = 2
 
-local function app_of(name)
-    local app = apps[name]
-    if not app then
-        app = { revision = -1, failed = {}, next = {} }
-        apps[name] = app
+-- How often a worker looks at the dict without requests, and how recently a worker must have
+-- looked to count as serving (an old generation's workers, gone after a reload, stop looking).
+local TICK = 0.002
+local ALIVE = 0.25
+
+local check
+
+-- An empty dict (nginx restarted): the last state the sidecar pushed, from its file.
+local function load_saved()
+    local file = io.open(STATE_FILE, "r")
+    if not file then return end
+    local text = file:read("*a")
+    file:close()
+    local state = cjson.decode(text)
+    if state and not check(state) then
+        -- add: a worker that got there first (or a push) wins.
+        if dict:add("state", text) then dict:add("revision", state.revision) end
     end
-    return app
 end
 
 -- Brings this worker's copy up to the dict's revision, and records what it serves.
-local function refresh(name)
-    local dict = ngx.shared[name]
-    local app = app_of(name)
+local function refresh()
     local revision = dict:get("revision")
+    if not revision then
+        load_saved()
+        revision = dict:get("revision")
+    end
     if revision and revision ~= app.revision then
         local state = cjson.decode(dict:get("state") or "")
         -- The state is written before its revision: a newer state under an older revision is
@@ -50,14 +68,32 @@ local function refresh(name)
         if state and state.revision == revision then
             app.state = state
             app.revision = revision
-            dict:set("worker:" .. ngx.worker.id(), revision)
         end
+    end
+    local now = ngx.now()
+    if app.recorded ~= app.revision or now - app.seen > ALIVE / 5 then
+        local id = ngx.worker.id()
+        dict:set("worker:" .. id, app.revision)
+        dict:set("seen:" .. id, now)
+        app.recorded, app.seen = app.revision, now
     end
     return app
 end
 
+-- This worker's copy, made on first use (a request or the sidecar's call), with its timer:
+-- an idle worker follows pushes too.
+local function current()
+    if not app then
+        app = { revision = -1, failed = {}, next = {}, seen = 0 }
+        ngx.timer.every(TICK, function(premature)
+            if not premature then refresh() end
+        end)
+    end
+    return refresh()
+end
+
 -- A state the balancer can use: revision, color, and every pool a list of [ip, port].
-local function check(state)
+check = function(state)
     if type(state) ~= "table" then return "not a JSON object" end
     if type(state.revision) ~= "number" or state.revision < 1 then return "revision: not a positive number" end
     if state.color ~= "blue" and state.color ~= "green" then return "color: not blue or green" end
@@ -81,36 +117,9 @@ local function check(state)
     return nil
 end
 
--- init_by_lua: the last state the sidecar pushed, unless the dict already holds a newer one
--- (a reload keeps the dict).
-function M.load(name, path)
-    local file = io.open(path, "r")
-    if not file then return end
-    local text = file:read("*a")
-    file:close()
-    local state = cjson.decode(text)
-    local dict = ngx.shared[name]
-    if not dict or check(state) then return end
-    if state.revision > (dict:get("revision") or 0) then
-        dict:set("state", text)
-        dict:set("revision", state.revision)
-    end
-end
-
--- init_worker_by_lua: record the served revision now and follow pushes every 2 ms, so an idle
--- worker acks too (a busy one also refreshes on each request).
-function M.start_worker(names)
-    local function tick(premature)
-        if premature then return end
-        for _, name in ipairs(names) do refresh(name) end
-    end
-    tick(false)
-    ngx.timer.every(0.002, tick)
-end
-
 -- PUT /.bluegreen/state from the sidecar: a token only root can read (it is in this config),
 -- and never an older revision than the one held.
-function M.push(name, token)
+function M.push(token)
     if ngx.req.get_method() ~= "PUT" then return ngx.exit(405) end
     if ngx.var.http_x_bluegreen_token ~= token then
         ngx.status = 403
@@ -131,7 +140,7 @@ function M.push(name, token)
         ngx.say("refused: ", problem)
         return ngx.exit(400)
     end
-    local dict = ngx.shared[name]
+    current()
     local held = dict:get("revision") or 0
     if state.revision < held then
         ngx.status = 409
@@ -145,14 +154,15 @@ function M.push(name, token)
         return ngx.exit(507)
     end
     dict:set("revision", state.revision)
-    refresh(name)
+    refresh()
     ngx.say("ok ", state.revision)
 end
 
--- GET /.bluegreen/status: "<revision> <color>" once every worker serves the dict's revision;
--- before that, the lowest revision a worker serves (and "-").
-function M.status(name)
-    local dict = ngx.shared[name]
+-- GET /.bluegreen/status: "<revision> <color>" once every live worker serves the dict's
+-- revision; before that, the lowest revision a worker serves (and "-"). A worker that never
+-- ran this app's code holds no copy: its first request reads the dict.
+function M.status()
+    local app = current()
     local revision = dict:get("revision")
     if not revision then
         ngx.status = 503
@@ -160,11 +170,13 @@ function M.status(name)
         return ngx.exit(503)
     end
     local served = revision
+    local now = ngx.now()
     for id = 0, ngx.worker.count() - 1 do
-        local worker = dict:get("worker:" .. id) or 0
-        if worker < served then served = worker end
+        local worker = dict:get("worker:" .. id)
+        if worker and now - (dict:get("seen:" .. id) or 0) <= ALIVE and worker < served then
+            served = worker
+        end
     end
-    local app = refresh(name)
     ngx.header.content_type = "text/plain"
     if served == revision and app.state then
         ngx.say(served, " ", app.state.color)
@@ -175,8 +187,7 @@ end
 
 -- GET /.bluegreen/connections: requests open to each color's upstreams right now, a websocket or
 -- a stream for as long as it lasts.
-function M.connections(name)
-    local dict = ngx.shared[name]
+function M.connections()
     ngx.header.content_type = "text/plain"
     for _, color in ipairs({ "blue", "green" }) do
         ngx.say(color, " ", math.max(dict:get("open:" .. color) or 0, 0))
@@ -199,8 +210,8 @@ end
 
 -- access_by_lua: which pool serves this request (the public server: the live color or the
 -- canary's share; the preview server: the idle color), named in the response headers.
-function M.route(name, role)
-    local app = refresh(name)
+function M.route(role)
+    local app = current()
     local state = app.state
     if not state then
         ngx.status = 503
@@ -225,14 +236,14 @@ function M.route(name, role)
         ngx.status = 502
         return ngx.exit(502)
     end
-    ngx.ctx.bluegreen = { name = name, pool = pool, servers = servers, color = servers.color, tried = {} }
+    ngx.ctx.bluegreen = { pool = pool, servers = servers, color = servers.color, tried = {} }
     ngx.var.bluegreen_color = servers.color
     if role == "live" then ngx.var.bluegreen_revision = app.revision end
 end
 
 -- The next server of the pool: round robin over the primaries this worker has not set aside,
 -- then the backups (every registered host, never set aside), never one this request tried.
-local function pick(app, ctx, now)
+local function pick(ctx, now)
     local servers = ctx.servers
     local primary = servers.primary
     local n = #primary
@@ -261,21 +272,20 @@ end
 -- balancer_by_lua: each attempt's peer. A failed attempt (connect error, timeout, 502/503 as
 -- proxy_next_upstream says) sets its primary aside and is retried on the next server of the
 -- same color, up to proxy_next_upstream_tries.
-function M.balance(name)
+function M.balance()
     local ctx = ngx.ctx.bluegreen
-    if not ctx then return ngx.exit(500) end
-    local app = app_of(name)
+    if not ctx or not app then return ngx.exit(500) end
     local now = ngx.now()
     if ctx.last then
         if ctx.last_primary then app.failed[ctx.last] = now + FAIL_TIMEOUT end
     else
         balancer.set_more_tries(2)
         if ctx.color then
-            ngx.shared[name]:incr("open:" .. ctx.color, 1, 0)
+            dict:incr("open:" .. ctx.color, 1, 0)
             ctx.counted = ctx.color
         end
     end
-    local server, id, primary = pick(app, ctx, now)
+    local server, id, primary = pick(ctx, now)
     if not server then return ngx.exit(502) end
     ctx.tried[id] = true
     ctx.last, ctx.last_primary = id, primary
@@ -302,9 +312,9 @@ function M.header()
 end
 
 -- log_by_lua: the request (or websocket) is over; it no longer holds its color.
-function M.done(name)
+function M.done()
     local ctx = ngx.ctx.bluegreen
-    if ctx and ctx.counted then ngx.shared[name]:incr("open:" .. ctx.counted, -1, 0) end
+    if ctx and ctx.counted then dict:incr("open:" .. ctx.counted, -1, 0) end
 end
 
 return M

@@ -108,11 +108,6 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     follow_apps(&config, client, seams, shutdown).await
 }
 
-/// Where an app's last pushed state is kept for nginx to load at start.
-fn state_file(app: &Config) -> std::path::PathBuf {
-    app.state_dir.join("lua-state.json")
-}
-
 /// Lua mode's setup for every app (`None`: reload mode): what `[nginx] mode` says or, unset,
 /// Lua whenever nginx takes the Lua balancer (`nginx -t` with the first app's file). Each app
 /// keeps the push token already in its include file, so a restarted sidecar reloads nothing.
@@ -126,27 +121,20 @@ async fn choose_mode(
         );
         return Ok(None);
     }
-    let runtime = lua::runtime(
-        &apps
-            .iter()
-            .map(|a| (a.app.clone(), state_file(a).display().to_string()))
-            .collect::<Vec<_>>(),
-    );
     let mut setups = Vec::new();
-    for (i, app) in apps.iter().enumerate() {
+    for app in apps {
         let current = std::fs::read_to_string(&app.nginx.include_file).unwrap_or_default();
-        let token = match lua::token_in(&current, &app.app) {
+        let token = match lua::token_in(&current) {
             Some(token) => token,
             None => lua::new_token().map_err(|e| SidecarError::io("/dev/urandom", e))?,
         };
+        for (what, path) in [("state_dir", &app.state_dir)] {
+            lua::check_path(what, path)?;
+        }
         setups.push(applier::LuaSetup {
             token,
-            runtime: if i == 0 {
-                runtime.clone()
-            } else {
-                String::new()
-            },
-            state_file: state_file(app),
+            module_file: app.state_dir.join("balancer.lua"),
+            state_file: app.state_dir.join("lua-state.json"),
         });
     }
     let first = &apps[0];

@@ -66,6 +66,12 @@ pub fn app_user() -> u32 {
     lookup().expect("the user exists now").uid.as_raw()
 }
 
+/// The `p` quantile (0..=1) of `sorted` samples, nearest rank: what the benchmarks report.
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
 /// Resident set size of a process in KiB, from /proc/<pid>/status.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmRSS:")

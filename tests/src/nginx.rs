@@ -37,6 +37,18 @@ const LUA_MODULES: [&str; 2] = [
     "/usr/lib/nginx/modules/ngx_http_lua_module.so",
 ];
 
+/// The mode sidecars run in unless a test asks for one: `BLUEGREEN_TEST_NGINX_MODE` (`lua` or
+/// `reload`), so that any suite runs in reload mode too
+/// (`BLUEGREEN_TEST_NGINX_MODE=reload deploy/test.sh canary:: faults:: partitions::`); unset,
+/// the sidecar's own choice (Lua, with the module installed).
+fn default_mode() -> Option<&'static str> {
+    match std::env::var("BLUEGREEN_TEST_NGINX_MODE").ok()?.as_str() {
+        "lua" => Some("lua"),
+        "reload" => Some("reload"),
+        other => panic!("BLUEGREEN_TEST_NGINX_MODE={other}: say lua or reload"),
+    }
+}
+
 /// The `load_module` lines of the tests' main configs: the Lua module when it is installed.
 pub fn load_modules() -> String {
     if LUA_MODULES.iter().all(|m| std::path::Path::new(m).exists()) {
@@ -167,7 +179,7 @@ impl Nginx {
             address,
             ns: ns.cloned(),
             disk,
-            mode: None,
+            mode: default_mode(),
             _tmp: tmp,
         };
         nginx.spawn();

@@ -200,7 +200,7 @@ async fn nginx_refuses_a_push_without_the_token_or_older_than_it_serves() {
         .applied_revision;
     let url = format!("http://127.0.0.1:{}/.bluegreen/state", lb.status);
     let include = std::fs::read_to_string(&lb.include_file).unwrap();
-    let token = lb_sidecar::lua::token_in(&include, "shop").expect("the include holds the token");
+    let token = lb_sidecar::lua::token_in(&include).expect("the include holds the token");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&lb.include_file)
@@ -248,8 +248,8 @@ async fn nginx_refuses_a_push_without_the_token_or_older_than_it_serves() {
     wait_color(&lb.url("/api/v1/status"), Color::Blue).await;
 }
 
-/// nginx restarted while its sidecar is down serves the last state it was given (loaded by
-/// init_by_lua from the sidecar's state file), not a 503; the sidecar that comes back finds its
+/// nginx restarted while its sidecar is down serves the last state it was given (its workers
+/// load it from the sidecar's state file), not a 503; the sidecar that comes back finds its
 /// file in place and moves traffic without reloading nginx.
 #[tokio::test(flavor = "multi_thread")]
 async fn nginx_restarted_without_its_sidecar_serves_the_last_state() {

@@ -474,9 +474,19 @@ async fn an_app_is_served_over_https_by_its_host_name_and_a_renewed_certificate_
 /// include file on the shared listeners, the sidecar's own default server answering 404 for any
 /// other host name, both apps' keys under the sidecar's one lease, one `/metrics` with an `app`
 /// label. Both apps deploy at the same time, twice, under load for each host name, with no
-/// failed request.
+/// failed request. A host that dies changes both apps at once: in reload mode both changes go
+/// into one reload; in Lua mode neither reloads nginx.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_sidecar_serves_two_apps_by_host_name_under_one_lease() {
+    two_apps_under_one_lease("lua").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sidecar_serves_two_apps_by_host_name_under_one_lease_in_reload_mode() {
+    two_apps_under_one_lease("reload").await;
+}
+
+async fn two_apps_under_one_lease(mode: &'static str) {
     let setup = bluegreen_tests::fleet::Setup {
         etcd: bluegreen_tests::Etcd::start().await,
         agent_extra: &|_| String::new(),
@@ -488,7 +498,7 @@ async fn one_sidecar_serves_two_apps_by_host_name_under_one_lease() {
     let shop = Keys::new(PREFIX, "shop").unwrap();
     let api = Keys::new(PREFIX, "api").unwrap();
     run_shop_and_api_on_every_host(&mut fleet, &api).await;
-    let nginx = bluegreen_tests::nginx::Nginx::start();
+    let nginx = bluegreen_tests::nginx::Nginx::start().in_mode(mode);
     nginx.include_every_app();
     let sidecar = bluegreen_tests::nginx::SidecarProc::start_apps(
         &fleet.etcd,
@@ -538,7 +548,7 @@ async fn one_sidecar_serves_two_apps_by_host_name_under_one_lease() {
     }
 
     // host-2's agent dies: its one lease takes both apps' keys for host-2 in one revision, and
-    // both apps' changes go into one reload.
+    // both apps' changes go into one reload (reload mode) or none (Lua mode).
     let signals = "bluegreen_lb_nginx_reload_signals{app=\"shop\"}";
     let before = sidecar.metric(signals).await.expect("the signal count");
     let live = active(&client).await.expect("active").color;
@@ -575,7 +585,15 @@ async fn one_sidecar_serves_two_apps_by_host_name_under_one_lease() {
         "both apps applied the same revision"
     );
     let after = sidecar.metric(signals).await.expect("the signal count");
-    assert_eq!(after - before, 1.0, "one reload for both apps' changes");
+    if mode == "lua" {
+        assert_eq!(
+            after - before,
+            0.0,
+            "Lua mode reloaded nginx for a host's health"
+        );
+    } else {
+        assert_eq!(after - before, 1.0, "one reload for both apps' changes");
+    }
 }
 
 /// shop and api deploy at the same time, twice, through the LB at `url` routed by host name: the

@@ -6,8 +6,8 @@
 //! Options: --hosts 10,1000,5000  --lbs 1,10,50  --real-lbs 5  --rollbacks 20  --start-delay 2s
 //! --apps 20 (every host and LB serves 20 apps; the measured deploy and rollbacks are the first
 //! app's, and then 1 % of the hosts crash, to count each LB's reloads for every app's change)
-use bluegreen_tests::rss_kib;
 use bluegreen_tests::scale::{coordinator, coordinator_for, hollow_spec_for, metrics, HollowFleet};
+use bluegreen_tests::{percentile, rss_kib};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -64,11 +64,6 @@ fn usage(arg: &str) -> ! {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Every `<field>=<ms>` a sidecar logged in its "reload timings" lines.

@@ -1,6 +1,7 @@
 //! Switch propagation benchmark (not a test): from the write of `active` until every LB serves the
-//! new color, p50/p99 over many switches with 1 and with 8 LBs, beside the floor measured in the
-//! same run (write the include file + `nginx -s reload` + first response of the new color).
+//! new color, p50/p99 over many switches with 1 and with 8 LBs, with the sidecars in Lua mode
+//! (a pushed state) and in reload mode, beside the reload floor measured in the same run (write
+//! the include file + `nginx -s reload` + first response of the new color).
 //!   cargo build --release --workspace --bins && target/release/bench-switch 50
 //! With `--tls`, etcd requires client-certificate TLS and every agent and sidecar uses it (the
 //! cost of TLS on the switch path).
@@ -8,7 +9,7 @@ use bluegreen_tests::artifacts::release;
 use bluegreen_tests::lb::{set_active, wait_ack};
 use bluegreen_tests::nginx::{Nginx, SidecarProc};
 use bluegreen_tests::procs::{put_release, wait_healthy};
-use bluegreen_tests::{poll_until, rss_kib, AgentProc, Artifacts, Etcd};
+use bluegreen_tests::{percentile, poll_until, rss_kib, AgentProc, Artifacts, Etcd};
 use lb_sidecar::render::{render, with_revision, View, BUILTIN_TEMPLATE};
 use proto::Color;
 use std::time::Duration;
@@ -61,50 +62,54 @@ async fn main() {
         let floor = measure_floor(&hosts, &http, lb_count, switches).await;
         report(&format!("floor, {lb_count} nginx: write file + nginx -s reload -> first response of the new color"), &floor.first, None);
         report(&format!("floor, {lb_count} nginx: write file + nginx -s reload -> old workers stopped accepting"), &floor.complete, None);
-        let lbs: Vec<Nginx> = (0..lb_count).map(|_| Nginx::start()).collect();
-        let sidecars: Vec<SidecarProc> = lbs
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let name = format!("bench-{lb_count}-{i}");
-                SidecarProc::start(&etcd, &name, n, &lines(&name))
-            })
-            .collect();
-        for s in &sidecars {
-            wait_ack(&client, &s.name, "initial", |a| {
-                a.applied_revision >= revision
-            })
-            .await;
-        }
-        let mut samples = Samples {
-            first: Vec::new(),
-            complete: Vec::new(),
-        };
-        for n in 0..switches {
-            let (color, version) = if n % 2 == 0 {
-                (Color::Green, "v2")
-            } else {
-                (Color::Blue, "v1")
-            };
-            let start = Instant::now();
-            revision = set_active(&client, color, version).await;
-            let urls: Vec<String> = lbs.iter().map(|l| l.url("/api/v1/status")).collect();
-            futures::future::join_all(urls.iter().map(|u| serves(&http, u, color))).await;
-            samples.first.push(start.elapsed());
-            // The ack is written only after the old workers stopped accepting: the switch is complete.
+        for mode in ["lua", "reload"] {
+            let lbs: Vec<Nginx> = (0..lb_count)
+                .map(|_| Nginx::start().in_mode(mode))
+                .collect();
+            let sidecars: Vec<SidecarProc> = lbs
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let name = format!("bench-{mode}-{lb_count}-{i}");
+                    SidecarProc::start(&etcd, &name, n, &lines(&name))
+                })
+                .collect();
             for s in &sidecars {
-                acked(&client, &s.name, revision).await;
+                wait_ack(&client, &s.name, "initial", |a| {
+                    a.applied_revision >= revision
+                })
+                .await;
             }
-            samples.complete.push(start.elapsed());
+            let mut samples = Samples {
+                first: Vec::new(),
+                complete: Vec::new(),
+            };
+            for n in 0..switches {
+                let (color, version) = if n % 2 == 0 {
+                    (Color::Green, "v2")
+                } else {
+                    (Color::Blue, "v1")
+                };
+                let start = Instant::now();
+                revision = set_active(&client, color, version).await;
+                let urls: Vec<String> = lbs.iter().map(|l| l.url("/api/v1/status")).collect();
+                futures::future::join_all(urls.iter().map(|u| serves(&http, u, color))).await;
+                samples.first.push(start.elapsed());
+                // The ack is written only after the old workers stopped accepting: the switch is complete.
+                for s in &sidecars {
+                    acked(&client, &s.name, revision).await;
+                }
+                samples.complete.push(start.elapsed());
+            }
+            report(&format!("{mode} mode, {lb_count} LB(s): write of active -> first response of the new color at every LB"), &samples.first, Some(&floor.first));
+            report(&format!("{mode} mode, {lb_count} LB(s): write of active -> every LB acked (every worker serves it)"), &samples.complete, Some(&floor.complete));
+            let rss: Vec<u64> = sidecars.iter().filter_map(|s| rss_kib(s.pid())).collect();
+            println!(
+                "  lb-sidecar RSS: max {:.1} MB over {} sidecars",
+                rss.iter().max().copied().unwrap_or(0) as f64 / 1024.0,
+                rss.len()
+            );
         }
-        report(&format!("sidecar, {lb_count} LB(s): write of active -> first response of the new color at every LB"), &samples.first, Some(&floor.first));
-        report(&format!("sidecar, {lb_count} LB(s): write of active -> every LB acked (old workers stopped accepting)"), &samples.complete, Some(&floor.complete));
-        let rss: Vec<u64> = sidecars.iter().filter_map(|s| rss_kib(s.pid())).collect();
-        println!(
-            "  lb-sidecar RSS: max {:.1} MB over {} sidecars",
-            rss.iter().max().copied().unwrap_or(0) as f64 / 1024.0,
-            rss.len()
-        );
     }
 }
 
@@ -263,10 +268,6 @@ async fn serves(http: &reqwest::Client, url: &str, color: Color) {
         },
     )
     .await
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn report(what: &str, samples: &[Duration], floor: Option<&[Duration]>) {
