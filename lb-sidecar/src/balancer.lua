@@ -41,6 +41,31 @@ local ALIVE = 0.25
 
 local check
 
+-- What each request would otherwise compute again: every server's address as nginx shows it
+-- in $upstream_addr, the primaries by address, each pool's open count key, the revision as
+-- text, the split's bound in the hash range.
+local function prepare(state)
+    for _, servers in pairs(state.pools) do
+        servers.open_key = "open:" .. servers.color
+        servers.is_primary = {}
+        for _, list in ipairs({ servers.primary, servers.backup }) do
+            for _, server in ipairs(list) do
+                local ip = server[1]
+                server.id = (ip:find(":", 1, true) and "[" .. ip .. "]" or ip) .. ":" .. server[2]
+            end
+        end
+        for _, server in ipairs(servers.primary) do servers.is_primary[server.id] = true end
+    end
+    state.revision_text = tostring(state.revision)
+    local split = state.split
+    if split == cjson.null then
+        state.split = nil
+    elseif split then
+        -- The canary takes the bottom of the hash range, as split_clients does.
+        split.bound = math.floor(split.weight * 4294967295 / 10000)
+    end
+end
+
 -- An empty dict (nginx restarted): the last state the sidecar pushed, from its file.
 local function load_saved()
     local file = io.open(STATE_FILE, "r")
@@ -66,6 +91,7 @@ local function refresh()
         -- The state is written before its revision: a newer state under an older revision is
         -- left for the next look.
         if state and state.revision == revision then
+            prepare(state)
             app.state = state
             app.revision = revision
         end
@@ -81,15 +107,17 @@ local function refresh()
 end
 
 -- This worker's copy, made on first use (a request or the sidecar's call), with its timer:
--- an idle worker follows pushes too.
+-- the copy follows pushes within a tick, busy or idle. Requests read the copy, never the dict:
+-- a state is acked only once every worker's copy holds it.
 local function current()
     if not app then
         app = { revision = -1, failed = {}, next = {}, seen = 0 }
         ngx.timer.every(TICK, function(premature)
             if not premature then refresh() end
         end)
+        refresh()
     end
-    return refresh()
+    return app
 end
 
 -- A state the balancer can use: revision, color, and every pool a list of [ip, port].
@@ -162,7 +190,8 @@ end
 -- revision; before that, the lowest revision a worker serves (and "-"). A worker that never
 -- ran this app's code holds no copy: its first request reads the dict.
 function M.status()
-    local app = current()
+    current()
+    local app = refresh()
     local revision = dict:get("revision")
     if not revision then
         ngx.status = 503
@@ -194,7 +223,8 @@ function M.connections()
     end
 end
 
--- The sticky key of a split, and whether the response sets the sticky cookie.
+-- The sticky key of a split, and the cookie to set (the public server's `add_header
+-- Set-Cookie $bluegreen_cookie`, which adds nothing while it is empty).
 local function sticky_key(sticky)
     if sticky.kind == "cookie" then
         local value = ngx.var["cookie_" .. sticky.cookie]
@@ -208,113 +238,97 @@ local function sticky_key(sticky)
     return ngx.var.remote_addr, nil
 end
 
--- access_by_lua: which pool serves this request (the public server: the live color or the
--- canary's share; the preview server: the idle color), named in the response headers.
-function M.route(role)
-    local app = current()
-    local state = app.state
-    if not state then
-        ngx.status = 503
-        ngx.say("bluegreen: no traffic state yet")
-        return ngx.exit(503)
-    end
+-- Which pool serves this request (the public server: the live color or the canary's share; the
+-- preview server: the idle color), named in the response's headers (nginx adds them after the
+-- balancer ran): the pool's name and servers, nil without a state yet. The same request always
+-- gets the same pool (its sticky key and the state do not change between its attempts).
+local function route(role)
+    local state = current().state
+    if not state then return nil end
     local pool = role
     local split = state.split
-    if role == "live" and split and split ~= cjson.null and split.weight > 0 then
+    if role == "live" and split and split.weight > 0 then
         if split.weight >= 10000 then
             pool = "canary"
         else
             local key, cookie = sticky_key(split.sticky)
-            local hash = tonumber(ffi.C.ngx_murmur_hash2(key, #key))
-            -- The canary takes the bottom of the hash range, as split_clients does.
-            if hash < math.floor(split.weight * 4294967295 / 10000) then pool = "canary" end
-            ngx.ctx.bluegreen_cookie = cookie
+            if tonumber(ffi.C.ngx_murmur_hash2(key, #key)) < split.bound then pool = "canary" end
+            if cookie then ngx.var.bluegreen_cookie = cookie end
         end
     end
     local servers = state.pools[pool]
-    if not servers then
-        ngx.status = 502
-        return ngx.exit(502)
-    end
-    ngx.ctx.bluegreen = { pool = pool, servers = servers, color = servers.color, tried = {} }
+    if not servers then return nil end
     ngx.var.bluegreen_color = servers.color
-    if role == "live" then ngx.var.bluegreen_revision = app.revision end
+    if role == "live" then ngx.var.bluegreen_revision = state.revision_text end
+    return pool, servers
 end
 
 -- The next server of the pool: round robin over the primaries this worker has not set aside,
 -- then the backups (every registered host, never set aside), never one this request tried.
-local function pick(ctx, now)
-    local servers = ctx.servers
+local function pick(pool, servers, tried, now)
     local primary = servers.primary
     local n = #primary
-    local start = app.next[ctx.pool] or 1
+    local start = app.next[pool] or 1
+    local failed = app.failed
     for i = 0, n - 1 do
         local index = (start + i - 1) % n + 1
         local server = primary[index]
-        local id = server[1] .. ":" .. server[2]
-        if not ctx.tried[id] and (app.failed[id] or 0) <= now then
-            app.next[ctx.pool] = index % n + 1
-            return server, id, true
+        local id = server.id
+        if not tried[id] and (failed[id] or 0) <= now then
+            app.next[pool] = index % n + 1
+            return server
         end
     end
     for _, server in ipairs(servers.backup) do
-        local id = server[1] .. ":" .. server[2]
-        if not ctx.tried[id] then return server, id, false end
+        if not tried[server.id] then return server end
     end
     for _, server in ipairs(primary) do
-        local id = server[1] .. ":" .. server[2]
-        if not ctx.tried[id] then return server, id, true end
+        if not tried[server.id] then return server end
     end
-    local server = primary[1] or servers.backup[1]
-    return server, server and (server[1] .. ":" .. server[2]), true
+    return primary[1] or servers.backup[1]
 end
 
--- balancer_by_lua: each attempt's peer. A failed attempt (connect error, timeout, 502/503 as
--- proxy_next_upstream says) sets its primary aside and is retried on the next server of the
--- same color, up to proxy_next_upstream_tries.
-function M.balance()
-    local ctx = ngx.ctx.bluegreen
-    if not ctx or not app then return ngx.exit(500) end
+local NONE = {}
+
+-- balancer_by_lua: each attempt's peer, routing the request on its first attempt. Everything a
+-- request needs is done here, with no per-request table (ngx.ctx): each Lua handler and table
+-- a request passes through costs throughput. A failed attempt (connect error, timeout, 502/503
+-- as proxy_next_upstream says) sets its primary aside and is retried on the next server of the
+-- same color, up to proxy_next_upstream_tries; the servers tried so far are in $upstream_addr.
+function M.balance(role)
+    local pool, servers = route(role)
+    if not pool then
+        ngx.log(ngx.ERR, "bluegreen: no traffic state for ", DICT, " yet: its sidecar has not pushed one")
+        return ngx.exit(ngx.ERROR)
+    end
     local now = ngx.now()
-    if ctx.last then
-        if ctx.last_primary then app.failed[ctx.last] = now + FAIL_TIMEOUT end
+    local tried = NONE
+    if balancer.get_last_failure() then
+        tried = {}
+        local last
+        for address in (ngx.var.upstream_addr or ""):gmatch("[^%s,]+:%d+") do
+            tried[address] = true
+            last = address
+        end
+        if last and servers.is_primary[last] then app.failed[last] = now + FAIL_TIMEOUT end
     else
         balancer.set_more_tries(2)
-        if ctx.color then
-            dict:incr("open:" .. ctx.color, 1, 0)
-            ctx.counted = ctx.color
-        end
+        dict:incr(servers.open_key, 1, 0)
     end
-    local server, id, primary = pick(ctx, now)
-    if not server then return ngx.exit(502) end
-    ctx.tried[id] = true
-    ctx.last, ctx.last_primary = id, primary
+    local server = pick(pool, servers, tried, now)
+    if not server then return ngx.exit(ngx.ERROR) end
     local ok, err = balancer.set_current_peer(server[1], server[2])
     if not ok then
-        ngx.log(ngx.ERR, "bluegreen: peer ", id, ": ", err)
-        return ngx.exit(502)
+        ngx.log(ngx.ERR, "bluegreen: peer ", server.id, ": ", err)
+        return ngx.exit(ngx.ERROR)
     end
 end
 
--- header_filter_by_lua: the sticky cookie for a client that had none while a split runs.
-function M.header()
-    local cookie = ngx.ctx.bluegreen_cookie
-    if not cookie then return end
-    local existing = ngx.header["Set-Cookie"]
-    if type(existing) == "table" then
-        table.insert(existing, cookie)
-        ngx.header["Set-Cookie"] = existing
-    elseif existing then
-        ngx.header["Set-Cookie"] = { existing, cookie }
-    else
-        ngx.header["Set-Cookie"] = cookie
-    end
-end
-
--- log_by_lua: the request (or websocket) is over; it no longer holds its color.
+-- log_by_lua: the request (or websocket) is over; it no longer holds its color (the balancer
+-- counted it when it named the color).
 function M.done()
-    local ctx = ngx.ctx.bluegreen
-    if ctx and ctx.counted then dict:incr("open:" .. ctx.counted, -1, 0) end
+    local color = ngx.var.bluegreen_color
+    if color and color ~= "" then dict:incr("open:" .. color, -1, 0) end
 end
 
 return M

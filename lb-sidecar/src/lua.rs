@@ -45,7 +45,7 @@ pub fn render(view: &View, token: &str, module: &str) -> String {
     let dict = dict_name(app);
     let call = |expression: &str| {
         format!(
-            "local bg = package.loaded[\"{module}\"]; if not bg then bg = dofile(\"{module}\"); package.loaded[\"{module}\"] = bg end; bg.{expression}"
+            "local bg = package.loaded[\"{module}\"]; if not bg then bg = dofile(\"{module}\"); package.loaded[\"{module}\"] = bg end; return bg.{expression}"
         )
     };
     let (status, push, connections) = (
@@ -53,12 +53,8 @@ pub fn render(view: &View, token: &str, module: &str) -> String {
         call(&format!("push(\"{token}\")")),
         call("connections()"),
     );
-    let (route, route_preview, balance) = (
-        call("route(\"live\")"),
-        call("route(\"preview\")"),
-        call("balance()"),
-    );
-    let (header, done) = (call("header()"), call("done()"));
+    let (live, preview) = (call("balance(\"live\")"), call("balance(\"preview\")"));
+    let done = call("done()");
     let var = crate::render::variable_name(app);
     let (log_format, request_log) = crate::render::request_log(view);
     let server_names = crate::render::server_names(&view.server_names);
@@ -76,10 +72,16 @@ lua_shared_dict {dict} {DICT_SIZE};
     "" "";
 }}
 
-upstream bluegreen_{app}_lua {{
+upstream bluegreen_{app}_live {{
     server 0.0.0.1;
-    balancer_by_lua_block {{ {balance} }}
+    balancer_by_lua_block {{ {live} }}
     keepalive 32;
+}}
+
+upstream bluegreen_{app}_preview {{
+    server 0.0.0.1;
+    balancer_by_lua_block {{ {preview} }}
+    keepalive 8;
 }}
 
 server {{
@@ -109,9 +111,9 @@ server {{
 {tls}{server_names}
     set $bluegreen_color "";
     set $bluegreen_revision "";
+    set $bluegreen_cookie "";
     location / {{
-        access_by_lua_block {{ {route} }}
-        proxy_pass http://bluegreen_{app}_lua;
+        proxy_pass http://bluegreen_{app}_live;
         proxy_http_version 1.1;
         proxy_set_header Upgrade $http_upgrade;
         proxy_set_header Connection $bluegreen_{var}_connection;
@@ -123,7 +125,7 @@ server {{
         proxy_read_timeout 60s;
         add_header X-Bluegreen-Color $bluegreen_color always;
         add_header X-Bluegreen-Revision $bluegreen_revision always;
-        header_filter_by_lua_block {{ {header} }}
+        add_header Set-Cookie $bluegreen_cookie;
         log_by_lua_block {{ {done} }}
 {request_log}    }}
 }}
@@ -133,8 +135,7 @@ server {{
 {server_names}
     set $bluegreen_color "";
     location / {{
-        access_by_lua_block {{ {route_preview} }}
-        proxy_pass http://bluegreen_{app}_lua;
+        proxy_pass http://bluegreen_{app}_preview;
         proxy_http_version 1.1;
         proxy_set_header Upgrade $http_upgrade;
         proxy_set_header Connection $bluegreen_{var}_connection;
