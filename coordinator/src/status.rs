@@ -491,6 +491,48 @@ mod tests {
         }
     }
 
+    /// After a switch to blue, green's websockets are still open on one LB: status says green
+    /// is draining and where; an LB that cannot count (reload mode) is left out.
+    #[test]
+    fn status_shows_a_color_draining_and_its_open_requests_per_lb() {
+        let stats = |open: Option<u64>| proto::records::LbStatsRecord {
+            instance: "i".into(),
+            started_at: "t".into(),
+            at: "t".into(),
+            colors: BTreeMap::new(),
+            recent: BTreeMap::new(),
+            recent_seconds: 0,
+            unattributed: 0,
+            open: open.map(|n| BTreeMap::from([(Color::Green, n), (Color::Blue, 40)])),
+        };
+        let mut s = AppStatus {
+            active: Some(ActiveRecord {
+                color: Color::Blue,
+                version: "v2".into(),
+                deploy_id: "op".into(),
+                token: 1,
+                switched_at: "t".into(),
+            }),
+            ..AppStatus::default()
+        };
+        s.lb_stats.insert("lb-1".into(), stats(Some(3)));
+        s.lb_stats.insert("lb-2".into(), stats(Some(0)));
+        s.lb_stats.insert("lb-3".into(), stats(None));
+        assert_eq!(
+            s.open_connections(Color::Green),
+            BTreeMap::from([("lb-1".to_string(), 3)])
+        );
+        let text = render_text("shop", &s);
+        assert!(
+            text.contains(
+                "draining: green keeps 3 open request(s) from before the switch (lb-1 3)"
+            ),
+            "{text}"
+        );
+        s.lb_stats.insert("lb-1".into(), stats(Some(0)));
+        assert!(!render_text("shop", &s).contains("draining"));
+    }
+
     #[test]
     fn a_move_reads_every_key_it_decides_on_and_skips_membership_and_request_counts() {
         let keys = Keys::new("/bluegreen", "shop").unwrap();
