@@ -355,10 +355,11 @@ impl<N: NginxControl> Applier<N> {
                 "nginx took revision {revision} but not every worker serves it within {VERIFY_TIMEOUT:?}"
             )));
         }
-        tracing::debug!(
+        tracing::info!(
             revision,
+            reloaded,
             done_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "state served"
+            "push timings"
         );
         self.pushed = Some(unchanged);
         let mut upstreams = LbUpstreamsRecord::default();

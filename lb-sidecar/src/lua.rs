@@ -314,21 +314,13 @@ mod tests {
 
     fn view() -> View {
         View {
-            app: "shop".into(),
-            listen: "0.0.0.0:80".into(),
-            preview_listen: "127.0.0.1:8088".into(),
-            status_listen: "127.0.0.1:9902".into(),
             color: Color::Blue,
             version: "v1".into(),
             live: vec!["10.0.0.1:8081".into()],
             preview: vec!["10.0.0.1:8082".into()],
             live_fallback: vec!["10.0.0.1:8081".into(), "10.0.0.2:8081".into()],
             preview_fallback: vec!["10.0.0.1:8082".into(), "10.0.0.2:8082".into()],
-            split: None,
-            request_log: None,
-            server_names: vec![],
-            tls: None,
-            status_host: None,
+            ..crate::render::tests::view()
         }
     }
 

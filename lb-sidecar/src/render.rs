@@ -321,10 +321,11 @@ pub fn with_revision(rendered: &str, revision: i64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn view() -> View {
+    /// A view of app shop, green live on one of two hosts; the Lua mode's tests start from it.
+    pub(crate) fn view() -> View {
         View {
             app: "shop".into(),
             listen: "0.0.0.0:80".into(),

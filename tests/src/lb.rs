@@ -1,7 +1,7 @@
 //! Helpers for load-balancer tests: switching `active` and waiting for acks and traffic.
 use crate::procs::{get_json, get_raw, keys};
 use crate::wait_for;
-use proto::records::{decode, encode, ActiveRecord, LbRecord};
+use proto::records::{decode, encode, ActiveRecord, LbRecord, Sticky, TrafficRecord};
 use proto::Color;
 use std::time::Duration;
 
@@ -19,6 +19,27 @@ pub async fn set_active(client: &etcd_client::Client, color: Color, version: &st
         .put(keys().active(), encode(&record), None)
         .await
         .expect("put active");
+    resp.header().expect("header").revision()
+}
+
+/// Writes the canary's `traffic` record (green the canary of blue at `weight`, hundredths of a
+/// percent, sticky by cookie) and returns the revision of the write.
+pub async fn set_weight(client: &etcd_client::Client, weight: u32) -> i64 {
+    let record = TrafficRecord {
+        stable: Color::Blue,
+        canary: Color::Green,
+        weight,
+        step: 1,
+        sticky: Sticky::Cookie,
+        deploy_id: "test-canary".into(),
+        token: 0,
+        set_at: proto::time::now_rfc3339(),
+    };
+    let resp = client
+        .clone()
+        .put(keys().traffic(), encode(&record), None)
+        .await
+        .expect("put traffic");
     resp.header().expect("header").revision()
 }
 

@@ -102,6 +102,32 @@ impl Nginx {
         })
     }
 
+    /// Its worker pids, sorted: the same list before and after means nginx did not reload.
+    pub fn workers(&self) -> Vec<i32> {
+        let mut pids = lb_sidecar::nginx::workers_of(self.master_pid() as i32);
+        pids.sort();
+        pids
+    }
+
+    /// The sidecar's own control of this nginx in `mode` (install, reload, push, wait), for
+    /// tests and benchmarks that drive it by hand. Its scratch files go into this nginx's
+    /// directory.
+    pub fn control(&self, mode: lb_sidecar::config::Mode) -> lb_sidecar::nginx::Nginx {
+        lb_sidecar::nginx::Nginx::new(
+            lb_sidecar::config::NginxConfig {
+                binary: "nginx".into(),
+                main_config: self.main_config.clone(),
+                include_file: self.include_file.clone(),
+                pid_file: self.pid_file.clone(),
+                status_listen: format!("127.0.0.1:{}", self.status).parse().unwrap(),
+                mode: Some(mode),
+            },
+            format!("127.0.0.1:{}", self.listen).parse().unwrap(),
+            None,
+            self.dir.clone(),
+        )
+    }
+
     /// Has its sidecars run in `mode` (`lua` or `reload`).
     pub fn in_mode(mut self, mode: &'static str) -> Nginx {
         self.mode = Some(mode);

@@ -9,6 +9,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+/// How long a loop waits after a refused connect before it tries again.
+const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
+
 /// What one loop sends.
 #[derive(Debug, Clone)]
 pub enum Request {
@@ -48,7 +51,8 @@ pub fn spawn(
                     Ok(stream) => connection.insert(BufReader::new(stream)),
                     Err(e) => {
                         report.failed.push(format!("connect {address}: {e}"));
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        // A refused connect is counted once per backoff, not once per spin.
+                        tokio::time::sleep(CONNECT_BACKOFF).await;
                         continue;
                     }
                 },

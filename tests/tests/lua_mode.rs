@@ -3,44 +3,15 @@
 //! connections kept on their color, pushes nginx refuses, and nginx serving its last state
 //! without its sidecar.
 use crate::sidecar::fleet;
-use bluegreen_tests::lb::{set_active, wait_ack, wait_color};
+use bluegreen_tests::lb::{set_active, set_weight, wait_ack, wait_color};
 use bluegreen_tests::nginx::{Nginx, SidecarProc};
 use bluegreen_tests::procs::{get_raw, keys};
 use bluegreen_tests::strict::{self, Request};
 use bluegreen_tests::wait::wait_for;
-use proto::records::{encode, Sticky, TrafficRecord};
 use proto::Color;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// `nginx`'s worker pids, sorted.
-fn workers(nginx: &Nginx) -> Vec<i32> {
-    let mut pids = lb_sidecar::nginx::workers_of(nginx.master_pid() as i32);
-    pids.sort();
-    pids
-}
-
-/// Writes the canary's `traffic` record (green the canary of blue at `weight`) and returns the
-/// revision of the write.
-async fn set_weight(client: &etcd_client::Client, weight: u32) -> i64 {
-    let record = TrafficRecord {
-        stable: Color::Blue,
-        canary: Color::Green,
-        weight,
-        step: 1,
-        sticky: Sticky::Cookie,
-        deploy_id: "test-canary".into(),
-        token: 0,
-        set_at: proto::time::now_rfc3339(),
-    };
-    let resp = client
-        .clone()
-        .put(keys().traffic(), encode(&record), None)
-        .await
-        .expect("put traffic");
-    resp.header().expect("header").revision()
-}
 
 /// Two LBs in Lua mode, each acked blue v1.
 async fn lbs_serving_blue(
@@ -71,7 +42,7 @@ async fn lbs_serving_blue(
 async fn switches_and_weights_reload_nothing_and_lose_no_request_that_is_never_retried() {
     let (_etcd, client, _artifacts, _hosts) = fleet(&[]).await;
     let (lbs, _sidecars) = lbs_serving_blue(&_etcd, &client).await;
-    let before: Vec<Vec<i32>> = lbs.iter().map(workers).collect();
+    let before: Vec<Vec<i32>> = lbs.iter().map(Nginx::workers).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let post = Request::Post("/api/v1/items".into(), "{\"name\":\"kept\"}".into());
     let loops: Vec<_> = lbs
@@ -123,7 +94,7 @@ async fn switches_and_weights_reload_nothing_and_lose_no_request_that_is_never_r
         vec!["blue".to_string(), "green".to_string()],
         "traffic moved both ways"
     );
-    let after: Vec<Vec<i32>> = lbs.iter().map(workers).collect();
+    let after: Vec<Vec<i32>> = lbs.iter().map(Nginx::workers).collect();
     assert_eq!(before, after, "nginx reloaded: its workers changed");
 }
 
@@ -262,7 +233,7 @@ async fn nginx_restarted_without_its_sidecar_serves_the_last_state() {
     lb.stop();
     lb.spawn();
     wait_color(&lb.url("/api/v1/status"), Color::Green).await;
-    let restarted = workers(lb);
+    let restarted = lb.workers();
     sidecars[0].restart();
     let revision = set_active(&client, Color::Blue, "v1").await;
     wait_ack(&client, "lb-0", "blue after the restart", |a| {
@@ -271,7 +242,7 @@ async fn nginx_restarted_without_its_sidecar_serves_the_last_state() {
     .await;
     wait_color(&lb.url("/api/v1/status"), Color::Blue).await;
     assert_eq!(
-        workers(lb),
+        lb.workers(),
         restarted,
         "the returning sidecar reloaded nginx"
     );

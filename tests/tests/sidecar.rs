@@ -254,20 +254,7 @@ async fn flapping_health_is_rate_limited_to_one_reload_per_interval() {
 async fn back_to_back_reloads_leave_no_worker_with_the_older_config() {
     use lb_sidecar::nginx::NginxControl;
     let nginx = Nginx::start().in_mode("reload");
-    let state = tempfile::tempdir().unwrap();
-    let control = lb_sidecar::nginx::Nginx::new(
-        lb_sidecar::config::NginxConfig {
-            binary: "nginx".into(),
-            main_config: nginx.main_config.clone(),
-            include_file: nginx.include_file.clone(),
-            pid_file: nginx.pid_file.clone(),
-            status_listen: format!("127.0.0.1:{}", nginx.status).parse().unwrap(),
-            mode: Some(lb_sidecar::config::Mode::Reload),
-        },
-        format!("127.0.0.1:{}", nginx.listen).parse().unwrap(),
-        None,
-        state.path().to_path_buf(),
-    );
+    let control = nginx.control(lb_sidecar::config::Mode::Reload);
     let config = |n: u32| {
         format!(
             "server {{ listen 127.0.0.1:{}; location / {{ return 200 \"gen{n}\"; }} }}\n\

@@ -5,14 +5,13 @@
 //! (throughput through one LB of 2 workers, Lua balancer against the plain upstream),
 //! `--upstreams 5000` (one state push of that many servers); `--only keepalive|streams|wrk|push`.
 use bluegreen_tests::artifacts::release;
-use bluegreen_tests::lb::{set_active, wait_ack};
+use bluegreen_tests::lb::{set_active, set_weight, wait_ack};
 use bluegreen_tests::nginx::{Nginx, SidecarProc};
-use bluegreen_tests::procs::{keys, put_release, wait_healthy};
+use bluegreen_tests::procs::{put_release, wait_healthy};
 use bluegreen_tests::strict::{self, Request};
 use bluegreen_tests::{percentile, AgentProc, Artifacts, Etcd};
 use lb_sidecar::nginx::NginxControl;
 use lb_sidecar::render::View;
-use proto::records::{encode, Sticky, TrafficRecord};
 use proto::Color;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -84,13 +83,6 @@ async fn main() {
     }
 }
 
-/// `nginx`'s worker pids, sorted.
-fn workers(nginx: &Nginx) -> Vec<i32> {
-    let mut pids = lb_sidecar::nginx::workers_of(nginx.master_pid() as i32);
-    pids.sort();
-    pids
-}
-
 /// `count` LBs in `mode`, named `<prefix>-<i>`, each acked `active` as it is now.
 async fn lbs(
     etcd: &Etcd,
@@ -125,25 +117,6 @@ async fn acked(client: &etcd_client::Client, sidecars: &[SidecarProc], revision:
     }
 }
 
-async fn set_weight(client: &etcd_client::Client, weight: u32) -> i64 {
-    let record = TrafficRecord {
-        stable: Color::Blue,
-        canary: Color::Green,
-        weight,
-        step: 1,
-        sticky: Sticky::Cookie,
-        deploy_id: "bench".into(),
-        token: 0,
-        set_at: proto::time::now_rfc3339(),
-    };
-    let resp = client
-        .clone()
-        .put(keys().traffic(), encode(&record), None)
-        .await
-        .expect("put traffic");
-    resp.header().expect("header").revision()
-}
-
 /// Keep-alive GET and POST clients that never retry, 2 per kind per LB through 2 LBs, across
 /// `switches` switches and then `weights` canary weight changes; failed requests and whether
 /// nginx's workers changed.
@@ -155,7 +128,7 @@ async fn keep_alive(
     weights: usize,
 ) {
     let (lbs, sidecars) = lbs(etcd, client, mode, &format!("ka-{mode}"), 2).await;
-    let before: Vec<Vec<i32>> = lbs.iter().map(workers).collect();
+    let before: Vec<Vec<i32>> = lbs.iter().map(Nginx::workers).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let post = Request::Post("/api/v1/items".into(), "{\"name\":\"bench\"}".into());
     let loops: Vec<_> = lbs
@@ -200,7 +173,7 @@ async fn keep_alive(
         failed += report.failed.len();
         first.extend(report.failed.into_iter().take(2));
     }
-    let after: Vec<Vec<i32>> = lbs.iter().map(workers).collect();
+    let after: Vec<Vec<i32>> = lbs.iter().map(Nginx::workers).collect();
     println!(
         "keep-alive clients that never retry, {mode} mode, 2 LBs, {switches} switches + {weights} weight changes in {:.1} s: {ok} ok, {failed} failed {:?}; nginx workers {}",
         started.elapsed().as_secs_f64(),
@@ -258,8 +231,13 @@ async fn streams(
             wrong += 1;
         }
     }
-    let workers_now = workers(lb).len();
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    let workers_now = lb.workers().len();
+    // Until every stream is closed, or 12 s have passed: the test nginx's worker_shutdown_timeout
+    // (10 s) ends a reload's retired workers and their streams within that.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while (closed.load(Ordering::Relaxed) as usize) < count && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     println!(
         "{count} server-sent-events streams through 1 LB, {mode} mode, {switches} switches: {} closed by the LB, {wrong} new streams not on the new color; nginx processes under the master after the switches: {workers_now}",
@@ -297,23 +275,6 @@ fn blue_view(nginx: &Nginx, hosts: &[AgentProc]) -> View {
     }
 }
 
-/// The sidecar's control of `nginx` (for pushing states by hand).
-fn control(nginx: &Nginx) -> lb_sidecar::nginx::Nginx {
-    lb_sidecar::nginx::Nginx::new(
-        lb_sidecar::config::NginxConfig {
-            binary: "nginx".into(),
-            main_config: nginx.main_config.clone(),
-            include_file: nginx.include_file.clone(),
-            pid_file: nginx.pid_file.clone(),
-            status_listen: format!("127.0.0.1:{}", nginx.status).parse().unwrap(),
-            mode: Some(lb_sidecar::config::Mode::Lua),
-        },
-        format!("127.0.0.1:{}", nginx.listen).parse().unwrap(),
-        None,
-        nginx.dir.clone(),
-    )
-}
-
 /// Installs Lua mode's include for `view` on `nginx`, reloads it and pushes the state at
 /// `revision`; returns the control and the token.
 async fn lua_nginx(
@@ -321,7 +282,7 @@ async fn lua_nginx(
     view: &View,
     revision: i64,
 ) -> (lb_sidecar::nginx::Nginx, String) {
-    let control = control(nginx);
+    let control = nginx.control(lb_sidecar::config::Mode::Lua);
     let token = lb_sidecar::lua::new_token().unwrap();
     let state_file = nginx.dir.join("lua-state.json");
     let module_file = nginx.dir.join("balancer.lua");
@@ -351,11 +312,14 @@ async fn lua_nginx(
 async fn push_state(control: &lb_sidecar::nginx::Nginx, token: &str, view: &View, revision: i64) {
     let (state, _) = lb_sidecar::lua::state(view, revision, lb_sidecar::lua::literal);
     let text = serde_json::to_string(&state).unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    while let Err(e) = control.push(token, &text).await {
-        assert!(Instant::now() < end, "push: {e}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // Right after a reload the new workers' status server may not answer yet.
+    bluegreen_tests::poll_until(
+        "nginx to take the state",
+        Duration::from_secs(10),
+        Duration::from_millis(5),
+        || async { control.push(token, &text).await.ok() },
+    )
+    .await;
     let expected = format!("{revision} {}", view.color);
     assert!(
         control
@@ -379,7 +343,7 @@ async fn throughput(hosts: &[AgentProc], seconds: usize) {
         &lb_sidecar::render::render(lb_sidecar::render::BUILTIN_TEMPLATE, &view).unwrap(),
         1,
     );
-    let plain_control = control(&plain);
+    let plain_control = plain.control(lb_sidecar::config::Mode::Reload);
     plain_control.install(&text).unwrap();
     let old = plain_control.reload().unwrap();
     assert!(

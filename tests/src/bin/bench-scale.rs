@@ -66,11 +66,12 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Every `<field>=<ms>` a sidecar logged in its "reload timings" lines.
+/// Every `<field>=<ms>` a sidecar logged in its "reload timings" (reload mode) or "push
+/// timings" (Lua mode) lines.
 fn logged_ms(log: &str, field: &str) -> Vec<f64> {
     let marker = format!("{field}=");
     log.lines()
-        .filter(|l| l.contains("reload timings"))
+        .filter(|l| l.contains("reload timings") || l.contains("push timings"))
         .filter_map(|l| {
             let rest = &l[l.find(&marker)? + marker.len()..];
             rest.split_whitespace().next()?.parse().ok()
