@@ -128,8 +128,12 @@ async fn choose_mode(
             Some(token) => token,
             None => lua::new_token().map_err(|e| SidecarError::io("/dev/urandom", e))?,
         };
-        for (what, path) in [("state_dir", &app.state_dir)] {
-            lua::check_path(what, path)?;
+        if let Err(e) = lua::check_path("state_dir", &app.state_dir) {
+            if config.nginx.mode == Some(config::Mode::Lua) {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "nginx mode: reload, since Lua mode cannot name this state_dir: every switch reloads nginx");
+            return Ok(None);
         }
         setups.push(applier::LuaSetup {
             token,
