@@ -495,15 +495,10 @@ mod tests {
     /// is draining and where; an LB that cannot count (reload mode) is left out.
     #[test]
     fn status_shows_a_color_draining_and_its_open_requests_per_lb() {
-        let stats = |open: Option<u64>| proto::records::LbStatsRecord {
-            instance: "i".into(),
-            started_at: "t".into(),
-            at: "t".into(),
-            colors: BTreeMap::new(),
-            recent: BTreeMap::new(),
-            recent_seconds: 0,
-            unattributed: 0,
-            open: open.map(|n| BTreeMap::from([(Color::Green, n), (Color::Blue, 40)])),
+        let stats = |open: Option<u64>| {
+            crate::testkit::stats_with_open(
+                open.map(|n| BTreeMap::from([(Color::Green, n), (Color::Blue, 40)])),
+            )
         };
         let mut s = AppStatus {
             active: Some(ActiveRecord {

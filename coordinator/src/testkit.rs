@@ -190,16 +190,7 @@ impl MemoryStore {
         let mut inner = self.inner.lock().unwrap();
         inner.state.lb_stats.insert(
             lb.to_string(),
-            proto::records::LbStatsRecord {
-                instance: "i".into(),
-                started_at: "t".into(),
-                at: "t".into(),
-                colors: BTreeMap::new(),
-                recent: BTreeMap::new(),
-                recent_seconds: 0,
-                unattributed: 0,
-                open: Some(BTreeMap::from([(color, open)])),
-            },
+            stats_with_open(Some(BTreeMap::from([(color, open)]))),
         );
         self.bump(&mut inner);
     }
@@ -525,6 +516,21 @@ fn set(
         .entry(host.to_string())
         .or_default()
         .insert(color, record);
+}
+
+/// An LB's request counts with nothing counted, and `open` requests per color (None: an LB in
+/// reload mode, which cannot count them).
+pub fn stats_with_open(open: Option<BTreeMap<Color, u64>>) -> proto::records::LbStatsRecord {
+    proto::records::LbStatsRecord {
+        instance: "i".into(),
+        started_at: "t".into(),
+        at: "t".into(),
+        colors: BTreeMap::new(),
+        recent: BTreeMap::new(),
+        recent_seconds: 0,
+        unattributed: 0,
+        open,
+    }
 }
 
 pub fn host_record(name: &str, i: usize) -> HostRecord {
