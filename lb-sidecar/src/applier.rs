@@ -123,9 +123,19 @@ impl<N: NginxControl> Applier<N> {
     }
 
     /// Lua mode's include file for this app, which holds no traffic decision.
+    /// Names the balancer module's hash, so that a new module (an upgraded sidecar) changes
+    /// the file and reloads nginx: its workers keep a module they loaded until then.
     fn lua_include(&self, lua: &LuaSetup) -> String {
         let view = self.view(&LbState::default(), Color::Blue, "");
-        lua::render(&view, &lua.token, &lua.module_file.display().to_string())
+        format!(
+            "{}# balancer.lua sha256 {}\n",
+            lua::render(&view, &lua.token, &lua.module_file.display().to_string()),
+            sha256(&self.lua_module(lua))
+        )
+    }
+
+    fn lua_module(&self, lua: &LuaSetup) -> String {
+        lua::module(&self.app, &lua.state_file.display().to_string())
     }
 
     /// Whether this nginx takes Lua mode's include (`nginx -t`); Err is nginx's complaint.
@@ -384,6 +394,13 @@ impl<N: NginxControl> Applier<N> {
     /// Makes nginx run `include` (validated, installed, reloaded) unless it already does; true
     /// when it reloaded. A restarted sidecar finds its file in place and reloads nothing.
     async fn ensure_include(&mut self, include: &str) -> Result<bool, SidecarError> {
+        // Checked at every apply: a module deleted or altered on disk would break every request
+        // of the next worker that loads it.
+        let lua = self.lua.as_ref().expect("Lua mode");
+        let module = self.lua_module(lua);
+        if std::fs::read_to_string(&lua.module_file).ok().as_deref() != Some(module.as_str()) {
+            write_for_workers(&lua.module_file, &module)?;
+        }
         let on_disk = self.served.is_none() && self.nginx.current().as_deref() == Some(include);
         if on_disk {
             self.served = Some(include.to_string());
@@ -392,11 +409,6 @@ impl<N: NginxControl> Applier<N> {
             return Ok(false);
         }
         self.ensure_validated(include, Color::Blue).await?;
-        let lua = self.lua.as_ref().expect("Lua mode");
-        let module = lua::module(&self.app, &lua.state_file.display().to_string());
-        if std::fs::read_to_string(&lua.module_file).ok().as_deref() != Some(module.as_str()) {
-            write_for_workers(&lua.module_file, &module)?;
-        }
         let previous = self.nginx.current();
         self.nginx.install(include)?;
         let old_workers = match self.nginx.reload() {
@@ -414,7 +426,16 @@ impl<N: NginxControl> Applier<N> {
             .wait_old_workers(&old_workers, VERIFY_TIMEOUT)
             .await
         {
-            tracing::warn!("nginx's old workers still accept connections after the reload");
+            // nginx refused the new file (a listener it cannot bind passes `nginx -t`) and kept
+            // its workers: put the last good file back, as reload mode does.
+            if let Some(previous) = previous {
+                self.nginx.install(&previous)?;
+                let _ = self.nginx.reload();
+            }
+            self.served = None;
+            return Err(SidecarError::Reload(format!(
+                "nginx kept its old workers {VERIFY_TIMEOUT:?} after the reload (it refused the new file?); restored the last good config"
+            )));
         }
         self.served = Some(include.to_string());
         self.reload_due = false;

@@ -4,8 +4,8 @@
 --
 -- The sidecar pushes each traffic state (active color, each pool's servers, the canary split)
 -- with its etcd revision to the loopback status server; it lands in the app's lua_shared_dict.
--- Every worker keeps a decoded copy, refreshed on each request when the dict's revision moved
--- and by a 2 ms timer, and records the revision it serves under its worker id: the status
+-- Every worker keeps a decoded copy, refreshed by a 2 ms timer (requests read the copy only),
+-- and records the revision it serves under its worker id: the status
 -- location answers the lowest revision a live worker serves, so the sidecar acks a state only
 -- once every worker serves it. Nothing here is reloaded for a switch, a canary weight or a
 -- host's health: the upstream is one placeholder whose every peer is picked by `balance`.
@@ -46,7 +46,6 @@ local check
 -- text, the split's bound in the hash range.
 local function prepare(state)
     for _, servers in pairs(state.pools) do
-        servers.open_key = "open:" .. servers.color
         servers.is_primary = {}
         for _, list in ipairs({ servers.primary, servers.backup }) do
             for _, server in ipairs(list) do
@@ -112,9 +111,16 @@ end
 local function current()
     if not app then
         app = { revision = -1, failed = {}, next = {}, seen = 0 }
-        ngx.timer.every(TICK, function(premature)
+        local ok, err = ngx.timer.every(TICK, function(premature)
             if not premature then refresh() end
         end)
+        app.timer = ok
+        if not ok then
+            ngx.log(ngx.ERR, "bluegreen: no follower timer for ", DICT, " (", err, "): this worker reads the dict on each request")
+        end
+        refresh()
+    elseif not app.timer then
+        -- Without its timer this worker follows pushes request by request.
         refresh()
     end
     return app
@@ -127,6 +133,9 @@ check = function(state)
     if state.color ~= "blue" and state.color ~= "green" then return "color: not blue or green" end
     if type(state.pools) ~= "table" or type(state.pools.live) ~= "table" then return "pools.live: missing" end
     for pool, servers in pairs(state.pools) do
+        if servers.color ~= "blue" and servers.color ~= "green" then
+            return "pools." .. pool .. ".color: not blue or green"
+        end
         for _, list in ipairs({ "primary", "backup" }) do
             if type(servers[list]) ~= "table" then return "pools." .. pool .. "." .. list .. ": not a list" end
             for i, server in ipairs(servers[list]) do
@@ -140,6 +149,12 @@ check = function(state)
     if state.split ~= nil and state.split ~= cjson.null then
         if type(state.split.weight) ~= "number" or not state.pools.canary then
             return "split: needs a weight and pools.canary"
+        end
+        local sticky = state.split.sticky
+        if type(sticky) ~= "table" or not (sticky.kind == "address"
+            or (sticky.kind == "cookie" and type(sticky.cookie) == "string")
+            or (sticky.kind == "header" and type(sticky.header) == "string")) then
+            return "split.sticky: not {kind = address}, {kind = cookie, cookie} or {kind = header, header}"
         end
     end
     return nil
@@ -296,14 +311,21 @@ local NONE = {}
 -- as proxy_next_upstream says) sets its primary aside and is retried on the next server of the
 -- same color, up to proxy_next_upstream_tries; the servers tried so far are in $upstream_addr.
 function M.balance(role)
-    local pool, servers = route(role)
-    if not pool then
-        ngx.log(ngx.ERR, "bluegreen: no traffic state for ", DICT, " yet: its sidecar has not pushed one")
-        return ngx.exit(ngx.ERROR)
-    end
     local now = ngx.now()
+    local pool, servers
     local tried = NONE
     if balancer.get_last_failure() then
+        -- A retry stays on the color of the first attempt (the one its headers and its open
+        -- count name), whatever state was pushed in between.
+        local state = current().state
+        local color = ngx.var.bluegreen_color
+        for name, candidate in pairs(state and state.pools or NONE) do
+            if candidate.color == color and (name == "preview") == (role == "preview") then
+                pool, servers = name, candidate
+            end
+        end
+        if not pool then pool, servers = route(role) end
+        if not pool then return ngx.exit(ngx.ERROR) end
         tried = {}
         local last
         for address in (ngx.var.upstream_addr or ""):gmatch("[^%s,]+:%d+") do
@@ -312,8 +334,18 @@ function M.balance(role)
         end
         if last and servers.is_primary[last] then app.failed[last] = now + FAIL_TIMEOUT end
     else
+        pool, servers = route(role)
+        if not pool then
+            ngx.log(ngx.ERR, "bluegreen: no traffic state for ", DICT, " yet: its sidecar has not pushed one")
+            return ngx.exit(ngx.ERROR)
+        end
         balancer.set_more_tries(2)
-        dict:incr(servers.open_key, 1, 0)
+        -- Public requests only: what a deploy waits for before it replaces a color (a check
+        -- through the preview server must not hold it back).
+        if role == "live" then
+            dict:incr("open:" .. servers.color, 1, 0)
+            ngx.var.bluegreen_counted = servers.color
+        end
     end
     local server = pick(pool, servers, tried, now)
     if not server then return ngx.exit(ngx.ERROR) end
@@ -324,10 +356,10 @@ function M.balance(role)
     end
 end
 
--- log_by_lua: the request (or websocket) is over; it no longer holds its color (the balancer
--- counted it when it named the color).
+-- log_by_lua (public server): the request (or websocket) is over; it no longer holds the color
+-- the balancer counted it under.
 function M.done()
-    local color = ngx.var.bluegreen_color
+    local color = ngx.var.bluegreen_counted
     if color and color ~= "" then dict:incr("open:" .. color, -1, 0) end
 end
 

@@ -119,6 +119,7 @@ async fn choose_mode(
         tracing::info!(
             "nginx mode: reload ([nginx] mode or a template): every switch reloads nginx"
         );
+        forget_lua_states(apps);
         return Ok(None);
     }
     let mut setups = Vec::new();
@@ -133,6 +134,7 @@ async fn choose_mode(
                 return Err(e);
             }
             tracing::warn!(error = %e, "nginx mode: reload, since Lua mode cannot name this state_dir: every switch reloads nginx");
+            forget_lua_states(apps);
             return Ok(None);
         }
         setups.push(applier::LuaSetup {
@@ -141,8 +143,15 @@ async fn choose_mode(
             state_file: app.state_dir.join("lua-state.json"),
         });
     }
+    for app in apps {
+        // nginx's workers (another user) load the balancer and the last state from here by
+        // name: they may search the directory, and no one else may list or write it.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&app.state_dir).map_err(|e| SidecarError::io(&app.state_dir, e))?;
+        std::fs::set_permissions(&app.state_dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| SidecarError::io(&app.state_dir, e))?;
+    }
     let first = &apps[0];
-    std::fs::create_dir_all(&first.state_dir).map_err(|e| SidecarError::io(&first.state_dir, e))?;
     let nginx = nginx::Nginx::new(
         first.nginx.clone(),
         first.listen,
@@ -163,8 +172,17 @@ async fn choose_mode(
         }
         Err(complaint) => {
             tracing::warn!(%complaint, "nginx mode: reload, since nginx does not take the Lua balancer (install libnginx-mod-http-lua, lua-resty-core and lua-cjson and load the module, or set [nginx] mode = \"reload\" to say so): every switch reloads nginx");
+            forget_lua_states(apps);
             Ok(None)
         }
+    }
+}
+
+/// Reload mode: an earlier Lua mode's last states go, so that a later return to Lua mode never
+/// serves one of them (weeks old, maybe) before its first push.
+fn forget_lua_states(apps: &[Config]) {
+    for app in apps {
+        let _ = std::fs::remove_file(app.state_dir.join("lua-state.json"));
     }
 }
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-/// The Lua balancer, defined once per nginx in `init_by_lua`.
+/// The Lua balancer, without the two lines [`module`] puts above it.
 pub const BALANCER: &str = include_str!("balancer.lua");
 
 /// Where the sidecar pushes a state (PUT, with [`TOKEN_HEADER`]) and asks for open connections,
@@ -112,6 +112,7 @@ server {{
     set $bluegreen_color "";
     set $bluegreen_revision "";
     set $bluegreen_cookie "";
+    set $bluegreen_counted "";
     location / {{
         proxy_pass http://bluegreen_{app}_live;
         proxy_http_version 1.1;
@@ -142,7 +143,6 @@ server {{
         proxy_set_header Host $host;
         proxy_connect_timeout 2s;
         add_header X-Bluegreen-Color $bluegreen_color always;
-        log_by_lua_block {{ {done} }}
     }}
 }}
 "#

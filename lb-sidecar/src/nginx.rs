@@ -240,7 +240,8 @@ impl NginxControl for Nginx {
     async fn validate(&self, text: &str) -> Result<(), String> {
         let candidate = self.state_dir.join("candidate.include");
         let test_main = self.state_dir.join("test-main.nginx");
-        std::fs::write(&candidate, text).map_err(|e| format!("{}: {e}", candidate.display()))?;
+        // Private, and removed after the check: in Lua mode it holds the push token.
+        write_private(&candidate, text).map_err(|e| e.to_string())?;
         let include = self.config.include_file.display().to_string();
         let main = std::fs::read_to_string(&self.config.main_config).unwrap_or_default();
         let main = if !main.is_empty() && main.contains(&include) {
@@ -252,7 +253,7 @@ impl NginxControl for Nginx {
                 candidate.display()
             )
         };
-        std::fs::write(&test_main, main).map_err(|e| format!("{}: {e}", test_main.display()))?;
+        write_private(&test_main, &main).map_err(|e| e.to_string())?;
         let output = tokio::process::Command::new(&self.config.binary)
             .arg("-t")
             .arg("-q")
@@ -262,7 +263,9 @@ impl NginxControl for Nginx {
             .arg(&test_main)
             .output()
             .await
-            .map_err(|e| format!("cannot run {}: {e}", self.config.binary.display()))?;
+            .map_err(|e| format!("cannot run {}: {e}", self.config.binary.display()));
+        let _ = std::fs::remove_file(&candidate);
+        let output = output?;
         if output.status.success() {
             Ok(())
         } else {

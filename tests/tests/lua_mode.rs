@@ -114,6 +114,13 @@ async fn a_stream_keeps_its_color_across_a_switch_and_is_counted_until_it_ends()
     let mut stream = open_stream().await;
     let first = stream.chunk().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).contains("\"environment\":\"blue\""));
+    // A stream through the preview server (green, idle now) is a check, not traffic a deploy
+    // waits for: it is never counted.
+    let mut preview = reqwest::get(lb.preview_url("/api/v1/events"))
+        .await
+        .unwrap();
+    let first_preview = preview.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first_preview).contains("\"environment\":\"green\""));
 
     let revision = set_active(&client, Color::Green, "v2").await;
     wait_ack(&client, "lb-0", "the switch", |a| {
@@ -128,11 +135,9 @@ async fn a_stream_keeps_its_color_across_a_switch_and_is_counted_until_it_ends()
         .unwrap()
         .expect("the LB closed the stream");
     assert!(String::from_utf8_lossy(&next).contains("\"environment\":\"blue\""));
-    let mut newer = open_stream().await;
-    let first_new = newer.chunk().await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&first_new).contains("\"environment\":\"green\""));
 
-    // The sidecar publishes blue's open request (the one stream), then none once it ends.
+    // The sidecar publishes blue's open request (the one stream) and none for green (the
+    // preview stream is not counted), then none for blue once its stream ends.
     let open = |n: u64| {
         let client = client.clone();
         async move {
@@ -145,7 +150,9 @@ async fn a_stream_keeps_its_color_across_a_switch_and_is_counted_until_it_ends()
                         let bytes = get_raw(&client, &keys().lb_stats("lb-0")).await?;
                         let stats: proto::records::LbStatsRecord =
                             proto::records::decode("lb-stats", &bytes).ok()?;
-                        (stats.open?.get(&Color::Blue) == Some(&n)).then_some(())
+                        let open = stats.open?;
+                        (open.get(&Color::Blue) == Some(&n) && open.get(&Color::Green) == Some(&0))
+                            .then_some(())
                     }
                 },
             )
@@ -153,9 +160,13 @@ async fn a_stream_keeps_its_color_across_a_switch_and_is_counted_until_it_ends()
         }
     };
     open(1).await;
+    let mut newer = open_stream().await;
+    let first_new = newer.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first_new).contains("\"environment\":\"green\""));
+    drop(newer);
     drop(stream);
     open(0).await;
-    drop(newer);
+    drop(preview);
 }
 
 /// Only the sidecar may move traffic: a push without the token (any local user can reach the
@@ -182,6 +193,27 @@ async fn nginx_refuses_a_push_without_the_token_or_older_than_it_serves() {
         0,
         "only its owner may read the file that holds the token"
     );
+    // No other file on the LB that holds the token is readable by anyone but its owner (the
+    // sidecar's `nginx -t` candidate of the include was 0644 in its state directory).
+    let mut dirs = vec![lb.dir.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                dirs.push(path);
+            } else if meta.is_file()
+                && std::fs::read_to_string(&path).is_ok_and(|t| t.contains(&token))
+            {
+                assert_eq!(
+                    meta.permissions().mode() & 0o077,
+                    0,
+                    "{} holds the token",
+                    path.display()
+                );
+            }
+        }
+    }
     // Everything to an address nginx cannot reach, at a newer revision.
     let hijack = |revision: i64| {
         serde_json::json!({
