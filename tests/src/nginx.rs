@@ -500,6 +500,31 @@ impl SidecarProc {
     }
 }
 
+/// `count` LBs (an nginx and its sidecar each, named `<prefix>-<i>`) whose sidecars run in
+/// `mode`, each acked blue v1 as `active`: the start the Lua mode's tests and benchmarks share.
+pub async fn lbs_serving_blue(
+    etcd: &Etcd,
+    client: &etcd_client::Client,
+    mode: &'static str,
+    prefix: &str,
+    count: usize,
+) -> (Vec<Nginx>, Vec<SidecarProc>) {
+    let lbs: Vec<Nginx> = (0..count).map(|_| Nginx::start().in_mode(mode)).collect();
+    let sidecars: Vec<SidecarProc> = lbs
+        .iter()
+        .enumerate()
+        .map(|(i, n)| SidecarProc::start(etcd, &format!("{prefix}-{i}"), n, ""))
+        .collect();
+    let revision = crate::lb::set_active(client, proto::Color::Blue, "v1").await;
+    for s in &sidecars {
+        crate::lb::wait_ack(client, &s.name, "first active", |a| {
+            a.applied_revision >= revision
+        })
+        .await;
+    }
+    (lbs, sidecars)
+}
+
 /// The variables every test sidecar of `nginx` gets: the test fleet's hosts are on loopback,
 /// and the mode it was asked for. Variables, not file keys, so that the upgrade test can run
 /// the previous release's sidecar (which knows neither key) on the same config file.

@@ -4,7 +4,7 @@
 //! without its sidecar.
 use crate::sidecar::fleet;
 use bluegreen_tests::lb::{set_active, set_weight, wait_ack, wait_color};
-use bluegreen_tests::nginx::{Nginx, SidecarProc};
+use bluegreen_tests::nginx::{lbs_serving_blue, Nginx, SidecarProc};
 use bluegreen_tests::procs::{get_raw, keys};
 use bluegreen_tests::strict::{self, Request};
 use bluegreen_tests::wait::wait_for;
@@ -13,27 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Two LBs in Lua mode, each acked blue v1.
-async fn lbs_serving_blue(
-    etcd: &bluegreen_tests::Etcd,
-    client: &etcd_client::Client,
-) -> (Vec<Nginx>, Vec<SidecarProc>) {
-    let lbs = vec![Nginx::start().in_mode("lua"), Nginx::start().in_mode("lua")];
-    let sidecars = lbs
-        .iter()
-        .enumerate()
-        .map(|(i, n)| SidecarProc::start(etcd, &format!("lb-{i}"), n, ""))
-        .collect();
-    let revision = set_active(client, Color::Blue, "v1").await;
-    for i in 0..lbs.len() {
-        wait_ack(client, &format!("lb-{i}"), "first active", |a| {
-            a.applied_revision >= revision
-        })
-        .await;
-    }
-    (lbs, sidecars)
-}
-
 /// The acceptance test of reload-free switching: keep-alive clients that never retry (GET, and
 /// POST with a body, which no client may resend) through 2 LBs across switches and canary
 /// weight changes lose nothing, and nginx's workers are the same ones at the end. In reload
@@ -41,7 +20,7 @@ async fn lbs_serving_blue(
 #[tokio::test(flavor = "multi_thread")]
 async fn switches_and_weights_reload_nothing_and_lose_no_request_that_is_never_retried() {
     let (_etcd, client, _artifacts, _hosts) = fleet(&[]).await;
-    let (lbs, _sidecars) = lbs_serving_blue(&_etcd, &client).await;
+    let (lbs, _sidecars) = lbs_serving_blue(&_etcd, &client, "lua", "lb", 2).await;
     let before: Vec<Vec<i32>> = lbs.iter().map(Nginx::workers).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let post = Request::Post("/api/v1/items".into(), "{\"name\":\"kept\"}".into());
@@ -104,7 +83,7 @@ async fn switches_and_weights_reload_nothing_and_lose_no_request_that_is_never_r
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_keeps_its_color_across_a_switch_and_is_counted_until_it_ends() {
     let (_etcd, client, _artifacts, _hosts) = fleet(&[]).await;
-    let (lbs, _sidecars) = lbs_serving_blue(&_etcd, &client).await;
+    let (lbs, _sidecars) = lbs_serving_blue(&_etcd, &client, "lua", "lb", 2).await;
     let lb = &lbs[0];
     let open_stream = || async {
         let response = reqwest::get(lb.url("/api/v1/events")).await.unwrap();
@@ -175,7 +154,7 @@ async fn a_stream_keeps_its_color_across_a_switch_and_is_counted_until_it_ends()
 #[tokio::test(flavor = "multi_thread")]
 async fn nginx_refuses_a_push_without_the_token_or_older_than_it_serves() {
     let (_etcd, client, _artifacts, _hosts) = fleet(&[]).await;
-    let (lbs, _sidecars) = lbs_serving_blue(&_etcd, &client).await;
+    let (lbs, _sidecars) = lbs_serving_blue(&_etcd, &client, "lua", "lb", 2).await;
     let lb = &lbs[0];
     let served = wait_ack(&client, "lb-0", "served", |a| a.applied_revision > 0)
         .await
@@ -257,7 +236,7 @@ async fn nginx_refuses_a_push_without_the_token_or_older_than_it_serves() {
 #[tokio::test(flavor = "multi_thread")]
 async fn nginx_restarted_without_its_sidecar_serves_the_last_state() {
     let (_etcd, client, _artifacts, _hosts) = fleet(&[]).await;
-    let (mut lbs, mut sidecars) = lbs_serving_blue(&_etcd, &client).await;
+    let (mut lbs, mut sidecars) = lbs_serving_blue(&_etcd, &client, "lua", "lb", 2).await;
     let revision = set_active(&client, Color::Green, "v2").await;
     wait_ack(&client, "lb-0", "green", |a| a.applied_revision >= revision).await;
     sidecars[0].kill9();

@@ -6,7 +6,7 @@
 //! `--upstreams 5000` (one state push of that many servers); `--only keepalive|streams|wrk|push`.
 use bluegreen_tests::artifacts::release;
 use bluegreen_tests::lb::{set_active, set_weight, wait_ack};
-use bluegreen_tests::nginx::{Nginx, SidecarProc};
+use bluegreen_tests::nginx::{lbs_serving_blue, Nginx, SidecarProc};
 use bluegreen_tests::procs::{put_release, wait_healthy};
 use bluegreen_tests::strict::{self, Request};
 use bluegreen_tests::{percentile, AgentProc, Artifacts, Etcd};
@@ -83,30 +83,6 @@ async fn main() {
     }
 }
 
-/// `count` LBs in `mode`, named `<prefix>-<i>`, each acked `active` as it is now.
-async fn lbs(
-    etcd: &Etcd,
-    client: &etcd_client::Client,
-    mode: &'static str,
-    prefix: &str,
-    count: usize,
-) -> (Vec<Nginx>, Vec<SidecarProc>) {
-    let lbs: Vec<Nginx> = (0..count).map(|_| Nginx::start().in_mode(mode)).collect();
-    let sidecars: Vec<SidecarProc> = lbs
-        .iter()
-        .enumerate()
-        .map(|(i, n)| SidecarProc::start(etcd, &format!("{prefix}-{i}"), n, ""))
-        .collect();
-    let revision = set_active(client, Color::Blue, "v1").await;
-    for s in &sidecars {
-        wait_ack(client, &s.name, "first active", |a| {
-            a.applied_revision >= revision
-        })
-        .await;
-    }
-    (lbs, sidecars)
-}
-
 /// Waits until every sidecar of `sidecars` acked `revision`.
 async fn acked(client: &etcd_client::Client, sidecars: &[SidecarProc], revision: i64) {
     for s in sidecars {
@@ -127,7 +103,7 @@ async fn keep_alive(
     switches: usize,
     weights: usize,
 ) {
-    let (lbs, sidecars) = lbs(etcd, client, mode, &format!("ka-{mode}"), 2).await;
+    let (lbs, sidecars) = lbs_serving_blue(etcd, client, mode, &format!("ka-{mode}"), 2).await;
     let before: Vec<Vec<i32>> = lbs.iter().map(Nginx::workers).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let post = Request::Post("/api/v1/items".into(), "{\"name\":\"bench\"}".into());
@@ -193,7 +169,7 @@ async fn streams(
     count: usize,
     switches: usize,
 ) {
-    let (lbs, sidecars) = lbs(etcd, client, mode, &format!("sse-{mode}"), 1).await;
+    let (lbs, sidecars) = lbs_serving_blue(etcd, client, mode, &format!("sse-{mode}"), 1).await;
     let lb = &lbs[0];
     let url = lb.url("/api/v1/events");
     let http = reqwest::Client::new();
