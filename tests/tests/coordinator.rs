@@ -540,13 +540,24 @@ async fn killed_coordinator_is_reconciled_and_never_switches_twice() {
         text(&next)
     );
 
-    // Killed right after its switch, before the acks: the next deploy finds it switched.
-    let mut switching = fleet.deploy_command(&slow, "v4", &[]).spawn().unwrap();
+    // Killed right after its switch, before the acks: the next deploy finds it switched. The
+    // sidecars are frozen first, so no ack can come before the kill: a reload-free LB acks within
+    // milliseconds of the write, faster than this test can see the write and kill.
+    for sidecar in &fleet.sidecars {
+        sidecar.pause();
+    }
+    let mut switching = fleet
+        .deploy_command(&fleet.spec("good", &[]), "v4", &[])
+        .spawn()
+        .unwrap();
     let v4 = wait_for("the v4 switch", Duration::from_secs(40), || async {
         active(&fleet).await.filter(|a| a.version == "v4")
     })
     .await;
     switching.kill().await.unwrap();
+    for sidecar in &fleet.sidecars {
+        sidecar.resume();
+    }
     wait_for("the lock to free", Duration::from_secs(30), || async {
         get_raw(&fleet.client, &lock_key)
             .await
