@@ -26,9 +26,10 @@ have_systemd() { command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]
 # iproute2 and nftables put test hosts in network namespaces and cut them off from each other;
 # python3-venv makes the real virtualenv a test deploys as a Python app's artifact;
 # libnginx-mod-http-lua (with lua-resty-core and lua-cjson) is the LB's reload-free Lua mode,
-# and wrk measures it against a plain upstream.
+# wrk measures it against a plain upstream; chromium and chromium-driver drive the dashboard's
+# tests through WebDriver.
 PACKAGES=(etcd-server etcd-client nginx-light protobuf-compiler libprotobuf-dev postgresql openssl iproute2 nftables python3-venv
-    libnginx-mod-http-lua lua-resty-core lua-cjson wrk)
+    libnginx-mod-http-lua lua-resty-core lua-cjson wrk chromium chromium-driver)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -77,7 +78,7 @@ else
 fi
 
 
-for bin in etcd etcdctl nginx protoc ip nft; do
+for bin in etcd etcdctl nginx protoc ip nft chromium chromedriver; do
     command -v "$bin" >/dev/null || { echo "install-deps: $bin missing after install" >&2; exit 1; }
 done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "install-deps: initdb missing after install" >&2; exit 1; }
