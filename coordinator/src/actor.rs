@@ -78,13 +78,50 @@ fn os_user() -> String {
     }
 }
 
-/// The actor of this process.
+/// Who asked for an operation run inside a long-lived process (the dashboard), where the
+/// process's own environment and argv name the server, not the person who clicked.
+#[derive(Debug, Clone)]
+pub struct Invoker {
+    /// The person (their etcd user).
+    pub actor: String,
+    /// What they ran, as history shows it (`ui canary abort`).
+    pub command: String,
+    /// Where the operation's progress lines go instead of stdout (one JSON event per line).
+    pub events: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+}
+
+tokio::task_local! {
+    /// Set by [`Invoker::scope`] for the operation's task; unset in the command line tool.
+    static INVOKER: Invoker;
+}
+
+impl Invoker {
+    /// Runs `operation` on behalf of this invoker: every history record, operator request and
+    /// progress line it makes names the invoker instead of the process.
+    pub async fn scope<F: std::future::Future>(self, operation: F) -> F::Output {
+        INVOKER.scope(self, operation).await
+    }
+
+    /// The invoker of the running task, if an operation runs on someone's behalf.
+    pub fn current() -> Option<Invoker> {
+        INVOKER.try_with(Invoker::clone).ok()
+    }
+}
+
+/// The actor of this process, or the person an operation runs for (see [`Invoker`]).
 pub fn current() -> String {
+    if let Some(invoker) = Invoker::current() {
+        return invoker.actor;
+    }
     resolve(&|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
 }
 
-/// This process's command line, masked (an artifact URL may carry a token) and capped.
+/// This process's command line, masked (an artifact URL may carry a token) and capped; for an
+/// operation run on someone's behalf, what they ran.
 pub fn command_line() -> String {
+    if let Some(invoker) = Invoker::current() {
+        return invoker.command;
+    }
     let line: Vec<String> = std::env::args()
         .enumerate()
         .map(|(i, a)| if i == 0 { "coordinator".into() } else { a })

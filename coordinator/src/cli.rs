@@ -109,7 +109,6 @@ pub async fn main() -> ! {
     };
     let json = matches!(cli.output, Output::Json);
     let name = cli.command.name();
-    let query = cli.command.is_query();
     let access = proto::EtcdAccess::resolve(proto::AccessSettings {
         endpoints: cli.etcd,
         cacert: cli.etcd_cacert,
@@ -149,29 +148,96 @@ pub async fn main() -> ! {
             fail(&global, &name, CoordinatorError::usage(e), started).await
         }
     };
-    match cli.command.run(&global, Cli::command()).await {
-        Ok((text, exit)) => {
-            if !query {
-                let facts = global.recorder.facts();
-                let app = global.app.as_deref();
-                let elapsed = started.elapsed();
-                let event =
-                    report::result_event(Some(&name), &facts, app, exit, text.trim(), elapsed);
-                crate::aftermath::run(&facts, exit, &event, &global.progress()).await;
-                if json {
-                    emit(&format!("{event}\n"));
-                    std::process::exit(exit);
-                }
-            }
-            if text.ends_with('\n') || text.is_empty() {
-                emit(&text);
-            } else {
-                emit(&format!("{text}\n"));
-            }
-            std::process::exit(exit);
+    let done = perform(&global, cli.command, started).await;
+    if done.failed {
+        if let (true, Some(event)) = (json, &done.event) {
+            emit(&format!("{event}\n"));
         }
-        Err(e) => fail(&global, &name, e, started).await,
+        eprintln!("coordinator: {}", done.text);
+        std::process::exit(done.exit);
     }
+    if let (true, Some(event)) = (json, &done.event) {
+        emit(&format!("{event}\n"));
+        std::process::exit(done.exit);
+    }
+    let text = done.text;
+    if text.ends_with('\n') || text.is_empty() {
+        emit(&text);
+    } else {
+        emit(&format!("{text}\n"));
+    }
+    std::process::exit(done.exit);
+}
+
+/// What running one command came to.
+pub struct Performed {
+    pub exit: i32,
+    /// Its output; for a failure, the error as shown to the user (passwords masked).
+    pub text: String,
+    /// The `result` event of an action, or of any command that failed.
+    pub event: Option<serde_json::Value>,
+    pub failed: bool,
+}
+
+/// Runs a parsed command to its end: the command, then for an action its `result` event and
+/// what follows one (hooks' reports, webhooks). The command line and the dashboard both run
+/// commands through here, so an action clicked in a browser does exactly what it does typed.
+pub async fn perform(
+    global: &Global,
+    command: Command,
+    started: std::time::Instant,
+) -> Performed {
+    let name = command.name();
+    let query = command.is_query();
+    match command.run(global, Cli::command()).await {
+        Ok((text, exit)) => {
+            if query {
+                return Performed {
+                    exit,
+                    text,
+                    event: None,
+                    failed: false,
+                };
+            }
+            let facts = global.recorder.facts();
+            let app = global.app.as_deref();
+            let event =
+                report::result_event(Some(&name), &facts, app, exit, text.trim(), started.elapsed());
+            crate::aftermath::run(&facts, exit, &event, &global.progress()).await;
+            Performed {
+                exit,
+                text,
+                event: Some(event),
+                failed: false,
+            }
+        }
+        Err(e) => {
+            let (exit, shown, event) = failure(global, &name, e, started).await;
+            Performed {
+                exit,
+                text: shown,
+                event: Some(event),
+                failed: true,
+            }
+        }
+    }
+}
+
+/// A command line as the dashboard hands it over (the same commands and flags as typed), parsed
+/// without exiting the process on a mistake.
+#[derive(Parser)]
+#[command(name = "coordinator")]
+struct Line {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Parses `args` (without the program name) as a command of this tool.
+pub fn parse_line(args: &[String]) -> Result<Command, String> {
+    let argv = std::iter::once("coordinator".to_string()).chain(args.iter().cloned());
+    Line::try_parse_from(argv)
+        .map(|line| line.command)
+        .map_err(|e| e.to_string())
 }
 
 /// clap's own verdict on the command line: help and version print and exit 0; anything else is
@@ -200,6 +266,22 @@ async fn fail(
     e: CoordinatorError,
     started: std::time::Instant,
 ) -> ! {
+    let (exit, shown, event) = failure(global, command, e, started).await;
+    if global.json {
+        emit(&format!("{event}\n"));
+    }
+    eprintln!("coordinator: {shown}");
+    std::process::exit(exit);
+}
+
+/// A failed command's exit code, its error as shown (passwords masked) and its `result` event,
+/// after what follows a result (hooks' reports, webhooks).
+async fn failure(
+    global: &Global,
+    command: &str,
+    e: CoordinatorError,
+    started: std::time::Instant,
+) -> (i32, String, serde_json::Value) {
     let e = e.for_user(global.etcd.user.as_deref());
     // Errors may quote app log lines or URLs: never print a password.
     let shown = proto::secrets::mask_text(&e.to_string());
@@ -213,11 +295,7 @@ async fn fail(
         started.elapsed(),
     );
     crate::aftermath::run(&facts, e.exit_code(), &event, &global.progress()).await;
-    if global.json {
-        emit(&format!("{event}\n"));
-    }
-    eprintln!("coordinator: {shown}");
-    std::process::exit(e.exit_code());
+    (e.exit_code(), shown, event)
 }
 
 /// The command line's definition (for man pages and the help test).

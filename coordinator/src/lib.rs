@@ -15,6 +15,7 @@ pub mod canary;
 pub mod cli;
 pub mod commands;
 pub mod context;
+pub mod dashboard;
 pub mod deploy;
 #[cfg(test)]
 mod deploy_tests;

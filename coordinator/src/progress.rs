@@ -71,6 +71,11 @@ impl Progress {
 /// panic or to stop the operation: what it would have read is dropped.
 pub fn emit(text: &str) {
     use std::io::Write;
+    // An operation run for someone in the dashboard: its lines go to their browser.
+    if let Some(events) = crate::actor::Invoker::current().and_then(|i| i.events) {
+        let _ = events.send(text.to_string());
+        return;
+    }
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }

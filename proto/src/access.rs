@@ -18,6 +18,8 @@ pub struct EtcdAccess {
     /// etcd user (`etcd_user`) when etcd auth is enabled.
     pub user: Option<String>,
     password: Option<String>,
+    /// `etcd_allow_plaintext_password`, kept for [`EtcdAccess::as_user`].
+    pub allow_plaintext_password: bool,
 }
 
 impl std::fmt::Debug for EtcdAccess {
@@ -167,7 +169,37 @@ impl EtcdAccess {
             key: s.key,
             user: s.user,
             password,
+            allow_plaintext_password: s.allow_plaintext_password,
         })
+    }
+
+    /// The same endpoints and TLS as `user` with `password`: a person logging in to the
+    /// dashboard, who then reads and acts with exactly what their etcd role allows. The
+    /// plaintext rule of [`EtcdAccess::resolve`] holds for them too.
+    pub fn as_user(&self, user: &str, password: &str) -> Result<EtcdAccess, String> {
+        let plaintext = self.endpoints.iter().find(|e| e.starts_with("http://"));
+        if let (Some(endpoint), false) = (plaintext, self.allow_plaintext_password) {
+            return Err(format!(
+                "a password would cross the network in clear text to {endpoint}: use https:// \
+                 endpoints, or --etcd-allow-plaintext-password for an etcd on loopback"
+            ));
+        }
+        Ok(EtcdAccess {
+            user: Some(user.to_string()),
+            password: Some(password.to_string()),
+            ..self.clone()
+        })
+    }
+
+    /// The same endpoints and TLS with no user: what answers to nobody in particular.
+    pub fn anonymous(&self) -> EtcdAccess {
+        EtcdAccess {
+            user: None,
+            password: None,
+            cert: None,
+            key: None,
+            ..self.clone()
+        }
     }
 
     pub fn uses_tls(&self) -> bool {

@@ -19,6 +19,7 @@ pub mod rollback;
 pub mod status;
 pub mod stop;
 pub mod switch;
+pub mod ui;
 pub mod validate;
 
 use crate::context::{load_spec, Global};
@@ -84,6 +85,9 @@ pub enum Command {
     Man,
     /// The last log lines of one color on one host (through its agent).
     Logs(logs::Args),
+    /// Serve the web dashboard: the apps, hosts, LBs, deploys and canaries live, with promote,
+    /// abort and rollback behind each person's etcd role.
+    Ui(ui::Args),
 }
 
 impl Command {
@@ -112,6 +116,7 @@ impl Command {
             Command::Host { action } => action.run(global, Member::Host).await,
             Command::Lb { action } => action.run(global, Member::Lb).await,
             Command::Logs(args) => args.run(global).await,
+            Command::Ui(args) => args.run(global).await,
             Command::Completions(args) => Ok(args.run(cli)),
             Command::Man => Ok(man::page(cli)),
         };
@@ -137,6 +142,7 @@ impl Command {
             Command::Host { action } => return action.name(Member::Host),
             Command::Lb { action } => return action.name(Member::Lb),
             Command::Logs(_) => "logs",
+            Command::Ui(_) => "ui",
             Command::Completions(_) => "completions",
             Command::Man => "man",
         };
@@ -153,6 +159,7 @@ impl Command {
             | Command::Apps
             | Command::History(_)
             | Command::Logs(_)
+            | Command::Ui(_)
             | Command::Completions(_)
             | Command::Man => true,
             Command::Migrate { action } => action.is_query(),
