@@ -633,6 +633,13 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
         if matches!(run.record.operation, Operation::Deploy | Operation::Promote) {
             record.release = Some(self.snapshot(run.args, run.plan.to));
         }
+        if outcome == Outcome::Staged {
+            let checks = crate::spec::PromoteChecks {
+                smoke: self.spec.smoke.clone(),
+                switch: self.spec.switch.clone(),
+            };
+            record.details = serde_json::json!({ "promote": checks });
+        }
         self.store.append_history(&record).await.map(|_| ())
     }
 
@@ -685,7 +692,7 @@ impl<S: Store, P: Probes, M: Migrator> Deploy<'_, S, P, M> {
             .await?;
         Ok(format!(
             "staged {} on {} on {} host(s) and checked it; traffic stays on {}. The LBs' preview \
-             listener serves it; `coordinator promote --spec …` switches traffic to it",
+             listener serves it; `coordinator promote` switches traffic to it",
             run.args.version,
             run.plan.to,
             run.plan.hosts.len(),

@@ -2,7 +2,7 @@
 //! bad duration is an error naming the file and the field, before anything is written to etcd.
 use crate::error::{CoordinatorError, Subject};
 use proto::records::{HealthMode, HealthSpec};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -118,7 +118,7 @@ fn default_stop_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmokeCheck {
     pub path: String,
@@ -143,7 +143,7 @@ fn default_retries() -> u32 {
     3
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchSection {
     #[serde(with = "humantime_serde", default)]
@@ -168,7 +168,43 @@ fn default_drain_timeout() -> Duration {
     Duration::from_secs(300)
 }
 
+/// What `promote` re-checks, as the `deploy --no-switch` that staged the version kept it in its
+/// history record (`details.promote`): promote then needs no spec file, so a person can promote
+/// from the dashboard. Hooks and webhooks are not kept (their URLs may carry credentials): a
+/// promote without `--spec` runs none.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct PromoteChecks {
+    pub smoke: Vec<SmokeCheck>,
+    pub switch: SwitchSection,
+}
+
 impl AppSpec {
+    /// The spec a promote without `--spec` runs with: the staged release's run and health, and
+    /// the checks its deploy kept.
+    pub fn for_promote(
+        app: &str,
+        release: &proto::records::ReleaseRecord,
+        checks: PromoteChecks,
+    ) -> AppSpec {
+        AppSpec {
+            app: app.to_string(),
+            run: RunSection {
+                command: release.run.command.clone(),
+                env: release.run.env.clone(),
+                stop_timeout: release.run.stop_timeout,
+                allow_literal_secrets: false,
+            },
+            health: release.health.clone(),
+            smoke: checks.smoke,
+            switch: checks.switch,
+            migrations: None,
+            hooks: None,
+            notify: Vec::new(),
+            canary: None,
+            base_dir: PathBuf::from("."),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<AppSpec, CoordinatorError> {
         let bad = || Subject::Spec(path.to_path_buf()).usage("");
         let text = std::fs::read_to_string(path).map_err(|e| bad().because(e))?;

@@ -305,6 +305,13 @@ impl Fleet {
             .push(("BLUEGREEN_LOCK_TTL".into(), "6s".into()));
     }
 
+    /// The environment `coordinator ui` runs with for this fleet: its etcd and credentials.
+    pub fn ui_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![("BLUEGREEN_ETCD".into(), self.etcd.endpoints().join(","))];
+        env.extend(self.coordinator_env.iter().cloned());
+        env
+    }
+
     /// `coordinator` with this fleet's etcd and app, ready to take arguments.
     pub fn coordinator(&self) -> tokio::process::Command {
         self.coordinator_in(None)

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod artifacts;
+pub mod browser;
 pub mod chaos;
 pub mod daemon;
 pub mod db;

@@ -147,7 +147,7 @@ async fn the_split_follows_the_weight_and_keeps_each_user_on_one_color() {
 
 /// A `[canary]` section: `steps`, each at least `step_time` and at most `deadline`, judged every
 /// 500 ms with 100 requests per color at least and 0.5 points of error-rate increase at most.
-fn canary_section(steps: &str, step_time: &str, deadline: &str) -> String {
+pub(crate) fn canary_section(steps: &str, step_time: &str, deadline: &str) -> String {
     format!(
         "[canary]\nsteps = {steps}\nstep_time = \"{step_time}\"\nstep_deadline = \"{deadline}\"\n\
          interval = \"500ms\"\nmin_requests = 100\nmax_error_rate_increase = 0.5\n"
@@ -177,7 +177,7 @@ fn canary_steps(records: &[HistoryRecord]) -> Vec<(Outcome, u64)> {
 }
 
 /// Every LB has acked `revision` or later.
-async fn every_lb_acked(fleet: &Fleet, revision: i64) {
+pub(crate) async fn every_lb_acked(fleet: &Fleet, revision: i64) {
     for sidecar in &fleet.sidecars {
         wait_ack(
             &fleet.client,
@@ -358,7 +358,7 @@ async fn a_canary_without_traffic_ends_with_insufficient_data_never_passed() {
 /// LB back to the stable color.
 /// Starts a canary of `version` in the background and waits until every LB serves its first
 /// step (weight 2 %).
-async fn canary_at_first_step(
+pub(crate) async fn canary_at_first_step(
     fleet: &Fleet,
     spec: &std::path::PathBuf,
     version: &str,

@@ -17,4 +17,5 @@ mod real_apps;
 mod scale;
 mod security;
 mod sidecar;
+mod ui;
 mod upgrade;

@@ -20,7 +20,7 @@ fn repo_file(path: &str) -> PathBuf {
 
 /// Runs deploy/etcd-auth.sh against `etcd` for the app, hosts 1..=`hosts` and LBs lb-0.., with
 /// the users' password files in `out`.
-fn etcd_auth(etcd: &Etcd, hosts: u8, lbs: usize, out: &Path) {
+pub(crate) fn etcd_auth(etcd: &Etcd, hosts: u8, lbs: usize, out: &Path) {
     etcd_auth_for(etcd, &["--app", APP], hosts, lbs, out);
 }
 
@@ -129,7 +129,7 @@ async fn etcd_auth_for_several_apps_gives_each_host_and_lb_one_confined_user() {
         .exists());
 }
 
-fn password(passwords: &Path, user: &str) -> String {
+pub(crate) fn password(passwords: &Path, user: &str) -> String {
     std::fs::read_to_string(passwords.join(format!("{user}.password")))
         .unwrap()
         .trim()

@@ -89,6 +89,9 @@ async fn etcd_auth_on(global: &Global) -> bool {
         .is_err()
 }
 
+/// The stack of an action's thread: what Linux gives a process's main thread (8 MiB).
+const ACTION_STACK: usize = 8 << 20;
+
 /// Runs a person's command line as this tool does, with their etcd access. Each runs on a
 /// thread of its own with a single-threaded runtime, as the command line tool runs it (its
 /// operations are not all `Send`); actions are rare, so a thread each costs nothing that counts.
@@ -96,7 +99,12 @@ fn runner(base: Global) -> Runner {
     Arc::new(move |call: Call| {
         let base = base.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
+        // The main thread's stack, as the command line tool has: an operation's future is
+        // large (a debug build's deploy pipeline overflows a spawned thread's default 2 MiB).
+        let thread = std::thread::Builder::new()
+            .name("ui action".into())
+            .stack_size(ACTION_STACK);
+        let spawned = thread.spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
@@ -110,6 +118,9 @@ fn runner(base: Global) -> Runner {
             };
             let _ = tx.send(done);
         });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start a thread for an action");
+        }
         Box::pin(async move {
             rx.await.unwrap_or_else(|_| Done {
                 exit: 1,

@@ -490,10 +490,13 @@ async fn logs(
     State(d): State<Shared>,
     headers: HeaderMap,
     Path(app): Path<String>,
-    Query(q): Query<LogsQuery>,
+    query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Some((token, session)) = d.session(&headers) else {
         return refuse(StatusCode::UNAUTHORIZED, "log in first");
+    };
+    let Ok(Query(q)) = query else {
+        return refuse(StatusCode::BAD_REQUEST, "give host, color (blue or green) and tail");
     };
     let access = d.access_to(&token, &session, std::slice::from_ref(&app)).await;
     if !access.get(&app).is_some_and(|a| a.read) {

@@ -347,7 +347,7 @@ mod tests {
     fn lb(rev: i64, color: Color, at: &str) -> LbRecord {
         serde_json::from_value(json!({
             "applied_revision": rev, "color": color, "upstream_counts": {}, "upstreams": [],
-            "reloaded_at": at,
+            "reloaded_at": at, "config_sha256": "",
         }))
         .unwrap()
     }
