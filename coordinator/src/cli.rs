@@ -182,11 +182,7 @@ pub struct Performed {
 /// Runs a parsed command to its end: the command, then for an action its `result` event and
 /// what follows one (hooks' reports, webhooks). The command line and the dashboard both run
 /// commands through here, so an action clicked in a browser does exactly what it does typed.
-pub async fn perform(
-    global: &Global,
-    command: Command,
-    started: std::time::Instant,
-) -> Performed {
+pub async fn perform(global: &Global, command: Command, started: std::time::Instant) -> Performed {
     let name = command.name();
     let query = command.is_query();
     match command.run(global, Cli::command()).await {
@@ -201,8 +197,14 @@ pub async fn perform(
             }
             let facts = global.recorder.facts();
             let app = global.app.as_deref();
-            let event =
-                report::result_event(Some(&name), &facts, app, exit, text.trim(), started.elapsed());
+            let event = report::result_event(
+                Some(&name),
+                &facts,
+                app,
+                exit,
+                text.trim(),
+                started.elapsed(),
+            );
             crate::aftermath::run(&facts, exit, &event, &global.progress()).await;
             Performed {
                 exit,
@@ -232,10 +234,21 @@ struct Line {
     command: Command,
 }
 
-/// Parses `args` (without the program name) as a command of this tool.
+/// Parses `args` (without the program name) as a command of this tool, as typed: no flag takes
+/// its value from this process's environment (the dashboard's `BLUEGREEN_SIGNING_KEY_FILE` must
+/// not become every person's signing key).
 pub fn parse_line(args: &[String]) -> Result<Command, String> {
+    use clap::FromArgMatches;
+    fn without_env(command: clap::Command) -> clap::Command {
+        command
+            .mut_args(|arg| arg.env(None))
+            .mut_subcommands(without_env)
+    }
     let argv = std::iter::once("coordinator".to_string()).chain(args.iter().cloned());
-    Line::try_parse_from(argv)
+    let matches = without_env(Line::command())
+        .try_get_matches_from(argv)
+        .map_err(|e| e.to_string())?;
+    Line::from_arg_matches(&matches)
         .map(|line| line.command)
         .map_err(|e| e.to_string())
 }

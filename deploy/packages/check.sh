@@ -18,6 +18,7 @@ expect() { [ -e "$root/$1" ] || [ -e "$root/$1.dpkg-new" ] || fail "$1 is not in
 for f in usr/bin/agent usr/bin/lb-sidecar usr/bin/coordinator \
          etc/bluegreen/agent.toml etc/bluegreen/sidecar.toml \
          usr/lib/systemd/system/bluegreen-agent.service usr/lib/systemd/system/bluegreen-lb-sidecar.service \
+         usr/lib/systemd/system/bluegreen-ui.service \
          usr/share/man/man1/coordinator.1.gz usr/share/man/man1/agent.1.gz usr/share/man/man1/lb-sidecar.1.gz \
          usr/share/bash-completion/completions/coordinator \
          usr/share/zsh/vendor-completions/_coordinator usr/share/fish/vendor_completions.d/coordinator.fish \
@@ -30,7 +31,8 @@ for unit in "$root"/usr/lib/systemd/system/bluegreen-*.service; do
     binary=${exec_start%% *}
     config=$(sed -n 's/.*--config \([^ ]*\).*/\1/p' <<<"$exec_start")
     [ -x "$root$binary" ] || fail "$(basename "$unit"): ExecStart $binary is not installed"
-    [ -f "$root$config" ] || [ -f "$root$config.dpkg-new" ] || fail "$(basename "$unit"): --config $config is not installed"
+    # The dashboard's unit takes its settings from the environment file the operator writes.
+    [ -z "$config" ] || [ -f "$root$config" ] || [ -f "$root$config.dpkg-new" ] || fail "$(basename "$unit"): --config $config is not installed"
     grep -q '^KillMode=process' "$unit" || [[ $unit != *agent* ]] || fail "the agent's unit must keep the apps running when it stops (KillMode=process)"
 done
 # The configs are conffiles: an upgrade keeps the operator's edits.

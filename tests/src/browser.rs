@@ -155,7 +155,10 @@ impl Ui {
         let url = format!("http://127.0.0.1:{port}");
         let page = format!("{url}/");
         wait_for("the dashboard to answer", SHOW, || async {
-            reqwest::get(&page).await.ok().filter(|r| r.status().is_success())
+            reqwest::get(&page)
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
         })
         .await;
         Ui {

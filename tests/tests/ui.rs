@@ -19,7 +19,10 @@ async fn written(client: &etcd_client::Client) -> BTreeMap<String, i64> {
     let prefix = keys().app_prefix().to_string();
     let resp = client
         .clone()
-        .get(prefix.as_str(), Some(etcd_client::GetOptions::new().with_prefix()))
+        .get(
+            prefix.as_str(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
         .await
         .unwrap();
     resp.kvs()
@@ -50,11 +53,39 @@ async fn the_page_follows_a_deploy_and_its_abort_button_aborts_a_canary() {
     assert!(banner.contains("etcd auth is off"), "{banner}");
     browser.screenshot("apps").await;
 
+    // Text from etcd is shown as text: markup in a history record's reason stays inert.
+    let mut forged =
+        coordinator::history::record(proto::Operation::Switch, "forged", proto::Outcome::Done);
+    forged.reason =
+        Some("<b id=\"injected\">bold</b><img src=x onerror=\"document.title='owned'\">".into());
+    fleet
+        .client
+        .clone()
+        .put(
+            keys().history(999_999_999),
+            proto::records::encode(&forged),
+            None,
+        )
+        .await
+        .unwrap();
     browser.goto(&format!("{}/#/app/{APP}", ui.url)).await;
     wait_for("three host rows", Duration::from_secs(30), || async {
         (browser.count("#host-table tr[data-host]").await == 3).then_some(())
     })
     .await;
+    browser
+        .wait_text(
+            "the forged reason, as text",
+            "tr[data-history=\"forged\"]",
+            |t| t.contains("<b id=\"injected\">"),
+        )
+        .await;
+    assert_eq!(
+        browser.count("#injected").await,
+        0,
+        "markup from etcd was rendered"
+    );
+    assert_ne!(browser.client.title().await.unwrap(), "owned");
 
     // A deploy whose new version takes 3 s to start: the grid shows green starting, then the
     // timeline shows the switch and each LB's ack.
@@ -73,17 +104,21 @@ async fn the_page_follows_a_deploy_and_its_abort_button_aborts_a_canary() {
         .await;
     browser.screenshot("app-mid-deploy").await;
     browser
-        .wait_text("the switch on the timeline", "#timeline [data-step=\"switch\"]", |t| {
-            t.contains("green v2")
-        })
+        .wait_text(
+            "the switch on the timeline",
+            "#timeline [data-step=\"switch\"]",
+            |t| t.contains("green v2"),
+        )
         .await;
     assert!(deploy.wait().await.unwrap().success());
     browser
         .wait_text("the deploy done", "#operation", |t| t.contains("done"))
         .await;
-    wait_for("both LBs acked on the timeline", Duration::from_secs(30), || async {
-        (browser.count("#timeline [data-step=\"ack\"]").await >= 2).then_some(())
-    })
+    wait_for(
+        "both LBs acked on the timeline",
+        Duration::from_secs(30),
+        || async { (browser.count("#timeline [data-step=\"ack\"]").await >= 2).then_some(()) },
+    )
     .await;
 
     // A canary held at its first step: the abort button sends every LB back to stable.
@@ -100,12 +135,16 @@ async fn the_page_follows_a_deploy_and_its_abort_button_aborts_a_canary() {
         })
         .await;
     assert!(result.contains("done"), "{result}\n{}", ui.daemon.log());
-    let revision = wait_for("the split back to weight 0", Duration::from_secs(60), || async {
-        traffic(&fleet.client)
-            .await
-            .filter(|(t, _)| t.weight == 0)
-            .map(|(_, rev)| rev)
-    })
+    let revision = wait_for(
+        "the split back to weight 0",
+        Duration::from_secs(60),
+        || async {
+            traffic(&fleet.client)
+                .await
+                .filter(|(t, _)| t.weight == 0)
+                .map(|(_, rev)| rev)
+        },
+    )
     .await;
     every_lb_acked(&fleet, revision).await;
     let out = canary.wait().await.unwrap();
@@ -158,7 +197,11 @@ async fn an_auditor_sees_no_action_and_forged_requests_are_refused_writing_nothi
     let out = fleet.deploy(&spec, "v1", &[]).await;
     assert!(out.status.success(), "deploy v1: {}", text(&out));
     let out = fleet.deploy(&spec, "v2", &["--no-switch"]).await;
-    assert!(out.status.success(), "deploy v2 --no-switch: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "deploy v2 --no-switch: {}",
+        text(&out)
+    );
     let mut env = vec![(
         "BLUEGREEN_ETCD".to_string(),
         fleet.etcd.endpoints().join(","),
@@ -178,7 +221,9 @@ async fn an_auditor_sees_no_action_and_forged_requests_are_refused_writing_nothi
         .await;
     browser.goto(&format!("{}/#/app/{APP}", ui.url)).await;
     browser
-        .wait_text("the read-only note", "#read-only", |t| t.contains("may not change"))
+        .wait_text("the read-only note", "#read-only", |t| {
+            t.contains("may not change")
+        })
         .await;
     assert_eq!(browser.count("button[data-action]").await, 0);
     browser.close().await;
@@ -195,7 +240,10 @@ async fn an_auditor_sees_no_action_and_forged_requests_are_refused_writing_nothi
                 .unwrap();
             assert_eq!(r.status(), 200, "login of {user}");
             let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
-            assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+            assert!(
+                cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+                "{cookie}"
+            );
             let cookie = cookie.split(';').next().unwrap().to_string();
             let doc: serde_json::Value = r.json().await.unwrap();
             (cookie, doc["csrf"].as_str().unwrap().to_string())
@@ -212,7 +260,9 @@ async fn an_auditor_sees_no_action_and_forged_requests_are_refused_writing_nothi
     let post = |path: String, cookie: Option<String>, csrf: Option<String>| {
         let (http, url) = (http.clone(), ui.url.clone());
         async move {
-            let mut req = http.post(format!("{url}{path}")).json(&serde_json::json!({}));
+            let mut req = http
+                .post(format!("{url}{path}"))
+                .json(&serde_json::json!({}));
             if let Some(c) = cookie {
                 req = req.header("cookie", c);
             }
@@ -226,18 +276,36 @@ async fn an_auditor_sees_no_action_and_forged_requests_are_refused_writing_nothi
     let before = written(&fleet.client).await;
     let (auditor_cookie, auditor_csrf) = login(auditor.clone()).await;
     assert_eq!(
-        post(rollback.clone(), Some(auditor_cookie.clone()), Some(auditor_csrf.clone())).await,
+        post(
+            rollback.clone(),
+            Some(auditor_cookie.clone()),
+            Some(auditor_csrf.clone())
+        )
+        .await,
         403,
         "the auditor's own session and token"
     );
     let (cookie, csrf) = login(coordinator.clone()).await;
-    assert_eq!(post(rollback.clone(), Some(cookie.clone()), None).await, 403, "no token");
     assert_eq!(
-        post(rollback.clone(), Some(cookie.clone()), Some(auditor_csrf.clone())).await,
+        post(rollback.clone(), Some(cookie.clone()), None).await,
+        403,
+        "no token"
+    );
+    assert_eq!(
+        post(
+            rollback.clone(),
+            Some(cookie.clone()),
+            Some(auditor_csrf.clone())
+        )
+        .await,
         403,
         "another session's token"
     );
-    assert_eq!(post(rollback.clone(), None, Some(csrf.clone())).await, 403, "no session");
+    assert_eq!(
+        post(rollback.clone(), None, Some(csrf.clone())).await,
+        403,
+        "no session"
+    );
 
     // Every route, from the route table the router is built from.
     for route in ROUTES {
@@ -252,7 +320,11 @@ async fn an_auditor_sees_no_action_and_forged_requests_are_refused_writing_nothi
         match route.access {
             Access::SessionAndCsrf => {
                 assert_eq!(route.method, "POST", "{path}");
-                assert_eq!(post(path.clone(), None, None).await, 403, "{path} without a session");
+                assert_eq!(
+                    post(path.clone(), None, None).await,
+                    403,
+                    "{path} without a session"
+                );
                 assert_eq!(
                     post(path.clone(), Some(cookie.clone()), None).await,
                     403,
@@ -260,7 +332,11 @@ async fn an_auditor_sees_no_action_and_forged_requests_are_refused_writing_nothi
                 );
             }
             Access::Session => {
-                assert_eq!(status(http.get(&url)).await, 401, "{path} without a session");
+                assert_eq!(
+                    status(http.get(&url)).await,
+                    401,
+                    "{path} without a session"
+                );
             }
             Access::Public => {
                 assert!(!route.changes_state || path == "/api/login", "{path}");
@@ -276,7 +352,8 @@ async fn an_auditor_sees_no_action_and_forged_requests_are_refused_writing_nothi
     // The coordinator with their token: promote (no spec file: the checks the --no-switch deploy
     // kept) and rollback run, each named after them with `ui` as the command.
     let act = |action: &'static str| {
-        let (http, url, cookie, csrf) = (http.clone(), ui.url.clone(), cookie.clone(), csrf.clone());
+        let (http, url, cookie, csrf) =
+            (http.clone(), ui.url.clone(), cookie.clone(), csrf.clone());
         let log = ui.daemon.log_path.clone();
         async move {
             let r = http
@@ -287,7 +364,10 @@ async fn an_auditor_sees_no_action_and_forged_requests_are_refused_writing_nothi
                 .send()
                 .await
                 .unwrap_or_else(|e| {
-                    panic!("{action}: {e}\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+                    panic!(
+                        "{action}: {e}\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    )
                 });
             assert_eq!(r.status(), 200, "{action}");
             let doc: serde_json::Value = r.json().await.unwrap();

@@ -13,13 +13,13 @@ use std::sync::Arc;
 pub struct Args {
     /// Where to serve the dashboard. An address other than loopback needs --tls-cert and
     /// --tls-key; with etcd auth off, only loopback is allowed.
-    #[arg(long, default_value = "127.0.0.1:8480")]
+    #[arg(long, env = "BLUEGREEN_UI_LISTEN", default_value = "127.0.0.1:8480")]
     listen: SocketAddr,
     /// The dashboard's TLS certificate chain (PEM).
-    #[arg(long, requires = "tls_key")]
+    #[arg(long, env = "BLUEGREEN_UI_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM).
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long, env = "BLUEGREEN_UI_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// With etcd auth off (development), let anyone who reaches the loopback port act
     /// (rollback, abort...). Ignored with etcd auth on: etcd's roles decide.
@@ -53,6 +53,7 @@ impl Args {
             etcd_auth,
             allow_actions: self.allow_actions,
             anonymous_actor: format!("{} via ui", crate::actor::current()),
+            allowed_hosts: Config::loopback_hosts(listener.local_addr().unwrap_or(self.listen)),
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mode = match (etcd_auth, self.allow_actions) {
@@ -67,9 +68,10 @@ impl Args {
         let dashboard = dashboard::Dashboard::new(config, client, runner(global.clone()));
         let mut shutdown = proto::daemon::shutdown_on_signal();
         let stop = async move { proto::daemon::shutdown_requested(&mut shutdown).await };
-        dashboard::serve(dashboard, listener, tls, stop)
+        dashboard::serve(dashboard.clone(), listener, tls, stop)
             .await
             .map_err(|e| CoordinatorError::failed(format!("dashboard server: {e}")))?;
+        dashboard.stop(ACTIONS_PATIENCE).await;
         Ok(String::new())
     }
 }
@@ -88,6 +90,10 @@ async fn etcd_auth_on(global: &Global) -> bool {
         .await
         .is_err()
 }
+
+/// How long a stopping dashboard waits for the actions still running (a promote with
+/// `--verify-for` takes minutes); the packaged unit's stop timeout is longer.
+const ACTIONS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(9 * 60);
 
 /// The stack of an action's thread: what Linux gives a process's main thread (8 MiB).
 const ACTION_STACK: usize = 8 << 20;

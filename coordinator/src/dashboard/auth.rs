@@ -20,6 +20,9 @@ pub const CSRF_HEADER: &str = "x-bluegreen-csrf";
 /// A session unused for this long is gone: a laptop left open in a meeting room is not logged in
 /// forever.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(8 * 3600);
+/// Sessions kept at most: past it, the least recently used goes, so a script opening sessions
+/// (with etcd auth off each page load opens one) cannot grow the dashboard's memory without end.
+pub const MAX_SESSIONS: usize = 10_000;
 
 /// What a session's etcd user may do with one app, as etcd answered for that user (reads tried,
 /// writes proven without writing: see `proto::access::check_permissions`).
@@ -27,6 +30,18 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(8 * 3600);
 pub struct AppAccess {
     pub read: bool,
     pub act: bool,
+    /// When etcd answered: an answer older than [`ACCESS_TTL`] is asked again, so a role
+    /// revoked in etcd stops showing the app within a minute.
+    pub checked: Instant,
+}
+
+/// How long an answer about a person's access to an app is trusted.
+pub const ACCESS_TTL: Duration = Duration::from_secs(60);
+
+impl AppAccess {
+    pub fn fresh(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.checked) < ACCESS_TTL
+    }
 }
 
 /// One logged-in person (or, with etcd auth off, one browser).
@@ -37,10 +52,13 @@ pub struct Session {
     /// Their access to etcd: the dashboard's endpoints and TLS with their user and password.
     pub access: proto::EtcdAccess,
     pub csrf: String,
-    /// Per app the person was shown: what their user may do with it (asked of etcd once with
-    /// their credentials, then remembered for the session).
+    /// Per app the person was shown: what their user may do with it (asked of etcd with their
+    /// credentials, remembered for [`ACCESS_TTL`]).
     pub apps: BTreeMap<String, AppAccess>,
     pub last_used: Instant,
+    /// Set to true when the session ends (logout); dropped when it expires. Its streams end with
+    /// it.
+    pub ended: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Session {
@@ -58,6 +76,16 @@ pub struct Sessions {
 
 impl Sessions {
     pub fn insert(&mut self, token: String, session: Session) {
+        if self.by_token.len() >= MAX_SESSIONS {
+            let oldest = self
+                .by_token
+                .iter()
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(t, _)| t.clone());
+            if let Some(oldest) = oldest {
+                self.by_token.remove(&oldest);
+            }
+        }
         self.by_token.insert(token, session);
     }
 
@@ -71,8 +99,11 @@ impl Sessions {
         Some(session)
     }
 
+    /// Ends the session of `token`: its open streams end too.
     pub fn remove(&mut self, token: &str) {
-        self.by_token.remove(token);
+        if let Some(session) = self.by_token.remove(token) {
+            let _ = session.ended.send(true);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -203,6 +234,7 @@ mod tests {
                 csrf: "c".into(),
                 apps: BTreeMap::new(),
                 last_used: start,
+                ended: Default::default(),
             },
         );
         assert!(sessions
@@ -212,6 +244,29 @@ mod tests {
             .touch("t", start + Duration::from_secs(60) + IDLE_TIMEOUT)
             .is_none());
         assert!(sessions.is_empty());
+    }
+
+    #[test]
+    fn past_the_cap_the_least_recently_used_session_goes() {
+        let mut sessions = Sessions::default();
+        let start = Instant::now();
+        for i in 0..=MAX_SESSIONS {
+            sessions.insert(
+                format!("t{i}"),
+                Session {
+                    user: None,
+                    access: proto::EtcdAccess::default(),
+                    csrf: "c".into(),
+                    apps: BTreeMap::new(),
+                    last_used: start + Duration::from_millis(i as u64),
+                    ended: Default::default(),
+                },
+            );
+        }
+        assert_eq!(sessions.len(), MAX_SESSIONS);
+        let now = start + Duration::from_secs(1);
+        assert!(sessions.touch("t0", now).is_none(), "the oldest went");
+        assert!(sessions.touch(&format!("t{MAX_SESSIONS}"), now).is_some());
     }
 
     #[test]

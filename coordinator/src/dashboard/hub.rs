@@ -16,7 +16,8 @@ use tokio::sync::broadcast;
 const CHANNEL: usize = 2048;
 
 /// One message to the tabs of an app: `kind` is `snapshot`, `summary`, `hosts`, `timeline`,
-/// `history`, `series`, `action` or `resync`, serialized once for every tab.
+/// `history`, `series`, `action` or `resync`, serialized once for every tab. `revision` is the
+/// app's etcd revision once the change was applied: a tab drops what its snapshot already had.
 #[derive(Debug, Clone)]
 pub struct Message {
     pub kind: Arc<str>,
@@ -40,13 +41,18 @@ pub struct Hub {
     pub kept: Mutex<Kept>,
     tx: broadcast::Sender<Message>,
     task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The watch ended for good (etcd cancelled it): the next tab gets a new hub.
+    dead: std::sync::atomic::AtomicBool,
+    /// Actions running for this app: their progress goes through this hub, which stays while
+    /// any runs, watched or not.
+    pub actions: std::sync::atomic::AtomicUsize,
 }
 
 /// The message of `kind` for `app`.
-pub fn message(app: &str, kind: &str, data: Value) -> Message {
+pub fn message(app: &str, kind: &str, revision: i64, data: Value) -> Message {
     Message {
         kind: kind.into(),
-        json: json!({"app": app, "kind": kind, "data": data})
+        json: json!({"app": app, "kind": kind, "revision": revision, "data": data})
             .to_string()
             .into(),
     }
@@ -79,18 +85,26 @@ impl Hub {
             kept: Mutex::new(kept),
             tx,
             task: Mutex::new(None),
+            dead: Default::default(),
+            actions: Default::default(),
         });
         let mut watch = status::watch_from(client, &hub.keys, revision + 1);
         let follower = Arc::downgrade(&hub);
         let task = tokio::spawn(async move {
             loop {
                 let event = watch.next().await;
-                let Some(hub) = follower.upgrade() else { return };
+                let Some(hub) = follower.upgrade() else {
+                    return;
+                };
                 match event {
                     Ok(WatchEvent::Changes { changes, .. }) => hub.apply(&changes),
-                    Ok(WatchEvent::Resync(snapshot)) => hub.resync(snapshot),
+                    Ok(WatchEvent::Resync(_)) => {
+                        hub.retire();
+                        return;
+                    }
                     Err(e) => {
                         tracing::warn!(app = %hub.app, error = %e, "dashboard watch ended");
+                        hub.retire();
                         return;
                     }
                 }
@@ -106,6 +120,20 @@ impl Hub {
 
     pub fn viewers(&self) -> usize {
         self.tx.receiver_count()
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether anything still needs this hub: a tab watching it or an action reporting through
+    /// it.
+    pub fn in_use(&self) -> bool {
+        self.viewers() > 0 || self.actions.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.kept.lock().unwrap().status.revision
     }
 
     /// Sends `message` to every tab of this app (an action's progress, for instance).
@@ -187,44 +215,42 @@ impl Hub {
         let s = &kept.status;
         let rows: Vec<Value> = hosts.iter().map(|h| view::host_row(s, h)).collect();
         let summary = view::summary(&self.app, s);
-        push_capped(&mut kept.timeline, timeline.iter().cloned(), view::TIMELINE_LEN);
-        push_capped(&mut kept.history, history.iter().cloned(), view::HISTORY_LEN);
+        push_capped(
+            &mut kept.timeline,
+            timeline.iter().cloned(),
+            view::TIMELINE_LEN,
+        );
+        push_capped(
+            &mut kept.history,
+            history.iter().cloned(),
+            view::HISTORY_LEN,
+        );
         if let Some(point) = &point {
             push_capped(&mut kept.series, [point.clone()], view::SERIES_LEN);
         }
+        let rev = kept.status.revision;
         drop(kept);
         let app = &self.app;
-        self.send(message(app, "summary", summary));
+        self.send(message(app, "summary", rev, summary));
         if !rows.is_empty() {
-            self.send(message(app, "hosts", Value::Array(rows)));
+            self.send(message(app, "hosts", rev, Value::Array(rows)));
         }
         if !timeline.is_empty() {
-            self.send(message(app, "timeline", Value::Array(timeline)));
+            self.send(message(app, "timeline", rev, Value::Array(timeline)));
         }
         if !history.is_empty() {
-            self.send(message(app, "history", Value::Array(history)));
+            self.send(message(app, "history", rev, Value::Array(history)));
         }
         if let Some(point) = point {
-            self.send(message(app, "series", point));
+            self.send(message(app, "series", rev, point));
         }
     }
 
-    /// The watch fell behind a compaction: rebuild the state and tell every tab to redraw.
-    fn resync(&self, snapshot: proto::watch::Snapshot) {
-        let mut status = AppStatus::default();
-        for (key, value) in snapshot.entries {
-            status.apply(
-                &self.keys,
-                &Change {
-                    key,
-                    value: Some(value),
-                    mod_revision: snapshot.revision,
-                },
-            );
-        }
-        status.revision = snapshot.revision;
-        self.kept.lock().unwrap().status = status;
-        self.send(message(&self.app, "resync", Value::Null));
+    /// The watch ended or fell behind a compaction: this hub is done. Every tab is told to
+    /// reconnect, and gets a new hub with a fresh read of the app and its history.
+    fn retire(&self) {
+        self.dead.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.send(message(&self.app, "resync", 0, Value::Null));
     }
 }
 

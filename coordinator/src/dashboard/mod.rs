@@ -76,7 +76,33 @@ pub struct Config {
     pub allow_actions: bool,
     /// Who history names for an action when nobody logged in (etcd auth off).
     pub anonymous_actor: String,
+    /// The `Host` headers a request may carry when the dashboard listens on loopback: a page on
+    /// another site whose name was re-pointed at 127.0.0.1 (DNS rebinding) names its own host,
+    /// and is refused. `None` off loopback, where TLS (the certificate's name) does this.
+    pub allowed_hosts: Option<Vec<String>>,
 }
+
+impl Config {
+    /// The names a browser on this machine may use for a loopback `listen`.
+    pub fn loopback_hosts(listen: std::net::SocketAddr) -> Option<Vec<String>> {
+        if !listen.ip().is_loopback() {
+            return None;
+        }
+        let port = listen.port();
+        Some(vec![
+            format!("{listen}"),
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+        ])
+    }
+}
+
+/// Actions running at once at most; more wait their turn (each runs on a thread of its own with
+/// its own etcd connection).
+const ACTIONS_AT_ONCE: usize = 8;
+/// Apps one stream may follow at most.
+const STREAM_APPS: usize = 500;
 
 pub struct Dashboard {
     config: Config,
@@ -85,6 +111,10 @@ pub struct Dashboard {
     sessions: Mutex<Sessions>,
     runner: Runner,
     streams: AtomicUsize,
+    /// Commands running for people (actions and log reads).
+    running: Arc<tokio::sync::Semaphore>,
+    /// Becomes true when the process is asked to stop: every stream ends, so the server can.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 type Shared = Arc<Dashboard>;
@@ -103,7 +133,21 @@ impl Dashboard {
             sessions: Default::default(),
             runner,
             streams: AtomicUsize::new(0),
+            running: Arc::new(tokio::sync::Semaphore::new(ACTIONS_AT_ONCE)),
+            stopping: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Ends every stream (the server then stops once requests in flight are answered) and waits,
+    /// up to `patience`, for the actions still running: a rollback is not cut in half by a
+    /// restart of the dashboard.
+    pub async fn stop(&self, patience: std::time::Duration) {
+        let _ = self.stopping.send(true);
+        let all = ACTIONS_AT_ONCE as u32;
+        match tokio::time::timeout(patience, self.running.acquire_many(all)).await {
+            Ok(_) => {}
+            Err(_) => tracing::warn!("stopping with actions still running"),
+        }
     }
 
     /// The router, built from [`ROUTES`].
@@ -113,6 +157,10 @@ impl Dashboard {
             router = router.route(route.path, handler(route.id));
         }
         router
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                guard_origin,
+            ))
             .layer(axum::middleware::map_response(security_headers))
             .with_state(self.clone())
     }
@@ -140,9 +188,7 @@ impl Dashboard {
         let Some((token, session)) = self.session(headers) else {
             return Err(refuse(StatusCode::FORBIDDEN, "no session: log in first"));
         };
-        let given = headers
-            .get(auth::CSRF_HEADER)
-            .and_then(|v| v.to_str().ok());
+        let given = headers.get(auth::CSRF_HEADER).and_then(|v| v.to_str().ok());
         if !auth::csrf_matches(&session.csrf, given) {
             return Err(refuse(
                 StatusCode::FORBIDDEN,
@@ -160,6 +206,7 @@ impl Dashboard {
             csrf: auth::random_token(),
             apps: BTreeMap::new(),
             last_used: Instant::now(),
+            ended: Default::default(),
         };
         self.sessions
             .lock()
@@ -169,15 +216,20 @@ impl Dashboard {
     }
 
     /// What the session's user may do with each of `apps`, asked of etcd as that user for the
-    /// apps not asked about yet, and remembered.
+    /// apps not asked about in the last [`auth::ACCESS_TTL`], and remembered. An answer etcd
+    /// could not give (unreachable) is not remembered: the next request asks again.
     async fn access_to(
         &self,
         token: &str,
         session: &Session,
         apps: &[String],
     ) -> BTreeMap<String, AppAccess> {
+        let now = Instant::now();
         let mut known = session.apps.clone();
-        let missing: Vec<&String> = apps.iter().filter(|a| !known.contains_key(*a)).collect();
+        let missing: Vec<&String> = apps
+            .iter()
+            .filter(|a| !known.get(*a).is_some_and(|x| x.fresh(now)))
+            .collect();
         if !missing.is_empty() {
             let client = if self.config.etcd_auth {
                 proto::access::connect(&session.access).await.ok()
@@ -186,19 +238,30 @@ impl Dashboard {
             };
             for app in missing {
                 let access = match (&client, Keys::new(&self.config.prefix, app)) {
-                    (_, Err(_)) => AppAccess {
-                        read: false,
-                        act: false,
-                    },
-                    (None, Ok(_)) => AppAccess {
-                        read: !self.config.etcd_auth,
-                        act: !self.config.etcd_auth && self.config.allow_actions,
-                    },
+                    (_, Err(_)) => Some((false, false)),
+                    (None, Ok(_)) if !self.config.etcd_auth => {
+                        Some((true, self.config.allow_actions))
+                    }
+                    (None, Ok(_)) => None,
                     (Some(client), Ok(keys)) => may(client, &keys).await,
                 };
-                known.insert(app.clone(), access);
+                match access {
+                    Some((read, act)) => {
+                        known.insert(
+                            app.clone(),
+                            AppAccess {
+                                read,
+                                act,
+                                checked: now,
+                            },
+                        );
+                    }
+                    None => {
+                        known.remove(app);
+                    }
+                }
             }
-            if let Some(s) = self.sessions.lock().unwrap().touch(token, Instant::now()) {
+            if let Some(s) = self.sessions.lock().unwrap().touch(token, now) {
                 s.apps = known.clone();
             }
         }
@@ -207,49 +270,119 @@ impl Dashboard {
             .collect()
     }
 
-    /// The hub of `app`, started on first use.
-    async fn hub(&self, app: &str) -> Result<Arc<Hub>, Response> {
+    /// The hub of `app`, started on first use (or again, when its watch ended), and a
+    /// subscription to it when `subscribe`: taken under the hubs' lock, so that a tab closing
+    /// elsewhere cannot stop the hub between its start and this tab's subscription.
+    async fn hub(
+        &self,
+        app: &str,
+        subscribe: bool,
+    ) -> Result<
+        (
+            Arc<Hub>,
+            Option<tokio::sync::broadcast::Receiver<hub::Message>>,
+        ),
+        Response,
+    > {
         let mut hubs = self.hubs.lock().await;
-        if let Some(hub) = hubs.get(app) {
-            return Ok(hub.clone());
-        }
-        let keys = Keys::new(&self.config.prefix, app)
-            .map_err(|e| refuse(StatusCode::NOT_FOUND, e.to_string()))?;
-        let hub = Hub::start(&self.client, keys).await.map_err(|e| {
-            refuse(
-                StatusCode::BAD_GATEWAY,
-                format!("reading {app} from etcd: {e}"),
-            )
-        })?;
-        hubs.insert(app.to_string(), hub.clone());
-        Ok(hub)
+        let hub = match hubs.get(app) {
+            Some(hub) if !hub.is_dead() => hub.clone(),
+            _ => {
+                let keys = Keys::new(&self.config.prefix, app)
+                    .map_err(|e| refuse(StatusCode::NOT_FOUND, e.to_string()))?;
+                let hub = Hub::start(&self.client, keys).await.map_err(|e| {
+                    refuse(
+                        StatusCode::BAD_GATEWAY,
+                        format!("reading {app} from etcd: {e}"),
+                    )
+                })?;
+                if let Some(old) = hubs.insert(app.to_string(), hub.clone()) {
+                    old.stop();
+                }
+                hub
+            }
+        };
+        let rx = subscribe.then(|| hub.subscribe());
+        Ok((hub, rx))
     }
 
     /// Stops the hubs nobody watches any more.
     async fn release_hubs(&self) {
         let mut hubs = self.hubs.lock().await;
         hubs.retain(|_, hub| {
-            let watched = hub.viewers() > 0;
-            if !watched {
+            let needed = hub.in_use();
+            if !needed {
                 hub.stop();
             }
-            watched
+            needed
         });
     }
 }
 
-/// What `client`'s user may do with the app of `keys`: read it, and write the keys every action
-/// writes (proven without writing anything).
-async fn may(client: &etcd_client::Client, keys: &Keys) -> AppAccess {
-    let read = proto::access::check_permissions(client, &[keys.app_prefix().to_string()], &[])
-        .await
-        .is_ok();
+/// What `client`'s user may do with the app of `keys`: read everything the dashboard shows of it
+/// (the range its hub reads and watches), and write the keys every action writes (proven
+/// without writing anything). `None`: etcd did not answer.
+async fn may(client: &etcd_client::Client, keys: &Keys) -> Option<(bool, bool)> {
+    let range = etcd_client::GetOptions::new()
+        .with_range(keys.coordinator_end())
+        .with_count_only();
+    let read = match client.clone().get(keys.app_prefix(), Some(range)).await {
+        Ok(_) => true,
+        Err(e) => match proto::ProtoError::etcd("read", e) {
+            e if e.is_permission_denied() => false,
+            _ => return None,
+        },
+    };
     let writes = [keys.lock(), keys.active(), keys.canary_request()];
     let act = read
         && proto::access::check_permissions(client, &[], &writes)
             .await
             .is_ok();
-    AppAccess { read, act }
+    Some((read, act))
+}
+
+/// Refuses a request whose `Host` is not this dashboard's (when it listens on loopback), and a
+/// state-changing request whose `Origin` is another site's.
+async fn guard_origin(
+    State(d): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if let Some(allowed) = &d.config.allowed_hosts {
+        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(&host)) {
+            return refuse(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "Host {host:?} is not this dashboard; use http://{}",
+                    allowed[0]
+                ),
+            );
+        }
+    }
+    if request.method() != axum::http::Method::GET {
+        let origin = request
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok());
+        if let Some(origin) = origin {
+            let same = origin
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(&host));
+            if !same {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    format!("a request from {origin} may not change anything here"),
+                );
+            }
+        }
+    }
+    next.run(request).await
 }
 
 async fn security_headers(mut response: Response) -> Response {
@@ -263,7 +396,10 @@ async fn security_headers(mut response: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
@@ -362,7 +498,10 @@ async fn logout(State(d): State<Shared>, headers: HeaderMap) -> Response {
         Err(refused) => return refused,
     };
     d.sessions.lock().unwrap().remove(&token);
-    with_cookie(auth::clear_cookie(d.config.tls), json!({"logged_out": true}))
+    with_cookie(
+        auth::clear_cookie(d.config.tls),
+        json!({"logged_out": true}),
+    )
 }
 
 /// The apps this session's user may read, each with its summary and whether they may act.
@@ -377,8 +516,8 @@ async fn apps(State(d): State<Shared>, headers: HeaderMap) -> Response {
     let access = d.access_to(&token, &session, &names).await;
     let mut out = Vec::new();
     for (app, may) in access.into_iter().filter(|(_, a)| a.read) {
-        let summary = match d.hub(&app).await {
-            Ok(hub) => hub.summary(),
+        let summary = match d.hub(&app, false).await {
+            Ok((hub, _)) => hub.summary(),
             Err(_) => Value::Null,
         };
         out.push(json!({"app": app, "act": may.act, "summary": summary}));
@@ -407,7 +546,7 @@ impl Drop for StreamGuard {
 }
 
 /// One server-sent-event stream per tab for everything it shows: a snapshot first, then every
-/// change as it happens.
+/// change as it happens. It ends with the session (logout, expiry) and when the dashboard stops.
 async fn stream(
     State(d): State<Shared>,
     headers: HeaderMap,
@@ -427,43 +566,70 @@ async fn stream(
             names.push(detail.clone());
         }
     }
+    if names.len() > STREAM_APPS {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("apps: at most {STREAM_APPS} in one stream"),
+        );
+    }
+    let known = match proto::watch::list_apps(&d.client, &d.config.prefix).await {
+        Ok(known) => known,
+        Err(e) => return refuse(StatusCode::BAD_GATEWAY, format!("listing apps: {e}")),
+    };
+    if let Some(app) = names.iter().find(|a| !known.contains(*a)) {
+        return refuse(StatusCode::NOT_FOUND, format!("no app {app:?}"));
+    }
     let access = d.access_to(&token, &session, &names).await;
-    if let Some(app) = names.iter().find(|a| !access.get(*a).is_some_and(|x| x.read)) {
+    if let Some(app) = names
+        .iter()
+        .find(|a| !access.get(*a).is_some_and(|x| x.read))
+    {
         return refuse(
             StatusCode::FORBIDDEN,
-            format!("your etcd user may not read app {app:?} (or it does not exist)"),
+            format!("your etcd user may not read app {app:?}"),
         );
     }
     let mut first = Vec::new();
     let mut receivers = Vec::new();
     for app in &names {
-        let hub = match d.hub(app).await {
-            Ok(hub) => hub,
+        let (hub, rx) = match d.hub(app, true).await {
+            Ok(subscribed) => subscribed,
             Err(refused) => return refused,
         };
         let detail = q.detail.as_deref() == Some(app.as_str());
-        receivers.push((detail, hub.subscribe()));
+        receivers.push((detail, rx.expect("subscribed")));
         let data = if detail {
-            hub.snapshot(true)
+            let mut data = hub.snapshot(true);
+            data["act"] = json!(access.get(app).is_some_and(|a| a.act));
+            data
         } else {
             json!({"summary": hub.summary()})
         };
-        first.push(hub::message(app, "snapshot", data));
+        first.push(hub::message(app, "snapshot", hub.revision(), data));
     }
     d.streams.fetch_add(1, Ordering::Relaxed);
     let guard = Arc::new(StreamGuard(d.clone()));
     let live = receivers.into_iter().map(|(detail, rx)| {
         tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |m| {
             futures::future::ready(match m {
-                Ok(m) if detail || matches!(&*m.kind, "summary" | "action") => Some(m),
+                Ok(m) if detail || matches!(&*m.kind, "summary" | "action" | "resync") => Some(m),
                 Ok(_) => None,
                 // The tab fell behind: it reconnects and starts from a fresh snapshot.
-                Err(_) => Some(hub::message("", "resync", Value::Null)),
+                Err(_) => Some(hub::message("", "resync", 0, Value::Null)),
             })
         })
     });
+    let mut ended = session.ended.subscribe();
+    let mut stopping = d.stopping.subscribe();
+    let end = async move {
+        tokio::select! {
+            _ = ended.wait_for(|e| *e) => {}
+            _ = stopping.wait_for(|s| *s) => {}
+        }
+    };
     let events = futures::stream::iter(first)
         .chain(futures::stream::select_all(live))
+        .take_until(Box::pin(end))
         .map(move |m| {
             let _alive = &guard;
             Ok::<_, std::convert::Infallible>(Event::default().data(&*m.json))
@@ -496,11 +662,19 @@ async fn logs(
         return refuse(StatusCode::UNAUTHORIZED, "log in first");
     };
     let Ok(Query(q)) = query else {
-        return refuse(StatusCode::BAD_REQUEST, "give host, color (blue or green) and tail");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "give host, color (blue or green) and tail",
+        );
     };
-    let access = d.access_to(&token, &session, std::slice::from_ref(&app)).await;
+    let access = d
+        .access_to(&token, &session, std::slice::from_ref(&app))
+        .await;
     if !access.get(&app).is_some_and(|a| a.read) {
-        return refuse(StatusCode::FORBIDDEN, format!("your etcd user may not read app {app:?}"));
+        return refuse(
+            StatusCode::FORBIDDEN,
+            format!("your etcd user may not read app {app:?}"),
+        );
     }
     // `--flag=value`: a value is never taken for a flag of its own.
     let args = vec![
@@ -520,17 +694,34 @@ async fn logs(
             events: None,
         },
     };
+    let Ok(_turn) = d.running.clone().acquire_owned().await else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "the dashboard is stopping");
+    };
     let done = (d.runner)(call).await;
     let status = if done.exit == 0 {
         StatusCode::OK
     } else {
         StatusCode::BAD_GATEWAY
     };
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], done.text).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        done.text,
+    )
+        .into_response()
 }
 
-/// Runs one action for the session's person. It runs in its own task: a tab closed mid-action
-/// does not cut it short. Its progress lines go to every tab showing the app.
+/// Keeps an app's hub while an action reports through it.
+struct ActionGuard(Arc<Hub>);
+
+impl Drop for ActionGuard {
+    fn drop(&mut self) {
+        self.0.actions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs one action for the session's person. It runs in its own task, to its end, even if the
+/// tab that asked closes; its progress lines and its result go to every tab showing the app.
 async fn action(
     State(d): State<Shared>,
     headers: HeaderMap,
@@ -543,12 +734,10 @@ async fn action(
     let Some(argv) = routes::action_argv(&name) else {
         return refuse(StatusCode::NOT_FOUND, format!("no action {name:?}"));
     };
-    let access = d.access_to(&token, &session, std::slice::from_ref(&app)).await;
-    let may = access.get(&app).copied().unwrap_or(AppAccess {
-        read: false,
-        act: false,
-    });
-    if !may.act {
+    let access = d
+        .access_to(&token, &session, std::slice::from_ref(&app))
+        .await;
+    if !access.get(&app).is_some_and(|a| a.act) {
         let why = if !d.config.etcd_auth {
             "actions are off: etcd auth is off and the dashboard was started without \
              --allow-actions"
@@ -558,36 +747,44 @@ async fn action(
         };
         return refuse(StatusCode::FORBIDDEN, why);
     }
-    let hub = match d.hub(&app).await {
-        Ok(hub) => hub,
+    let hub = match d.hub(&app, false).await {
+        Ok((hub, _)) => hub,
         Err(refused) => return refused,
     };
+    hub.actions.fetch_add(1, Ordering::Relaxed);
+    let keep = ActionGuard(hub.clone());
+    let Ok(turn) = d.running.clone().acquire_owned().await else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "the dashboard is stopping");
+    };
     let id = auth::random_token()[..12].to_string();
+    let actor = session.actor(&d.config.anonymous_actor);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let forward = {
-        let (hub, app, id, name) = (hub.clone(), app.clone(), id.clone(), name.clone());
+        let (hub, app, id, name, actor) = (
+            hub.clone(),
+            app.clone(),
+            id.clone(),
+            name.clone(),
+            actor.clone(),
+        );
         tokio::spawn(async move {
             while let Some(line) = rx.recv().await {
                 for l in line.lines().filter(|l| !l.trim().is_empty()) {
                     let event: Value = serde_json::from_str(l).unwrap_or(json!({"detail": l}));
-                    hub.send(hub::message(
-                        &app,
-                        "action",
-                        json!({"id": id, "action": name, "event": event}),
-                    ));
+                    let data = json!({"id": id, "action": name, "actor": actor, "event": event});
+                    hub.send(hub::message(&app, "action", 0, data));
                 }
             }
         })
     };
-    let command = format!("ui {}", argv.join(" "));
     let call = Call {
         access: session.access.clone(),
         app: app.clone(),
         args: argv.iter().map(|a| a.to_string()).collect(),
         json: true,
         invoker: Invoker {
-            actor: session.actor(&d.config.anonymous_actor),
-            command,
+            actor: actor.clone(),
+            command: format!("ui {}", argv.join(" ")),
             events: Some(tx),
         },
     };
@@ -595,27 +792,22 @@ async fn action(
     let running = tokio::spawn(async move {
         let done = runner(call).await;
         let _ = forward.await;
-        done
+        let data = json!({"id": id, "action": name, "actor": actor, "event": done.event,
+                          "exit": done.exit, "text": done.text});
+        keep.0.send(hub::message(&app, "action", 0, data.clone()));
+        drop((keep, turn));
+        (done, data)
     });
-    let done = match running.await {
-        Ok(done) => done,
-        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("{name}: {e}")),
+    let (done, data) = match running.await {
+        Ok(finished) => finished,
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("action: {e}")),
     };
-    hub.send(hub::message(
-        &app,
-        "action",
-        json!({"id": id, "action": name, "event": done.event, "exit": done.exit}),
-    ));
     let status = if done.exit == 6 {
         StatusCode::FORBIDDEN
     } else {
         StatusCode::OK
     };
-    (
-        status,
-        Json(json!({"id": id, "action": name, "exit": done.exit, "text": done.text, "result": done.event})),
-    )
-        .into_response()
+    (status, Json(data)).into_response()
 }
 
 /// Serves the dashboard on `listener` (over TLS with `tls`) until `shutdown` resolves.
@@ -626,23 +818,72 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let router = dashboard.router();
+    let d = dashboard.clone();
+    // Streams never end on their own: end them first, or the server would wait for them.
+    let shutdown = async move {
+        shutdown.await;
+        let _ = d.stopping.send(true);
+    };
     match tls {
-        None => axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await,
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
         Some(acceptor) => {
-            axum::serve(TlsListener { listener, acceptor }, router)
+            axum::serve(TlsListener::spawn(listener, acceptor)?, router)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
     }
 }
 
-/// A TCP listener that hands axum only connections whose TLS handshake finished; a handshake
-/// that fails or stalls (5 s) is dropped and never reaches the router.
+/// TLS connections whose handshake finished. Handshakes run concurrently, each bounded (5 s),
+/// so a client that never finishes its handshake delays nobody else; a failed one never reaches
+/// the router.
 struct TlsListener {
-    listener: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    ready: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+    local: std::net::SocketAddr,
+}
+
+impl TlsListener {
+    fn spawn(
+        listener: tokio::net::TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+    ) -> std::io::Result<TlsListener> {
+        let local = listener.local_addr()?;
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while !tx.is_closed() {
+                let (tcp, addr) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors, most often: give the process a moment.
+                        tracing::warn!(error = %e, "dashboard accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let handshake = acceptor.accept(tcp);
+                    match tokio::time::timeout(std::time::Duration::from_secs(5), handshake).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, addr)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%addr, error = %e, "dashboard TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%addr, "dashboard TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { ready, local })
+    }
 }
 
 impl axum::serve::Listener for TlsListener {
@@ -650,21 +891,14 @@ impl axum::serve::Listener for TlsListener {
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((tcp, addr)) = self.listener.accept().await else {
-                continue;
-            };
-            let handshake = self.acceptor.accept(tcp);
-            match tokio::time::timeout(std::time::Duration::from_secs(5), handshake).await {
-                Ok(Ok(tls)) => return (tls, addr),
-                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "dashboard TLS handshake failed"),
-                Err(_) => tracing::debug!(%addr, "dashboard TLS handshake timed out"),
-            }
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.listener.local_addr()
+        Ok(self.local)
     }
 }
 
@@ -680,7 +914,10 @@ pub fn tls_acceptor(
         .collect::<Result<_, _>>()
         .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
     if certs.is_empty() {
-        return Err(format!("--tls-cert {}: no certificate in it", cert.display()));
+        return Err(format!(
+            "--tls-cert {}: no certificate in it",
+            cert.display()
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
@@ -692,5 +929,9 @@ pub fn tls_acceptor(
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+    // HTTP/2 where the browser speaks it: every tab's stream is then one more stream on one
+    // connection, not one of the six HTTP/1.1 connections a browser opens per site.
+    let mut config = config;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

@@ -60,14 +60,50 @@ const fn route(
 /// the victim in as the attacker.
 pub const ROUTES: &[Route] = &[
     route(RouteId::Index, "GET", "/", Access::Public, false),
-    route(RouteId::Script, "GET", "/assets/app.js", Access::Public, false),
-    route(RouteId::Style, "GET", "/assets/app.css", Access::Public, false),
+    route(
+        RouteId::Script,
+        "GET",
+        "/assets/app.js",
+        Access::Public,
+        false,
+    ),
+    route(
+        RouteId::Style,
+        "GET",
+        "/assets/app.css",
+        Access::Public,
+        false,
+    ),
     route(RouteId::Login, "POST", "/api/login", Access::Public, true),
-    route(RouteId::Session, "GET", "/api/session", Access::Public, false),
-    route(RouteId::Logout, "POST", "/api/logout", Access::SessionAndCsrf, true),
+    route(
+        RouteId::Session,
+        "GET",
+        "/api/session",
+        Access::Public,
+        false,
+    ),
+    route(
+        RouteId::Logout,
+        "POST",
+        "/api/logout",
+        Access::SessionAndCsrf,
+        true,
+    ),
     route(RouteId::Apps, "GET", "/api/apps", Access::Session, false),
-    route(RouteId::Stream, "GET", "/api/stream", Access::Session, false),
-    route(RouteId::Logs, "GET", "/api/apps/{app}/logs", Access::Session, false),
+    route(
+        RouteId::Stream,
+        "GET",
+        "/api/stream",
+        Access::Session,
+        false,
+    ),
+    route(
+        RouteId::Logs,
+        "GET",
+        "/api/apps/{app}/logs",
+        Access::Session,
+        false,
+    ),
     route(
         RouteId::Action,
         "POST",
@@ -91,7 +127,10 @@ pub const ACTIONS: &[(&str, &[&str])] = &[
 
 /// The command line of action `name`, if it is one.
 pub fn action_argv(name: &str) -> Option<&'static [&'static str]> {
-    ACTIONS.iter().find(|(n, _)| *n == name).map(|(_, argv)| *argv)
+    ACTIONS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, argv)| *argv)
 }
 
 #[cfg(test)]

@@ -91,10 +91,15 @@ pub fn counts(status: &AppStatus) -> Value {
 /// long after the last switch it acked.
 pub fn lb_row(status: &AppStatus, name: &str) -> Value {
     let record = status.lbs.get(name);
-    let switched_at = status.active.as_ref().and_then(|a| rfc3339_ms(&a.switched_at));
+    let switched_at = status
+        .active
+        .as_ref()
+        .and_then(|a| rfc3339_ms(&a.switched_at));
     let follows = record.is_some_and(|r| r.applied_revision >= status.active_mod_revision);
     let latency_ms = match (record, switched_at) {
-        (Some(r), Some(at)) if follows => rfc3339_ms(&r.reloaded_at).and_then(|t| t.checked_sub(at)),
+        (Some(r), Some(at)) if follows => {
+            rfc3339_ms(&r.reloaded_at).and_then(|t| t.checked_sub(at))
+        }
         _ => None,
     };
     let open = status
@@ -165,7 +170,12 @@ pub fn event(at_ms: u64, step: &str, host: Option<&str>, state: &str, detail: St
 
 /// What one key's change means for the timeline, judged against the state before it (`before`).
 /// Churn nobody reads as progress (request counts, agents' membership records) is left out.
-pub fn timeline_event(keys: &Keys, before: &AppStatus, change: &proto::watch::Change, at_ms: u64) -> Option<Value> {
+pub fn timeline_event(
+    keys: &Keys,
+    before: &AppStatus,
+    change: &proto::watch::Change,
+    at_ms: u64,
+) -> Option<Value> {
     let value = change.value.as_deref();
     let ev = |step: &str, host: Option<&str>, state: &str, detail: String| {
         Some(event(at_ms, step, host, state, detail))
@@ -185,7 +195,13 @@ pub fn timeline_event(keys: &Keys, before: &AppStatus, change: &proto::watch::Ch
                 "phase",
                 None,
                 d.phase.as_str(),
-                format!("{} {} of {} to {}{error}", d.operation.as_str(), d.deploy_id, d.version, d.to),
+                format!(
+                    "{} {} of {} to {}{error}",
+                    d.operation.as_str(),
+                    d.deploy_id,
+                    d.version,
+                    d.to
+                ),
             )
         }
         AppKey::Active => {
@@ -194,18 +210,31 @@ pub fn timeline_event(keys: &Keys, before: &AppStatus, change: &proto::watch::Ch
                 "switch",
                 None,
                 "written",
-                format!("active = {} {} at revision {}", a.color, a.version, change.mod_revision),
+                format!(
+                    "active = {} {} at revision {}",
+                    a.color, a.version, change.mod_revision
+                ),
             )
         }
         AppKey::Traffic => match value {
-            None => ev("canary", None, "split removed", "every request to the active color".into()),
+            None => ev(
+                "canary",
+                None,
+                "split removed",
+                "every request to the active color".into(),
+            ),
             Some(v) => {
                 let t: proto::records::TrafficRecord = decode(&change.key, v).ok()?;
                 ev(
                     "canary",
                     None,
                     "weight",
-                    format!("step {}: {} to {}", t.step, crate::canary::percent(t.weight), t.canary),
+                    format!(
+                        "step {}: {} to {}",
+                        t.step,
+                        crate::canary::percent(t.weight),
+                        t.canary
+                    ),
                 )
             }
         },
@@ -225,7 +254,11 @@ pub fn timeline_event(keys: &Keys, before: &AppStatus, change: &proto::watch::Ch
                     "ack",
                     Some(&lb),
                     "applied",
-                    format!("revision {} ({})", r.applied_revision, r.color.map_or("-", |c| c.as_str())),
+                    format!(
+                        "revision {} ({})",
+                        r.applied_revision,
+                        r.color.map_or("-", |c| c.as_str())
+                    ),
                 ),
             }
         }
@@ -238,31 +271,62 @@ pub fn timeline_event(keys: &Keys, before: &AppStatus, change: &proto::watch::Ch
             if old.is_some_and(|o| o.state == h.state && o.version == h.version) {
                 return None;
             }
-            ev("health", Some(&host), h.state.as_str(), format!("{color} {}", h.version))
+            ev(
+                "health",
+                Some(&host),
+                h.state.as_str(),
+                format!("{color} {}", h.version),
+            )
         }
         AppKey::Host(host) => match value {
             None => ev("agent", Some(&host), "silent", "its lease ended".into()),
-            Some(_) if !before.hosts.contains_key(&host) => ev("agent", Some(&host), "up", String::new()),
+            Some(_) if !before.hosts.contains_key(&host) => {
+                ev("agent", Some(&host), "up", String::new())
+            }
             Some(_) => None,
         },
         AppKey::Lock => match value {
             None => ev("lock", None, "released", String::new()),
             Some(v) => {
                 let l: proto::records::LockRecord = decode(&change.key, v).ok()?;
-                let same = before.lock.as_ref().is_some_and(|b| b.deploy_id == l.deploy_id);
-                (!same).then(|| event(at_ms, "lock", None, "taken", format!("{} by {}", l.operation.as_str(), l.holder)))
+                let same = before
+                    .lock
+                    .as_ref()
+                    .is_some_and(|b| b.deploy_id == l.deploy_id);
+                (!same).then(|| {
+                    event(
+                        at_ms,
+                        "lock",
+                        None,
+                        "taken",
+                        format!("{} by {}", l.operation.as_str(), l.holder),
+                    )
+                })
             }
         },
         AppKey::CanaryRequest => {
             let r: proto::records::CanaryRequest = decode(&change.key, value?).ok()?;
-            ev("canary", None, "requested", format!("{} by {}", r.action.as_str(), r.actor))
+            ev(
+                "canary",
+                None,
+                "requested",
+                format!("{} by {}", r.action.as_str(), r.actor),
+            )
         }
         AppKey::History(_) => {
             let h: HistoryRecord = decode(&change.key, value?).ok()?;
             let reason = h.reason.map(|r| format!(": {r}")).unwrap_or_default();
-            ev("result", None, h.outcome.as_str(), format!("{} {}{reason}", h.kind.as_str(), h.deploy_id))
+            ev(
+                "result",
+                None,
+                h.outcome.as_str(),
+                format!("{} {}{reason}", h.kind.as_str(), h.deploy_id),
+            )
         }
-        AppKey::HostMember(_) | AppKey::HostLeaving(_) | AppKey::LbAlive(_) | AppKey::LbStats(_) => None,
+        AppKey::HostMember(_)
+        | AppKey::HostLeaving(_)
+        | AppKey::LbAlive(_)
+        | AppKey::LbStats(_) => None,
     }
 }
 
@@ -308,8 +372,14 @@ pub fn series_point(
 }
 
 /// A history record as the page lists it (the key's revision identifies it).
+/// The environment a release ran with is masked as `status` masks it: every reader of the
+/// dashboard sees history, and an app's environment may carry a literal credential.
 pub fn history_row(key: &str, record: &HistoryRecord) -> Value {
-    let mut row = serde_json::to_value(record).unwrap_or(Value::Null);
+    let mut record = record.clone();
+    if let Some(release) = record.release.as_mut() {
+        release.run.env = proto::secrets::mask_env(&release.run.env);
+    }
+    let mut row = serde_json::to_value(&record).unwrap_or(Value::Null);
     row["key"] = json!(key);
     row
 }
@@ -370,17 +440,32 @@ mod tests {
     fn a_health_change_is_on_the_timeline_once() {
         let keys = keys();
         let mut s = AppStatus::default();
-        let c = change(keys.health("h1", Color::Green), &health(HealthState::Starting, "v2"), 5);
+        let c = change(
+            keys.health("h1", Color::Green),
+            &health(HealthState::Starting, "v2"),
+            5,
+        );
         let ev = timeline_event(&keys, &s, &c, 1).unwrap();
         assert_eq!(ev["step"], "health");
         assert_eq!(ev["host"], "h1");
         assert_eq!(ev["state"], "starting");
         s.apply(&keys, &c);
         // The same state again (a renewed report) is not news.
-        let again = change(keys.health("h1", Color::Green), &health(HealthState::Starting, "v2"), 6);
+        let again = change(
+            keys.health("h1", Color::Green),
+            &health(HealthState::Starting, "v2"),
+            6,
+        );
         assert!(timeline_event(&keys, &s, &again, 2).is_none());
-        let healthy = change(keys.health("h1", Color::Green), &health(HealthState::Healthy, "v2"), 7);
-        assert_eq!(timeline_event(&keys, &s, &healthy, 3).unwrap()["state"], "healthy");
+        let healthy = change(
+            keys.health("h1", Color::Green),
+            &health(HealthState::Healthy, "v2"),
+            7,
+        );
+        assert_eq!(
+            timeline_event(&keys, &s, &healthy, 3).unwrap()["state"],
+            "healthy"
+        );
     }
 
     #[test]
@@ -389,10 +474,20 @@ mod tests {
         let (mut s, c) = active(10);
         let ev = timeline_event(&keys, &AppStatus::default(), &c, 1).unwrap();
         assert_eq!(ev["step"], "switch");
-        assert!(ev["detail"].as_str().unwrap().contains("green v2 at revision 10"));
-        let ack = change(keys.lb("lb-0"), &lb(10, Color::Green, "2026-12-08T00:00:00.004Z"), 11);
+        assert!(ev["detail"]
+            .as_str()
+            .unwrap()
+            .contains("green v2 at revision 10"));
+        let ack = change(
+            keys.lb("lb-0"),
+            &lb(10, Color::Green, "2026-12-08T00:00:00.004Z"),
+            11,
+        );
         let ev = timeline_event(&keys, &s, &ack, 2).unwrap();
-        assert_eq!((ev["step"].as_str(), ev["host"].as_str()), (Some("ack"), Some("lb-0")));
+        assert_eq!(
+            (ev["step"].as_str(), ev["host"].as_str()),
+            (Some("ack"), Some("lb-0"))
+        );
         s.apply(&keys, &ack);
         let row = lb_row(&s, "lb-0");
         assert_eq!(row["follows"], true);
@@ -403,7 +498,14 @@ mod tests {
     fn an_lb_behind_active_does_not_follow() {
         let keys = keys();
         let (mut s, _) = active(10);
-        s.apply(&keys, &change(keys.lb("lb-1"), &lb(9, Color::Blue, "2026-12-08T00:00:00Z"), 11));
+        s.apply(
+            &keys,
+            &change(
+                keys.lb("lb-1"),
+                &lb(9, Color::Blue, "2026-12-08T00:00:00Z"),
+                11,
+            ),
+        );
         let row = lb_row(&s, "lb-1");
         assert_eq!(row["follows"], false);
         assert_eq!(row["switch_ms"], Value::Null);
@@ -414,8 +516,22 @@ mod tests {
     fn counts_group_hosts_by_color_and_state() {
         let keys = keys();
         let mut s = AppStatus::default();
-        for (i, state) in [HealthState::Healthy, HealthState::Healthy, HealthState::Failed].iter().enumerate() {
-            s.apply(&keys, &change(keys.health(&format!("h{i}"), Color::Blue), &health(*state, "v1"), i as i64 + 1));
+        for (i, state) in [
+            HealthState::Healthy,
+            HealthState::Healthy,
+            HealthState::Failed,
+        ]
+        .iter()
+        .enumerate()
+        {
+            s.apply(
+                &keys,
+                &change(
+                    keys.health(&format!("h{i}"), Color::Blue),
+                    &health(*state, "v1"),
+                    i as i64 + 1,
+                ),
+            );
         }
         let c = counts(&s);
         assert_eq!(c["hosts"], 3);

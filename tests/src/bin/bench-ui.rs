@@ -71,10 +71,26 @@ async fn hollow_fleet(client: &etcd_client::Client, n: usize) {
             started_at: proto::time::now_rfc3339(),
             instance: None,
         };
-        ops.push(etcd_client::TxnOp::put(k.host(&host), encode(&record), None));
-        ops.push(etcd_client::TxnOp::put(k.host_member(&host), encode(&record), None));
-        ops.push(etcd_client::TxnOp::put(k.health(&host, Color::Blue), encode(&health("v1")), None));
-        ops.push(etcd_client::TxnOp::put(k.health(&host, Color::Green), encode(&health("v0")), None));
+        ops.push(etcd_client::TxnOp::put(
+            k.host(&host),
+            encode(&record),
+            None,
+        ));
+        ops.push(etcd_client::TxnOp::put(
+            k.host_member(&host),
+            encode(&record),
+            None,
+        ));
+        ops.push(etcd_client::TxnOp::put(
+            k.health(&host, Color::Blue),
+            encode(&health("v1")),
+            None,
+        ));
+        ops.push(etcd_client::TxnOp::put(
+            k.health(&host, Color::Green),
+            encode(&health("v0")),
+            None,
+        ));
     }
     for chunk in ops.chunks(100) {
         client
@@ -238,11 +254,15 @@ async fn abort() {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        wait_for("the canary's first step", Duration::from_secs(60), || async {
-            traffic(&fleet.client)
-                .await
-                .filter(|(t, _)| t.weight == 200)
-        })
+        wait_for(
+            "the canary's first step",
+            Duration::from_secs(60),
+            || async {
+                traffic(&fleet.client)
+                    .await
+                    .filter(|(t, _)| t.weight == 200)
+            },
+        )
         .await;
         wait_for("the abort button", Duration::from_secs(30), || async {
             (browser.count("button[data-action=\"canary-abort\"]").await == 1).then_some(())

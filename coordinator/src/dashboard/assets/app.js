@@ -12,6 +12,7 @@ const S = {
   historyFilter: { kind: "", text: "" },
   logs: null,
   actionLog: [],
+  lastResult: null,     // {text, ok}: the last action's end, this tab's or anyone's
 };
 
 // ---- DOM helpers ----
@@ -158,7 +159,16 @@ function openStream(apps, detail) {
   S.stream = es;
   const conn = $("conn");
   es.onopen = () => { conn.className = "conn live"; conn.textContent = "live"; };
-  es.onerror = () => { conn.className = "conn down"; conn.textContent = "reconnecting"; };
+  es.onerror = async () => {
+    conn.className = "conn down";
+    conn.textContent = "reconnecting";
+    if (es.readyState !== EventSource.CLOSED || S.stream !== es) return;
+    // The browser gave up (the dashboard restarted, or the session ended): log in again, or
+    // reopen the stream a moment later.
+    const r = await api("/api/session").catch(() => ({ status: 0 }));
+    if (r.status === 401) { showLogin("Your session ended: log in again."); return; }
+    setTimeout(() => { if (S.stream === es) openStream(apps, detail); }, 1000);
+  };
   es.onmessage = (e) => {
     const m = JSON.parse(e.data);
     if (m.kind === "resync") { openStream(apps, detail); return; }
@@ -177,17 +187,22 @@ function receive(m) {
   }
   const a = S.app;
   if (!a || m.app !== a.name) return;
+  // What the snapshot already holds comes again from changes applied while it was taken.
+  if (["hosts", "timeline", "history", "series"].includes(m.kind) && m.revision <= a.snapRevision) return;
   switch (m.kind) {
     case "snapshot":
       a.summary = m.data.summary; a.timeline = m.data.timeline || []; a.history = m.data.history || [];
       a.series = m.data.series || []; a.hosts = new Map((m.data.hosts || []).map((r) => [r.host, r]));
-      a.loaded = true; break;
+      a.act = !!m.data.act; a.snapRevision = m.revision; a.loaded = true; break;
     case "summary": a.summary = m.data; break;
     case "hosts": for (const r of m.data) a.hosts.set(r.host, r); break;
     case "timeline": a.timeline.push(...m.data); if (a.timeline.length > 400) a.timeline.splice(0, a.timeline.length - 400); break;
     case "history": a.history.push(...m.data); break;
     case "series": a.series.push(m.data); if (a.series.length > 600) a.series.shift(); break;
-    case "action": S.actionLog.push(m.data); if (S.actionLog.length > 200) S.actionLog.shift(); break;
+    case "action":
+      S.actionLog.push(m.data); if (S.actionLog.length > 200) S.actionLog.shift();
+      if (m.data.exit !== undefined) S.lastResult = resultOf(m.data);
+      break;
   }
   scheduleDraw();
 }
@@ -207,16 +222,11 @@ function route() {
   if (m) {
     const name = decodeURIComponent(m[1]);
     S.route = { page: "app", app: name };
-    S.app = { name, loaded: false, summary: null, hosts: new Map(), timeline: [], history: [], series: [], act: false };
+    S.app = { name, loaded: false, summary: null, hosts: new Map(), timeline: [], history: [], series: [], act: false, snapRevision: 0 };
+    S.lastResult = null;
     crumbs([["Apps", "#/"], [name, null]]);
     $("main").replaceChildren(h("p", { class: "muted" }, "Loading " + name + "…"));
-    api("/api/apps").then((r) => {
-      if (r.status === 401) return showLogin();
-      const entry = (r.ok ? r.data : []).find((x) => x.app === name);
-      if (!entry) { fatal("No app " + name + " that your etcd user may read."); return; }
-      S.app.act = entry.act;
-      openStream([], name);
-    });
+    openStream([], name);
   } else {
     S.route = { page: "apps" };
     crumbs([["Apps", null]]);
@@ -228,7 +238,9 @@ function crumbs(parts) {
     h("span", {}, i ? " / " : "", href ? h("a", { href }, text) : h("strong", {}, text))));
 }
 async function loadApps() {
+  const route = S.route;
   const r = await api("/api/apps");
+  if (S.route !== route) return;   // the person went elsewhere meanwhile
   if (r.status === 401) return showLogin();
   if (!r.ok) return fatal(r.data.error || "could not list the apps");
   S.apps = new Map(r.data.map((x) => [x.app, x]));
@@ -300,15 +312,19 @@ function actionsFor(a) {
 async function runAction(name, label, text) {
   const a = S.app;
   if (!(await confirmAction(label + " on " + a.name + "?", text))) return;
-  const out = $("action-result");
-  if (out) out.textContent = label + ": running…";
+  S.lastResult = { text: label + ": running…", ok: true };
+  drawApp();
   const r = await api("/api/apps/" + encodeURIComponent(a.name) + "/actions/" + name, { method: "POST", body: {} });
-  const message = r.ok || r.status === 403 ? (r.data.text || r.data.error || "") : (r.data.error || "failed");
-  const exit = r.data.exit;
-  if (out) {
-    out.textContent = label + (exit === 0 ? ": done. " : exit === undefined ? ": refused. " : ": ended with exit " + exit + ". ") + message;
-    out.className = "result " + (exit === 0 ? "" : "error");
-  }
+  if (S.app !== a) return;
+  S.lastResult = r.data.exit === undefined
+    ? { text: label + ": refused. " + (r.data.error || "status " + r.status), ok: false }
+    : resultOf(r.data);
+  drawApp();
+}
+function resultOf(d) {
+  const who = d.actor ? d.actor + ": " : "";
+  const how = d.exit === 0 ? " done. " : " ended with exit " + d.exit + ". ";
+  return { text: who + d.action + how + (d.text || ""), ok: d.exit === 0 };
 }
 
 function drawApp() {
@@ -349,14 +365,14 @@ function overview(a) {
       drain.length ? [h("dt", {}, "Draining"), h("dd", {}, drain.join("; "))] : [],
       h("dt", {}, "Problems"), h("dd", { class: problems.length ? "problem" : "muted" }, problems.length ? problems.join("; ") : "none")),
     buttons.length ? h("div", { class: "actions", style: null }, buttons) : (a.act ? null : h("p", { class: "muted", id: "read-only" }, "Read only: your etcd user may not change this app.")),
-    h("div", { id: "action-result", class: "result", role: "status", "aria-live": "polite" }, lastActionText()));
+    h("div", { id: "action-result", class: "result" + (S.lastResult && !S.lastResult.ok ? " error" : ""), role: "status", "aria-live": "polite" }, S.lastResult ? S.lastResult.text : lastActionText()));
 }
 
 function lastActionText() {
   const last = S.actionLog[S.actionLog.length - 1];
   if (!last || !last.event) return "";
   const e = last.event;
-  return last.action + ": " + (e.step || "") + " " + (e.host ? e.host + " " : "") + (e.state || e.outcome || "") + " " + (e.detail || "");
+  return (last.actor ? last.actor + ": " : "") + last.action + ": " + (e.step || "") + " " + (e.host ? e.host + " " : "") + (e.state || e.outcome || "") + " " + (e.detail || "");
 }
 
 // ---- canary ----
@@ -469,7 +485,7 @@ function lbsPanel(a) {
 function timelinePanel(a) {
   const evs = a.timeline.slice(-200).reverse();
   const actions = S.actionLog.slice(-20).reverse().filter((x) => x.event).map((x) =>
-    h("div", { class: "ev" }, h("span", { class: "t" }, "you"), h("span", {}, x.action), h("span", {}, (x.event.step || "") + " " + (x.event.state || "")), h("span", {}, (x.event.host ? x.event.host + ": " : "") + (x.event.detail || ""))));
+    h("div", { class: "ev" }, h("span", { class: "t" }, x.actor || "action"), h("span", {}, x.action), h("span", {}, (x.event.step || "") + " " + (x.event.state || "")), h("span", {}, (x.event.host ? x.event.host + ": " : "") + (x.event.detail || ""))));
   return h("div", { class: "panel" }, h("h2", {}, "Timeline"),
     h("div", { class: "timeline", id: "timeline", role: "log", "aria-live": "off" },
       actions,
