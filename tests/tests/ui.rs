@@ -86,6 +86,13 @@ async fn the_page_follows_a_deploy_and_its_abort_button_aborts_a_canary() {
         "markup from etcd was rendered"
     );
     assert_ne!(browser.client.title().await.unwrap(), "owned");
+    // A host's app log, through its agent.
+    browser.click("tr[data-host=\"host-1\"] button").await;
+    browser
+        .wait_text("host-1's blue log", "#logs pre", |t| {
+            t.contains("listening")
+        })
+        .await;
 
     // A deploy whose new version takes 3 s to start: the grid shows green starting, then the
     // timeline shows the switch and each LB's ack.
@@ -306,6 +313,27 @@ async fn an_auditor_sees_no_action_and_forged_requests_are_refused_writing_nothi
         403,
         "no session"
     );
+
+    // A page on another site whose name points at this loopback port (DNS rebinding) names
+    // its own host; a state change started by another site names its origin. Both are refused.
+    let rebound = http
+        .get(format!("{}/api/session", ui.url))
+        .header("host", "attacker.example")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 421);
+    let cross_site = http
+        .post(format!("{}{rollback}", ui.url))
+        .header("cookie", &cookie)
+        .header("x-bluegreen-csrf", &csrf)
+        .header("origin", "https://attacker.example")
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), 403);
 
     // Every route, from the route table the router is built from.
     for route in ROUTES {

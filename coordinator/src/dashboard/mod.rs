@@ -348,12 +348,16 @@ async fn guard_origin(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // HTTP/2 names the host in `:authority`, which hyper puts in the URI; HTTP/1.1 in `Host`.
     let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            let host = request.headers().get(header::HOST)?;
+            host.to_str().ok().map(str::to_string)
+        })
+        .unwrap_or_default();
     if let Some(allowed) = &d.config.allowed_hosts {
         if !allowed.iter().any(|a| a.eq_ignore_ascii_case(&host)) {
             return refuse(
