@@ -121,7 +121,16 @@ type Shared = Arc<Dashboard>;
 
 /// An error answer: a status and a message naming what was wrong.
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": message.into()}))).into_response()
+    Refused(status, message.into()).into_response()
+}
+
+/// A refusal not yet turned into a response (small, so helpers can return it in a `Result`).
+struct Refused(StatusCode, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
 }
 
 impl Dashboard {
@@ -184,13 +193,16 @@ impl Dashboard {
 
     /// The session of a request that changes state: 403 without a session or its CSRF token,
     /// before anything is read or written.
-    fn session_with_csrf(&self, headers: &HeaderMap) -> Result<(String, Session), Response> {
+    fn session_with_csrf(&self, headers: &HeaderMap) -> Result<(String, Session), Refused> {
         let Some((token, session)) = self.session(headers) else {
-            return Err(refuse(StatusCode::FORBIDDEN, "no session: log in first"));
+            return Err(Refused(
+                StatusCode::FORBIDDEN,
+                "no session: log in first".into(),
+            ));
         };
         let given = headers.get(auth::CSRF_HEADER).and_then(|v| v.to_str().ok());
         if !auth::csrf_matches(&session.csrf, given) {
-            return Err(refuse(
+            return Err(Refused(
                 StatusCode::FORBIDDEN,
                 format!("missing or wrong {} header", auth::CSRF_HEADER),
             ));
@@ -282,16 +294,16 @@ impl Dashboard {
             Arc<Hub>,
             Option<tokio::sync::broadcast::Receiver<hub::Message>>,
         ),
-        Response,
+        Refused,
     > {
         let mut hubs = self.hubs.lock().await;
         let hub = match hubs.get(app) {
             Some(hub) if !hub.is_dead() => hub.clone(),
             _ => {
                 let keys = Keys::new(&self.config.prefix, app)
-                    .map_err(|e| refuse(StatusCode::NOT_FOUND, e.to_string()))?;
+                    .map_err(|e| Refused(StatusCode::NOT_FOUND, e.to_string()))?;
                 let hub = Hub::start(&self.client, keys).await.map_err(|e| {
-                    refuse(
+                    Refused(
                         StatusCode::BAD_GATEWAY,
                         format!("reading {app} from etcd: {e}"),
                     )
@@ -499,7 +511,7 @@ async fn session(State(d): State<Shared>, headers: HeaderMap) -> Response {
 async fn logout(State(d): State<Shared>, headers: HeaderMap) -> Response {
     let (token, _) = match d.session_with_csrf(&headers) {
         Ok(s) => s,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     d.sessions.lock().unwrap().remove(&token);
     with_cookie(
@@ -598,7 +610,7 @@ async fn stream(
     for app in &names {
         let (hub, rx) = match d.hub(app, true).await {
             Ok(subscribed) => subscribed,
-            Err(refused) => return refused,
+            Err(refused) => return refused.into_response(),
         };
         let detail = q.detail.as_deref() == Some(app.as_str());
         receivers.push((detail, rx.expect("subscribed")));
@@ -733,7 +745,7 @@ async fn action(
 ) -> Response {
     let (token, session) = match d.session_with_csrf(&headers) {
         Ok(s) => s,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let Some(argv) = routes::action_argv(&name) else {
         return refuse(StatusCode::NOT_FOUND, format!("no action {name:?}"));
@@ -753,7 +765,7 @@ async fn action(
     }
     let hub = match d.hub(&app, false).await {
         Ok((hub, _)) => hub,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     hub.actions.fetch_add(1, Ordering::Relaxed);
     let keep = ActionGuard(hub.clone());
