@@ -155,7 +155,7 @@ pub(crate) fn canary_section(steps: &str, step_time: &str, deadline: &str) -> St
 }
 
 /// Three keep-alive request loops through each LB (new users every request: no cookie kept).
-fn load_through_every_lb(
+pub(crate) fn load_through_every_lb(
     fleet: &Fleet,
 ) -> (Arc<AtomicBool>, Vec<tokio::task::JoinHandle<LoadReport>>) {
     let stop = Arc::new(AtomicBool::new(false));

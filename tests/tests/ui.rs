@@ -2,10 +2,11 @@
 //! page follows a deploy as it happens, its abort button aborts a canary on every LB, an auditor
 //! gets no button and a forged request is refused without writing anything, and every route that
 //! changes state needs a session and its CSRF token.
-use super::canary::{canary_at_first_step, canary_section, every_lb_acked};
+use super::canary::{canary_at_first_step, canary_section, every_lb_acked, load_through_every_lb};
 use super::security::{etcd_auth, password};
 use bluegreen_tests::browser::{Browser, Ui};
 use bluegreen_tests::fleet::{text, Fleet, Setup};
+use bluegreen_tests::load;
 use bluegreen_tests::pki::Pki;
 use bluegreen_tests::procs::{history, keys, traffic, APP};
 use bluegreen_tests::{wait_for, Etcd};
@@ -133,7 +134,6 @@ async fn the_page_follows_a_deploy_and_its_abort_button_aborts_a_canary() {
     browser
         .wait_text("the canary panel", "#canary-weight", |t| t.contains("2 %"))
         .await;
-    browser.screenshot("canary").await;
     browser.click("button[data-action=\"canary-abort\"]").await;
     browser.click("#confirm-ok").await;
     let result = browser
@@ -166,6 +166,27 @@ async fn the_page_follows_a_deploy_and_its_abort_button_aborts_a_canary() {
         aborted.reason.as_deref().unwrap_or("").contains("via ui"),
         "{aborted:?}"
     );
+
+    // A canary answering 30 % errors under load: the analysis aborts it, and the canary panel
+    // shows the evidence (each color's numbers over time, the failed check and its bounds).
+    let bad = fleet.spec_with(
+        "bad",
+        &[("DEMO_ERROR_RATE", "0.3")],
+        &canary_section("[10, 50]", "5s", "60s"),
+    );
+    let (stop, loops) = load_through_every_lb(&fleet);
+    let failed = fleet.deploy(&bad, "v4", &["--canary"]).await;
+    load::finish(stop, loops).await;
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+    browser
+        .wait_text(
+            "the failed check on the canary panel",
+            "#canary table",
+            |t| t.contains("error rate") && t.contains("fail"),
+        )
+        .await;
+    browser.screenshot("canary").await;
+
     browser.close().await;
 }
 

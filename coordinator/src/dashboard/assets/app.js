@@ -296,7 +296,8 @@ function actionsFor(a) {
   if (!a.act || !S.session.allow_actions) return [];
   const out = [];
   const op = s.operation;
-  const canary = s.traffic || (op && op.phase === "canary");
+  // A split left at weight 0 by an ended canary is no running canary.
+  const canary = (op && op.running && op.phase === "canary") || (s.traffic && s.traffic.weight > 0);
   if (canary) {
     out.push(["canary-pause", "Pause canary", "Hold the canary at its weight (the analysis still aborts on a failure)."]);
     out.push(["canary-resume", "Resume canary", "Go on from the current step."]);
