@@ -136,20 +136,23 @@ pub(crate) fn password(passwords: &Path, user: &str) -> String {
         .to_string()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tls_and_auth_fleet_deploys_under_load_and_every_role_is_confined() {
+/// A fleet of `hosts` agents and `lbs` sidecars on client-certificate TLS etcd with auth on and
+/// the roles of deploy/etcd-auth.sh: each agent and sidecar its own user, the fleet's coordinator
+/// commands the app's coordinator user. Returns the fleet, its PKI and the directory holding
+/// every user's password file (`<user>.password`).
+pub(crate) async fn auth_fleet(hosts: u8, lbs: usize) -> (Fleet, Pki, tempfile::TempDir) {
     let pki = Pki::new();
     let etcd = Etcd::start_tls(&pki).await;
     let passwords = tempfile::tempdir().unwrap();
-    etcd_auth(&etcd, 3, 2, passwords.path());
+    etcd_auth(&etcd, hosts, lbs, passwords.path());
     let pw = passwords.path().to_path_buf();
     let coordinator = format!("bluegreen-{APP}-coordinator");
     let lines =
         |user: String| etcd.config_lines(&pki, &user, Some(&pw.join(format!("{user}.password"))));
-    let agent_lines: Vec<String> = (1..=3)
+    let agent_lines: Vec<String> = (1..=hosts)
         .map(|n| lines(format!("bluegreen-{APP}-agent-host-{n}")))
         .collect();
-    let sidecar_lines: Vec<String> = (0..2)
+    let sidecar_lines: Vec<String> = (0..lbs)
         .map(|i| lines(format!("bluegreen-{APP}-sidecar-lb-{i}")))
         .collect();
     let env = etcd.coordinator_env(&pki, &coordinator, Some(&password(&pw, &coordinator)));
@@ -157,15 +160,22 @@ async fn tls_and_auth_fleet_deploys_under_load_and_every_role_is_confined() {
     let sidecar_extra = move |name: &str, _: &bluegreen_tests::nginx::Nginx| {
         sidecar_lines[name.trim_start_matches("lb-").parse::<usize>().unwrap()].clone()
     };
-    let endpoint = etcd.endpoint.clone();
     let setup = Setup {
         etcd,
         agent_extra: &agent_extra,
         sidecar_extra: &sidecar_extra,
         coordinator_env: env,
     };
-    let fleet = Fleet::start_setup(3, 2, setup).await;
-    assert!(endpoint.starts_with("https://"));
+    let fleet = Fleet::start_setup(hosts, lbs, setup).await;
+    assert!(fleet.etcd.endpoint.starts_with("https://"));
+    (fleet, pki, passwords)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_and_auth_fleet_deploys_under_load_and_every_role_is_confined() {
+    let (fleet, pki, passwords) = auth_fleet(3, 2).await;
+    let pw = passwords.path().to_path_buf();
+    let coordinator = format!("bluegreen-{APP}-coordinator");
 
     let spec = fleet.spec("good", &[]);
     let out = fleet.deploy(&spec, "v1", &[]).await;

@@ -3,13 +3,12 @@
 //! gets no button and a forged request is refused without writing anything, and every route that
 //! changes state needs a session and its CSRF token.
 use super::canary::{canary_at_first_step, canary_section, every_lb_acked, load_through_every_lb};
-use super::security::{etcd_auth, password};
+use super::security::{auth_fleet, password};
 use bluegreen_tests::browser::{Browser, Ui};
-use bluegreen_tests::fleet::{text, Fleet, Setup};
+use bluegreen_tests::fleet::{text, Fleet};
 use bluegreen_tests::load;
-use bluegreen_tests::pki::Pki;
 use bluegreen_tests::procs::{history, keys, traffic, APP};
-use bluegreen_tests::{wait_for, Etcd};
+use bluegreen_tests::wait_for;
 use coordinator::dashboard::routes::{Access, ROUTES};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -196,31 +195,14 @@ async fn the_page_follows_a_deploy_and_its_abort_button_aborts_a_canary() {
 /// session and its CSRF token.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_auditor_sees_no_action_and_forged_requests_are_refused_writing_nothing() {
-    let pki = Pki::new();
-    let etcd = Etcd::start_tls(&pki).await;
-    let passwords = tempfile::tempdir().unwrap();
-    etcd_auth(&etcd, 2, 1, passwords.path());
+    let (fleet, pki, passwords) = auth_fleet(2, 1).await;
     let pw = passwords.path().to_path_buf();
     let coordinator = format!("bluegreen-{APP}-coordinator");
     let auditor = format!("bluegreen-{APP}-auditor");
-    let lines =
-        |user: String| etcd.config_lines(&pki, &user, Some(&pw.join(format!("{user}.password"))));
-    let agent_lines: Vec<String> = (1..=2)
-        .map(|n| lines(format!("bluegreen-{APP}-agent-host-{n}")))
-        .collect();
-    let sidecar_line = lines(format!("bluegreen-{APP}-sidecar-lb-0"));
-    let env = etcd.coordinator_env(&pki, &coordinator, Some(&password(&pw, &coordinator)));
     // The dashboard watches with the auditor's read-only user.
-    let ui_env = etcd.coordinator_env(&pki, &auditor, Some(&password(&pw, &auditor)));
-    let agent_extra = move |n: u8| agent_lines[n as usize - 1].clone();
-    let sidecar_extra = move |_: &str, _: &bluegreen_tests::nginx::Nginx| sidecar_line.clone();
-    let setup = Setup {
-        etcd,
-        agent_extra: &agent_extra,
-        sidecar_extra: &sidecar_extra,
-        coordinator_env: env,
-    };
-    let fleet = Fleet::start_setup(2, 1, setup).await;
+    let ui_env = fleet
+        .etcd
+        .coordinator_env(&pki, &auditor, Some(&password(&pw, &auditor)));
     let spec = fleet.spec("good", &[]);
     let out = fleet.deploy(&spec, "v1", &[]).await;
     assert!(out.status.success(), "deploy v1: {}", text(&out));
