@@ -231,5 +231,6 @@ echo "quickstart: and 'BLUEGREEN_ETCD=$ETCD $BIN/coordinator migrate contract --
 if ((ONCE)); then exit 0; fi
 echo
 echo "quickstart: running. Watch the audit trail: etcdctl --endpoints $ETCD watch --prefix /bluegreen/"
+echo "quickstart: or the dashboard: 'BLUEGREEN_ETCD=$ETCD $BIN/coordinator ui --allow-actions', then http://127.0.0.1:8480"
 echo "quickstart: Ctrl-C stops everything."
 while true; do sleep 3600; done
