@@ -1,6 +1,6 @@
 //! Helpers for load-balancer tests: switching `active` and waiting for acks and traffic.
 use crate::procs::{get_json, get_raw, keys};
-use crate::wait_for;
+use crate::{poll_until, wait_for};
 use proto::records::{decode, encode, ActiveRecord, LbRecord, Sticky, TrafficRecord};
 use proto::Color;
 use std::time::Duration;
@@ -47,6 +47,46 @@ pub async fn ack(client: &etcd_client::Client, name: &str) -> Option<LbRecord> {
     let key = keys().lb(name);
     let bytes = get_raw(client, &key).await?;
     Some(decode(&key, &bytes).expect("sidecars write valid acks"))
+}
+
+/// Polls every `period` (up to 60 s) until the canary split (`active/traffic`) is at `weight`;
+/// returns the revision of that write. Tests poll like [`wait_for`]; benchmarks timing the
+/// change poll every millisecond.
+pub async fn wait_weight(client: &etcd_client::Client, weight: u32, period: Duration) -> i64 {
+    poll_until(
+        &format!("the split at weight {weight}"),
+        Duration::from_secs(60),
+        period,
+        || async {
+            crate::procs::traffic(client)
+                .await
+                .filter(|(t, _)| t.weight == weight)
+                .map(|(_, revision)| revision)
+        },
+    )
+    .await
+}
+
+/// Polls every `period` (up to 30 s each) until every LB in `names` has acked `revision` or later.
+pub async fn wait_all_acked(
+    client: &etcd_client::Client,
+    names: &[String],
+    revision: i64,
+    period: Duration,
+) {
+    for name in names {
+        poll_until(
+            &format!("{name} ack revision {revision}"),
+            Duration::from_secs(30),
+            period,
+            || async {
+                ack(client, name)
+                    .await
+                    .filter(|a| a.applied_revision >= revision)
+            },
+        )
+        .await;
+    }
 }
 
 /// Waits until `lbs/<name>` satisfies `accept`.

@@ -3,7 +3,7 @@
 //! revision as they ack `active`; `deploy --canary` ramps it by the spec's steps, judged from the
 //! LBs' own request logs, and promotes or sends everyone back.
 use bluegreen_tests::fleet::{text, Fleet};
-use bluegreen_tests::lb::wait_ack;
+use bluegreen_tests::lb::{wait_ack, wait_all_acked, wait_weight};
 use bluegreen_tests::load::{self, LoadReport};
 use bluegreen_tests::procs::{history, keys, traffic};
 use bluegreen_tests::wait_for;
@@ -178,16 +178,12 @@ fn canary_steps(records: &[HistoryRecord]) -> Vec<(Outcome, u64)> {
 
 /// Every LB has acked `revision` or later.
 pub(crate) async fn every_lb_acked(fleet: &Fleet, revision: i64) {
-    for sidecar in &fleet.sidecars {
-        wait_ack(
-            &fleet.client,
-            &sidecar.name,
-            &format!("revision {revision}"),
-            |a| a.applied_revision >= revision,
-        )
-        .await;
-    }
+    let names: Vec<String> = fleet.sidecars.iter().map(|s| s.name.clone()).collect();
+    wait_all_acked(&fleet.client, &names, revision, POLL).await;
 }
+
+/// How often the tests look (as `wait_for` does).
+pub(crate) const POLL: Duration = Duration::from_millis(50);
 
 /// A healthy canary under load through both LBs: every step passes on the LBs' counts, the
 /// switch follows, no request fails, and the split is reset with the switch.
@@ -369,17 +365,7 @@ pub(crate) async fn canary_at_first_step(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let revision = wait_for(
-        &format!("the first step of {version}'s canary"),
-        Duration::from_secs(60),
-        || async {
-            traffic(&fleet.client)
-                .await
-                .filter(|(t, _)| t.weight == 200)
-                .map(|(_, revision)| revision)
-        },
-    )
-    .await;
+    let revision = wait_weight(&fleet.client, 200, POLL).await;
     every_lb_acked(fleet, revision).await;
     canary
 }

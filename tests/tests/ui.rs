@@ -2,12 +2,15 @@
 //! page follows a deploy as it happens, its abort button aborts a canary on every LB, an auditor
 //! gets no button and a forged request is refused without writing anything, and every route that
 //! changes state needs a session and its CSRF token.
-use super::canary::{canary_at_first_step, canary_section, every_lb_acked, load_through_every_lb};
+use super::canary::{
+    canary_at_first_step, canary_section, every_lb_acked, load_through_every_lb, POLL,
+};
 use super::security::{auth_fleet, password};
 use bluegreen_tests::browser::{Browser, Ui};
 use bluegreen_tests::fleet::{text, Fleet};
+use bluegreen_tests::lb::wait_weight;
 use bluegreen_tests::load;
-use bluegreen_tests::procs::{history, keys, traffic, APP};
+use bluegreen_tests::procs::{history, keys, APP};
 use bluegreen_tests::wait_for;
 use coordinator::dashboard::routes::{Access, ROUTES};
 use std::collections::BTreeMap;
@@ -141,17 +144,7 @@ async fn the_page_follows_a_deploy_and_its_abort_button_aborts_a_canary() {
         })
         .await;
     assert!(result.contains("done"), "{result}\n{}", ui.daemon.log());
-    let revision = wait_for(
-        "the split back to weight 0",
-        Duration::from_secs(60),
-        || async {
-            traffic(&fleet.client)
-                .await
-                .filter(|(t, _)| t.weight == 0)
-                .map(|(_, rev)| rev)
-        },
-    )
-    .await;
+    let revision = wait_weight(&fleet.client, 0, POLL).await;
     every_lb_acked(&fleet, revision).await;
     let out = canary.wait().await.unwrap();
     assert!(!out.success(), "an aborted canary's deploy fails");

@@ -10,8 +10,8 @@
 //!   cargo build --release --workspace --bins && target/release/bench-ui [--only paint|event|abort|rss]
 use bluegreen_tests::browser::{Browser, Ui};
 use bluegreen_tests::fleet::{text, Fleet};
-use bluegreen_tests::lb::set_active;
-use bluegreen_tests::procs::{keys, traffic, APP};
+use bluegreen_tests::lb::{set_active, wait_all_acked, wait_weight};
+use bluegreen_tests::procs::{keys, APP};
 use bluegreen_tests::{percentile, poll_until, rss_kib, wait_for, Etcd};
 use proto::records::{encode, HealthRecord, HealthState, HostRecord, LbRecord, Ports};
 use proto::Color;
@@ -254,16 +254,7 @@ async fn abort() {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        wait_for(
-            "the canary's first step",
-            Duration::from_secs(60),
-            || async {
-                traffic(&fleet.client)
-                    .await
-                    .filter(|(t, _)| t.weight == 200)
-            },
-        )
-        .await;
+        wait_weight(&fleet.client, 200, Duration::from_millis(50)).await;
         wait_for("the abort button", Duration::from_secs(30), || async {
             (browser.count("button[data-action=\"canary-abort\"]").await == 1).then_some(())
         })
@@ -271,32 +262,9 @@ async fn abort() {
         browser.click("button[data-action=\"canary-abort\"]").await;
         let t0 = Instant::now();
         browser.click("#confirm-ok").await;
-        let revision = poll_until(
-            "weight 0",
-            Duration::from_secs(30),
-            Duration::from_millis(1),
-            || async {
-                traffic(&fleet.client)
-                    .await
-                    .filter(|(t, _)| t.weight == 0)
-                    .map(|(_, r)| r)
-            },
-        )
-        .await;
-        for sidecar in &fleet.sidecars {
-            let key = keys().lb(&sidecar.name);
-            poll_until(
-                "every LB's ack",
-                Duration::from_secs(30),
-                Duration::from_millis(1),
-                || async {
-                    let raw = bluegreen_tests::procs::get_raw(&fleet.client, &key).await?;
-                    let lb: LbRecord = proto::records::decode(&key, &raw).ok()?;
-                    (lb.applied_revision >= revision).then_some(())
-                },
-            )
-            .await;
-        }
+        let revision = wait_weight(&fleet.client, 0, Duration::from_millis(1)).await;
+        let names: Vec<String> = fleet.sidecars.iter().map(|s| s.name.clone()).collect();
+        wait_all_acked(&fleet.client, &names, revision, Duration::from_millis(1)).await;
         samples.push(t0.elapsed());
         let _ = canary.wait().await;
     }
