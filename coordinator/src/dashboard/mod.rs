@@ -28,7 +28,7 @@ use routes::{RouteId, ROUTES};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -110,7 +110,6 @@ pub struct Dashboard {
     hubs: tokio::sync::Mutex<BTreeMap<String, Arc<Hub>>>,
     sessions: Mutex<Sessions>,
     runner: Runner,
-    streams: AtomicUsize,
     /// Commands running for people (actions and log reads).
     running: Arc<tokio::sync::Semaphore>,
     /// Becomes true when the process is asked to stop: every stream ends, so the server can.
@@ -141,7 +140,6 @@ impl Dashboard {
             hubs: Default::default(),
             sessions: Default::default(),
             runner,
-            streams: AtomicUsize::new(0),
             running: Arc::new(tokio::sync::Semaphore::new(ACTIONS_AT_ONCE)),
             stopping: tokio::sync::watch::Sender::new(false),
         })
@@ -172,14 +170,6 @@ impl Dashboard {
             ))
             .layer(axum::middleware::map_response(security_headers))
             .with_state(self.clone())
-    }
-
-    /// Etcd watches open now (one per app shown) and browser streams open now.
-    pub async fn counts(&self) -> (usize, usize) {
-        (
-            self.hubs.lock().await.len(),
-            self.streams.load(Ordering::Relaxed),
-        )
     }
 
     /// The session of a request, if its cookie names a live one.
@@ -550,12 +540,11 @@ struct StreamQuery {
     detail: Option<String>,
 }
 
-/// Decrements the stream count and stops unwatched hubs when a tab's stream ends.
+/// Stops the hubs nobody watches any more when a tab's stream ends.
 struct StreamGuard(Shared);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.0.streams.fetch_sub(1, Ordering::Relaxed);
         let d = self.0.clone();
         tokio::spawn(async move { d.release_hubs().await });
     }
@@ -623,7 +612,6 @@ async fn stream(
         };
         first.push(hub::message(app, "snapshot", hub.revision(), data));
     }
-    d.streams.fetch_add(1, Ordering::Relaxed);
     let guard = Arc::new(StreamGuard(d.clone()));
     let live = receivers.into_iter().map(|(detail, rx)| {
         tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |m| {
