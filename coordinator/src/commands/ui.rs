@@ -32,7 +32,8 @@ impl Args {
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(
                 dashboard::tls_acceptor(cert, key)
-                    .map_err(|e| Subject::flag("--tls-cert").usage(e))?,
+                    // The message names the flag (--tls-cert or --tls-key) and the file.
+                    .map_err(CoordinatorError::usage)?,
             ),
             _ => None,
         };

@@ -158,13 +158,13 @@ pub fn check_listen(addr: SocketAddr, tls: bool, etcd_auth: bool) -> Result<(), 
     let loopback = addr.ip().is_loopback();
     if !etcd_auth && !loopback {
         return Err(format!(
-            "--listen {addr}: etcd auth is off, so the dashboard would show everything to anyone \
+            "{addr}: etcd auth is off, so the dashboard would show everything to anyone \
              who reaches it; it listens on loopback only (127.0.0.1) until etcd auth is on"
         ));
     }
     if !loopback && !tls {
         return Err(format!(
-            "--listen {addr} is not loopback: people's etcd passwords would cross the network in \
+            "{addr} is not loopback: people's etcd passwords would cross the network in \
              clear text; give --tls-cert and --tls-key"
         ));
     }
